@@ -1,0 +1,63 @@
+//! Per-CPU outcome counters: every packet the programs look at ends in exactly one.
+
+macro_rules! counters {
+    ($($variant:ident = $name:literal: $help:literal,)+) => {
+        /// Index into the per-CPU stats array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($variant,)+
+        }
+
+        impl Counter {
+            pub const ALL: &[Counter] = &[$(Counter::$variant,)+];
+
+            /// Stable name used by `nat stats`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)+
+                }
+            }
+
+            pub const fn help(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $help,)+
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    XlateOut = "translated_out": "egress packets translated (source rewritten)",
+    XlateIn = "translated_in": "ingress packets translated back (destination rewritten)",
+    Opened = "sessions_opened": "new sessions created by egress",
+    NoSession = "drop_no_session": "internal TCP segments without SYN and without a session, dropped",
+    AllocFail = "drop_alloc_failed": "new flows for which no external port was free, dropped",
+    Malformed = "drop_malformed": "packets with truncated or inconsistent headers, dropped",
+    Unsupported = "drop_unsupported": "internal packets of a protocol not translated (not TCP/UDP), dropped",
+    Fragment = "drop_fragment": "IPv4 fragments from internal sources, dropped",
+    CsumError = "drop_rewrite_error": "packets the kernel refused to rewrite, dropped",
+    InsertRace = "insert_race": "new flows whose session another CPU created first (its entry is used)",
+    NotOursOut = "pass_not_internal": "egress packets not from an internal prefix, passed untouched",
+    NotOursIn = "pass_no_session": "ingress packets matching no session, passed to the stack untouched",
+    NotIpv4 = "pass_not_ipv4": "packets that are not IPv4, passed untouched",
+}
+
+/// Number of counters, the size of the stats map.
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            for d in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), d.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Types and pure logic shared by the kernel programs and user space.
+//!
+//! Everything that goes into a BPF map is `#[repr(C)]` with explicit padding
+//! so both sides agree on the layout byte for byte. Addresses and ports in map
+//! keys and values are kept in network byte order, exactly as they sit in the
+//! packet, so the datapath never converts.
+#![no_std]
+
+pub mod config;
+pub mod counters;
+pub mod csum;
+pub mod flow;
+pub mod headers;
+pub mod names;
+pub mod probe;
+pub mod tcp_state;
+
+#[cfg(feature = "user")]
+mod pod {
+    use crate::{
+        config::{Config, PoolAddr},
+        flow::{FlowKey, Session},
+    };
+
+    // SAFETY: all of these are repr(C), Copy, made of integers only, with
+    // padding spelled out as fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Session {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PoolAddr {}
+}

@@ -1,0 +1,35 @@
+//! Names of maps and programs, used by the kernel objects, the loader and the CLI.
+//!
+//! Kernel object names are limited to 15 characters. Pinned file names carry a
+//! layout version: a change to a key or value layout bumps it, so a newer
+//! binary never misreads maps pinned by an older one.
+
+/// Forward sessions: internal 5-tuple -> external address and port.
+pub const MAP_FWD: &str = "NAT_FWD";
+/// Reverse sessions: (external addr, external port, remote) -> internal address and port.
+/// Its key is also the cooldown key.
+pub const MAP_REV: &str = "NAT_REV";
+/// Live settings, one [`crate::config::Config`] at index 0.
+pub const MAP_CONFIG: &str = "NAT_CONFIG";
+/// External addresses and their port ranges.
+pub const MAP_POOL: &str = "NAT_POOL";
+/// Internal prefixes (LPM trie); only sources inside them are translated.
+pub const MAP_INTERNAL: &str = "NAT_INTERNAL";
+/// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
+pub const MAP_STATS: &str = "NAT_STATS";
+
+pub const PROG_EGRESS: &str = "nat_egress";
+pub const PROG_INGRESS: &str = "nat_ingress";
+
+/// Load-time constant: the secret that keys the port-allocation hash.
+pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
+
+/// Layout version appended to every pinned name.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Root of everything this project pins.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";
+/// Pinned TCX link of the egress program.
+pub const LINK_EGRESS: &str = "link_egress";
+/// Pinned XDP link of the ingress program.
+pub const LINK_INGRESS: &str = "link_ingress";

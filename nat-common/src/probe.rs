@@ -1,0 +1,84 @@
+//! Order in which the allocator tries external ports for a new flow.
+//!
+//! Candidate 0 is the internal source port when it lies in the range (port
+//! preservation). After that a keyed hash of the flow picks a start point and
+//! the allocator walks the range with a stride coprime to its size, so the
+//! sequence visits every port of the range exactly once per lap and stays
+//! spread out instead of clustering behind busy neighbours.
+
+use crate::{config::PoolAddr, flow::FlowKey};
+
+/// Number of ports in `[min, max]`; 0 for an inverted range.
+#[inline(always)]
+pub const fn span(min: u16, max: u16) -> u32 {
+    if max < min { 0 } else { max as u32 - min as u32 + 1 }
+}
+
+const fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        let t = a % b;
+        a = b;
+        b = t;
+    }
+    a
+}
+
+/// A stride near the golden section of `span` that is coprime with it.
+pub const fn stride_for(span: u32) -> u32 {
+    if span <= 2 {
+        return 1;
+    }
+    let mut step = (span as u64 * 618 / 1000) as u32;
+    if step == 0 {
+        step = 1;
+    }
+    while gcd(step, span) != 1 {
+        step += 1;
+    }
+    step
+}
+
+/// The `i`-th port of the walk that starts at `start` (host byte order).
+#[inline(always)]
+pub fn walk(pool: &PoolAddr, start: u32, i: u32) -> u16 {
+    let span = span(pool.port_min, pool.port_max) as u64;
+    if span == 0 {
+        return pool.port_min;
+    }
+    let off = (start as u64 + i as u64 * pool.step as u64) % span;
+    pool.port_min + off as u16
+}
+
+/// Whether the internal port (host order) can be kept as the external one.
+#[inline(always)]
+pub const fn preservable(pool: &PoolAddr, port: u16) -> bool {
+    port >= pool.port_min && port <= pool.port_max
+}
+
+#[inline(always)]
+const fn mix(mut h: u32) -> u32 {
+    // murmur3 finalizer: cheap and good enough to spread start points.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// Keyed hash of a forward flow; the seed is a load-time secret so outsiders
+/// cannot predict which port a flow will get.
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = mix(seed ^ key.saddr);
+    h = mix(h ^ key.daddr);
+    h = mix(h ^ ((key.sport as u32) << 16 | key.dport as u32));
+    mix(h ^ key.proto as u32)
+}
+
+/// Index into the pool for an internal host: a host keeps one external
+/// address for all its flows (paired pooling, RFC 4787 REQ-2).
+#[inline(always)]
+pub const fn pool_index(internal_addr: u32, seed: u32, pool_len: u32) -> u32 {
+    if pool_len == 0 { 0 } else { mix(internal_addr ^ seed.rotate_left(7)) % pool_len }
+}

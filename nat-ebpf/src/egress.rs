@@ -1,0 +1,114 @@
+//! TC egress on the external interface: source NAT.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use nat_common::{
+    counters::Counter,
+    csum::diff32,
+    flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
+    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off, tcp_flags},
+};
+
+use crate::{
+    alloc::allocate,
+    maps::{NAT_FWD, count, is_internal},
+    packet::{Drop, HEADERS_MAX, L4Fields, ipv4_fields, l4_fields, now_ns, read, touch},
+};
+
+#[classifier]
+pub fn nat_egress(ctx: TcContext) -> i32 {
+    match try_egress(&ctx) {
+        Ok(counter) => {
+            count(counter);
+            TC_ACT_OK as i32
+        }
+        Err(drop) => {
+            count(drop.counter());
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// Packets from internal sources are translated or dropped; nothing from an
+/// internal prefix ever leaves with its internal address.
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
+    let len = ctx.len() as usize;
+    if ctx.data() + HEADERS_MAX > ctx.data_end() {
+        // Headers of forwarded or locally built packets may sit partly in
+        // paged data; pull what is there into the linear area once.
+        let want = if len < HEADERS_MAX { len } else { HEADERS_MAX };
+        let _ = ctx.pull_data(want as u32);
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    match read::<u16>(data, end, 12) {
+        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
+        _ => return Ok(Counter::NotIpv4),
+    }
+    let ip = ipv4_fields(data, end, ETH_HLEN)?;
+    // Anything we cannot translate is dropped only when it comes from inside.
+    let refuse = |drop: Drop| {
+        if is_internal(ip.saddr) { Err(drop) } else { Ok(Counter::NotOursOut) }
+    };
+    let meta = match check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, len.saturating_sub(ETH_HLEN)) {
+        Ok(meta) => meta,
+        Err(e) => return refuse(e.into()),
+    };
+    if meta.fragment {
+        return refuse(Drop::Fragment);
+    }
+    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
+        return refuse(Drop::Unsupported);
+    }
+    let l4_at = ETH_HLEN + meta.hdr_len;
+    let l4 = match l4_fields(data, end, l4_at, ip.proto, meta.l4_len()) {
+        Ok(l4) => l4,
+        Err(e) => return refuse(e),
+    };
+
+    let key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
+    let now = now_ns();
+    let session = match NAT_FWD.get_ptr_mut(&key) {
+        Some(entry) => {
+            touch(entry, l4.tcp_flags, now);
+            // SAFETY: live map value from the lookup above.
+            unsafe { *entry }
+        }
+        None => {
+            if !is_internal(ip.saddr) {
+                return Ok(Counter::NotOursOut);
+            }
+            let opening = tcp_flags::SYN;
+            let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
+            if ip.proto == PROTO_TCP && l4.tcp_flags & mask != opening {
+                return Err(Drop::NoSession);
+            }
+            allocate(&key, l4.tcp_flags, now)?
+        }
+    };
+    rewrite_source(ctx, &l4, ip.proto, ip.saddr, &session, l4_at)?;
+    Ok(Counter::XlateOut)
+}
+
+/// Rewrites the source endpoint with the kernel's checksum helpers, which
+/// also get CHECKSUM_PARTIAL packets right (only the pseudo-header part of
+/// the transport checksum is updated for those).
+#[inline(always)]
+fn rewrite_source(ctx: &TcContext, l4: &L4Fields, proto: u8, old_addr: u32, to: &Session, l4_at: usize) -> Result<(), Drop> {
+    let addr_diff = diff32(old_addr, to.addr) as u64;
+    let zero_ok = if proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    ctx.l3_csum_replace(ETH_HLEN + off::IP_CHECK, 0, addr_diff, 0)
+        .map_err(|_| Drop::Rewrite)?;
+    ctx.l4_csum_replace(l4.check_off, 0, addr_diff, BPF_F_PSEUDO_HDR as u64 | zero_ok)
+        .map_err(|_| Drop::Rewrite)?;
+    ctx.l4_csum_replace(l4.check_off, l4.sport as u64, to.port as u64, 2 | zero_ok)
+        .map_err(|_| Drop::Rewrite)?;
+    ctx.store(ETH_HLEN + off::IP_SADDR, &to.addr, 0)
+        .map_err(|_| Drop::Rewrite)?;
+    ctx.store(l4_at + off::L4_SPORT, &to.port, 0)
+        .map_err(|_| Drop::Rewrite)?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The maps both programs share. Their names are the constants in `nat_common::names`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use nat_common::{
+    config::{Config, MAX_POOL, PoolAddr},
+    counters::{COUNTER_COUNT, Counter},
+    flow::{FlowKey, Session},
+};
+
+/// Default capacity; the loader overrides it with `--max-sessions`.
+const DEFAULT_SESSIONS: u32 = 262_144;
+
+#[map(name = "NAT_FWD")]
+pub static NAT_FWD: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+
+#[map(name = "NAT_REV")]
+pub static NAT_REV: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+
+#[map(name = "NAT_CONFIG")]
+pub static NAT_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "NAT_POOL")]
+pub static NAT_POOL: Array<PoolAddr> = Array::with_max_entries(MAX_POOL, 0);
+
+/// Key data is the address in network byte order.
+#[map(name = "NAT_INTERNAL")]
+pub static NAT_INTERNAL: LpmTrie<u32, u8> = LpmTrie::with_max_entries(256, 1 /* BPF_F_NO_PREALLOC */);
+
+#[map(name = "NAT_STATS")]
+pub static NAT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Load-time secret keying the port-allocation hash; the loader sets it.
+#[unsafe(no_mangle)]
+static HASH_SEED: u32 = 0;
+
+#[inline(always)]
+pub fn hash_seed() -> u32 {
+    // SAFETY: a plain read of a global the loader froze at load time; volatile
+    // so the compiler does not fold the placeholder 0 into the code.
+    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = NAT_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn is_internal(addr_be: u32) -> bool {
+    NAT_INTERNAL
+        .get(aya_ebpf::maps::lpm_trie::Key::new(32, addr_be))
+        .is_some()
+}

@@ -1,0 +1,150 @@
+//! Bounds-checked packet access and the typed outcomes of both programs.
+
+use nat_common::{counters::Counter, headers::HeaderError};
+
+/// Why a packet is dropped. Every variant has a counter.
+#[derive(Clone, Copy)]
+pub enum Drop {
+    NoSession,
+    AllocFail,
+    Malformed,
+    Unsupported,
+    Fragment,
+    Rewrite,
+}
+
+impl Drop {
+    #[inline(always)]
+    pub const fn counter(self) -> Counter {
+        match self {
+            Drop::NoSession => Counter::NoSession,
+            Drop::AllocFail => Counter::AllocFail,
+            Drop::Malformed => Counter::Malformed,
+            Drop::Unsupported => Counter::Unsupported,
+            Drop::Fragment => Counter::Fragment,
+            Drop::Rewrite => Counter::CsumError,
+        }
+    }
+}
+
+impl From<HeaderError> for Drop {
+    #[inline(always)]
+    fn from(_: HeaderError) -> Self {
+        Drop::Malformed
+    }
+}
+
+/// A pointer to a `T` at `off` bytes into the packet, or `Malformed` when the
+/// packet is shorter. The only way the programs touch packet memory.
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, Drop> {
+    if data + off + size_of::<T>() > data_end {
+        return Err(Drop::Malformed);
+    }
+    Ok((data + off) as *mut T)
+}
+
+#[inline(always)]
+pub fn read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, Drop> {
+    let p = ptr_at::<T>(data, data_end, off)?;
+    // SAFETY: bounds checked above; packet fields are not aligned.
+    Ok(unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Bytes of link, IPv4 and transport headers the programs need in linear memory.
+pub const HEADERS_MAX: usize = 14 + 60 + 20;
+
+/// Fields of an IPv4 TCP/UDP header the programs work with, as read from the packet.
+#[derive(Clone, Copy)]
+pub struct Ipv4Fields {
+    pub ver_ihl: u8,
+    pub proto: u8,
+    pub tot_len: u16,
+    pub frag: u16,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+#[inline(always)]
+pub fn ipv4_fields(data: usize, data_end: usize, at: usize) -> Result<Ipv4Fields, Drop> {
+    use nat_common::headers::off;
+    Ok(Ipv4Fields {
+        ver_ihl: read::<u8>(data, data_end, at)?,
+        proto: read::<u8>(data, data_end, at + off::IP_PROTO)?,
+        tot_len: u16::from_be(read::<u16>(data, data_end, at + off::IP_TOT_LEN)?),
+        frag: u16::from_be(read::<u16>(data, data_end, at + off::IP_FRAG)?),
+        saddr: read::<u32>(data, data_end, at + off::IP_SADDR)?,
+        daddr: read::<u32>(data, data_end, at + off::IP_DADDR)?,
+    })
+}
+
+/// Fields of a TCP or UDP header.
+#[derive(Clone, Copy)]
+pub struct L4Fields {
+    /// Network byte order, as loaded.
+    pub sport: u16,
+    /// Network byte order, as loaded.
+    pub dport: u16,
+    /// TCP flags; 0 for UDP.
+    pub tcp_flags: u8,
+    /// Offset of the checksum field from the start of the packet.
+    pub check_off: usize,
+}
+
+/// Reads and checks the transport header at `at`; `l4_len` is the segment
+/// length the IP header claims.
+#[inline(always)]
+pub fn l4_fields(data: usize, data_end: usize, at: usize, proto: u8, l4_len: usize) -> Result<L4Fields, Drop> {
+    use nat_common::{
+        flow::{PROTO_TCP, PROTO_UDP},
+        headers::{check_tcp, check_udp, off},
+    };
+    let sport = read::<u16>(data, data_end, at + off::L4_SPORT)?;
+    let dport = read::<u16>(data, data_end, at + off::L4_DPORT)?;
+    match proto {
+        PROTO_TCP => {
+            check_tcp(read::<u8>(data, data_end, at + off::TCP_DOFF)?, l4_len)?;
+            Ok(L4Fields {
+                sport,
+                dport,
+                tcp_flags: read::<u8>(data, data_end, at + off::TCP_FLAGS)?,
+                check_off: at + off::TCP_CHECK,
+            })
+        }
+        PROTO_UDP => {
+            check_udp(u16::from_be(read::<u16>(data, data_end, at + off::UDP_LEN)?), l4_len)?;
+            // The checksum field must be inside the packet for the rewrite.
+            read::<u16>(data, data_end, at + off::UDP_CHECK)?;
+            Ok(L4Fields {
+                sport,
+                dport,
+                tcp_flags: 0,
+                check_off: at + off::UDP_CHECK,
+            })
+        }
+        _ => Err(Drop::Unsupported),
+    }
+}
+
+/// Refreshes a session entry after a packet: `seen` bits when they change,
+/// `last_seen` when it is older than the touch granularity.
+#[inline(always)]
+pub fn touch(entry: *mut nat_common::flow::Session, tcp_flags: u8, now: u64) {
+    use nat_common::{config::TOUCH_GRANULARITY_NS, tcp_state::seen_bits};
+    // SAFETY: `entry` is a live map value pointer from a lookup in this program run.
+    unsafe {
+        let bits = (*entry).seen | seen_bits(tcp_flags);
+        if bits != (*entry).seen {
+            (*entry).seen = bits;
+        }
+        if now.wrapping_sub((*entry).last_seen) > TOUCH_GRANULARITY_NS {
+            (*entry).last_seen = now;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() }
+}

@@ -1,0 +1,171 @@
+//! Command line: one clear error line for every bad value, never a panic.
+
+use std::net::Ipv4Addr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "nat", version, about = "In-kernel NAT (TC egress SNAT + XDP ingress) with TIME_WAIT-aware port allocation")]
+pub struct Cli {
+    /// Act inside this network namespace (a name under /var/run/netns); pins stay in the root bpffs.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach to an interface, pin the maps and run until SIGINT or SIGTERM.
+    Load(LoadArgs),
+    /// Detach and remove the pins of an instance (for one that crashed or was killed).
+    Unload {
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+    },
+    /// List the session table.
+    Sessions(ShowArgs),
+    /// Show the datapath counters.
+    Stats(ShowArgs),
+}
+
+#[derive(Parser, Debug)]
+pub struct LoadArgs {
+    /// External interface: egress is translated on it, replies are translated back on its ingress.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: String,
+    /// External address(es) the internal hosts are mapped to.
+    #[arg(long, value_name = "IP[,IP...]", value_delimiter = ',', required = true, value_parser = parse_ipv4)]
+    pub external: Vec<Ipv4Addr>,
+    /// Internal prefixes; only sources inside them are translated.
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', required = true, value_parser = parse_cidr)]
+    pub internal: Vec<Cidr>,
+    /// External port range handed out to new flows (keep it clear of the host's own
+    /// ephemeral range, net.ipv4.ip_local_port_range).
+    #[arg(long, value_name = "LO-HI", default_value = "16384-32767", value_parser = parse_port_range)]
+    pub ports: PortRange,
+    /// XDP attach mode: native (driver), skb (generic), or auto (native, else generic).
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+    /// Capacity of each session map (forward and reverse).
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_sessions: u32,
+    /// How often the reaper sweeps for idle sessions, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub reap_interval_ms: u64,
+}
+
+#[derive(Parser, Debug)]
+pub struct ShowArgs {
+    /// Instance to read; may be left out when only one is loaded.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Auto,
+    Native,
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+pub fn parse_ipv4(s: &str) -> Result<Ipv4Addr, String> {
+    s.trim()
+        .parse::<Ipv4Addr>()
+        .map_err(|_| format!("'{s}' is not an IPv4 address"))
+}
+
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let s = s.trim();
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not a prefix (expected ADDR/LEN, e.g. 10.0.0.0/8)"))?;
+    let addr = parse_ipv4(addr)?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("'{s}': prefix length must be 0 to 32"))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let net = u32::from(addr) & mask;
+    if net != u32::from(addr) {
+        return Err(format!(
+            "'{s}' has host bits set (did you mean {}/{len}?)",
+            Ipv4Addr::from(net)
+        ));
+    }
+    Ok(Cidr { addr, len })
+}
+
+pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let (lo, hi) = s
+        .trim()
+        .split_once('-')
+        .ok_or_else(|| format!("'{s}' is not a port range (expected LO-HI, e.g. 16384-32767)"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("'{p}' in '{s}' is not a port (1 to 65535)"))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(format!("port range '{s}' is inverted (low end above high end)"));
+    }
+    Ok(PortRange { lo, hi })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("1024-2047"), Ok(PortRange { lo: 1024, hi: 2047 }));
+        assert_eq!(parse_port_range("80-80"), Ok(PortRange { lo: 80, hi: 80 }));
+        assert!(parse_port_range("2000-1000").unwrap_err().contains("inverted"));
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("1-65536").is_err());
+        assert!(parse_port_range("100").is_err());
+        assert!(parse_port_range("a-b").is_err());
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(
+            parse_cidr("10.0.0.0/8"),
+            Ok(Cidr { addr: Ipv4Addr::new(10, 0, 0, 0), len: 8 })
+        );
+        assert!(parse_cidr("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("10.0.0.0").is_err());
+        assert!(parse_cidr("10.0.0/8").is_err());
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap().len, 0);
+    }
+
+    #[test]
+    fn cli_rejects_bad_load_flags() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["nat", "load"].iter().chain(args));
+        assert!(parse(&["--iface", "eth0", "--external", "1.2.3.4", "--internal", "10.0.0.0/8"]).is_ok());
+        assert!(parse(&["--iface", "eth0", "--external", "1.2.3", "--internal", "10.0.0.0/8"]).is_err());
+        assert!(parse(&["--iface", "eth0", "--external", "1.2.3.4", "--internal", "10.0.0.0/8", "--ports", "9-1"]).is_err());
+        assert!(parse(&["--iface", "eth0", "--external", "1.2.3.4", "--internal", "10.0.0.0/8", "--xdp-mode", "hw"]).is_err());
+        assert!(parse(&["--iface", "eth0", "--internal", "10.0.0.0/8"]).is_err());
+    }
+}

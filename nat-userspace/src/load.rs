@@ -1,0 +1,262 @@
+//! `nat load`: attach, pin, populate, reap until stopped, then clean up.
+
+use std::{
+    hash::{BuildHasher as _, Hasher as _},
+    io::Write as _,
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, lpm_trie::Key},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use log::{info, warn};
+use nat_common::{
+    config::{Config, MAX_POOL, PoolAddr},
+    names::{
+        GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_REV, MAP_STATS,
+        PROG_EGRESS, PROG_INGRESS,
+    },
+    probe::{span, stride_for},
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::{LoadArgs, XdpModeArg},
+    pidfile, pins,
+    pins::PinDir,
+    reaper,
+    tables::{Tables, boot_ns},
+};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
+
+/// Every map the instance pins.
+pub const PINNED_MAPS: [&str; 6] = [MAP_FWD, MAP_REV, MAP_CONFIG, MAP_POOL, MAP_INTERNAL, MAP_STATS];
+/// Every link the instance pins.
+pub const PINNED_LINKS: [&str; 2] = [LINK_EGRESS, LINK_INGRESS];
+
+pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
+    pins::require_bpffs()?;
+    let scope = netns.map(|ns| format!(" in network namespace {ns}")).unwrap_or_default();
+    nix::net::if_::if_nametoindex(args.iface.as_str())
+        .map_err(|_| anyhow::anyhow!("no interface named '{}'{scope}", args.iface))?;
+    if args.external.len() > MAX_POOL as usize {
+        bail!("at most {MAX_POOL} external addresses are supported, {} given", args.external.len());
+    }
+    let pins = PinDir::new(netns, &args.iface);
+    if pins.is_loaded() || PINNED_LINKS.iter().any(|l| pins.path(l).exists()) {
+        bail!(
+            "a NAT is already loaded on {}{scope} (pins in {}); stop it, or run `nat unload --iface {}` if it crashed",
+            args.iface,
+            pins.dir.display(),
+            args.iface
+        );
+    }
+    warn_ephemeral_overlap(args.ports.lo, args.ports.hi);
+
+    std::fs::create_dir_all(&pins.dir).with_context(|| format!("cannot create {}", pins.dir.display()))?;
+    let mut instance = Instance { pins, links: Vec::new() };
+    let mut ebpf = load_object(&args)?;
+    for name in PINNED_MAPS {
+        let map = ebpf.map(name).with_context(|| format!("map {name} missing from the object"))?;
+        map.pin(instance.pins.path(name))
+            .with_context(|| format!("cannot pin map {name} at {}", instance.pins.path(name).display()))?;
+    }
+    populate(&mut ebpf, &args)?;
+    let mode = attach(&mut ebpf, &args, &mut instance)?;
+    pidfile::write(netns, &args.iface)?;
+
+    let mut tables = Tables::from_maps(
+        take(&mut ebpf, MAP_FWD)?,
+        take(&mut ebpf, MAP_REV)?,
+        take(&mut ebpf, MAP_CONFIG)?,
+        take(&mut ebpf, MAP_STATS)?,
+    )?;
+    let external: Vec<String> = args.external.iter().map(Ipv4Addr::to_string).collect();
+    let mut stdout = std::io::stdout();
+    writeln!(
+        stdout,
+        "nat: attached to {}{scope} (external {}, ports {}-{}, xdp {mode}); pins in {}",
+        args.iface,
+        external.join(","),
+        args.ports.lo,
+        args.ports.hi,
+        instance.pins.dir.display()
+    )?;
+    stdout.flush()?;
+
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(args.reap_interval_ms));
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {
+                match reaper::sweep(&mut tables, boot_ns()) {
+                    Ok(s) if s.expired > 0 => info!("reaper: {} of {} sessions expired", s.expired, s.scanned),
+                    Ok(_) => {}
+                    Err(e) => warn!("reaper: {e:#}"),
+                }
+            }
+        }
+    }
+    info!("stopping: detaching from {}", args.iface);
+    drop(tables);
+    instance.remove()?;
+    pidfile::remove(netns, &args.iface);
+    drop(ebpf);
+    writeln!(std::io::stdout(), "nat: detached from {}", args.iface)?;
+    Ok(())
+}
+
+fn load_object(args: &LoadArgs) -> Result<Ebpf> {
+    // A per-load secret: which port a flow gets must not be predictable from outside.
+    let seed = std::collections::hash_map::RandomState::new().build_hasher().finish() as u32;
+    EbpfLoader::new()
+        .override_global(GLOBAL_HASH_SEED, &seed, true)
+        .map_max_entries(MAP_FWD, args.max_sessions)
+        .map_max_entries(MAP_REV, args.max_sessions)
+        .load(EBPF_OBJECT)
+        .context("cannot load the kernel programs (root with CAP_BPF and CAP_NET_ADMIN and a kernel with BTF are needed)")
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
+}
+
+fn populate(ebpf: &mut Ebpf, args: &LoadArgs) -> Result<()> {
+    let mut internal: LpmTrie<_, u32, u8> = ebpf.map_mut(MAP_INTERNAL).context("internal map")?.try_into()?;
+    for cidr in &args.internal {
+        internal
+            .insert(&Key::new(cidr.len.into(), u32::from(cidr.addr).to_be()), 1, 0)
+            .with_context(|| format!("cannot add internal prefix {}/{}", cidr.addr, cidr.len))?;
+    }
+    let mut pool: Array<_, PoolAddr> = ebpf.map_mut(MAP_POOL).context("pool map")?.try_into()?;
+    let span = span(args.ports.lo, args.ports.hi);
+    for (i, addr) in args.external.iter().enumerate() {
+        let entry = PoolAddr {
+            addr: u32::from(*addr).to_be(),
+            port_min: args.ports.lo,
+            port_max: args.ports.hi,
+            step: stride_for(span),
+            _pad: 0,
+        };
+        pool.set(i as u32, entry, 0).context("cannot fill the pool map")?;
+    }
+    let mut config: Array<_, Config> = ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;
+    let cfg = Config {
+        pool_len: args.external.len() as u32,
+        ..Config::default()
+    };
+    config.set(0, cfg, 0).context("cannot write the config map")?;
+    Ok(())
+}
+
+/// Attaches both programs through bpf links and pins the links, so the
+/// datapath does not depend on this process holding file descriptors.
+fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&'static str> {
+    let egress: &mut SchedClassifier = ebpf
+        .program_mut(PROG_EGRESS)
+        .context("egress program missing from the object")?
+        .try_into()?;
+    egress.load().context("the kernel rejected the egress program")?;
+    let id = egress
+        .attach_with_options(&args.iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("cannot attach the egress program to {} (TCX needs Linux 6.6+)", args.iface))?;
+    let link: FdLink = egress.take_link(id)?.try_into().context("egress link is not a bpf link")?;
+    instance.pin_link(link, LINK_EGRESS)?;
+
+    let ingress: &mut Xdp = ebpf
+        .program_mut(PROG_INGRESS)
+        .context("ingress program missing from the object")?
+        .try_into()?;
+    ingress.load().context("the kernel rejected the ingress program")?;
+    let (id, mode) = match args.xdp_mode {
+        XdpModeArg::Native => (ingress.attach(&args.iface, XdpMode::Driver).context("native XDP attach failed (try --xdp-mode skb)")?, "native"),
+        XdpModeArg::Skb => (ingress.attach(&args.iface, XdpMode::Skb).context("generic XDP attach failed")?, "skb"),
+        XdpModeArg::Auto => match ingress.attach(&args.iface, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                info!("native XDP unavailable on {} ({e}); using generic mode", args.iface);
+                (ingress.attach(&args.iface, XdpMode::Skb).context("generic XDP attach failed")?, "skb")
+            }
+        },
+    };
+    let link: FdLink = ingress.take_link(id)?.try_into().context("XDP link is not a bpf link")?;
+    instance.pin_link(link, LINK_INGRESS)?;
+    Ok(mode)
+}
+
+/// What this process pinned; removed again on every exit path.
+struct Instance {
+    pins: PinDir,
+    links: Vec<PinnedLink>,
+}
+
+impl Instance {
+    fn pin_link(&mut self, link: FdLink, name: &str) -> Result<()> {
+        let path = self.pins.path(name);
+        let pinned = link.pin(&path).with_context(|| format!("cannot pin link at {}", path.display()))?;
+        self.links.push(pinned);
+        Ok(())
+    }
+
+    fn remove(&mut self) -> Result<()> {
+        for link in self.links.drain(..) {
+            // Unpinning hands back the last reference; dropping it detaches.
+            drop(link.unpin());
+        }
+        remove_pins(&self.pins)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            warn!("cleanup: {e:#}");
+        }
+    }
+}
+
+/// Removes every pin of an instance: links first (which detaches them), then maps.
+pub fn remove_pins(pins: &PinDir) -> Result<()> {
+    for name in PINNED_LINKS {
+        let path = pins.path(name);
+        if path.exists() {
+            let link = PinnedLink::from_pin(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
+            drop(link.unpin().with_context(|| format!("cannot unpin {}", path.display()))?);
+        }
+    }
+    for name in PINNED_MAPS {
+        match std::fs::remove_file(pins.path(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", pins.path(name).display())),
+        }
+    }
+    pins::remove_dir(pins)
+}
+
+/// The host's own connections take ports from ip_local_port_range; sharing
+/// them with the NAT makes the two collide toward the same server.
+fn warn_ephemeral_overlap(lo: u16, hi: u16) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut it = text.split_whitespace().filter_map(|v| v.parse::<u16>().ok());
+    if let (Some(elo), Some(ehi)) = (it.next(), it.next())
+        && lo <= ehi
+        && elo <= hi
+    {
+        warn!("port range {lo}-{hi} overlaps the host's ephemeral range {elo}-{ehi} (net.ipv4.ip_local_port_range); the host's own connections may collide with translated ones");
+    }
+}

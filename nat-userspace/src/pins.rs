@@ -1,0 +1,112 @@
+//! Where an instance pins its maps and links, and finding instances again.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use nat_common::names::{LAYOUT_VERSION, MAP_FWD, PIN_ROOT};
+
+/// The pin directory of one instance: `/sys/fs/bpf/nat/[NETNS/]IFACE`.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    pub dir: PathBuf,
+    pub iface: String,
+}
+
+impl PinDir {
+    pub fn new(netns: Option<&str>, iface: &str) -> Self {
+        Self {
+            dir: scope_dir(netns).join(iface),
+            iface: iface.to_string(),
+        }
+    }
+
+    /// Path of a pinned object, with the layout version in its name.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}_v{LAYOUT_VERSION}"))
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.path(MAP_FWD).exists()
+    }
+}
+
+fn scope_dir(netns: Option<&str>) -> PathBuf {
+    let root = PathBuf::from(PIN_ROOT);
+    match netns {
+        Some(ns) => root.join(ns),
+        None => root,
+    }
+}
+
+/// Fails with a fix when /sys/fs/bpf is not a bpffs (pins would not survive us).
+pub fn require_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let stat = nix::sys::statfs::statfs("/sys/fs/bpf").context("cannot stat /sys/fs/bpf")?;
+    if stat.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        bail!("bpffs is not mounted at /sys/fs/bpf (mount it with: mount -t bpf bpf /sys/fs/bpf)");
+    }
+    Ok(())
+}
+
+/// The instance to read: the one named, or the only one loaded in this scope.
+pub fn resolve(netns: Option<&str>, iface: Option<&str>) -> Result<PinDir> {
+    if let Some(iface) = iface {
+        let pins = PinDir::new(netns, iface);
+        if !pins.is_loaded() {
+            bail!("no NAT is loaded on {iface} (no pins in {})", pins.dir.display());
+        }
+        return Ok(pins);
+    }
+    let mut found = instances(netns)?;
+    match found.len() {
+        0 => bail!("no NAT is loaded{} (nothing pinned under {})", scope_name(netns), scope_dir(netns).display()),
+        1 => Ok(found.remove(0)),
+        _ => bail!(
+            "several NATs are loaded{}: {}; pick one with --iface",
+            scope_name(netns),
+            found.iter().map(|p| p.iface.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn scope_name(netns: Option<&str>) -> String {
+    netns.map(|ns| format!(" in network namespace {ns}")).unwrap_or_default()
+}
+
+fn instances(netns: Option<&str>) -> Result<Vec<PinDir>> {
+    let dir = scope_dir(netns);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let iface = entry.file_name().to_string_lossy().into_owned();
+        let pins = PinDir::new(netns, &iface);
+        if pins.is_loaded() {
+            out.push(pins);
+        }
+    }
+    out.sort_by(|a, b| a.iface.cmp(&b.iface));
+    Ok(out)
+}
+
+/// Removes the instance directory and, when empty, the namespace directory above it.
+pub fn remove_dir(pins: &PinDir) -> Result<()> {
+    remove_if_empty(&pins.dir)?;
+    if let Some(parent) = pins.dir.parent()
+        && parent != Path::new(PIN_ROOT)
+    {
+        remove_if_empty(parent)?;
+    }
+    Ok(())
+}
+
+fn remove_if_empty(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+    }
+}

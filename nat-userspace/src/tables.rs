@@ -1,0 +1,129 @@
+//! Typed handles on the NAT's maps, opened from an `Ebpf` at load or from pins later.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use nat_common::{
+    config::Config,
+    counters::Counter,
+    flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
+    names::{MAP_CONFIG, MAP_FWD, MAP_REV, MAP_STATS},
+    tcp_state::{State, state_of},
+};
+
+use crate::pins::PinDir;
+
+pub struct Tables {
+    pub fwd: HashMap<MapData, FlowKey, Session>,
+    pub rev: HashMap<MapData, FlowKey, Session>,
+    pub config: Array<MapData, Config>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl Tables {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        let open = |name: &str| -> Result<Map> {
+            let path = pins.path(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
+            Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))
+        };
+        Self::from_maps(open(MAP_FWD)?, open(MAP_REV)?, open(MAP_CONFIG)?, open(MAP_STATS)?)
+    }
+
+    pub fn from_maps(fwd: Map, rev: Map, config: Map, stats: Map) -> Result<Self> {
+        Ok(Self {
+            fwd: fwd.try_into().context("forward session map")?,
+            rev: rev.try_into().context("reverse session map")?,
+            config: config.try_into().context("config map")?,
+            stats: stats.try_into().context("stats map")?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).context("cannot read the config map")
+    }
+
+    /// Counter totals over all CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = self.stats.get(&(c as u32), 0).with_context(|| format!("cannot read counter {}", c.name()))?;
+                Ok((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Every session, joined from its forward and reverse entries.
+    pub fn sessions(&self) -> Result<Vec<SessionView>> {
+        let mut out = Vec::new();
+        for item in self.fwd.iter() {
+            let (key, fwd) = match item {
+                Ok(kv) => kv,
+                // Deleted between listing the key and reading it: it is gone, not an error.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("cannot read the forward session map"),
+            };
+            let rev_key = key.translated(fwd.addr, fwd.port);
+            let rev = self.rev.get(&rev_key, 0).ok();
+            out.push(SessionView::new(&key, &fwd, rev.as_ref()));
+        }
+        Ok(out)
+    }
+}
+
+/// One session as the CLI and the reaper see it.
+#[derive(Clone, Debug)]
+pub struct SessionView {
+    pub key: FlowKey,
+    pub proto: u8,
+    pub internal: SocketAddrV4,
+    pub external: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub state: State,
+    /// Boot-clock nanoseconds of the last packet in either direction.
+    pub last_seen: u64,
+    /// False when the reverse entry is missing (being created or reaped).
+    pub paired: bool,
+}
+
+impl SessionView {
+    pub fn new(key: &FlowKey, fwd: &Session, rev: Option<&Session>) -> Self {
+        let rev_seen = rev.map_or(0, |r| r.seen);
+        let rev_last = rev.map_or(0, |r| r.last_seen);
+        Self {
+            key: *key,
+            proto: key.proto,
+            internal: endpoint(key.saddr, key.sport),
+            external: endpoint(fwd.addr, fwd.port),
+            remote: endpoint(key.daddr, key.dport),
+            state: state_of(key.proto, fwd.seen, rev_seen),
+            last_seen: fwd.last_seen.max(rev_last),
+            paired: rev.is_some(),
+        }
+    }
+
+    pub fn proto_name(&self) -> &'static str {
+        proto_name(self.proto)
+    }
+}
+
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        _ => "other",
+    }
+}
+
+/// A socket address from network-order fields as stored in the maps.
+pub fn endpoint(addr_be: u32, port_be: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr_be)), u16::from_be(port_be))
+}
+
+/// The clock the datapath stamps sessions with (bpf_ktime_get_boot_ns).
+pub fn boot_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is always available");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
