@@ -19,7 +19,10 @@ pub const MAP_INTERNAL: &str = "NAT_INTERNAL";
 pub const MAP_STATS: &str = "NAT_STATS";
 
 pub const PROG_EGRESS: &str = "nat_egress";
+/// XDP ingress, the default.
 pub const PROG_INGRESS: &str = "nat_ingress";
+/// TC ingress, for external interfaces whose peer hands over CHECKSUM_PARTIAL packets.
+pub const PROG_INGRESS_TC: &str = "nat_ingress_tc";
 
 /// Load-time constant: the secret that keys the port-allocation hash.
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";

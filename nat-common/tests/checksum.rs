@@ -14,7 +14,10 @@ struct Pkt {
     hdr_len: usize,
 }
 
-fn build(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, options: &[u8], payload: &[u8], udp_no_csum: bool) -> Pkt {
+/// Endpoints of a test packet: (address, port) of source and destination.
+type Ends = ([u8; 4], u16, [u8; 4], u16);
+
+fn build(proto: u8, (src, sport, dst, dport): Ends, options: &[u8], payload: &[u8], udp_no_csum: bool) -> Pkt {
     let hdr_len = 20 + options.len();
     let l4_hdr = if proto == PROTO_TCP { 20 } else { 8 };
     let total = hdr_len + l4_hdr + payload.len();
@@ -123,7 +126,7 @@ proptest! {
         new_addr in any::<[u8; 4]>(), new_port in any::<u16>(),
     ) {
         let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
-        let mut p = build(proto, src, dst, sport, dport, &opts, &payload, false);
+        let mut p = build(proto, (src, sport, dst, dport), &opts, &payload, false);
         prop_assert_eq!(verify(&p), (true, true));
         rewrite(&mut p, source, new_addr, new_port);
         prop_assert_eq!(verify(&p), (true, true));
@@ -141,7 +144,7 @@ proptest! {
         payload in proptest::collection::vec(any::<u8>(), 0..100),
         new_addr in any::<[u8; 4]>(), new_port in any::<u16>(),
     ) {
-        let mut p = build(PROTO_UDP, src, dst, 1000, 53, &[], &payload, true);
+        let mut p = build(PROTO_UDP, (src, 1000, dst, 53), &[], &payload, true);
         rewrite(&mut p, true, new_addr, new_port);
         prop_assert_eq!(field16(&p.bytes, 20 + off::UDP_CHECK), 0);
         prop_assert!(verify(&p).0);
@@ -153,7 +156,7 @@ fn rewrite_that_sums_to_zero_is_sent_as_ffff() {
     // Search a rewrite whose UDP result is zero and check it goes out as 0xffff.
     let mut found = false;
     for port in 0..=u16::MAX {
-        let mut p = build(PROTO_UDP, [10, 0, 0, 1], [10, 0, 0, 2], 1000, 53, &[], b"abcd", false);
+        let mut p = build(PROTO_UDP, ([10, 0, 0, 1], 1000, [10, 0, 0, 2], 53), &[], b"abcd", false);
         rewrite(&mut p, true, [10, 0, 0, 1], port);
         let c = field16(&p.bytes, 20 + off::UDP_CHECK);
         assert_ne!(c, 0, "a UDP checksum must never become 0 (no checksum) by rewriting");

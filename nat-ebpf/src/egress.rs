@@ -1,21 +1,21 @@
 //! TC egress on the external interface: source NAT.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
 use nat_common::{
     counters::Counter,
-    csum::diff32,
-    flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off, tcp_flags},
+    flow::{FlowKey, PROTO_TCP, PROTO_UDP},
+    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, tcp_flags},
 };
 
 use crate::{
     alloc::allocate,
     maps::{NAT_FWD, count, is_internal},
-    packet::{Drop, HEADERS_MAX, L4Fields, ipv4_fields, l4_fields, now_ns, read, touch},
+    packet::{Drop, HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, touch},
+    tc_rewrite::{Endpoint, Side, rewrite_endpoint},
 };
 
 #[classifier]
@@ -37,13 +37,7 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
     let len = ctx.len() as usize;
-    if ctx.data() + HEADERS_MAX > ctx.data_end() {
-        // Headers of forwarded or locally built packets may sit partly in
-        // paged data; pull what is there into the linear area once.
-        let want = if len < HEADERS_MAX { len } else { HEADERS_MAX };
-        let _ = ctx.pull_data(want as u32);
-    }
-    let (data, end) = (ctx.data(), ctx.data_end());
+    let (data, end) = linear_headers(ctx);
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
         _ => return Ok(Counter::NotIpv4),
@@ -89,26 +83,22 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
             allocate(&key, l4.tcp_flags, now)?
         }
     };
-    rewrite_source(ctx, &l4, ip.proto, ip.saddr, &session, l4_at)?;
+    let old = Endpoint { addr: ip.saddr, port: l4.sport };
+    let new = Endpoint { addr: session.addr, port: session.port };
+    rewrite_endpoint(ctx, &l4, ip.proto, Side::Source, l4_at, old, new)?;
     Ok(Counter::XlateOut)
 }
 
-/// Rewrites the source endpoint with the kernel's checksum helpers, which
-/// also get CHECKSUM_PARTIAL packets right (only the pseudo-header part of
-/// the transport checksum is updated for those).
+
+/// Makes the headers readable by direct access and returns (data, data_end).
+/// Headers of forwarded or locally built packets may sit partly in paged
+/// data; whatever of them exists is pulled into the linear area once.
 #[inline(always)]
-fn rewrite_source(ctx: &TcContext, l4: &L4Fields, proto: u8, old_addr: u32, to: &Session, l4_at: usize) -> Result<(), Drop> {
-    let addr_diff = diff32(old_addr, to.addr) as u64;
-    let zero_ok = if proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-    ctx.l3_csum_replace(ETH_HLEN + off::IP_CHECK, 0, addr_diff, 0)
-        .map_err(|_| Drop::Rewrite)?;
-    ctx.l4_csum_replace(l4.check_off, 0, addr_diff, BPF_F_PSEUDO_HDR as u64 | zero_ok)
-        .map_err(|_| Drop::Rewrite)?;
-    ctx.l4_csum_replace(l4.check_off, l4.sport as u64, to.port as u64, 2 | zero_ok)
-        .map_err(|_| Drop::Rewrite)?;
-    ctx.store(ETH_HLEN + off::IP_SADDR, &to.addr, 0)
-        .map_err(|_| Drop::Rewrite)?;
-    ctx.store(l4_at + off::L4_SPORT, &to.port, 0)
-        .map_err(|_| Drop::Rewrite)?;
-    Ok(())
+pub fn linear_headers(ctx: &TcContext) -> (usize, usize) {
+    if ctx.data() + HEADERS_MAX > ctx.data_end() {
+        let len = ctx.len() as usize;
+        let want = if len < HEADERS_MAX { len } else { HEADERS_MAX };
+        let _ = ctx.pull_data(want as u32);
+    }
+    (ctx.data(), ctx.data_end())
 }

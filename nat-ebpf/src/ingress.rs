@@ -1,21 +1,70 @@
-//! XDP ingress on the external interface: translate replies back to the internal host.
+//! Ingress on the external interface: translate replies back to the internal host.
+//!
+//! XDP is the default: it runs before the stack allocates anything. It can
+//! only see packet bytes, so it updates checksums with plain RFC 1624
+//! arithmetic, which is right for frames from a wire. A packet that arrives
+//! with CHECKSUM_PARTIAL (a veth or tap peer on the same host) holds only a
+//! pseudo-header seed in its checksum field; for those external interfaces
+//! the TC variant uses the skb-aware helpers instead.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use nat_common::{
     counters::Counter,
     csum::{apply, apply_udp, endpoint_diff},
-    flow::{FlowKey, PROTO_TCP, PROTO_UDP},
+    flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
 };
 
 use crate::{
+    egress::linear_headers,
     maps::{NAT_REV, count},
-    packet::{Drop, ipv4_fields, l4_fields, now_ns, ptr_at, read, touch},
+    packet::{Drop, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns, ptr_at, read, touch},
+    tc_rewrite::{Endpoint, Side, rewrite_endpoint},
 };
+
+/// An inbound packet that belongs to a session.
+struct Inbound {
+    ip: Ipv4Fields,
+    l4: L4Fields,
+    l4_at: usize,
+    /// The internal endpoint to deliver to.
+    to: Session,
+}
+
+/// Only packets that match a reverse entry are translated; everything else
+/// goes to the stack as it came, so the host's own traffic keeps working.
+#[inline(always)]
+fn classify(data: usize, end: usize, avail: usize) -> Result<Result<Inbound, Counter>, Drop> {
+    match read::<u16>(data, end, 12) {
+        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
+        _ => return Ok(Err(Counter::NotIpv4)),
+    }
+    let ip = ipv4_fields(data, end, ETH_HLEN)?;
+    let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail)?;
+    if meta.fragment || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+        return Ok(Err(Counter::NotOursIn));
+    }
+    let l4_at = ETH_HLEN + meta.hdr_len;
+    let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len())?;
+
+    // The reverse key is oriented like egress: (external, remote).
+    let key = FlowKey::new(ip.proto, ip.daddr, l4.dport, ip.saddr, l4.sport);
+    let Some(entry) = NAT_REV.get_ptr_mut(&key) else {
+        return Ok(Err(Counter::NotOursIn));
+    };
+    touch(entry, l4.tcp_flags, now_ns());
+    // SAFETY: live map value from the lookup above.
+    let to = unsafe { *entry };
+    Ok(Ok(Inbound { ip, l4, l4_at, to }))
+}
 
 #[xdp]
 pub fn nat_ingress(ctx: XdpContext) -> u32 {
-    match try_ingress(&ctx) {
+    match try_xdp(&ctx) {
         Ok(counter) => {
             count(counter);
             xdp_action::XDP_PASS
@@ -27,46 +76,55 @@ pub fn nat_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Only packets that match a reverse entry are touched; everything else goes
-/// to the stack as it came, so the host's own traffic keeps working.
 #[inline(always)]
-fn try_ingress(ctx: &XdpContext) -> Result<Counter, Drop> {
+fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(Counter::NotIpv4),
-    }
-    let ip = ipv4_fields(data, end, ETH_HLEN)?;
-    let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, end - data - ETH_HLEN)?;
-    if meta.fragment || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
-        return Ok(Counter::NotOursIn);
-    }
-    let l4_at = ETH_HLEN + meta.hdr_len;
-    let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len())?;
-
-    // The reverse key is oriented like egress: (external, remote).
-    let key = FlowKey::new(ip.proto, ip.daddr, l4.dport, ip.saddr, l4.sport);
-    let Some(entry) = NAT_REV.get_ptr_mut(&key) else {
-        return Ok(Counter::NotOursIn);
+    let pkt = match classify(data, end, end - data - ETH_HLEN)? {
+        Ok(pkt) => pkt,
+        Err(pass) => return Ok(pass),
     };
-    touch(entry, l4.tcp_flags, now_ns());
-    // SAFETY: live map value from the lookup above.
-    let to = unsafe { *entry };
-
-    let diff = endpoint_diff(ip.daddr, to.addr, l4.dport, to.port);
+    let diff = endpoint_diff(pkt.ip.daddr, pkt.to.addr, pkt.l4.dport, pkt.to.port);
     let ip_check = ptr_at::<u16>(data, end, ETH_HLEN + off::IP_CHECK)?;
-    let l4_check = ptr_at::<u16>(data, end, l4.check_off)?;
+    let l4_check = ptr_at::<u16>(data, end, pkt.l4.check_off)?;
     let daddr = ptr_at::<u32>(data, end, ETH_HLEN + off::IP_DADDR)?;
-    let dport = ptr_at::<u16>(data, end, l4_at + off::L4_DPORT)?;
+    let dport = ptr_at::<u16>(data, end, pkt.l4_at + off::L4_DPORT)?;
     // SAFETY: all four pointers were bounds-checked by ptr_at.
     unsafe {
         let c = core::ptr::read_unaligned(ip_check);
         core::ptr::write_unaligned(ip_check, apply(c, diff.l3));
         let c = core::ptr::read_unaligned(l4_check);
-        let c = if ip.proto == PROTO_UDP { apply_udp(c, diff.l4) } else { apply(c, diff.l4) };
+        let c = if pkt.ip.proto == PROTO_UDP { apply_udp(c, diff.l4) } else { apply(c, diff.l4) };
         core::ptr::write_unaligned(l4_check, c);
-        core::ptr::write_unaligned(daddr, to.addr);
-        core::ptr::write_unaligned(dport, to.port);
+        core::ptr::write_unaligned(daddr, pkt.to.addr);
+        core::ptr::write_unaligned(dport, pkt.to.port);
     }
+    Ok(Counter::XlateIn)
+}
+
+#[classifier]
+pub fn nat_ingress_tc(ctx: TcContext) -> i32 {
+    match try_tc(&ctx) {
+        Ok(counter) => {
+            count(counter);
+            TC_ACT_OK as i32
+        }
+        Err(drop) => {
+            count(drop.counter());
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
+    let (data, end) = linear_headers(ctx);
+    let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    let pkt = match classify(data, end, avail)? {
+        Ok(pkt) => pkt,
+        Err(pass) => return Ok(pass),
+    };
+    let old = Endpoint { addr: pkt.ip.daddr, port: pkt.l4.dport };
+    let new = Endpoint { addr: pkt.to.addr, port: pkt.to.port };
+    rewrite_endpoint(ctx, &pkt.l4, pkt.ip.proto, Side::Destination, pkt.l4_at, old, new)?;
     Ok(Counter::XlateIn)
 }

@@ -15,6 +15,8 @@ mod ingress;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
+#[cfg(target_arch = "bpf")]
+mod tc_rewrite;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -44,6 +44,10 @@ pub struct LoadArgs {
     /// ephemeral range, net.ipv4.ip_local_port_range).
     #[arg(long, value_name = "LO-HI", default_value = "16384-32767", value_parser = parse_port_range)]
     pub ports: PortRange,
+    /// Where replies are translated back: xdp (fastest; for frames from a wire) or tc (for
+    /// virtual external interfaces whose peer sends CHECKSUM_PARTIAL packets, e.g. veth).
+    #[arg(long, value_enum, default_value_t = IngressArg::Xdp)]
+    pub ingress: IngressArg,
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else generic).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
@@ -63,6 +67,12 @@ pub struct ShowArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IngressArg {
+    Xdp,
+    Tc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -22,14 +22,14 @@ use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     names::{
         GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_REV, MAP_STATS,
-        PROG_EGRESS, PROG_INGRESS,
+        PROG_EGRESS, PROG_INGRESS, PROG_INGRESS_TC,
     },
     probe::{span, stride_for},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{LoadArgs, XdpModeArg},
+    cli::{IngressArg, LoadArgs, XdpModeArg},
     pidfile, pins,
     pins::PinDir,
     reaper,
@@ -84,7 +84,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(
         stdout,
-        "nat: attached to {}{scope} (external {}, ports {}-{}, xdp {mode}); pins in {}",
+        "nat: attached to {}{scope} (external {}, ports {}-{}, ingress {mode}); pins in {}",
         args.iface,
         external.join(","),
         args.ports.lo,
@@ -175,24 +175,53 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
     let link: FdLink = egress.take_link(id)?.try_into().context("egress link is not a bpf link")?;
     instance.pin_link(link, LINK_EGRESS)?;
 
-    let ingress: &mut Xdp = ebpf
-        .program_mut(PROG_INGRESS)
-        .context("ingress program missing from the object")?
-        .try_into()?;
-    ingress.load().context("the kernel rejected the ingress program")?;
-    let (id, mode) = match args.xdp_mode {
-        XdpModeArg::Native => (ingress.attach(&args.iface, XdpMode::Driver).context("native XDP attach failed (try --xdp-mode skb)")?, "native"),
-        XdpModeArg::Skb => (ingress.attach(&args.iface, XdpMode::Skb).context("generic XDP attach failed")?, "skb"),
-        XdpModeArg::Auto => match ingress.attach(&args.iface, XdpMode::Driver) {
-            Ok(id) => (id, "native"),
-            Err(e) => {
-                info!("native XDP unavailable on {} ({e}); using generic mode", args.iface);
-                (ingress.attach(&args.iface, XdpMode::Skb).context("generic XDP attach failed")?, "skb")
-            }
-        },
+    let mode = match args.ingress {
+        IngressArg::Tc => {
+            let ingress: &mut SchedClassifier = ebpf
+                .program_mut(PROG_INGRESS_TC)
+                .context("TC ingress program missing from the object")?
+                .try_into()?;
+            ingress.load().context("the kernel rejected the TC ingress program")?;
+            let id = ingress
+                .attach_with_options(&args.iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| format!("cannot attach the ingress program to {}", args.iface))?;
+            let link: FdLink = ingress.take_link(id)?.try_into().context("ingress link is not a bpf link")?;
+            instance.pin_link(link, LINK_INGRESS)?;
+            "tc"
+        }
+        IngressArg::Xdp => {
+            let ingress: &mut Xdp = ebpf
+                .program_mut(PROG_INGRESS)
+                .context("ingress program missing from the object")?
+                .try_into()?;
+            ingress.load().context("the kernel rejected the ingress program")?;
+            let (id, mode) = match args.xdp_mode {
+                XdpModeArg::Native => (
+                    ingress
+                        .attach(&args.iface, XdpMode::Driver)
+                        .context("native XDP attach failed (try --xdp-mode skb)")?,
+                    "xdp native",
+                ),
+                XdpModeArg::Skb => (
+                    ingress.attach(&args.iface, XdpMode::Skb).context("generic XDP attach failed")?,
+                    "xdp skb",
+                ),
+                XdpModeArg::Auto => match ingress.attach(&args.iface, XdpMode::Driver) {
+                    Ok(id) => (id, "xdp native"),
+                    Err(e) => {
+                        info!("native XDP unavailable on {} ({e}); using generic mode", args.iface);
+                        (
+                            ingress.attach(&args.iface, XdpMode::Skb).context("generic XDP attach failed")?,
+                            "xdp skb",
+                        )
+                    }
+                },
+            };
+            let link: FdLink = ingress.take_link(id)?.try_into().context("XDP link is not a bpf link")?;
+            instance.pin_link(link, LINK_INGRESS)?;
+            mode
+        }
     };
-    let link: FdLink = ingress.take_link(id)?.try_into().context("XDP link is not a bpf link")?;
-    instance.pin_link(link, LINK_INGRESS)?;
     Ok(mode)
 }
 

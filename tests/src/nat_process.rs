@@ -1,0 +1,218 @@
+//! Running the `nat` binary against a [`Topology`].
+//!
+//! The binary enters the nat namespace itself (`--netns`), rather than being
+//! started under `ip netns exec`, which would remount /sys and hide the real
+//! bpffs the NAT pins its maps in.
+
+use std::io::{self, BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::lock::lock;
+use crate::topology::{EXT_IFACE, EXTERNAL_IP, INTERNAL_PREFIX, Side, Topology};
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTACHED_PREFIX: &str = "nat: attached";
+
+/// The `nat` binary: `$NAT_BIN`, else the workspace's debug build.
+pub fn nat_bin() -> PathBuf {
+    let path = match std::env::var_os("NAT_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/nat")),
+    };
+    assert!(
+        path.is_file(),
+        "nat binary {} not found: build it with `cargo xtask build` (or point NAT_BIN at it)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `nat --netns <nat ns> <args>` to completion (`sessions --json`,
+/// `stats --json`, `unload --iface veth-ext`, ...).
+pub fn nat_cmd(topology: &Topology, args: &[&str]) -> Output {
+    let bin = nat_bin();
+    Command::new(&bin)
+        .arg("--netns")
+        .arg(topology.ns_name(Side::Nat))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+}
+
+/// Runs [`nat_cmd`], requires success, and parses its stdout as JSON.
+pub fn nat_json(topology: &Topology, args: &[&str]) -> serde_json::Value {
+    let output = nat_cmd(topology, args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "nat {args:?} failed ({}): {}\nstdout: {stdout}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("nat {args:?} printed invalid JSON ({e}): {stdout}"))
+}
+
+/// A running `nat load`; terminated on drop if not stopped explicitly.
+#[derive(Debug)]
+pub struct NatProcess {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl NatProcess {
+    /// Starts `nat --netns <nat ns> load --iface veth-ext --external
+    /// 198.18.0.1 --internal 10.200.1.0/25 <extra_args>` and returns once it
+    /// prints `nat: attached`.
+    pub fn start(topology: &Topology, extra_args: &[&str]) -> NatProcess {
+        let bin = nat_bin();
+        let mut child = Command::new(&bin)
+            .arg("--netns")
+            .arg(topology.ns_name(Side::Nat))
+            .args(["load", "--iface", EXT_IFACE, "--external"])
+            .arg(EXTERNAL_IP.to_string())
+            .args(["--internal", INTERNAL_PREFIX])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        // Keeps draining after startup too: a full pipe would block the NAT.
+        let reader = {
+            let lines = Arc::clone(&lines);
+            thread::Builder::new()
+                .name("nat-stdout".to_owned())
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        println!("[nat] {line}");
+                        lock(&lines).push(line.clone());
+                        let _ = tx.send(line);
+                    }
+                })
+                .expect("cannot spawn the nat stdout reader")
+        };
+        let mut process = NatProcess {
+            child: Some(child),
+            lines,
+            reader: Some(reader),
+        };
+
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with(ATTACHED_PREFIX) => return process,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut child = process.child.take().expect("child not yet reaped");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "nat did not print `{ATTACHED_PREFIX}` within {ATTACH_TIMEOUT:?}; killed it. stdout so far: {:#?}",
+                        process.output()
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = match process.child.take().expect("child not yet reaped").wait() {
+                        Ok(status) => status.to_string(),
+                        Err(e) => format!("cannot wait for it: {e}"),
+                    };
+                    panic!(
+                        "nat exited ({status}) before printing `{ATTACHED_PREFIX}`. stdout: {:#?}",
+                        process.output()
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything the NAT printed on stdout so far.
+    pub fn output(&self) -> Vec<String> {
+        lock(&self.lines).clone()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; panics (after SIGKILL) if it
+    /// takes longer than 10 s.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = match terminate(&mut child) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nat did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it");
+            }
+            Err(e) => panic!("cannot wait for nat (pid {}): {e}", child.id()),
+        };
+        self.finish_reading();
+        status
+    }
+
+    /// Lets the reader print the last lines, unless a leftover grandchild
+    /// holds the pipe open.
+    fn finish_reading(&mut self) {
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !reader.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if reader.is_finished() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for NatProcess {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // No panicking here: this often runs while a failed test unwinds.
+        if let Ok(None) = terminate(&mut child) {
+            eprintln!("nat (pid {}) ignored SIGTERM; killing it", child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.finish_reading();
+    }
+}
+
+/// SIGTERM, then waits up to [`STOP_TIMEOUT`]; `Ok(None)` if it is still running.
+fn terminate(child: &mut Child) -> io::Result<Option<ExitStatus>> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(Some(status));
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,204 @@
+//! Servers in the server namespace that record which peer addresses they saw:
+//! the peer address is the NAT's observable effect.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::lock::lock;
+use crate::netns::run_in_ns;
+use crate::protocol::{CHUNK, Fnv1a, REQUEST_HEADER_LEN, encode_reply};
+use crate::sockets::listen_tcp;
+
+/// How often the server loops look at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+/// A client that goes quiet this long mid-request is given up on.
+const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refuses absurd lengths, which mean the stream was corrupted.
+const MAX_REQUEST: u64 = 1 << 32;
+
+/// A running server; stops (and joins its accept/receive loop) on drop.
+#[derive(Debug)]
+pub struct ServerHandle {
+    port: u16,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Every peer seen so far, in arrival order: one entry per accepted TCP
+    /// connection, or per received UDP datagram.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        lock(&self.peers).clone()
+    }
+
+    pub fn last_peer(&self) -> Option<SocketAddr> {
+        lock(&self.peers).last().copied()
+    }
+
+    /// The bound port (useful when started on port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A TCP server on 0.0.0.0:`port` in `ns` speaking the check protocol of
+/// [`tcp_transfer`](crate::tcp_transfer), one thread per connection.
+pub fn tcp_sink_server(ns: &str, port: u16) -> ServerHandle {
+    // Bound inside the namespace; the socket stays there whichever thread uses it.
+    let listener = run_in_ns(ns, move || listen_tcp(port));
+    let port = local_port(listener.local_addr());
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let peers = Arc::clone(&peers);
+        let stop = Arc::clone(&stop);
+        thread::Builder::new()
+            .name(format!("tcp-sink-{port}"))
+            .spawn(move || accept_loop(&listener, &peers, &stop))
+            .expect("cannot spawn the TCP sink thread")
+    };
+    ServerHandle {
+        port,
+        peers,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// A UDP server on 0.0.0.0:`port` in `ns` that sends every datagram back
+/// unchanged to its sender.
+pub fn udp_echo_server(ns: &str, port: u16) -> ServerHandle {
+    let socket = run_in_ns(ns, move || {
+        UdpSocket::bind(("0.0.0.0", port))
+            .unwrap_or_else(|e| panic!("cannot bind UDP 0.0.0.0:{port}: {e}"))
+    });
+    socket
+        .set_read_timeout(Some(STOP_POLL))
+        .expect("cannot set a UDP read timeout");
+    let port = local_port(socket.local_addr());
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let peers = Arc::clone(&peers);
+        let stop = Arc::clone(&stop);
+        thread::Builder::new()
+            .name(format!("udp-echo-{port}"))
+            .spawn(move || echo_loop(&socket, &peers, &stop))
+            .expect("cannot spawn the UDP echo thread")
+    };
+    ServerHandle {
+        port,
+        peers,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn accept_loop(listener: &TcpListener, peers: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(STOP_POLL).expect("small timeout");
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => panic!("poll on the TCP sink listener failed: {e}"),
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                lock(peers).push(peer);
+                let spawned = thread::Builder::new()
+                    .name(format!("tcp-sink-{peer}"))
+                    .stack_size(128 * 1024)
+                    .spawn(move || {
+                        if let Err(e) = serve_connection(stream) {
+                            eprintln!("tcp sink: connection from {peer}: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("tcp sink: cannot spawn a thread for {peer}: {e}");
+                }
+            }
+            // The connection may have been reset between poll and accept.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => {
+                eprintln!("tcp sink: accept failed: {e}");
+                thread::sleep(STOP_POLL);
+            }
+        }
+    }
+}
+
+fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CONNECTION_IDLE_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECTION_IDLE_TIMEOUT))?;
+    let mut header = [0; REQUEST_HEADER_LEN];
+    stream.read_exact(&mut header)?;
+    let len = u64::from_be_bytes(header);
+    if len > MAX_REQUEST {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            format!("request length {len} is implausible"),
+        ));
+    }
+    let mut hash = Fnv1a::new();
+    let mut buf = vec![0; CHUNK];
+    let mut remaining = len;
+    while remaining > 0 {
+        let want = usize::try_from(remaining.min(CHUNK as u64)).expect("at most CHUNK");
+        let got = stream.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!("peer closed with {remaining} of {len} bytes unsent"),
+            ));
+        }
+        hash.update(&buf[..got]);
+        remaining -= got as u64;
+    }
+    stream.write_all(&encode_reply(len, hash.finish()))?;
+    // Waiting for the client's FIN makes the client close first, so the
+    // connection ends with a full FIN exchange through the NAT.
+    while stream.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+fn echo_loop(socket: &UdpSocket, peers: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) {
+    let mut buf = vec![0; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((len, peer)) => {
+                lock(peers).push(peer);
+                if let Err(e) = socket.send_to(&buf[..len], peer) {
+                    eprintln!("udp echo: cannot reply to {peer}: {e}");
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => {
+                eprintln!("udp echo: receive failed: {e}");
+                thread::sleep(STOP_POLL);
+            }
+        }
+    }
+}
+
+fn local_port(addr: std::io::Result<SocketAddr>) -> u16 {
+    addr.expect("a bound socket has a local address").port()
+}

@@ -1,0 +1,302 @@
+//! Client-side traffic that verifies what came back.
+//!
+//! Every helper runs its sockets in the given namespace and returns
+//! `Err(description)` instead of panicking, because "the transfer failed" is
+//! what NAT tests assert on (or against).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::lock::lock;
+use crate::netns::{run_in_ns, spawn_in_ns};
+use crate::protocol::{CHUNK, Fnv1a, Payload, REPLY_LEN, decode_reply};
+use crate::sockets::connect_from;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds a single transfer so that a black-holed connection fails the test
+/// instead of hanging it.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(20);
+const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+const UDP_ATTEMPTS: usize = 3;
+const MAX_UDP_PAYLOAD: usize = 65507;
+const MAX_CLIENT_THREADS: usize = 256;
+const CONCURRENT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Sends `bytes` pseudo-random bytes over TCP from `src_ip` (or the default
+/// source) in `ns` to the sink server at `dst`, and checks its length+hash reply.
+pub fn tcp_transfer(
+    ns: &str,
+    src_ip: Option<Ipv4Addr>,
+    dst: SocketAddrV4,
+    bytes: usize,
+) -> Result<(), String> {
+    tcp_exchange(ns, src_ip, dst, bytes).map(|_| ())
+}
+
+/// [`tcp_transfer`] that also returns the client's own (pre-NAT) address,
+/// to compare with what the server saw.
+pub fn tcp_exchange(
+    ns: &str,
+    src_ip: Option<Ipv4Addr>,
+    dst: SocketAddrV4,
+    bytes: usize,
+) -> Result<SocketAddrV4, String> {
+    run_in_ns(ns, move || {
+        let deadline = Instant::now() + TRANSFER_TIMEOUT;
+        let stream = connect_from(src_ip, dst, CONNECT_TIMEOUT)?;
+        let local = local_v4(&stream)?;
+        send_and_verify(&stream, bytes, local.port().into(), deadline)
+            .map_err(|e| format!("TCP {local} -> {dst}: {e}"))?;
+        Ok(local)
+    })
+}
+
+/// Sends one datagram of `payload_len` bytes from `src_ip` (or the default
+/// source) in `ns` to the echo server at `dst`, and expects the identical
+/// datagram back from `dst`; retries a lost datagram twice.
+pub fn udp_roundtrip(
+    ns: &str,
+    src_ip: Option<Ipv4Addr>,
+    dst: SocketAddrV4,
+    payload_len: usize,
+) -> Result<(), String> {
+    udp_exchange(ns, src_ip, dst, payload_len).map(|_| ())
+}
+
+/// [`udp_roundtrip`] that also returns the client's own (pre-NAT) address.
+pub fn udp_exchange(
+    ns: &str,
+    src_ip: Option<Ipv4Addr>,
+    dst: SocketAddrV4,
+    payload_len: usize,
+) -> Result<SocketAddrV4, String> {
+    if payload_len > MAX_UDP_PAYLOAD {
+        return Err(format!(
+            "UDP payload of {payload_len} bytes exceeds {MAX_UDP_PAYLOAD}"
+        ));
+    }
+    run_in_ns(ns, move || {
+        let bind_ip = src_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let socket =
+            UdpSocket::bind((bind_ip, 0)).map_err(|e| format!("UDP bind {bind_ip}: {e}"))?;
+        socket
+            .set_read_timeout(Some(UDP_REPLY_TIMEOUT))
+            .map_err(|e| format!("UDP set timeout: {e}"))?;
+        let mut payload = vec![0; payload_len];
+        Payload::new(payload_len as u64).fill(&mut payload);
+        let mut buf = vec![0; MAX_UDP_PAYLOAD + 1];
+        let mut failures = Vec::new();
+        for _ in 0..UDP_ATTEMPTS {
+            socket
+                .send_to(&payload, dst)
+                .map_err(|e| format!("UDP send to {dst}: {e}"))?;
+            // The local address is only fixed once the first datagram is sent.
+            let local = match socket.local_addr() {
+                Ok(SocketAddr::V4(local)) => local,
+                other => return Err(format!("UDP socket has no IPv4 address: {other:?}")),
+            };
+            let deadline = Instant::now() + UDP_REPLY_TIMEOUT;
+            // Skips strays (e.g. late echoes of an earlier attempt) until the deadline.
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    failures.push(format!("no echo within {UDP_REPLY_TIMEOUT:?}"));
+                    break;
+                }
+                socket
+                    .set_read_timeout(Some(remaining))
+                    .map_err(|e| format!("UDP set timeout: {e}"))?;
+                match socket.recv_from(&mut buf) {
+                    Ok((len, from)) if from == SocketAddr::V4(dst) && buf[..len] == payload[..] => {
+                        return Ok(local);
+                    }
+                    Ok((len, from)) => failures.push(format!(
+                        "unexpected {len}-byte datagram from {from} (sent {payload_len} bytes)"
+                    )),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        failures.push(format!("no echo within {UDP_REPLY_TIMEOUT:?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        failures.push(format!("receive: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        Err(format!(
+            "UDP {bind_ip} -> {dst}: no matching echo after {UDP_ATTEMPTS} attempts: {}",
+            failures.join("; ")
+        ))
+    })
+}
+
+/// Opens `connections` TCP connections from `ns` to the sink server at `dst`,
+/// spreading them round-robin over `src_ips` (default source if empty),
+/// holds them all open until every one is connected, then sends `bytes_each`
+/// over each and verifies it. Returns one result per connection, in order.
+pub fn concurrent_tcp(
+    ns: &str,
+    src_ips: &[Ipv4Addr],
+    dst: SocketAddrV4,
+    connections: usize,
+    bytes_each: usize,
+) -> Vec<Result<(), String>> {
+    if connections == 0 {
+        return Vec::new();
+    }
+    let deadline = Instant::now() + CONCURRENT_DEADLINE;
+    let workers = connections.min(MAX_CLIENT_THREADS);
+    let gate = Arc::new(Gate::new(workers));
+    // Worker w owns connections w, w + workers, w + 2*workers, ...
+    let handles: Vec<_> = (0..workers)
+        .map(|worker| {
+            let jobs: Vec<(usize, Option<Ipv4Addr>)> = (worker..connections)
+                .step_by(workers)
+                .map(|i| {
+                    let src = (!src_ips.is_empty()).then(|| src_ips[i % src_ips.len()]);
+                    (i, src)
+                })
+                .collect();
+            let gate = Arc::clone(&gate);
+            spawn_in_ns(ns, move || {
+                let streams: Vec<_> = jobs
+                    .iter()
+                    .map(|&(i, src)| {
+                        let timeout = CONNECT_TIMEOUT.min(remaining(deadline)?);
+                        connect_from(src, dst, timeout).map(|s| (i, s))
+                    })
+                    .collect();
+                gate.arrive_and_wait(deadline);
+                streams
+                    .into_iter()
+                    .zip(&jobs)
+                    .map(|(stream, &(i, _))| {
+                        let result = stream.and_then(|(_, stream)| {
+                            let local = local_v4(&stream)?;
+                            send_and_verify(&stream, bytes_each, i as u64, deadline)
+                                .map_err(|e| format!("TCP {local} -> {dst}: {e}"))
+                        });
+                        (i, result)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+
+    let mut results: Vec<Result<(), String>> =
+        vec![Err("worker thread panicked".to_owned()); connections];
+    for handle in handles {
+        if let Ok(worker_results) = handle.join() {
+            for (i, result) in worker_results {
+                results[i] = result;
+            }
+        }
+    }
+    results
+}
+
+/// Sends the request over a connected stream and checks the reply.
+fn send_and_verify(
+    mut stream: &TcpStream,
+    bytes: usize,
+    seed: u64,
+    deadline: Instant,
+) -> Result<(), String> {
+    let timeout = remaining(deadline)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .and_then(|()| stream.set_read_timeout(Some(timeout)))
+        .map_err(|e| format!("set timeouts: {e}"))?;
+
+    stream
+        .write_all(&(bytes as u64).to_be_bytes())
+        .map_err(|e| format!("send header: {e}"))?;
+    let mut payload = Payload::new(seed);
+    let mut hash = Fnv1a::new();
+    let mut buf = vec![0; CHUNK.min(bytes)];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = buf.len().min(bytes - sent);
+        payload.fill(&mut buf[..n]);
+        hash.update(&buf[..n]);
+        stream
+            .write_all(&buf[..n])
+            .map_err(|e| format!("send after {sent} of {bytes} bytes: {e}"))?;
+        sent += n;
+    }
+
+    let mut reply = [0; REPLY_LEN];
+    stream
+        .read_exact(&mut reply)
+        .map_err(|e| format!("read reply after sending {bytes} bytes: {e}"))?;
+    let (len, server_hash) = decode_reply(&reply);
+    if len != bytes as u64 {
+        return Err(format!("server saw a length of {len}, sent {bytes}"));
+    }
+    if server_hash != hash.finish() {
+        return Err(format!(
+            "payload hash mismatch: server {server_hash:08x}, client {:08x}",
+            hash.finish()
+        ));
+    }
+    Ok(())
+}
+
+fn remaining(deadline: Instant) -> Result<Duration, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err("deadline exceeded".to_owned())
+    } else {
+        Ok(left)
+    }
+}
+
+fn local_v4(stream: &TcpStream) -> Result<SocketAddrV4, String> {
+    match stream.local_addr() {
+        Ok(SocketAddr::V4(local)) => Ok(local),
+        other => Err(format!("TCP socket has no IPv4 local address: {other:?}")),
+    }
+}
+
+/// Lets the concurrent workers start transferring only once all of them are
+/// connected, so the connections really coexist in the NAT's table. Unlike
+/// `std::sync::Barrier` it gives up at a deadline, so one stuck worker cannot
+/// hang the rest.
+struct Gate {
+    expected: usize,
+    arrived: Mutex<usize>,
+    all_arrived: Condvar,
+}
+
+impl Gate {
+    fn new(expected: usize) -> Self {
+        Gate {
+            expected,
+            arrived: Mutex::new(0),
+            all_arrived: Condvar::new(),
+        }
+    }
+
+    fn arrive_and_wait(&self, deadline: Instant) {
+        let mut arrived = lock(&self.arrived);
+        *arrived += 1;
+        if *arrived >= self.expected {
+            self.all_arrived.notify_all();
+            return;
+        }
+        while *arrived < self.expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            arrived = self
+                .all_arrived
+                .wait_timeout(arrived, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}

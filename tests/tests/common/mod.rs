@@ -1,0 +1,124 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    process::Command,
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use nat_tests::{EXT_IFACE, EXTERNAL_IP, Side, Topology, nat_json, serde_json::Value};
+
+/// The port range the tests hand the NAT, so "in range" is checked against a known value.
+pub const PORTS: &str = "20000-20999";
+pub const PORT_LO: u16 = 20000;
+pub const PORT_HI: u16 = 20999;
+
+pub fn stats(topo: &Topology) -> Value {
+    nat_json(topo, &["stats", "--json"])
+}
+
+pub fn counter(stats: &Value, name: &str) -> u64 {
+    stats["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("counter {name} missing from {stats}"))
+}
+
+pub fn sessions(topo: &Topology) -> Vec<Value> {
+    nat_json(topo, &["sessions", "--json"])
+        .as_array()
+        .expect("sessions --json prints an array")
+        .clone()
+}
+
+/// Asserts the server saw the NAT's external address and a port from the range.
+pub fn assert_translated(peer: SocketAddr) -> SocketAddrV4 {
+    let SocketAddr::V4(peer) = peer else {
+        panic!("server saw an IPv6 peer {peer}")
+    };
+    assert_eq!(
+        *peer.ip(),
+        EXTERNAL_IP,
+        "server must see the external address, saw {peer}"
+    );
+    assert!(
+        (PORT_LO..=PORT_HI).contains(&peer.port()),
+        "external port {} outside {PORTS}",
+        peer.port()
+    );
+    peer
+}
+
+pub fn v4(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// Nothing of ours is attached to the external interface and nothing is pinned for this namespace.
+pub fn assert_nothing_left(topo: &Topology) {
+    let ns = topo.ns_name(Side::Nat);
+    let pin_dir = format!("/sys/fs/bpf/nat/{ns}");
+    assert!(
+        !std::path::Path::new(&pin_dir).exists(),
+        "pins left behind in {pin_dir}: {:?}",
+        std::fs::read_dir(&pin_dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    let progs = attached_programs(topo);
+    assert!(
+        progs.is_empty(),
+        "programs still attached to {EXT_IFACE}: {progs:?}"
+    );
+}
+
+/// Names of the programs attached to the external interface: TCX egress and XDP.
+pub fn attached_programs(topo: &Topology) -> Vec<String> {
+    let mut names = nat_tests::run_in_ns(topo.ns_name(Side::Nat), || {
+        let (_, progs) =
+            SchedClassifier::query_tcx(EXT_IFACE, TcAttachType::Egress).expect("query TCX egress");
+        progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect::<Vec<_>>()
+    });
+    let link = Command::new("ip")
+        .args([
+            "-n",
+            topo.ns_name(Side::Nat),
+            "-d",
+            "link",
+            "show",
+            EXT_IFACE,
+        ])
+        .output()
+        .expect("ip runs");
+    let link = String::from_utf8_lossy(&link.stdout);
+    if link.contains("prog/xdp") {
+        names.push("xdp".to_owned());
+    }
+    names
+}
+
+/// (TCP, UDP) InCsumErrors of a namespace: packets its stack dropped for a bad checksum.
+pub fn csum_errors(ns: &str) -> (u64, u64) {
+    nat_tests::run_in_ns(ns, || {
+        // thread-self: /proc/self/net would show the process's namespace, not this thread's.
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+        let field = |proto: &str| -> u64 {
+            let mut rows = snmp.lines().filter(|l| l.starts_with(&format!("{proto}: ")));
+            let (names, values) = (rows.next().expect("header row"), rows.next().expect("value row"));
+            let at = names.split_whitespace().position(|n| n == "InCsumErrors").expect("InCsumErrors");
+            values.split_whitespace().nth(at).unwrap().parse().unwrap()
+        };
+        (field("Tcp"), field("Udp"))
+    })
+}
+
+/// Turns TX checksum offload off on one of the NAT's interfaces: the kernel
+/// then completes CHECKSUM_PARTIAL checksums in software when it sends, after
+/// our programs ran, so the receiver really checks what the rewrite left.
+pub fn tx_checksum_off(topo: &Topology, dev: &str) {
+    let st = Command::new("ip")
+        .args(["netns", "exec", topo.ns_name(Side::Nat), "ethtool", "-K", dev, "tx", "off"])
+        .output()
+        .expect("ethtool runs");
+    assert!(st.status.success(), "ethtool: {}", String::from_utf8_lossy(&st.stderr));
+}

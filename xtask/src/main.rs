@@ -1,0 +1,63 @@
+//! Developer tasks for the NAT workspace, run as `cargo xtask <task>`.
+
+mod build_nat;
+mod cmd;
+mod demo;
+mod interrupt;
+mod paths;
+mod run_tests;
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for the NAT workspace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check and install what building and testing need: root, Debian
+    /// packages, bpffs, the nightly toolchain with rust-src, bpf-linker
+    Setup,
+    /// Set up, then build the `nat` binary (with its eBPF programs)
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build `nat`, then run the test suite against it
+    Test {
+        /// Passed to the test binaries, e.g. `-- --test-threads 2` or `-- some_test_name`
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Set up, build, and show the NAT translating traffic between namespaces
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = setup::run() {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.task {
+        Task::Setup => Ok(()),
+        Task::Build { release } => {
+            build_nat::build(release).map(|bin| println!("built {}", bin.display()))
+        }
+        Task::Test { test_args } => run_tests::run(&test_args),
+        Task::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Brings the machine to the state building and testing need. Every step is
+//! idempotent and cheap when already satisfied, so build/test/demo run it
+//! each time.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::mount::{MsFlags, mount};
+use nix::unistd::geteuid;
+
+use crate::cmd::{capture, describe, stream};
+use crate::paths;
+
+/// ip/tc, nft, iperf3, ethtool, bpftool, tcpdump, sysctl, and ping for ICMP checks.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "iperf3",
+    "ethtool",
+    "bpftool",
+    "tcpdump",
+    "procps",
+    "iputils-ping",
+];
+const BPFFS: &str = "/sys/fs/bpf";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+enum Outcome {
+    AlreadyThere,
+    Installed,
+}
+
+/// Why a step failed and what the user can do about it; printed as one line.
+struct Failure {
+    reason: String,
+    fix: String,
+}
+
+fn fail(reason: impl Into<String>, fix: impl Into<String>) -> Failure {
+    Failure {
+        reason: reason.into(),
+        fix: fix.into(),
+    }
+}
+
+/// A failed step, rendered as the single line the user needs.
+#[derive(Debug)]
+pub struct SetupError(String);
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+pub fn run() -> Result<(), SetupError> {
+    step("root", check_root)?;
+    step("debian packages", debian_packages)?;
+    step("bpffs", bpffs)?;
+    step("nightly toolchain", nightly_toolchain)?;
+    step("rust-src", rust_src)?;
+    step("bpf-linker", bpf_linker)?;
+    Ok(())
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<Outcome, Failure>) -> Result<(), SetupError> {
+    match f() {
+        Ok(Outcome::AlreadyThere) => {
+            println!("setup: {name} ok");
+            Ok(())
+        }
+        Ok(Outcome::Installed) => {
+            println!("setup: {name} installed");
+            Ok(())
+        }
+        Err(Failure { reason, fix }) => Err(SetupError(format!(
+            "setup: {name} FAILED: {reason}; fix: {fix}"
+        ))),
+    }
+}
+
+/// apt, bpffs and network namespaces all need root.
+fn check_root() -> Result<Outcome, Failure> {
+    if geteuid().is_root() {
+        Ok(Outcome::AlreadyThere)
+    } else {
+        Err(fail(
+            "not running as root",
+            "run it as root (e.g. `sudo -E cargo xtask ...`)",
+        ))
+    }
+}
+
+fn debian_packages() -> Result<Outcome, Failure> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !package_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(Outcome::AlreadyThere);
+    }
+    println!("setup: installing {}", missing.join(" "));
+    let fix = format!(
+        "install them by hand: apt-get update && apt-get install -y {}",
+        missing.join(" ")
+    );
+    stream(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .map_err(|e| fail(format!("{e:#}"), fix.clone()))?;
+    stream(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .map_err(|e| fail(format!("{e:#}"), fix.clone()))?;
+    let still_missing: Vec<&str> = missing
+        .into_iter()
+        .filter(|package| !package_installed(package))
+        .collect();
+    if !still_missing.is_empty() {
+        return Err(fail(
+            format!("still not installed: {}", still_missing.join(" ")),
+            fix,
+        ));
+    }
+    Ok(Outcome::Installed)
+}
+
+fn package_installed(package: &str) -> bool {
+    // An unknown package makes dpkg-query fail, which also means "missing".
+    capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|status| status.contains("install ok installed"))
+}
+
+/// aya pins maps under /sys/fs/bpf, which some containers leave unmounted.
+fn bpffs() -> Result<Outcome, Failure> {
+    let fix = format!("mount it by hand: mount -t bpf bpf {BPFFS}");
+    let mounts = fs::read_to_string("/proc/mounts")
+        .map_err(|e| fail(format!("cannot read /proc/mounts: {e}"), fix.clone()))?;
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+    });
+    if mounted {
+        return Ok(Outcome::AlreadyThere);
+    }
+    mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| fail(format!("mount -t bpf bpf {BPFFS}: {e}"), fix))?;
+    Ok(Outcome::Installed)
+}
+
+/// aya-build compiles the eBPF crate with nightly (`-Z build-std=core`).
+fn nightly_toolchain() -> Result<Outcome, Failure> {
+    let fix = "install it by hand: rustup toolchain install nightly --profile minimal";
+    let list = capture(Command::new("rustup").args(["toolchain", "list"]))
+        .map_err(|e| fail(format!("{e:#}"), "install rustup (https://rustup.rs)"))?;
+    if list.lines().any(|line| line.starts_with("nightly")) {
+        return Ok(Outcome::AlreadyThere);
+    }
+    stream(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ]))
+    .map_err(|e| fail(format!("{e:#}"), fix))?;
+    Ok(Outcome::Installed)
+}
+
+/// `-Z build-std=core` needs the core sources.
+fn rust_src() -> Result<Outcome, Failure> {
+    let fix = "install it by hand: rustup component add rust-src --toolchain nightly";
+    let installed = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .map_err(|e| fail(format!("{e:#}"), fix))?;
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        return Ok(Outcome::AlreadyThere);
+    }
+    stream(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .map_err(|e| fail(format!("{e:#}"), fix))?;
+    Ok(Outcome::Installed)
+}
+
+/// bpf-linker is built against the LLVM inside the nightly toolchain, so the
+/// bitcode rustc emits and the linker that reads it always agree. Running it
+/// is the check: after a nightly update removes that LLVM, it no longer
+/// starts and gets rebuilt.
+fn bpf_linker() -> Result<Outcome, Failure> {
+    let no_cache = |e: anyhow::Error| {
+        fail(
+            format!("{e:#}"),
+            "set NAT_TOOLS_DIR to a writable directory",
+        )
+    };
+    let cache = paths::tools_cache().map_err(no_cache)?;
+    let tools_root = paths::tools_root().map_err(no_cache)?;
+    let linker = tools_root.join("bin/bpf-linker");
+    if linker_works(&linker) {
+        return Ok(Outcome::AlreadyThere);
+    }
+    let fix = format!(
+        "see the output above; `rm -rf {}` and re-run `cargo xtask setup` to start over",
+        cache.display()
+    );
+
+    let sysroot =
+        capture(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+            .map_err(|e| fail(format!("{e:#}"), fix.clone()))?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    let llvm = find_rust_llvm(&libdir).ok_or_else(|| {
+        fail(
+            format!("no libLLVM.so.*-rust-* in {}", libdir.display()),
+            "reinstall nightly: rustup toolchain uninstall nightly && cargo xtask setup",
+        )
+    })?;
+    let file_name = llvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("found by a UTF-8 name match");
+    let major = llvm_major(file_name).ok_or_else(|| {
+        fail(
+            format!("cannot read the LLVM version from {file_name}"),
+            fix.clone(),
+        )
+    })?;
+
+    // llvm-sys wants an LLVM install prefix; a lib/ dir of symlinks to the
+    // toolchain's library is enough for linking against it dynamically.
+    let prefix = cache.join("llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib).map_err(|e| {
+        fail(
+            format!("cannot create {}: {e}", prefix_lib.display()),
+            fix.clone(),
+        )
+    })?;
+    for name in ["libLLVM.so", file_name] {
+        replace_symlink(&llvm, &prefix_lib.join(name)).map_err(|e| fail(e, fix.clone()))?;
+    }
+
+    // Same library name again (e.g. a rebuilt cache dir): the links were all it lacked.
+    if linker_works(&linker) {
+        return Ok(Outcome::Installed);
+    }
+
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (takes a few minutes)",
+        llvm.display()
+    );
+    let mut install = Command::new(paths::cargo());
+    install
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            // A binary linked against a vanished LLVM still counts as installed.
+            "--force",
+        ])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .arg("--root")
+        .arg(&tools_root)
+        .env("LLVM_PREFIX", &prefix);
+    stream(&mut install).map_err(|e| fail(format!("{e:#}"), fix.clone()))?;
+    if !linker_works(&linker) {
+        return Err(fail(
+            format!(
+                "{} was installed but `{} --version` does not report {BPF_LINKER_VERSION}",
+                describe(&install),
+                linker.display()
+            ),
+            fix,
+        ));
+    }
+    Ok(Outcome::Installed)
+}
+
+fn linker_works(linker: &Path) -> bool {
+    capture(Command::new(linker).arg("--version")).is_ok_and(|out| {
+        out.split_whitespace()
+            .any(|word| word == BPF_LINKER_VERSION)
+    })
+}
+
+/// The versioned library rustc itself links, e.g. `libLLVM.so.22.1-rust-1.97.0-nightly`.
+fn find_rust_llvm(libdir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(libdir)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// `libLLVM.so.22.1-rust-1.97.0-nightly` -> 22.
+fn llvm_major(file_name: &str) -> Option<u32> {
+    let version = file_name.strip_prefix("libLLVM.so.")?;
+    let end = version
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(version.len());
+    version[..end].parse().ok()
+}
+
+fn replace_symlink(target: &Path, link: &Path) -> Result<(), String> {
+    if link.symlink_metadata().is_ok() {
+        fs::remove_file(link)
+            .map_err(|e| format!("cannot remove stale {}: {e}", link.display()))?;
+    }
+    symlink(target, link).map_err(|e| {
+        format!(
+            "cannot link {} -> {}: {e}",
+            link.display(),
+            target.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llvm_major;
+
+    #[test]
+    fn llvm_major_from_rust_library_name() {
+        assert_eq!(llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly"), Some(22));
+        assert_eq!(llvm_major("libLLVM.so.19-rust-1.84.0-nightly"), Some(19));
+        assert_eq!(llvm_major("libLLVM.so.-rust"), None);
+    }
+}
