@@ -60,7 +60,12 @@ pub struct EndpointDiff {
 }
 
 #[inline(always)]
-pub const fn endpoint_diff(old_addr: u32, new_addr: u32, old_port: u16, new_port: u16) -> EndpointDiff {
+pub const fn endpoint_diff(
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+) -> EndpointDiff {
     let l3 = diff32(old_addr, new_addr);
     EndpointDiff {
         l3,

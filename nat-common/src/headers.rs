@@ -70,7 +70,13 @@ impl Ipv4Meta {
 /// the number of bytes from the start of the IP header to the end of the packet
 /// (link padding may make it larger than `tot_len`).
 #[inline(always)]
-pub const fn check_ipv4(ver_ihl: u8, tot_len: u16, frag: u16, proto: u8, avail: usize) -> Result<Ipv4Meta, HeaderError> {
+pub const fn check_ipv4(
+    ver_ihl: u8,
+    tot_len: u16,
+    frag: u16,
+    proto: u8,
+    avail: usize,
+) -> Result<Ipv4Meta, HeaderError> {
     if ver_ihl >> 4 != 4 {
         return Err(HeaderError::NotIpv4);
     }
@@ -130,7 +136,13 @@ pub fn parse_ipv4(pkt: &[u8]) -> Result<Parsed, HeaderError> {
         return Err(HeaderError::Truncated);
     }
     let be16 = |at: usize| u16::from_be_bytes([pkt[at], pkt[at + 1]]);
-    let ip = check_ipv4(pkt[0], be16(off::IP_TOT_LEN), be16(off::IP_FRAG), pkt[off::IP_PROTO], pkt.len())?;
+    let ip = check_ipv4(
+        pkt[0],
+        be16(off::IP_TOT_LEN),
+        be16(off::IP_FRAG),
+        pkt[off::IP_PROTO],
+        pkt.len(),
+    )?;
     let l4 = &pkt[ip.hdr_len..ip.total_len];
     let need = match ip.proto {
         crate::flow::PROTO_TCP => TCP_MIN_HLEN,
@@ -138,7 +150,12 @@ pub fn parse_ipv4(pkt: &[u8]) -> Result<Parsed, HeaderError> {
         _ => 0,
     };
     if need == 0 || ip.fragment {
-        return Ok(Parsed { ip, l4_hdr_len: 0, sport: 0, dport: 0 });
+        return Ok(Parsed {
+            ip,
+            l4_hdr_len: 0,
+            sport: 0,
+            dport: 0,
+        });
     }
     if l4.len() < need {
         return Err(HeaderError::Truncated);
@@ -146,7 +163,10 @@ pub fn parse_ipv4(pkt: &[u8]) -> Result<Parsed, HeaderError> {
     let l4_hdr_len = if ip.proto == crate::flow::PROTO_TCP {
         check_tcp(l4[off::TCP_DOFF], l4.len())?
     } else {
-        check_udp(u16::from_be_bytes([l4[off::UDP_LEN], l4[off::UDP_LEN + 1]]), l4.len())?;
+        check_udp(
+            u16::from_be_bytes([l4[off::UDP_LEN], l4[off::UDP_LEN + 1]]),
+            l4.len(),
+        )?;
         UDP_HLEN
     };
     Ok(Parsed {

@@ -11,7 +11,11 @@ use crate::{config::PoolAddr, flow::FlowKey};
 /// Number of ports in `[min, max]`; 0 for an inverted range.
 #[inline(always)]
 pub const fn span(min: u16, max: u16) -> u32 {
-    if max < min { 0 } else { max as u32 - min as u32 + 1 }
+    if max < min {
+        0
+    } else {
+        max as u32 - min as u32 + 1
+    }
 }
 
 const fn gcd(mut a: u32, mut b: u32) -> u32 {
@@ -80,5 +84,9 @@ pub const fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
 /// address for all its flows (paired pooling, RFC 4787 REQ-2).
 #[inline(always)]
 pub const fn pool_index(internal_addr: u32, seed: u32, pool_len: u32) -> u32 {
-    if pool_len == 0 { 0 } else { mix(internal_addr ^ seed.rotate_left(7)) % pool_len }
+    if pool_len == 0 {
+        0
+    } else {
+        mix(internal_addr ^ seed.rotate_left(7)) % pool_len
+    }
 }

@@ -43,7 +43,11 @@ impl State {
 pub const fn seen_bits(flags: u8) -> u8 {
     let mut bits = 0;
     if flags & tcp_flags::SYN != 0 {
-        bits |= if flags & tcp_flags::ACK != 0 { seen::SYN_ACK } else { seen::SYN };
+        bits |= if flags & tcp_flags::ACK != 0 {
+            seen::SYN_ACK
+        } else {
+            seen::SYN
+        };
     }
     if flags & tcp_flags::FIN != 0 {
         bits |= seen::FIN;

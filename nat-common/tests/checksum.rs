@@ -17,7 +17,13 @@ struct Pkt {
 /// Endpoints of a test packet: (address, port) of source and destination.
 type Ends = ([u8; 4], u16, [u8; 4], u16);
 
-fn build(proto: u8, (src, sport, dst, dport): Ends, options: &[u8], payload: &[u8], udp_no_csum: bool) -> Pkt {
+fn build(
+    proto: u8,
+    (src, sport, dst, dport): Ends,
+    options: &[u8],
+    payload: &[u8],
+    udp_no_csum: bool,
+) -> Pkt {
     let hdr_len = 20 + options.len();
     let l4_hdr = if proto == PROTO_TCP { 20 } else { 8 };
     let total = hdr_len + l4_hdr + payload.len();
@@ -48,7 +54,12 @@ fn build(proto: u8, (src, sport, dst, dport): Ends, options: &[u8], payload: &[u
         if proto == PROTO_UDP && c == 0 {
             c = 0xffff;
         }
-        let at = l4 + if proto == PROTO_TCP { off::TCP_CHECK } else { off::UDP_CHECK };
+        let at = l4
+            + if proto == PROTO_TCP {
+                off::TCP_CHECK
+            } else {
+                off::UDP_CHECK
+            };
         b[at..at + 2].copy_from_slice(&c.to_ne_bytes());
     }
     Pkt { bytes: b, hdr_len }
@@ -65,8 +76,17 @@ fn field32(b: &[u8], at: usize) -> u32 {
 /// Rewrites the source (egress) or destination (ingress) endpoint the way the datapath does.
 fn rewrite(p: &mut Pkt, source: bool, new_addr: [u8; 4], new_port: u16) {
     let proto = p.bytes[9];
-    let (addr_at, port_at) = if source { (off::IP_SADDR, p.hdr_len) } else { (off::IP_DADDR, p.hdr_len + 2) };
-    let check_at = p.hdr_len + if proto == PROTO_TCP { off::TCP_CHECK } else { off::UDP_CHECK };
+    let (addr_at, port_at) = if source {
+        (off::IP_SADDR, p.hdr_len)
+    } else {
+        (off::IP_DADDR, p.hdr_len + 2)
+    };
+    let check_at = p.hdr_len
+        + if proto == PROTO_TCP {
+            off::TCP_CHECK
+        } else {
+            off::UDP_CHECK
+        };
     let b = &mut p.bytes;
     let d = endpoint_diff(
         field32(b, addr_at),
@@ -77,7 +97,11 @@ fn rewrite(p: &mut Pkt, source: bool, new_addr: [u8; 4], new_port: u16) {
     let ip = apply(field16(b, off::IP_CHECK), d.l3);
     b[off::IP_CHECK..off::IP_CHECK + 2].copy_from_slice(&ip.to_ne_bytes());
     let old = field16(b, check_at);
-    let l4 = if proto == PROTO_UDP { apply_udp(old, d.l4) } else { apply(old, d.l4) };
+    let l4 = if proto == PROTO_UDP {
+        apply_udp(old, d.l4)
+    } else {
+        apply(old, d.l4)
+    };
     b[check_at..check_at + 2].copy_from_slice(&l4.to_ne_bytes());
     b[addr_at..addr_at + 4].copy_from_slice(&new_addr);
     b[port_at..port_at + 2].copy_from_slice(&new_port.to_be_bytes());
@@ -92,7 +116,12 @@ fn verify(p: &Pkt) -> (bool, bool) {
     hdr[off::IP_CHECK + 1] = 0;
     let ip_ok = ipv4_header_checksum(&hdr) == stored_ip;
     let proto = b[9];
-    let at = p.hdr_len + if proto == PROTO_TCP { off::TCP_CHECK } else { off::UDP_CHECK };
+    let at = p.hdr_len
+        + if proto == PROTO_TCP {
+            off::TCP_CHECK
+        } else {
+            off::UDP_CHECK
+        };
     let stored = field16(b, at);
     let mut seg = b[p.hdr_len..].to_vec();
     seg[at - p.hdr_len] = 0;
@@ -104,7 +133,9 @@ fn verify(p: &Pkt) -> (bool, bool) {
         full = 0xffff;
     }
     // A checksum and its negative zero are the same value to a receiver.
-    let l4_ok = stored == full || (stored == 0xffff && full == 0) || (stored == 0 && full == 0xffff && proto == PROTO_TCP);
+    let l4_ok = stored == full
+        || (stored == 0xffff && full == 0)
+        || (stored == 0 && full == 0xffff && proto == PROTO_TCP);
     (ip_ok, l4_ok)
 }
 
@@ -156,10 +187,19 @@ fn rewrite_that_sums_to_zero_is_sent_as_ffff() {
     // Search a rewrite whose UDP result is zero and check it goes out as 0xffff.
     let mut found = false;
     for port in 0..=u16::MAX {
-        let mut p = build(PROTO_UDP, ([10, 0, 0, 1], 1000, [10, 0, 0, 2], 53), &[], b"abcd", false);
+        let mut p = build(
+            PROTO_UDP,
+            ([10, 0, 0, 1], 1000, [10, 0, 0, 2], 53),
+            &[],
+            b"abcd",
+            false,
+        );
         rewrite(&mut p, true, [10, 0, 0, 1], port);
         let c = field16(&p.bytes, 20 + off::UDP_CHECK);
-        assert_ne!(c, 0, "a UDP checksum must never become 0 (no checksum) by rewriting");
+        assert_ne!(
+            c, 0,
+            "a UDP checksum must never become 0 (no checksum) by rewriting"
+        );
         if c == 0xffff {
             found = true;
             assert_eq!(verify(&p), (true, true));

@@ -38,10 +38,19 @@ fn inconsistent_ipv4_headers_are_rejected() {
     assert_eq!(check_ipv4(0x45, 40, 0, 6, 40).map(|m| m.hdr_len), Ok(20));
     assert_eq!(check_ipv4(0x65, 40, 0, 6, 40), Err(HeaderError::NotIpv4));
     assert_eq!(check_ipv4(0x44, 40, 0, 6, 40), Err(HeaderError::BadIhl));
-    assert_eq!(check_ipv4(0x4f, 40, 0, 6, 60), Err(HeaderError::BadTotalLen)); // 60-byte header, total 40
+    assert_eq!(
+        check_ipv4(0x4f, 40, 0, 6, 60),
+        Err(HeaderError::BadTotalLen)
+    ); // 60-byte header, total 40
     assert_eq!(check_ipv4(0x4f, 80, 0, 6, 40), Err(HeaderError::Truncated));
-    assert_eq!(check_ipv4(0x45, 41, 0, 6, 40), Err(HeaderError::BadTotalLen));
-    assert_eq!(check_ipv4(0x45, 19, 0, 6, 40), Err(HeaderError::BadTotalLen));
+    assert_eq!(
+        check_ipv4(0x45, 41, 0, 6, 40),
+        Err(HeaderError::BadTotalLen)
+    );
+    assert_eq!(
+        check_ipv4(0x45, 19, 0, 6, 40),
+        Err(HeaderError::BadTotalLen)
+    );
     // Link padding after the datagram is fine.
     assert!(check_ipv4(0x45, 40, 0, 6, 60).is_ok());
     assert!(check_ipv4(0x45, 40, 0x2000, 6, 40).unwrap().fragment); // MF

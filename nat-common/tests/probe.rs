@@ -65,7 +65,11 @@ fn start_points_spread_out() {
         let k = FlowKey::new(6, 0x0a00_0001, sport.to_be(), 0xc612_0002, 80u16.to_be());
         starts.insert(flow_hash(&k, 7) % 4096);
     }
-    assert!(starts.len() > 800, "only {} distinct start points", starts.len());
+    assert!(
+        starts.len() > 800,
+        "only {} distinct start points",
+        starts.len()
+    );
     assert_eq!(stride_for(1), 1);
     assert_eq!(span(10, 9), 0);
 }

@@ -23,12 +23,32 @@ fn run(packets: &[(bool, u8)]) -> State {
 fn transitions() {
     assert_eq!(run(&[(true, SYN)]), State::SynSent);
     assert_eq!(run(&[(true, SYN), (false, SYN | ACK)]), State::Established);
-    assert_eq!(run(&[(true, SYN), (false, SYN | ACK), (true, ACK)]), State::Established);
-    assert_eq!(run(&[(true, SYN), (false, SYN | ACK), (true, FIN | ACK)]), State::FinInternal);
-    assert_eq!(run(&[(true, SYN), (false, SYN | ACK), (false, FIN | ACK)]), State::FinExternal);
-    assert_eq!(run(&[(true, SYN), (false, SYN | ACK), (false, FIN | ACK), (true, FIN | ACK)]), State::Closed);
+    assert_eq!(
+        run(&[(true, SYN), (false, SYN | ACK), (true, ACK)]),
+        State::Established
+    );
+    assert_eq!(
+        run(&[(true, SYN), (false, SYN | ACK), (true, FIN | ACK)]),
+        State::FinInternal
+    );
+    assert_eq!(
+        run(&[(true, SYN), (false, SYN | ACK), (false, FIN | ACK)]),
+        State::FinExternal
+    );
+    assert_eq!(
+        run(&[
+            (true, SYN),
+            (false, SYN | ACK),
+            (false, FIN | ACK),
+            (true, FIN | ACK)
+        ]),
+        State::Closed
+    );
     assert_eq!(run(&[(true, SYN), (false, RST | ACK)]), State::Reset);
-    assert_eq!(run(&[(true, SYN), (false, SYN | ACK), (true, FIN), (true, RST)]), State::Reset);
+    assert_eq!(
+        run(&[(true, SYN), (false, SYN | ACK), (true, FIN), (true, RST)]),
+        State::Reset
+    );
     // A bare ACK from outside does not establish a session.
     assert_eq!(run(&[(true, SYN), (false, ACK)]), State::SynSent);
     assert_eq!(state_of(PROTO_UDP, 0, 0), State::Udp);

@@ -29,7 +29,13 @@ enum Claim {
 }
 
 #[inline(always)]
-fn claim(fwd: &FlowKey, ext_addr: u32, port_host: u16, tcp_flags: u8, now: u64) -> Result<Claim, Drop> {
+fn claim(
+    fwd: &FlowKey,
+    ext_addr: u32,
+    port_host: u16,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<Claim, Drop> {
     let port = port_host.to_be();
     let rev_key = fwd.translated(ext_addr, port);
     let rev = Session {

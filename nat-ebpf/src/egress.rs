@@ -45,9 +45,19 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
     let ip = ipv4_fields(data, end, ETH_HLEN)?;
     // Anything we cannot translate is dropped only when it comes from inside.
     let refuse = |drop: Drop| {
-        if is_internal(ip.saddr) { Err(drop) } else { Ok(Counter::NotOursOut) }
+        if is_internal(ip.saddr) {
+            Err(drop)
+        } else {
+            Ok(Counter::NotOursOut)
+        }
     };
-    let meta = match check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, len.saturating_sub(ETH_HLEN)) {
+    let meta = match check_ipv4(
+        ip.ver_ihl,
+        ip.tot_len,
+        ip.frag,
+        ip.proto,
+        len.saturating_sub(ETH_HLEN),
+    ) {
         Ok(meta) => meta,
         Err(e) => return refuse(e.into()),
     };
@@ -83,12 +93,17 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
             allocate(&key, l4.tcp_flags, now)?
         }
     };
-    let old = Endpoint { addr: ip.saddr, port: l4.sport };
-    let new = Endpoint { addr: session.addr, port: session.port };
+    let old = Endpoint {
+        addr: ip.saddr,
+        port: l4.sport,
+    };
+    let new = Endpoint {
+        addr: session.addr,
+        port: session.port,
+    };
     rewrite_endpoint(ctx, &l4, ip.proto, Side::Source, l4_at, old, new)?;
     Ok(Counter::XlateOut)
 }
-
 
 /// Makes the headers readable by direct access and returns (data, data_end).
 /// Headers of forwarded or locally built packets may sit partly in paged

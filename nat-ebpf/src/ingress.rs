@@ -93,7 +93,11 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
         let c = core::ptr::read_unaligned(ip_check);
         core::ptr::write_unaligned(ip_check, apply(c, diff.l3));
         let c = core::ptr::read_unaligned(l4_check);
-        let c = if pkt.ip.proto == PROTO_UDP { apply_udp(c, diff.l4) } else { apply(c, diff.l4) };
+        let c = if pkt.ip.proto == PROTO_UDP {
+            apply_udp(c, diff.l4)
+        } else {
+            apply(c, diff.l4)
+        };
         core::ptr::write_unaligned(l4_check, c);
         core::ptr::write_unaligned(daddr, pkt.to.addr);
         core::ptr::write_unaligned(dport, pkt.to.port);
@@ -123,8 +127,22 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
         Ok(pkt) => pkt,
         Err(pass) => return Ok(pass),
     };
-    let old = Endpoint { addr: pkt.ip.daddr, port: pkt.l4.dport };
-    let new = Endpoint { addr: pkt.to.addr, port: pkt.to.port };
-    rewrite_endpoint(ctx, &pkt.l4, pkt.ip.proto, Side::Destination, pkt.l4_at, old, new)?;
+    let old = Endpoint {
+        addr: pkt.ip.daddr,
+        port: pkt.l4.dport,
+    };
+    let new = Endpoint {
+        addr: pkt.to.addr,
+        port: pkt.to.port,
+    };
+    rewrite_endpoint(
+        ctx,
+        &pkt.l4,
+        pkt.ip.proto,
+        Side::Destination,
+        pkt.l4_at,
+        old,
+        new,
+    )?;
     Ok(Counter::XlateIn)
 }

@@ -27,7 +27,8 @@ pub static NAT_POOL: Array<PoolAddr> = Array::with_max_entries(MAX_POOL, 0);
 
 /// Key data is the address in network byte order.
 #[map(name = "NAT_INTERNAL")]
-pub static NAT_INTERNAL: LpmTrie<u32, u8> = LpmTrie::with_max_entries(256, 1 /* BPF_F_NO_PREALLOC */);
+pub static NAT_INTERNAL: LpmTrie<u32, u8> =
+    LpmTrie::with_max_entries(256, 1 /* BPF_F_NO_PREALLOC */);
 
 #[map(name = "NAT_STATS")]
 pub static NAT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

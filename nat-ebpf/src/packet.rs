@@ -94,7 +94,13 @@ pub struct L4Fields {
 /// Reads and checks the transport header at `at`; `l4_len` is the segment
 /// length the IP header claims.
 #[inline(always)]
-pub fn l4_fields(data: usize, data_end: usize, at: usize, proto: u8, l4_len: usize) -> Result<L4Fields, Drop> {
+pub fn l4_fields(
+    data: usize,
+    data_end: usize,
+    at: usize,
+    proto: u8,
+    l4_len: usize,
+) -> Result<L4Fields, Drop> {
     use nat_common::{
         flow::{PROTO_TCP, PROTO_UDP},
         headers::{check_tcp, check_udp, off},
@@ -112,7 +118,10 @@ pub fn l4_fields(data: usize, data_end: usize, at: usize, proto: u8, l4_len: usi
             })
         }
         PROTO_UDP => {
-            check_udp(u16::from_be(read::<u16>(data, data_end, at + off::UDP_LEN)?), l4_len)?;
+            check_udp(
+                u16::from_be(read::<u16>(data, data_end, at + off::UDP_LEN)?),
+                l4_len,
+            )?;
             // The checksum field must be inside the packet for the rewrite.
             read::<u16>(data, data_end, at + off::UDP_CHECK)?;
             Ok(L4Fields {

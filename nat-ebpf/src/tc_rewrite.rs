@@ -48,14 +48,25 @@ pub fn rewrite_endpoint(
     };
     let addr_diff = diff32(old.addr, new.addr) as u64;
     // A zero UDP checksum means "none" and must stay zero.
-    let zero_ok = if proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let zero_ok = if proto == PROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
     ctx.l3_csum_replace(ETH_HLEN + off::IP_CHECK, 0, addr_diff, 0)
         .map_err(|_| Drop::Rewrite)?;
-    ctx.l4_csum_replace(l4.check_off, 0, addr_diff, BPF_F_PSEUDO_HDR as u64 | zero_ok)
-        .map_err(|_| Drop::Rewrite)?;
+    ctx.l4_csum_replace(
+        l4.check_off,
+        0,
+        addr_diff,
+        BPF_F_PSEUDO_HDR as u64 | zero_ok,
+    )
+    .map_err(|_| Drop::Rewrite)?;
     ctx.l4_csum_replace(l4.check_off, old.port as u64, new.port as u64, 2 | zero_ok)
         .map_err(|_| Drop::Rewrite)?;
-    ctx.store(addr_off, &new.addr, 0).map_err(|_| Drop::Rewrite)?;
-    ctx.store(port_off, &new.port, 0).map_err(|_| Drop::Rewrite)?;
+    ctx.store(addr_off, &new.addr, 0)
+        .map_err(|_| Drop::Rewrite)?;
+    ctx.store(port_off, &new.port, 0)
+        .map_err(|_| Drop::Rewrite)?;
     Ok(())
 }

@@ -5,7 +5,11 @@ use std::net::Ipv4Addr;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "nat", version, about = "In-kernel NAT (TC egress SNAT + XDP ingress) with TIME_WAIT-aware port allocation")]
+#[command(
+    name = "nat",
+    version,
+    about = "In-kernel NAT (TC egress SNAT + XDP ingress) with TIME_WAIT-aware port allocation"
+)]
 pub struct Cli {
     /// Act inside this network namespace (a name under /var/run/netns); pins stay in the root bpffs.
     #[arg(long, global = true, value_name = "NAME")]
@@ -54,6 +58,15 @@ pub struct LoadArgs {
     /// Capacity of each session map (forward and reverse).
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sessions: u32,
+    /// Idle timeout of established TCP sessions (RFC 5382: at least 2 h 4 min).
+    #[arg(long, value_name = "DURATION", default_value = "7440s", value_parser = parse_duration_ms)]
+    pub timeout_tcp_established: u64,
+    /// Idle timeout of opening or closing TCP sessions.
+    #[arg(long, value_name = "DURATION", default_value = "240s", value_parser = parse_duration_ms)]
+    pub timeout_tcp_transitory: u64,
+    /// Idle timeout of UDP flows (RFC 4787: at least 2 min, 5 min recommended).
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration_ms)]
+    pub timeout_udp: u64,
     /// How often the reaper sweeps for idle sessions, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub reap_interval_ms: u64,
@@ -122,6 +135,30 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     Ok(Cidr { addr, len })
 }
 
+/// Longest duration any setting accepts (the ceiling TMG 2010 uses for its cooldown).
+pub const MAX_DURATION_MS: u64 = 100_000_000;
+
+/// Milliseconds from `1500`, `1500ms`, `240s`, `4m` or `2h`.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 1500ms, 240s, 4m)"))?;
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    match n.checked_mul(scale) {
+        Some(ms) if ms <= MAX_DURATION_MS => Ok(ms),
+        _ => Err(format!("'{s}' is longer than {MAX_DURATION_MS} ms")),
+    }
+}
+
 pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
     let (lo, hi) = s
         .trim()
@@ -136,7 +173,9 @@ pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
     };
     let (lo, hi) = (port(lo)?, port(hi)?);
     if lo > hi {
-        return Err(format!("port range '{s}' is inverted (low end above high end)"));
+        return Err(format!(
+            "port range '{s}' is inverted (low end above high end)"
+        ));
     }
     Ok(PortRange { lo, hi })
 }
@@ -147,9 +186,16 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!(parse_port_range("1024-2047"), Ok(PortRange { lo: 1024, hi: 2047 }));
+        assert_eq!(
+            parse_port_range("1024-2047"),
+            Ok(PortRange { lo: 1024, hi: 2047 })
+        );
         assert_eq!(parse_port_range("80-80"), Ok(PortRange { lo: 80, hi: 80 }));
-        assert!(parse_port_range("2000-1000").unwrap_err().contains("inverted"));
+        assert!(
+            parse_port_range("2000-1000")
+                .unwrap_err()
+                .contains("inverted")
+        );
         assert!(parse_port_range("0-10").is_err());
         assert!(parse_port_range("1-65536").is_err());
         assert!(parse_port_range("100").is_err());
@@ -157,10 +203,28 @@ mod tests {
     }
 
     #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("1500"), Ok(1500));
+        assert_eq!(parse_duration_ms("1500ms"), Ok(1500));
+        assert_eq!(parse_duration_ms("240s"), Ok(240_000));
+        assert_eq!(parse_duration_ms("4m"), Ok(240_000));
+        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration_ms("100000000"), Ok(100_000_000));
+        assert!(parse_duration_ms("100000001").is_err());
+        assert!(parse_duration_ms("99999999999999999999h").is_err());
+        assert!(parse_duration_ms("5 parsecs").is_err());
+        assert!(parse_duration_ms("-5s").is_err());
+        assert!(parse_duration_ms("").is_err());
+    }
+
+    #[test]
     fn prefixes() {
         assert_eq!(
             parse_cidr("10.0.0.0/8"),
-            Ok(Cidr { addr: Ipv4Addr::new(10, 0, 0, 0), len: 8 })
+            Ok(Cidr {
+                addr: Ipv4Addr::new(10, 0, 0, 0),
+                len: 8
+            })
         );
         assert!(parse_cidr("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
         assert!(parse_cidr("10.0.0.0/33").is_err());
@@ -172,10 +236,54 @@ mod tests {
     #[test]
     fn cli_rejects_bad_load_flags() {
         let parse = |args: &[&str]| Cli::try_parse_from(["nat", "load"].iter().chain(args));
-        assert!(parse(&["--iface", "eth0", "--external", "1.2.3.4", "--internal", "10.0.0.0/8"]).is_ok());
-        assert!(parse(&["--iface", "eth0", "--external", "1.2.3", "--internal", "10.0.0.0/8"]).is_err());
-        assert!(parse(&["--iface", "eth0", "--external", "1.2.3.4", "--internal", "10.0.0.0/8", "--ports", "9-1"]).is_err());
-        assert!(parse(&["--iface", "eth0", "--external", "1.2.3.4", "--internal", "10.0.0.0/8", "--xdp-mode", "hw"]).is_err());
+        assert!(
+            parse(&[
+                "--iface",
+                "eth0",
+                "--external",
+                "1.2.3.4",
+                "--internal",
+                "10.0.0.0/8"
+            ])
+            .is_ok()
+        );
+        assert!(
+            parse(&[
+                "--iface",
+                "eth0",
+                "--external",
+                "1.2.3",
+                "--internal",
+                "10.0.0.0/8"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "--iface",
+                "eth0",
+                "--external",
+                "1.2.3.4",
+                "--internal",
+                "10.0.0.0/8",
+                "--ports",
+                "9-1"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "--iface",
+                "eth0",
+                "--external",
+                "1.2.3.4",
+                "--internal",
+                "10.0.0.0/8",
+                "--xdp-mode",
+                "hw"
+            ])
+            .is_err()
+        );
         assert!(parse(&["--iface", "eth0", "--internal", "10.0.0.0/8"]).is_err());
     }
 }

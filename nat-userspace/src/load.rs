@@ -21,8 +21,8 @@ use log::{info, warn};
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     names::{
-        GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_REV, MAP_STATS,
-        PROG_EGRESS, PROG_INGRESS, PROG_INGRESS_TC,
+        GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_FWD, MAP_INTERNAL, MAP_POOL,
+        MAP_REV, MAP_STATS, PROG_EGRESS, PROG_INGRESS, PROG_INGRESS_TC,
     },
     probe::{span, stride_for},
 };
@@ -39,17 +39,33 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 6] = [MAP_FWD, MAP_REV, MAP_CONFIG, MAP_POOL, MAP_INTERNAL, MAP_STATS];
+pub const PINNED_MAPS: [&str; 6] = [
+    MAP_FWD,
+    MAP_REV,
+    MAP_CONFIG,
+    MAP_POOL,
+    MAP_INTERNAL,
+    MAP_STATS,
+];
 /// Every link the instance pins.
 pub const PINNED_LINKS: [&str; 2] = [LINK_EGRESS, LINK_INGRESS];
 
 pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
+    // Installed first: a signal during startup is then handled by the loop
+    // below, after everything created so far can be removed again.
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     pins::require_bpffs()?;
-    let scope = netns.map(|ns| format!(" in network namespace {ns}")).unwrap_or_default();
+    let scope = netns
+        .map(|ns| format!(" in network namespace {ns}"))
+        .unwrap_or_default();
     nix::net::if_::if_nametoindex(args.iface.as_str())
         .map_err(|_| anyhow::anyhow!("no interface named '{}'{scope}", args.iface))?;
     if args.external.len() > MAX_POOL as usize {
-        bail!("at most {MAX_POOL} external addresses are supported, {} given", args.external.len());
+        bail!(
+            "at most {MAX_POOL} external addresses are supported, {} given",
+            args.external.len()
+        );
     }
     let pins = PinDir::new(netns, &args.iface);
     if pins.is_loaded() || PINNED_LINKS.iter().any(|l| pins.path(l).exists()) {
@@ -62,13 +78,23 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     }
     warn_ephemeral_overlap(args.ports.lo, args.ports.hi);
 
-    std::fs::create_dir_all(&pins.dir).with_context(|| format!("cannot create {}", pins.dir.display()))?;
-    let mut instance = Instance { pins, links: Vec::new() };
+    std::fs::create_dir_all(&pins.dir)
+        .with_context(|| format!("cannot create {}", pins.dir.display()))?;
+    let mut instance = Instance {
+        pins,
+        links: Vec::new(),
+    };
     let mut ebpf = load_object(&args)?;
     for name in PINNED_MAPS {
-        let map = ebpf.map(name).with_context(|| format!("map {name} missing from the object"))?;
-        map.pin(instance.pins.path(name))
-            .with_context(|| format!("cannot pin map {name} at {}", instance.pins.path(name).display()))?;
+        let map = ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing from the object"))?;
+        map.pin(instance.pins.path(name)).with_context(|| {
+            format!(
+                "cannot pin map {name} at {}",
+                instance.pins.path(name).display()
+            )
+        })?;
     }
     populate(&mut ebpf, &args)?;
     let mode = attach(&mut ebpf, &args, &mut instance)?;
@@ -93,8 +119,6 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     )?;
     stdout.flush()?;
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(args.reap_interval_ms));
     loop {
         tokio::select! {
@@ -120,7 +144,9 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
 
 fn load_object(args: &LoadArgs) -> Result<Ebpf> {
     // A per-load secret: which port a flow gets must not be predictable from outside.
-    let seed = std::collections::hash_map::RandomState::new().build_hasher().finish() as u32;
+    let seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as u32;
     EbpfLoader::new()
         .override_global(GLOBAL_HASH_SEED, &seed, true)
         .map_max_entries(MAP_FWD, args.max_sessions)
@@ -130,14 +156,22 @@ fn load_object(args: &LoadArgs) -> Result<Ebpf> {
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
-    ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))
 }
 
 fn populate(ebpf: &mut Ebpf, args: &LoadArgs) -> Result<()> {
-    let mut internal: LpmTrie<_, u32, u8> = ebpf.map_mut(MAP_INTERNAL).context("internal map")?.try_into()?;
+    let mut internal: LpmTrie<_, u32, u8> = ebpf
+        .map_mut(MAP_INTERNAL)
+        .context("internal map")?
+        .try_into()?;
     for cidr in &args.internal {
         internal
-            .insert(&Key::new(cidr.len.into(), u32::from(cidr.addr).to_be()), 1, 0)
+            .insert(
+                &Key::new(cidr.len.into(), u32::from(cidr.addr).to_be()),
+                1,
+                0,
+            )
             .with_context(|| format!("cannot add internal prefix {}/{}", cidr.addr, cidr.len))?;
     }
     let mut pool: Array<_, PoolAddr> = ebpf.map_mut(MAP_POOL).context("pool map")?.try_into()?;
@@ -150,14 +184,21 @@ fn populate(ebpf: &mut Ebpf, args: &LoadArgs) -> Result<()> {
             step: stride_for(span),
             _pad: 0,
         };
-        pool.set(i as u32, entry, 0).context("cannot fill the pool map")?;
+        pool.set(i as u32, entry, 0)
+            .context("cannot fill the pool map")?;
     }
-    let mut config: Array<_, Config> = ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;
+    let mut config: Array<_, Config> =
+        ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;
     let cfg = Config {
         pool_len: args.external.len() as u32,
+        timeout_tcp_established_ms: args.timeout_tcp_established,
+        timeout_tcp_transitory_ms: args.timeout_tcp_transitory,
+        timeout_udp_ms: args.timeout_udp,
         ..Config::default()
     };
-    config.set(0, cfg, 0).context("cannot write the config map")?;
+    config
+        .set(0, cfg, 0)
+        .context("cannot write the config map")?;
     Ok(())
 }
 
@@ -168,11 +209,25 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
         .program_mut(PROG_EGRESS)
         .context("egress program missing from the object")?
         .try_into()?;
-    egress.load().context("the kernel rejected the egress program")?;
+    egress
+        .load()
+        .context("the kernel rejected the egress program")?;
     let id = egress
-        .attach_with_options(&args.iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .with_context(|| format!("cannot attach the egress program to {} (TCX needs Linux 6.6+)", args.iface))?;
-    let link: FdLink = egress.take_link(id)?.try_into().context("egress link is not a bpf link")?;
+        .attach_with_options(
+            &args.iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .with_context(|| {
+            format!(
+                "cannot attach the egress program to {} (TCX needs Linux 6.6+)",
+                args.iface
+            )
+        })?;
+    let link: FdLink = egress
+        .take_link(id)?
+        .try_into()
+        .context("egress link is not a bpf link")?;
     instance.pin_link(link, LINK_EGRESS)?;
 
     let mode = match args.ingress {
@@ -181,11 +236,20 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
                 .program_mut(PROG_INGRESS_TC)
                 .context("TC ingress program missing from the object")?
                 .try_into()?;
-            ingress.load().context("the kernel rejected the TC ingress program")?;
+            ingress
+                .load()
+                .context("the kernel rejected the TC ingress program")?;
             let id = ingress
-                .attach_with_options(&args.iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .attach_with_options(
+                    &args.iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
                 .with_context(|| format!("cannot attach the ingress program to {}", args.iface))?;
-            let link: FdLink = ingress.take_link(id)?.try_into().context("ingress link is not a bpf link")?;
+            let link: FdLink = ingress
+                .take_link(id)?
+                .try_into()
+                .context("ingress link is not a bpf link")?;
             instance.pin_link(link, LINK_INGRESS)?;
             "tc"
         }
@@ -194,7 +258,9 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
                 .program_mut(PROG_INGRESS)
                 .context("ingress program missing from the object")?
                 .try_into()?;
-            ingress.load().context("the kernel rejected the ingress program")?;
+            ingress
+                .load()
+                .context("the kernel rejected the ingress program")?;
             let (id, mode) = match args.xdp_mode {
                 XdpModeArg::Native => (
                     ingress
@@ -203,21 +269,31 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
                     "xdp native",
                 ),
                 XdpModeArg::Skb => (
-                    ingress.attach(&args.iface, XdpMode::Skb).context("generic XDP attach failed")?,
+                    ingress
+                        .attach(&args.iface, XdpMode::Skb)
+                        .context("generic XDP attach failed")?,
                     "xdp skb",
                 ),
                 XdpModeArg::Auto => match ingress.attach(&args.iface, XdpMode::Driver) {
                     Ok(id) => (id, "xdp native"),
                     Err(e) => {
-                        info!("native XDP unavailable on {} ({e}); using generic mode", args.iface);
+                        info!(
+                            "native XDP unavailable on {} ({e}); using generic mode",
+                            args.iface
+                        );
                         (
-                            ingress.attach(&args.iface, XdpMode::Skb).context("generic XDP attach failed")?,
+                            ingress
+                                .attach(&args.iface, XdpMode::Skb)
+                                .context("generic XDP attach failed")?,
                             "xdp skb",
                         )
                     }
                 },
             };
-            let link: FdLink = ingress.take_link(id)?.try_into().context("XDP link is not a bpf link")?;
+            let link: FdLink = ingress
+                .take_link(id)?
+                .try_into()
+                .context("XDP link is not a bpf link")?;
             instance.pin_link(link, LINK_INGRESS)?;
             mode
         }
@@ -234,7 +310,9 @@ struct Instance {
 impl Instance {
     fn pin_link(&mut self, link: FdLink, name: &str) -> Result<()> {
         let path = self.pins.path(name);
-        let pinned = link.pin(&path).with_context(|| format!("cannot pin link at {}", path.display()))?;
+        let pinned = link
+            .pin(&path)
+            .with_context(|| format!("cannot pin link at {}", path.display()))?;
         self.links.push(pinned);
         Ok(())
     }
@@ -261,15 +339,22 @@ pub fn remove_pins(pins: &PinDir) -> Result<()> {
     for name in PINNED_LINKS {
         let path = pins.path(name);
         if path.exists() {
-            let link = PinnedLink::from_pin(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
-            drop(link.unpin().with_context(|| format!("cannot unpin {}", path.display()))?);
+            let link = PinnedLink::from_pin(&path)
+                .with_context(|| format!("cannot open pinned link {}", path.display()))?;
+            drop(
+                link.unpin()
+                    .with_context(|| format!("cannot unpin {}", path.display()))?,
+            );
         }
     }
     for name in PINNED_MAPS {
         match std::fs::remove_file(pins.path(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", pins.path(name).display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot remove {}", pins.path(name).display()));
+            }
         }
     }
     pins::remove_dir(pins)
@@ -281,11 +366,15 @@ fn warn_ephemeral_overlap(lo: u16, hi: u16) {
     let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
         return;
     };
-    let mut it = text.split_whitespace().filter_map(|v| v.parse::<u16>().ok());
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u16>().ok());
     if let (Some(elo), Some(ehi)) = (it.next(), it.next())
         && lo <= ehi
         && elo <= hi
     {
-        warn!("port range {lo}-{hi} overlaps the host's ephemeral range {elo}-{ehi} (net.ipv4.ip_local_port_range); the host's own connections may collide with translated ones");
+        warn!(
+            "port range {lo}-{hi} overlaps the host's ephemeral range {elo}-{ehi} (net.ipv4.ip_local_port_range); the host's own connections may collide with translated ones"
+        );
     }
 }

@@ -13,7 +13,9 @@ pub fn enter(name: &str) -> Result<()> {
         anyhow::bail!("'{name}' is not a network namespace name");
     }
     let path = format!("/var/run/netns/{name}");
-    let file = File::open(&path).with_context(|| format!("network namespace '{name}' does not exist ({path})"))?;
-    setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("cannot enter network namespace '{name}'"))?;
+    let file = File::open(&path)
+        .with_context(|| format!("network namespace '{name}' does not exist ({path})"))?;
+    setns(&file, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("cannot enter network namespace '{name}'"))?;
     Ok(())
 }

@@ -16,7 +16,8 @@ fn path(netns: Option<&str>, iface: &str) -> PathBuf {
 pub fn write(netns: Option<&str>, iface: &str) -> Result<()> {
     let p = path(netns, iface);
     std::fs::create_dir_all("/run/nat").context("cannot create /run/nat")?;
-    std::fs::write(&p, format!("{}\n", std::process::id())).with_context(|| format!("cannot write {}", p.display()))
+    std::fs::write(&p, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", p.display()))
 }
 
 pub fn remove(netns: Option<&str>, iface: &str) {
@@ -25,7 +26,11 @@ pub fn remove(netns: Option<&str>, iface: &str) {
 
 /// The pid of a running `nat load` for this instance, if there is one.
 pub fn live(netns: Option<&str>, iface: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(path(netns, iface)).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(path(netns, iface))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     // A recycled pid belonging to another program is not ours to signal.
     let is_nat = cmdline.split(|b| *b == 0).any(|arg| arg == b"load");

@@ -53,24 +53,37 @@ pub fn resolve(netns: Option<&str>, iface: Option<&str>) -> Result<PinDir> {
     if let Some(iface) = iface {
         let pins = PinDir::new(netns, iface);
         if !pins.is_loaded() {
-            bail!("no NAT is loaded on {iface} (no pins in {})", pins.dir.display());
+            bail!(
+                "no NAT is loaded on {iface} (no pins in {})",
+                pins.dir.display()
+            );
         }
         return Ok(pins);
     }
     let mut found = instances(netns)?;
     match found.len() {
-        0 => bail!("no NAT is loaded{} (nothing pinned under {})", scope_name(netns), scope_dir(netns).display()),
+        0 => bail!(
+            "no NAT is loaded{} (nothing pinned under {})",
+            scope_name(netns),
+            scope_dir(netns).display()
+        ),
         1 => Ok(found.remove(0)),
         _ => bail!(
             "several NATs are loaded{}: {}; pick one with --iface",
             scope_name(netns),
-            found.iter().map(|p| p.iface.as_str()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(|p| p.iface.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
 
 fn scope_name(netns: Option<&str>) -> String {
-    netns.map(|ns| format!(" in network namespace {ns}")).unwrap_or_default()
+    netns
+        .map(|ns| format!(" in network namespace {ns}"))
+        .unwrap_or_default()
 }
 
 fn instances(netns: Option<&str>) -> Result<Vec<PinDir>> {

@@ -27,7 +27,9 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
         .collect();
     for s in candidates {
         // Re-read right before deleting: a packet may have refreshed it since the scan.
-        let Ok(fwd) = tables.fwd.get(&s.key, 0) else { continue };
+        let Ok(fwd) = tables.fwd.get(&s.key, 0) else {
+            continue;
+        };
         let rev_key = s.key.translated(fwd.addr, fwd.port);
         let rev = tables.rev.get(&rev_key, 0).ok();
         let fresh = SessionView::new(&s.key, &fwd, rev.as_ref());

@@ -30,7 +30,11 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
-    writeln!(out, "{:<5} {:<21} {:<21} {:<21} {:<12} {:>8}", "PROTO", "INTERNAL", "EXTERNAL", "REMOTE", "STATE", "IDLE")?;
+    writeln!(
+        out,
+        "{:<5} {:<21} {:<21} {:<21} {:<12} {:>8}",
+        "PROTO", "INTERNAL", "EXTERNAL", "REMOTE", "STATE", "IDLE"
+    )?;
     for s in &list {
         let idle = now.saturating_sub(s.last_seen) as f64 / 1e9;
         writeln!(

@@ -25,10 +25,17 @@ impl Tables {
     pub fn open(pins: &PinDir) -> Result<Self> {
         let open = |name: &str| -> Result<Map> {
             let path = pins.path(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
-            Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("cannot open pinned map {}", path.display()))?;
+            Map::from_map_data(data)
+                .with_context(|| format!("unexpected map type at {}", path.display()))
         };
-        Self::from_maps(open(MAP_FWD)?, open(MAP_REV)?, open(MAP_CONFIG)?, open(MAP_STATS)?)
+        Self::from_maps(
+            open(MAP_FWD)?,
+            open(MAP_REV)?,
+            open(MAP_CONFIG)?,
+            open(MAP_STATS)?,
+        )
     }
 
     pub fn from_maps(fwd: Map, rev: Map, config: Map, stats: Map) -> Result<Self> {
@@ -49,7 +56,10 @@ impl Tables {
         Counter::ALL
             .iter()
             .map(|&c| {
-                let per_cpu = self.stats.get(&(c as u32), 0).with_context(|| format!("cannot read counter {}", c.name()))?;
+                let per_cpu = self
+                    .stats
+                    .get(&(c as u32), 0)
+                    .with_context(|| format!("cannot read counter {}", c.name()))?;
                 Ok((c, per_cpu.iter().sum()))
             })
             .collect()
@@ -124,6 +134,7 @@ pub fn endpoint(addr_be: u32, port_be: u16) -> SocketAddrV4 {
 
 /// The clock the datapath stamps sessions with (bpf_ktime_get_boot_ns).
 pub fn boot_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is always available");
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .expect("CLOCK_BOOTTIME is always available");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }

@@ -19,14 +19,20 @@ pub fn run(netns: Option<&str>, iface: &str) -> Result<()> {
         }
     }
     if !pins.dir.exists() {
-        println!("nat: {iface} is not loaded (nothing pinned in {})", pins.dir.display());
+        println!(
+            "nat: {iface} is not loaded (nothing pinned in {})",
+            pins.dir.display()
+        );
         pidfile::remove(netns, iface);
         return Ok(());
     }
     remove_pins(&pins)?;
     pidfile::remove(netns, iface);
     if pins.dir.exists() {
-        bail!("{} still holds files this version does not know; remove them by hand", pins.dir.display());
+        bail!(
+            "{} still holds files this version does not know; remove them by hand",
+            pins.dir.display()
+        );
     }
     println!("nat: unloaded from {iface}");
     Ok(())

@@ -6,8 +6,9 @@ use std::collections::HashSet;
 
 use common::*;
 use nat_tests::{
-    CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, OUTSIDE_CLIENT_IP, SERVER_IP, Side, Topology, TopologyOpts,
-    concurrent_tcp, tcp_exchange, tcp_sink_server, tcp_transfer, udp_echo_server, udp_exchange,
+    CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, OUTSIDE_CLIENT_IP, SERVER_IP, Side, Topology,
+    TopologyOpts, concurrent_tcp, tcp_exchange, tcp_sink_server, tcp_transfer, udp_echo_server,
+    udp_exchange,
 };
 
 const MIB: usize = 1 << 20;
@@ -67,7 +68,11 @@ fn tcp_and_udp(tag: &str, offloads: bool, ingress: &str) {
         assert_eq!(counter(&st, drop), 0, "{drop}: {st}");
     }
     for side in [Side::Client, Side::Server] {
-        assert_eq!(csum_errors(topo.ns_name(side)), (0, 0), "checksum errors seen by the {side:?}");
+        assert_eq!(
+            csum_errors(topo.ns_name(side)),
+            (0, 0),
+            "checksum errors seen by the {side:?}"
+        );
     }
     assert!(nat.stop().success());
     assert_nothing_left(&topo);

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::panic;
 use std::path::Path;
 use std::process::Command;
 
@@ -36,7 +37,14 @@ pub fn run() -> Result<()> {
     // readers have been started), so nobody can read the environment concurrently.
     unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
     interrupt::install(TAG)?;
+    // Caught so that, after a signal, the cleanup thread and not a panic
+    // decides how the process ends.
+    let outcome = panic::catch_unwind(|| narrate(&nat_bin));
+    interrupt::defer_to_cleanup();
+    outcome.unwrap_or_else(|panic| panic::resume_unwind(panic))
+}
 
+fn narrate(nat_bin: &Path) -> Result<()> {
     let topology = {
         let _setup = interrupt::namespace_setup();
         Topology::new(
@@ -116,7 +124,7 @@ pub fn run() -> Result<()> {
     if !status.success() {
         failures += 1;
     }
-    match leftover_pins() {
+    match leftovers(topology.ns_name(Side::Nat)) {
         pins if pins.is_empty() => println!("demo: no pins remain under {PIN_ROOT}"),
         pins => {
             println!("demo: FAILED: pins remain under {PIN_ROOT}:");
@@ -240,23 +248,27 @@ fn size(bytes: usize) -> String {
     }
 }
 
-/// Every file left under the pin root (directories alone are not pins).
-fn leftover_pins() -> Vec<String> {
-    fn walk(dir: &Path, found: &mut Vec<String>) {
+/// Every pin (file) left under the pin root, and any directory named after
+/// this demo's namespace: stale directories of other runs are not ours to judge.
+fn leftovers(nat_ns: &str) -> Vec<String> {
+    fn walk(dir: &Path, nat_ns: &str, found: &mut Vec<String>) {
         let Ok(entries) = fs::read_dir(dir) else {
             return;
         };
         for entry in entries.filter_map(|e| e.ok()) {
             let path = entry.path();
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&path, found);
+                if path.to_string_lossy().contains(nat_ns) {
+                    found.push(format!("{}/", path.display()));
+                }
+                walk(&path, nat_ns, found);
             } else {
                 found.push(path.display().to_string());
             }
         }
     }
     let mut found = Vec::new();
-    walk(Path::new(PIN_ROOT), &mut found);
+    walk(Path::new(PIN_ROOT), nat_ns, &mut found);
     found.sort();
     found
 }

@@ -1,11 +1,15 @@
 //! Cleanup when the demo is interrupted (Ctrl-C, SIGTERM, SIGHUP).
 //!
-//! Exiting from a signal skips destructors, so the namespaces and the NAT
-//! process would outlive the demo; the handler removes them itself.
+//! Exiting on a signal skips destructors, so the namespaces and the NAT
+//! process would outlive the demo; a dedicated thread removes them and owns
+//! the exit. Every other thread must then stay out of its way: a Ctrl-C also
+//! kills the NAT, which makes the main thread fail and start unwinding (and
+//! deleting namespaces) concurrently, or exit with a panic first.
 
 use std::fs;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,12 +18,21 @@ use nat_tests::Topology;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpid};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
-/// Give the NAT time to detach its programs and remove its pins.
+const SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
+/// Gives the NAT time to detach its programs and remove its pins.
 const CHILD_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Creating a topology takes well under a second.
+const SETUP_WAIT: Duration = Duration::from_secs(5);
 
-/// Held while namespaces are being created, so the handler cannot delete
-/// them halfway through creation and have the rest appear afterwards.
+/// Set by the signal handler itself, so it is already true by the time any
+/// thread can observe a consequence of the signal.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Held while namespaces are being created, so the cleanup cannot delete them
+/// halfway through and have the rest appear afterwards.
 static NAMESPACE_SETUP: Mutex<()> = Mutex::new(());
 
 pub fn namespace_setup() -> MutexGuard<'static, ()> {
@@ -31,22 +44,77 @@ pub fn namespace_setup() -> MutexGuard<'static, ()> {
 /// On a termination signal: stop our child processes (the NAT), delete the
 /// namespaces of the topology tagged `tag`, exit with 130.
 pub fn install(tag: &'static str) -> Result<()> {
-    ctrlc::set_handler(move || {
-        eprintln!("\ndemo: interrupted, cleaning up");
-        let _setup = namespace_setup();
-        terminate_children();
-        for ns in Topology::namespace_names(tag) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns])
-                .stderr(Stdio::null())
-                .status();
+    for signal in SIGNALS {
+        signal_hook::flag::register(signal, &INTERRUPTED)
+            .with_context(|| format!("cannot handle signal {signal}"))?;
+    }
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if interrupted() {
+            park_forever();
         }
-        std::process::exit(130);
-    })
-    .context("cannot install the Ctrl-C handler")
+        default_hook(info);
+    }));
+    let mut signals = Signals::new(SIGNALS).context("cannot handle termination signals")?;
+    thread::Builder::new()
+        .name("interrupt".to_owned())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                clean_up_and_exit(tag);
+            }
+        })
+        .context("cannot spawn the signal thread")?;
+    Ok(())
 }
 
-/// Found through /proc, because the handler does not own the `Child` values.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// For the main thread once the demo is over: after a signal, the cleanup
+/// thread decides when and how the process exits.
+pub fn defer_to_cleanup() {
+    if interrupted() {
+        park_forever();
+    }
+}
+
+fn park_forever() -> ! {
+    loop {
+        thread::park();
+    }
+}
+
+fn clean_up_and_exit(tag: &str) -> ! {
+    eprintln!("\ndemo: interrupted, cleaning up");
+    let _setup = wait_for_namespace_setup();
+    terminate_children();
+    for ns in Topology::namespace_names(tag) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+    std::process::exit(130);
+}
+
+/// `None` if the lock stays held: then its holder panicked during setup and
+/// is parked for good, so nothing more will be created.
+fn wait_for_namespace_setup() -> Option<MutexGuard<'static, ()>> {
+    let deadline = Instant::now() + SETUP_WAIT;
+    loop {
+        match NAMESPACE_SETUP.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+/// Found through /proc, because this thread does not own the `Child` values.
 fn terminate_children() {
     let children = child_pids();
     for &pid in &children {
@@ -55,7 +123,7 @@ fn terminate_children() {
     let deadline = Instant::now() + CHILD_EXIT_TIMEOUT;
     let mut alive = children;
     while !alive.is_empty() && Instant::now() < deadline {
-        // ECHILD: the main thread reaped it first.
+        // An error (ECHILD) means another thread reaped it first.
         alive.retain(|&pid| {
             matches!(
                 waitpid(pid, Some(WaitPidFlag::WNOHANG)),

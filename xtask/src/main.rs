@@ -7,6 +7,7 @@ mod interrupt;
 mod paths;
 mod run_tests;
 mod setup;
+mod test_summary;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,7 @@ enum Task {
     Setup,
     /// Set up, then build the `nat` binary (with its eBPF programs)
     Build {
+        /// Build with the release profile (target/release/nat)
         #[arg(long)]
         release: bool,
     },

@@ -1,14 +1,17 @@
 //! The full test suite, as CI runs it.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
-use anyhow::Result;
+use anyhow::{Context, Result, ensure};
 
-use crate::cmd::stream;
+use crate::cmd::describe;
+use crate::test_summary::Totals;
 use crate::{build_nat, paths};
 
-/// Builds `nat`, then runs the default members' tests against it.
-/// `test_args` go to the test binaries (e.g. `--test-threads 2`, a name filter).
+/// Builds `nat`, then runs the default members' tests against it and ends
+/// with the grand total. `test_args` go to the test binaries (e.g.
+/// `--test-threads 2`, a name filter).
 pub fn run(test_args: &[String]) -> Result<()> {
     let nat = build_nat::build(false)?;
     let mut cmd = Command::new(paths::cargo());
@@ -20,5 +23,20 @@ pub fn run(test_args: &[String]) -> Result<()> {
     if !test_args.is_empty() {
         cmd.arg("--").args(test_args);
     }
-    stream(&mut cmd)
+    // libtest reports on stdout; it is read here to total it and passed on.
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", describe(&cmd)))?;
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("cannot read the output of cargo test")?;
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child.wait().context("cannot wait for cargo test")?;
+    println!("xtask: {totals}");
+    ensure!(status.success(), "{} failed ({status})", describe(&cmd));
+    Ok(())
 }

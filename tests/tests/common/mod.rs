@@ -103,9 +103,17 @@ pub fn csum_errors(ns: &str) -> (u64, u64) {
         // thread-self: /proc/self/net would show the process's namespace, not this thread's.
         let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
         let field = |proto: &str| -> u64 {
-            let mut rows = snmp.lines().filter(|l| l.starts_with(&format!("{proto}: ")));
-            let (names, values) = (rows.next().expect("header row"), rows.next().expect("value row"));
-            let at = names.split_whitespace().position(|n| n == "InCsumErrors").expect("InCsumErrors");
+            let mut rows = snmp
+                .lines()
+                .filter(|l| l.starts_with(&format!("{proto}: ")));
+            let (names, values) = (
+                rows.next().expect("header row"),
+                rows.next().expect("value row"),
+            );
+            let at = names
+                .split_whitespace()
+                .position(|n| n == "InCsumErrors")
+                .expect("InCsumErrors");
             values.split_whitespace().nth(at).unwrap().parse().unwrap()
         };
         (field("Tcp"), field("Udp"))
@@ -117,8 +125,21 @@ pub fn csum_errors(ns: &str) -> (u64, u64) {
 /// our programs ran, so the receiver really checks what the rewrite left.
 pub fn tx_checksum_off(topo: &Topology, dev: &str) {
     let st = Command::new("ip")
-        .args(["netns", "exec", topo.ns_name(Side::Nat), "ethtool", "-K", dev, "tx", "off"])
+        .args([
+            "netns",
+            "exec",
+            topo.ns_name(Side::Nat),
+            "ethtool",
+            "-K",
+            dev,
+            "tx",
+            "off",
+        ])
         .output()
         .expect("ethtool runs");
-    assert!(st.status.success(), "ethtool: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "ethtool: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
