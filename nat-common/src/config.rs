@@ -7,8 +7,23 @@ pub const MAX_POOL: u32 = 16;
 /// not write its session entry on every packet.
 pub const TOUCH_GRANULARITY_NS: u64 = 1_000_000_000;
 
-/// Candidates the allocator tries for one new flow before giving up.
-pub const MAX_PROBES: u32 = 64;
+/// Candidates the allocator tries on a host's own external address before
+/// giving up on it: at 95% of a destination's range in use or cooling, 256
+/// spread-out probes miss the free 5% with probability 0.95^256 < 1e-5.
+pub const MAX_PROBES: u32 = 256;
+
+/// Candidates tried on each other external address once the host's own has
+/// no free port toward the destination.
+pub const SPILL_PROBES: u32 = 64;
+
+/// What the allocator does when every probed candidate is live or cooling.
+pub mod policy {
+    /// Take the probed candidate that is not live and whose cooldown ends
+    /// soonest (the Windows Server 2003 SP1 rule).
+    pub const FALLBACK: u32 = 0;
+    /// Drop the opening packet; the client's retransmission tries again.
+    pub const STRICT: u32 = 1;
+}
 
 /// Live settings; the CLI rewrites index 0 of the config map while traffic flows.
 #[repr(C)]
@@ -16,20 +31,43 @@ pub const MAX_PROBES: u32 = 64;
 pub struct Config {
     /// Entries of the pool map in use; 0 means the NAT translates nothing yet.
     pub pool_len: u32,
+    /// One of [`policy`].
+    pub policy: u32,
+    /// 0: a port is reusable as soon as its session ends.
+    pub cooldown_enabled: u32,
     pub _pad: u32,
+    /// After the external side closed first, both closed at once, or an idle expiry.
+    pub cooldown_ms: u64,
+    /// After the internal side closed first (the server ends in CLOSED).
+    pub cooldown_local_close_ms: u64,
+    /// After a reset.
+    pub cooldown_rst_ms: u64,
+    /// After a UDP flow expired.
+    pub cooldown_udp_ms: u64,
     pub timeout_tcp_established_ms: u64,
     pub timeout_tcp_transitory_ms: u64,
+    /// How long a closed or reset session keeps its mapping for late segments
+    /// and the client's SYN retry; its cooldown runs from the close.
+    pub timeout_tcp_closed_ms: u64,
     pub timeout_udp_ms: u64,
 }
 
 impl Default for Config {
-    /// Idle timeouts after RFC 5382 (TCP) and RFC 4787 (UDP).
+    /// Idle timeouts after RFC 5382 (TCP) and RFC 4787 (UDP); cooldowns after
+    /// TMG 2010 SP2 (240 s covers the longest 2*MSL in use, Windows').
     fn default() -> Self {
         Self {
             pool_len: 0,
+            policy: policy::FALLBACK,
+            cooldown_enabled: 1,
             _pad: 0,
+            cooldown_ms: 240_000,
+            cooldown_local_close_ms: 15_000,
+            cooldown_rst_ms: 15_000,
+            cooldown_udp_ms: 0,
             timeout_tcp_established_ms: 7_440_000,
             timeout_tcp_transitory_ms: 240_000,
+            timeout_tcp_closed_ms: 10_000,
             timeout_udp_ms: 300_000,
         }
     }

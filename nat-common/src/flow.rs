@@ -47,6 +47,11 @@ pub mod seen {
     pub const RST: u8 = 4;
     /// A SYN with ACK: the opening was answered.
     pub const SYN_ACK: u8 = 8;
+    /// This direction sent its FIN while the other had not sent one yet.
+    pub const FIN_FIRST: u8 = 16;
+    /// Reverse entry: the remote answered the internal host's SYN with
+    /// something other than a SYN-ACK (counted once as a collision).
+    pub const ODD_ANSWER: u8 = 32;
 }
 
 /// One direction of a session.

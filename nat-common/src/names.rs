@@ -15,6 +15,10 @@ pub const MAP_CONFIG: &str = "NAT_CONFIG";
 pub const MAP_POOL: &str = "NAT_POOL";
 /// Internal prefixes (LPM trie); only sources inside them are translated.
 pub const MAP_INTERNAL: &str = "NAT_INTERNAL";
+/// Cooling keys: reverse-map key -> boot-clock ns when the key may be reused.
+pub const MAP_COOLDOWN: &str = "NAT_COOLDOWN";
+/// Per-CPU histogram of probes used per allocation, indexed by [`crate::probe::probe_bucket`].
+pub const MAP_PROBES: &str = "NAT_PROBES";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
 
@@ -28,7 +32,7 @@ pub const PROG_INGRESS_TC: &str = "nat_ingress_tc";
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 
 /// Layout version appended to every pinned name.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Root of everything this project pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";

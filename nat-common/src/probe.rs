@@ -90,3 +90,37 @@ pub const fn pool_index(internal_addr: u32, seed: u32, pool_len: u32) -> u32 {
         mix(internal_addr ^ seed.rotate_left(7)) % pool_len
     }
 }
+
+/// Buckets of the probe histogram: 1, 2, 3-4, 5-8, ... 129-256, then fallbacks.
+pub const PROBE_BUCKETS: u32 = 10;
+
+/// Histogram bucket for an allocation that succeeded on its `probes`-th
+/// candidate (1-based); [`PROBE_BUCKETS`]` - 1` holds fallbacks.
+#[inline(always)]
+pub const fn probe_bucket(probes: u32) -> u32 {
+    if probes <= 1 {
+        return 0;
+    }
+    let b = 32 - (probes - 1).leading_zeros();
+    if b > PROBE_BUCKETS - 2 {
+        PROBE_BUCKETS - 2
+    } else {
+        b
+    }
+}
+
+/// Label of a histogram bucket, for `nat stats`.
+pub const fn probe_bucket_label(bucket: u32) -> &'static str {
+    match bucket {
+        0 => "1",
+        1 => "2",
+        2 => "3-4",
+        3 => "5-8",
+        4 => "9-16",
+        5 => "17-32",
+        6 => "33-64",
+        7 => "65-128",
+        8 => "129+",
+        _ => "fallback",
+    }
+}

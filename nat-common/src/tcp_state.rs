@@ -87,8 +87,74 @@ pub const fn idle_timeout_ms(state: State, cfg: &Config) -> u64 {
     match state {
         State::Established => cfg.timeout_tcp_established_ms,
         State::Udp | State::Other => cfg.timeout_udp_ms,
-        State::SynSent | State::FinInternal | State::FinExternal | State::Closed | State::Reset => {
-            cfg.timeout_tcp_transitory_ms
+        State::SynSent | State::FinInternal | State::FinExternal => cfg.timeout_tcp_transitory_ms,
+        State::Closed | State::Reset => cfg.timeout_tcp_closed_ms,
+    }
+}
+
+/// How a session ended, which decides how long its key cools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseKind {
+    /// The external side sent the first FIN, or both at once: it holds TIME_WAIT.
+    ExternalFirst,
+    /// The internal side closed first: the remote ends in CLOSED.
+    InternalFirst,
+    Reset,
+    /// Reaped while idle: nothing is known of the remote's state.
+    Idle,
+    Udp,
+}
+
+impl CloseKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            CloseKind::ExternalFirst => "external_first",
+            CloseKind::InternalFirst => "internal_first",
+            CloseKind::Reset => "reset",
+            CloseKind::Idle => "idle",
+            CloseKind::Udp => "udp",
         }
+    }
+}
+
+/// The close a TCP session has completed, if it has: an RST either way, or a
+/// FIN each way. Both sides marking their FIN as first means they crossed.
+#[inline(always)]
+pub const fn close_kind(fwd_seen: u8, rev_seen: u8) -> Option<CloseKind> {
+    if (fwd_seen | rev_seen) & seen::RST != 0 {
+        return Some(CloseKind::Reset);
+    }
+    if fwd_seen & seen::FIN == 0 || rev_seen & seen::FIN == 0 {
+        return None;
+    }
+    if fwd_seen & seen::FIN_FIRST != 0 && rev_seen & seen::FIN_FIRST == 0 {
+        Some(CloseKind::InternalFirst)
+    } else {
+        Some(CloseKind::ExternalFirst)
+    }
+}
+
+/// How a session the reaper expires in `state` ended.
+pub const fn expiry_kind(proto: u8, fwd_seen: u8, rev_seen: u8) -> CloseKind {
+    if proto != PROTO_TCP {
+        return CloseKind::Udp;
+    }
+    match close_kind(fwd_seen, rev_seen) {
+        Some(kind) => kind,
+        None => CloseKind::Idle,
+    }
+}
+
+/// Milliseconds a key cools after a session ended this way; 0 when cooldown is off.
+#[inline(always)]
+pub const fn cooldown_ms(kind: CloseKind, cfg: &Config) -> u64 {
+    if cfg.cooldown_enabled == 0 {
+        return 0;
+    }
+    match kind {
+        CloseKind::ExternalFirst | CloseKind::Idle => cfg.cooldown_ms,
+        CloseKind::InternalFirst => cfg.cooldown_local_close_ms,
+        CloseKind::Reset => cfg.cooldown_rst_ms,
+        CloseKind::Udp => cfg.cooldown_udp_ms,
     }
 }

@@ -1,25 +1,108 @@
 //! External port allocation for a new flow.
 //!
-//! A candidate is claimed by inserting its reverse entry with BPF_NOEXIST:
-//! the reverse key is (protocol, external address, external port, remote
-//! address, remote port), so the claim is atomic across CPUs and the same port
-//! stays free for every other destination. The forward entry follows with
-//! BPF_NOEXIST too; if another CPU created the flow first, the claim is rolled
-//! back and the winner's entry used.
+//! A candidate is free when no live session holds its reverse key and the key
+//! is not cooling. It is claimed by inserting the reverse entry with
+//! BPF_NOEXIST: the reverse key is (protocol, external address, external port,
+//! remote address, remote port), so the claim is atomic across CPUs and the
+//! same port stays usable toward every other destination. The forward entry
+//! follows with BPF_NOEXIST too; if another CPU created the flow first, the
+//! claim is rolled back and the winner's entry used.
+//!
+//! Probing runs under bpf_loop so the verifier checks one iteration, not 256.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use nat_common::{
-    config::MAX_PROBES,
+    config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
     flow::{FlowKey, Session},
-    probe::{flow_hash, pool_index, preservable, walk},
+    probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, walk},
     tcp_state::seen_bits,
 };
 
 use crate::{
-    maps::{NAT_CONFIG, NAT_FWD, NAT_POOL, NAT_REV, count, hash_seed},
+    maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, count, hash_seed},
     packet::Drop,
 };
+
+const FOUND_NONE: u32 = 0;
+const FOUND_WON: u32 = 1;
+const FOUND_LOST: u32 = 2;
+const FOUND_ERROR: u32 = 3;
+
+/// State of one probe walk over one external address; lives on the stack and
+/// is handed to the bpf_loop callback by pointer.
+#[repr(C)]
+struct Probe {
+    fwd: FlowKey,
+    pool: PoolAddr,
+    now: u64,
+    start: u32,
+    tcp_flags: u32,
+    /// Honour cooldowns (setting `cooldown-enabled`).
+    cooling: u32,
+    found: u32,
+    /// 1-based index of the candidate that was claimed.
+    probes: u32,
+    session: Session,
+    /// The probed candidate, not live, whose cooldown ends soonest (0: none).
+    best_port: u16,
+    best_addr: u32,
+    best_until: u64,
+}
+
+#[inline(always)]
+fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
+    let port = port_host.to_be();
+    let rev_key = p.fwd.translated(p.pool.addr, port);
+    let mut stale = false;
+    if p.cooling != 0
+        && let Some(until) = NAT_COOLDOWN.get_ptr(&rev_key)
+    {
+        // SAFETY: map value pointer from the lookup above.
+        let until = unsafe { *until };
+        if until > p.now {
+            count(Counter::CooldownSkip);
+            // SAFETY: read-only lookup.
+            if until < p.best_until && unsafe { NAT_REV.get(&rev_key) }.is_none() {
+                p.best_until = until;
+                p.best_addr = p.pool.addr;
+                p.best_port = port_host;
+            }
+            return false;
+        }
+        stale = true;
+    }
+    match claim(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now) {
+        Ok(Claim::Won(s)) => {
+            if stale {
+                let _ = NAT_COOLDOWN.remove(&rev_key);
+            }
+            p.found = FOUND_WON;
+            p.session = s;
+            true
+        }
+        Ok(Claim::Lost(s)) => {
+            p.found = FOUND_LOST;
+            p.session = s;
+            true
+        }
+        Ok(Claim::Taken) => false,
+        Err(_) => {
+            p.found = FOUND_ERROR;
+            true
+        }
+    }
+}
+
+extern "C" fn probe_step(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer to the caller's `Probe`.
+    let p = unsafe { &mut *(ctx as *mut Probe) };
+    let port = walk(&p.pool, p.start, i as u32);
+    p.probes = i as u32 + 1;
+    if try_candidate(p, port) { 1 } else { 0 }
+}
 
 enum Claim {
     Won(Session),
@@ -29,14 +112,7 @@ enum Claim {
 }
 
 #[inline(always)]
-fn claim(
-    fwd: &FlowKey,
-    ext_addr: u32,
-    port_host: u16,
-    tcp_flags: u8,
-    now: u64,
-) -> Result<Claim, Drop> {
-    let port = port_host.to_be();
+fn claim(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> Result<Claim, Drop> {
     let rev_key = fwd.translated(ext_addr, port);
     let rev = Session {
         addr: fwd.saddr,
@@ -66,48 +142,115 @@ fn claim(
     }
 }
 
+/// Walks one external address; `Some` once the flow has a session.
+#[inline(always)]
+fn probe_address(
+    p: &mut Probe,
+    pool_idx: u32,
+    probes: u32,
+    preserve: bool,
+) -> Result<Option<Session>, Drop> {
+    let pool = NAT_POOL.get(pool_idx).ok_or(Drop::AllocFail)?;
+    if pool.step == 0 {
+        return Err(Drop::AllocFail);
+    }
+    p.pool = *pool;
+    p.found = FOUND_NONE;
+    let src_port = u16::from_be(p.fwd.sport);
+    if preserve && preservable(pool, src_port) {
+        p.probes = 1;
+        try_candidate(p, src_port);
+    }
+    if p.found == FOUND_NONE {
+        // SAFETY: the callback only touches the `Probe` it is handed.
+        unsafe {
+            bpf_loop(
+                probes,
+                probe_step as *mut c_void,
+                p as *mut Probe as *mut c_void,
+                0,
+            );
+        }
+    }
+    match p.found {
+        FOUND_WON => {
+            count(Counter::Opened);
+            histogram(probe_bucket(p.probes));
+            Ok(Some(p.session))
+        }
+        FOUND_LOST => {
+            count(Counter::InsertRace);
+            Ok(Some(p.session))
+        }
+        FOUND_ERROR => Err(Drop::AllocFail),
+        _ => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn histogram(bucket: u32) {
+    if let Some(slot) = NAT_PROBES.get_ptr_mut(bucket) {
+        // SAFETY: per-CPU slot.
+        unsafe { *slot += 1 };
+    }
+}
+
 /// Finds an external address and port for `fwd` and inserts the session pair.
 #[inline(always)]
 pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Session, Drop> {
-    let cfg = NAT_CONFIG.get(0).ok_or(Drop::AllocFail)?;
-    let seed = hash_seed();
-    let pool = NAT_POOL
-        .get(pool_index(fwd.saddr, seed, cfg.pool_len))
-        .ok_or(Drop::AllocFail)?;
-    if cfg.pool_len == 0 || pool.step == 0 {
+    let cfg: &Config = NAT_CONFIG.get(0).ok_or(Drop::AllocFail)?;
+    let pool_len = cfg.pool_len;
+    if pool_len == 0 || pool_len > MAX_POOL {
         return Err(Drop::AllocFail);
     }
-
-    let src_port = u16::from_be(fwd.sport);
-    if preservable(pool, src_port) {
-        match claim(fwd, pool.addr, src_port, tcp_flags, now)? {
-            Claim::Won(s) => return Ok(opened(s)),
-            Claim::Lost(s) => return Ok(raced(s)),
-            Claim::Taken => {}
-        }
+    let seed = hash_seed();
+    let own = pool_index(fwd.saddr, seed, pool_len);
+    let mut p = Probe {
+        fwd: *fwd,
+        pool: PoolAddr::default(),
+        now,
+        start: flow_hash(fwd, seed),
+        tcp_flags: tcp_flags as u32,
+        cooling: cfg.cooldown_enabled,
+        found: FOUND_NONE,
+        probes: 0,
+        session: Session::default(),
+        best_port: 0,
+        best_addr: 0,
+        best_until: u64::MAX,
+    };
+    if let Some(s) = probe_address(&mut p, own, MAX_PROBES, true)? {
+        return Ok(s);
     }
-
-    let start = flow_hash(fwd, seed);
-    let mut i = 0u32;
-    while i < MAX_PROBES {
-        match claim(fwd, pool.addr, walk(pool, start, i), tcp_flags, now)? {
-            Claim::Won(s) => return Ok(opened(s)),
-            Claim::Lost(s) => return Ok(raced(s)),
-            Claim::Taken => {}
+    // The host's own address has no free port toward this destination: move
+    // to the others before settling for a cooling port.
+    let mut other = 1;
+    while other < MAX_POOL && other < pool_len {
+        if let Some(s) = probe_address(&mut p, (own + other) % pool_len, SPILL_PROBES, false)? {
+            count(Counter::Spill);
+            return Ok(s);
         }
-        i += 1;
+        other += 1;
     }
-    Err(Drop::AllocFail)
-}
-
-#[inline(always)]
-fn opened(s: Session) -> Session {
-    count(Counter::Opened);
-    s
-}
-
-#[inline(always)]
-fn raced(s: Session) -> Session {
-    count(Counter::InsertRace);
-    s
+    if p.best_port == 0 {
+        return Err(Drop::AllocFail);
+    }
+    if cfg.policy == policy::STRICT {
+        return Err(Drop::StrictCooling);
+    }
+    let port = p.best_port.to_be();
+    match claim(fwd, p.best_addr, port, tcp_flags, now)? {
+        Claim::Won(s) => {
+            let _ = NAT_COOLDOWN.remove(&fwd.translated(p.best_addr, port));
+            count(Counter::Opened);
+            count(Counter::Fallback);
+            histogram(PROBE_BUCKETS - 1);
+            Ok(s)
+        }
+        Claim::Lost(s) => {
+            count(Counter::InsertRace);
+            Ok(s)
+        }
+        Claim::Taken => Err(Drop::AllocFail),
+    }
 }

@@ -16,6 +16,7 @@ use crate::{
     maps::{NAT_FWD, count, is_internal},
     packet::{Drop, HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, touch},
     tc_rewrite::{Endpoint, Side, rewrite_endpoint},
+    track,
 };
 
 #[classifier]
@@ -77,7 +78,10 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
     let now = now_ns();
     let session = match NAT_FWD.get_ptr_mut(&key) {
         Some(entry) => {
-            touch(entry, l4.tcp_flags, now);
+            touch(entry, now);
+            if ip.proto == PROTO_TCP {
+                track::egress(&key, entry, l4.tcp_flags, now);
+            }
             // SAFETY: live map value from the lookup above.
             unsafe { *entry }
         }

@@ -24,6 +24,7 @@ use crate::{
     maps::{NAT_REV, count},
     packet::{Drop, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns, ptr_at, read, touch},
     tc_rewrite::{Endpoint, Side, rewrite_endpoint},
+    track,
 };
 
 /// An inbound packet that belongs to a session.
@@ -56,7 +57,11 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Result<Inbound, Cou
     let Some(entry) = NAT_REV.get_ptr_mut(&key) else {
         return Ok(Err(Counter::NotOursIn));
     };
-    touch(entry, l4.tcp_flags, now_ns());
+    let now = now_ns();
+    touch(entry, now);
+    if ip.proto == PROTO_TCP {
+        track::ingress(&key, entry, l4.tcp_flags, now);
+    }
     // SAFETY: live map value from the lookup above.
     let to = unsafe { *entry };
     Ok(Ok(Inbound { ip, l4, l4_at, to }))

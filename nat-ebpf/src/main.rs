@@ -17,6 +17,8 @@ mod maps;
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod tc_rewrite;
+#[cfg(target_arch = "bpf")]
+mod track;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -8,6 +8,7 @@ use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     counters::{COUNTER_COUNT, Counter},
     flow::{FlowKey, Session},
+    probe::PROBE_BUCKETS,
 };
 
 /// Default capacity; the loader overrides it with `--max-sessions`.
@@ -18,6 +19,13 @@ pub static NAT_FWD: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAUL
 
 #[map(name = "NAT_REV")]
 pub static NAT_REV: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+
+/// Cooling keys (reverse-map keys) -> boot-clock ns when the key may be reused.
+#[map(name = "NAT_COOLDOWN")]
+pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * DEFAULT_SESSIONS, 0);
+
+#[map(name = "NAT_PROBES")]
+pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);
 
 #[map(name = "NAT_CONFIG")]
 pub static NAT_CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -11,6 +11,7 @@ pub enum Drop {
     Unsupported,
     Fragment,
     Rewrite,
+    StrictCooling,
 }
 
 impl Drop {
@@ -23,6 +24,7 @@ impl Drop {
             Drop::Unsupported => Counter::Unsupported,
             Drop::Fragment => Counter::Fragment,
             Drop::Rewrite => Counter::CsumError,
+            Drop::StrictCooling => Counter::StrictDrop,
         }
     }
 }
@@ -135,17 +137,13 @@ pub fn l4_fields(
     }
 }
 
-/// Refreshes a session entry after a packet: `seen` bits when they change,
-/// `last_seen` when it is older than the touch granularity.
+/// Refreshes `last_seen` of a session entry when it is older than the touch
+/// granularity, so the established path rarely writes.
 #[inline(always)]
-pub fn touch(entry: *mut nat_common::flow::Session, tcp_flags: u8, now: u64) {
-    use nat_common::{config::TOUCH_GRANULARITY_NS, tcp_state::seen_bits};
+pub fn touch(entry: *mut nat_common::flow::Session, now: u64) {
+    use nat_common::config::TOUCH_GRANULARITY_NS;
     // SAFETY: `entry` is a live map value pointer from a lookup in this program run.
     unsafe {
-        let bits = (*entry).seen | seen_bits(tcp_flags);
-        if bits != (*entry).seen {
-            (*entry).seen = bits;
-        }
         if now.wrapping_sub((*entry).last_seen) > TOUCH_GRANULARITY_NS {
             (*entry).last_seen = now;
         }

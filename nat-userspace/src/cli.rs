@@ -31,6 +31,99 @@ pub enum Command {
     Sessions(ShowArgs),
     /// Show the datapath counters.
     Stats(ShowArgs),
+    /// Change a live setting; it takes effect on the next allocation.
+    Set {
+        /// One of the settings `nat get` lists.
+        key: String,
+        value: String,
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+    },
+    /// Show one or all live settings.
+    Get {
+        key: Option<String>,
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys that are cooling, with the time left.
+    Cooldowns(ShowArgs),
+    /// Destinations nearest to running out of ports (in use plus cooling), per external address.
+    Top {
+        #[command(flatten)]
+        show: ShowArgs,
+        /// How many destinations to list.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// Measures allocation in the real egress program (BPF_PROG_TEST_RUN) with one
+    /// destination's range filled to a given share; no interface is touched.
+    #[command(hide = true)]
+    AllocBench(AllocBenchArgs),
+}
+
+#[derive(Parser, Debug)]
+pub struct AllocBenchArgs {
+    /// Share of the destination's range in use or cooling, in percent.
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u32).range(0..=99))]
+    pub occupancy: u32,
+    /// Of the occupied ports, the share that is cooling rather than live, in percent.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub cooling: u32,
+    #[arg(long, default_value = "20000-20999", value_parser = parse_port_range)]
+    pub ports: PortRange,
+    /// New flows to allocate (each is removed again to keep the occupancy).
+    #[arg(long, default_value_t = 10_000)]
+    pub attempts: u32,
+    #[arg(long, default_value = "strict")]
+    pub policy: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `nat load` that set live settings; names and parsing come from
+/// [`crate::settings::SETTINGS`].
+#[derive(Parser, Debug, Default)]
+pub struct SettingFlags {
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown"))]
+    pub cooldown: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-local-close"))]
+    pub cooldown_local_close: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-rst"))]
+    pub cooldown_rst: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-udp"))]
+    pub cooldown_udp: Option<u64>,
+    #[arg(long, value_name = "on|off", value_parser = crate::settings::flag_parser("cooldown-enabled"))]
+    pub cooldown_enabled: Option<u64>,
+    #[arg(long, value_name = "strict|fallback", value_parser = crate::settings::flag_parser("policy"))]
+    pub policy: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-established"))]
+    pub timeout_tcp_established: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-transitory"))]
+    pub timeout_tcp_transitory: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-closed"))]
+    pub timeout_tcp_closed: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-udp"))]
+    pub timeout_udp: Option<u64>,
+}
+
+impl SettingFlags {
+    /// (setting name, value given) for every flag, in the settings table's order.
+    pub fn given(&self) -> [(&'static str, Option<u64>); 10] {
+        [
+            ("cooldown", self.cooldown),
+            ("cooldown-local-close", self.cooldown_local_close),
+            ("cooldown-rst", self.cooldown_rst),
+            ("cooldown-udp", self.cooldown_udp),
+            ("cooldown-enabled", self.cooldown_enabled),
+            ("policy", self.policy),
+            ("timeout-tcp-established", self.timeout_tcp_established),
+            ("timeout-tcp-transitory", self.timeout_tcp_transitory),
+            ("timeout-tcp-closed", self.timeout_tcp_closed),
+            ("timeout-udp", self.timeout_udp),
+        ]
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -58,15 +151,11 @@ pub struct LoadArgs {
     /// Capacity of each session map (forward and reverse).
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sessions: u32,
-    /// Idle timeout of established TCP sessions (RFC 5382: at least 2 h 4 min).
-    #[arg(long, value_name = "DURATION", default_value = "7440s", value_parser = parse_duration_ms)]
-    pub timeout_tcp_established: u64,
-    /// Idle timeout of opening or closing TCP sessions.
-    #[arg(long, value_name = "DURATION", default_value = "240s", value_parser = parse_duration_ms)]
-    pub timeout_tcp_transitory: u64,
-    /// Idle timeout of UDP flows (RFC 4787: at least 2 min, 5 min recommended).
-    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration_ms)]
-    pub timeout_udp: u64,
+    #[command(flatten)]
+    pub settings: SettingFlags,
+    /// Capacity of the cooldown map (cooling keys outlive their sessions).
+    #[arg(long, default_value_t = 524_288, value_parser = clap::value_parser!(u32).range(1024..=33_554_432))]
+    pub max_cooldowns: u32,
     /// How often the reaper sweeps for idle sessions, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub reap_interval_ms: u64,
@@ -200,6 +289,34 @@ mod tests {
         assert!(parse_port_range("1-65536").is_err());
         assert!(parse_port_range("100").is_err());
         assert!(parse_port_range("a-b").is_err());
+    }
+
+    #[test]
+    fn every_setting_has_a_load_flag() {
+        let names: Vec<&str> = SettingFlags::default()
+            .given()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let table: Vec<&str> = crate::settings::SETTINGS.iter().map(|s| s.name).collect();
+        assert_eq!(names, table);
+        for name in names {
+            let flag = format!("--{name}");
+            let args = [
+                "nat",
+                "load",
+                "--iface",
+                "x",
+                "--external",
+                "1.2.3.4",
+                "--internal",
+                "10.0.0.0/8",
+                &flag,
+                "bogus",
+            ];
+            let err = Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

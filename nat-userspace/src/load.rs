@@ -21,31 +21,34 @@ use log::{info, warn};
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     names::{
-        GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_FWD, MAP_INTERNAL, MAP_POOL,
-        MAP_REV, MAP_STATS, PROG_EGRESS, PROG_INGRESS, PROG_INGRESS_TC,
+        GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FWD,
+        MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, PROG_EGRESS, PROG_INGRESS,
+        PROG_INGRESS_TC,
     },
     probe::{span, stride_for},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{IngressArg, LoadArgs, XdpModeArg},
+    cli::{Cidr, IngressArg, LoadArgs, PortRange, XdpModeArg},
     pidfile, pins,
     pins::PinDir,
-    reaper,
+    reaper, settings,
     tables::{Tables, boot_ns},
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 8] = [
     MAP_FWD,
     MAP_REV,
+    MAP_COOLDOWN,
     MAP_CONFIG,
     MAP_POOL,
     MAP_INTERNAL,
     MAP_STATS,
+    MAP_PROBES,
 ];
 /// Every link the instance pins.
 pub const PINNED_LINKS: [&str; 2] = [LINK_EGRESS, LINK_INGRESS];
@@ -84,7 +87,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         pins,
         links: Vec::new(),
     };
-    let mut ebpf = load_object(&args)?;
+    let mut ebpf = load_object(args.max_sessions, args.max_cooldowns)?;
     for name in PINNED_MAPS {
         let map = ebpf
             .map(name)
@@ -96,16 +99,22 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
             )
         })?;
     }
-    populate(&mut ebpf, &args)?;
+    let mut cfg = Config {
+        pool_len: args.external.len() as u32,
+        ..Config::default()
+    };
+    for (name, value) in args.settings.given() {
+        if let Some(v) = value {
+            settings::find(name)
+                .map_err(anyhow::Error::msg)?
+                .apply(&mut cfg, v);
+        }
+    }
+    populate(&mut ebpf, &args.internal, &args.external, args.ports, cfg)?;
     let mode = attach(&mut ebpf, &args, &mut instance)?;
     pidfile::write(netns, &args.iface)?;
 
-    let mut tables = Tables::from_maps(
-        take(&mut ebpf, MAP_FWD)?,
-        take(&mut ebpf, MAP_REV)?,
-        take(&mut ebpf, MAP_CONFIG)?,
-        take(&mut ebpf, MAP_STATS)?,
-    )?;
+    let mut tables = Tables::from_ebpf(&mut ebpf)?;
     let external: Vec<String> = args.external.iter().map(Ipv4Addr::to_string).collect();
     let mut stdout = std::io::stdout();
     writeln!(
@@ -126,7 +135,10 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = tick.tick() => {
                 match reaper::sweep(&mut tables, boot_ns()) {
-                    Ok(s) if s.expired > 0 => info!("reaper: {} of {} sessions expired", s.expired, s.scanned),
+                    Ok(s) if s.expired > 0 || s.cooled > 0 => info!(
+                        "reaper: {} of {} sessions expired, {} cooldowns ended",
+                        s.expired, s.scanned, s.cooled
+                    ),
                     Ok(_) => {}
                     Err(e) => warn!("reaper: {e:#}"),
                 }
@@ -142,31 +154,35 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn load_object(args: &LoadArgs) -> Result<Ebpf> {
+/// Loads the embedded object (programs not yet loaded into the kernel).
+pub fn load_object(max_sessions: u32, max_cooldowns: u32) -> Result<Ebpf> {
     // A per-load secret: which port a flow gets must not be predictable from outside.
     let seed = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish() as u32;
     EbpfLoader::new()
         .override_global(GLOBAL_HASH_SEED, &seed, true)
-        .map_max_entries(MAP_FWD, args.max_sessions)
-        .map_max_entries(MAP_REV, args.max_sessions)
+        .map_max_entries(MAP_FWD, max_sessions)
+        .map_max_entries(MAP_REV, max_sessions)
+        .map_max_entries(MAP_COOLDOWN, max_cooldowns)
         .load(EBPF_OBJECT)
         .context("cannot load the kernel programs (root with CAP_BPF and CAP_NET_ADMIN and a kernel with BTF are needed)")
 }
 
-fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .with_context(|| format!("map {name} missing from the object"))
-}
-
-fn populate(ebpf: &mut Ebpf, args: &LoadArgs) -> Result<()> {
-    let mut internal: LpmTrie<_, u32, u8> = ebpf
+/// Fills the prefix, pool and config maps.
+pub fn populate(
+    ebpf: &mut Ebpf,
+    internal: &[Cidr],
+    external: &[Ipv4Addr],
+    ports: PortRange,
+    cfg: Config,
+) -> Result<()> {
+    let mut prefixes: LpmTrie<_, u32, u8> = ebpf
         .map_mut(MAP_INTERNAL)
         .context("internal map")?
         .try_into()?;
-    for cidr in &args.internal {
-        internal
+    for cidr in internal {
+        prefixes
             .insert(
                 &Key::new(cidr.len.into(), u32::from(cidr.addr).to_be()),
                 1,
@@ -175,12 +191,12 @@ fn populate(ebpf: &mut Ebpf, args: &LoadArgs) -> Result<()> {
             .with_context(|| format!("cannot add internal prefix {}/{}", cidr.addr, cidr.len))?;
     }
     let mut pool: Array<_, PoolAddr> = ebpf.map_mut(MAP_POOL).context("pool map")?.try_into()?;
-    let span = span(args.ports.lo, args.ports.hi);
-    for (i, addr) in args.external.iter().enumerate() {
+    let span = span(ports.lo, ports.hi);
+    for (i, addr) in external.iter().enumerate() {
         let entry = PoolAddr {
             addr: u32::from(*addr).to_be(),
-            port_min: args.ports.lo,
-            port_max: args.ports.hi,
+            port_min: ports.lo,
+            port_max: ports.hi,
             step: stride_for(span),
             _pad: 0,
         };
@@ -189,13 +205,6 @@ fn populate(ebpf: &mut Ebpf, args: &LoadArgs) -> Result<()> {
     }
     let mut config: Array<_, Config> =
         ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;
-    let cfg = Config {
-        pool_len: args.external.len() as u32,
-        timeout_tcp_established_ms: args.timeout_tcp_established,
-        timeout_tcp_transitory_ms: args.timeout_tcp_transitory,
-        timeout_udp_ms: args.timeout_udp,
-        ..Config::default()
-    };
     config
         .set(0, cfg, 0)
         .context("cannot write the config map")?;

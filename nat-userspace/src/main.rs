@@ -1,11 +1,13 @@
 //! `nat`: loader daemon and CLI of the in-kernel NAT.
 
+mod alloc_bench;
 mod cli;
 mod load;
 mod netns;
 mod pidfile;
 mod pins;
 mod reaper;
+mod settings;
 mod show;
 mod tables;
 mod unload;
@@ -62,13 +64,24 @@ fn run(cli: Cli) -> Result<()> {
             .context("cannot start the runtime")?
             .block_on(load::run(args, netns)),
         Command::Unload { iface } => unload::run(netns, &iface),
-        Command::Sessions(args) => {
-            let tables = Tables::open(&pins::resolve(netns, args.iface.as_deref())?)?;
-            show::sessions(&tables, args.json)
+        Command::Sessions(args) => show::sessions(&open(netns, args.iface.as_deref())?, args.json),
+        Command::Stats(args) => show::stats(&open(netns, args.iface.as_deref())?, args.json),
+        Command::Cooldowns(args) => {
+            show::cooldowns(&open(netns, args.iface.as_deref())?, args.json)
         }
-        Command::Stats(args) => {
-            let tables = Tables::open(&pins::resolve(netns, args.iface.as_deref())?)?;
-            show::stats(&tables, args.json)
+        Command::Top { show: args, limit } => {
+            show::top(&open(netns, args.iface.as_deref())?, args.json, limit)
         }
+        Command::Get { key, iface, json } => {
+            show::get(&open(netns, iface.as_deref())?, key.as_deref(), json)
+        }
+        Command::Set { key, value, iface } => {
+            show::set(&mut open(netns, iface.as_deref())?, &key, &value)
+        }
+        Command::AllocBench(args) => alloc_bench::run(&args),
     }
+}
+
+fn open(netns: Option<&str>, iface: Option<&str>) -> Result<Tables> {
+    Tables::open(&pins::resolve(netns, iface)?)
 }

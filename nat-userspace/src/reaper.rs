@@ -1,12 +1,15 @@
-//! Expires idle sessions.
+//! Expires idle sessions and ended cooldowns.
 //!
-//! The forward entry goes first: once it is gone egress can no longer pick
-//! the pair up, and the reverse entry that still exists keeps its external
-//! port claimed (BPF_NOEXIST) until it is deleted right after, so no new flow
-//! can be handed a port whose old pair is half deleted.
+//! For an expiring session the key is cooled first, then the forward entry
+//! goes (egress can no longer pick the pair up), then the reverse entry,
+//! which keeps the external port claimed (BPF_NOEXIST) until that moment: at
+//! no point is the key both unclaimed and not cooling.
 
-use anyhow::Result;
-use nat_common::{config::Config, tcp_state::idle_timeout_ms};
+use anyhow::{Context as _, Result};
+use nat_common::{
+    config::Config,
+    tcp_state::{CloseKind, cooldown_ms, expiry_kind, idle_timeout_ms},
+};
 
 use crate::tables::{SessionView, Tables};
 
@@ -14,6 +17,8 @@ use crate::tables::{SessionView, Tables};
 pub struct Sweep {
     pub scanned: usize,
     pub expired: usize,
+    /// Cooldown entries removed because they ended.
+    pub cooled: usize,
 }
 
 pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
@@ -36,9 +41,37 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
         if !expired(&fresh, now, &cfg) {
             continue;
         }
+        let kind = expiry_kind(s.proto, fresh.fwd_seen, fresh.rev_seen);
+        let ms = cooldown_ms(kind, &cfg);
+        // A close the datapath saw already started its cooldown at the close.
+        let closed = matches!(
+            kind,
+            CloseKind::ExternalFirst | CloseKind::InternalFirst | CloseKind::Reset
+        );
+        if ms > 0 && !(closed && tables.cooldown.get(&rev_key, 0).is_ok()) {
+            tables
+                .cooldown
+                .insert(rev_key, now + ms * 1_000_000, 0)
+                .context("cannot record a cooldown (cooldown map full?); session kept")?;
+        }
         let _ = tables.fwd.remove(&s.key);
         let _ = tables.rev.remove(&rev_key);
         report.expired += 1;
+    }
+
+    let ended: Vec<_> = tables
+        .cooldown
+        .iter()
+        .filter_map(|item| item.ok())
+        .filter(|(_, until)| *until <= now)
+        .map(|(k, _)| k)
+        .collect();
+    for key in ended {
+        // A close may have started a new cooldown on this key since the scan.
+        if tables.cooldown.get(&key, 0).is_ok_and(|until| until <= now) {
+            let _ = tables.cooldown.remove(&key);
+            report.cooled += 1;
+        }
     }
     Ok(report)
 }

@@ -5,10 +5,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use nat_common::{
-    config::Config,
+    config::{Config, PoolAddr},
     counters::Counter,
     flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
-    names::{MAP_CONFIG, MAP_FWD, MAP_REV, MAP_STATS},
+    names::{MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS},
+    probe::PROBE_BUCKETS,
     tcp_state::{State, state_of},
 };
 
@@ -17,38 +18,89 @@ use crate::pins::PinDir;
 pub struct Tables {
     pub fwd: HashMap<MapData, FlowKey, Session>,
     pub rev: HashMap<MapData, FlowKey, Session>,
+    /// Reverse key -> boot-clock ns when it may be reused.
+    pub cooldown: HashMap<MapData, FlowKey, u64>,
     pub config: Array<MapData, Config>,
+    pub pool: Array<MapData, PoolAddr>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub probes: PerCpuArray<MapData, u64>,
 }
 
 impl Tables {
     pub fn open(pins: &PinDir) -> Result<Self> {
-        let open = |name: &str| -> Result<Map> {
+        Self::build(|name| {
             let path = pins.path(name);
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("cannot open pinned map {}", path.display()))?;
             Map::from_map_data(data)
                 .with_context(|| format!("unexpected map type at {}", path.display()))
-        };
-        Self::from_maps(
-            open(MAP_FWD)?,
-            open(MAP_REV)?,
-            open(MAP_CONFIG)?,
-            open(MAP_STATS)?,
-        )
+        })
     }
 
-    pub fn from_maps(fwd: Map, rev: Map, config: Map, stats: Map) -> Result<Self> {
+    /// Takes the maps out of a freshly loaded object (after they were pinned).
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self> {
+        Self::build(|name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
+        })
+    }
+
+    fn build(mut take: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
-            fwd: fwd.try_into().context("forward session map")?,
-            rev: rev.try_into().context("reverse session map")?,
-            config: config.try_into().context("config map")?,
-            stats: stats.try_into().context("stats map")?,
+            fwd: take(MAP_FWD)?.try_into().context("forward session map")?,
+            rev: take(MAP_REV)?.try_into().context("reverse session map")?,
+            cooldown: take(MAP_COOLDOWN)?.try_into().context("cooldown map")?,
+            config: take(MAP_CONFIG)?.try_into().context("config map")?,
+            pool: take(MAP_POOL)?.try_into().context("pool map")?,
+            stats: take(MAP_STATS)?.try_into().context("stats map")?,
+            probes: take(MAP_PROBES)?
+                .try_into()
+                .context("probe histogram map")?,
         })
     }
 
     pub fn config(&self) -> Result<Config> {
         self.config.get(&0, 0).context("cannot read the config map")
+    }
+
+    pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+        self.config
+            .set(0, cfg, 0)
+            .context("cannot write the config map")
+    }
+
+    /// The external addresses in use, in pool order.
+    pub fn pool(&self) -> Result<Vec<PoolAddr>> {
+        let len = self.config()?.pool_len;
+        (0..len)
+            .map(|i| self.pool.get(&i, 0).context("cannot read the pool map"))
+            .collect()
+    }
+
+    /// Probe histogram totals over all CPUs, indexed by bucket.
+    pub fn probe_histogram(&self) -> Result<Vec<u64>> {
+        (0..PROBE_BUCKETS)
+            .map(|b| {
+                let per_cpu = self
+                    .probes
+                    .get(&b, 0)
+                    .context("cannot read the probe histogram")?;
+                Ok(per_cpu.iter().sum())
+            })
+            .collect()
+    }
+
+    /// Cooling keys with their end time, skipping entries that ended already.
+    pub fn cooling(&self, now: u64) -> Result<Vec<(FlowKey, u64)>> {
+        let mut out = Vec::new();
+        for item in self.cooldown.iter() {
+            match item {
+                Ok((k, until)) if until > now => out.push((k, until)),
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("cannot read the cooldown map"),
+            }
+        }
+        Ok(out)
     }
 
     /// Counter totals over all CPUs, in [`Counter::ALL`] order.
@@ -92,6 +144,9 @@ pub struct SessionView {
     pub external: SocketAddrV4,
     pub remote: SocketAddrV4,
     pub state: State,
+    /// Seen bits of the forward and reverse entries.
+    pub fwd_seen: u8,
+    pub rev_seen: u8,
     /// Boot-clock nanoseconds of the last packet in either direction.
     pub last_seen: u64,
     /// False when the reverse entry is missing (being created or reaped).
@@ -109,6 +164,8 @@ impl SessionView {
             external: endpoint(fwd.addr, fwd.port),
             remote: endpoint(key.daddr, key.dport),
             state: state_of(key.proto, fwd.seen, rev_seen),
+            fwd_seen: fwd.seen,
+            rev_seen,
             last_seen: fwd.last_seen.max(rev_last),
             paired: rev.is_some(),
         }

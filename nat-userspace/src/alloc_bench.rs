@@ -1,0 +1,196 @@
+//! `nat alloc-bench`: allocation success and latency of the real egress
+//! program while one destination's range is filled to a given share. Runs the
+//! program with BPF_PROG_TEST_RUN on crafted SYNs; nothing is attached.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use nat_common::{
+    config::{Config, policy},
+    csum::{ipv4_header_checksum, l4_checksum},
+    flow::{FlowKey, PROTO_TCP, Session},
+    names::PROG_EGRESS,
+    probe::{probe_bucket_label, span},
+};
+use serde_json::json;
+
+use crate::{
+    cli::{AllocBenchArgs, Cidr},
+    load::{load_object, populate},
+    tables::{Tables, boot_ns},
+};
+
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const REMOTE_PORT: u16 = 443;
+const TC_ACT_OK: u32 = 0;
+
+pub fn run(args: &AllocBenchArgs) -> Result<()> {
+    let span = span(args.ports.lo, args.ports.hi);
+    let policy = match args.policy.as_str() {
+        "strict" => policy::STRICT,
+        "fallback" => policy::FALLBACK,
+        other => bail!("--policy: '{other}' is not strict or fallback"),
+    };
+    let mut ebpf = load_object(65_536, 65_536)?;
+    let cfg = Config {
+        pool_len: 1,
+        policy,
+        ..Config::default()
+    };
+    let internal = [Cidr {
+        addr: Ipv4Addr::new(10, 0, 0, 0),
+        len: 8,
+    }];
+    populate(&mut ebpf, &internal, &[EXTERNAL], args.ports, cfg)?;
+
+    // Occupy a share of the range toward REMOTE: some ports live, some cooling.
+    let occupied = (span as u64 * args.occupancy as u64 / 100) as u32;
+    let cooling = (occupied as u64 * args.cooling as u64 / 100) as u32;
+    let now = boot_ns();
+    let mut tables = Tables::from_ebpf(&mut ebpf)?;
+    {
+        let mut ports: Vec<u16> = (args.ports.lo..=args.ports.hi).collect();
+        shuffle(&mut ports, 0x9e37_79b9);
+        for (i, port) in ports.iter().take(occupied as usize).enumerate() {
+            let key = FlowKey::new(
+                PROTO_TCP,
+                u32::from(EXTERNAL).to_be(),
+                port.to_be(),
+                u32::from(REMOTE).to_be(),
+                REMOTE_PORT.to_be(),
+            );
+            if (i as u32) < cooling {
+                tables.cooldown.insert(key, now + 3_600_000_000_000, 0)?;
+            } else {
+                let holder = Session {
+                    addr: u32::from(Ipv4Addr::new(10, 9, 9, 9)).to_be(),
+                    port: port.to_be(),
+                    ..Session::default()
+                };
+                tables.rev.insert(key, holder, 0)?;
+            }
+        }
+    }
+
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROG_EGRESS)
+        .context("egress program")?
+        .try_into()?;
+    prog.load()
+        .context("the kernel rejected the egress program")?;
+    let mut latencies = Vec::with_capacity(args.attempts as usize);
+    let mut ok = 0u32;
+    let mut out = vec![0u8; 128];
+    let mut created = Vec::new();
+    for i in 0..args.attempts {
+        let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + (i / 20_000));
+        let sport = 40_000 + (i % 20_000) as u16;
+        let pkt = syn(src, sport);
+        let res = prog.test_run(TestRunOptions {
+            data_in: Some(&pkt),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
+        latencies.push(res.duration);
+        if res.return_value == TC_ACT_OK {
+            let ext_port = u16::from_be_bytes([out[34], out[35]]);
+            if out[26..30] != EXTERNAL.octets()
+                || !(args.ports.lo..=args.ports.hi).contains(&ext_port)
+            {
+                bail!(
+                    "mistranslated: source {}.{}.{}.{}:{ext_port}",
+                    out[26],
+                    out[27],
+                    out[28],
+                    out[29]
+                );
+            }
+            ok += 1;
+            created.push((
+                FlowKey::new(
+                    PROTO_TCP,
+                    u32::from(src).to_be(),
+                    sport.to_be(),
+                    u32::from(REMOTE).to_be(),
+                    REMOTE_PORT.to_be(),
+                ),
+                ext_port,
+            ));
+        }
+        // Keep the occupancy where it was: give the port back.
+        for (fwd_key, ext_port) in created.drain(..) {
+            tables.fwd.remove(&fwd_key)?;
+            tables
+                .rev
+                .remove(&fwd_key.translated(u32::from(EXTERNAL).to_be(), ext_port.to_be()))?;
+        }
+    }
+    latencies.sort();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(Duration::ZERO)
+    };
+    let success = 100.0 * ok as f64 / args.attempts.max(1) as f64;
+    let hist = tables.probe_histogram()?;
+    if args.json {
+        let mut probes = serde_json::Map::new();
+        for (b, v) in hist.iter().enumerate() {
+            probes.insert(probe_bucket_label(b as u32).to_string(), json!(v));
+        }
+        println!(
+            "{}",
+            json!({
+                "range": span, "occupancy_pct": args.occupancy, "occupied": occupied, "cooling": cooling,
+                "policy": args.policy, "attempts": args.attempts, "allocated": ok, "success_pct": success,
+                "median_ns": pct(0.5).as_nanos() as u64, "p99_ns": pct(0.99).as_nanos() as u64, "probes": probes,
+            })
+        );
+    } else {
+        println!(
+            "range {span} ports, {occupied} occupied ({cooling} cooling) toward one destination, policy {}: \
+             {ok}/{} allocated ({success:.3}%), median {:?}, p99 {:?}",
+            args.policy,
+            args.attempts,
+            pct(0.5),
+            pct(0.99)
+        );
+    }
+    Ok(())
+}
+
+/// A deterministic Fisher-Yates shuffle (xorshift), so runs are comparable.
+fn shuffle(v: &mut [u16], mut state: u32) {
+    for i in (1..v.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        v.swap(i, state as usize % (i + 1));
+    }
+}
+
+/// An Ethernet + IPv4 + TCP SYN from `src:sport` to REMOTE with correct checksums.
+fn syn(src: Ipv4Addr, sport: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 14 + 20 + 20];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut p[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = PROTO_TCP;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&REMOTE.octets());
+    let c = ipv4_header_checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    let tcp = &mut p[34..54];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&REMOTE_PORT.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    let c = l4_checksum(src.octets(), REMOTE.octets(), PROTO_TCP, tcp);
+    tcp[16..18].copy_from_slice(&c.to_ne_bytes());
+    p
+}

@@ -1,0 +1,239 @@
+//! Live settings: one table shared by the `nat load` flags and `nat set`/`nat get`,
+//! so a name parses and validates the same way everywhere.
+
+use nat_common::config::{Config, policy};
+
+use crate::cli::{MAX_DURATION_MS, parse_duration_ms};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Milliseconds within [min, MAX_DURATION_MS].
+    Duration {
+        min: u64,
+    },
+    OnOff,
+    Policy,
+}
+
+pub struct Setting {
+    pub name: &'static str,
+    pub help: &'static str,
+    kind: Kind,
+    get: fn(&Config) -> u64,
+    set: fn(&mut Config, u64),
+}
+
+macro_rules! field {
+    ($f:ident) => {
+        (
+            |c: &Config| c.$f as u64,
+            |c: &mut Config, v: u64| c.$f = v as _,
+        )
+    };
+}
+
+const fn setting(
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    (get, set): (fn(&Config) -> u64, fn(&mut Config, u64)),
+) -> Setting {
+    Setting {
+        name,
+        help,
+        kind,
+        get,
+        set,
+    }
+}
+
+pub const SETTINGS: &[Setting] = &[
+    setting(
+        "cooldown",
+        "cooldown after the external side closed first, both at once, or an idle expiry",
+        Kind::Duration { min: 0 },
+        field!(cooldown_ms),
+    ),
+    setting(
+        "cooldown-local-close",
+        "cooldown after the internal side closed first",
+        Kind::Duration { min: 0 },
+        field!(cooldown_local_close_ms),
+    ),
+    setting(
+        "cooldown-rst",
+        "cooldown after a reset",
+        Kind::Duration { min: 0 },
+        field!(cooldown_rst_ms),
+    ),
+    setting(
+        "cooldown-udp",
+        "cooldown after a UDP flow expired",
+        Kind::Duration { min: 0 },
+        field!(cooldown_udp_ms),
+    ),
+    setting(
+        "cooldown-enabled",
+        "on: never hand out a cooling key; off: a port is reusable as soon as its session ends",
+        Kind::OnOff,
+        field!(cooldown_enabled),
+    ),
+    setting(
+        "policy",
+        "when every candidate is live or cooling: fallback takes the soonest-cooling port, strict drops",
+        Kind::Policy,
+        field!(policy),
+    ),
+    setting(
+        "timeout-tcp-established",
+        "idle timeout of established TCP sessions",
+        Kind::Duration { min: 1000 },
+        field!(timeout_tcp_established_ms),
+    ),
+    setting(
+        "timeout-tcp-transitory",
+        "idle timeout of opening or half-closed TCP sessions",
+        Kind::Duration { min: 1000 },
+        field!(timeout_tcp_transitory_ms),
+    ),
+    setting(
+        "timeout-tcp-closed",
+        "how long a closed or reset TCP session keeps its mapping",
+        Kind::Duration { min: 100 },
+        field!(timeout_tcp_closed_ms),
+    ),
+    setting(
+        "timeout-udp",
+        "idle timeout of UDP flows",
+        Kind::Duration { min: 1000 },
+        field!(timeout_udp_ms),
+    ),
+];
+
+pub fn find(name: &str) -> Result<&'static Setting, String> {
+    SETTINGS.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+        format!("unknown setting '{name}' (one of: {})", names.join(", "))
+    })
+}
+
+impl Setting {
+    /// Parses and range-checks a value given on the command line.
+    pub fn parse(&self, value: &str) -> Result<u64, String> {
+        let v = value.trim();
+        match self.kind {
+            Kind::Duration { min } => {
+                let ms = parse_duration_ms(v).map_err(|e| format!("{}: {e}", self.name))?;
+                if ms < min {
+                    return Err(format!(
+                        "{}: {value} is below the minimum of {min} ms",
+                        self.name
+                    ));
+                }
+                Ok(ms)
+            }
+            Kind::OnOff => match v {
+                "on" | "true" | "1" => Ok(1),
+                "off" | "false" | "0" => Ok(0),
+                _ => Err(format!("{}: '{value}' is not on or off", self.name)),
+            },
+            Kind::Policy => match v {
+                "fallback" => Ok(policy::FALLBACK as u64),
+                "strict" => Ok(policy::STRICT as u64),
+                _ => Err(format!(
+                    "{}: '{value}' is not strict or fallback",
+                    self.name
+                )),
+            },
+        }
+    }
+
+    pub fn get(&self, cfg: &Config) -> u64 {
+        (self.get)(cfg)
+    }
+
+    pub fn apply(&self, cfg: &mut Config, value: u64) {
+        (self.set)(cfg, value)
+    }
+
+    /// The value as `nat get` prints it and `nat set` accepts it back.
+    pub fn format(&self, cfg: &Config) -> String {
+        let v = self.get(cfg);
+        match self.kind {
+            Kind::Duration { .. } => format!("{v}ms"),
+            Kind::OnOff => if v != 0 { "on" } else { "off" }.to_owned(),
+            Kind::Policy => if v == policy::STRICT as u64 {
+                "strict"
+            } else {
+                "fallback"
+            }
+            .to_owned(),
+        }
+    }
+
+    /// The value for JSON output: milliseconds as numbers, the rest as words.
+    pub fn json(&self, cfg: &Config) -> serde_json::Value {
+        match self.kind {
+            Kind::Duration { .. } => serde_json::json!(self.get(cfg)),
+            _ => serde_json::json!(self.format(cfg)),
+        }
+    }
+}
+
+/// A clap value parser for the `nat load` flag of setting `name`.
+pub fn flag_parser(
+    name: &'static str,
+) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |v: &str| find(name)?.parse(v)
+}
+
+const _: () = assert!(MAX_DURATION_MS == 100_000_000);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_round_trips_through_get_and_set() {
+        let mut cfg = Config::default();
+        for s in SETTINGS {
+            let printed = s.format(&cfg);
+            let parsed = s.parse(&printed).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(parsed, s.get(&cfg), "{}", s.name);
+            s.apply(&mut cfg, parsed);
+        }
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn values_are_validated() {
+        assert_eq!(find("cooldown").unwrap().parse("240s"), Ok(240_000));
+        assert_eq!(find("cooldown").unwrap().parse("0"), Ok(0));
+        assert!(find("cooldown").unwrap().parse("100000001").is_err());
+        assert!(find("cooldown").unwrap().parse("soon").is_err());
+        assert_eq!(find("cooldown-enabled").unwrap().parse("off"), Ok(0));
+        assert!(find("cooldown-enabled").unwrap().parse("maybe").is_err());
+        assert_eq!(
+            find("policy").unwrap().parse("strict"),
+            Ok(policy::STRICT as u64)
+        );
+        assert!(find("policy").unwrap().parse("random").is_err());
+        assert!(find("timeout-udp").unwrap().parse("10ms").is_err());
+        assert!(find("no-such").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let cfg = Config::default();
+        let get = |n: &str| find(n).unwrap().format(&cfg);
+        assert_eq!(get("cooldown"), "240000ms");
+        assert_eq!(get("cooldown-local-close"), "15000ms");
+        assert_eq!(get("cooldown-rst"), "15000ms");
+        assert_eq!(get("cooldown-udp"), "0ms");
+        assert_eq!(get("cooldown-enabled"), "on");
+        assert_eq!(get("policy"), "fallback");
+        assert_eq!(get("timeout-tcp-established"), "7440000ms");
+        assert_eq!(get("timeout-tcp-transitory"), "240000ms");
+        assert_eq!(get("timeout-udp"), "300000ms");
+    }
+}
