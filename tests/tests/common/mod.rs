@@ -143,3 +143,20 @@ pub fn tx_checksum_off(topo: &Topology, dev: &str) {
         String::from_utf8_lossy(&st.stderr)
     );
 }
+
+/// A TcpExt counter of a namespace (from /proc/net/netstat), e.g. PAWSTimewait.
+pub fn tcp_ext(ns: &str, name: &'static str) -> u64 {
+    nat_tests::run_in_ns(ns, move || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat");
+        let mut rows = text.lines().filter(|l| l.starts_with("TcpExt: "));
+        let (names, values) = (
+            rows.next().expect("header row"),
+            rows.next().expect("value row"),
+        );
+        let at = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no TcpExt counter {name}"));
+        values.split_whitespace().nth(at).unwrap().parse().unwrap()
+    })
+}
