@@ -61,6 +61,14 @@ pub enum Command {
     /// destination's range filled to a given share; no interface is touched.
     #[command(hide = true)]
     AllocBench(AllocBenchArgs),
+    /// Measures one reaper sweep over N sessions in real BPF maps; nothing is attached.
+    #[command(hide = true)]
+    ReaperBench {
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=8_000_000))]
+        sessions: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Parser, Debug)]

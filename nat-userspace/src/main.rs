@@ -1,12 +1,14 @@
 //! `nat`: loader daemon and CLI of the in-kernel NAT.
 
 mod alloc_bench;
+mod batch;
 mod cli;
 mod load;
 mod netns;
 mod pidfile;
 mod pins;
 mod reaper;
+mod reaper_bench;
 mod settings;
 mod show;
 mod tables;
@@ -79,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
             show::set(&mut open(netns, iface.as_deref())?, &key, &value)
         }
         Command::AllocBench(args) => alloc_bench::run(&args),
+        Command::ReaperBench { sessions, json } => reaper_bench::run(sessions, json),
     }
 }
 

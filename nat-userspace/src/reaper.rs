@@ -24,24 +24,36 @@ pub struct Sweep {
 pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
     let cfg: Config = tables.config()?;
     let mut report = Sweep::default();
-    let candidates: Vec<SessionView> = tables
-        .sessions()?
-        .into_iter()
-        .inspect(|_| report.scanned += 1)
-        .filter(|s| expired(s, now, &cfg))
-        .collect();
-    for s in candidates {
-        // Re-read right before deleting: a packet may have refreshed it since the scan.
-        let Ok(fwd) = tables.fwd.get(&s.key, 0) else {
-            continue;
-        };
-        let rev_key = s.key.translated(fwd.addr, fwd.port);
-        let rev = tables.rev.get(&rev_key, 0).ok();
-        let fresh = SessionView::new(&s.key, &fwd, rev.as_ref());
-        if !expired(&fresh, now, &cfg) {
+    // A session whose forward entry was touched within the shortest timeout
+    // cannot have expired whatever its state, so only the others need their
+    // reverse entry: a routine sweep is one batched read of the forward map.
+    let shortest = [
+        cfg.timeout_tcp_established_ms,
+        cfg.timeout_tcp_transitory_ms,
+        cfg.timeout_tcp_closed_ms,
+        cfg.timeout_udp_ms,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(0)
+        * 1_000_000;
+    let fwd = tables.forward_entries()?;
+    report.scanned = fwd.len();
+    for (key, f) in fwd {
+        if now.saturating_sub(f.last_seen) <= shortest {
             continue;
         }
-        let kind = expiry_kind(s.proto, fresh.fwd_seen, fresh.rev_seen);
+        // Read both entries now: a packet may have refreshed them since the scan.
+        let Ok(fwd) = tables.fwd.get(&key, 0) else {
+            continue;
+        };
+        let rev_key = key.translated(fwd.addr, fwd.port);
+        let rev = tables.rev.get(&rev_key, 0).ok();
+        let s = SessionView::new(&key, &fwd, rev.as_ref());
+        if !expired(&s, now, &cfg) {
+            continue;
+        }
+        let kind = expiry_kind(s.proto, s.fwd_seen, s.rev_seen);
         let ms = cooldown_ms(kind, &cfg);
         // A close the datapath saw already started its cooldown at the close.
         let closed = matches!(
@@ -54,15 +66,14 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
                 .insert(rev_key, now + ms * 1_000_000, 0)
                 .context("cannot record a cooldown (cooldown map full?); session kept")?;
         }
-        let _ = tables.fwd.remove(&s.key);
+        let _ = tables.fwd.remove(&key);
         let _ = tables.rev.remove(&rev_key);
         report.expired += 1;
     }
 
     let ended: Vec<_> = tables
-        .cooldown
-        .iter()
-        .filter_map(|item| item.ok())
+        .cooldown_entries()?
+        .into_iter()
         .filter(|(_, until)| *until <= now)
         .map(|(k, _)| k)
         .collect();

@@ -7,7 +7,11 @@ use serde_json::json;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use nat_common::probe::{probe_bucket_label, span};
+use aya::maps::IterableMap as _;
+use nat_common::{
+    flow::{FlowKey, Session},
+    probe::{probe_bucket_label, span},
+};
 
 use crate::{
     settings::{self, SETTINGS, Setting},
@@ -61,7 +65,7 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
 
 pub fn stats(tables: &Tables, as_json: bool) -> Result<()> {
     let counters = tables.counters()?;
-    let sessions = tables.fwd.keys().count();
+    let sessions = tables.forward_entries()?.len();
     let cooling = tables.cooling(boot_ns())?.len();
     let histogram = tables.probe_histogram()?;
     let mut out = std::io::stdout().lock();
@@ -142,7 +146,7 @@ pub fn top(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
     let now = boot_ns();
     let mut per: BTreeMap<(u32, u8, u32, u16), Pressure> = BTreeMap::new();
     let mut live = HashSet::new();
-    for (k, _) in tables.rev.iter().filter_map(|i| i.ok()) {
+    for (k, _) in crate::batch::lookup_all::<FlowKey, Session>(tables.rev.map())? {
         per.entry((k.saddr, k.proto, k.daddr, k.dport))
             .or_default()
             .in_use += 1;

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use nat_common::{
     config::{Config, PoolAddr},
     counters::Counter,
@@ -13,7 +13,7 @@ use nat_common::{
     tcp_state::{State, state_of},
 };
 
-use crate::pins::PinDir;
+use crate::{batch, pins::PinDir};
 
 pub struct Tables {
     pub fwd: HashMap<MapData, FlowKey, Session>,
@@ -90,17 +90,16 @@ impl Tables {
             .collect()
     }
 
+    /// Every cooldown entry with its end time, ended ones included.
+    pub fn cooldown_entries(&self) -> Result<Vec<(FlowKey, u64)>> {
+        batch::lookup_all(self.cooldown.map()).context("cannot read the cooldown map")
+    }
+
     /// Cooling keys with their end time, skipping entries that ended already.
     pub fn cooling(&self, now: u64) -> Result<Vec<(FlowKey, u64)>> {
-        let mut out = Vec::new();
-        for item in self.cooldown.iter() {
-            match item {
-                Ok((k, until)) if until > now => out.push((k, until)),
-                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("cannot read the cooldown map"),
-            }
-        }
-        Ok(out)
+        let mut all = self.cooldown_entries()?;
+        all.retain(|(_, until)| *until > now);
+        Ok(all)
     }
 
     /// Counter totals over all CPUs, in [`Counter::ALL`] order.
@@ -117,28 +116,29 @@ impl Tables {
             .collect()
     }
 
-    /// Every session, joined from its forward and reverse entries.
+    /// Every forward entry, read in batches.
+    pub fn forward_entries(&self) -> Result<Vec<(FlowKey, Session)>> {
+        batch::lookup_all(self.fwd.map()).context("cannot read the forward session map")
+    }
+
+    /// Every session, joined from its forward and reverse entries. Both maps
+    /// are read in batches, then joined here.
     pub fn sessions(&self) -> Result<Vec<SessionView>> {
-        let mut out = Vec::new();
-        for item in self.fwd.iter() {
-            let (key, fwd) = match item {
-                Ok(kv) => kv,
-                // Deleted between listing the key and reading it: it is gone, not an error.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("cannot read the forward session map"),
-            };
-            let rev_key = key.translated(fwd.addr, fwd.port);
-            let rev = self.rev.get(&rev_key, 0).ok();
-            out.push(SessionView::new(&key, &fwd, rev.as_ref()));
-        }
-        Ok(out)
+        let fwd = self.forward_entries()?;
+        let rev: std::collections::HashMap<FlowKey, Session> = batch::lookup_all(self.rev.map())
+            .context("cannot read the reverse session map")?
+            .into_iter()
+            .collect();
+        Ok(fwd
+            .iter()
+            .map(|(key, f)| SessionView::new(key, f, rev.get(&key.translated(f.addr, f.port))))
+            .collect())
     }
 }
 
 /// One session as the CLI and the reaper see it.
 #[derive(Clone, Debug)]
 pub struct SessionView {
-    pub key: FlowKey,
     pub proto: u8,
     pub internal: SocketAddrV4,
     pub external: SocketAddrV4,
@@ -158,7 +158,6 @@ impl SessionView {
         let rev_seen = rev.map_or(0, |r| r.seen);
         let rev_last = rev.map_or(0, |r| r.last_seen);
         Self {
-            key: *key,
             proto: key.proto,
             internal: endpoint(key.saddr, key.sport),
             external: endpoint(fwd.addr, fwd.port),
