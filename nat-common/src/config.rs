@@ -50,6 +50,7 @@ pub struct Config {
     /// and the client's SYN retry; its cooldown runs from the close.
     pub timeout_tcp_closed_ms: u64,
     pub timeout_udp_ms: u64,
+    pub timeout_icmp_ms: u64,
 }
 
 impl Default for Config {
@@ -69,6 +70,7 @@ impl Default for Config {
             timeout_tcp_transitory_ms: 240_000,
             timeout_tcp_closed_ms: 10_000,
             timeout_udp_ms: 300_000,
+            timeout_icmp_ms: 60_000,
         }
     }
 }

@@ -46,6 +46,7 @@ counters! {
     Fragment = "drop_fragment": "IPv4 fragments from internal sources, dropped",
     CsumError = "drop_rewrite_error": "packets the kernel refused to rewrite, dropped",
     InsertRace = "insert_race": "new flows whose session another CPU created first (its entry is used)",
+    IcmpUnmatched = "icmp_error_unmatched": "ICMP errors whose embedded packet matches no session (from outside passed untouched, from inside dropped)",
     NotOursOut = "pass_not_internal": "egress packets not from an internal prefix, passed untouched",
     NotOursIn = "pass_no_session": "ingress packets matching no session, passed to the stack untouched",
     NotIpv4 = "pass_not_ipv4": "packets that are not IPv4, passed untouched",

@@ -6,6 +6,21 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const TCP_MIN_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
+pub const ICMP_HLEN: usize = 8;
+
+/// ICMP message types the NAT translates (RFC 5508).
+pub mod icmp_type {
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACH: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAM_PROBLEM: u8 = 12;
+
+    /// Errors that carry the header of the packet that caused them.
+    pub const fn is_error(t: u8) -> bool {
+        matches!(t, DEST_UNREACH | TIME_EXCEEDED | PARAM_PROBLEM)
+    }
+}
 
 /// Offsets of fields inside the headers.
 pub mod off {
@@ -22,6 +37,10 @@ pub mod off {
     pub const TCP_CHECK: usize = 16;
     pub const UDP_LEN: usize = 4;
     pub const UDP_CHECK: usize = 6;
+    pub const ICMP_TYPE: usize = 0;
+    pub const ICMP_CHECK: usize = 2;
+    /// Echo identifier, translated like a port.
+    pub const ICMP_ID: usize = 4;
 }
 
 pub mod tcp_flags {

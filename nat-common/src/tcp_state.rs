@@ -2,7 +2,7 @@
 
 use crate::{
     config::Config,
-    flow::{PROTO_TCP, PROTO_UDP, seen},
+    flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, seen},
     headers::tcp_flags,
 };
 
@@ -20,6 +20,8 @@ pub enum State {
     Closed,
     Reset,
     Udp,
+    /// An ICMP echo exchange (identifier translated like a port).
+    Icmp,
     Other,
 }
 
@@ -33,6 +35,7 @@ impl State {
             State::Closed => "closed",
             State::Reset => "reset",
             State::Udp => "udp",
+            State::Icmp => "icmp",
             State::Other => "other",
         }
     }
@@ -63,6 +66,7 @@ pub const fn seen_bits(flags: u8) -> u8 {
 pub const fn state_of(proto: u8, fwd_seen: u8, rev_seen: u8) -> State {
     match proto {
         PROTO_UDP => State::Udp,
+        PROTO_ICMP => State::Icmp,
         PROTO_TCP => {
             if (fwd_seen | rev_seen) & seen::RST != 0 {
                 State::Reset
@@ -87,6 +91,7 @@ pub const fn idle_timeout_ms(state: State, cfg: &Config) -> u64 {
     match state {
         State::Established => cfg.timeout_tcp_established_ms,
         State::Udp | State::Other => cfg.timeout_udp_ms,
+        State::Icmp => cfg.timeout_icmp_ms,
         State::SynSent | State::FinInternal | State::FinExternal => cfg.timeout_tcp_transitory_ms,
         State::Closed | State::Reset => cfg.timeout_tcp_closed_ms,
     }

@@ -7,14 +7,15 @@ use aya_ebpf::{
 };
 use nat_common::{
     counters::Counter,
-    flow::{FlowKey, PROTO_TCP, PROTO_UDP},
+    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, tcp_flags},
 };
 
 use crate::{
     alloc::allocate,
+    icmp,
     maps::{NAT_FWD, count, is_internal},
-    packet::{Drop, HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, touch},
+    packet::{Drop, HEADERS_MAX, ICMP_HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, touch},
     tc_rewrite::{Endpoint, Side, rewrite_endpoint},
     track,
 };
@@ -38,7 +39,7 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
     let len = ctx.len() as usize;
-    let (data, end) = linear_headers(ctx);
+    let (data, end) = linear_headers(ctx, HEADERS_MAX);
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
         _ => return Ok(Counter::NotIpv4),
@@ -64,6 +65,21 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
     };
     if meta.fragment {
         return refuse(Drop::Fragment);
+    }
+    if ip.proto == PROTO_ICMP {
+        if !is_internal(ip.saddr) {
+            return Ok(Counter::NotOursOut);
+        }
+        let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
+        return icmp::translate(
+            data,
+            end,
+            ETH_HLEN,
+            &ip,
+            ETH_HLEN + meta.hdr_len,
+            icmp::Dir::Out,
+            now_ns(),
+        );
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return refuse(Drop::Unsupported);
@@ -109,14 +125,15 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
     Ok(Counter::XlateOut)
 }
 
-/// Makes the headers readable by direct access and returns (data, data_end).
-/// Headers of forwarded or locally built packets may sit partly in paged
-/// data; whatever of them exists is pulled into the linear area once.
+/// Makes up to `max` bytes of headers readable by direct access and returns
+/// (data, data_end). Headers of forwarded or locally built packets may sit
+/// partly in paged data; only then is the linear area extended, so short
+/// packets that are already linear cost no helper call.
 #[inline(always)]
-pub fn linear_headers(ctx: &TcContext) -> (usize, usize) {
-    if ctx.data() + HEADERS_MAX > ctx.data_end() {
-        let len = ctx.len() as usize;
-        let want = if len < HEADERS_MAX { len } else { HEADERS_MAX };
+pub fn linear_headers(ctx: &TcContext, max: usize) -> (usize, usize) {
+    let len = ctx.len() as usize;
+    let want = if len < max { len } else { max };
+    if ctx.data_end() - ctx.data() < want {
         let _ = ctx.pull_data(want as u32);
     }
     (ctx.data(), ctx.data_end())

@@ -15,14 +15,18 @@ use aya_ebpf::{
 use nat_common::{
     counters::Counter,
     csum::{apply, apply_udp, endpoint_diff},
-    flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
+    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
 };
 
 use crate::{
     egress::linear_headers,
+    icmp::{self, Dir},
     maps::{NAT_REV, count},
-    packet::{Drop, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns, ptr_at, read, touch},
+    packet::{
+        Drop, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns,
+        ptr_at, read, touch,
+    },
     tc_rewrite::{Endpoint, Side, rewrite_endpoint},
     track,
 };
@@ -36,26 +40,36 @@ struct Inbound {
     to: Session,
 }
 
-/// Only packets that match a reverse entry are translated; everything else
-/// goes to the stack as it came, so the host's own traffic keeps working.
+enum Class {
+    Session(Inbound),
+    /// ICMP: translated by [`icmp::translate`] from this transport offset.
+    Icmp(Ipv4Fields, usize),
+    Pass(Counter),
+}
+
+/// Only packets that match a session are translated; everything else goes to
+/// the stack as it came, so the host's own traffic keeps working.
 #[inline(always)]
-fn classify(data: usize, end: usize, avail: usize) -> Result<Result<Inbound, Counter>, Drop> {
+fn classify(data: usize, end: usize, avail: usize) -> Result<Class, Drop> {
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(Err(Counter::NotIpv4)),
+        _ => return Ok(Class::Pass(Counter::NotIpv4)),
     }
     let ip = ipv4_fields(data, end, ETH_HLEN)?;
     let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail)?;
-    if meta.fragment || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
-        return Ok(Err(Counter::NotOursIn));
-    }
     let l4_at = ETH_HLEN + meta.hdr_len;
+    if !meta.fragment && ip.proto == PROTO_ICMP {
+        return Ok(Class::Icmp(ip, l4_at));
+    }
+    if meta.fragment || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+        return Ok(Class::Pass(Counter::NotOursIn));
+    }
     let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len())?;
 
     // The reverse key is oriented like egress: (external, remote).
     let key = FlowKey::new(ip.proto, ip.daddr, l4.dport, ip.saddr, l4.sport);
     let Some(entry) = NAT_REV.get_ptr_mut(&key) else {
-        return Ok(Err(Counter::NotOursIn));
+        return Ok(Class::Pass(Counter::NotOursIn));
     };
     let now = now_ns();
     touch(entry, now);
@@ -64,7 +78,7 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Result<Inbound, Cou
     }
     // SAFETY: live map value from the lookup above.
     let to = unsafe { *entry };
-    Ok(Ok(Inbound { ip, l4, l4_at, to }))
+    Ok(Class::Session(Inbound { ip, l4, l4_at, to }))
 }
 
 #[xdp]
@@ -85,8 +99,11 @@ pub fn nat_ingress(ctx: XdpContext) -> u32 {
 fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let pkt = match classify(data, end, end - data - ETH_HLEN)? {
-        Ok(pkt) => pkt,
-        Err(pass) => return Ok(pass),
+        Class::Session(pkt) => pkt,
+        Class::Icmp(ip, l4_at) => {
+            return icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, now_ns());
+        }
+        Class::Pass(counter) => return Ok(counter),
     };
     let diff = endpoint_diff(pkt.ip.daddr, pkt.to.addr, pkt.l4.dport, pkt.to.port);
     let ip_check = ptr_at::<u16>(data, end, ETH_HLEN + off::IP_CHECK)?;
@@ -126,11 +143,15 @@ pub fn nat_ingress_tc(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
-    let (data, end) = linear_headers(ctx);
+    let (data, end) = linear_headers(ctx, HEADERS_MAX);
     let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     let pkt = match classify(data, end, avail)? {
-        Ok(pkt) => pkt,
-        Err(pass) => return Ok(pass),
+        Class::Session(pkt) => pkt,
+        Class::Icmp(ip, l4_at) => {
+            let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
+            return icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, now_ns());
+        }
+        Class::Pass(counter) => return Ok(counter),
     };
     let old = Endpoint {
         addr: pkt.ip.daddr,

@@ -12,6 +12,7 @@ pub enum Drop {
     Fragment,
     Rewrite,
     StrictCooling,
+    IcmpUnmatched,
 }
 
 impl Drop {
@@ -25,6 +26,7 @@ impl Drop {
             Drop::Fragment => Counter::Fragment,
             Drop::Rewrite => Counter::CsumError,
             Drop::StrictCooling => Counter::StrictDrop,
+            Drop::IcmpUnmatched => Counter::IcmpUnmatched,
         }
     }
 }
@@ -46,6 +48,26 @@ pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, Dro
     Ok((data + off) as *mut T)
 }
 
+/// [`ptr_at`] for deep variable offsets (inside ICMP errors): the pointer is
+/// pinned so the compiler cannot recompute `data + off` later; the verifier
+/// only knows the range of the very register it saw checked (a spilled
+/// checked pointer keeps it, a recomputed one starts with none).
+#[inline(always)]
+pub fn pinned_ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, Drop> {
+    let p = core::hint::black_box(data + off);
+    if p + size_of::<T>() > data_end {
+        return Err(Drop::Malformed);
+    }
+    Ok(p as *mut T)
+}
+
+#[inline(always)]
+pub fn pinned_read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, Drop> {
+    let p = pinned_ptr_at::<T>(data, data_end, off)?;
+    // SAFETY: bounds checked above; packet fields are not aligned.
+    Ok(unsafe { core::ptr::read_unaligned(p) })
+}
+
 #[inline(always)]
 pub fn read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, Drop> {
     let p = ptr_at::<T>(data, data_end, off)?;
@@ -55,6 +77,8 @@ pub fn read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, Drop
 
 /// Bytes of link, IPv4 and transport headers the programs need in linear memory.
 pub const HEADERS_MAX: usize = 14 + 60 + 20;
+/// The same for an ICMP error: its own headers plus the embedded IPv4 and transport headers.
+pub const ICMP_HEADERS_MAX: usize = 14 + 60 + 8 + 60 + 20;
 
 /// Fields of an IPv4 TCP/UDP header the programs work with, as read from the packet.
 #[derive(Clone, Copy)]

@@ -114,11 +114,13 @@ pub struct SettingFlags {
     pub timeout_tcp_closed: Option<u64>,
     #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-udp"))]
     pub timeout_udp: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-icmp"))]
+    pub timeout_icmp: Option<u64>,
 }
 
 impl SettingFlags {
     /// (setting name, value given) for every flag, in the settings table's order.
-    pub fn given(&self) -> [(&'static str, Option<u64>); 10] {
+    pub fn given(&self) -> [(&'static str, Option<u64>); 11] {
         [
             ("cooldown", self.cooldown),
             ("cooldown-local-close", self.cooldown_local_close),
@@ -130,6 +132,7 @@ impl SettingFlags {
             ("timeout-tcp-transitory", self.timeout_tcp_transitory),
             ("timeout-tcp-closed", self.timeout_tcp_closed),
             ("timeout-udp", self.timeout_udp),
+            ("timeout-icmp", self.timeout_icmp),
         ]
     }
 }

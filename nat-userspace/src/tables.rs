@@ -7,7 +7,7 @@ use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use nat_common::{
     config::{Config, PoolAddr},
     counters::Counter,
-    flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
+    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     names::{MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS},
     probe::PROBE_BUCKETS,
     tcp_state::{State, state_of},
@@ -179,6 +179,7 @@ pub fn proto_name(proto: u8) -> &'static str {
     match proto {
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
         _ => "other",
     }
 }

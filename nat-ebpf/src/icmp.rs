@@ -1,0 +1,261 @@
+//! ICMP (RFC 5508): echo identifiers are translated like ports; errors are
+//! matched by the packet they carry and translated inside and out.
+//!
+//! ICMP has no pseudo-header and is never checksum-offloaded, so both the XDP
+//! and the TC program rewrite it through direct packet access with the
+//! host-tested arithmetic of `nat_common::csum`. The outer ICMP checksum
+//! covers the embedded packet, so every word changed inside it (address,
+//! port, embedded IP and transport checksums) goes into one difference.
+
+use nat_common::{
+    counters::Counter,
+    csum::{add, apply, apply_udp, diff16, diff32},
+    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
+    headers::{ICMP_HLEN, check_ipv4, icmp_type, off},
+};
+
+use crate::{
+    alloc::allocate,
+    maps::{NAT_FWD, NAT_REV},
+    packet::{Drop, Ipv4Fields, pinned_ptr_at as ptr_at, pinned_read as read, touch},
+};
+
+/// Which way the packet crosses the NAT.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// From outside: the destination is the external endpoint.
+    In,
+    /// From inside: the source is the internal endpoint.
+    Out,
+}
+
+#[inline(always)]
+fn write16(data: usize, end: usize, at: usize, v: u16) -> Result<(), Drop> {
+    let p = ptr_at::<u16>(data, end, at)?;
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { core::ptr::write_unaligned(p, v) };
+    Ok(())
+}
+
+#[inline(always)]
+fn write32(data: usize, end: usize, at: usize, v: u32) -> Result<(), Drop> {
+    let p = ptr_at::<u32>(data, end, at)?;
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { core::ptr::write_unaligned(p, v) };
+    Ok(())
+}
+
+/// Translates an ICMP packet whose IPv4 header starts at `l3` and whose ICMP
+/// header starts at `l4`. Returns the counter of what happened.
+#[inline(always)]
+pub fn translate(
+    data: usize,
+    end: usize,
+    l3: usize,
+    ip: &Ipv4Fields,
+    l4: usize,
+    dir: Dir,
+    now: u64,
+) -> Result<Counter, Drop> {
+    let kind = read::<u8>(data, end, l4 + off::ICMP_TYPE)?;
+    let check_at = l4 + off::ICMP_CHECK;
+    read::<[u8; ICMP_HLEN]>(data, end, l4)?;
+    if icmp_type::is_error(kind) {
+        return error(data, end, l3, ip, l4, dir);
+    }
+    let id = read::<u16>(data, end, l4 + off::ICMP_ID)?;
+    let (old_addr, to, addr_at) = match (dir, kind) {
+        (Dir::Out, icmp_type::ECHO_REQUEST) => {
+            let key = FlowKey::new(PROTO_ICMP, ip.saddr, id, ip.daddr, 0);
+            let session = match NAT_FWD.get_ptr_mut(&key) {
+                Some(entry) => {
+                    touch(entry, now);
+                    // SAFETY: live map value.
+                    unsafe { *entry }
+                }
+                None => allocate(&key, 0, now)?,
+            };
+            (ip.saddr, session, l3 + off::IP_SADDR)
+        }
+        (Dir::In, icmp_type::ECHO_REPLY) => {
+            let key = FlowKey::new(PROTO_ICMP, ip.daddr, id, ip.saddr, 0);
+            let Some(entry) = NAT_REV.get_ptr_mut(&key) else {
+                return Ok(Counter::NotOursIn);
+            };
+            touch(entry, now);
+            // SAFETY: live map value.
+            (ip.daddr, unsafe { *entry }, l3 + off::IP_DADDR)
+        }
+        (Dir::In, _) => return Ok(Counter::NotOursIn),
+        // Anything else from inside would leave with an internal source.
+        (Dir::Out, _) => return Err(Drop::Unsupported),
+    };
+    let ip_check = read::<u16>(data, end, l3 + off::IP_CHECK)?;
+    let icmp_check = read::<u16>(data, end, check_at)?;
+    write16(
+        data,
+        end,
+        l3 + off::IP_CHECK,
+        apply(ip_check, diff32(old_addr, to.addr)),
+    )?;
+    write16(data, end, check_at, apply(icmp_check, diff16(id, to.port)))?;
+    write32(data, end, addr_at, to.addr)?;
+    write16(data, end, l4 + off::ICMP_ID, to.port)?;
+    Ok(if dir == Dir::In {
+        Counter::XlateIn
+    } else {
+        Counter::XlateOut
+    })
+}
+
+/// An ICMP error: the embedded packet is one the NAT translated the other way
+/// (ingress: it left with the external endpoint as source; egress: it came in
+/// with the external endpoint as destination, already translated to the
+/// internal one), so the session is found from it and the same endpoint is
+/// rewritten in the embedded packet and in the outer header.
+#[inline(always)]
+fn error(
+    data: usize,
+    end: usize,
+    l3: usize,
+    ip: &Ipv4Fields,
+    l4: usize,
+    dir: Dir,
+) -> Result<Counter, Drop> {
+    let inner = l4 + ICMP_HLEN;
+    let iip = Ipv4Fields {
+        ver_ihl: read::<u8>(data, end, inner)?,
+        proto: read::<u8>(data, end, inner + off::IP_PROTO)?,
+        tot_len: u16::from_be(read::<u16>(data, end, inner + off::IP_TOT_LEN)?),
+        frag: 0,
+        saddr: read::<u32>(data, end, inner + off::IP_SADDR)?,
+        daddr: read::<u32>(data, end, inner + off::IP_DADDR)?,
+    };
+    // The embedded datagram is cut short by design: only its header must be whole.
+    let meta = check_ipv4(iip.ver_ihl, iip.tot_len, 0, iip.proto, usize::MAX)?;
+    let il4 = inner + meta.hdr_len;
+    let (port_at, check_at) = match iip.proto {
+        PROTO_TCP => (
+            if dir == Dir::In {
+                off::L4_SPORT
+            } else {
+                off::L4_DPORT
+            },
+            off::TCP_CHECK,
+        ),
+        PROTO_UDP => (
+            if dir == Dir::In {
+                off::L4_SPORT
+            } else {
+                off::L4_DPORT
+            },
+            off::UDP_CHECK,
+        ),
+        PROTO_ICMP => (off::ICMP_ID, off::ICMP_CHECK),
+        _ => return unmatched(dir),
+    };
+    let sport = read::<u16>(data, end, il4 + off::L4_SPORT)?;
+    let dport = read::<u16>(data, end, il4 + off::L4_DPORT)?;
+    let id = if iip.proto == PROTO_ICMP {
+        read::<u16>(data, end, il4 + off::ICMP_ID)?
+    } else {
+        0
+    };
+
+    // The session and the endpoint to put back.
+    let (key_found, old_addr, old_port) = match (dir, iip.proto) {
+        (Dir::In, PROTO_ICMP) => (
+            NAT_REV.get_ptr(&FlowKey::new(PROTO_ICMP, iip.saddr, id, iip.daddr, 0)),
+            iip.saddr,
+            id,
+        ),
+        (Dir::In, proto) => (
+            NAT_REV.get_ptr(&FlowKey::new(proto, iip.saddr, sport, iip.daddr, dport)),
+            iip.saddr,
+            sport,
+        ),
+        (Dir::Out, PROTO_ICMP) => return unmatched(dir),
+        (Dir::Out, proto) => (
+            NAT_FWD.get_ptr(&FlowKey::new(proto, iip.daddr, dport, iip.saddr, sport)),
+            iip.daddr,
+            dport,
+        ),
+    };
+    let Some(entry) = key_found else {
+        return unmatched(dir);
+    };
+    // SAFETY: live map value.
+    let to: Session = unsafe { *entry };
+    let outer_is_peer = match dir {
+        Dir::In => ip.daddr == old_addr,
+        Dir::Out => ip.saddr == old_addr,
+    };
+    if !outer_is_peer {
+        // An error about our flow addressed elsewhere: not ours to rewrite.
+        return unmatched(dir);
+    }
+
+    let addr_diff = diff32(old_addr, to.addr);
+    let port_diff = diff16(old_port, to.port);
+    let mut icmp_diff = add(addr_diff, port_diff);
+
+    // Embedded IP header: address and its checksum.
+    let icheck_old = read::<u16>(data, end, inner + off::IP_CHECK)?;
+    let icheck_new = apply(icheck_old, addr_diff);
+    icmp_diff = add(icmp_diff, diff16(icheck_old, icheck_new));
+    write16(data, end, inner + off::IP_CHECK, icheck_new)?;
+    let iaddr_at = inner
+        + if dir == Dir::In {
+            off::IP_SADDR
+        } else {
+            off::IP_DADDR
+        };
+    write32(data, end, iaddr_at, to.addr)?;
+    write16(data, end, il4 + port_at, to.port)?;
+
+    // Embedded transport checksum, when the quoted bytes reach it.
+    if let Ok(l4c) = ptr_at::<u16>(data, end, il4 + check_at) {
+        // SAFETY: bounds-checked by ptr_at.
+        let old = unsafe { core::ptr::read_unaligned(l4c) };
+        let new = match iip.proto {
+            PROTO_TCP => apply(old, add(addr_diff, port_diff)),
+            PROTO_UDP => apply_udp(old, add(addr_diff, port_diff)),
+            _ => apply(old, port_diff),
+        };
+        icmp_diff = add(icmp_diff, diff16(old, new));
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { core::ptr::write_unaligned(l4c, new) };
+    }
+
+    let icmp_check = read::<u16>(data, end, l4 + off::ICMP_CHECK)?;
+    write16(
+        data,
+        end,
+        l4 + off::ICMP_CHECK,
+        apply(icmp_check, icmp_diff),
+    )?;
+    let ip_check = read::<u16>(data, end, l3 + off::IP_CHECK)?;
+    write16(data, end, l3 + off::IP_CHECK, apply(ip_check, addr_diff))?;
+    let outer_at = l3
+        + if dir == Dir::In {
+            off::IP_DADDR
+        } else {
+            off::IP_SADDR
+        };
+    write32(data, end, outer_at, to.addr)?;
+    Ok(if dir == Dir::In {
+        Counter::XlateIn
+    } else {
+        Counter::XlateOut
+    })
+}
+
+/// An error about no session: from outside it may be the host's own, from
+/// inside it would leave with an internal address.
+#[inline(always)]
+fn unmatched(dir: Dir) -> Result<Counter, Drop> {
+    match dir {
+        Dir::In => Ok(Counter::IcmpUnmatched),
+        Dir::Out => Err(Drop::IcmpUnmatched),
+    }
+}
