@@ -43,7 +43,7 @@ counters! {
     AllocFail = "drop_alloc_failed": "new flows for which no external port was free, dropped",
     Malformed = "drop_malformed": "packets with truncated or inconsistent headers, dropped",
     Unsupported = "drop_unsupported": "internal packets of a protocol not translated (not TCP/UDP), dropped",
-    Fragment = "drop_fragment": "IPv4 fragments from internal sources, dropped",
+    FragUnknown = "fragment_unknown": "later fragments whose first fragment was not seen (from inside dropped, from outside passed)",
     CsumError = "drop_rewrite_error": "packets the kernel refused to rewrite, dropped",
     InsertRace = "insert_race": "new flows whose session another CPU created first (its entry is used)",
     IcmpUnmatched = "icmp_error_unmatched": "ICMP errors whose embedded packet matches no session (from outside passed untouched, from inside dropped)",

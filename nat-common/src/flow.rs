@@ -75,3 +75,19 @@ pub struct Session {
     /// [`crate::config::TOUCH_GRANULARITY_NS`].
     pub last_seen: u64,
 }
+
+/// Identifies the fragments of one IPv4 datagram crossing the NAT one way.
+/// All fields as in the packet (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    /// [`FRAG_OUT`] or [`FRAG_IN`].
+    pub dir: u8,
+}
+
+pub const FRAG_OUT: u8 = 0;
+pub const FRAG_IN: u8 = 1;

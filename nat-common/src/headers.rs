@@ -25,6 +25,7 @@ pub mod icmp_type {
 /// Offsets of fields inside the headers.
 pub mod off {
     pub const IP_TOT_LEN: usize = 2;
+    pub const IP_ID: usize = 4;
     pub const IP_FRAG: usize = 6;
     pub const IP_PROTO: usize = 9;
     pub const IP_CHECK: usize = 10;
@@ -76,6 +77,8 @@ pub struct Ipv4Meta {
     pub proto: u8,
     /// Any fragment: more-fragments set or a non-zero offset.
     pub fragment: bool,
+    /// A fragment other than the first: it carries no transport header.
+    pub later_fragment: bool,
 }
 
 impl Ipv4Meta {
@@ -116,6 +119,7 @@ pub const fn check_ipv4(
         proto,
         // MF bit or a fragment offset; DF (0x4000) alone is not a fragment.
         fragment: frag & 0x3fff != 0,
+        later_fragment: frag & 0x1fff != 0,
     })
 }
 
@@ -129,11 +133,12 @@ pub const fn check_tcp(doff_byte: u8, l4_len: usize) -> Result<usize, HeaderErro
     Ok(hdr_len)
 }
 
-/// Checks a UDP length field (host order) against the datagram length.
+/// Checks a UDP length field (host order) against the datagram length; in a
+/// first fragment (`whole` false) the datagram continues in later fragments.
 #[inline(always)]
-pub const fn check_udp(udp_len: u16, l4_len: usize) -> Result<(), HeaderError> {
+pub const fn check_udp(udp_len: u16, l4_len: usize, whole: bool) -> Result<(), HeaderError> {
     let len = udp_len as usize;
-    if len < UDP_HLEN || len > l4_len {
+    if len < UDP_HLEN || (whole && len > l4_len) {
         return Err(HeaderError::BadUdpLen);
     }
     Ok(())
@@ -185,6 +190,7 @@ pub fn parse_ipv4(pkt: &[u8]) -> Result<Parsed, HeaderError> {
         check_udp(
             u16::from_be_bytes([l4[off::UDP_LEN], l4[off::UDP_LEN + 1]]),
             l4.len(),
+            !ip.fragment,
         )?;
         UDP_HLEN
     };

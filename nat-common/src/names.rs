@@ -19,6 +19,8 @@ pub const MAP_INTERNAL: &str = "NAT_INTERNAL";
 pub const MAP_COOLDOWN: &str = "NAT_COOLDOWN";
 /// Per-CPU histogram of probes used per allocation, indexed by [`crate::probe::probe_bucket`].
 pub const MAP_PROBES: &str = "NAT_PROBES";
+/// Fragments of datagrams whose first fragment was translated: [`crate::flow::FragKey`] -> new address.
+pub const MAP_FRAGS: &str = "NAT_FRAGS";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
 

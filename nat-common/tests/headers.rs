@@ -64,9 +64,12 @@ fn inconsistent_transport_headers_are_rejected() {
     assert_eq!(check_tcp(4 << 4, 20), Err(HeaderError::BadTcpOffset));
     assert_eq!(check_tcp(6 << 4, 20), Err(HeaderError::BadTcpOffset));
     assert_eq!(check_tcp(15 << 4, 60), Ok(60));
-    assert_eq!(check_udp(8, 8), Ok(()));
-    assert_eq!(check_udp(7, 8), Err(HeaderError::BadUdpLen));
-    assert_eq!(check_udp(9, 8), Err(HeaderError::BadUdpLen));
+    assert_eq!(check_udp(8, 8, true), Ok(()));
+    assert_eq!(check_udp(7, 8, true), Err(HeaderError::BadUdpLen));
+    assert_eq!(check_udp(9, 8, true), Err(HeaderError::BadUdpLen));
+    // A first fragment carries only the start of the datagram.
+    assert_eq!(check_udp(8000, 1472, false), Ok(()));
+    assert_eq!(check_udp(7, 1472, false), Err(HeaderError::BadUdpLen));
 }
 
 proptest! {

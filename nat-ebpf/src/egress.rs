@@ -7,13 +7,13 @@ use aya_ebpf::{
 };
 use nat_common::{
     counters::Counter,
-    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, tcp_flags},
 };
 
 use crate::{
     alloc::allocate,
-    icmp,
+    frag, icmp,
     maps::{NAT_FWD, count, is_internal},
     packet::{Drop, HEADERS_MAX, ICMP_HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, touch},
     tc_rewrite::{Endpoint, Side, rewrite_endpoint},
@@ -63,15 +63,22 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
         Ok(meta) => meta,
         Err(e) => return refuse(e.into()),
     };
-    if meta.fragment {
-        return refuse(Drop::Fragment);
+    if meta.later_fragment {
+        if !is_internal(ip.saddr) {
+            return Ok(Counter::NotOursOut);
+        }
+        // Arriving before its first fragment it cannot be translated, and
+        // it must not leave with its internal source.
+        let ext = frag::lookup(&ip, FRAG_OUT).ok_or(Drop::FragUnknown)?;
+        frag::rewrite_addr(data, end, ETH_HLEN, true, ip.saddr, ext)?;
+        return Ok(Counter::XlateOut);
     }
     if ip.proto == PROTO_ICMP {
         if !is_internal(ip.saddr) {
             return Ok(Counter::NotOursOut);
         }
         let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
-        return icmp::translate(
+        let done = icmp::translate(
             data,
             end,
             ETH_HLEN,
@@ -79,13 +86,17 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
             ETH_HLEN + meta.hdr_len,
             icmp::Dir::Out,
             now_ns(),
-        );
+        )?;
+        if meta.fragment {
+            remember_first(ctx, &ip, FRAG_OUT, true);
+        }
+        return Ok(done);
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return refuse(Drop::Unsupported);
     }
     let l4_at = ETH_HLEN + meta.hdr_len;
-    let l4 = match l4_fields(data, end, l4_at, ip.proto, meta.l4_len()) {
+    let l4 = match l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), !meta.fragment) {
         Ok(l4) => l4,
         Err(e) => return refuse(e),
     };
@@ -122,6 +133,9 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
         port: session.port,
     };
     rewrite_endpoint(ctx, &l4, ip.proto, Side::Source, l4_at, old, new)?;
+    if meta.fragment {
+        frag::remember(&ip, FRAG_OUT, session.addr);
+    }
     Ok(Counter::XlateOut)
 }
 
@@ -137,4 +151,15 @@ pub fn linear_headers(ctx: &TcContext, max: usize) -> (usize, usize) {
         let _ = ctx.pull_data(want as u32);
     }
     (ctx.data(), ctx.data_end())
+}
+
+/// Records the translated address of a first fragment, read back from the
+/// packet (`source`: the source address was rewritten, else the destination).
+#[inline(always)]
+pub fn remember_first(ctx: &TcContext, ip: &crate::packet::Ipv4Fields, dir: u8, source: bool) {
+    use nat_common::headers::off;
+    let at = ETH_HLEN + if source { off::IP_SADDR } else { off::IP_DADDR };
+    if let Ok(addr) = read::<u32>(ctx.data(), ctx.data_end(), at) {
+        frag::remember(ip, dir, addr);
+    }
 }

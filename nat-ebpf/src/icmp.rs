@@ -125,6 +125,7 @@ fn error(
     let inner = l4 + ICMP_HLEN;
     let iip = Ipv4Fields {
         ver_ihl: read::<u8>(data, end, inner)?,
+        id: 0,
         proto: read::<u8>(data, end, inner + off::IP_PROTO)?,
         tot_len: u16::from_be(read::<u16>(data, end, inner + off::IP_TOT_LEN)?),
         frag: 0,

@@ -15,12 +15,13 @@ use aya_ebpf::{
 use nat_common::{
     counters::Counter,
     csum::{apply, apply_udp, endpoint_diff},
-    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
+    flow::{FRAG_IN, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
 };
 
 use crate::{
-    egress::linear_headers,
+    egress::{linear_headers, remember_first},
+    frag,
     icmp::{self, Dir},
     maps::{NAT_REV, count},
     packet::{
@@ -34,6 +35,8 @@ use crate::{
 /// An inbound packet that belongs to a session.
 struct Inbound {
     ip: Ipv4Fields,
+    /// The first fragment of a fragmented datagram: its translation is recorded.
+    first_fragment: bool,
     l4: L4Fields,
     l4_at: usize,
     /// The internal endpoint to deliver to.
@@ -42,8 +45,11 @@ struct Inbound {
 
 enum Class {
     Session(Inbound),
-    /// ICMP: translated by [`icmp::translate`] from this transport offset.
-    Icmp(Ipv4Fields, usize),
+    /// ICMP: translated by [`icmp::translate`] from this transport offset;
+    /// the flag marks a first fragment.
+    Icmp(Ipv4Fields, usize, bool),
+    /// A fragment after the first, and the internal address its datagram goes to.
+    LaterFragment(Ipv4Fields, u32),
     Pass(Counter),
 }
 
@@ -58,13 +64,20 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, Drop> {
     let ip = ipv4_fields(data, end, ETH_HLEN)?;
     let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail)?;
     let l4_at = ETH_HLEN + meta.hdr_len;
-    if !meta.fragment && ip.proto == PROTO_ICMP {
-        return Ok(Class::Icmp(ip, l4_at));
+    if meta.later_fragment {
+        return Ok(match frag::lookup(&ip, FRAG_IN) {
+            Some(internal) => Class::LaterFragment(ip, internal),
+            // Possibly the host's own; passed, and counted.
+            None => Class::Pass(Counter::FragUnknown),
+        });
     }
-    if meta.fragment || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+    if ip.proto == PROTO_ICMP {
+        return Ok(Class::Icmp(ip, l4_at, meta.fragment));
+    }
+    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Ok(Class::Pass(Counter::NotOursIn));
     }
-    let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len())?;
+    let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), !meta.fragment)?;
 
     // The reverse key is oriented like egress: (external, remote).
     let key = FlowKey::new(ip.proto, ip.daddr, l4.dport, ip.saddr, l4.sport);
@@ -78,7 +91,13 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, Drop> {
     }
     // SAFETY: live map value from the lookup above.
     let to = unsafe { *entry };
-    Ok(Class::Session(Inbound { ip, l4, l4_at, to }))
+    Ok(Class::Session(Inbound {
+        ip,
+        first_fragment: meta.fragment,
+        l4,
+        l4_at,
+        to,
+    }))
 }
 
 #[xdp]
@@ -100,8 +119,16 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let pkt = match classify(data, end, end - data - ETH_HLEN)? {
         Class::Session(pkt) => pkt,
-        Class::Icmp(ip, l4_at) => {
-            return icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, now_ns());
+        Class::Icmp(ip, l4_at, first_fragment) => {
+            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, now_ns())?;
+            if first_fragment && done == Counter::XlateIn {
+                remember_xdp(ctx, &ip);
+            }
+            return Ok(done);
+        }
+        Class::LaterFragment(ip, internal) => {
+            frag::rewrite_addr(data, end, ETH_HLEN, false, ip.daddr, internal)?;
+            return Ok(Counter::XlateIn);
         }
         Class::Pass(counter) => return Ok(counter),
     };
@@ -123,6 +150,9 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
         core::ptr::write_unaligned(l4_check, c);
         core::ptr::write_unaligned(daddr, pkt.to.addr);
         core::ptr::write_unaligned(dport, pkt.to.port);
+    }
+    if pkt.first_fragment {
+        frag::remember(&pkt.ip, FRAG_IN, pkt.to.addr);
     }
     Ok(Counter::XlateIn)
 }
@@ -147,9 +177,17 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
     let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     let pkt = match classify(data, end, avail)? {
         Class::Session(pkt) => pkt,
-        Class::Icmp(ip, l4_at) => {
+        Class::Icmp(ip, l4_at, first_fragment) => {
             let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
-            return icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, now_ns());
+            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, now_ns())?;
+            if first_fragment && done == Counter::XlateIn {
+                remember_first(ctx, &ip, FRAG_IN, false);
+            }
+            return Ok(done);
+        }
+        Class::LaterFragment(ip, internal) => {
+            frag::rewrite_addr(data, end, ETH_HLEN, false, ip.daddr, internal)?;
+            return Ok(Counter::XlateIn);
         }
         Class::Pass(counter) => return Ok(counter),
     };
@@ -170,5 +208,16 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
         old,
         new,
     )?;
+    if pkt.first_fragment {
+        frag::remember(&pkt.ip, FRAG_IN, pkt.to.addr);
+    }
     Ok(Counter::XlateIn)
+}
+
+/// Records the internal address an ICMP first fragment was given, read back from the packet.
+#[inline(always)]
+fn remember_xdp(ctx: &XdpContext, ip: &Ipv4Fields) {
+    if let Ok(addr) = read::<u32>(ctx.data(), ctx.data_end(), ETH_HLEN + off::IP_DADDR) {
+        frag::remember(ip, FRAG_IN, addr);
+    }
 }

@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     counters::{COUNTER_COUNT, Counter},
-    flow::{FlowKey, Session},
+    flow::{FlowKey, FragKey, Session},
     probe::PROBE_BUCKETS,
 };
 
@@ -26,6 +26,9 @@ pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * D
 
 #[map(name = "NAT_PROBES")]
 pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);
+
+#[map(name = "NAT_FRAGS")]
+pub static NAT_FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(16_384, 0);
 
 #[map(name = "NAT_CONFIG")]
 pub static NAT_CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -9,7 +9,7 @@ pub enum Drop {
     AllocFail,
     Malformed,
     Unsupported,
-    Fragment,
+    FragUnknown,
     Rewrite,
     StrictCooling,
     IcmpUnmatched,
@@ -23,7 +23,7 @@ impl Drop {
             Drop::AllocFail => Counter::AllocFail,
             Drop::Malformed => Counter::Malformed,
             Drop::Unsupported => Counter::Unsupported,
-            Drop::Fragment => Counter::Fragment,
+            Drop::FragUnknown => Counter::FragUnknown,
             Drop::Rewrite => Counter::CsumError,
             Drop::StrictCooling => Counter::StrictDrop,
             Drop::IcmpUnmatched => Counter::IcmpUnmatched,
@@ -84,6 +84,8 @@ pub const ICMP_HEADERS_MAX: usize = 14 + 60 + 8 + 60 + 20;
 #[derive(Clone, Copy)]
 pub struct Ipv4Fields {
     pub ver_ihl: u8,
+    /// Identification, as loaded.
+    pub id: u16,
     pub proto: u8,
     pub tot_len: u16,
     pub frag: u16,
@@ -96,6 +98,7 @@ pub fn ipv4_fields(data: usize, data_end: usize, at: usize) -> Result<Ipv4Fields
     use nat_common::headers::off;
     Ok(Ipv4Fields {
         ver_ihl: read::<u8>(data, data_end, at)?,
+        id: read::<u16>(data, data_end, at + off::IP_ID)?,
         proto: read::<u8>(data, data_end, at + off::IP_PROTO)?,
         tot_len: u16::from_be(read::<u16>(data, data_end, at + off::IP_TOT_LEN)?),
         frag: u16::from_be(read::<u16>(data, data_end, at + off::IP_FRAG)?),
@@ -126,6 +129,7 @@ pub fn l4_fields(
     at: usize,
     proto: u8,
     l4_len: usize,
+    whole: bool,
 ) -> Result<L4Fields, Drop> {
     use nat_common::{
         flow::{PROTO_TCP, PROTO_UDP},
@@ -147,6 +151,7 @@ pub fn l4_fields(
             check_udp(
                 u16::from_be(read::<u16>(data, data_end, at + off::UDP_LEN)?),
                 l4_len,
+                whole,
             )?;
             // The checksum field must be inside the packet for the rewrite.
             read::<u16>(data, data_end, at + off::UDP_CHECK)?;

@@ -21,7 +21,7 @@ use log::{info, warn};
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     names::{
-        GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FWD,
+        GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FRAGS, MAP_FWD,
         MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, PROG_EGRESS, PROG_INGRESS,
         PROG_INGRESS_TC,
     },
@@ -40,10 +40,11 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     MAP_FWD,
     MAP_REV,
     MAP_COOLDOWN,
+    MAP_FRAGS,
     MAP_CONFIG,
     MAP_POOL,
     MAP_INTERNAL,

@@ -1,0 +1,64 @@
+//! Fragments after the first carry no transport header: they follow the
+//! translation their first fragment got, recorded here for a few seconds
+//! (an LRU map: an entry lost under pressure costs one datagram, never a
+//! session).
+
+use nat_common::{
+    csum::{apply, diff32},
+    flow::FragKey,
+    headers::off,
+};
+
+use crate::{
+    maps::NAT_FRAGS,
+    packet::{Drop, Ipv4Fields, ptr_at},
+};
+
+#[inline(always)]
+fn key(ip: &Ipv4Fields, dir: u8) -> FragKey {
+    FragKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id,
+        proto: ip.proto,
+        dir,
+    }
+}
+
+/// Records the address the first fragment of `ip`'s datagram was given.
+#[inline(always)]
+pub fn remember(ip: &Ipv4Fields, dir: u8, new_addr: u32) {
+    let _ = NAT_FRAGS.insert(&key(ip, dir), &new_addr, 0);
+}
+
+/// The address a later fragment of `ip`'s datagram must get.
+#[inline(always)]
+pub fn lookup(ip: &Ipv4Fields, dir: u8) -> Option<u32> {
+    // SAFETY: read-only copy of a map value.
+    unsafe { NAT_FRAGS.get(&key(ip, dir)) }.copied()
+}
+
+/// Rewrites the IPv4 source or destination at `l3` (no transport header to fix).
+#[inline(always)]
+pub fn rewrite_addr(
+    data: usize,
+    end: usize,
+    l3: usize,
+    source: bool,
+    old: u32,
+    new: u32,
+) -> Result<(), Drop> {
+    let check = ptr_at::<u16>(data, end, l3 + off::IP_CHECK)?;
+    let addr = ptr_at::<u32>(
+        data,
+        end,
+        l3 + if source { off::IP_SADDR } else { off::IP_DADDR },
+    )?;
+    // SAFETY: both pointers were bounds-checked by ptr_at.
+    unsafe {
+        let c = core::ptr::read_unaligned(check);
+        core::ptr::write_unaligned(check, apply(c, diff32(old, new)));
+        core::ptr::write_unaligned(addr, new);
+    }
+    Ok(())
+}
