@@ -91,8 +91,13 @@ fn update(
         add |= seen::FIN_FIRST;
     }
     let mine = own | add;
+    // The entry is written anyway: stamp the exact time, so a close is timed
+    // from the close and not from the last coarse refresh.
     // SAFETY: live map value pointer.
-    unsafe { (*entry).seen = mine };
+    unsafe {
+        (*entry).seen = mine;
+        (*entry).last_seen = now;
+    }
     if add & (seen::FIN | seen::RST) != 0 {
         let (fwd_seen, rev_seen) = if is_fwd { (mine, other) } else { (other, mine) };
         if let Some(kind) = close_kind(fwd_seen, rev_seen) {

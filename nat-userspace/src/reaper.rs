@@ -7,7 +7,7 @@
 
 use anyhow::{Context as _, Result};
 use nat_common::{
-    config::Config,
+    config::{Config, TOUCH_GRANULARITY_NS},
     tcp_state::{CloseKind, cooldown_ms, expiry_kind, idle_timeout_ms},
 };
 
@@ -32,11 +32,13 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
         cfg.timeout_tcp_transitory_ms,
         cfg.timeout_tcp_closed_ms,
         cfg.timeout_udp_ms,
+        cfg.timeout_icmp_ms,
     ]
     .into_iter()
     .min()
     .unwrap_or(0)
-        * 1_000_000;
+        * 1_000_000
+        + TOUCH_GRANULARITY_NS;
     let fwd = tables.forward_entries()?;
     report.scanned = fwd.len();
     for (key, f) in fwd {
@@ -87,7 +89,11 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
     Ok(report)
 }
 
+/// `last_seen` trails the last packet by up to the touch granularity (the
+/// datapath refreshes it at most that often), so a session counts as
+/// expired only once it is older than its timeout plus that slack: late by
+/// at most the slack and a sweep interval, never early.
 fn expired(s: &SessionView, now: u64, cfg: &Config) -> bool {
-    let idle_ms = now.saturating_sub(s.last_seen) / 1_000_000;
-    idle_ms > idle_timeout_ms(s.state, cfg)
+    now.saturating_sub(s.last_seen)
+        > idle_timeout_ms(s.state, cfg) * 1_000_000 + TOUCH_GRANULARITY_NS
 }

@@ -32,11 +32,14 @@ macro_rules! field {
     };
 }
 
+/// Reads and writes one field of [`Config`].
+type Accessors = (fn(&Config) -> u64, fn(&mut Config, u64));
+
 const fn setting(
     name: &'static str,
     help: &'static str,
     kind: Kind,
-    (get, set): (fn(&Config) -> u64, fn(&mut Config, u64)),
+    (get, set): Accessors,
 ) -> Setting {
     Setting {
         name,
@@ -107,6 +110,12 @@ pub const SETTINGS: &[Setting] = &[
         "idle timeout of UDP flows",
         Kind::Duration { min: 1000 },
         field!(timeout_udp_ms),
+    ),
+    setting(
+        "timeout-icmp",
+        "idle timeout of ICMP echo sessions",
+        Kind::Duration { min: 1000 },
+        field!(timeout_icmp_ms),
     ),
 ];
 

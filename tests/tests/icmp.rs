@@ -14,7 +14,7 @@ use common::*;
 use nat_common::csum::{ipv4_header_checksum, l4_checksum, sum_bytes};
 use nat_tests::{
     CLIENT_IP, EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns,
-    spawn_in_ns, udp_echo_server, udp_exchange,
+    serde_json, spawn_in_ns, udp_echo_server, udp_exchange,
 };
 
 /// An address beyond the server, which forwards to it: TTL 2 expires there.
@@ -402,7 +402,7 @@ fn crafted_icmp_errors_are_translated_exactly_or_counted() {
     );
 
     let after = sessions(&topo);
-    let strip = |v: &Vec<nat_tests::serde_json::Value>| {
+    let strip = |v: &Vec<serde_json::Value>| {
         v.iter()
             .map(|s| {
                 (
