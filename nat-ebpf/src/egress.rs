@@ -1,10 +1,6 @@
 //! TC egress on the external interface: source NAT.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use nat_common::{
     counters::Counter,
     flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
@@ -14,24 +10,17 @@ use nat_common::{
 use crate::{
     alloc::allocate,
     frag, icmp,
-    maps::{NAT_FWD, count, is_internal},
-    packet::{Drop, HEADERS_MAX, ICMP_HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, touch},
+    maps::{NAT_FWD, is_internal},
+    packet::{
+        Drop, HEADERS_MAX, ICMP_HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, tc_action, touch,
+    },
     tc_rewrite::{Endpoint, Side, rewrite_endpoint},
     track,
 };
 
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    match try_egress(&ctx) {
-        Ok(counter) => {
-            count(counter);
-            TC_ACT_OK as i32
-        }
-        Err(drop) => {
-            count(drop.counter());
-            TC_ACT_SHOT as i32
-        }
-    }
+    tc_action(try_egress(&ctx))
 }
 
 /// Packets from internal sources are translated or dropped; nothing from an

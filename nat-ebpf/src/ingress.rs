@@ -8,7 +8,7 @@
 //! the TC variant uses the skb-aware helpers instead.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -26,7 +26,7 @@ use crate::{
     maps::{NAT_REV, count},
     packet::{
         Drop, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns,
-        ptr_at, read, touch,
+        ptr_at, read, tc_action, touch,
     },
     tc_rewrite::{Endpoint, Side, rewrite_endpoint},
     track,
@@ -159,16 +159,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
 
 #[classifier]
 pub fn nat_ingress_tc(ctx: TcContext) -> i32 {
-    match try_tc(&ctx) {
-        Ok(counter) => {
-            count(counter);
-            TC_ACT_OK as i32
-        }
-        Err(drop) => {
-            count(drop.counter());
-            TC_ACT_SHOT as i32
-        }
-    }
+    tc_action(try_tc(&ctx))
 }
 
 #[inline(always)]

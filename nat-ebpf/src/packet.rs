@@ -31,6 +31,23 @@ impl Drop {
     }
 }
 
+/// A TC program's outcome as its return code, counted: the one place a
+/// result becomes an action.
+#[inline(always)]
+pub fn tc_action(outcome: Result<Counter, Drop>) -> i32 {
+    use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+    match outcome {
+        Ok(counter) => {
+            crate::maps::count(counter);
+            TC_ACT_OK as i32
+        }
+        Err(drop) => {
+            crate::maps::count(drop.counter());
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
 impl From<HeaderError> for Drop {
     #[inline(always)]
     fn from(_: HeaderError) -> Self {

@@ -65,7 +65,7 @@ fn fragment_of_an_unknown_datagram_is_counted() {
     // Offset 185 * 8 = 1480, no more fragments: the tail of a datagram.
     let tail = raw_fragment(CLIENT_IP, SERVER_IP, 0x7777, 185);
     nat_tests::run_in_ns(topo.ns_name(Side::Client), move || {
-        send_raw(&tail, SERVER_IP)
+        send_raw(libc::IPPROTO_RAW, &tail, SERVER_IP)
     });
     std::thread::sleep(std::time::Duration::from_millis(200));
     let st = stats(&topo);
@@ -74,7 +74,7 @@ fn fragment_of_an_unknown_datagram_is_counted() {
 
     let tail = raw_fragment(SERVER_IP, nat_tests::EXTERNAL_IP, 0x8888, 185);
     nat_tests::run_in_ns(topo.ns_name(Side::Server), move || {
-        send_raw(&tail, nat_tests::EXTERNAL_IP)
+        send_raw(libc::IPPROTO_RAW, &tail, nat_tests::EXTERNAL_IP)
     });
     std::thread::sleep(std::time::Duration::from_millis(200));
     let st = stats(&topo);
@@ -128,30 +128,4 @@ fn raw_fragment(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, id: u16, offse
     p[10..12].copy_from_slice(&c.to_ne_bytes());
     p.extend_from_slice(&payload);
     p
-}
-
-fn send_raw(datagram: &[u8], dst: std::net::Ipv4Addr) {
-    // SAFETY: plain libc socket calls on buffers we own; the fd is closed below.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let mut to: libc::sockaddr_in = std::mem::zeroed();
-        to.sin_family = libc::AF_INET as u16;
-        to.sin_addr.s_addr = u32::from(dst).to_be();
-        let n = libc::sendto(
-            fd,
-            datagram.as_ptr().cast(),
-            datagram.len(),
-            0,
-            (&to as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(
-            n,
-            datagram.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
-        libc::close(fd);
-    }
 }

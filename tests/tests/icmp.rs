@@ -249,29 +249,7 @@ fn udp_datagram(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8>
 /// Sends a whole IP datagram from the server namespace.
 fn send_raw_from_server(topo: &Topology, datagram: Vec<u8>) {
     run_in_ns(topo.ns_name(Side::Server), move || {
-        // SAFETY: plain libc socket calls on buffers we own; the fd is closed below.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            let mut to: libc::sockaddr_in = std::mem::zeroed();
-            to.sin_family = libc::AF_INET as u16;
-            to.sin_addr.s_addr = u32::from(EXTERNAL_IP).to_be();
-            let n = libc::sendto(
-                fd,
-                datagram.as_ptr().cast(),
-                datagram.len(),
-                0,
-                (&to as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            );
-            assert_eq!(
-                n,
-                datagram.len() as isize,
-                "sendto: {}",
-                std::io::Error::last_os_error()
-            );
-            libc::close(fd);
-        }
+        send_raw(libc::IPPROTO_RAW, &datagram, EXTERNAL_IP)
     });
 }
 

@@ -177,29 +177,7 @@ fn inconsistent_header_lengths_are_counted_not_translated() {
         (libc::IPPROTO_UDP, udp.to_vec()),
     ] {
         run_in_ns(topo.ns_name(Side::Client), move || {
-            // SAFETY: plain libc socket calls on buffers we own; the fd is closed below.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, proto);
-                assert!(fd >= 0);
-                let mut to: libc::sockaddr_in = std::mem::zeroed();
-                to.sin_family = libc::AF_INET as u16;
-                to.sin_addr.s_addr = u32::from(SERVER_IP).to_be();
-                let n = libc::sendto(
-                    fd,
-                    segment.as_ptr().cast(),
-                    segment.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in).cast(),
-                    size_of::<libc::sockaddr_in>() as u32,
-                );
-                assert_eq!(
-                    n,
-                    segment.len() as isize,
-                    "{}",
-                    std::io::Error::last_os_error()
-                );
-                libc::close(fd);
-            }
+            send_raw(proto, &segment, SERVER_IP)
         });
     }
     std::thread::sleep(Duration::from_millis(200));

@@ -13,13 +13,6 @@ use nat_tests::{
     CLIENT_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, udp_echo_server, udp_roundtrip,
 };
 
-/// Waits for the session table to empty; returns when it was seen empty.
-fn wait_until_reaped(topo: &Topology, within: Duration) -> Instant {
-    wait_for("session reaped", within, || {
-        sessions(topo).is_empty().then(Instant::now)
-    })
-}
-
 #[test]
 fn expired_udp_flow_cools_for_cooldown_udp() {
     let topo = Topology::new("rc-udp", TopologyOpts::default());

@@ -13,12 +13,6 @@ use closing::*;
 use common::*;
 use nat_tests::{NatProcess, Topology, TopologyOpts};
 
-fn wait_until_reaped(topo: &Topology, within: Duration) -> Instant {
-    wait_for("session reaped", within, || {
-        sessions(topo).is_empty().then(Instant::now)
-    })
-}
-
 /// An established session that keeps sending is not idle, however short its
 /// timeout.
 #[test]

@@ -365,3 +365,10 @@ pub fn assert_blocked(topo: &Topology, port: u16, timeout: Duration, why: &str) 
         "connected to :{port} in {took:?} via {external}, though {why}\nsessions: {sessions:#}\ncooldowns: {cooling:#}\nstats: {stats:#}"
     );
 }
+
+/// Waits for the session table to empty; returns when it was seen empty.
+pub fn wait_until_reaped(topo: &Topology, within: Duration) -> Instant {
+    wait_for("session reaped", within, || {
+        crate::common::sessions(topo).is_empty().then(Instant::now)
+    })
+}

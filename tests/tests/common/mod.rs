@@ -160,3 +160,32 @@ pub fn tcp_ext(ns: &str, name: &'static str) -> u64 {
         values.split_whitespace().nth(at).unwrap().parse().unwrap()
     })
 }
+
+/// Sends one raw IP datagram (`proto` IPPROTO_RAW: `bytes` is the whole
+/// datagram; otherwise the kernel adds the IP header) from the calling
+/// thread's namespace to `dst`.
+pub fn send_raw(proto: i32, bytes: &[u8], dst: Ipv4Addr) {
+    // SAFETY: plain libc socket calls on buffers we own; the fd is closed below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, proto);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let mut to: libc::sockaddr_in = std::mem::zeroed();
+        to.sin_family = libc::AF_INET as u16;
+        to.sin_addr.s_addr = u32::from(dst).to_be();
+        let n = libc::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(
+            n,
+            bytes.len() as isize,
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+        libc::close(fd);
+    }
+}
