@@ -201,6 +201,17 @@ pub struct Cidr {
     pub len: u8,
 }
 
+impl Cidr {
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len)
+        };
+        u32::from(addr) & mask == u32::from(self.addr)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRange {
     pub lo: u16,
@@ -359,6 +370,14 @@ mod tests {
         assert!(parse_cidr("10.0.0.0").is_err());
         assert!(parse_cidr("10.0.0/8").is_err());
         assert_eq!(parse_cidr("0.0.0.0/0").unwrap().len, 0);
+        let net = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(net.contains(Ipv4Addr::new(10, 1, 255, 1)));
+        assert!(!net.contains(Ipv4Addr::new(10, 2, 0, 1)));
+        assert!(
+            parse_cidr("0.0.0.0/0")
+                .unwrap()
+                .contains(Ipv4Addr::new(1, 2, 3, 4))
+        );
     }
 
     #[test]

@@ -71,6 +71,18 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
             args.external.len()
         );
     }
+    if let Some((addr, cidr)) = args.external.iter().find_map(|a| {
+        args.internal
+            .iter()
+            .find(|c| c.contains(*a))
+            .map(|c| (a, c))
+    }) {
+        bail!(
+            "external address {addr} lies inside internal prefix {}/{}: its own traffic would be translated",
+            cidr.addr,
+            cidr.len
+        );
+    }
     let pins = PinDir::new(netns, &args.iface);
     if pins.is_loaded() || PINNED_LINKS.iter().any(|l| pins.path(l).exists()) {
         bail!(

@@ -76,6 +76,11 @@ fn bad_load_flags() {
     check(&[], &["--ports", "100"], "not a port range");
     check(&[], &["--xdp-mode", "hw"], "--xdp-mode");
     check(&[], &["--max-sessions", "5"], "--max-sessions");
+    check(
+        &[("--external", "10.0.0.1")],
+        &[],
+        "inside internal prefix 10.0.0.0/8",
+    );
 }
 
 #[test]

@@ -36,7 +36,7 @@ pub fn run() -> Result<()> {
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // readers have been started), so nobody can read the environment concurrently.
     unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
-    interrupt::install(TAG)?;
+    interrupt::install("demo", TAG)?;
     // Caught so that, after a signal, the cleanup thread and not a panic
     // decides how the process ends.
     let outcome = panic::catch_unwind(|| narrate(&nat_bin));

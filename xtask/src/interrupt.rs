@@ -1,25 +1,27 @@
-//! Cleanup when the demo is interrupted (Ctrl-C, SIGTERM, SIGHUP).
+//! Cleanup when the demo or the bench is interrupted (Ctrl-C, SIGTERM, SIGHUP).
 //!
 //! Exiting on a signal skips destructors, so the namespaces and the NAT
-//! process would outlive the demo; a dedicated thread removes them and owns
+//! process would outlive the task; a dedicated thread removes them and owns
 //! the exit. Every other thread must then stay out of its way: a Ctrl-C also
 //! kills the NAT, which makes the main thread fail and start unwinding (and
 //! deleting namespaces) concurrently, or exit with a panic first.
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use nat_tests::Topology;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpid};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+use crate::cmd::describe;
 
 const SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
 /// Gives the NAT time to detach its programs and remove its pins.
@@ -31,9 +33,14 @@ const SETUP_WAIT: Duration = Duration::from_secs(5);
 /// thread can observe a consequence of the signal.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Held while namespaces are being created, so the cleanup cannot delete them
-/// halfway through and have the rest appear afterwards.
+/// Held while namespaces are being created or a child process is being
+/// started, so the cleanup cannot delete them halfway through and have the
+/// rest appear afterwards, or miss a child that appears after it looked.
 static NAMESPACE_SETUP: Mutex<()> = Mutex::new(());
+
+/// Extra cleanup steps, run after the children are stopped and before the
+/// namespaces go (e.g. restoring a global sysctl).
+static HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
 
 pub fn namespace_setup() -> MutexGuard<'static, ()> {
     NAMESPACE_SETUP
@@ -41,9 +48,30 @@ pub fn namespace_setup() -> MutexGuard<'static, ()> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// On a termination signal: stop our child processes (the NAT), delete the
-/// namespaces of the topology tagged `tag`, exit with 130.
-pub fn install(tag: &'static str) -> Result<()> {
+/// Starts `cmd` unless a signal already arrived; the cleanup either sees the
+/// child or has stopped everything before it could be started.
+pub fn spawn(cmd: &mut Command) -> Result<Child> {
+    let _setup = namespace_setup();
+    if interrupted() {
+        bail!("interrupted");
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot run {}", describe(cmd)))
+}
+
+/// Runs `hook` during the cleanup after a signal (it must be idempotent and
+/// must not block).
+pub fn on_cleanup(hook: fn()) {
+    HOOKS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(hook);
+}
+
+/// On a termination signal: stop our child processes (the NAT), run the
+/// [`on_cleanup`] hooks, delete the namespaces of the topology tagged `tag`,
+/// exit with 130. `task` names the task in the message.
+pub fn install(task: &'static str, tag: &'static str) -> Result<()> {
     for signal in SIGNALS {
         signal_hook::flag::register(signal, &INTERRUPTED)
             .with_context(|| format!("cannot handle signal {signal}"))?;
@@ -60,7 +88,7 @@ pub fn install(tag: &'static str) -> Result<()> {
         .name("interrupt".to_owned())
         .spawn(move || {
             if signals.forever().next().is_some() {
-                clean_up_and_exit(tag);
+                clean_up_and_exit(task, tag);
             }
         })
         .context("cannot spawn the signal thread")?;
@@ -85,10 +113,14 @@ fn park_forever() -> ! {
     }
 }
 
-fn clean_up_and_exit(tag: &str) -> ! {
-    eprintln!("\ndemo: interrupted, cleaning up");
+fn clean_up_and_exit(task: &str, tag: &str) -> ! {
+    eprintln!("\n{task}: interrupted, cleaning up");
     let _setup = wait_for_namespace_setup();
-    terminate_children();
+    terminate_children(task);
+    let hooks = HOOKS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    for hook in hooks {
+        hook();
+    }
     for ns in Topology::namespace_names(tag) {
         let _ = Command::new("ip")
             .args(["netns", "del", &ns])
@@ -115,7 +147,7 @@ fn wait_for_namespace_setup() -> Option<MutexGuard<'static, ()>> {
 }
 
 /// Found through /proc, because this thread does not own the `Child` values.
-fn terminate_children() {
+fn terminate_children(task: &str) {
     let children = child_pids();
     for &pid in &children {
         let _ = kill(pid, Signal::SIGTERM);
@@ -133,7 +165,7 @@ fn terminate_children() {
         thread::sleep(Duration::from_millis(50));
     }
     for pid in alive {
-        eprintln!("demo: pid {pid} ignored SIGTERM; killing it");
+        eprintln!("{task}: pid {pid} ignored SIGTERM; killing it");
         let _ = kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
     }

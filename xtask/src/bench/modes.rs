@@ -1,0 +1,232 @@
+//! The three ways the nat namespace forwards during the bench, set up on the
+//! same topology and torn down again after each use.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use nat_tests::{EXT_IFACE, EXTERNAL_IP, INTERNAL_PREFIX, NatProcess, Side, Topology, run_in_ns};
+
+use super::capture;
+use crate::interrupt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// Plain forwarding: the server gets a route back to the internal prefix.
+    Routing,
+    /// `nft` masquerade (conntrack) in the nat namespace.
+    Nftables,
+    /// This NAT.
+    Nat,
+}
+
+pub const MODES: [Mode; 3] = [Mode::Routing, Mode::Nftables, Mode::Nat];
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Routing => "routing",
+            Mode::Nftables => "nftables",
+            Mode::Nat => "nat",
+        }
+    }
+}
+
+/// The nftables ruleset of the `nftables` mode.
+fn nft_ruleset() -> String {
+    format!(
+        "table ip nat {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname \"{EXT_IFACE}\" ip saddr {INTERNAL_PREFIX} masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// A mode in effect; [`Active::leave`] undoes it (drop does too, quietly).
+pub struct Active {
+    mode: Mode,
+    nat_ns: String,
+    server_ns: String,
+    nat: Option<NatProcess>,
+    armed: bool,
+}
+
+impl Active {
+    /// Sets `mode` up. `nat_args` go to `nat load` in the `nat` mode.
+    pub fn enter(mode: Mode, topology: &Topology, nat_args: &[&str]) -> Result<Active> {
+        let mut active = Active {
+            mode,
+            nat_ns: topology.ns_name(Side::Nat).to_owned(),
+            server_ns: topology.ns_name(Side::Server).to_owned(),
+            nat: None,
+            armed: true,
+        };
+        match mode {
+            Mode::Routing => {
+                capture(Command::new("ip").args(route_args(&active.server_ns, "add")))?;
+            }
+            Mode::Nftables => {
+                let mut child = interrupt::spawn(
+                    Command::new("ip")
+                        .args(["netns", "exec", &active.nat_ns, "nft", "-f", "-"])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped()),
+                )?;
+                {
+                    use std::io::Write as _;
+                    let mut stdin = child.stdin.take().context("nft stdin")?;
+                    stdin.write_all(nft_ruleset().as_bytes())?;
+                }
+                let output = child.wait_with_output()?;
+                if !output.status.success() {
+                    active.armed = false;
+                    bail!(
+                        "nft -f failed ({}): {}",
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    );
+                }
+            }
+            Mode::Nat => {
+                let _setup = interrupt::namespace_setup();
+                if interrupt::interrupted() {
+                    bail!("interrupted");
+                }
+                active.nat = Some(NatProcess::start(topology, nat_args));
+            }
+        }
+        Ok(active)
+    }
+
+    /// Undoes the mode, reporting what failed.
+    pub fn leave(mut self) -> Result<()> {
+        self.armed = false;
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        match self.mode {
+            Mode::Routing => {
+                capture(Command::new("ip").args(route_args(&self.server_ns, "del")))?;
+            }
+            Mode::Nftables => {
+                let deleted = capture(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &self.nat_ns,
+                    "nft",
+                    "delete",
+                    "table",
+                    "ip",
+                    "nat",
+                ]));
+                // The conntrack entries outlive the table (closed connections
+                // for 120 s): flushed so that each nftables run starts empty,
+                // as each nat run starts with fresh maps.
+                let flushed = flush_conntrack(&self.nat_ns);
+                deleted?;
+                flushed?;
+            }
+            Mode::Nat => {
+                if let Some(nat) = self.nat.take() {
+                    let status = nat.stop();
+                    if !status.success() {
+                        bail!("nat exited with {status} when stopped");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            let _ = self.teardown();
+        }
+    }
+}
+
+fn route_args(server_ns: &str, verb: &str) -> Vec<String> {
+    vec![
+        "-n".to_owned(),
+        server_ns.to_owned(),
+        "route".to_owned(),
+        verb.to_owned(),
+        INTERNAL_PREFIX.to_owned(),
+        "via".to_owned(),
+        EXTERNAL_IP.to_string(),
+    ]
+}
+
+/// Deletes every IPv4 conntrack entry of `nat_ns` (what `conntrack -F` does)
+/// with one ctnetlink message.
+fn flush_conntrack(nat_ns: &str) -> Result<()> {
+    const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+    const IPCTNL_MSG_CT_DELETE: u16 = 2;
+    run_in_ns(nat_ns, || -> Result<()> {
+        // SAFETY: plain socket(2); the descriptor is owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if raw < 0 {
+            bail!("netlink socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut msg = Vec::with_capacity(20);
+        msg.extend_from_slice(&20u32.to_ne_bytes()); // nlmsg_len
+        msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE).to_ne_bytes());
+        msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+        msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+        msg.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
+        // SAFETY: sockaddr_nl is a plain C struct; all-zero is valid.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `msg` and `kernel` are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            bail!("netlink send: {}", std::io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: `buf` is valid for its length.
+        let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if got < 20 {
+            bail!(
+                "netlink: no acknowledgement ({})",
+                std::io::Error::last_os_error()
+            );
+        }
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        if kind == libc::NLMSG_ERROR as u16 {
+            let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+            if code != 0 {
+                bail!(
+                    "conntrack flush: {}",
+                    std::io::Error::from_raw_os_error(-code)
+                );
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("cannot flush the conntrack table of {nat_ns}"))
+}

@@ -1,0 +1,700 @@
+//! What the bench measured: the table, the micro-figures, the targets, JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::cpu::{FOREIGN_LIMIT, Window};
+use super::micro::{Alloc, MapMemory, Reaper};
+use super::modes::{MODES, Mode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Figure {
+    Tcp1,
+    Tcp4,
+    UdpPps,
+    CpuPerPacket,
+    ConnRate,
+}
+
+pub const FIGURES: [Figure; 5] = [
+    Figure::Tcp1,
+    Figure::Tcp4,
+    Figure::UdpPps,
+    Figure::CpuPerPacket,
+    Figure::ConnRate,
+];
+
+impl Figure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Figure::Tcp1 => "TCP 1 stream, Gbit/s",
+            Figure::Tcp4 => "TCP 4 streams, Gbit/s",
+            Figure::UdpPps => "UDP 64 B, Mpps delivered",
+            Figure::CpuPerPacket => "CPU per packet, ns",
+            Figure::ConnRate => "new TCP conn/s",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Figure::Tcp1 => "tcp_1_stream_gbps",
+            Figure::Tcp4 => "tcp_4_streams_gbps",
+            Figure::UdpPps => "udp_pps",
+            Figure::CpuPerPacket => "cpu_ns_per_packet",
+            Figure::ConnRate => "tcp_conn_per_s",
+        }
+    }
+
+    /// A value as the table shows it (pps in millions).
+    pub fn format(self, v: f64) -> String {
+        if !v.is_finite() {
+            return "-".to_owned();
+        }
+        match self {
+            Figure::Tcp1 | Figure::Tcp4 => format!("{v:.2}"),
+            Figure::UdpPps => format!("{:.3}", v / 1e6),
+            Figure::CpuPerPacket | Figure::ConnRate => format!("{v:.0}"),
+        }
+    }
+}
+
+/// Median, min and max of some samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Summary {
+    pub fn of(values: &[f64]) -> Option<Summary> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Summary {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        })
+    }
+
+    /// `median [min–max]`, or the value alone when there is only one.
+    fn show(&self, fmt: impl Fn(f64) -> String) -> String {
+        if self.n == 1 {
+            fmt(self.median)
+        } else {
+            format!("{} [{}–{}]", fmt(self.median), fmt(self.min), fmt(self.max))
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({ "median": self.median, "min": self.min, "max": self.max, "n": self.n })
+    }
+}
+
+/// One measurement as kept after the noise guard.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub value: f64,
+    pub rep: usize,
+    /// Share of the CPU other work took during the kept attempt.
+    pub noise: f64,
+    pub attempts: usize,
+    pub clean: bool,
+    pub window: Window,
+    pub detail: Value,
+}
+
+impl Sample {
+    fn to_json(&self) -> Value {
+        json!({
+            "value": self.value,
+            "repetition": self.rep + 1,
+            "attempts": self.attempts,
+            "clean": self.clean,
+            "other_load_share": self.noise,
+            "cpu": self.window.to_json(),
+            "detail": self.detail,
+        })
+    }
+}
+
+/// A micro-figure run, kept after the noise guard.
+#[derive(Debug, Clone)]
+pub struct Kept<T> {
+    pub value: T,
+    pub noise: f64,
+    pub attempts: usize,
+    pub clean: bool,
+}
+
+/// BPF program run time from one stats pass.
+#[derive(Debug, Clone, Copy)]
+pub struct BpfRun {
+    pub egress_ns: f64,
+    pub egress_runs: u64,
+    pub ingress_ns: f64,
+    pub ingress_runs: u64,
+}
+
+pub struct Config {
+    pub quick: bool,
+    pub reps: usize,
+    pub tcp_secs: u32,
+    pub udp_secs: f64,
+    pub conn_secs: f64,
+    pub stats_secs: f64,
+    pub cpus: usize,
+    pub load_cpu: usize,
+    pub server_cpu: usize,
+    pub nat_args: Vec<String>,
+    pub alloc_attempts: u32,
+}
+
+#[derive(Default)]
+pub struct Results {
+    pub samples: BTreeMap<(Mode, Figure), Vec<Sample>>,
+    pub conn_failures: BTreeMap<Mode, BTreeMap<String, u64>>,
+    pub conn_slow: BTreeMap<Mode, u64>,
+    pub alloc: BTreeMap<u32, Vec<Kept<Alloc>>>,
+    pub reaper: BTreeMap<u32, Vec<Kept<Reaper>>>,
+    pub reaper_skipped: Vec<u32>,
+    pub map_memory: Option<MapMemory>,
+    pub bpf: Vec<BpfRun>,
+    pub notes: Vec<String>,
+}
+
+impl Results {
+    pub fn add(&mut self, mode: Mode, figure: Figure, sample: Sample) {
+        self.samples.entry((mode, figure)).or_default().push(sample);
+    }
+
+    fn summary(&self, mode: Mode, figure: Figure) -> Option<Summary> {
+        let values: Vec<f64> = self
+            .samples
+            .get(&(mode, figure))?
+            .iter()
+            .map(|s| s.value)
+            .collect();
+        Summary::of(&values)
+    }
+
+    fn all_clean(&self, mode: Mode, figure: Figure) -> bool {
+        self.samples
+            .get(&(mode, figure))
+            .is_none_or(|s| s.iter().all(|s| s.clean))
+    }
+
+    /// nat / `over`, per repetition (all modes of a repetition run back to
+    /// back, so drift of the machine's speed cancels out).
+    fn paired_ratios(&self, figure: Figure, over: Mode) -> Option<Summary> {
+        let nat = self.samples.get(&(Mode::Nat, figure))?;
+        let base = self.samples.get(&(over, figure))?;
+        let ratios: Vec<f64> = nat
+            .iter()
+            .filter_map(|n| {
+                let b = base.iter().find(|b| b.rep == n.rep)?;
+                (b.value > 0.0).then(|| n.value / b.value)
+            })
+            .collect();
+        Summary::of(&ratios)
+    }
+
+    /// The median of the per-repetition ratios.
+    fn ratio(&self, figure: Figure, over: Mode) -> Option<f64> {
+        self.paired_ratios(figure, over).map(|s| s.median)
+    }
+
+    fn ratio_of_medians(&self, figure: Figure, over: Mode) -> Option<f64> {
+        let nat = self.summary(Mode::Nat, figure)?.median;
+        let base = self.summary(over, figure)?.median;
+        (base > 0.0).then(|| nat / base)
+    }
+
+    fn failures(&self, mode: Mode) -> u64 {
+        self.conn_failures
+            .get(&mode)
+            .map_or(0, |kinds| kinds.values().sum())
+    }
+
+    fn alloc_summary(&self, occupancy: u32, f: impl Fn(&Alloc) -> f64) -> Option<Summary> {
+        let values: Vec<f64> = self
+            .alloc
+            .get(&occupancy)?
+            .iter()
+            .map(|k| f(&k.value))
+            .collect();
+        Summary::of(&values)
+    }
+
+    fn reaper_summary(&self, sessions: u32, f: impl Fn(&Reaper) -> f64) -> Option<Summary> {
+        let values: Vec<f64> = self
+            .reaper
+            .get(&sessions)?
+            .iter()
+            .map(|k| f(&k.value))
+            .collect();
+        Summary::of(&values)
+    }
+
+    fn bpf_summary(&self, f: impl Fn(&BpfRun) -> f64) -> Option<Summary> {
+        let values: Vec<f64> = self.bpf.iter().map(f).collect();
+        Summary::of(&values)
+    }
+}
+
+/// A target, judged on medians.
+pub struct Target {
+    pub name: &'static str,
+    pub measured: String,
+    /// None: not measured.
+    pub met: Option<bool>,
+    pub noisy: bool,
+}
+
+pub fn targets(r: &Results) -> Vec<Target> {
+    let noisy = |figs: &[Figure], modes: &[Mode]| {
+        figs.iter()
+            .any(|&f| modes.iter().any(|&m| !r.all_clean(m, f)))
+    };
+    let ratio_target = |name, figure, over, cmp: fn(f64) -> bool| {
+        let ratio = r.ratio(figure, over);
+        Target {
+            name,
+            measured: ratio.map_or("not measured".to_owned(), |x| format!("{x:.3}x")),
+            met: ratio.map(cmp),
+            noisy: noisy(&[figure], &[Mode::Nat, over]),
+        }
+    };
+    let mut out = vec![
+        ratio_target(
+            "UDP pps >= 1.3x nftables",
+            Figure::UdpPps,
+            Mode::Nftables,
+            |x| x >= 1.3,
+        ),
+        ratio_target(
+            "UDP pps >= 0.95x routing",
+            Figure::UdpPps,
+            Mode::Routing,
+            |x| x >= 0.95,
+        ),
+    ];
+    let conn_ratio = r.ratio(Figure::ConnRate, Mode::Nftables);
+    let nat_failures = r.failures(Mode::Nat);
+    out.push(Target {
+        name: "new TCP conn/s >= 1.2x nftables, zero failures",
+        measured: conn_ratio.map_or("not measured".to_owned(), |x| {
+            format!("{x:.3}x, {nat_failures} failures")
+        }),
+        met: conn_ratio.map(|x| x >= 1.2 && nat_failures == 0),
+        noisy: noisy(&[Figure::ConnRate], &[Mode::Nat, Mode::Nftables]),
+    });
+    out.push(ratio_target(
+        "TCP throughput (1 stream) >= 0.97x routing",
+        Figure::Tcp1,
+        Mode::Routing,
+        |x| x >= 0.97,
+    ));
+    out.push(ratio_target(
+        "TCP throughput (4 streams) >= 0.97x routing",
+        Figure::Tcp4,
+        Mode::Routing,
+        |x| x >= 0.97,
+    ));
+    out.push(ratio_target(
+        "CPU per forwarded packet <= 0.7x nftables",
+        Figure::CpuPerPacket,
+        Mode::Nftables,
+        |x| x <= 0.7,
+    ));
+    let success = r.alloc_summary(95, |a| a.success_pct);
+    let median = r.alloc_summary(95, |a| a.median_ns);
+    out.push(Target {
+        name: "allocation at 95% occupancy: >= 99.9% success, median < 5 us",
+        measured: match (success, median) {
+            (Some(s), Some(m)) => format!("{:.3}%, {:.0} ns", s.median, m.median),
+            _ => "not measured".to_owned(),
+        },
+        met: success
+            .zip(median)
+            .map(|(s, m)| s.median >= 99.9 && m.median < 5000.0),
+        noisy: r.alloc.get(&95).is_some_and(|k| k.iter().any(|k| !k.clean)),
+    });
+    let sweep = r.reaper_summary(1_000_000, |x| x.scan_cpu_s);
+    out.push(Target {
+        name: "reaper full sweep of 1M sessions < 1 s CPU",
+        measured: sweep.map_or_else(
+            || {
+                if r.reaper_skipped.contains(&1_000_000) {
+                    "not measured (--quick)".to_owned()
+                } else {
+                    "not measured".to_owned()
+                }
+            },
+            |s| format!("{:.3} s", s.median),
+        ),
+        met: sweep.map(|s| s.median < 1.0),
+        noisy: r
+            .reaper
+            .get(&1_000_000)
+            .is_some_and(|k| k.iter().any(|k| !k.clean)),
+    });
+    out
+}
+
+const CELL: usize = 26;
+
+pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
+    let mut out = String::new();
+    let reps = cfg.reps;
+    let _ = writeln!(
+        out,
+        "\nbench: {} on {} CPUs; load generators pinned to CPU {}, servers to CPU {}; {} repetition{}, modes interleaved",
+        if cfg.quick { "quick run" } else { "full run" },
+        cfg.cpus,
+        cfg.load_cpu,
+        cfg.server_cpu,
+        reps,
+        if reps == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<28}{:<CELL$}{:<CELL$}{:<CELL$}{:>9}{:>12}",
+        if reps == 1 {
+            "1 run".to_owned()
+        } else {
+            format!("median [min–max] of {reps}")
+        },
+        "routing",
+        "nftables",
+        "nat",
+        "nat/nft",
+        "nat/routing"
+    );
+    let mut any_unclean = false;
+    for figure in FIGURES {
+        let mut line = format!("{:<28}", figure.label());
+        for mode in MODES {
+            let cell = match r.summary(mode, figure) {
+                Some(s) => {
+                    let mut c = s.show(|v| figure.format(v));
+                    if !r.all_clean(mode, figure) {
+                        c.push('*');
+                        any_unclean = true;
+                    }
+                    c
+                }
+                None => "not measured".to_owned(),
+            };
+            let _ = write!(line, "{cell:<CELL$}");
+        }
+        let ratio = |m| {
+            r.ratio(figure, m)
+                .map_or("-".to_owned(), |x| format!("{x:.2}"))
+        };
+        let _ = write!(
+            line,
+            "{:>9}{:>12}",
+            ratio(Mode::Nftables),
+            ratio(Mode::Routing)
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let mut line = format!("{:<28}", "  failed connections");
+    for mode in MODES {
+        let _ = write!(line, "{:<CELL$}", r.failures(mode).to_string());
+    }
+    let _ = writeln!(out, "{}", line.trim_end());
+    let mut line = format!("{:<28}", "  conns slower than 0.9 s");
+    for mode in MODES {
+        let _ = write!(
+            line,
+            "{:<CELL$}",
+            r.conn_slow.get(&mode).copied().unwrap_or(0).to_string()
+        );
+    }
+    let _ = writeln!(out, "{}", line.trim_end());
+    if any_unclean {
+        let _ = writeln!(
+            out,
+            "* at least one run of this figure could not be measured cleanly: other processes took more than {:.0}% of the CPU in every attempt (see notes)",
+            FOREIGN_LIMIT * 100.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Ratios: median of the per-repetition ratios (a repetition runs all modes back to back, so drift of the machine's speed cancels out); targets are judged on them and on medians."
+    );
+    let _ = writeln!(
+        out,
+        "\nTCP: iperf3 -t {} (-P 1 and -P 4), receiver's rate. UDP: one sendmmsg sender, 8 client addresses x 2 ports -> 1 server port, {:.0} s, counted as veth-sv rx_packets (the sink socket is bound, not read). CPU per packet: system + softirq time of all CPUs during the UDP run / packets delivered.",
+        cfg.tcp_secs, cfg.udp_secs
+    );
+    let _ = writeln!(
+        out,
+        "Connections: 64 worker threads, {:.0} s; each connects from the 8 client addresses in turn to 32 server ports (32 destinations, each with its own 64k external ports, so the NAT's cooldown capacity is not the limit), sends 32 B, reads 32 B, and closes first (client-first close: the NAT cools the key 15 s, not the 240 s of a server-first close). Client namespace: tcp_tw_reuse=1, ip_local_port_range 1024-65535.",
+        cfg.conn_secs
+    );
+    let _ = writeln!(
+        out,
+        "nat: {}; restarted for every repetition (fresh maps). nftables: conntrack table flushed after every repetition.",
+        cfg.nat_args.join(" ")
+    );
+    let _ = writeln!(
+        out,
+        "Reading: veth forwarding runs in the sender's softirq, so the pinned UDP sender's CPU carries the whole path and pps is about 1 / per-packet cost; TCP moves 64 KB GSO segments, so per-packet costs hardly show in it; iperf3 is single-threaded (one CPU per side)."
+    );
+
+    let _ = writeln!(out, "\ndatapath micro-figures (median [min–max])");
+    let _ = writeln!(
+        out,
+        "  allocation (nat alloc-bench, strict, {} attempts, one destination's 1000-port range filled to N%):",
+        cfg.alloc_attempts
+    );
+    for (&occ, kept) in &r.alloc {
+        let s = |f: fn(&Alloc) -> f64| r.alloc_summary(occ, f);
+        let star = if kept.iter().any(|k| !k.clean) {
+            "*"
+        } else {
+            ""
+        };
+        if let (Some(ok), Some(med), Some(p99)) =
+            (s(|a| a.success_pct), s(|a| a.median_ns), s(|a| a.p99_ns))
+        {
+            let _ = writeln!(
+                out,
+                "    {occ}% occupied: success {}, median {} ns, p99 {} ns{star}",
+                ok.show(|v| format!("{v:.3}%")),
+                med.show(|v| format!("{v:.0}")),
+                p99.show(|v| format!("{v:.0}")),
+            );
+        }
+    }
+    let _ = writeln!(out, "  reaper (nat reaper-bench):");
+    for (&sessions, kept) in &r.reaper {
+        let s = |f: fn(&Reaper) -> f64| r.reaper_summary(sessions, f);
+        let star = if kept.iter().any(|k| !k.clean) {
+            "*"
+        } else {
+            ""
+        };
+        if let (Some(sw), Some(sc), Some(ew), Some(ec)) = (
+            s(|x| x.scan_wall_s),
+            s(|x| x.scan_cpu_s),
+            s(|x| x.expire_wall_s),
+            s(|x| x.expire_cpu_s),
+        ) {
+            let f3 = |v: f64| format!("{v:.3}");
+            let _ = writeln!(
+                out,
+                "    {sessions} sessions: full sweep {} s wall, {} s CPU; sweep expiring all {} s wall, {} s CPU{star}",
+                sw.show(f3),
+                sc.show(f3),
+                ew.show(f3),
+                ec.show(f3),
+            );
+        }
+    }
+    for sessions in &r.reaper_skipped {
+        let _ = writeln!(out, "    {sessions} sessions: skipped (--quick)");
+    }
+    match &r.map_memory {
+        Some(m) => {
+            let _ = writeln!(
+                out,
+                "  map memory (bytes_memlock / max_entries): {:.0} B per session (NAT_FWD + NAT_REV), {:.0} B per cooling key (NAT_COOLDOWN)",
+                m.per_session, m.per_cooling_key
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  map memory: not measured");
+        }
+    }
+    match (
+        r.bpf_summary(|b| b.egress_ns),
+        r.bpf_summary(|b| b.ingress_ns),
+    ) {
+        (Some(e), i) => {
+            let f0 = |v: f64| format!("{v:.0}");
+            let _ = writeln!(
+                out,
+                "  BPF run time per packet (kernel.bpf_stats_enabled, separate {:.0} s UDP echo runs, not the measured ones): nat_egress {} ns, nat_ingress {} ns",
+                cfg.stats_secs,
+                e.show(f0),
+                i.map_or("not measured".to_owned(), |i| i.show(f0)),
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(out, "  BPF run time per packet: not measured");
+        }
+    }
+
+    let _ = writeln!(out, "\ntargets");
+    for t in targets(r) {
+        let verdict = match t.met {
+            Some(true) => "MET",
+            Some(false) => "MISSED",
+            None => "NOT MEASURED",
+        };
+        let _ = writeln!(
+            out,
+            "  {verdict:<13}{:<62}{}{}",
+            t.name,
+            t.measured,
+            if t.noisy {
+                "  (partly measured on a busy machine)"
+            } else {
+                ""
+            }
+        );
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(out, "\nnotes");
+        for note in &r.notes {
+            let _ = writeln!(out, "  - {note}");
+        }
+    }
+    let _ = writeln!(out, "\nbench: wall time {wall_s:.0} s");
+    out
+}
+
+pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value {
+    let mut modes = serde_json::Map::new();
+    for mode in MODES {
+        let mut figs = serde_json::Map::new();
+        for figure in FIGURES {
+            let samples: Vec<Value> = r
+                .samples
+                .get(&(mode, figure))
+                .map(|s| s.iter().map(Sample::to_json).collect())
+                .unwrap_or_default();
+            figs.insert(
+                figure.key().to_owned(),
+                json!({
+                    "summary": r.summary(mode, figure).map(Summary::to_json),
+                    "all_clean": r.all_clean(mode, figure),
+                    "samples": samples,
+                }),
+            );
+        }
+        figs.insert(
+            "tcp_conn_failures".to_owned(),
+            json!({ "total": r.failures(mode), "by_kind": r.conn_failures.get(&mode) }),
+        );
+        figs.insert(
+            "tcp_conn_slower_than_900ms".to_owned(),
+            json!(r.conn_slow.get(&mode).copied().unwrap_or(0)),
+        );
+        modes.insert(mode.name().to_owned(), Value::Object(figs));
+    }
+    let mut ratios = serde_json::Map::new();
+    for figure in FIGURES {
+        let paired = |over| {
+            json!({
+                "median_of_repetition_ratios": r.ratio(figure, over),
+                "repetition_ratios": r.paired_ratios(figure, over).map(Summary::to_json),
+                "ratio_of_medians": r.ratio_of_medians(figure, over),
+            })
+        };
+        ratios.insert(
+            figure.key().to_owned(),
+            json!({
+                "nat/nftables": paired(Mode::Nftables),
+                "nat/routing": paired(Mode::Routing),
+            }),
+        );
+    }
+    let kept_json = |noise: f64, attempts: usize, clean: bool, raw: &Value| json!({ "other_load_share": noise, "attempts": attempts, "clean": clean, "output": raw });
+    let mut alloc = serde_json::Map::new();
+    for (occ, kept) in &r.alloc {
+        let s = |f: fn(&Alloc) -> f64| r.alloc_summary(*occ, f).map(Summary::to_json);
+        alloc.insert(
+            format!("occupancy_{occ}"),
+            json!({
+                "success_pct": s(|a| a.success_pct),
+                "median_ns": s(|a| a.median_ns),
+                "p99_ns": s(|a| a.p99_ns),
+                "runs": kept.iter().map(|k| kept_json(k.noise, k.attempts, k.clean, &k.value.raw)).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let mut reaper = serde_json::Map::new();
+    for (sessions, kept) in &r.reaper {
+        let s = |f: fn(&Reaper) -> f64| r.reaper_summary(*sessions, f).map(Summary::to_json);
+        reaper.insert(
+            format!("sessions_{sessions}"),
+            json!({
+                "scan_wall_s": s(|x| x.scan_wall_s),
+                "scan_cpu_s": s(|x| x.scan_cpu_s),
+                "expire_wall_s": s(|x| x.expire_wall_s),
+                "expire_cpu_s": s(|x| x.expire_cpu_s),
+                "runs": kept.iter().map(|k| kept_json(k.noise, k.attempts, k.clean, &k.value.raw)).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let targets: Vec<Value> = targets(r)
+        .into_iter()
+        .map(|t| {
+            json!({
+                "target": t.name,
+                "measured": t.measured,
+                "met": t.met,
+                "status": match t.met { Some(true) => "MET", Some(false) => "MISSED", None => "NOT MEASURED" },
+                "partly_noisy": t.noisy,
+            })
+        })
+        .collect();
+    json!({
+        "quick": cfg.quick,
+        "wall_s": wall_s,
+        "machine": machine,
+        "config": {
+            "repetitions": cfg.reps,
+            "tcp_secs": cfg.tcp_secs,
+            "udp_secs": cfg.udp_secs,
+            "conn_secs": cfg.conn_secs,
+            "bpf_stats_secs": cfg.stats_secs,
+            "load_cpu": cfg.load_cpu,
+            "server_cpu": cfg.server_cpu,
+            "nat_args": cfg.nat_args,
+            "udp_flows": "8 client addresses x 2 ports -> 198.18.0.2:9000, 64 B payload",
+            "tcp_conn": "64 workers, 8 client addresses, 32 server ports, client closes first",
+            "other_load_limit": FOREIGN_LIMIT,
+        },
+        "modes": modes,
+        "ratios": ratios,
+        "micro": {
+            "alloc": alloc,
+            "reaper": reaper,
+            "reaper_skipped_sessions": r.reaper_skipped,
+            "map_memory": r.map_memory.as_ref().map(|m| json!({
+                "bytes_per_session": m.per_session,
+                "bytes_per_cooling_key": m.per_cooling_key,
+                "maps": m.raw,
+            })),
+            "bpf_run_time": {
+                "egress_ns_per_packet": r.bpf_summary(|b| b.egress_ns).map(Summary::to_json),
+                "ingress_ns_per_packet": r.bpf_summary(|b| b.ingress_ns).map(Summary::to_json),
+                "runs": r.bpf.iter().map(|b| json!({
+                    "egress_ns": b.egress_ns, "egress_runs": b.egress_runs,
+                    "ingress_ns": b.ingress_ns, "ingress_runs": b.ingress_runs,
+                })).collect::<Vec<_>>(),
+            },
+        },
+        "targets": targets,
+        "notes": r.notes,
+    })
+}
