@@ -1,22 +1,23 @@
 //! Endpoint rewriting for the TC programs, through the kernel's checksum helpers.
 //!
-//! The helpers see the skb, so they also get CHECKSUM_PARTIAL packets right
-//! (from the local stack, veth peers or GSO): for those only the
-//! pseudo-header part of the transport checksum changes. The address
-//! difference is computed once and applied to the IPv4 header and, as a
-//! pseudo-header change, to TCP/UDP; the port change goes to TCP/UDP only.
+//! The transport checksum goes through the kernel's helper, which sees the
+//! skb and so also gets CHECKSUM_PARTIAL packets right (from the local
+//! stack, veth peers or GSO): for those only the pseudo-header part changes.
+//! The address difference is computed once and applied to TCP/UDP as a
+//! pseudo-header change and to the IPv4 header checksum; the port change
+//! goes to TCP/UDP only.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
 use nat_common::{
-    csum::diff32,
+    csum::{apply, diff32},
     flow::PROTO_UDP,
     headers::{ETH_HLEN, off},
 };
 
-use crate::packet::{Drop, L4Fields};
+use crate::packet::{Drop, L4Fields, pinned_ptr_at, ptr_at};
 
 /// Which end of the packet is rewritten.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,27 +47,27 @@ pub fn rewrite_endpoint(
         Side::Source => (ETH_HLEN + off::IP_SADDR, l4_at + off::L4_SPORT),
         Side::Destination => (ETH_HLEN + off::IP_DADDR, l4_at + off::L4_DPORT),
     };
-    let addr_diff = diff32(old.addr, new.addr) as u64;
+    let addr_diff = diff32(old.addr, new.addr);
     // A zero UDP checksum means "none" and must stay zero.
-    let zero_ok = if proto == PROTO_UDP {
-        BPF_F_MARK_MANGLED_0 as u64
-    } else {
-        0
-    };
-    ctx.l3_csum_replace(ETH_HLEN + off::IP_CHECK, 0, addr_diff, 0)
+    let zero_ok = if proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    // Only the transport checksum needs the skb-aware helper.
+    ctx.l4_csum_replace(l4.check_off, 0, addr_diff as u64, BPF_F_PSEUDO_HDR as u64 | zero_ok)
         .map_err(|_| Drop::Rewrite)?;
-    ctx.l4_csum_replace(
-        l4.check_off,
-        0,
-        addr_diff,
-        BPF_F_PSEUDO_HDR as u64 | zero_ok,
-    )
-    .map_err(|_| Drop::Rewrite)?;
     ctx.l4_csum_replace(l4.check_off, old.port as u64, new.port as u64, 2 | zero_ok)
         .map_err(|_| Drop::Rewrite)?;
-    ctx.store(addr_off, &new.addr, 0)
-        .map_err(|_| Drop::Rewrite)?;
-    ctx.store(port_off, &new.port, 0)
-        .map_err(|_| Drop::Rewrite)?;
+    // The IPv4 header checksum is never offloaded, and an address changed
+    // together with its checksum leaves the packet's sum as it was (so a
+    // CHECKSUM_COMPLETE value stays right): plain writes, no more helpers.
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let check = ptr_at::<u16>(data, end, ETH_HLEN + off::IP_CHECK)?;
+    let addr = ptr_at::<u32>(data, end, addr_off)?;
+    let port = pinned_ptr_at::<u16>(data, end, port_off)?;
+    // SAFETY: all three pointers were bounds-checked after the last helper call.
+    unsafe {
+        let c = core::ptr::read_unaligned(check);
+        core::ptr::write_unaligned(check, apply(c, addr_diff));
+        core::ptr::write_unaligned(addr, new.addr);
+        core::ptr::write_unaligned(port, new.port);
+    }
     Ok(())
 }
