@@ -49,10 +49,19 @@ pub fn rewrite_endpoint(
     };
     let addr_diff = diff32(old.addr, new.addr);
     // A zero UDP checksum means "none" and must stay zero.
-    let zero_ok = if proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let zero_ok = if proto == PROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
     // Only the transport checksum needs the skb-aware helper.
-    ctx.l4_csum_replace(l4.check_off, 0, addr_diff as u64, BPF_F_PSEUDO_HDR as u64 | zero_ok)
-        .map_err(|_| Drop::Rewrite)?;
+    ctx.l4_csum_replace(
+        l4.check_off,
+        0,
+        addr_diff as u64,
+        BPF_F_PSEUDO_HDR as u64 | zero_ok,
+    )
+    .map_err(|_| Drop::Rewrite)?;
     ctx.l4_csum_replace(l4.check_off, old.port as u64, new.port as u64, 2 | zero_ok)
         .map_err(|_| Drop::Rewrite)?;
     // The IPv4 header checksum is never offloaded, and an address changed
