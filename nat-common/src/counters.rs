@@ -42,7 +42,7 @@ counters! {
     NoSession = "drop_no_session": "internal TCP segments without SYN and without a session, dropped",
     AllocFail = "drop_alloc_failed": "new flows for which no external port was free, dropped",
     Malformed = "drop_malformed": "packets with truncated or inconsistent headers, dropped",
-    Unsupported = "drop_unsupported": "internal packets of a protocol not translated (not TCP/UDP), dropped",
+    Unsupported = "drop_unsupported": "internal packets the NAT does not translate (not TCP, UDP, ICMP echo or ICMP error), dropped",
     FragUnknown = "fragment_unknown": "later fragments whose first fragment was not seen (from inside dropped, from outside passed)",
     CsumError = "drop_rewrite_error": "packets the kernel refused to rewrite, dropped",
     InsertRace = "insert_race": "new flows whose session another CPU created first (its entry is used)",

@@ -76,6 +76,8 @@ fn bad_load_flags() {
     check(&[], &["--ports", "100"], "not a port range");
     check(&[], &["--xdp-mode", "hw"], "--xdp-mode");
     check(&[], &["--max-sessions", "5"], "--max-sessions");
+    check(&[], &["--timeout-udp", "3 weeks"], "--timeout-udp");
+    check(&[], &["--cooldown", "100000001"], "--cooldown");
     check(
         &[("--external", "10.0.0.1")],
         &[],

@@ -64,23 +64,3 @@ fn idle_udp_sessions_are_reaped() {
     .expect("after reaping");
     assert_eq!(sessions(&topo).len(), 1);
 }
-
-#[test]
-fn bad_timeout_is_refused() {
-    let out = std::process::Command::new(nat_tests::nat_bin())
-        .args([
-            "load",
-            "--iface",
-            "lo",
-            "--external",
-            "192.0.2.1",
-            "--internal",
-            "10.0.0.0/8",
-            "--timeout-udp",
-            "3 weeks",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout-udp"));
-}

@@ -188,50 +188,23 @@ fn internal_segment_without_session_is_dropped() {
     let topo = Topology::new("nosess", TopologyOpts::default());
     let _nat = NatProcess::start(&topo, &["--ports", PORTS]);
     let before = counter(&stats(&topo), "drop_no_session");
+    // The client's primary address, 10.200.1.2, is the source the kernel picks.
     nat_tests::run_in_ns(topo.ns_name(Side::Client), || {
-        send_raw_tcp(CLIENT_IP, SERVER_IP, 0x10 /* ACK */)
+        send_raw(libc::IPPROTO_TCP, &bare_tcp(0x10 /* ACK */), SERVER_IP)
     });
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let st = stats(&topo);
     assert_eq!(counter(&st, "drop_no_session"), before + 1, "{st}");
     assert_eq!(counter(&st, "translated_out"), 0);
     assert!(sessions(&topo).is_empty());
 }
 
-/// Sends one bare TCP segment through a raw socket (the kernel adds the IP header).
-fn send_raw_tcp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, flags: u8) {
-    // SAFETY: plain libc socket calls on a buffer we own; the fd is closed below.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let mut local: libc::sockaddr_in = std::mem::zeroed();
-        local.sin_family = libc::AF_INET as u16;
-        local.sin_addr.s_addr = u32::from(src).to_be();
-        assert_eq!(
-            libc::bind(
-                fd,
-                &local as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_in>() as u32
-            ),
-            0
-        );
-        let mut seg = [0u8; 20];
-        seg[0..2].copy_from_slice(&40000u16.to_be_bytes());
-        seg[2..4].copy_from_slice(&8080u16.to_be_bytes());
-        seg[12] = 5 << 4;
-        seg[13] = flags;
-        let mut to: libc::sockaddr_in = std::mem::zeroed();
-        to.sin_family = libc::AF_INET as u16;
-        to.sin_addr.s_addr = u32::from(dst).to_be();
-        let sent = libc::sendto(
-            fd,
-            seg.as_ptr().cast(),
-            seg.len(),
-            0,
-            &to as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(sent, 20, "sendto: {}", std::io::Error::last_os_error());
-        libc::close(fd);
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+/// A bare 20-byte TCP header from port 40000 to 8080 with `flags`.
+fn bare_tcp(flags: u8) -> [u8; 20] {
+    let mut seg = [0u8; 20];
+    seg[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    seg[2..4].copy_from_slice(&8080u16.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = flags;
+    seg
 }
