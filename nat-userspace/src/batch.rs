@@ -113,3 +113,45 @@ pub fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> io::Resu
     }
     Ok(())
 }
+
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Deletes `keys` in chunks; keys already gone are skipped, not an error.
+/// Returns how many were deleted.
+pub fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<usize> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(CHUNK)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: the kernel reads `count` keys from a live buffer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let done = (attr.count as usize).min(chunk.len());
+        deleted += done;
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+            // The key at `done` was deleted meanwhile (by the datapath or a
+            // race): step over it and carry on.
+            rest = &rest[(done + 1).min(rest.len())..];
+        } else {
+            rest = &rest[chunk.len()..];
+        }
+    }
+    Ok(deleted)
+}

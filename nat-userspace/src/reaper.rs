@@ -11,7 +11,16 @@ use nat_common::{
     tcp_state::{CloseKind, cooldown_ms, expiry_kind, idle_timeout_ms},
 };
 
-use crate::tables::{SessionView, Tables};
+use aya::maps::IterableMap as _;
+use nat_common::{
+    flow::{PROTO_TCP, seen},
+    tcp_state::State,
+};
+
+use crate::{
+    batch,
+    tables::{SessionView, Tables},
+};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Sweep {
@@ -41,9 +50,28 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
         + TOUCH_GRANULARITY_NS;
     let fwd = tables.forward_entries()?;
     report.scanned = fwd.len();
+    // Closed and reset sessions, the bulk of the churn, are deleted in
+    // batches: their cooldown was started by the datapath at the close, and
+    // a late packet on one only opens a new mapping, so they need no re-read.
+    let (mut closed_fwd, mut closed_rev) = (Vec::new(), Vec::new());
     for (key, f) in fwd {
         if now.saturating_sub(f.last_seen) <= shortest {
             continue;
+        }
+        if key.proto == PROTO_TCP
+            && f.seen & (seen::FIN | seen::RST) != 0
+            && now.saturating_sub(f.last_seen)
+                > cfg.timeout_tcp_closed_ms * 1_000_000 + TOUCH_GRANULARITY_NS
+        {
+            let rev_key = key.translated(f.addr, f.port);
+            if let Ok(rev) = tables.rev.get(&rev_key, 0) {
+                let s = SessionView::new(&key, &f, Some(&rev));
+                if matches!(s.state, State::Closed | State::Reset) && expired(&s, now, &cfg) {
+                    closed_fwd.push(key);
+                    closed_rev.push(rev_key);
+                    continue;
+                }
+            }
         }
         // Read both entries now: a packet may have refreshed them since the scan.
         let Ok(fwd) = tables.fwd.get(&key, 0) else {
@@ -72,6 +100,10 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
         let _ = tables.rev.remove(&rev_key);
         report.expired += 1;
     }
+    // Forward entries first, as for single sessions.
+    report.expired += batch::delete_all(tables.fwd.map(), &closed_fwd)
+        .context("cannot delete closed sessions")?;
+    batch::delete_all(tables.rev.map(), &closed_rev).context("cannot delete closed sessions")?;
 
     let ended: Vec<_> = tables
         .cooldown_entries()?
