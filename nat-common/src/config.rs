@@ -25,6 +25,30 @@ pub mod policy {
     pub const STRICT: u32 = 1;
 }
 
+/// What happens to a TCP SYN for which no port can be allocated.
+pub mod exhaustion {
+    /// Dropped; the client retransmits and may get a port later.
+    pub const DROP: u32 = 0;
+    /// Dropped, and the client is sent ICMP destination unreachable,
+    /// communication administratively prohibited, so it fails fast (RFC 5508 REQ-8).
+    pub const REJECT: u32 = 1;
+}
+
+/// Bytes of the refused packet an ICMP error quotes: its IPv4 header (with
+/// options, at most 60) and the first 8 bytes of its TCP header.
+pub const REJECT_QUOTE: usize = 68;
+
+/// A refused SYN, handed to user space to answer (building an ICMP error in
+/// place from a possibly CHECKSUM_PARTIAL skb is not safe in the datapath).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RejectEvent {
+    /// Valid bytes of `quote`.
+    pub len: u32,
+    pub _pad: u32,
+    pub quote: [u8; REJECT_QUOTE],
+}
+
 /// Live settings; the CLI rewrites index 0 of the config map while traffic flows.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +59,8 @@ pub struct Config {
     pub policy: u32,
     /// 0: a port is reusable as soon as its session ends.
     pub cooldown_enabled: u32,
-    pub _pad: u32,
+    /// One of [`exhaustion`]: what a TCP SYN that gets no port receives.
+    pub on_exhaustion: u32,
     /// After the external side closed first, both closed at once, or an idle expiry.
     pub cooldown_ms: u64,
     /// After the internal side closed first (the server ends in CLOSED).
@@ -61,7 +86,7 @@ impl Default for Config {
             pool_len: 0,
             policy: policy::FALLBACK,
             cooldown_enabled: 1,
-            _pad: 0,
+            on_exhaustion: exhaustion::DROP,
             cooldown_ms: 240_000,
             cooldown_local_close_ms: 15_000,
             cooldown_rst_ms: 15_000,

@@ -36,6 +36,7 @@ counters! {
     Fallback = "alloc_fallback": "allocations that took a cooling port because none was free (policy fallback)",
     Spill = "alloc_other_address": "allocations on another external address because the host's own had no free port",
     StrictDrop = "drop_strict_cooling": "new flows dropped because every free port was cooling (policy strict)",
+    Rejected = "rejected": "new TCP flows refused with ICMP administratively prohibited (on-exhaustion reject)",
     Collision = "collisions": "translated SYNs answered with something other than SYN-ACK (a remote still holding the old connection)",
     Reopened = "sessions_reopened": "closed or reset sessions reopened by a new SYN on the same mapping",
     CooldownFull = "cooldown_map_full": "cooldowns that could not be recorded because the cooldown map was full",

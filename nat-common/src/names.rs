@@ -21,6 +21,8 @@ pub const MAP_COOLDOWN: &str = "NAT_COOLDOWN";
 pub const MAP_PROBES: &str = "NAT_PROBES";
 /// Fragments of datagrams whose first fragment was translated: [`crate::flow::FragKey`] -> new address.
 pub const MAP_FRAGS: &str = "NAT_FRAGS";
+/// Ring buffer of refused SYNs ([`crate::config::RejectEvent`]) for the daemon to answer.
+pub const MAP_REJECTS: &str = "NAT_REJECTS";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
 

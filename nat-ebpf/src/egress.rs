@@ -14,6 +14,7 @@ use crate::{
     packet::{
         Drop, HEADERS_MAX, ICMP_HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, tc_action, touch,
     },
+    reject,
     tc_rewrite::{Endpoint, Side, rewrite_endpoint},
     track,
 };
@@ -110,7 +111,15 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
             if ip.proto == PROTO_TCP && l4.tcp_flags & mask != opening {
                 return Err(Drop::NoSession);
             }
-            allocate(&key, l4.tcp_flags, now)?
+            match allocate(&key, l4.tcp_flags, now) {
+                Ok(session) => session,
+                Err(drop) => {
+                    if ip.proto == PROTO_TCP {
+                        reject::refuse(ctx, meta.hdr_len);
+                    }
+                    return Err(drop);
+                }
+            }
         }
     };
     let old = Endpoint {

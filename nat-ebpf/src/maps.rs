@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
@@ -29,6 +29,9 @@ pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BU
 
 #[map(name = "NAT_FRAGS")]
 pub static NAT_FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+#[map(name = "NAT_REJECTS")]
+pub static NAT_REJECTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 #[map(name = "NAT_CONFIG")]
 pub static NAT_CONFIG: Array<Config> = Array::with_max_entries(1, 0);

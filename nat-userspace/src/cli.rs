@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Attach to an interface, pin the maps and run until SIGINT or SIGTERM.
-    Load(LoadArgs),
+    Load(Box<LoadArgs>),
     /// Detach and remove the pins of an instance (for one that crashed or was killed).
     Unload {
         #[arg(long, value_name = "IFACE")]
@@ -106,6 +106,8 @@ pub struct SettingFlags {
     pub cooldown_enabled: Option<u64>,
     #[arg(long, value_name = "strict|fallback", value_parser = crate::settings::flag_parser("policy"))]
     pub policy: Option<u64>,
+    #[arg(long, value_name = "drop|reject", value_parser = crate::settings::flag_parser("on-exhaustion"))]
+    pub on_exhaustion: Option<u64>,
     #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-established"))]
     pub timeout_tcp_established: Option<u64>,
     #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-transitory"))]
@@ -120,7 +122,7 @@ pub struct SettingFlags {
 
 impl SettingFlags {
     /// (setting name, value given) for every flag, in the settings table's order.
-    pub fn given(&self) -> [(&'static str, Option<u64>); 11] {
+    pub fn given(&self) -> [(&'static str, Option<u64>); 12] {
         [
             ("cooldown", self.cooldown),
             ("cooldown-local-close", self.cooldown_local_close),
@@ -128,6 +130,7 @@ impl SettingFlags {
             ("cooldown-udp", self.cooldown_udp),
             ("cooldown-enabled", self.cooldown_enabled),
             ("policy", self.policy),
+            ("on-exhaustion", self.on_exhaustion),
             ("timeout-tcp-established", self.timeout_tcp_established),
             ("timeout-tcp-transitory", self.timeout_tcp_transitory),
             ("timeout-tcp-closed", self.timeout_tcp_closed),

@@ -22,8 +22,8 @@ use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     names::{
         GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FRAGS, MAP_FWD,
-        MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, PROG_EGRESS, PROG_INGRESS,
-        PROG_INGRESS_TC,
+        MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REJECTS, MAP_REV, MAP_STATS, PROG_EGRESS,
+        PROG_INGRESS, PROG_INGRESS_TC,
     },
     probe::{span, stride_for},
 };
@@ -33,7 +33,7 @@ use crate::{
     cli::{Cidr, IngressArg, LoadArgs, PortRange, XdpModeArg},
     pidfile, pins,
     pins::PinDir,
-    reaper, settings,
+    reaper, reject, settings,
     tables::{Tables, boot_ns},
 };
 
@@ -128,6 +128,10 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     pidfile::write(netns, &args.iface)?;
 
     let mut tables = Tables::from_ebpf(&mut ebpf)?;
+    let _responder = reject::spawn(
+        ebpf.take_map(MAP_REJECTS)
+            .context("map NAT_REJECTS missing from the object")?,
+    )?;
     let external: Vec<String> = args.external.iter().map(Ipv4Addr::to_string).collect();
     let mut stdout = std::io::stdout();
     writeln!(

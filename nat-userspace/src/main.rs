@@ -9,6 +9,7 @@ mod pidfile;
 mod pins;
 mod reaper;
 mod reaper_bench;
+mod reject;
 mod settings;
 mod show;
 mod tables;
@@ -64,7 +65,7 @@ fn run(cli: Cli) -> Result<()> {
             .enable_all()
             .build()
             .context("cannot start the runtime")?
-            .block_on(load::run(args, netns)),
+            .block_on(load::run(*args, netns)),
         Command::Unload { iface } => unload::run(netns, &iface),
         Command::Sessions(args) => show::sessions(&open(netns, args.iface.as_deref())?, args.json),
         Command::Stats(args) => show::stats(&open(netns, args.iface.as_deref())?, args.json),

@@ -1,7 +1,7 @@
 //! Live settings: one table shared by the `nat load` flags and `nat set`/`nat get`,
 //! so a name parses and validates the same way everywhere.
 
-use nat_common::config::{Config, policy};
+use nat_common::config::{Config, exhaustion, policy};
 
 use crate::cli::{MAX_DURATION_MS, parse_duration_ms};
 
@@ -13,6 +13,7 @@ enum Kind {
     },
     OnOff,
     Policy,
+    Exhaustion,
 }
 
 pub struct Setting {
@@ -88,6 +89,12 @@ pub const SETTINGS: &[Setting] = &[
         field!(policy),
     ),
     setting(
+        "on-exhaustion",
+        "a TCP SYN that gets no port: drop it (the client retries), or reject it with ICMP administratively prohibited (it fails fast)",
+        Kind::Exhaustion,
+        field!(on_exhaustion),
+    ),
+    setting(
         "timeout-tcp-established",
         "idle timeout of established TCP sessions",
         Kind::Duration { min: 1000 },
@@ -146,6 +153,11 @@ impl Setting {
                 "off" | "false" | "0" => Ok(0),
                 _ => Err(format!("{}: '{value}' is not on or off", self.name)),
             },
+            Kind::Exhaustion => match v {
+                "drop" => Ok(exhaustion::DROP as u64),
+                "reject" => Ok(exhaustion::REJECT as u64),
+                _ => Err(format!("{}: '{value}' is not drop or reject", self.name)),
+            },
             Kind::Policy => match v {
                 "fallback" => Ok(policy::FALLBACK as u64),
                 "strict" => Ok(policy::STRICT as u64),
@@ -175,6 +187,12 @@ impl Setting {
                 "strict"
             } else {
                 "fallback"
+            }
+            .to_owned(),
+            Kind::Exhaustion => if v == exhaustion::REJECT as u64 {
+                "reject"
+            } else {
+                "drop"
             }
             .to_owned(),
         }

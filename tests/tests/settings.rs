@@ -186,6 +186,7 @@ fn get_shows_load_flags_and_bad_sets_change_nothing() {
         ("cooldown-udp", 1500.into()),
         ("cooldown-enabled", "on".into()),
         ("policy", "fallback".into()),
+        ("on-exhaustion", "drop".into()),
         ("timeout-tcp-established", 7_440_000.into()),
         ("timeout-tcp-transitory", 240_000.into()),
         ("timeout-tcp-closed", 10_000.into()),
