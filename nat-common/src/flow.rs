@@ -89,5 +89,21 @@ pub struct FragKey {
     pub dir: u8,
 }
 
+/// Where the fragments of a datagram go, and since when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// The translated address (network byte order).
+    pub addr: u32,
+    pub _pad: u32,
+    /// Boot-clock ns when the first fragment was translated.
+    pub at: u64,
+}
+
+/// Fragments of one datagram arrive within this long of each other (Linux
+/// gives up reassembly after 30 s, net.ipv4.ipfrag_time); an older entry is
+/// a previous datagram that happened to have the same IP id.
+pub const FRAG_TTL_NS: u64 = 30_000_000_000;
+
 pub const FRAG_OUT: u8 = 0;
 pub const FRAG_IN: u8 = 1;

@@ -64,9 +64,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
         return Ok(Counter::XlateOut);
     }
     if ip.proto == PROTO_ICMP {
-        if !is_internal(ip.saddr) {
-            return Ok(Counter::NotOursOut);
-        }
+        let inside = is_internal(ip.saddr);
         let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
         let done = icmp::translate(
             data,
@@ -75,6 +73,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
             &ip,
             ETH_HLEN + meta.hdr_len,
             icmp::Dir::Out,
+            inside,
             now_ns(),
         )?;
         if meta.fragment {

@@ -1,17 +1,17 @@
 //! Fragments after the first carry no transport header: they follow the
-//! translation their first fragment got, recorded here for a few seconds
+//! translation their first fragment got, recorded here for 30 seconds
 //! (an LRU map: an entry lost under pressure costs one datagram, never a
 //! session).
 
 use nat_common::{
     csum::{apply, diff32},
-    flow::FragKey,
+    flow::{FRAG_TTL_NS, FragEntry, FragKey},
     headers::off,
 };
 
 use crate::{
     maps::NAT_FRAGS,
-    packet::{Drop, Ipv4Fields, ptr_at},
+    packet::{Drop, Ipv4Fields, now_ns, ptr_at},
 };
 
 #[inline(always)]
@@ -28,14 +28,20 @@ fn key(ip: &Ipv4Fields, dir: u8) -> FragKey {
 /// Records the address the first fragment of `ip`'s datagram was given.
 #[inline(always)]
 pub fn remember(ip: &Ipv4Fields, dir: u8, new_addr: u32) {
-    let _ = NAT_FRAGS.insert(&key(ip, dir), &new_addr, 0);
+    let entry = FragEntry {
+        addr: new_addr,
+        _pad: 0,
+        at: now_ns(),
+    };
+    let _ = NAT_FRAGS.insert(&key(ip, dir), &entry, 0);
 }
 
 /// The address a later fragment of `ip`'s datagram must get.
 #[inline(always)]
 pub fn lookup(ip: &Ipv4Fields, dir: u8) -> Option<u32> {
     // SAFETY: read-only copy of a map value.
-    unsafe { NAT_FRAGS.get(&key(ip, dir)) }.copied()
+    let entry = unsafe { NAT_FRAGS.get(&key(ip, dir)) }.copied()?;
+    (now_ns().wrapping_sub(entry.at) < FRAG_TTL_NS).then_some(entry.addr)
 }
 
 /// Rewrites the IPv4 source or destination at `l3` (no transport header to fix).

@@ -46,7 +46,10 @@ fn write32(data: usize, end: usize, at: usize, v: u32) -> Result<(), Drop> {
 }
 
 /// Translates an ICMP packet whose IPv4 header starts at `l3` and whose ICMP
-/// header starts at `l4`. Returns the counter of what happened.
+/// header starts at `l4`. `inside`: on egress, whether the source is an
+/// internal host (errors from elsewhere, such as the NAT host's own about a
+/// translated inbound packet, are translated too when they match, and passed
+/// when they do not). Returns the counter of what happened.
 #[inline(always)]
 pub fn translate(
     data: usize,
@@ -55,13 +58,21 @@ pub fn translate(
     ip: &Ipv4Fields,
     l4: usize,
     dir: Dir,
+    inside: bool,
     now: u64,
 ) -> Result<Counter, Drop> {
     let kind = read::<u8>(data, end, l4 + off::ICMP_TYPE)?;
     let check_at = l4 + off::ICMP_CHECK;
     read::<[u8; ICMP_HLEN]>(data, end, l4)?;
     if icmp_type::is_error(kind) {
-        return error(data, end, l3, ip, l4, dir);
+        return match error(data, end, l3, ip, l4, dir)? {
+            Counter::IcmpUnmatched if dir == Dir::Out && !inside => Ok(Counter::NotOursOut),
+            Counter::IcmpUnmatched if dir == Dir::Out => Err(Drop::IcmpUnmatched),
+            done => Ok(done),
+        };
+    }
+    if dir == Dir::Out && !inside {
+        return Ok(Counter::NotOursOut);
     }
     let id = read::<u16>(data, end, l4 + off::ICMP_ID)?;
     let (old_addr, to, addr_at) = match (dir, kind) {
@@ -128,12 +139,16 @@ fn error(
         id: 0,
         proto: read::<u8>(data, end, inner + off::IP_PROTO)?,
         tot_len: u16::from_be(read::<u16>(data, end, inner + off::IP_TOT_LEN)?),
-        frag: 0,
+        frag: u16::from_be(read::<u16>(data, end, inner + off::IP_FRAG)?),
         saddr: read::<u32>(data, end, inner + off::IP_SADDR)?,
         daddr: read::<u32>(data, end, inner + off::IP_DADDR)?,
     };
     // The embedded datagram is cut short by design: only its header must be whole.
-    let meta = check_ipv4(iip.ver_ihl, iip.tot_len, 0, iip.proto, usize::MAX)?;
+    let meta = check_ipv4(iip.ver_ihl, iip.tot_len, iip.frag, iip.proto, usize::MAX)?;
+    if meta.later_fragment {
+        // Quoted bytes after the IP header are payload, not ports.
+        return unmatched(dir);
+    }
     let il4 = inner + meta.hdr_len;
     let (port_at, check_at) = match iip.proto {
         PROTO_TCP => (
@@ -187,14 +202,13 @@ fn error(
     };
     // SAFETY: live map value.
     let to: Session = unsafe { *entry };
-    let outer_is_peer = match dir {
-        Dir::In => ip.daddr == old_addr,
-        Dir::Out => ip.saddr == old_addr,
-    };
-    if !outer_is_peer {
+    if dir == Dir::In && ip.daddr != old_addr {
         // An error about our flow addressed elsewhere: not ours to rewrite.
         return unmatched(dir);
     }
+    // Outbound, the error may come from the host itself or from a router on
+    // the inside: either way it leaves from the session's external address.
+    let outer_old = if dir == Dir::In { ip.daddr } else { ip.saddr };
 
     let addr_diff = diff32(old_addr, to.addr);
     let port_diff = diff16(old_port, to.port);
@@ -236,7 +250,12 @@ fn error(
         apply(icmp_check, icmp_diff),
     )?;
     let ip_check = read::<u16>(data, end, l3 + off::IP_CHECK)?;
-    write16(data, end, l3 + off::IP_CHECK, apply(ip_check, addr_diff))?;
+    write16(
+        data,
+        end,
+        l3 + off::IP_CHECK,
+        apply(ip_check, diff32(outer_old, to.addr)),
+    )?;
     let outer_at = l3
         + if dir == Dir::In {
             off::IP_DADDR
@@ -251,12 +270,8 @@ fn error(
     })
 }
 
-/// An error about no session: from outside it may be the host's own, from
-/// inside it would leave with an internal address.
+/// An error about no session; the caller decides whether that passes.
 #[inline(always)]
-fn unmatched(dir: Dir) -> Result<Counter, Drop> {
-    match dir {
-        Dir::In => Ok(Counter::IcmpUnmatched),
-        Dir::Out => Err(Drop::IcmpUnmatched),
-    }
+fn unmatched(_dir: Dir) -> Result<Counter, Drop> {
+    Ok(Counter::IcmpUnmatched)
 }

@@ -120,7 +120,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
     let pkt = match classify(data, end, end - data - ETH_HLEN)? {
         Class::Session(pkt) => pkt,
         Class::Icmp(ip, l4_at, first_fragment) => {
-            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, now_ns())?;
+            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true, now_ns())?;
             if first_fragment && done == Counter::XlateIn {
                 remember_xdp(ctx, &ip);
             }
@@ -170,7 +170,7 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
         Class::Session(pkt) => pkt,
         Class::Icmp(ip, l4_at, first_fragment) => {
             let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
-            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, now_ns())?;
+            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true, now_ns())?;
             if first_fragment && done == Counter::XlateIn {
                 remember_first(ctx, &ip, FRAG_IN, false);
             }

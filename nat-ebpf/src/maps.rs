@@ -7,7 +7,7 @@ use aya_ebpf::{
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     counters::{COUNTER_COUNT, Counter},
-    flow::{FlowKey, FragKey, Session},
+    flow::{FlowKey, FragEntry, FragKey, Session},
     probe::PROBE_BUCKETS,
 };
 
@@ -28,7 +28,7 @@ pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * D
 pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);
 
 #[map(name = "NAT_FRAGS")]
-pub static NAT_FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(16_384, 0);
+pub static NAT_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(16_384, 0);
 
 #[map(name = "NAT_REJECTS")]
 pub static NAT_REJECTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);

@@ -30,14 +30,17 @@ pub fn egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
         if (own | other) & (seen::FIN | seen::RST) != 0 {
             // The internal socket opens the same 5-tuple again (the SYN retry
             // after a collision): keep the mapping, start the state afresh.
+            // The key's cooldown entry stays: it does no harm while the key
+            // is claimed, and it still protects the key if the reaper is
+            // removing the old session at this very moment.
             // SAFETY: live map value pointers.
             unsafe {
                 (*fwd).seen = seen::SYN;
+                (*fwd).last_seen = now;
                 if let Some(r) = rev {
                     (*r).seen = 0;
                 }
             }
-            let _ = NAT_COOLDOWN.remove(&rev_key);
             count(Counter::Reopened);
         }
         return;

@@ -27,8 +27,22 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Fails unless the map's key and value sizes are those of `K` and `V`:
+/// the kernel copies that many bytes per entry into our buffers.
+fn check_layout<K, V>(map: &MapData) -> io::Result<()> {
+    let info = map.info().map_err(io::Error::other)?;
+    if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "map layout does not match the batch types",
+        ));
+    }
+    Ok(())
+}
+
 /// Every (key, value) of a hash map whose key and value types match its layout.
 pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    check_layout::<K, V>(map)?;
     let fd = map.fd().as_fd().as_raw_fd();
     let mut out = Vec::new();
     let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(CHUNK);
@@ -62,7 +76,13 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
             )
         };
         let err = (rc < 0).then(io::Error::last_os_error);
-        let filled = attr.count as usize;
+        // Entries are valid only after success or the end-of-map ENOENT;
+        // other errors may leave `count` as it was passed in.
+        let filled = match &err {
+            None => attr.count as usize,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => attr.count as usize,
+            Some(_) => 0,
+        };
         for i in 0..filled.min(CHUNK) {
             // SAFETY: the kernel initialised the first `filled` entries.
             out.push(unsafe {
@@ -87,6 +107,7 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// Inserts or replaces `entries` in chunks of one syscall each.
 pub fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> io::Result<()> {
+    check_layout::<K, V>(map)?;
     let fd = map.fd().as_fd().as_raw_fd();
     for chunk in entries.chunks(CHUNK) {
         let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
@@ -112,46 +133,4 @@ pub fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> io::Resu
         }
     }
     Ok(())
-}
-
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-
-/// Deletes `keys` in chunks; keys already gone are skipped, not an error.
-/// Returns how many were deleted.
-pub fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<usize> {
-    let fd = map.fd().as_fd().as_raw_fd();
-    let mut deleted = 0;
-    let mut rest = keys;
-    while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(CHUNK)];
-        let mut attr = BatchAttr {
-            keys: chunk.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: fd as u32,
-            ..Default::default()
-        };
-        // SAFETY: the kernel reads `count` keys from a live buffer.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        let done = (attr.count as usize).min(chunk.len());
-        deleted += done;
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                return Err(e);
-            }
-            // The key at `done` was deleted meanwhile (by the datapath or a
-            // race): step over it and carry on.
-            rest = &rest[(done + 1).min(rest.len())..];
-        } else {
-            rest = &rest[chunk.len()..];
-        }
-    }
-    Ok(deleted)
 }

@@ -152,6 +152,10 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = tick.tick() => {
                 match reaper::sweep(&mut tables, boot_ns()) {
+                    Ok(s) if s.kept > 0 => warn!(
+                        "reaper: {} expired sessions kept: the cooldown map is full (raise --max-cooldowns)",
+                        s.kept
+                    ),
                     Ok(s) if s.expired > 0 || s.cooled > 0 => info!(
                         "reaper: {} of {} sessions expired, {} cooldowns ended",
                         s.expired, s.scanned, s.cooled

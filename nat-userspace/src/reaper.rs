@@ -5,22 +5,15 @@
 //! which keeps the external port claimed (BPF_NOEXIST) until that moment: at
 //! no point is the key both unclaimed and not cooling.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use nat_common::{
     config::{Config, TOUCH_GRANULARITY_NS},
     tcp_state::{CloseKind, cooldown_ms, expiry_kind, idle_timeout_ms},
 };
 
-use aya::maps::IterableMap as _;
-use nat_common::{
-    flow::{PROTO_TCP, seen},
-    tcp_state::State,
-};
+use log::warn;
 
-use crate::{
-    batch,
-    tables::{SessionView, Tables},
-};
+use crate::tables::{SessionView, Tables};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Sweep {
@@ -28,6 +21,8 @@ pub struct Sweep {
     pub expired: usize,
     /// Cooldown entries removed because they ended.
     pub cooled: usize,
+    /// Expired sessions kept because their cooldown could not be recorded.
+    pub kept: usize,
 }
 
 pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
@@ -48,30 +43,26 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
     .unwrap_or(0)
         * 1_000_000
         + TOUCH_GRANULARITY_NS;
+    // Ended cooldowns go first: they make room for the ones expiring
+    // sessions are about to record.
+    let ended: Vec<_> = tables
+        .cooldown_entries()?
+        .into_iter()
+        .filter(|(_, until)| *until <= now)
+        .map(|(k, _)| k)
+        .collect();
+    for key in ended {
+        // A close may have started a new cooldown on this key since the scan.
+        if tables.cooldown.get(&key, 0).is_ok_and(|until| until <= now) {
+            let _ = tables.cooldown.remove(&key);
+            report.cooled += 1;
+        }
+    }
     let fwd = tables.forward_entries()?;
     report.scanned = fwd.len();
-    // Closed and reset sessions, the bulk of the churn, are deleted in
-    // batches: their cooldown was started by the datapath at the close, and
-    // a late packet on one only opens a new mapping, so they need no re-read.
-    let (mut closed_fwd, mut closed_rev) = (Vec::new(), Vec::new());
     for (key, f) in fwd {
         if now.saturating_sub(f.last_seen) <= shortest {
             continue;
-        }
-        if key.proto == PROTO_TCP
-            && f.seen & (seen::FIN | seen::RST) != 0
-            && now.saturating_sub(f.last_seen)
-                > cfg.timeout_tcp_closed_ms * 1_000_000 + TOUCH_GRANULARITY_NS
-        {
-            let rev_key = key.translated(f.addr, f.port);
-            if let Ok(rev) = tables.rev.get(&rev_key, 0) {
-                let s = SessionView::new(&key, &f, Some(&rev));
-                if matches!(s.state, State::Closed | State::Reset) && expired(&s, now, &cfg) {
-                    closed_fwd.push(key);
-                    closed_rev.push(rev_key);
-                    continue;
-                }
-            }
         }
         // Read both entries now: a packet may have refreshed them since the scan.
         let Ok(fwd) = tables.fwd.get(&key, 0) else {
@@ -90,34 +81,25 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
             kind,
             CloseKind::ExternalFirst | CloseKind::InternalFirst | CloseKind::Reset
         );
-        if ms > 0 && !(closed && tables.cooldown.get(&rev_key, 0).is_ok()) {
-            tables
-                .cooldown
-                .insert(rev_key, now + ms * 1_000_000, 0)
-                .context("cannot record a cooldown (cooldown map full?); session kept")?;
+        if ms > 0
+            && !(closed && tables.cooldown.get(&rev_key, 0).is_ok())
+            && let Err(e) = tables.cooldown.insert(rev_key, now + ms * 1_000_000, 0)
+        {
+            // Never free a key without cooling it: keep the session (and its
+            // port) until the map has room again.
+            report.kept += 1;
+            if report.kept == 1 {
+                warn!(
+                    "reaper: cannot record a cooldown ({e}); expired sessions kept until the cooldown map has room"
+                );
+            }
+            continue;
         }
         let _ = tables.fwd.remove(&key);
         let _ = tables.rev.remove(&rev_key);
         report.expired += 1;
     }
-    // Forward entries first, as for single sessions.
-    report.expired += batch::delete_all(tables.fwd.map(), &closed_fwd)
-        .context("cannot delete closed sessions")?;
-    batch::delete_all(tables.rev.map(), &closed_rev).context("cannot delete closed sessions")?;
 
-    let ended: Vec<_> = tables
-        .cooldown_entries()?
-        .into_iter()
-        .filter(|(_, until)| *until <= now)
-        .map(|(k, _)| k)
-        .collect();
-    for key in ended {
-        // A close may have started a new cooldown on this key since the scan.
-        if tables.cooldown.get(&key, 0).is_ok_and(|until| until <= now) {
-            let _ = tables.cooldown.remove(&key);
-            report.cooled += 1;
-        }
-    }
     Ok(report)
 }
 

@@ -186,3 +186,58 @@ fn inconsistent_header_lengths_are_counted_not_translated() {
     assert_eq!(counter(&st, "translated_out"), 0, "{st}");
     assert!(sessions(&topo).is_empty());
 }
+
+/// The internal link has the smaller MTU: the NAT host itself answers the
+/// server's full-size segments with fragmentation-needed, quoting the packet
+/// it had already translated inbound. That error must leave translated (the
+/// quote back to the external address and port), or the server cannot match
+/// it and the download black-holes.
+#[test]
+fn downloads_over_a_smaller_internal_mtu_complete() {
+    use std::io::{Read, Write};
+    let topo = Topology::new("lanmtu", TopologyOpts::default());
+    ip(&format!(
+        "-n {} link set veth-in mtu 1280",
+        topo.ns_name(Side::Nat)
+    ));
+    let _nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    const SIZE: usize = 1 << 20;
+    let listener = run_in_ns(topo.ns_name(Side::Server), || {
+        std::net::TcpListener::bind((SERVER_IP, 7070)).unwrap()
+    });
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        conn.write_all(&vec![0x5a; SIZE]).unwrap();
+        peer
+    });
+    let got = run_in_ns(topo.ns_name(Side::Client), || {
+        let mut conn = std::net::TcpStream::connect_timeout(
+            &SocketAddrV4::new(SERVER_IP, 7070).into(),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = Vec::new();
+        conn.read_to_end(&mut buf)
+            .map(|_| buf.len())
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(got, Ok(SIZE), "the download must complete");
+    assert_translated(server.join().unwrap());
+    let route = Command::new("ip")
+        .args([
+            "-n",
+            topo.ns_name(Side::Server),
+            "route",
+            "get",
+            "198.18.0.1",
+        ])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains("mtu 1280"),
+        "the server did not learn the path MTU: {route}"
+    );
+}
