@@ -88,26 +88,7 @@ fn fragment_of_an_unknown_datagram_is_counted() {
 fn large_pings_are_translated() {
     let topo = Topology::new("frag-ping", TopologyOpts::default());
     let _nat = NatProcess::start(&topo, &["--ports", PORTS]);
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            topo.ns_name(Side::Client),
-            "ping",
-            "-n",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-s",
-            "4000",
-        ])
-        .arg(SERVER_IP.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = ping(&topo, SERVER_IP, &["-c", "2", "-s", "4000"]);
     assert!(text.contains("2 received"), "{text}");
     assert_eq!(counter(&stats(&topo), "fragment_unknown"), 0);
 }

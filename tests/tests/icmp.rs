@@ -54,32 +54,11 @@ fn route_beyond_server(topo: &Topology) {
     ip(&format!("-n {nat} route add 203.0.113.0/24 via 198.18.0.2"));
 }
 
-fn ping(topo: &Topology, dst: Ipv4Addr, ttl: u8) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            topo.ns_name(Side::Client),
-            "ping",
-            "-n",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-        ])
-        .args(["-t", &ttl.to_string(), &dst.to_string()])
-        .output()
-        .expect("ping runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn ping_goes_through_with_its_identifier_translated() {
     let topo = Topology::new("ping", TopologyOpts::default());
     let _nat = NatProcess::start(&topo, &["--ports", PORTS]);
-    let out = ping(&topo, SERVER_IP, 64);
+    let out = ping(&topo, SERVER_IP, &["-c", "3"]);
     assert!(out.contains("3 received"), "{out}");
     let list = sessions(&topo);
     let s = list
@@ -109,7 +88,7 @@ fn ttl_probes_get_time_exceeded_back() {
     route_beyond_server(&topo);
     let _nat = NatProcess::start(&topo, &["--ports", PORTS]);
 
-    let out = ping(&topo, BEYOND, 2);
+    let out = ping(&topo, BEYOND, &["-c", "3", "-t", "2"]);
     assert!(
         out.contains("From 198.18.0.2") && out.contains("Time to live exceeded"),
         "{out}"

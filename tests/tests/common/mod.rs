@@ -189,3 +189,25 @@ pub fn send_raw(proto: i32, bytes: &[u8], dst: Ipv4Addr) {
         libc::close(fd);
     }
 }
+
+/// Runs ping from the client namespace (0.2 s apart, 1 s wait) with `args`
+/// (count, TTL, size...) and returns what it printed.
+pub fn ping(topo: &Topology, dst: Ipv4Addr, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            topo.ns_name(Side::Client),
+            "ping",
+            "-n",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+        ])
+        .args(args)
+        .arg(dst.to_string())
+        .output()
+        .expect("ping runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
