@@ -147,7 +147,7 @@ fn error(
     let meta = check_ipv4(iip.ver_ihl, iip.tot_len, iip.frag, iip.proto, usize::MAX)?;
     if meta.later_fragment {
         // Quoted bytes after the IP header are payload, not ports.
-        return unmatched(dir);
+        return Ok(Counter::IcmpUnmatched);
     }
     let il4 = inner + meta.hdr_len;
     let (port_at, check_at) = match iip.proto {
@@ -168,7 +168,7 @@ fn error(
             off::UDP_CHECK,
         ),
         PROTO_ICMP => (off::ICMP_ID, off::ICMP_CHECK),
-        _ => return unmatched(dir),
+        _ => return Ok(Counter::IcmpUnmatched),
     };
     let sport = read::<u16>(data, end, il4 + off::L4_SPORT)?;
     let dport = read::<u16>(data, end, il4 + off::L4_DPORT)?;
@@ -190,7 +190,7 @@ fn error(
             iip.saddr,
             sport,
         ),
-        (Dir::Out, PROTO_ICMP) => return unmatched(dir),
+        (Dir::Out, PROTO_ICMP) => return Ok(Counter::IcmpUnmatched),
         (Dir::Out, proto) => (
             NAT_FWD.get_ptr(&FlowKey::new(proto, iip.daddr, dport, iip.saddr, sport)),
             iip.daddr,
@@ -198,13 +198,13 @@ fn error(
         ),
     };
     let Some(entry) = key_found else {
-        return unmatched(dir);
+        return Ok(Counter::IcmpUnmatched);
     };
     // SAFETY: live map value.
     let to: Session = unsafe { *entry };
     if dir == Dir::In && ip.daddr != old_addr {
         // An error about our flow addressed elsewhere: not ours to rewrite.
-        return unmatched(dir);
+        return Ok(Counter::IcmpUnmatched);
     }
     // Outbound, the error may come from the host itself or from a router on
     // the inside: either way it leaves from the session's external address.
@@ -268,10 +268,4 @@ fn error(
     } else {
         Counter::XlateOut
     })
-}
-
-/// An error about no session; the caller decides whether that passes.
-#[inline(always)]
-fn unmatched(_dir: Dir) -> Result<Counter, Drop> {
-    Ok(Counter::IcmpUnmatched)
 }
