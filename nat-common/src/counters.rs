@@ -30,7 +30,11 @@ macro_rules! counters {
 
 counters! {
     XlateOut = "translated_out": "egress packets translated (source rewritten)",
-    XlateIn = "translated_in": "ingress packets translated back (destination rewritten)",
+    XlateIn = "translated_in": "ingress packets translated back (destination rewritten) and handed to the stack",
+    FastOut = "fast_out": "internal packets of existing sessions translated and redirected to the external interface in XDP, past the stack",
+    FastIn = "fast_in": "replies translated back and redirected to an internal interface in XDP, past the stack",
+    FastMiss = "fast_miss": "packets on a fast-path interface left to the stack before any route lookup: no session, not TCP or UDP, a fragment, TTL 1 or malformed",
+    FastRoute = "fast_route": "session packets on an internal fast-path interface left to the stack by the route lookup: no neighbour entry yet, larger than the MTU, or routed elsewhere (replies in that case count as translated_in)",
     Opened = "sessions_opened": "new sessions created by egress (allocations)",
     CooldownSkip = "cooldown_skips": "allocation candidates skipped because their key was cooling",
     Fallback = "alloc_fallback": "allocations that took a cooling port because none was free (policy fallback)",
@@ -48,6 +52,7 @@ counters! {
     CsumError = "drop_rewrite_error": "packets the kernel refused to rewrite, dropped",
     InsertRace = "insert_race": "new flows whose session another CPU created first (its entry is used)",
     IcmpUnmatched = "icmp_error_unmatched": "ICMP errors whose embedded packet matches no session (from outside passed untouched, from inside dropped)",
+    PassExternal = "pass_external_source": "egress TCP/UDP packets from an external address, passed untouched: with --fast-path under --ingress tc, the ones the fast path translated",
     NotOursOut = "pass_not_internal": "egress packets not from an internal prefix, passed untouched",
     NotOursIn = "pass_no_session": "ingress packets matching no session, passed to the stack untouched",
     NotIpv4 = "pass_not_ipv4": "packets that are not IPv4, passed untouched",

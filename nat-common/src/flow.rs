@@ -74,6 +74,33 @@ pub struct Session {
     /// Boot-clock nanoseconds of the last packet, refreshed at most every
     /// [`crate::config::TOUCH_GRANULARITY_NS`].
     pub last_seen: u64,
+    /// Where the fast path sends this direction's packets.
+    pub hop: NextHop,
+}
+
+/// The fast path's cached route lookup for one direction of a session, so
+/// that an established flow pays for the kernel's route and neighbour lookup
+/// once per [`crate::forward::ROUTE_TTL_NS`] and not per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Boot-clock ns of the lookup this came from; 0: none yet.
+    pub checked: u64,
+    /// Interface the packets leave by.
+    pub ifindex: u32,
+    /// MTU of the route, checked against each packet.
+    pub mtu: u16,
+    /// Destination then source MAC address, as the Ethernet header has them.
+    pub macs: [u8; 12],
+    pub _pad: [u8; 6],
+}
+
+impl NextHop {
+    /// Whether the cached lookup may still be used at `now`.
+    #[inline(always)]
+    pub const fn fresh(&self, now: u64) -> bool {
+        self.checked != 0 && now.wrapping_sub(self.checked) < crate::forward::ROUTE_TTL_NS
+    }
 }
 
 /// Identifies the fragments of one IPv4 datagram crossing the NAT one way.

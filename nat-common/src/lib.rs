@@ -10,6 +10,7 @@ pub mod config;
 pub mod counters;
 pub mod csum;
 pub mod flow;
+pub mod forward;
 pub mod headers;
 pub mod names;
 pub mod probe;

@@ -23,6 +23,11 @@ pub const MAP_PROBES: &str = "NAT_PROBES";
 pub const MAP_FRAGS: &str = "NAT_FRAGS";
 /// Ring buffer of refused SYNs ([`crate::config::RejectEvent`]) for the daemon to answer.
 pub const MAP_REJECTS: &str = "NAT_REJECTS";
+/// External addresses ([`crate::config::MAX_POOL`] at most): address -> pool index.
+pub const MAP_EXT_ADDRS: &str = "NAT_EXT_ADDRS";
+/// Interfaces the XDP fast path redirects to (DEVMAP_HASH keyed by ifindex):
+/// the external interface and the internal ones given with `--fast-path`.
+pub const MAP_FAST_DEVS: &str = "NAT_FAST_DEVS";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
 
@@ -32,11 +37,20 @@ pub const PROG_INGRESS: &str = "nat_ingress";
 /// TC ingress, for external interfaces whose peer hands over CHECKSUM_PARTIAL packets.
 pub const PROG_INGRESS_TC: &str = "nat_ingress_tc";
 
+/// Fast path on the internal interfaces, XDP (with `--ingress xdp`).
+pub const PROG_FAST: &str = "nat_fast";
+/// Fast path on the internal interfaces, TC ingress (with `--ingress tc`).
+pub const PROG_FAST_TC: &str = "nat_fast_tc";
+
+/// Load-time constant: the ifindex of the external interface.
+pub const GLOBAL_EXT_IFINDEX: &str = "EXT_IFINDEX";
+/// Load-time constant: non-zero when internal interfaces have the fast path.
+pub const GLOBAL_FAST_PATH: &str = "FAST_PATH";
 /// Load-time constant: the secret that keys the port-allocation hash.
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 
 /// Layout version appended to every pinned name.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Root of everything this project pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";
@@ -44,3 +58,5 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";
 pub const LINK_EGRESS: &str = "link_egress";
 /// Pinned XDP link of the ingress program.
 pub const LINK_INGRESS: &str = "link_ingress";
+/// Pinned links of the fast path: this prefix plus the internal interface's name.
+pub const LINK_FAST_PREFIX: &str = "link_fast_";

@@ -1,8 +1,9 @@
 //! The incremental rewrite the datapath does must equal a full recompute.
 
 use nat_common::{
-    csum::{apply, apply_udp, endpoint_diff, ipv4_header_checksum, l4_checksum},
+    csum::{add, apply, apply_udp, endpoint_diff, ipv4_header_checksum, l4_checksum},
     flow::{PROTO_TCP, PROTO_UDP},
+    forward::ttl_decrement_diff,
     headers::{off, parse_ipv4},
 };
 use proptest::prelude::*;
@@ -75,6 +76,12 @@ fn field32(b: &[u8], at: usize) -> u32 {
 
 /// Rewrites the source (egress) or destination (ingress) endpoint the way the datapath does.
 fn rewrite(p: &mut Pkt, source: bool, new_addr: [u8; 4], new_port: u16) {
+    rewrite_hop(p, source, new_addr, new_port, false);
+}
+
+/// [`rewrite`], and with `forward` also the TTL decrement of the XDP fast
+/// path, folded into the same header-checksum update.
+fn rewrite_hop(p: &mut Pkt, source: bool, new_addr: [u8; 4], new_port: u16, forward: bool) {
     let proto = p.bytes[9];
     let (addr_at, port_at) = if source {
         (off::IP_SADDR, p.hdr_len)
@@ -94,8 +101,17 @@ fn rewrite(p: &mut Pkt, source: bool, new_addr: [u8; 4], new_port: u16) {
         field16(b, port_at),
         new_port.to_be(),
     );
-    let ip = apply(field16(b, off::IP_CHECK), d.l3);
+    let ttl = b[8];
+    let l3 = if forward {
+        add(d.l3, ttl_decrement_diff(ttl, proto))
+    } else {
+        d.l3
+    };
+    let ip = apply(field16(b, off::IP_CHECK), l3);
     b[off::IP_CHECK..off::IP_CHECK + 2].copy_from_slice(&ip.to_ne_bytes());
+    if forward {
+        b[8] = ttl - 1;
+    }
     let old = field16(b, check_at);
     let l4 = if proto == PROTO_UDP {
         apply_udp(old, d.l4)
@@ -139,6 +155,16 @@ fn verify(p: &Pkt) -> (bool, bool) {
     (ip_ok, l4_ok)
 }
 
+/// Sets the TTL and recomputes the header checksum from scratch.
+fn set_ttl(p: &mut Pkt, ttl: u8) {
+    let b = &mut p.bytes;
+    b[8] = ttl;
+    b[off::IP_CHECK] = 0;
+    b[off::IP_CHECK + 1] = 0;
+    let ck = ipv4_header_checksum(&b[..p.hdr_len]);
+    b[off::IP_CHECK..off::IP_CHECK + 2].copy_from_slice(&ck.to_ne_bytes());
+}
+
 fn options() -> impl Strategy<Value = Vec<u8>> {
     (0usize..=10).prop_flat_map(|words| proptest::collection::vec(any::<u8>(), words * 4))
 }
@@ -167,6 +193,26 @@ proptest! {
         } else {
             prop_assert_eq!(parsed.dport, new_port);
         }
+    }
+
+    #[test]
+    fn forwarded_rewrite_equals_full_recompute(
+        tcp in any::<bool>(),
+        src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+        sport in any::<u16>(), dport in any::<u16>(),
+        opts in options(),
+        ttl in 2u8..=255,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        source in any::<bool>(),
+        new_addr in any::<[u8; 4]>(), new_port in any::<u16>(),
+    ) {
+        let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
+        let mut p = build(proto, (src, sport, dst, dport), &opts, &payload, false);
+        set_ttl(&mut p, ttl);
+        prop_assert_eq!(verify(&p), (true, true));
+        rewrite_hop(&mut p, source, new_addr, new_port, true);
+        prop_assert_eq!(verify(&p), (true, true));
+        prop_assert_eq!(p.bytes[8], ttl - 1);
     }
 
     #[test]

@@ -16,14 +16,14 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
-    flow::{FlowKey, Session},
+    flow::{FlowKey, NextHop, Session},
     probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, walk},
     tcp_state::seen_bits,
 };
 
 use crate::{
     maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, count, hash_seed},
-    packet::Drop,
+    packet::{Drop, Endpoint},
 };
 
 const FOUND_NONE: u32 = 0;
@@ -45,7 +45,7 @@ struct Probe {
     found: u32,
     /// 1-based index of the candidate that was claimed.
     probes: u32,
-    session: Session,
+    session: Endpoint,
     /// The probed candidate, not live, whose cooldown ends soonest (0: none).
     best_port: u16,
     best_addr: u32,
@@ -105,39 +105,41 @@ extern "C" fn probe_step(i: u64, ctx: *mut c_void) -> i64 {
 }
 
 enum Claim {
-    Won(Session),
+    Won(Endpoint),
     /// Another CPU created this very flow meanwhile.
-    Lost(Session),
+    Lost(Endpoint),
     Taken,
 }
 
 #[inline(always)]
 fn claim(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> Result<Claim, Drop> {
     let rev_key = fwd.translated(ext_addr, port);
-    let rev = Session {
+    // One entry on the stack, filled for each direction in turn: the frame
+    // of nat_egress has no room for two.
+    let mut entry = Session {
         addr: fwd.saddr,
         port: fwd.sport,
         seen: 0,
         _pad: 0,
         last_seen: now,
+        hop: NextHop::default(),
     };
-    if NAT_REV.insert(&rev_key, &rev, BPF_NOEXIST as u64).is_err() {
+    if NAT_REV
+        .insert(&rev_key, &entry, BPF_NOEXIST as u64)
+        .is_err()
+    {
         return Ok(Claim::Taken);
     }
-    let out = Session {
-        addr: ext_addr,
-        port,
-        seen: seen_bits(tcp_flags),
-        _pad: 0,
-        last_seen: now,
-    };
-    if NAT_FWD.insert(fwd, &out, BPF_NOEXIST as u64).is_ok() {
-        return Ok(Claim::Won(out));
+    entry.addr = ext_addr;
+    entry.port = port;
+    entry.seen = seen_bits(tcp_flags);
+    if NAT_FWD.insert(fwd, &entry, BPF_NOEXIST as u64).is_ok() {
+        return Ok(Claim::Won(Endpoint::of(&entry)));
     }
     let _ = NAT_REV.remove(&rev_key);
     // SAFETY: read-only copy of a map value.
     match unsafe { NAT_FWD.get(fwd) } {
-        Some(winner) => Ok(Claim::Lost(*winner)),
+        Some(winner) => Ok(Claim::Lost(Endpoint::of(winner))),
         None => Err(Drop::AllocFail),
     }
 }
@@ -149,7 +151,7 @@ fn probe_address(
     pool_idx: u32,
     probes: u32,
     preserve: bool,
-) -> Result<Option<Session>, Drop> {
+) -> Result<Option<Endpoint>, Drop> {
     let pool = NAT_POOL.get(pool_idx).ok_or(Drop::AllocFail)?;
     if pool.step == 0 {
         return Err(Drop::AllocFail);
@@ -197,7 +199,7 @@ fn histogram(bucket: u32) {
 
 /// Finds an external address and port for `fwd` and inserts the session pair.
 #[inline(always)]
-pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Session, Drop> {
+pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop> {
     let cfg: &Config = NAT_CONFIG.get(0).ok_or(Drop::AllocFail)?;
     let pool_len = cfg.pool_len;
     if pool_len == 0 || pool_len > MAX_POOL {
@@ -214,7 +216,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Session, Drop>
         cooling: cfg.cooldown_enabled,
         found: FOUND_NONE,
         probes: 0,
-        session: Session::default(),
+        session: Endpoint::default(),
         best_port: 0,
         best_addr: 0,
         best_until: u64::MAX,

@@ -10,12 +10,13 @@ use nat_common::{
 use crate::{
     alloc::allocate,
     frag, icmp,
-    maps::{NAT_FWD, is_internal},
+    maps::{NAT_FWD, fast_path, is_external, is_internal},
     packet::{
-        Drop, HEADERS_MAX, ICMP_HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read, tc_action, touch,
+        Drop, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read,
+        tc_action, touch,
     },
     reject,
-    tc_rewrite::{Endpoint, Side, rewrite_endpoint},
+    tc_rewrite::{Side, rewrite_endpoint},
     track,
 };
 
@@ -84,6 +85,12 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return refuse(Drop::Unsupported);
     }
+    // What the TC fast path sends here is translated already. No session
+    // has an external source, so nothing else is skipped by this (ICMP,
+    // whose quotes may still need translating, was handled above).
+    if fast_path() && is_external(ip.saddr) {
+        return Ok(Counter::PassExternal);
+    }
     let l4_at = ETH_HLEN + meta.hdr_len;
     let l4 = match l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), !meta.fragment) {
         Ok(l4) => l4,
@@ -99,7 +106,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
                 track::egress(&key, entry, l4.tcp_flags, now);
             }
             // SAFETY: live map value from the lookup above.
-            unsafe { *entry }
+            Endpoint::of(unsafe { &*entry })
         }
         None => {
             if !is_internal(ip.saddr) {
@@ -125,10 +132,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
         addr: ip.saddr,
         port: l4.sport,
     };
-    let new = Endpoint {
-        addr: session.addr,
-        port: session.port,
-    };
+    let new = session;
     rewrite_endpoint(ctx, &l4, ip.proto, Side::Source, l4_at, old, new)?;
     if meta.fragment {
         frag::remember(&ip, FRAG_OUT, session.addr);

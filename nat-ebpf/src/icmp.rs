@@ -10,14 +10,14 @@
 use nat_common::{
     counters::Counter,
     csum::{add, apply, apply_udp, diff16, diff32},
-    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
+    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     headers::{ICMP_HLEN, check_ipv4, icmp_type, off},
 };
 
 use crate::{
     alloc::allocate,
     maps::{NAT_FWD, NAT_REV},
-    packet::{Drop, Ipv4Fields, pinned_ptr_at as ptr_at, pinned_read as read, touch},
+    packet::{Drop, Endpoint, Ipv4Fields, pinned_ptr_at as ptr_at, pinned_read as read, touch},
 };
 
 /// Which way the packet crosses the NAT.
@@ -82,7 +82,7 @@ pub fn translate(
                 Some(entry) => {
                     touch(entry, now);
                     // SAFETY: live map value.
-                    unsafe { *entry }
+                    Endpoint::of(unsafe { &*entry })
                 }
                 None => allocate(&key, 0, now)?,
             };
@@ -95,7 +95,11 @@ pub fn translate(
             };
             touch(entry, now);
             // SAFETY: live map value.
-            (ip.daddr, unsafe { *entry }, l3 + off::IP_DADDR)
+            (
+                ip.daddr,
+                Endpoint::of(unsafe { &*entry }),
+                l3 + off::IP_DADDR,
+            )
         }
         (Dir::In, _) => return Ok(Counter::NotOursIn),
         // Anything else from inside would leave with an internal source.
@@ -201,7 +205,7 @@ fn error(
         return Ok(Counter::IcmpUnmatched);
     };
     // SAFETY: live map value.
-    let to: Session = unsafe { *entry };
+    let to = Endpoint::of(unsafe { &*entry });
     if dir == Dir::In && ip.daddr != old_addr {
         // An error about our flow addressed elsewhere: not ours to rewrite.
         return Ok(Counter::IcmpUnmatched);

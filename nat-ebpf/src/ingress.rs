@@ -8,6 +8,7 @@
 //! the TC variant uses the skb-aware helpers instead.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -16,19 +17,20 @@ use nat_common::{
     counters::Counter,
     csum::{apply, apply_udp, endpoint_diff},
     flow::{FRAG_IN, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
+    forward::eligible,
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
 };
 
 use crate::{
     egress::{linear_headers, remember_first},
-    frag,
+    fast, frag,
     icmp::{self, Dir},
-    maps::{NAT_REV, count},
+    maps::{NAT_REV, count, ext_ifindex, fast_path},
     packet::{
-        Drop, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns,
-        ptr_at, read, tc_action, touch,
+        Drop, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields,
+        l4_fields, now_ns, ptr_at, read, tc_action, touch,
     },
-    tc_rewrite::{Endpoint, Side, rewrite_endpoint},
+    tc_rewrite::{Side, rewrite_endpoint},
     track,
 };
 
@@ -41,6 +43,9 @@ struct Inbound {
     l4_at: usize,
     /// The internal endpoint to deliver to.
     to: Session,
+    /// The reverse entry itself, for the fast path's route cache.
+    entry: *mut Session,
+    now: u64,
 }
 
 enum Class {
@@ -97,12 +102,18 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, Drop> {
         l4,
         l4_at,
         to,
+        entry,
+        now,
     }))
 }
 
 #[xdp]
 pub fn nat_ingress(ctx: XdpContext) -> u32 {
     match try_xdp(&ctx) {
+        Ok(Counter::FastIn) => {
+            count(Counter::FastIn);
+            xdp_action::XDP_REDIRECT
+        }
         Ok(counter) => {
             count(counter);
             xdp_action::XDP_PASS
@@ -153,8 +164,56 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
     }
     if pkt.first_fragment {
         frag::remember(&pkt.ip, FRAG_IN, pkt.to.addr);
+        return Ok(Counter::XlateIn);
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    if fast_path() && forward_in(ctx, ingress, data, end, &pkt, pkt.ip.tot_len, false)? {
+        return Ok(Counter::FastIn);
     }
     Ok(Counter::XlateIn)
+}
+
+/// The fast path for a translated reply: straight to the internal interface
+/// it is routed to, when that interface runs the fast path too. Otherwise
+/// the stack forwards it, as without the fast path. `tc` picks the hook.
+#[inline(always)]
+fn forward_in<C: EbpfContext>(
+    ctx: &C,
+    ingress: u32,
+    data: usize,
+    end: usize,
+    pkt: &Inbound,
+    l3_len: u16,
+    tc: bool,
+) -> Result<bool, Drop> {
+    let (tos, ttl) = fast::tos_ttl(data, end)?;
+    if eligible(false, pkt.ip.proto, ttl).is_err() {
+        return Ok(false);
+    }
+    let flow = fast::Flow {
+        proto: pkt.ip.proto,
+        tos,
+        saddr: pkt.ip.saddr,
+        daddr: pkt.to.addr,
+        sport: pkt.l4.sport,
+        dport: pkt.to.port,
+    };
+    let Some(next) = fast::next_hop(ctx, pkt.entry, ingress, &flow, l3_len, tc, pkt.now) else {
+        return Ok(false);
+    };
+    if next.ifindex == ext_ifindex() {
+        return Ok(false);
+    }
+    let redirected = if tc {
+        fast::tc_redirect(next.ifindex)
+    } else {
+        fast::xdp_redirect(next.ifindex)
+    };
+    if !redirected {
+        return Ok(false);
+    }
+    fast::hop(data, end, &next, ttl, pkt.ip.proto, 0)?;
+    Ok(true)
 }
 
 #[classifier]
@@ -201,6 +260,17 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
     )?;
     if pkt.first_fragment {
         frag::remember(&pkt.ip, FRAG_IN, pkt.to.addr);
+        return Ok(Counter::XlateIn);
+    }
+    if fast_path() {
+        // The rewrite may have moved the packet: fresh pointers.
+        let (data, end) = (ctx.data(), ctx.data_end());
+        // SAFETY: reads a field of the program's own context.
+        let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+        let l3_len = avail.min(u16::MAX as usize) as u16;
+        if forward_in(ctx, ingress, data, end, &pkt, l3_len, true)? {
+            return Ok(Counter::FastIn);
+        }
     }
     Ok(Counter::XlateIn)
 }

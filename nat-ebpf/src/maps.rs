@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
@@ -47,6 +47,37 @@ pub static NAT_INTERNAL: LpmTrie<u32, u8> =
 #[map(name = "NAT_STATS")]
 pub static NAT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
+/// The external addresses (value: pool index), for egress to recognise
+/// packets the TC fast path has translated already.
+#[map(name = "NAT_EXT_ADDRS")]
+pub static NAT_EXT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_POOL, 0);
+
+/// Where the fast path may redirect: the external interface and the internal
+/// fast-path ones, each with an XDP program, so their drivers accept frames.
+#[map(name = "NAT_FAST_DEVS")]
+pub static NAT_FAST_DEVS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Load-time: the external interface's ifindex; the loader sets it.
+#[unsafe(no_mangle)]
+static EXT_IFINDEX: u32 = 0;
+
+/// Load-time: non-zero when internal interfaces run the fast path, so the
+/// external side looks up routes for replies only then.
+#[unsafe(no_mangle)]
+static FAST_PATH: u32 = 0;
+
+#[inline(always)]
+pub fn ext_ifindex() -> u32 {
+    // SAFETY: a plain read of a load-time global; volatile as for HASH_SEED.
+    unsafe { core::ptr::read_volatile(&EXT_IFINDEX) }
+}
+
+#[inline(always)]
+pub fn fast_path() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&FAST_PATH) != 0 }
+}
+
 /// Load-time secret keying the port-allocation hash; the loader sets it.
 #[unsafe(no_mangle)]
 static HASH_SEED: u32 = 0;
@@ -64,6 +95,12 @@ pub fn count(counter: Counter) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
         unsafe { *slot += 1 };
     }
+}
+
+#[inline(always)]
+pub fn is_external(addr_be: u32) -> bool {
+    // SAFETY: read-only lookup.
+    unsafe { NAT_EXT_ADDRS.get(&addr_be) }.is_some()
 }
 
 #[inline(always)]

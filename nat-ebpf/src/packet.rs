@@ -35,8 +35,13 @@ impl Drop {
 /// result becomes an action.
 #[inline(always)]
 pub fn tc_action(outcome: Result<Counter, Drop>) -> i32 {
-    use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+    use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
     match outcome {
+        // The fast path set up the redirect before it returned these.
+        Ok(c @ (Counter::FastIn | Counter::FastOut)) => {
+            crate::maps::count(c);
+            TC_ACT_REDIRECT
+        }
         Ok(counter) => {
             crate::maps::count(counter);
             TC_ACT_OK as i32
@@ -122,6 +127,24 @@ pub fn ipv4_fields(data: usize, data_end: usize, at: usize) -> Result<Ipv4Fields
         saddr: read::<u32>(data, data_end, at + off::IP_SADDR)?,
         daddr: read::<u32>(data, data_end, at + off::IP_DADDR)?,
     })
+}
+
+/// An address and port in network byte order.
+#[derive(Clone, Copy, Default)]
+pub struct Endpoint {
+    pub addr: u32,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// The endpoint a session entry maps to.
+    #[inline(always)]
+    pub fn of(s: &nat_common::flow::Session) -> Endpoint {
+        Endpoint {
+            addr: s.addr,
+            port: s.port,
+        }
+    }
 }
 
 /// Fields of a TCP or UDP header.

@@ -17,20 +17,13 @@ use nat_common::{
     headers::{ETH_HLEN, off},
 };
 
-use crate::packet::{Drop, L4Fields, pinned_ptr_at, ptr_at};
+use crate::packet::{Drop, Endpoint, L4Fields, pinned_ptr_at, ptr_at};
 
 /// Which end of the packet is rewritten.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Source,
     Destination,
-}
-
-/// An address and port in network byte order.
-#[derive(Clone, Copy)]
-pub struct Endpoint {
-    pub addr: u32,
-    pub port: u16,
 }
 
 #[inline(always)]

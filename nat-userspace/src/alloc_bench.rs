@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::{
     cli::{AllocBenchArgs, Cidr},
-    load::{load_object, populate},
+    load::{Globals, load_object, populate},
     tables::{Tables, boot_ns},
 };
 
@@ -33,7 +33,7 @@ pub fn run(args: &AllocBenchArgs) -> Result<()> {
         "fallback" => policy::FALLBACK,
         other => bail!("--policy: '{other}' is not strict or fallback"),
     };
-    let mut ebpf = load_object(65_536, 65_536)?;
+    let mut ebpf = load_object(65_536, 65_536, Globals::default())?;
     let cfg = Config {
         pool_len: 1,
         policy,

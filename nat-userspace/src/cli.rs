@@ -162,6 +162,13 @@ pub struct LoadArgs {
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else generic).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+    /// Internal interface(s) to run the fast path on: packets of existing sessions are
+    /// redirected between them and --iface without entering the stack (nor netfilter's
+    /// forward hooks); new flows, fragments and ICMP still take the stack. It runs in the
+    /// hook --ingress picks: XDP needs complete checksums from the internal side (a wire, or
+    /// a veth peer with its transmit checksum offload off); TC works with any.
+    #[arg(long, value_name = "IFACE[,IFACE...]", value_delimiter = ',')]
+    pub fast_path: Vec<String>,
     /// Capacity of each session map (forward and reverse).
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sessions: u32,

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, lpm_trie::Key},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -21,9 +21,10 @@ use log::{info, warn};
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     names::{
-        GLOBAL_HASH_SEED, LINK_EGRESS, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FRAGS, MAP_FWD,
+        GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED, LINK_EGRESS, LINK_FAST_PREFIX,
+        LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_EXT_ADDRS, MAP_FAST_DEVS, MAP_FRAGS, MAP_FWD,
         MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REJECTS, MAP_REV, MAP_STATS, PROG_EGRESS,
-        PROG_INGRESS, PROG_INGRESS_TC,
+        PROG_FAST, PROG_FAST_TC, PROG_INGRESS, PROG_INGRESS_TC,
     },
     probe::{span, stride_for},
 };
@@ -63,8 +64,12 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let scope = netns
         .map(|ns| format!(" in network namespace {ns}"))
         .unwrap_or_default();
-    nix::net::if_::if_nametoindex(args.iface.as_str())
-        .map_err(|_| anyhow::anyhow!("no interface named '{}'{scope}", args.iface))?;
+    let ifindex = |name: &str| {
+        nix::net::if_::if_nametoindex(name)
+            .map_err(|_| anyhow::anyhow!("no interface named '{name}'{scope}"))
+    };
+    let ext_ifindex = ifindex(&args.iface)?;
+    let fast = fast_path_interfaces(&args, ifindex)?;
     if args.external.len() > MAX_POOL as usize {
         bail!(
             "at most {MAX_POOL} external addresses are supported, {} given",
@@ -84,7 +89,10 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         );
     }
     let pins = PinDir::new(netns, &args.iface);
-    if pins.is_loaded() || PINNED_LINKS.iter().any(|l| pins.path(l).exists()) {
+    if pins.is_loaded()
+        || PINNED_LINKS.iter().any(|l| pins.path(l).exists())
+        || !pins.fast_links().is_empty()
+    {
         bail!(
             "a NAT is already loaded on {}{scope} (pins in {}); stop it, or run `nat unload --iface {}` if it crashed",
             args.iface,
@@ -100,7 +108,11 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         pins,
         links: Vec::new(),
     };
-    let mut ebpf = load_object(args.max_sessions, args.max_cooldowns)?;
+    let globals = Globals {
+        ext_ifindex,
+        fast_path: !fast.is_empty(),
+    };
+    let mut ebpf = load_object(args.max_sessions, args.max_cooldowns, globals)?;
     for name in PINNED_MAPS {
         let map = ebpf
             .map(name)
@@ -125,6 +137,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     }
     populate(&mut ebpf, &args.internal, &args.external, args.ports, cfg)?;
     let mode = attach(&mut ebpf, &args, &mut instance)?;
+    attach_fast_path(&mut ebpf, &args, ext_ifindex, &fast, &mut instance)?;
     pidfile::write(netns, &args.iface)?;
 
     let mut tables = Tables::from_ebpf(&mut ebpf)?;
@@ -134,9 +147,14 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     )?;
     let external: Vec<String> = args.external.iter().map(Ipv4Addr::to_string).collect();
     let mut stdout = std::io::stdout();
+    let fast_note = if fast.is_empty() {
+        String::new()
+    } else {
+        format!(", fast path on {}", args.fast_path.join(","))
+    };
     writeln!(
         stdout,
-        "nat: attached to {}{scope} (external {}, ports {}-{}, ingress {mode}); pins in {}",
+        "nat: attached to {}{scope} (external {}, ports {}-{}, ingress {mode}{fast_note}); pins in {}",
         args.iface,
         external.join(","),
         args.ports.lo,
@@ -175,14 +193,23 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Load-time constants of the programs besides the hash seed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Globals {
+    pub ext_ifindex: u32,
+    pub fast_path: bool,
+}
+
 /// Loads the embedded object (programs not yet loaded into the kernel).
-pub fn load_object(max_sessions: u32, max_cooldowns: u32) -> Result<Ebpf> {
+pub fn load_object(max_sessions: u32, max_cooldowns: u32, globals: Globals) -> Result<Ebpf> {
     // A per-load secret: which port a flow gets must not be predictable from outside.
     let seed = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish() as u32;
     EbpfLoader::new()
         .override_global(GLOBAL_HASH_SEED, &seed, true)
+        .override_global(GLOBAL_EXT_IFINDEX, &globals.ext_ifindex, true)
+        .override_global(GLOBAL_FAST_PATH, &u32::from(globals.fast_path), true)
         .map_max_entries(MAP_FWD, max_sessions)
         .map_max_entries(MAP_REV, max_sessions)
         .map_max_entries(MAP_COOLDOWN, max_cooldowns)
@@ -210,6 +237,15 @@ pub fn populate(
                 0,
             )
             .with_context(|| format!("cannot add internal prefix {}/{}", cidr.addr, cidr.len))?;
+    }
+    let mut addrs: HashMap<_, u32, u32> = ebpf
+        .map_mut(MAP_EXT_ADDRS)
+        .context("external address map")?
+        .try_into()?;
+    for (i, addr) in external.iter().enumerate() {
+        addrs
+            .insert(u32::from(*addr).to_be(), i as u32, 0)
+            .context("cannot fill the external address map")?;
     }
     let mut pool: Array<_, PoolAddr> = ebpf.map_mut(MAP_POOL).context("pool map")?.try_into()?;
     let span = span(ports.lo, ports.hi);
@@ -291,44 +327,134 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
             ingress
                 .load()
                 .context("the kernel rejected the ingress program")?;
-            let (id, mode) = match args.xdp_mode {
-                XdpModeArg::Native => (
-                    ingress
-                        .attach(&args.iface, XdpMode::Driver)
-                        .context("native XDP attach failed (try --xdp-mode skb)")?,
-                    "xdp native",
-                ),
-                XdpModeArg::Skb => (
-                    ingress
-                        .attach(&args.iface, XdpMode::Skb)
-                        .context("generic XDP attach failed")?,
-                    "xdp skb",
-                ),
-                XdpModeArg::Auto => match ingress.attach(&args.iface, XdpMode::Driver) {
-                    Ok(id) => (id, "xdp native"),
-                    Err(e) => {
-                        info!(
-                            "native XDP unavailable on {} ({e}); using generic mode",
-                            args.iface
-                        );
-                        (
-                            ingress
-                                .attach(&args.iface, XdpMode::Skb)
-                                .context("generic XDP attach failed")?,
-                            "xdp skb",
-                        )
-                    }
-                },
-            };
-            let link: FdLink = ingress
-                .take_link(id)?
-                .try_into()
-                .context("XDP link is not a bpf link")?;
-            instance.pin_link(link, LINK_INGRESS)?;
-            mode
+            attach_xdp(ingress, &args.iface, args.xdp_mode, LINK_INGRESS, instance)?
         }
     };
     Ok(mode)
+}
+
+/// Attaches an XDP program in the mode asked for, pins the link and names the mode.
+fn attach_xdp(
+    prog: &mut Xdp,
+    iface: &str,
+    mode: XdpModeArg,
+    link_name: &str,
+    instance: &mut Instance,
+) -> Result<&'static str> {
+    let (id, mode) = match mode {
+        XdpModeArg::Native => (
+            prog.attach(iface, XdpMode::Driver).with_context(|| {
+                format!("native XDP attach to {iface} failed (try --xdp-mode skb)")
+            })?,
+            "xdp native",
+        ),
+        XdpModeArg::Skb => (
+            prog.attach(iface, XdpMode::Skb)
+                .with_context(|| format!("generic XDP attach to {iface} failed"))?,
+            "xdp skb",
+        ),
+        XdpModeArg::Auto => match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "xdp native"),
+            Err(e) => {
+                info!("native XDP unavailable on {iface} ({e}); using generic mode");
+                (
+                    prog.attach(iface, XdpMode::Skb)
+                        .with_context(|| format!("generic XDP attach to {iface} failed"))?,
+                    "xdp skb",
+                )
+            }
+        },
+    };
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .context("XDP link is not a bpf link")?;
+    instance.pin_link(link, link_name)?;
+    Ok(mode)
+}
+
+/// The fast-path interfaces with their ifindexes, checked against the rest of the arguments.
+fn fast_path_interfaces(
+    args: &LoadArgs,
+    ifindex: impl Fn(&str) -> Result<u32>,
+) -> Result<Vec<(String, u32)>> {
+    if args.fast_path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for name in &args.fast_path {
+        if name == &args.iface {
+            bail!("--fast-path names the external interface {name}; give the internal ones");
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            bail!("--fast-path names {name} twice");
+        }
+        out.push((name.clone(), ifindex(name)?));
+    }
+    Ok(out)
+}
+
+/// Fills the fast path's redirect map and attaches its program to each internal interface.
+fn attach_fast_path(
+    ebpf: &mut Ebpf,
+    args: &LoadArgs,
+    ext_ifindex: u32,
+    fast: &[(String, u32)],
+    instance: &mut Instance,
+) -> Result<()> {
+    if fast.is_empty() {
+        return Ok(());
+    }
+    let mut devs: DevMapHash<_> = ebpf
+        .map_mut(MAP_FAST_DEVS)
+        .context("map NAT_FAST_DEVS missing from the object")?
+        .try_into()?;
+    for &(_, index) in fast.iter().chain([&(String::new(), ext_ifindex)]) {
+        devs.insert(index, index, None, 0)
+            .context("cannot fill the fast path's redirect map")?;
+    }
+    for (name, _) in fast {
+        let link = format!("{LINK_FAST_PREFIX}{name}");
+        // The fast path runs in the hook the replies are translated in.
+        let mode = match args.ingress {
+            IngressArg::Xdp => {
+                let prog: &mut Xdp = ebpf
+                    .program_mut(PROG_FAST)
+                    .context("fast-path program missing from the object")?
+                    .try_into()?;
+                if prog.fd().is_err() {
+                    prog.load()
+                        .context("the kernel rejected the fast-path program")?;
+                }
+                attach_xdp(prog, name, args.xdp_mode, &link, instance)?
+            }
+            IngressArg::Tc => {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(PROG_FAST_TC)
+                    .context("TC fast-path program missing from the object")?
+                    .try_into()?;
+                if prog.fd().is_err() {
+                    prog.load()
+                        .context("the kernel rejected the TC fast-path program")?;
+                }
+                let id = prog
+                    .attach_with_options(
+                        name,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .with_context(|| format!("cannot attach the fast path to {name}"))?;
+                let fd_link: FdLink = prog
+                    .take_link(id)?
+                    .try_into()
+                    .context("fast-path link is not a bpf link")?;
+                instance.pin_link(fd_link, &link)?;
+                "tc"
+            }
+        };
+        info!("fast path on {name} ({mode})");
+    }
+    Ok(())
 }
 
 /// What this process pinned; removed again on every exit path.
@@ -366,8 +492,12 @@ impl Drop for Instance {
 
 /// Removes every pin of an instance: links first (which detaches them), then maps.
 pub fn remove_pins(pins: &PinDir) -> Result<()> {
-    for name in PINNED_LINKS {
-        let path = pins.path(name);
+    let links = PINNED_LINKS
+        .iter()
+        .map(|l| (*l).to_owned())
+        .chain(pins.fast_links());
+    for name in links {
+        let path = pins.path(&name);
         if path.exists() {
             let link = PinnedLink::from_pin(&path)
                 .with_context(|| format!("cannot open pinned link {}", path.display()))?;

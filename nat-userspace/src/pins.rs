@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use nat_common::names::{LAYOUT_VERSION, MAP_FWD, PIN_ROOT};
+use nat_common::names::{LAYOUT_VERSION, LINK_FAST_PREFIX, MAP_FWD, PIN_ROOT};
 
 /// The pin directory of one instance: `/sys/fs/bpf/nat/[NETNS/]IFACE`.
 #[derive(Clone, Debug)]
@@ -23,6 +23,22 @@ impl PinDir {
     /// Path of a pinned object, with the layout version in its name.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}_v{LAYOUT_VERSION}"))
+    }
+
+    /// Names (without the version suffix) of the pinned fast-path links.
+    pub fn fast_links(&self) -> Vec<String> {
+        let suffix = format!("_v{LAYOUT_VERSION}");
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(LINK_FAST_PREFIX)?;
+                name.strip_suffix(&suffix).map(str::to_owned)
+            })
+            .collect()
     }
 
     pub fn is_loaded(&self) -> bool {

@@ -5,12 +5,12 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result};
 use aya::maps::IterableMap as _;
-use nat_common::flow::{FlowKey, PROTO_TCP, Session, seen};
+use nat_common::flow::{FlowKey, NextHop, PROTO_TCP, Session, seen};
 use serde_json::json;
 
 use crate::{
     batch,
-    load::load_object,
+    load::{Globals, load_object},
     reaper,
     tables::{Tables, boot_ns},
 };
@@ -24,7 +24,7 @@ fn cpu_seconds() -> f64 {
 }
 
 pub fn run(sessions: u32, as_json: bool) -> Result<()> {
-    let mut ebpf = load_object(sessions + 1024, sessions + 1024)?;
+    let mut ebpf = load_object(sessions + 1024, sessions + 1024, Globals::default())?;
     let mut tables = Tables::from_ebpf(&mut ebpf)?;
     let mut cfg = nat_common::config::Config {
         pool_len: 1,
@@ -57,6 +57,7 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
             seen: seen::SYN,
             _pad: 0,
             last_seen: now,
+            hop: NextHop::default(),
         };
         let back = Session {
             addr: key.saddr,
@@ -64,6 +65,7 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
             seen: seen::SYN_ACK,
             _pad: 0,
             last_seen: now,
+            hop: NextHop::default(),
         };
         rev.push((key.translated(ext, out.port), back));
         fwd.push((key, out));

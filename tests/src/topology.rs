@@ -46,6 +46,12 @@ pub struct TopologyOpts {
     /// keeps the veth defaults, under which locally generated packets carry
     /// CHECKSUM_PARTIAL checksums.
     pub offloads: bool,
+    /// `true` makes client and server behave like hosts behind real NICs:
+    /// they compute checksums themselves (transmit checksum offload off) and
+    /// receive through NAPI (GRO on). The XDP fast path between veth
+    /// interfaces needs both: complete checksums, and peers that accept
+    /// redirected frames.
+    pub wire_hosts: bool,
 }
 
 impl Default for TopologyOpts {
@@ -54,6 +60,7 @@ impl Default for TopologyOpts {
         TopologyOpts {
             client_addrs: 8,
             offloads: true,
+            wire_hosts: false,
         }
     }
 }
@@ -217,6 +224,13 @@ impl Topology {
                 run(Command::new("ip").args([
                     "netns", "exec", ns, "ethtool", "-K", iface, "tx", "off", "rx", "off", "gso",
                     "off", "tso", "off", "gro", "off",
+                ]));
+            }
+        }
+        if opts.wire_hosts {
+            for (ns, iface) in [(client, CLIENT_IFACE), (server, SERVER_IFACE)] {
+                run(Command::new("ip").args([
+                    "netns", "exec", ns, "ethtool", "-K", iface, "tx", "off", "gro", "on",
                 ]));
             }
         }

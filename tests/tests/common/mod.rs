@@ -99,24 +99,29 @@ pub fn attached_programs(topo: &Topology) -> Vec<String> {
 
 /// (TCP, UDP) InCsumErrors of a namespace: packets its stack dropped for a bad checksum.
 pub fn csum_errors(ns: &str) -> (u64, u64) {
-    nat_tests::run_in_ns(ns, || {
+    (
+        snmp(ns, "Tcp", "InCsumErrors"),
+        snmp(ns, "Udp", "InCsumErrors"),
+    )
+}
+
+/// One counter of a namespace's /proc/net/snmp, e.g. ("Ip", "ForwDatagrams").
+pub fn snmp(ns: &str, proto: &'static str, name: &'static str) -> u64 {
+    nat_tests::run_in_ns(ns, move || {
         // thread-self: /proc/self/net would show the process's namespace, not this thread's.
-        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-        let field = |proto: &str| -> u64 {
-            let mut rows = snmp
-                .lines()
-                .filter(|l| l.starts_with(&format!("{proto}: ")));
-            let (names, values) = (
-                rows.next().expect("header row"),
-                rows.next().expect("value row"),
-            );
-            let at = names
-                .split_whitespace()
-                .position(|n| n == "InCsumErrors")
-                .expect("InCsumErrors");
-            values.split_whitespace().nth(at).unwrap().parse().unwrap()
-        };
-        (field("Tcp"), field("Udp"))
+        let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+        let mut rows = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{proto}: ")));
+        let (names, values) = (
+            rows.next().expect("header row"),
+            rows.next().expect("value row"),
+        );
+        let at = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no {proto} counter {name}"));
+        values.split_whitespace().nth(at).unwrap().parse().unwrap()
     })
 }
 

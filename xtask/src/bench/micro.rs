@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use nat_common::names::LINK_FAST_PREFIX;
+use nat_tests::INT_IFACE;
+
 use super::capture;
 use super::cpu::{Snapshot, Window};
 
@@ -158,6 +161,8 @@ pub fn map_memory(dir: &Path) -> Result<MapMemory> {
 pub struct Programs {
     pub egress: u64,
     pub ingress: u64,
+    /// The fast path on the internal interface, when the nat mode runs it.
+    pub fast: Option<u64>,
 }
 
 pub fn programs(dir: &Path) -> Result<Programs> {
@@ -167,9 +172,14 @@ pub fn programs(dir: &Path) -> Result<Programs> {
             .and_then(Value::as_u64)
             .with_context(|| format!("{link}: no prog_id in {info}"))
     };
+    let fast = format!("{LINK_FAST_PREFIX}{INT_IFACE}");
     Ok(Programs {
         egress: prog_of("link_egress")?,
         ingress: prog_of("link_ingress")?,
+        fast: pinned(dir, &fast)
+            .is_ok()
+            .then(|| prog_of(&fast))
+            .transpose()?,
     })
 }
 

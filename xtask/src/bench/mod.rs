@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nat_tests::{Side, Topology, TopologyOpts};
+use nat_tests::{INT_IFACE, Side, Topology, TopologyOpts};
 use serde_json::{Value, json};
 
 use self::cpu::Window;
@@ -281,10 +281,20 @@ fn bench(opts: &Options, nat_bin: &Path, started: Instant) -> Result<()> {
     let load_cpu = cpus - 1;
     let server_cpu = 0;
     println!(
-        "bench: {} repetition(s) of routing, nftables and nat, interleaved; load pinned to CPU {load_cpu}, servers to CPU {server_cpu}",
-        plan.reps
+        "bench: {} repetition(s) of {}, interleaved; load pinned to CPU {load_cpu}, servers to CPU {server_cpu}",
+        plan.reps,
+        MODES.map(Mode::name).join(", ")
     );
-    let nat_args = vec!["--ports".to_owned(), NAT_PORTS.to_owned()];
+    // The fast path is how an operator runs this NAT between real NICs; the
+    // topology's wire hosts give the veth testbed what it needs for it.
+    let nat_args = vec![
+        "--ports".to_owned(),
+        NAT_PORTS.to_owned(),
+        "--ingress".to_owned(),
+        "tc".to_owned(),
+        "--fast-path".to_owned(),
+        INT_IFACE.to_owned(),
+    ];
     let (mut results, mut guard) = {
         let topology = {
             let _setup = interrupt::namespace_setup();
@@ -294,6 +304,7 @@ fn bench(opts: &Options, nat_bin: &Path, started: Instant) -> Result<()> {
                 TopologyOpts {
                     client_addrs: CLIENT_ADDRS,
                     offloads: true,
+                    wire_hosts: false,
                 },
             )
         };
@@ -462,12 +473,14 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     if let Some(programs) = &programs {
         let run = bpf_run_time(ctx, programs)?;
         println!(
-            "  {:<44}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs)",
+            "  {:<44}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs)",
             label(rep, plan.reps, mode, "BPF run time"),
             run.egress_ns,
             run.egress_runs,
             run.ingress_ns,
-            run.ingress_runs
+            run.ingress_runs,
+            run.fast_ns,
+            run.fast_runs
         );
         ctx.results.bpf.push(run);
     }
@@ -482,7 +495,7 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let c = &g.value;
     let translated = match mode {
         Mode::Routing => c.peers.external == 0 && c.peers.other == 0,
-        Mode::Nftables | Mode::Nat => c.peers.internal == 0 && c.peers.other == 0,
+        Mode::Nftables | Mode::NatStack | Mode::Nat => c.peers.internal == 0 && c.peers.other == 0,
     };
     if !translated {
         bail!(
@@ -540,38 +553,47 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
 fn bpf_run_time(ctx: &Ctx<'_>, programs: &micro::Programs) -> Result<BpfRun> {
     let echo = udp::Echo::start(ctx.topology.ns_name(Side::Server), ctx.server_cpu)?;
     let stats = micro::BpfStats::enable()?;
-    let (e0, i0) = (
-        micro::run_stats(programs.egress)?,
-        micro::run_stats(programs.ingress)?,
-    );
+    let read = |id: Option<u64>| id.map(micro::run_stats).transpose();
+    let before = [
+        read(Some(programs.egress))?,
+        read(Some(programs.ingress))?,
+        read(programs.fast)?,
+    ];
     udp::blast(
         ctx.topology,
         udp::ECHO_PORT,
         ctx.plan.stats_secs,
         ctx.load_cpu,
     )?;
-    let (e1, i1) = (
-        micro::run_stats(programs.egress)?,
-        micro::run_stats(programs.ingress)?,
-    );
+    let after = [
+        read(Some(programs.egress))?,
+        read(Some(programs.ingress))?,
+        read(programs.fast)?,
+    ];
     drop(stats);
     drop(echo);
-    let per_run = |(t0, n0): (u64, u64), (t1, n1): (u64, u64)| {
-        let runs = n1.saturating_sub(n0);
-        let ns = if runs == 0 {
-            f64::NAN
-        } else {
-            t1.saturating_sub(t0) as f64 / runs as f64
-        };
-        (ns, runs)
+    let per_run = |i: usize| match (before[i], after[i]) {
+        (Some((t0, n0)), Some((t1, n1))) => {
+            let runs = n1.saturating_sub(n0);
+            let ns = if runs == 0 {
+                f64::NAN
+            } else {
+                t1.saturating_sub(t0) as f64 / runs as f64
+            };
+            (ns, runs)
+        }
+        _ => (f64::NAN, 0),
     };
-    let (egress_ns, egress_runs) = per_run(e0, e1);
-    let (ingress_ns, ingress_runs) = per_run(i0, i1);
+    let (egress_ns, egress_runs) = per_run(0);
+    let (ingress_ns, ingress_runs) = per_run(1);
+    let (fast_ns, fast_runs) = per_run(2);
     Ok(BpfRun {
         egress_ns,
         egress_runs,
         ingress_ns,
         ingress_runs,
+        fast_ns,
+        fast_runs,
     })
 }
 

@@ -16,17 +16,20 @@ pub enum Mode {
     Routing,
     /// `nft` masquerade (conntrack) in the nat namespace.
     Nftables,
-    /// This NAT.
+    /// This NAT without its fast path: every packet crosses the stack.
+    NatStack,
+    /// This NAT, as configured for the bench (with its fast path).
     Nat,
 }
 
-pub const MODES: [Mode; 3] = [Mode::Routing, Mode::Nftables, Mode::Nat];
+pub const MODES: [Mode; 4] = [Mode::Routing, Mode::Nftables, Mode::NatStack, Mode::Nat];
 
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Routing => "routing",
             Mode::Nftables => "nftables",
+            Mode::NatStack => "nat-stack",
             Mode::Nat => "nat",
         }
     }
@@ -54,7 +57,8 @@ pub struct Active {
 }
 
 impl Active {
-    /// Sets `mode` up. `nat_args` go to `nat load` in the `nat` mode.
+    /// Sets `mode` up. `nat_args` go to `nat load` in the `nat` mode, and
+    /// without `--fast-path` in the `nat-stack` mode.
     pub fn enter(mode: Mode, topology: &Topology, nat_args: &[&str]) -> Result<Active> {
         let mut active = Active {
             mode,
@@ -90,12 +94,17 @@ impl Active {
                     );
                 }
             }
-            Mode::Nat => {
+            Mode::Nat | Mode::NatStack => {
                 let _setup = interrupt::namespace_setup();
                 if interrupt::interrupted() {
                     bail!("interrupted");
                 }
-                active.nat = Some(NatProcess::start(topology, nat_args));
+                let args = if mode == Mode::NatStack {
+                    without_fast_path(nat_args)
+                } else {
+                    nat_args.to_vec()
+                };
+                active.nat = Some(NatProcess::start(topology, &args));
             }
         }
         Ok(active)
@@ -130,7 +139,7 @@ impl Active {
                 deleted?;
                 flushed?;
             }
-            Mode::Nat => {
+            Mode::Nat | Mode::NatStack => {
                 if let Some(nat) = self.nat.take() {
                     let status = nat.stop();
                     if !status.success() {
@@ -150,6 +159,20 @@ impl Drop for Active {
             let _ = self.teardown();
         }
     }
+}
+
+/// `args` without `--fast-path IFACE`.
+fn without_fast_path<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if *arg == "--fast-path" {
+            it.next();
+        } else {
+            out.push(*arg);
+        }
+    }
+    out
 }
 
 fn route_args(server_ns: &str, verb: &str) -> Vec<String> {

@@ -147,6 +147,9 @@ pub struct BpfRun {
     pub egress_runs: u64,
     pub ingress_ns: f64,
     pub ingress_runs: u64,
+    /// The fast path on the internal interface; NaN when it did not run.
+    pub fast_ns: f64,
+    pub fast_runs: u64,
 }
 
 pub struct Config {
@@ -370,20 +373,18 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
         reps,
         if reps == 1 { "" } else { "s" }
     );
-    let _ = writeln!(
-        out,
-        "\n{:<28}{:<CELL$}{:<CELL$}{:<CELL$}{:>9}{:>12}",
+    let mut header = format!(
+        "\n{:<28}",
         if reps == 1 {
             "1 run".to_owned()
         } else {
             format!("median [min–max] of {reps}")
-        },
-        "routing",
-        "nftables",
-        "nat",
-        "nat/nft",
-        "nat/routing"
+        }
     );
+    for mode in MODES {
+        let _ = write!(header, "{:<CELL$}", mode.name());
+    }
+    let _ = writeln!(out, "{header}{:>9}{:>12}", "nat/nft", "nat/routing");
     let mut any_unclean = false;
     for figure in FIGURES {
         let mut line = format!("{:<28}", figure.label());
@@ -450,7 +451,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     );
     let _ = writeln!(
         out,
-        "nat: {}; restarted for every repetition (fresh maps). nftables: conntrack table flushed after every repetition.",
+        "nat: {}; nat-stack: the same without --fast-path, so every packet crosses the stack; both restarted for every repetition (fresh maps). nftables: conntrack table flushed after every repetition. Ratios and targets are for nat.",
         cfg.nat_args.join(" ")
     );
     let _ = writeln!(
@@ -526,18 +527,20 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     match (
         r.bpf_summary(|b| b.egress_ns),
         r.bpf_summary(|b| b.ingress_ns),
+        r.bpf_summary(|b| b.fast_ns),
     ) {
-        (Some(e), i) => {
+        (Some(e), i, fast) => {
             let f0 = |v: f64| format!("{v:.0}");
             let _ = writeln!(
                 out,
-                "  BPF run time per packet (kernel.bpf_stats_enabled, separate {:.0} s UDP echo runs, not the measured ones): nat_egress {} ns, nat_ingress {} ns",
+                "  BPF run time per packet (kernel.bpf_stats_enabled, separate {:.0} s UDP echo runs, not the measured ones): nat_egress {} ns, nat_ingress {} ns, fast path {} ns",
                 cfg.stats_secs,
                 e.show(f0),
                 i.map_or("not measured".to_owned(), |i| i.show(f0)),
+                fast.map_or("not run".to_owned(), |f| f.show(f0)),
             );
         }
-        (None, _) => {
+        (None, _, _) => {
             let _ = writeln!(out, "  BPF run time per packet: not measured");
         }
     }
@@ -688,9 +691,11 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
             "bpf_run_time": {
                 "egress_ns_per_packet": r.bpf_summary(|b| b.egress_ns).map(Summary::to_json),
                 "ingress_ns_per_packet": r.bpf_summary(|b| b.ingress_ns).map(Summary::to_json),
+                "fast_path_ns_per_packet": r.bpf_summary(|b| b.fast_ns).map(Summary::to_json),
                 "runs": r.bpf.iter().map(|b| json!({
                     "egress_ns": b.egress_ns, "egress_runs": b.egress_runs,
                     "ingress_ns": b.ingress_ns, "ingress_runs": b.ingress_runs,
+                    "fast_ns": b.fast_ns, "fast_runs": b.fast_runs,
                 })).collect::<Vec<_>>(),
             },
         },

@@ -1,0 +1,328 @@
+//! The fast path: packets of existing sessions cross between the internal
+//! interfaces and the external one without entering the stack. Whatever it
+//! does not take (new flows, fragments, ICMP, TTL 1, unresolved neighbours,
+//! packets over the MTU) goes to the stack unchanged, where TC egress
+//! handles it as before; the fast path never drops.
+//!
+//! It runs in the hook `--ingress` picks. In XDP it rewrites with plain
+//! RFC 1624 arithmetic, so the internal interfaces must deliver complete
+//! checksums (a wire does; a veth peer does only with its transmit checksum
+//! offload off). In TC it uses the skb-aware helpers, so partial checksums
+//! stay right, and the packet goes straight to the external interface's
+//! egress. Each session direction caches its route lookup for a second.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams, xdp_action},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use nat_common::{
+    counters::Counter,
+    csum::{add, apply, apply_udp, endpoint_diff},
+    flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP, Session},
+    forward::{AF_INET, eligible, ttl_decrement_diff},
+    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
+};
+
+use crate::{
+    egress::linear_headers,
+    maps::{NAT_FAST_DEVS, NAT_FWD, count, ext_ifindex},
+    packet::{
+        Drop, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns, ptr_at,
+        read, tc_action, touch,
+    },
+    tc_rewrite::{Side, rewrite_endpoint},
+    track,
+};
+
+/// Offsets of the IPv4 fields only forwarding touches.
+const IP_TOS: usize = 1;
+const IP_TTL: usize = 8;
+
+/// The kernel's route and neighbour lookup for a packet that arrived on
+/// `ifindex`. `None` when only the stack can forward it: no neighbour entry
+/// yet (the stack resolves it), larger than the next hop's MTU (the stack
+/// fragments or answers), forwarding disabled, local, or unreachable.
+/// `tot_len` 0 lets TC check the MTU against the skb, GSO included.
+#[inline(always)]
+fn lookup<C: EbpfContext>(ctx: &C, ifindex: u32, flow: &Flow, tot_len: u16) -> Option<NextHop> {
+    // SAFETY: a plain C struct; all-zero is its neutral value.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = flow.proto;
+    p.sport = flow.sport;
+    p.dport = flow.dport;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.ifindex = ifindex;
+    p.__bindgen_anon_2.tos = flow.tos;
+    p.__bindgen_anon_3.ipv4_src = flow.saddr;
+    p.__bindgen_anon_4.ipv4_dst = flow.daddr;
+    // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
+    if rc != 0 {
+        return None;
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&p.dmac);
+    macs[6..].copy_from_slice(&p.smac);
+    Some(NextHop {
+        checked: 0,
+        ifindex: p.ifindex,
+        // SAFETY: on success the kernel leaves the MTU in this union member.
+        mtu: unsafe { p.__bindgen_anon_1.mtu_result },
+        macs,
+        _pad: [0; 6],
+    })
+}
+
+/// Where a packet of `entry`'s direction goes: the session's cached lookup
+/// while it is fresh and the packet fits its MTU, else a new lookup, which
+/// refreshes the cache (one write per flow and [`ROUTE_TTL_NS`]).
+/// `l3_len` is the packet's length from the IP header; `tc` selects the
+/// skb's own MTU check, which knows GSO packets.
+#[inline(always)]
+pub fn next_hop<C: EbpfContext>(
+    ctx: &C,
+    entry: *mut Session,
+    ifindex: u32,
+    flow: &Flow,
+    l3_len: u16,
+    tc: bool,
+    now: u64,
+) -> Option<NextHop> {
+    // SAFETY: a live map value from a lookup in this program run.
+    let cached = unsafe { (*entry).hop };
+    let fresh = cached.fresh(now);
+    if fresh && l3_len <= cached.mtu {
+        return Some(cached);
+    }
+    let mut hop = lookup(ctx, ifindex, flow, if tc { 0 } else { l3_len })?;
+    if !fresh {
+        hop.checked = now;
+        // SAFETY: as above.
+        unsafe { (*entry).hop = hop };
+    }
+    Some(hop)
+}
+
+/// What a route lookup needs of a packet, with the addresses and ports it
+/// will carry when it leaves.
+pub struct Flow {
+    pub proto: u8,
+    pub tos: u8,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Does what the stack would to a forwarded frame: new link addresses and
+/// the TTL decrement, whose checksum difference joins `l3_diff` (the
+/// translation's) in one header-checksum update. The caller checked TTL >= 2.
+#[inline(always)]
+pub fn hop(
+    data: usize,
+    end: usize,
+    next: &NextHop,
+    ttl: u8,
+    proto: u8,
+    l3_diff: u32,
+) -> Result<(), Drop> {
+    let eth = ptr_at::<[u8; 12]>(data, end, 0)?;
+    let ttl_at = ptr_at::<u8>(data, end, ETH_HLEN + IP_TTL)?;
+    let check = ptr_at::<u16>(data, end, ETH_HLEN + off::IP_CHECK)?;
+    // SAFETY: all three pointers were bounds-checked by ptr_at.
+    unsafe {
+        core::ptr::write_unaligned(eth, next.macs);
+        core::ptr::write_unaligned(ttl_at, ttl - 1);
+        let c = core::ptr::read_unaligned(check);
+        let diff = add(l3_diff, ttl_decrement_diff(ttl, proto));
+        core::ptr::write_unaligned(check, apply(c, diff));
+    }
+    Ok(())
+}
+
+/// Sets up the XDP redirect to `ifindex` if the fast path may send there
+/// (an interface in NAT_FAST_DEVS); the program returns XDP_REDIRECT only then.
+#[inline(always)]
+pub fn xdp_redirect(ifindex: u32) -> bool {
+    NAT_FAST_DEVS.redirect(ifindex, 0).is_ok()
+}
+
+/// Sets up the TC redirect to the egress of `ifindex` if it is a fast-path
+/// interface; the program returns TC_ACT_REDIRECT only then.
+#[inline(always)]
+pub fn tc_redirect(ifindex: u32) -> bool {
+    if NAT_FAST_DEVS.get(ifindex).is_none() {
+        return false;
+    }
+    // SAFETY: plain helper call; flags 0 sends to the device's egress.
+    unsafe { bpf_redirect(ifindex, 0) == TC_ACT_REDIRECT as i64 }
+}
+
+/// The TOS and TTL bytes of the IPv4 header.
+#[inline(always)]
+pub fn tos_ttl(data: usize, end: usize) -> Result<(u8, u8), Drop> {
+    Ok((
+        read::<u8>(data, end, ETH_HLEN + IP_TOS)?,
+        read::<u8>(data, end, ETH_HLEN + IP_TTL)?,
+    ))
+}
+
+/// A packet on an internal interface that belongs to a session and may take the fast path.
+struct Candidate {
+    ip: Ipv4Fields,
+    l4: L4Fields,
+    l4_at: usize,
+    ttl: u8,
+    flow: Flow,
+    key: FlowKey,
+    entry: *mut Session,
+}
+
+/// `None` leaves the packet to the stack untouched (malformed ones too:
+/// TC egress counts and drops them there).
+#[inline(always)]
+fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
+    match read::<u16>(data, end, 12) {
+        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
+        _ => return None,
+    }
+    let ip = ipv4_fields(data, end, ETH_HLEN).ok()?;
+    let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail).ok()?;
+    let (tos, ttl) = tos_ttl(data, end).ok()?;
+    eligible(meta.fragment, ip.proto, ttl).ok()?;
+    let l4_at = ETH_HLEN + meta.hdr_len;
+    let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true).ok()?;
+    let key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
+    let entry = NAT_FWD.get_ptr_mut(&key)?;
+    // Routed with the internal source, as the stack routes before SNAT.
+    let flow = Flow {
+        proto: ip.proto,
+        tos,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: l4.sport,
+        dport: l4.dport,
+    };
+    Some(Candidate {
+        ip,
+        l4,
+        l4_at,
+        ttl,
+        flow,
+        key,
+        entry,
+    })
+}
+
+/// Touches the session and tracks its TCP state, as `nat_egress` does;
+/// returns the external endpoint.
+#[inline(always)]
+fn claim(c: &Candidate, now: u64) -> Session {
+    touch(c.entry, now);
+    if c.ip.proto == PROTO_TCP {
+        track::egress(&c.key, c.entry, c.l4.tcp_flags, now);
+    }
+    // SAFETY: live map value from the lookup in `candidate`.
+    unsafe { *c.entry }
+}
+
+#[xdp]
+pub fn nat_fast(ctx: XdpContext) -> u32 {
+    match try_fast_xdp(&ctx) {
+        Ok(Counter::FastOut) => {
+            count(Counter::FastOut);
+            xdp_action::XDP_REDIRECT
+        }
+        Ok(counter) => {
+            count(counter);
+            xdp_action::XDP_PASS
+        }
+        Err(drop) => {
+            count(drop.counter());
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// Errors come only after the rewrite began: such a packet is dropped.
+#[inline(always)]
+fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let Some(c) = candidate(data, end, end - data - ETH_HLEN) else {
+        return Ok(Counter::FastMiss);
+    };
+    let now = now_ns();
+    let ingress = ctx.ingress_ifindex() as u32;
+    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, c.ip.tot_len, false, now) else {
+        return Ok(Counter::FastRoute);
+    };
+    // Only flows leaving through the external interface are ours; the
+    // redirect is set up before any rewrite, so a refusal leaves the packet
+    // to the stack as it came.
+    if next.ifindex != ext_ifindex() || !xdp_redirect(next.ifindex) {
+        return Ok(Counter::FastRoute);
+    }
+    let to = claim(&c, now);
+    let diff = endpoint_diff(c.ip.saddr, to.addr, c.l4.sport, to.port);
+    let l4_check = ptr_at::<u16>(data, end, c.l4.check_off)?;
+    let saddr = ptr_at::<u32>(data, end, ETH_HLEN + off::IP_SADDR)?;
+    let sport = ptr_at::<u16>(data, end, c.l4_at + off::L4_SPORT)?;
+    // SAFETY: all three pointers were bounds-checked by ptr_at.
+    unsafe {
+        let old = core::ptr::read_unaligned(l4_check);
+        let new = if c.ip.proto == PROTO_UDP {
+            apply_udp(old, diff.l4)
+        } else {
+            apply(old, diff.l4)
+        };
+        core::ptr::write_unaligned(l4_check, new);
+        core::ptr::write_unaligned(saddr, to.addr);
+        core::ptr::write_unaligned(sport, to.port);
+    }
+    hop(data, end, &next, c.ttl, c.ip.proto, diff.l3)?;
+    Ok(Counter::FastOut)
+}
+
+#[classifier]
+pub fn nat_fast_tc(ctx: TcContext) -> i32 {
+    tc_action(try_fast_tc(&ctx))
+}
+
+/// Translates with the skb-aware helpers of `nat_egress`, so partial
+/// checksums stay right, and sends the packet to the external interface's
+/// egress, where `nat_egress` passes it on at its first check.
+#[inline(always)]
+fn try_fast_tc(ctx: &TcContext) -> Result<Counter, Drop> {
+    let (data, end) = linear_headers(ctx, HEADERS_MAX);
+    let len = ctx.len() as usize;
+    let Some(c) = candidate(data, end, len.saturating_sub(ETH_HLEN)) else {
+        return Ok(Counter::FastMiss);
+    };
+    let now = now_ns();
+    // SAFETY: reads a field of the program's own context.
+    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let l3_len = len.saturating_sub(ETH_HLEN).min(u16::MAX as usize) as u16;
+    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, l3_len, true, now) else {
+        return Ok(Counter::FastRoute);
+    };
+    if next.ifindex != ext_ifindex() || !tc_redirect(next.ifindex) {
+        return Ok(Counter::FastRoute);
+    }
+    let to = claim(&c, now);
+    let old = Endpoint {
+        addr: c.ip.saddr,
+        port: c.l4.sport,
+    };
+    let new = Endpoint {
+        addr: to.addr,
+        port: to.port,
+    };
+    rewrite_endpoint(ctx, &c.l4, c.ip.proto, Side::Source, c.l4_at, old, new)?;
+    let (data, end) = (ctx.data(), ctx.data_end());
+    hop(data, end, &next, c.ttl, c.ip.proto, 0)?;
+    Ok(Counter::FastOut)
+}
