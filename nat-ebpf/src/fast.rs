@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams, xdp_action},
+    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -28,10 +28,10 @@ use nat_common::{
 
 use crate::{
     egress::linear_headers,
-    maps::{NAT_FAST_DEVS, NAT_FWD, count, ext_ifindex},
+    maps::{NAT_FAST_DEVS, NAT_FWD, ext_ifindex},
     packet::{
         Drop, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns, ptr_at,
-        read, tc_action, touch,
+        read, tc_action, touch, xdp_verdict,
     },
     tc_rewrite::{Side, rewrite_endpoint},
     track,
@@ -232,20 +232,7 @@ fn claim(c: &Candidate, now: u64) -> Session {
 
 #[xdp]
 pub fn nat_fast(ctx: XdpContext) -> u32 {
-    match try_fast_xdp(&ctx) {
-        Ok(Counter::FastOut) => {
-            count(Counter::FastOut);
-            xdp_action::XDP_REDIRECT
-        }
-        Ok(counter) => {
-            count(counter);
-            xdp_action::XDP_PASS
-        }
-        Err(drop) => {
-            count(drop.counter());
-            xdp_action::XDP_DROP
-        }
-    }
+    xdp_verdict(try_fast_xdp(&ctx))
 }
 
 /// Errors come only after the rewrite began: such a packet is dropped.

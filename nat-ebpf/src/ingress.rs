@@ -6,10 +6,13 @@
 //! with CHECKSUM_PARTIAL (a veth or tap peer on the same host) holds only a
 //! pseudo-header seed in its checksum field; for those external interfaces
 //! the TC variant uses the skb-aware helpers instead.
+//!
+//! With the fast path on, a translated reply routed to an internal fast-path
+//! interface is redirected there (see [`crate::fast`]) instead of being
+//! handed to the stack.
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -25,10 +28,10 @@ use crate::{
     egress::{linear_headers, remember_first},
     fast, frag,
     icmp::{self, Dir},
-    maps::{NAT_REV, count, ext_ifindex, fast_path},
+    maps::{NAT_REV, ext_ifindex, fast_path},
     packet::{
         Drop, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields,
-        l4_fields, now_ns, ptr_at, read, tc_action, touch,
+        l4_fields, now_ns, ptr_at, read, tc_action, touch, xdp_verdict,
     },
     tc_rewrite::{Side, rewrite_endpoint},
     track,
@@ -109,20 +112,7 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, Drop> {
 
 #[xdp]
 pub fn nat_ingress(ctx: XdpContext) -> u32 {
-    match try_xdp(&ctx) {
-        Ok(Counter::FastIn) => {
-            count(Counter::FastIn);
-            xdp_action::XDP_REDIRECT
-        }
-        Ok(counter) => {
-            count(counter);
-            xdp_action::XDP_PASS
-        }
-        Err(drop) => {
-            count(drop.counter());
-            xdp_action::XDP_DROP
-        }
-    }
+    xdp_verdict(try_xdp(&ctx))
 }
 
 #[inline(always)]

@@ -1,4 +1,6 @@
-//! Kernel programs: TC egress does SNAT, XDP ingress translates replies back.
+//! Kernel programs: TC egress does SNAT, XDP ingress translates replies back,
+//! and the fast path on the internal interfaces carries established flows
+//! past the stack.
 //!
 //! Built for the bpf target by nat-userspace's build script; on the host this
 //! crate compiles to an empty binary so `cargo build --workspace` stays green.

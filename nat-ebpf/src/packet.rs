@@ -53,6 +53,27 @@ pub fn tc_action(outcome: Result<Counter, Drop>) -> i32 {
     }
 }
 
+/// An XDP program's outcome as its action, counted: the fast path's
+/// counters mean a redirect it set up, other outcomes pass, drops drop.
+#[inline(always)]
+pub fn xdp_verdict(outcome: Result<Counter, Drop>) -> u32 {
+    use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
+    match outcome {
+        Ok(c @ (Counter::FastIn | Counter::FastOut)) => {
+            crate::maps::count(c);
+            XDP_REDIRECT
+        }
+        Ok(counter) => {
+            crate::maps::count(counter);
+            XDP_PASS
+        }
+        Err(drop) => {
+            crate::maps::count(drop.counter());
+            XDP_DROP
+        }
+    }
+}
+
 impl From<HeaderError> for Drop {
     #[inline(always)]
     fn from(_: HeaderError) -> Self {

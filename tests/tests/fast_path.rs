@@ -12,7 +12,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use closing::{Close, CloseServer, cooldowns, left_ms, quick_close, wait_for};
 use common::*;
 use nat_tests::{
-    CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, nat_cmd,
+    CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts,
     run_in_ns, tcp_exchange, tcp_sink_server, udp_echo_server, udp_exchange,
 };
 use nix::{
@@ -56,18 +56,7 @@ fn start(topo: &Topology, ingress: &str, extra: &[&str]) -> NatProcess {
 
 /// The hook the fast path runs in on the internal interface, if any.
 fn hook_on_internal(topo: &Topology) -> Option<&'static str> {
-    let out = Command::new("ip")
-        .args([
-            "-n",
-            topo.ns_name(Side::Nat),
-            "-d",
-            "link",
-            "show",
-            INT_IFACE,
-        ])
-        .output()
-        .expect("ip runs");
-    if String::from_utf8_lossy(&out.stdout).contains("prog/xdp") {
+    if xdp_attached(topo, INT_IFACE) {
         return Some("xdp");
     }
     let tcx = run_in_ns(topo.ns_name(Side::Nat), || {
@@ -130,21 +119,7 @@ fn established_flows_bypass_the_stack(tag: &str, ingress: &'static str) {
         forwarded <= 2 * 21 + 4,
         "the stack forwarded {forwarded} packets: {st}"
     );
-    for drop in [
-        "drop_no_session",
-        "drop_alloc_failed",
-        "drop_malformed",
-        "drop_rewrite_error",
-    ] {
-        assert_eq!(counter(&st, drop), 0, "{drop}: {st}");
-    }
-    for side in [Side::Client, Side::Server] {
-        assert_eq!(
-            csum_errors(topo.ns_name(side)),
-            (0, 0),
-            "checksum errors seen by the {side:?}"
-        );
-    }
+    assert_clean(&topo, &st);
     if ingress == "xdp" {
         assert!(nat.stop().success());
     } else {
@@ -156,12 +131,7 @@ fn established_flows_bypass_the_stack(tag: &str, ingress: &'static str) {
         tcp_exchange(client, Some(CLIENT_IP), v4(SERVER_IP, 8080), MIB)
             .expect("TCP transfer without the daemon");
         assert!(counter(&stats(&topo), "fast_out") > before);
-        let out = nat_cmd(&topo, &["unload", "--iface", EXT_IFACE]);
-        assert!(
-            out.status.success(),
-            "unload: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        unload(&topo);
     }
     assert_eq!(
         hook_on_internal(&topo),
@@ -260,21 +230,58 @@ fn fast_path_arguments_are_checked() {
         ),
         (vec!["--fast-path", twice.as_str()], "names veth-in twice"),
     ] {
-        let mut full = vec![
-            "load",
-            "--iface",
-            EXT_IFACE,
-            "--external",
-            "198.18.0.1",
-            "--internal",
-            "10.200.1.0/25",
-        ];
-        full.extend(args.iter().copied());
-        let out = nat_cmd(&topo, &full);
+        let out = try_load(&topo, &args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{full:?} was accepted");
-        assert!(err.contains(expected), "{full:?}: {err}");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(expected), "{args:?}: {err}");
     }
     assert_eq!(hook_on_internal(&topo), None);
     assert_nothing_left(&topo);
+}
+
+#[test]
+fn route_changes_reach_established_flows() {
+    let topo = topology("fastroute", "xdp");
+    let _nat = start(&topo, "xdp", &[]);
+    let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
+    let socket = run_in_ns(topo.ns_name(Side::Client), || {
+        UdpSocket::bind((CLIENT_IP, 0)).expect("bind")
+    });
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let server = v4(SERVER_IP, 5353);
+    let echoed = |payload: &[u8]| {
+        socket.send_to(payload, server).expect("send");
+        let mut buf = [0u8; 64];
+        socket.recv(&mut buf).is_ok_and(|n| &buf[..n] == payload)
+    };
+    assert!(echoed(b"opens the flow"));
+    assert!(echoed(b"fast"));
+    let st = stats(&topo);
+    assert!(counter(&st, "fast_out") >= 1, "{st}");
+
+    let route = |verb: &str| {
+        let out = Command::new("ip")
+            .args(["-n", topo.ns_name(Side::Nat), "route", verb])
+            .args(["blackhole", "198.18.0.2/32"])
+            .output()
+            .expect("ip runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    route("add");
+    // The flow's cached lookup is used for at most a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = counter(&stats(&topo), "fast_route");
+    assert!(
+        !echoed(b"blackholed"),
+        "a datagram crossed a blackhole route"
+    );
+    assert!(counter(&stats(&topo), "fast_route") > before);
+    route("del");
+    assert!(echoed(b"routed again"), "the flow did not recover");
 }

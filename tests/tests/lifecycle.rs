@@ -51,12 +51,7 @@ fn unload_cleans_up_after_a_killed_daemon() {
     assert_translated(server.last_peer().unwrap());
     assert_eq!(sessions(&topo).len(), 1);
 
-    let out = nat_cmd(&topo, &["unload", "--iface", EXT_IFACE]);
-    assert!(
-        out.status.success(),
-        "unload: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    unload(&topo);
     assert_nothing_left(&topo);
     let again = nat_cmd(&topo, &["unload", "--iface", EXT_IFACE]);
     assert!(again.status.success(), "a second unload is a no-op");
@@ -67,12 +62,7 @@ fn unload_cleans_up_after_a_killed_daemon() {
 fn unload_stops_a_running_daemon() {
     let topo = Topology::new("unl", TopologyOpts::default());
     let nat = NatProcess::start(&topo, &["--ports", PORTS]);
-    let out = nat_cmd(&topo, &["unload", "--iface", EXT_IFACE]);
-    assert!(
-        out.status.success(),
-        "unload: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    unload(&topo);
     assert!(
         nat.stop().success(),
         "the daemon exits cleanly on the SIGTERM unload sends"
@@ -84,18 +74,7 @@ fn unload_stops_a_running_daemon() {
 fn a_second_load_on_the_same_interface_is_refused() {
     let topo = Topology::new("twice", TopologyOpts::default());
     let _nat = NatProcess::start(&topo, &["--ports", PORTS]);
-    let out = nat_cmd(
-        &topo,
-        &[
-            "load",
-            "--iface",
-            EXT_IFACE,
-            "--external",
-            "198.18.0.1",
-            "--internal",
-            "10.200.1.0/25",
-        ],
-    );
+    let out = try_load(&topo, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("already loaded"), "{err}");

@@ -59,21 +59,7 @@ fn tcp_and_udp(tag: &str, offloads: bool, ingress: &str) {
     let min_out = if offloads { 16 } else { 700 };
     assert!(counter(&st, "translated_out") > min_out, "{st}");
     assert!(counter(&st, "translated_in") > 2);
-    for drop in [
-        "drop_no_session",
-        "drop_alloc_failed",
-        "drop_malformed",
-        "drop_rewrite_error",
-    ] {
-        assert_eq!(counter(&st, drop), 0, "{drop}: {st}");
-    }
-    for side in [Side::Client, Side::Server] {
-        assert_eq!(
-            csum_errors(topo.ns_name(side)),
-            (0, 0),
-            "checksum errors seen by the {side:?}"
-        );
-    }
+    assert_clean(&topo, &st);
     assert!(nat.stop().success());
     assert_nothing_left(&topo);
 }

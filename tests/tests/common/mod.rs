@@ -79,22 +79,65 @@ pub fn attached_programs(topo: &Topology) -> Vec<String> {
             .map(|p| p.name_as_str().unwrap_or("?").to_owned())
             .collect::<Vec<_>>()
     });
-    let link = Command::new("ip")
-        .args([
-            "-n",
-            topo.ns_name(Side::Nat),
-            "-d",
-            "link",
-            "show",
-            EXT_IFACE,
-        ])
-        .output()
-        .expect("ip runs");
-    let link = String::from_utf8_lossy(&link.stdout);
-    if link.contains("prog/xdp") {
+    if xdp_attached(topo, EXT_IFACE) {
         names.push("xdp".to_owned());
     }
     names
+}
+
+/// Whether an XDP program is attached to `iface` in the nat namespace.
+pub fn xdp_attached(topo: &Topology, iface: &str) -> bool {
+    let link = Command::new("ip")
+        .args(["-n", topo.ns_name(Side::Nat), "-d", "link", "show", iface])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&link.stdout).contains("prog/xdp")
+}
+
+/// Runs `nat load` on the external interface with the topology's addresses
+/// and `extra`, for tests that expect it to be refused (it exits at once).
+pub fn try_load(topo: &Topology, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "load",
+        "--iface",
+        EXT_IFACE,
+        "--external",
+        "198.18.0.1",
+        "--internal",
+        "10.200.1.0/25",
+    ];
+    args.extend_from_slice(extra);
+    nat_tests::nat_cmd(topo, &args)
+}
+
+/// `nat unload --iface` the external interface, which must succeed.
+pub fn unload(topo: &Topology) {
+    let out = nat_tests::nat_cmd(topo, &["unload", "--iface", EXT_IFACE]);
+    assert!(
+        out.status.success(),
+        "unload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// No packet was dropped for a reason that means a bug or exhaustion, and
+/// neither end saw a checksum error.
+pub fn assert_clean(topo: &Topology, stats: &Value) {
+    for drop in [
+        "drop_no_session",
+        "drop_alloc_failed",
+        "drop_malformed",
+        "drop_rewrite_error",
+    ] {
+        assert_eq!(counter(stats, drop), 0, "{drop}: {stats}");
+    }
+    for side in [Side::Client, Side::Server] {
+        assert_eq!(
+            csum_errors(topo.ns_name(side)),
+            (0, 0),
+            "checksum errors seen by the {side:?}"
+        );
+    }
 }
 
 /// (TCP, UDP) InCsumErrors of a namespace: packets its stack dropped for a bad checksum.
@@ -107,12 +150,17 @@ pub fn csum_errors(ns: &str) -> (u64, u64) {
 
 /// One counter of a namespace's /proc/net/snmp, e.g. ("Ip", "ForwDatagrams").
 pub fn snmp(ns: &str, proto: &'static str, name: &'static str) -> u64 {
+    proc_net_counter(ns, "snmp", proto, name)
+}
+
+/// A counter of a namespace's /proc/net/`file`: the value under `name` in the
+/// pair of `row:` lines (names, then values).
+fn proc_net_counter(ns: &str, file: &'static str, row: &'static str, name: &'static str) -> u64 {
     nat_tests::run_in_ns(ns, move || {
         // thread-self: /proc/self/net would show the process's namespace, not this thread's.
-        let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-        let mut rows = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("{proto}: ")));
+        let path = format!("/proc/thread-self/net/{file}");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut rows = text.lines().filter(|l| l.starts_with(&format!("{row}: ")));
         let (names, values) = (
             rows.next().expect("header row"),
             rows.next().expect("value row"),
@@ -120,7 +168,7 @@ pub fn snmp(ns: &str, proto: &'static str, name: &'static str) -> u64 {
         let at = names
             .split_whitespace()
             .position(|n| n == name)
-            .unwrap_or_else(|| panic!("no {proto} counter {name}"));
+            .unwrap_or_else(|| panic!("no {row} counter {name}"));
         values.split_whitespace().nth(at).unwrap().parse().unwrap()
     })
 }
@@ -151,19 +199,7 @@ pub fn tx_checksum_off(topo: &Topology, dev: &str) {
 
 /// A TcpExt counter of a namespace (from /proc/net/netstat), e.g. PAWSTimewait.
 pub fn tcp_ext(ns: &str, name: &'static str) -> u64 {
-    nat_tests::run_in_ns(ns, move || {
-        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat");
-        let mut rows = text.lines().filter(|l| l.starts_with("TcpExt: "));
-        let (names, values) = (
-            rows.next().expect("header row"),
-            rows.next().expect("value row"),
-        );
-        let at = names
-            .split_whitespace()
-            .position(|n| n == name)
-            .unwrap_or_else(|| panic!("no TcpExt counter {name}"));
-        values.split_whitespace().nth(at).unwrap().parse().unwrap()
-    })
+    proc_net_counter(ns, "netstat", "TcpExt", name)
 }
 
 /// Sends one raw IP datagram (`proto` IPPROTO_RAW: `bytes` is the whole
