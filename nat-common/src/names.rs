@@ -44,6 +44,10 @@ pub const PROG_FAST_TC: &str = "nat_fast_tc";
 
 /// Load-time constant: the ifindex of the external interface.
 pub const GLOBAL_EXT_IFINDEX: &str = "EXT_IFINDEX";
+/// Load-time constant: the first external address (network byte order).
+pub const GLOBAL_EXT_ADDR: &str = "EXT_ADDR";
+/// Load-time constant: how many external addresses there are.
+pub const GLOBAL_EXT_ADDRS: &str = "EXT_ADDRS";
 /// Load-time constant: non-zero when internal interfaces have the fast path.
 pub const GLOBAL_FAST_PATH: &str = "FAST_PATH";
 /// Load-time constant: the secret that keys the port-allocation hash.

@@ -77,28 +77,40 @@ fn lookup<C: EbpfContext>(ctx: &C, ifindex: u32, flow: &Flow, tot_len: u16) -> O
     })
 }
 
+/// How the route lookup checks a packet against the MTU.
+#[derive(Clone, Copy)]
+pub enum Size {
+    /// XDP: the length from the IP header, checked against the route's MTU.
+    Frame(u16),
+    /// TC: the length from the IP header and whether the skb is GSO. As the
+    /// kernel's skb lookup does, a GSO skb always passes (it is segmented to
+    /// the MTU on the way out), any other against the device's MTU.
+    Skb(u16, bool),
+}
+
 /// Where a packet of `entry`'s direction goes: the session's cached lookup
 /// while it is fresh and the packet fits its MTU, else a new lookup, which
 /// refreshes the cache (one write per flow and [`ROUTE_TTL_NS`]).
-/// `l3_len` is the packet's length from the IP header; `tc` selects the
-/// skb's own MTU check, which knows GSO packets.
 #[inline(always)]
 pub fn next_hop<C: EbpfContext>(
     ctx: &C,
     entry: *mut Session,
     ifindex: u32,
     flow: &Flow,
-    l3_len: u16,
-    tc: bool,
+    size: Size,
     now: u64,
 ) -> Option<NextHop> {
     // SAFETY: a live map value from a lookup in this program run.
     let cached = unsafe { (*entry).hop };
     let fresh = cached.fresh(now);
-    if fresh && l3_len <= cached.mtu {
+    let (fits, tot_len) = match size {
+        Size::Frame(len) => (len <= cached.mtu, len),
+        Size::Skb(len, gso) => (gso || len <= cached.mtu, 0),
+    };
+    if fresh && fits {
         return Some(cached);
     }
-    let mut hop = lookup(ctx, ifindex, flow, if tc { 0 } else { l3_len })?;
+    let mut hop = lookup(ctx, ifindex, flow, tot_len)?;
     if !fresh {
         hop.checked = now;
         // SAFETY: as above.
@@ -155,11 +167,23 @@ pub fn xdp_redirect(ifindex: u32) -> bool {
 /// interface; the program returns TC_ACT_REDIRECT only then.
 #[inline(always)]
 pub fn tc_redirect(ifindex: u32) -> bool {
-    if NAT_FAST_DEVS.get(ifindex).is_none() {
-        return false;
-    }
+    NAT_FAST_DEVS.get(ifindex).is_some() && tc_redirect_egress(ifindex)
+}
+
+/// Sets up the TC redirect to the egress of `ifindex`, known to be ours.
+#[inline(always)]
+fn tc_redirect_egress(ifindex: u32) -> bool {
     // SAFETY: plain helper call; flags 0 sends to the device's egress.
     unsafe { bpf_redirect(ifindex, 0) == TC_ACT_REDIRECT as i64 }
+}
+
+/// The IP-layer length of the skb and whether it is GSO.
+#[inline(always)]
+pub fn skb_size(ctx: &TcContext) -> Size {
+    let len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    // SAFETY: reads a field of the program's own context.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    Size::Skb(len.min(u16::MAX as usize) as u16, gso)
 }
 
 /// The TOS and TTL bytes of the IPv4 header.
@@ -244,7 +268,8 @@ fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
     };
     let now = now_ns();
     let ingress = ctx.ingress_ifindex() as u32;
-    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, c.ip.tot_len, false, now) else {
+    let size = Size::Frame(c.ip.tot_len);
+    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, size, now) else {
         return Ok(Counter::FastRoute);
     };
     // Only flows leaving through the external interface are ours; the
@@ -292,11 +317,11 @@ fn try_fast_tc(ctx: &TcContext) -> Result<Counter, Drop> {
     let now = now_ns();
     // SAFETY: reads a field of the program's own context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let l3_len = len.saturating_sub(ETH_HLEN).min(u16::MAX as usize) as u16;
-    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, l3_len, true, now) else {
+    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, skb_size(ctx), now) else {
         return Ok(Counter::FastRoute);
     };
-    if next.ifindex != ext_ifindex() || !tc_redirect(next.ifindex) {
+    // The external interface is always a fast-path device.
+    if next.ifindex != ext_ifindex() || !tc_redirect_egress(next.ifindex) {
         return Ok(Counter::FastRoute);
     }
     let to = claim(&c, now);

@@ -157,7 +157,8 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
         return Ok(Counter::XlateIn);
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    if fast_path() && forward_in(ctx, ingress, data, end, &pkt, pkt.ip.tot_len, false)? {
+    let size = fast::Size::Frame(pkt.ip.tot_len);
+    if fast_path() && forward_in(ctx, ingress, data, end, &pkt, size)? {
         return Ok(Counter::FastIn);
     }
     Ok(Counter::XlateIn)
@@ -165,7 +166,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
 
 /// The fast path for a translated reply: straight to the internal interface
 /// it is routed to, when that interface runs the fast path too. Otherwise
-/// the stack forwards it, as without the fast path. `tc` picks the hook.
+/// the stack forwards it, as without the fast path. The kind of `size` tells the hook.
 #[inline(always)]
 fn forward_in<C: EbpfContext>(
     ctx: &C,
@@ -173,8 +174,7 @@ fn forward_in<C: EbpfContext>(
     data: usize,
     end: usize,
     pkt: &Inbound,
-    l3_len: u16,
-    tc: bool,
+    size: fast::Size,
 ) -> Result<bool, Drop> {
     let (tos, ttl) = fast::tos_ttl(data, end)?;
     if eligible(false, pkt.ip.proto, ttl).is_err() {
@@ -188,16 +188,15 @@ fn forward_in<C: EbpfContext>(
         sport: pkt.l4.sport,
         dport: pkt.to.port,
     };
-    let Some(next) = fast::next_hop(ctx, pkt.entry, ingress, &flow, l3_len, tc, pkt.now) else {
+    let Some(next) = fast::next_hop(ctx, pkt.entry, ingress, &flow, size, pkt.now) else {
         return Ok(false);
     };
     if next.ifindex == ext_ifindex() {
         return Ok(false);
     }
-    let redirected = if tc {
-        fast::tc_redirect(next.ifindex)
-    } else {
-        fast::xdp_redirect(next.ifindex)
+    let redirected = match size {
+        fast::Size::Skb(..) => fast::tc_redirect(next.ifindex),
+        fast::Size::Frame(_) => fast::xdp_redirect(next.ifindex),
     };
     if !redirected {
         return Ok(false);
@@ -257,8 +256,7 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
         let (data, end) = (ctx.data(), ctx.data_end());
         // SAFETY: reads a field of the program's own context.
         let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-        let l3_len = avail.min(u16::MAX as usize) as u16;
-        if forward_in(ctx, ingress, data, end, &pkt, l3_len, true)? {
+        if forward_in(ctx, ingress, data, end, &pkt, fast::skb_size(ctx))? {
             return Ok(Counter::FastIn);
         }
     }

@@ -97,10 +97,24 @@ pub fn count(counter: Counter) {
     }
 }
 
+/// Load-time: the first external address, and how many there are, so
+/// that the common single-address case needs no map lookup.
+#[unsafe(no_mangle)]
+static EXT_ADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static EXT_ADDRS: u32 = 0;
+
 #[inline(always)]
 pub fn is_external(addr_be: u32) -> bool {
+    // SAFETY: plain reads of load-time globals, volatile as for HASH_SEED.
+    let (first, n) = unsafe {
+        (
+            core::ptr::read_volatile(&EXT_ADDR),
+            core::ptr::read_volatile(&EXT_ADDRS),
+        )
+    };
     // SAFETY: read-only lookup.
-    unsafe { NAT_EXT_ADDRS.get(&addr_be) }.is_some()
+    addr_be == first || (n > 1 && unsafe { NAT_EXT_ADDRS.get(&addr_be) }.is_some())
 }
 
 #[inline(always)]

@@ -21,10 +21,10 @@ use log::{info, warn};
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     names::{
-        GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED, LINK_EGRESS, LINK_FAST_PREFIX,
-        LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_EXT_ADDRS, MAP_FAST_DEVS, MAP_FRAGS, MAP_FWD,
-        MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REJECTS, MAP_REV, MAP_STATS, PROG_EGRESS,
-        PROG_FAST, PROG_FAST_TC, PROG_INGRESS, PROG_INGRESS_TC,
+        GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
+        LINK_EGRESS, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_EXT_ADDRS,
+        MAP_FAST_DEVS, MAP_FRAGS, MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REJECTS,
+        MAP_REV, MAP_STATS, PROG_EGRESS, PROG_FAST, PROG_FAST_TC, PROG_INGRESS, PROG_INGRESS_TC,
     },
     probe::{span, stride_for},
 };
@@ -111,6 +111,8 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let globals = Globals {
         ext_ifindex,
         fast_path: !fast.is_empty(),
+        ext_addr: args.external.first().map_or(0, |a| u32::from(*a).to_be()),
+        ext_addrs: args.external.len() as u32,
     };
     let mut ebpf = load_object(args.max_sessions, args.max_cooldowns, globals)?;
     for name in PINNED_MAPS {
@@ -198,6 +200,9 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
 pub struct Globals {
     pub ext_ifindex: u32,
     pub fast_path: bool,
+    /// The first external address, in network byte order.
+    pub ext_addr: u32,
+    pub ext_addrs: u32,
 }
 
 /// Loads the embedded object (programs not yet loaded into the kernel).
@@ -210,6 +215,8 @@ pub fn load_object(max_sessions: u32, max_cooldowns: u32, globals: Globals) -> R
         .override_global(GLOBAL_HASH_SEED, &seed, true)
         .override_global(GLOBAL_EXT_IFINDEX, &globals.ext_ifindex, true)
         .override_global(GLOBAL_FAST_PATH, &u32::from(globals.fast_path), true)
+        .override_global(GLOBAL_EXT_ADDR, &globals.ext_addr, true)
+        .override_global(GLOBAL_EXT_ADDRS, &globals.ext_addrs, true)
         .map_max_entries(MAP_FWD, max_sessions)
         .map_max_entries(MAP_REV, max_sessions)
         .map_max_entries(MAP_COOLDOWN, max_cooldowns)

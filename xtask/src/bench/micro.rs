@@ -101,7 +101,7 @@ pub fn pin_dir(nat_ns: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(nat_ns).join(nat_tests::EXT_IFACE)
 }
 
-/// The pinned object whose name is `name` plus a layout suffix (`NAT_FWD_v2`).
+/// The pinned object whose name is `name` plus a layout suffix (`NAT_FWD_v3`).
 fn pinned(dir: &Path, name: &str) -> Result<PathBuf> {
     let prefix = format!("{name}_v");
     fs::read_dir(dir)
