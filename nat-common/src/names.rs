@@ -25,6 +25,8 @@ pub const MAP_FRAGS: &str = "NAT_FRAGS";
 pub const MAP_REJECTS: &str = "NAT_REJECTS";
 /// External addresses ([`crate::config::MAX_POOL`] at most): address -> pool index.
 pub const MAP_EXT_ADDRS: &str = "NAT_EXT_ADDRS";
+/// MAC address of each fast-path interface and of the external one: ifindex -> 6 bytes and 2 of padding.
+pub const MAP_IF_MACS: &str = "NAT_IF_MACS";
 /// Interfaces the XDP fast path redirects to (DEVMAP_HASH keyed by ifindex):
 /// the external interface and the internal ones given with `--fast-path`.
 pub const MAP_FAST_DEVS: &str = "NAT_FAST_DEVS";

@@ -28,7 +28,7 @@ use nat_common::{
 
 use crate::{
     egress::linear_headers,
-    maps::{NAT_FAST_DEVS, NAT_FWD, ext_ifindex},
+    maps::{NAT_FAST_DEVS, NAT_FWD, NAT_IF_MACS, ext_ifindex},
     packet::{
         Drop, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns, ptr_at,
         read, tc_action, touch, xdp_verdict,
@@ -36,6 +36,9 @@ use crate::{
     tc_rewrite::{Side, rewrite_endpoint},
     track,
 };
+
+/// `skb->pkt_type` of a frame addressed to this host.
+const PACKET_HOST: u32 = 0;
 
 /// Offsets of the IPv4 fields only forwarding touches.
 const IP_TOS: usize = 1;
@@ -77,46 +80,83 @@ fn lookup<C: EbpfContext>(ctx: &C, ifindex: u32, flow: &Flow, tot_len: u16) -> O
     })
 }
 
-/// How the route lookup checks a packet against the MTU.
-#[derive(Clone, Copy)]
-pub enum Size {
-    /// XDP: the length from the IP header, checked against the route's MTU.
-    Frame(u16),
-    /// TC: the length from the IP header and whether the skb is GSO. As the
-    /// kernel's skb lookup does, a GSO skb always passes (it is segmented to
-    /// the MTU on the way out), any other against the device's MTU.
-    Skb(u16, bool),
-}
-
 /// Where a packet of `entry`'s direction goes: the session's cached lookup
 /// while it is fresh and the packet fits its MTU, else a new lookup, which
-/// refreshes the cache (one write per flow and [`ROUTE_TTL_NS`]).
+/// refreshes the cache (one write per flow and [`ROUTE_TTL_NS`]). `l3_len`
+/// is what must fit the route's MTU: the IP packet, or for a GSO skb one of
+/// its segments, as the stack's own forwarding checks it.
 #[inline(always)]
 pub fn next_hop<C: EbpfContext>(
     ctx: &C,
     entry: *mut Session,
     ifindex: u32,
     flow: &Flow,
-    size: Size,
+    l3_len: u16,
     now: u64,
 ) -> Option<NextHop> {
     // SAFETY: a live map value from a lookup in this program run.
     let cached = unsafe { (*entry).hop };
-    let fresh = cached.fresh(now);
-    let (fits, tot_len) = match size {
-        Size::Frame(len) => (len <= cached.mtu, len),
-        Size::Skb(len, gso) => (gso || len <= cached.mtu, 0),
-    };
-    if fresh && fits {
+    let fresh = cached.fresh(now) && cached.ifindex != 0;
+    if fresh && l3_len <= cached.mtu {
         return Some(cached);
     }
-    let mut hop = lookup(ctx, ifindex, flow, tot_len)?;
+    // A non-zero length makes the kernel check it against the route's MTU.
+    let hop = lookup(ctx, ifindex, flow, l3_len)?;
     if !fresh {
-        hop.checked = now;
-        // SAFETY: as above.
-        unsafe { (*entry).hop = hop };
+        store(entry, &hop, now);
     }
     Some(hop)
+}
+
+/// Writes a fresh lookup into the session's cache, its time stamp last, so
+/// that another CPU that sees the stamp (x86 keeps stores in order; the
+/// volatile writes keep the compiler from reordering them) sees the rest.
+#[inline(always)]
+fn store(entry: *mut Session, hop: &NextHop, now: u64) {
+    // SAFETY: a live map value from a lookup in this program run.
+    unsafe {
+        let cache = core::ptr::addr_of_mut!((*entry).hop);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cache).ifindex), hop.ifindex);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cache).mtu), hop.mtu);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cache).macs), hop.macs);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cache).checked), now);
+    }
+}
+
+/// The length a TC packet must fit into: one segment's for a GSO skb (IP and
+/// transport headers plus the segment size), else the IP packet's.
+#[inline(always)]
+pub fn skb_l3_len(ctx: &TcContext, ip_hdr_len: usize, l4_hdr_len: u16, tot_len: u16) -> u16 {
+    // SAFETY: reads a field of the program's own context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return tot_len;
+    }
+    let seg = ip_hdr_len as u32 + l4_hdr_len as u32 + gso_size;
+    seg.min(u16::MAX as u32) as u16
+}
+
+/// Whether the stack would take this TC packet as addressed to the host
+/// (not to another host's MAC, as a promiscuous interface also sees), and
+/// it carries no VLAN tag in its metadata (which a redirect would keep).
+#[inline(always)]
+pub fn skb_for_host(ctx: &TcContext) -> bool {
+    // SAFETY: reads fields of the program's own context.
+    unsafe { (*ctx.skb.skb).pkt_type == PACKET_HOST && (*ctx.skb.skb).vlan_present == 0 }
+}
+
+/// Whether an XDP frame is addressed to the MAC of the interface it came in
+/// on, which is what the stack would accept for forwarding.
+#[inline(always)]
+pub fn frame_for_host(data: usize, end: usize, ifindex: u32) -> bool {
+    let Ok(dst) = read::<[u8; 6]>(data, end, 0) else {
+        return false;
+    };
+    // SAFETY: read-only lookup.
+    match unsafe { NAT_IF_MACS.get(&ifindex) } {
+        Some(mac) => mac[..6] == dst,
+        None => false,
+    }
 }
 
 /// What a route lookup needs of a packet, with the addresses and ports it
@@ -177,15 +217,6 @@ fn tc_redirect_egress(ifindex: u32) -> bool {
     unsafe { bpf_redirect(ifindex, 0) == TC_ACT_REDIRECT as i64 }
 }
 
-/// The IP-layer length of the skb and whether it is GSO.
-#[inline(always)]
-pub fn skb_size(ctx: &TcContext) -> Size {
-    let len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
-    // SAFETY: reads a field of the program's own context.
-    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    Size::Skb(len.min(u16::MAX as usize) as u16, gso)
-}
-
 /// The TOS and TTL bytes of the IPv4 header.
 #[inline(always)]
 pub fn tos_ttl(data: usize, end: usize) -> Result<(u8, u8), Drop> {
@@ -198,6 +229,7 @@ pub fn tos_ttl(data: usize, end: usize) -> Result<(u8, u8), Drop> {
 /// A packet on an internal interface that belongs to a session and may take the fast path.
 struct Candidate {
     ip: Ipv4Fields,
+    ip_hdr_len: usize,
     l4: L4Fields,
     l4_at: usize,
     ttl: u8,
@@ -233,6 +265,7 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
     };
     Some(Candidate {
         ip,
+        ip_hdr_len: meta.hdr_len,
         l4,
         l4_at,
         ttl,
@@ -266,10 +299,12 @@ fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
     let Some(c) = candidate(data, end, end - data - ETH_HLEN) else {
         return Ok(Counter::FastMiss);
     };
-    let now = now_ns();
     let ingress = ctx.ingress_ifindex() as u32;
-    let size = Size::Frame(c.ip.tot_len);
-    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, size, now) else {
+    if !frame_for_host(data, end, ingress) {
+        return Ok(Counter::FastMiss);
+    }
+    let now = now_ns();
+    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, c.ip.tot_len, now) else {
         return Ok(Counter::FastRoute);
     };
     // Only flows leaving through the external interface are ours; the
@@ -314,10 +349,14 @@ fn try_fast_tc(ctx: &TcContext) -> Result<Counter, Drop> {
     let Some(c) = candidate(data, end, len.saturating_sub(ETH_HLEN)) else {
         return Ok(Counter::FastMiss);
     };
+    if !skb_for_host(ctx) {
+        return Ok(Counter::FastMiss);
+    }
     let now = now_ns();
     // SAFETY: reads a field of the program's own context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, skb_size(ctx), now) else {
+    let l3_len = skb_l3_len(ctx, c.ip_hdr_len, c.l4.hdr_len, c.ip.tot_len);
+    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, l3_len, now) else {
         return Ok(Counter::FastRoute);
     };
     // The external interface is always a fast-path device.

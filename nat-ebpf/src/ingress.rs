@@ -157,8 +157,10 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
         return Ok(Counter::XlateIn);
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    let size = fast::Size::Frame(pkt.ip.tot_len);
-    if fast_path() && forward_in(ctx, ingress, data, end, &pkt, size)? {
+    if fast_path()
+        && fast::frame_for_host(data, end, ingress)
+        && forward_in(ctx, ingress, data, end, &pkt, pkt.ip.tot_len, false)?
+    {
         return Ok(Counter::FastIn);
     }
     Ok(Counter::XlateIn)
@@ -166,7 +168,8 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
 
 /// The fast path for a translated reply: straight to the internal interface
 /// it is routed to, when that interface runs the fast path too. Otherwise
-/// the stack forwards it, as without the fast path. The kind of `size` tells the hook.
+/// the stack forwards it, as without the fast path. `tc` picks the hook;
+/// `l3_len` is what must fit the route's MTU.
 #[inline(always)]
 fn forward_in<C: EbpfContext>(
     ctx: &C,
@@ -174,7 +177,8 @@ fn forward_in<C: EbpfContext>(
     data: usize,
     end: usize,
     pkt: &Inbound,
-    size: fast::Size,
+    l3_len: u16,
+    tc: bool,
 ) -> Result<bool, Drop> {
     let (tos, ttl) = fast::tos_ttl(data, end)?;
     if eligible(false, pkt.ip.proto, ttl).is_err() {
@@ -188,15 +192,16 @@ fn forward_in<C: EbpfContext>(
         sport: pkt.l4.sport,
         dport: pkt.to.port,
     };
-    let Some(next) = fast::next_hop(ctx, pkt.entry, ingress, &flow, size, pkt.now) else {
+    let Some(next) = fast::next_hop(ctx, pkt.entry, ingress, &flow, l3_len, pkt.now) else {
         return Ok(false);
     };
     if next.ifindex == ext_ifindex() {
         return Ok(false);
     }
-    let redirected = match size {
-        fast::Size::Skb(..) => fast::tc_redirect(next.ifindex),
-        fast::Size::Frame(_) => fast::xdp_redirect(next.ifindex),
+    let redirected = if tc {
+        fast::tc_redirect(next.ifindex)
+    } else {
+        fast::xdp_redirect(next.ifindex)
     };
     if !redirected {
         return Ok(false);
@@ -251,12 +256,14 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
         frag::remember(&pkt.ip, FRAG_IN, pkt.to.addr);
         return Ok(Counter::XlateIn);
     }
-    if fast_path() {
+    if fast_path() && fast::skb_for_host(ctx) {
         // The rewrite may have moved the packet: fresh pointers.
         let (data, end) = (ctx.data(), ctx.data_end());
         // SAFETY: reads a field of the program's own context.
         let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-        if forward_in(ctx, ingress, data, end, &pkt, fast::skb_size(ctx))? {
+        let ip_hdr_len = pkt.l4_at - ETH_HLEN;
+        let l3_len = fast::skb_l3_len(ctx, ip_hdr_len, pkt.l4.hdr_len, pkt.ip.tot_len);
+        if forward_in(ctx, ingress, data, end, &pkt, l3_len, true)? {
             return Ok(Counter::FastIn);
         }
     }

@@ -52,6 +52,11 @@ pub static NAT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_C
 #[map(name = "NAT_EXT_ADDRS")]
 pub static NAT_EXT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_POOL, 0);
 
+/// The MAC address of each interface with an XDP fast path (the external
+/// one too), first 6 bytes: frames addressed elsewhere are the stack's.
+#[map(name = "NAT_IF_MACS")]
+pub static NAT_IF_MACS: HashMap<u32, [u8; 8]> = HashMap::with_max_entries(64, 0);
+
 /// Where the fast path may redirect: the external interface and the internal
 /// fast-path ones, each with an XDP program, so their drivers accept frames.
 #[map(name = "NAT_FAST_DEVS")]

@@ -32,10 +32,12 @@ impl Drop {
 }
 
 /// A TC program's outcome as its return code, counted: the one place a
-/// result becomes an action.
+/// result becomes an action. A packet that is not dropped or redirected
+/// goes on to the next program or filter on the hook (TC_ACT_UNSPEC, TCX's
+/// "next"), so the operator's own ingress and egress filters still see it.
 #[inline(always)]
 pub fn tc_action(outcome: Result<Counter, Drop>) -> i32 {
-    use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+    use aya_ebpf::bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
     match outcome {
         // The fast path set up the redirect before it returned these.
         Ok(c @ (Counter::FastIn | Counter::FastOut)) => {
@@ -44,7 +46,7 @@ pub fn tc_action(outcome: Result<Counter, Drop>) -> i32 {
         }
         Ok(counter) => {
             crate::maps::count(counter);
-            TC_ACT_OK as i32
+            TC_ACT_UNSPEC
         }
         Err(drop) => {
             crate::maps::count(drop.counter());
@@ -177,6 +179,8 @@ pub struct L4Fields {
     pub dport: u16,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
+    /// Length of the transport header (TCP data offset, or 8 for UDP).
+    pub hdr_len: u16,
     /// Offset of the checksum field from the start of the packet.
     pub check_off: usize,
 }
@@ -200,11 +204,12 @@ pub fn l4_fields(
     let dport = read::<u16>(data, data_end, at + off::L4_DPORT)?;
     match proto {
         PROTO_TCP => {
-            check_tcp(read::<u8>(data, data_end, at + off::TCP_DOFF)?, l4_len)?;
+            let hdr_len = check_tcp(read::<u8>(data, data_end, at + off::TCP_DOFF)?, l4_len)?;
             Ok(L4Fields {
                 sport,
                 dport,
                 tcp_flags: read::<u8>(data, data_end, at + off::TCP_FLAGS)?,
+                hdr_len: hdr_len as u16,
                 check_off: at + off::TCP_CHECK,
             })
         }
@@ -220,6 +225,7 @@ pub fn l4_fields(
                 sport,
                 dport,
                 tcp_flags: 0,
+                hdr_len: nat_common::headers::UDP_HLEN as u16,
                 check_off: at + off::UDP_CHECK,
             })
         }

@@ -24,7 +24,9 @@ use crate::{
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const REMOTE_PORT: u16 = 443;
-const TC_ACT_OK: u32 = 0;
+/// What `nat_egress` returns for a translated packet: TC_ACT_UNSPEC (-1),
+/// TCX's "next program", which passes it on.
+const TRANSLATED: u32 = -1i32 as u32;
 
 pub fn run(args: &AllocBenchArgs) -> Result<()> {
     let span = span(args.ports.lo, args.ports.hi);
@@ -94,7 +96,7 @@ pub fn run(args: &AllocBenchArgs) -> Result<()> {
             ..Default::default()
         })?;
         latencies.push(res.duration);
-        if res.return_value == TC_ACT_OK {
+        if res.return_value == TRANSLATED {
             let ext_port = u16::from_be_bytes([out[34], out[35]]);
             if out[26..30] != EXTERNAL.octets()
                 || !(args.ports.lo..=args.ports.hi).contains(&ext_port)

@@ -23,8 +23,9 @@ use nat_common::{
     names::{
         GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
         LINK_EGRESS, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_EXT_ADDRS,
-        MAP_FAST_DEVS, MAP_FRAGS, MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REJECTS,
-        MAP_REV, MAP_STATS, PROG_EGRESS, PROG_FAST, PROG_FAST_TC, PROG_INGRESS, PROG_INGRESS_TC,
+        MAP_FAST_DEVS, MAP_FRAGS, MAP_FWD, MAP_IF_MACS, MAP_INTERNAL, MAP_POOL, MAP_PROBES,
+        MAP_REJECTS, MAP_REV, MAP_STATS, PROG_EGRESS, PROG_FAST, PROG_FAST_TC, PROG_INGRESS,
+        PROG_INGRESS_TC,
     },
     probe::{span, stride_for},
 };
@@ -419,6 +420,23 @@ fn attach_fast_path(
     for &(_, index) in fast.iter().chain([&(String::new(), ext_ifindex)]) {
         devs.insert(index, index, None, 0)
             .context("cannot fill the fast path's redirect map")?;
+    }
+    // XDP sees frames addressed to other hosts too (a promiscuous
+    // interface); the fast path takes only those sent to the interface.
+    let mut macs: HashMap<_, u32, [u8; 8]> = ebpf
+        .map_mut(MAP_IF_MACS)
+        .context("map NAT_IF_MACS missing from the object")?
+        .try_into()?;
+    for (name, index) in fast
+        .iter()
+        .map(|(n, i)| (n.as_str(), *i))
+        .chain([(args.iface.as_str(), ext_ifindex)])
+    {
+        let mac = crate::iface::hw_addr(name)?;
+        let mut value = [0u8; 8];
+        value[..6].copy_from_slice(&mac);
+        macs.insert(index, value, 0)
+            .context("cannot fill the fast path's MAC map")?;
     }
     for (name, _) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");

@@ -3,6 +3,7 @@
 mod alloc_bench;
 mod batch;
 mod cli;
+mod iface;
 mod load;
 mod netns;
 mod pidfile;

@@ -4,16 +4,17 @@
 mod closing;
 mod common;
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use closing::{Close, CloseServer, cooldowns, left_ms, quick_close, wait_for};
 use common::*;
+use nat_common::csum;
 use nat_tests::{
-    CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts,
-    run_in_ns, tcp_exchange, tcp_sink_server, udp_echo_server, udp_exchange,
+    CLIENT_IFACE, CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, SERVER_IP, Side, Topology,
+    TopologyOpts, run_in_ns, tcp_exchange, tcp_sink_server, udp_echo_server, udp_exchange,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -284,4 +285,187 @@ fn route_changes_reach_established_flows() {
     assert!(counter(&stats(&topo), "fast_route") > before);
     route("del");
     assert!(echoed(b"routed again"), "the flow did not recover");
+}
+
+/// A datagram of an established flow that is larger than the external MTU,
+/// by as little as 2 bytes, is left to the stack, which answers with
+/// fragmentation needed; one that fits takes the fast path.
+fn mtu_is_checked(tag: &str, ingress: &'static str) {
+    let topo = topology(tag, ingress);
+    let nat_ns = topo.ns_name(Side::Nat);
+    let out = Command::new("ip")
+        .args(["-n", nat_ns, "link", "set", EXT_IFACE, "mtu", "1400"])
+        .output()
+        .expect("ip runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _nat = start(&topo, ingress, &[]);
+    let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
+    let socket = run_in_ns(topo.ns_name(Side::Client), || {
+        UdpSocket::bind((CLIENT_IP, 0)).expect("bind")
+    });
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let server = v4(SERVER_IP, 5353);
+    let echoed = |len: usize| {
+        let payload = vec![b'x'; len];
+        if socket.send_to(&payload, server).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 2048];
+        socket.recv(&mut buf).is_ok_and(|n| buf[..n] == payload[..])
+    };
+    assert!(echoed(16), "the flow did not open");
+    assert!(echoed(16));
+    let fast_before = counter(&stats(&topo), "fast_out");
+    let unreach_before = snmp(nat_ns, "Icmp", "OutDestUnreachs");
+    // 20 bytes of IP and 8 of UDP: 1402 bytes on the wire, 2 over the MTU.
+    assert!(
+        !echoed(1374),
+        "a datagram over the external MTU crossed the NAT"
+    );
+    assert_eq!(snmp(nat_ns, "Icmp", "OutDestUnreachs") - unreach_before, 1);
+    let st = stats(&topo);
+    assert!(counter(&st, "fast_route") >= 1, "{st}");
+    assert_eq!(counter(&st, "fast_out"), fast_before, "{st}");
+    // Exactly the MTU fits, and takes the fast path.
+    assert!(echoed(1372), "a datagram of exactly the MTU was lost");
+    assert_eq!(counter(&stats(&topo), "fast_out"), fast_before + 1);
+}
+
+#[test]
+fn mtu_is_checked_xdp() {
+    mtu_is_checked("fastmtux", "xdp");
+}
+
+#[test]
+fn mtu_is_checked_tc() {
+    mtu_is_checked("fastmtut", "tc");
+}
+
+/// A UDP datagram from `src` to `dst` in an Ethernet frame addressed to `dst_mac`.
+fn udp_frame(dst_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let (s, d) = (src.ip().octets(), dst.ip().octets());
+    let check = csum::l4_checksum(s, d, libc::IPPROTO_UDP as u8, &udp);
+    udp[6..8].copy_from_slice(&check.to_ne_bytes());
+    let mut ip = vec![
+        0x45,
+        0,
+        0,
+        0,
+        0x12,
+        0x34,
+        0x40,
+        0,
+        64,
+        libc::IPPROTO_UDP as u8,
+        0,
+        0,
+    ];
+    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&s);
+    ip.extend_from_slice(&d);
+    let check = csum::ipv4_header_checksum(&ip);
+    ip[10..12].copy_from_slice(&check.to_ne_bytes());
+    let mut frame = dst_mac.to_vec();
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&udp);
+    frame
+}
+
+/// Sends one Ethernet frame out of `iface` of the calling thread's namespace.
+fn send_frame(iface: &str, frame: &[u8]) {
+    let index = nix::net::if_::if_nametoindex(iface).expect("interface index");
+    // SAFETY: plain libc socket calls on buffers we own; the fd is closed below.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut to: libc::sockaddr_ll = std::mem::zeroed();
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = index as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let n = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+        libc::close(fd);
+    }
+}
+
+/// A frame of an established flow sent to another host's MAC address (what a
+/// promiscuous interface also sees) is not forwarded: the stack drops it.
+fn frames_for_other_hosts_stay(tag: &str, ingress: &'static str) {
+    let topo = topology(tag, ingress);
+    let _nat = start(&topo, ingress, &[]);
+    let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
+    let socket = run_in_ns(topo.ns_name(Side::Client), || {
+        UdpSocket::bind((CLIENT_IP, 0)).expect("bind")
+    });
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let server = v4(SERVER_IP, 5353);
+    let mut buf = [0u8; 64];
+    for _ in 0..2 {
+        socket.send_to(b"flow", server).expect("send");
+        assert!(socket.recv(&mut buf).is_ok(), "the flow did not work");
+    }
+    let SocketAddr::V4(local) = socket.local_addr().expect("local address") else {
+        panic!("not IPv4");
+    };
+    let before = stats(&topo);
+    let frame = udp_frame([0x02, 0, 0, 0, 0, 0x99], local, server, b"stray");
+    run_in_ns(topo.ns_name(Side::Client), move || {
+        send_frame(CLIENT_IFACE, &frame)
+    });
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "a frame for another host's MAC was forwarded and echoed"
+    );
+    let after = stats(&topo);
+    assert_eq!(
+        counter(&after, "fast_out"),
+        counter(&before, "fast_out"),
+        "{after}"
+    );
+    assert!(
+        counter(&after, "fast_miss") > counter(&before, "fast_miss"),
+        "{after}"
+    );
+}
+
+#[test]
+fn frames_for_other_hosts_stay_xdp() {
+    frames_for_other_hosts_stay("fastmacx", "xdp");
+}
+
+#[test]
+fn frames_for_other_hosts_stay_tc() {
+    frames_for_other_hosts_stay("fastmact", "tc");
 }
