@@ -55,6 +55,20 @@ fn start(topo: &Topology, ingress: &str, extra: &[&str]) -> NatProcess {
     NatProcess::start(topo, &args)
 }
 
+/// Runs `ip ARGS` in the nat namespace, which must succeed.
+fn ip_in_nat(topo: &Topology, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["-n", topo.ns_name(Side::Nat)])
+        .args(args)
+        .output()
+        .expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The hook the fast path runs in on the internal interface, if any.
 fn hook_on_internal(topo: &Topology) -> Option<&'static str> {
     if xdp_attached(topo, INT_IFACE) {
@@ -67,6 +81,46 @@ fn hook_on_internal(topo: &Topology) -> Option<&'static str> {
             .len()
     });
     (tcx > 0).then_some("tc")
+}
+
+/// A UDP socket on the client's first address, toward the echo server on
+/// port 5353, for tests that send more than one datagram on one flow.
+struct Flow {
+    socket: UdpSocket,
+    server: SocketAddrV4,
+}
+
+impl Flow {
+    fn open(topo: &Topology) -> Flow {
+        let socket = run_in_ns(topo.ns_name(Side::Client), || {
+            UdpSocket::bind((CLIENT_IP, 0)).expect("bind")
+        });
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        Flow {
+            socket,
+            server: v4(SERVER_IP, 5353),
+        }
+    }
+
+    /// Sends `payload` and says whether it came back within half a second.
+    fn echoed(&self, payload: &[u8]) -> bool {
+        if self.socket.send_to(payload, self.server).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 2048];
+        self.socket
+            .recv(&mut buf)
+            .is_ok_and(|n| buf[..n] == payload[..])
+    }
+
+    fn local(&self) -> SocketAddrV4 {
+        match self.socket.local_addr().expect("local address") {
+            SocketAddr::V4(local) => local,
+            other => panic!("not IPv4: {other}"),
+        }
+    }
 }
 
 fn established_flows_bypass_the_stack(tag: &str, ingress: &'static str) {
@@ -193,23 +247,11 @@ fn expiring_ttl_is_left_to_the_stack() {
     let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
     let nat_ns = topo.ns_name(Side::Nat);
     let expired_before = snmp(nat_ns, "Icmp", "OutTimeExcds");
-    let (echoed, late) = run_in_ns(topo.ns_name(Side::Client), || {
-        let socket = UdpSocket::bind((CLIENT_IP, 0)).expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .expect("timeout");
-        let server = v4(SERVER_IP, 5353);
-        let mut buf = [0u8; 64];
-        socket.send_to(b"first", server).expect("send");
-        let echoed = socket.recv(&mut buf).is_ok();
-        // Same flow, now with TTL 1: it must expire at the NAT, not be forwarded.
-        socket.set_ttl(1).expect("ttl");
-        socket.send_to(b"second", server).expect("send");
-        let late = socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec());
-        (echoed, late)
-    });
-    assert!(echoed, "the first datagram was not echoed");
-    assert_eq!(late, None, "a TTL 1 datagram crossed the NAT");
+    let flow = Flow::open(&topo);
+    assert!(flow.echoed(b"first"), "the first datagram was not echoed");
+    // Same flow, now with TTL 1: it must expire at the NAT, not be forwarded.
+    flow.socket.set_ttl(1).expect("ttl");
+    assert!(!flow.echoed(b"second"), "a TTL 1 datagram crossed the NAT");
     let expired = snmp(nat_ns, "Icmp", "OutTimeExcds") - expired_before;
     assert_eq!(expired, 1, "the NAT's stack did not answer time exceeded");
     let st = stats(&topo);
@@ -245,35 +287,14 @@ fn route_changes_reach_established_flows() {
     let topo = topology("fastroute", "xdp");
     let _nat = start(&topo, "xdp", &[]);
     let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
-    let socket = run_in_ns(topo.ns_name(Side::Client), || {
-        UdpSocket::bind((CLIENT_IP, 0)).expect("bind")
-    });
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let server = v4(SERVER_IP, 5353);
-    let echoed = |payload: &[u8]| {
-        socket.send_to(payload, server).expect("send");
-        let mut buf = [0u8; 64];
-        socket.recv(&mut buf).is_ok_and(|n| &buf[..n] == payload)
-    };
+    let flow = Flow::open(&topo);
+    let echoed = |payload: &[u8]| flow.echoed(payload);
     assert!(echoed(b"opens the flow"));
     assert!(echoed(b"fast"));
     let st = stats(&topo);
     assert!(counter(&st, "fast_out") >= 1, "{st}");
 
-    let route = |verb: &str| {
-        let out = Command::new("ip")
-            .args(["-n", topo.ns_name(Side::Nat), "route", verb])
-            .args(["blackhole", "198.18.0.2/32"])
-            .output()
-            .expect("ip runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let route = |verb: &str| ip_in_nat(&topo, &["route", verb, "blackhole", "198.18.0.2/32"]);
     route("add");
     // The flow's cached lookup is used for at most a second.
     std::thread::sleep(Duration::from_millis(1100));
@@ -293,32 +314,11 @@ fn route_changes_reach_established_flows() {
 fn mtu_is_checked(tag: &str, ingress: &'static str) {
     let topo = topology(tag, ingress);
     let nat_ns = topo.ns_name(Side::Nat);
-    let out = Command::new("ip")
-        .args(["-n", nat_ns, "link", "set", EXT_IFACE, "mtu", "1400"])
-        .output()
-        .expect("ip runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ip_in_nat(&topo, &["link", "set", EXT_IFACE, "mtu", "1400"]);
     let _nat = start(&topo, ingress, &[]);
     let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
-    let socket = run_in_ns(topo.ns_name(Side::Client), || {
-        UdpSocket::bind((CLIENT_IP, 0)).expect("bind")
-    });
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let server = v4(SERVER_IP, 5353);
-    let echoed = |len: usize| {
-        let payload = vec![b'x'; len];
-        if socket.send_to(&payload, server).is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 2048];
-        socket.recv(&mut buf).is_ok_and(|n| buf[..n] == payload[..])
-    };
+    let flow = Flow::open(&topo);
+    let echoed = |len: usize| flow.echoed(&vec![b'x'; len]);
     assert!(echoed(16), "the flow did not open");
     assert!(echoed(16));
     let fast_before = counter(&stats(&topo), "fast_out");
@@ -424,28 +424,23 @@ fn frames_for_other_hosts_stay(tag: &str, ingress: &'static str) {
     let topo = topology(tag, ingress);
     let _nat = start(&topo, ingress, &[]);
     let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
-    let socket = run_in_ns(topo.ns_name(Side::Client), || {
-        UdpSocket::bind((CLIENT_IP, 0)).expect("bind")
-    });
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let server = v4(SERVER_IP, 5353);
-    let mut buf = [0u8; 64];
+    let flow = Flow::open(&topo);
     for _ in 0..2 {
-        socket.send_to(b"flow", server).expect("send");
-        assert!(socket.recv(&mut buf).is_ok(), "the flow did not work");
+        assert!(flow.echoed(b"flow"), "the flow did not work");
     }
-    let SocketAddr::V4(local) = socket.local_addr().expect("local address") else {
-        panic!("not IPv4");
-    };
     let before = stats(&topo);
-    let frame = udp_frame([0x02, 0, 0, 0, 0, 0x99], local, server, b"stray");
+    let frame = udp_frame(
+        [0x02, 0, 0, 0, 0, 0x99],
+        flow.local(),
+        flow.server,
+        b"stray",
+    );
     run_in_ns(topo.ns_name(Side::Client), move || {
         send_frame(CLIENT_IFACE, &frame)
     });
+    let mut buf = [0u8; 64];
     assert!(
-        socket.recv(&mut buf).is_err(),
+        flow.socket.recv(&mut buf).is_err(),
         "a frame for another host's MAC was forwarded and echoed"
     );
     let after = stats(&topo);
