@@ -50,7 +50,13 @@ const IP_TTL: usize = 8;
 /// fragments or answers), forwarding disabled, local, or unreachable.
 /// `tot_len` 0 lets TC check the MTU against the skb, GSO included.
 #[inline(always)]
-fn lookup<C: EbpfContext>(ctx: &C, ifindex: u32, flow: &Flow, tot_len: u16) -> Option<NextHop> {
+fn lookup<C: EbpfContext>(
+    ctx: &C,
+    ifindex: u32,
+    flow: &FlowKey,
+    tos: u8,
+    tot_len: u16,
+) -> Option<NextHop> {
     // SAFETY: a plain C struct; all-zero is its neutral value.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
@@ -59,7 +65,7 @@ fn lookup<C: EbpfContext>(ctx: &C, ifindex: u32, flow: &Flow, tot_len: u16) -> O
     p.dport = flow.dport;
     p.__bindgen_anon_1.tot_len = tot_len;
     p.ifindex = ifindex;
-    p.__bindgen_anon_2.tos = flow.tos;
+    p.__bindgen_anon_2.tos = tos;
     p.__bindgen_anon_3.ipv4_src = flow.saddr;
     p.__bindgen_anon_4.ipv4_dst = flow.daddr;
     // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
@@ -90,7 +96,8 @@ pub fn next_hop<C: EbpfContext>(
     ctx: &C,
     entry: *mut Session,
     ifindex: u32,
-    flow: &Flow,
+    flow: &FlowKey,
+    tos: u8,
     l3_len: u16,
     now: u64,
 ) -> Option<NextHop> {
@@ -101,7 +108,7 @@ pub fn next_hop<C: EbpfContext>(
         return Some(cached);
     }
     // A non-zero length makes the kernel check it against the route's MTU.
-    let hop = lookup(ctx, ifindex, flow, l3_len)?;
+    let hop = lookup(ctx, ifindex, flow, tos, l3_len)?;
     if !fresh {
         store(entry, &hop, now);
     }
@@ -157,17 +164,6 @@ pub fn frame_for_host(data: usize, end: usize, ifindex: u32) -> bool {
         Some(mac) => mac[..6] == dst,
         None => false,
     }
-}
-
-/// What a route lookup needs of a packet, with the addresses and ports it
-/// will carry when it leaves.
-pub struct Flow {
-    pub proto: u8,
-    pub tos: u8,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
 }
 
 /// Does what the stack would to a forwarded frame: new link addresses and
@@ -229,11 +225,12 @@ pub fn tos_ttl(data: usize, end: usize) -> Result<(u8, u8), Drop> {
 /// A packet on an internal interface that belongs to a session and may take the fast path.
 struct Candidate {
     ip: Ipv4Fields,
-    ip_hdr_len: usize,
     l4: L4Fields,
     l4_at: usize,
+    tos: u8,
     ttl: u8,
-    flow: Flow,
+    /// The forward key; also what the route lookup is asked about, with the
+    /// internal source, as the stack routes before SNAT.
     key: FlowKey,
     entry: *mut Session,
 }
@@ -254,22 +251,12 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
     let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true).ok()?;
     let key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
     let entry = NAT_FWD.get_ptr_mut(&key)?;
-    // Routed with the internal source, as the stack routes before SNAT.
-    let flow = Flow {
-        proto: ip.proto,
-        tos,
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-    };
     Some(Candidate {
         ip,
-        ip_hdr_len: meta.hdr_len,
         l4,
         l4_at,
+        tos,
         ttl,
-        flow,
         key,
         entry,
     })
@@ -278,13 +265,13 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
 /// Touches the session and tracks its TCP state, as `nat_egress` does;
 /// returns the external endpoint.
 #[inline(always)]
-fn claim(c: &Candidate, now: u64) -> Session {
+fn claim(c: &Candidate, now: u64) -> Endpoint {
     touch(c.entry, now);
     if c.ip.proto == PROTO_TCP {
         track::egress(&c.key, c.entry, c.l4.tcp_flags, now);
     }
     // SAFETY: live map value from the lookup in `candidate`.
-    unsafe { *c.entry }
+    Endpoint::of(unsafe { &*c.entry })
 }
 
 #[xdp]
@@ -304,7 +291,7 @@ fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
         return Ok(Counter::FastMiss);
     }
     let now = now_ns();
-    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, c.ip.tot_len, now) else {
+    let Some(next) = next_hop(ctx, c.entry, ingress, &c.key, c.tos, c.ip.tot_len, now) else {
         return Ok(Counter::FastRoute);
     };
     // Only flows leaving through the external interface are ours; the
@@ -355,22 +342,18 @@ fn try_fast_tc(ctx: &TcContext) -> Result<Counter, Drop> {
     let now = now_ns();
     // SAFETY: reads a field of the program's own context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let l3_len = skb_l3_len(ctx, c.ip_hdr_len, c.l4.hdr_len, c.ip.tot_len);
-    let Some(next) = next_hop(ctx, c.entry, ingress, &c.flow, l3_len, now) else {
+    let l3_len = skb_l3_len(ctx, c.l4_at - ETH_HLEN, c.l4.hdr_len, c.ip.tot_len);
+    let Some(next) = next_hop(ctx, c.entry, ingress, &c.key, c.tos, l3_len, now) else {
         return Ok(Counter::FastRoute);
     };
     // The external interface is always a fast-path device.
     if next.ifindex != ext_ifindex() || !tc_redirect_egress(next.ifindex) {
         return Ok(Counter::FastRoute);
     }
-    let to = claim(&c, now);
+    let new = claim(&c, now);
     let old = Endpoint {
         addr: c.ip.saddr,
         port: c.l4.sport,
-    };
-    let new = Endpoint {
-        addr: to.addr,
-        port: to.port,
     };
     rewrite_endpoint(ctx, &c.l4, c.ip.proto, Side::Source, c.l4_at, old, new)?;
     let (data, end) = (ctx.data(), ctx.data_end());

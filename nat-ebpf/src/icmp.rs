@@ -154,23 +154,15 @@ fn error(
         return Ok(Counter::IcmpUnmatched);
     }
     let il4 = inner + meta.hdr_len;
+    // The quoted packet went the other way: from outside its source is ours.
+    let port_field = if dir == Dir::In {
+        off::L4_SPORT
+    } else {
+        off::L4_DPORT
+    };
     let (port_at, check_at) = match iip.proto {
-        PROTO_TCP => (
-            if dir == Dir::In {
-                off::L4_SPORT
-            } else {
-                off::L4_DPORT
-            },
-            off::TCP_CHECK,
-        ),
-        PROTO_UDP => (
-            if dir == Dir::In {
-                off::L4_SPORT
-            } else {
-                off::L4_DPORT
-            },
-            off::UDP_CHECK,
-        ),
+        PROTO_TCP => (port_field, off::TCP_CHECK),
+        PROTO_UDP => (port_field, off::UDP_CHECK),
         PROTO_ICMP => (off::ICMP_ID, off::ICMP_CHECK),
         _ => return Ok(Counter::IcmpUnmatched),
     };

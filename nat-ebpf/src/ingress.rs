@@ -45,7 +45,7 @@ struct Inbound {
     l4: L4Fields,
     l4_at: usize,
     /// The internal endpoint to deliver to.
-    to: Session,
+    to: Endpoint,
     /// The reverse entry itself, for the fast path's route cache.
     entry: *mut Session,
     now: u64,
@@ -98,7 +98,7 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, Drop> {
         track::ingress(&key, entry, l4.tcp_flags, now);
     }
     // SAFETY: live map value from the lookup above.
-    let to = unsafe { *entry };
+    let to = Endpoint::of(unsafe { &*entry });
     Ok(Class::Session(Inbound {
         ip,
         first_fragment: meta.fragment,
@@ -184,15 +184,15 @@ fn forward_in<C: EbpfContext>(
     if eligible(false, pkt.ip.proto, ttl).is_err() {
         return Ok(false);
     }
-    let flow = fast::Flow {
-        proto: pkt.ip.proto,
-        tos,
-        saddr: pkt.ip.saddr,
-        daddr: pkt.to.addr,
-        sport: pkt.l4.sport,
-        dport: pkt.to.port,
-    };
-    let Some(next) = fast::next_hop(ctx, pkt.entry, ingress, &flow, l3_len, pkt.now) else {
+    // Routed as it will leave: toward the internal endpoint.
+    let flow = FlowKey::new(
+        pkt.ip.proto,
+        pkt.ip.saddr,
+        pkt.l4.sport,
+        pkt.to.addr,
+        pkt.to.port,
+    );
+    let Some(next) = fast::next_hop(ctx, pkt.entry, ingress, &flow, tos, l3_len, pkt.now) else {
         return Ok(false);
     };
     if next.ifindex == ext_ifindex() {
@@ -239,10 +239,7 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
         addr: pkt.ip.daddr,
         port: pkt.l4.dport,
     };
-    let new = Endpoint {
-        addr: pkt.to.addr,
-        port: pkt.to.port,
-    };
+    let new = pkt.to;
     rewrite_endpoint(
         ctx,
         &pkt.l4,

@@ -286,23 +286,13 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
     egress
         .load()
         .context("the kernel rejected the egress program")?;
-    let id = egress
-        .attach_with_options(
-            &args.iface,
-            TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .with_context(|| {
-            format!(
-                "cannot attach the egress program to {} (TCX needs Linux 6.6+)",
-                args.iface
-            )
-        })?;
-    let link: FdLink = egress
-        .take_link(id)?
-        .try_into()
-        .context("egress link is not a bpf link")?;
-    instance.pin_link(link, LINK_EGRESS)?;
+    attach_tcx(
+        egress,
+        &args.iface,
+        TcAttachType::Egress,
+        LINK_EGRESS,
+        instance,
+    )?;
 
     let mode = match args.ingress {
         IngressArg::Tc => {
@@ -313,18 +303,13 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
             ingress
                 .load()
                 .context("the kernel rejected the TC ingress program")?;
-            let id = ingress
-                .attach_with_options(
-                    &args.iface,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .with_context(|| format!("cannot attach the ingress program to {}", args.iface))?;
-            let link: FdLink = ingress
-                .take_link(id)?
-                .try_into()
-                .context("ingress link is not a bpf link")?;
-            instance.pin_link(link, LINK_INGRESS)?;
+            attach_tcx(
+                ingress,
+                &args.iface,
+                TcAttachType::Ingress,
+                LINK_INGRESS,
+                instance,
+            )?;
             "tc"
         }
         IngressArg::Xdp => {
@@ -339,6 +324,26 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
         }
     };
     Ok(mode)
+}
+
+/// Attaches a TC program through a TCX link and pins the link as `link_name`.
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    hook: TcAttachType,
+    link_name: &str,
+    instance: &mut Instance,
+) -> Result<()> {
+    let id = prog
+        .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| {
+            format!("cannot attach a TC {hook:?} program to {iface} (TCX needs Linux 6.6+)")
+        })?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .context("TCX link is not a bpf link")?;
+    instance.pin_link(link, link_name)
 }
 
 /// Attaches an XDP program in the mode asked for, pins the link and names the mode.
@@ -462,18 +467,7 @@ fn attach_fast_path(
                     prog.load()
                         .context("the kernel rejected the TC fast-path program")?;
                 }
-                let id = prog
-                    .attach_with_options(
-                        name,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .with_context(|| format!("cannot attach the fast path to {name}"))?;
-                let fd_link: FdLink = prog
-                    .take_link(id)?
-                    .try_into()
-                    .context("fast-path link is not a bpf link")?;
-                instance.pin_link(fd_link, &link)?;
+                attach_tcx(prog, name, TcAttachType::Ingress, &link, instance)?;
                 "tc"
             }
         };

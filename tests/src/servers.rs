@@ -33,6 +33,30 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Runs `serve` on a thread named `name` until the handle stops it.
+    fn spawn(
+        name: String,
+        port: u16,
+        serve: impl FnOnce(&Mutex<Vec<SocketAddr>>, &AtomicBool) + Send + 'static,
+    ) -> ServerHandle {
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let peers = Arc::clone(&peers);
+            let stop = Arc::clone(&stop);
+            thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || serve(&peers, &stop))
+                .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"))
+        };
+        ServerHandle {
+            port,
+            peers,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// Every peer seen so far, in arrival order: one entry per accepted TCP
     /// connection, or per received UDP datagram.
     pub fn peers(&self) -> Vec<SocketAddr> {
@@ -64,22 +88,9 @@ pub fn tcp_sink_server(ns: &str, port: u16) -> ServerHandle {
     // Bound inside the namespace; the socket stays there whichever thread uses it.
     let listener = run_in_ns(ns, move || listen_tcp(port));
     let port = local_port(listener.local_addr());
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let peers = Arc::clone(&peers);
-        let stop = Arc::clone(&stop);
-        thread::Builder::new()
-            .name(format!("tcp-sink-{port}"))
-            .spawn(move || accept_loop(&listener, &peers, &stop))
-            .expect("cannot spawn the TCP sink thread")
-    };
-    ServerHandle {
-        port,
-        peers,
-        stop,
-        thread: Some(thread),
-    }
+    ServerHandle::spawn(format!("tcp-sink-{port}"), port, move |peers, stop| {
+        accept_loop(&listener, peers, stop)
+    })
 }
 
 /// A UDP server on 0.0.0.0:`port` in `ns` that sends every datagram back
@@ -93,22 +104,9 @@ pub fn udp_echo_server(ns: &str, port: u16) -> ServerHandle {
         .set_read_timeout(Some(STOP_POLL))
         .expect("cannot set a UDP read timeout");
     let port = local_port(socket.local_addr());
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let peers = Arc::clone(&peers);
-        let stop = Arc::clone(&stop);
-        thread::Builder::new()
-            .name(format!("udp-echo-{port}"))
-            .spawn(move || echo_loop(&socket, &peers, &stop))
-            .expect("cannot spawn the UDP echo thread")
-    };
-    ServerHandle {
-        port,
-        peers,
-        stop,
-        thread: Some(thread),
-    }
+    ServerHandle::spawn(format!("udp-echo-{port}"), port, move |peers, stop| {
+        echo_loop(&socket, peers, stop)
+    })
 }
 
 fn accept_loop(listener: &TcpListener, peers: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) {

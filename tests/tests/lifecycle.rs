@@ -12,12 +12,8 @@ use nix::{
     unistd::Pid,
 };
 
-#[test]
-fn stop_detaches_and_unpins() {
-    let topo = Topology::new("stop", TopologyOpts::default());
-    let nat = NatProcess::start(&topo, &["--ports", PORTS]);
-    let progs = attached_programs(&topo);
-    assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
+/// 10 kB over TCP from the client, which the server must see translated.
+fn translated_transfer(topo: &Topology, what: &str) {
     let server = tcp_sink_server(topo.ns_name(Side::Server), 8080);
     tcp_transfer(
         topo.ns_name(Side::Client),
@@ -25,8 +21,17 @@ fn stop_detaches_and_unpins() {
         v4(SERVER_IP, 8080),
         10_000,
     )
-    .expect("transfer");
+    .expect(what);
     assert_translated(server.last_peer().unwrap());
+}
+
+#[test]
+fn stop_detaches_and_unpins() {
+    let topo = Topology::new("stop", TopologyOpts::default());
+    let nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    let progs = attached_programs(&topo);
+    assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
+    translated_transfer(&topo, "transfer");
     assert!(nat.stop().success());
     assert_nothing_left(&topo);
 }
@@ -40,15 +45,10 @@ fn unload_cleans_up_after_a_killed_daemon() {
     kill(Pid::from_raw(nat.pid() as i32), Signal::SIGKILL).unwrap();
     assert!(!nat.stop().success());
 
-    let server = tcp_sink_server(topo.ns_name(Side::Server), 8080);
-    tcp_transfer(
-        topo.ns_name(Side::Client),
-        Some(CLIENT_IP),
-        v4(SERVER_IP, 8080),
-        10_000,
-    )
-    .expect("pinned datapath keeps translating without its daemon");
-    assert_translated(server.last_peer().unwrap());
+    translated_transfer(
+        &topo,
+        "pinned datapath keeps translating without its daemon",
+    );
     assert_eq!(sessions(&topo).len(), 1);
 
     unload(&topo);

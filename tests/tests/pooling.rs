@@ -12,8 +12,8 @@ use std::{
 
 use common::*;
 use nat_tests::{
-    NatProcess, SERVER_IP, Side, Topology, TopologyOpts, concurrent_tcp, tcp_sink_server,
-    tcp_transfer,
+    NatProcess, SERVER_IP, Side, Topology, TopologyOpts, concurrent_tcp, serde_json::Value,
+    tcp_sink_server, tcp_transfer,
 };
 
 const SECOND: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
@@ -63,22 +63,15 @@ fn each_internal_host_keeps_one_external_address() {
 
     // Which external address each internal host got, from the session table.
     let mut by_host: HashMap<String, HashSet<String>> = HashMap::new();
+    let addr_of = |endpoint: &Value| {
+        let endpoint = endpoint.as_str().expect("an address:port string");
+        endpoint.split(':').next().unwrap().to_owned()
+    };
     for s in sessions(&topo) {
-        let host = s["internal"]
-            .as_str()
-            .unwrap()
-            .split(':')
-            .next()
-            .unwrap()
-            .to_owned();
-        let ext = s["external"]
-            .as_str()
-            .unwrap()
-            .split(':')
-            .next()
-            .unwrap()
-            .to_owned();
-        by_host.entry(host).or_default().insert(ext);
+        by_host
+            .entry(addr_of(&s["internal"]))
+            .or_default()
+            .insert(addr_of(&s["external"]));
     }
     assert_eq!(by_host.len(), 24);
     for (host, exts) in &by_host {
