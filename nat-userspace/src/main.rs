@@ -1,29 +1,16 @@
 //! `nat`: loader daemon and CLI of the in-kernel NAT.
 
-mod alloc_bench;
-mod batch;
-mod cli;
-mod iface;
-mod load;
-mod netns;
-mod pidfile;
-mod pins;
-mod reaper;
-mod reaper_bench;
-mod reject;
-mod settings;
-mod show;
-mod tables;
-mod unload;
-
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser as _, error::ErrorKind};
 
-use crate::{
+use nat_userspace::{
+    alloc_bench,
     cli::{Cli, Command},
+    load, netns, pins, reaper_bench, show,
     tables::Tables,
+    unload,
 };
 
 fn main() -> ExitCode {

@@ -1,0 +1,19 @@
+//! The `nat` daemon and CLI as a library: the binaries (`nat`, and the
+//! benchmarks' `nat-bench`) and the test suite's datapath fixtures share the
+//! embedded kernel object, the map handles and the loader.
+
+pub mod alloc_bench;
+pub mod batch;
+pub mod cli;
+pub mod iface;
+pub mod load;
+pub mod netns;
+pub mod pidfile;
+pub mod pins;
+pub mod reaper;
+pub mod reaper_bench;
+pub mod reject;
+pub mod settings;
+pub mod show;
+pub mod tables;
+pub mod unload;
