@@ -26,9 +26,13 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod reject;
 #[cfg(target_arch = "bpf")]
+mod skb;
+#[cfg(target_arch = "bpf")]
 mod tc_rewrite;
 #[cfg(target_arch = "bpf")]
 mod track;
+#[cfg(target_arch = "bpf")]
+mod xdp_rewrite;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
