@@ -23,7 +23,7 @@ use crate::{
 
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    tc_action(try_egress(&ctx))
+    tc_action(&ctx, try_egress(&ctx))
 }
 
 /// Packets from internal sources are translated or dropped; nothing from an

@@ -276,7 +276,7 @@ fn track_session(c: &Candidate, now: u64) -> Endpoint {
 
 #[xdp]
 pub fn nat_fast(ctx: XdpContext) -> u32 {
-    xdp_verdict(try_fast_xdp(&ctx))
+    xdp_verdict(&ctx, try_fast_xdp(&ctx))
 }
 
 /// Errors come only after the rewrite began: such a packet is dropped.
@@ -321,7 +321,7 @@ fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
 
 #[classifier]
 pub fn nat_fast_tc(ctx: TcContext) -> i32 {
-    tc_action(try_fast_tc(&ctx))
+    tc_action(&ctx, try_fast_tc(&ctx))
 }
 
 /// Translates with the skb-aware helpers of `nat_egress`, so partial

@@ -111,7 +111,7 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> 
 
 #[xdp]
 pub fn nat_ingress(ctx: XdpContext) -> u32 {
-    xdp_verdict(try_xdp(&ctx))
+    xdp_verdict(&ctx, try_xdp(&ctx))
 }
 
 #[inline(always)]
@@ -207,7 +207,7 @@ fn forward_in<C: EbpfContext>(
 
 #[classifier]
 pub fn nat_ingress_tc(ctx: TcContext) -> i32 {
-    tc_action(try_tc(&ctx))
+    tc_action(&ctx, try_tc(&ctx))
 }
 
 #[inline(always)]

@@ -36,7 +36,7 @@ impl DropReason {
 /// goes on to the next program or filter on the hook (TC_ACT_UNSPEC, TCX's
 /// "next"), so the operator's own ingress and egress filters still see it.
 #[inline(always)]
-pub fn tc_action(outcome: Result<Counter, DropReason>) -> i32 {
+pub fn tc_action(ctx: &aya_ebpf::programs::TcContext, outcome: Result<Counter, DropReason>) -> i32 {
     use aya_ebpf::bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
     match outcome {
         // The fast path set up the redirect before it returned these.
@@ -50,6 +50,7 @@ pub fn tc_action(outcome: Result<Counter, DropReason>) -> i32 {
         }
         Err(drop) => {
             crate::maps::count(drop.counter());
+            crate::events::dropped(ctx, drop, ctx.data(), ctx.data_end());
             TC_ACT_SHOT as i32
         }
     }
@@ -58,7 +59,10 @@ pub fn tc_action(outcome: Result<Counter, DropReason>) -> i32 {
 /// An XDP program's outcome as its action, counted: the fast path's
 /// counters mean a redirect it set up, other outcomes pass, drops drop.
 #[inline(always)]
-pub fn xdp_verdict(outcome: Result<Counter, DropReason>) -> u32 {
+pub fn xdp_verdict(
+    ctx: &aya_ebpf::programs::XdpContext,
+    outcome: Result<Counter, DropReason>,
+) -> u32 {
     use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
     match outcome {
         Ok(c @ (Counter::FastIn | Counter::FastOut)) => {
@@ -71,6 +75,7 @@ pub fn xdp_verdict(outcome: Result<Counter, DropReason>) -> u32 {
         }
         Err(drop) => {
             crate::maps::count(drop.counter());
+            crate::events::dropped(ctx, drop, ctx.data(), ctx.data_end());
             XDP_DROP
         }
     }

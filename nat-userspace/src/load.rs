@@ -56,7 +56,7 @@ pub const PINNED_MAPS: [&str; 9] = [
 /// Every link the instance pins.
 pub const PINNED_LINKS: [&str; 2] = [LINK_EGRESS, LINK_INGRESS];
 
-pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
+pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     // Installed first: a signal during startup is then handled by the loop
     // below, after everything created so far can be removed again.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
@@ -70,6 +70,9 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("no interface named '{name}'{scope}"))
     };
     let ext_ifindex = ifindex(&args.iface)?;
+    // Explicit --fast-path names are checked before the defaults look at them.
+    fast_path_interfaces(&args, ifindex)?;
+    let choices = crate::defaults::resolve(&mut args)?;
     let fast = fast_path_interfaces(&args, ifindex)?;
     if args.external.len() > MAX_POOL as usize {
         bail!(
@@ -139,10 +142,11 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         }
     }
     populate(&mut ebpf, &args.internal, &args.external, args.ports, cfg)?;
-    let mode = attach(&mut ebpf, &args, &mut instance)?;
-    attach_fast_path(&mut ebpf, &args, ext_ifindex, &fast, &mut instance)?;
+    let (mode, ingress) = attach(&mut ebpf, &args, &mut instance)?;
+    attach_fast_path(&mut ebpf, &args, ingress, ext_ifindex, &fast, &mut instance)?;
     pidfile::write(netns, &args.iface)?;
 
+    let _event_log = crate::event_log::spawn(&mut ebpf)?;
     let mut tables = Tables::from_ebpf(&mut ebpf)?;
     let _responder = reject::spawn(
         ebpf.take_map(MAP_REJECTS)
@@ -150,6 +154,9 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     )?;
     let external: Vec<String> = args.external.iter().map(Ipv4Addr::to_string).collect();
     let mut stdout = std::io::stdout();
+    for note in &choices {
+        writeln!(stdout, "nat: {note}")?;
+    }
     let fast_note = if fast.is_empty() {
         String::new()
     } else {
@@ -278,7 +285,12 @@ pub fn populate(
 
 /// Attaches both programs through bpf links and pins the links, so the
 /// datapath does not depend on this process holding file descriptors.
-fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&'static str> {
+/// Returns the mode's name and the hook that took the ingress program.
+fn attach(
+    ebpf: &mut Ebpf,
+    args: &LoadArgs,
+    instance: &mut Instance,
+) -> Result<(&'static str, IngressArg)> {
     let egress: &mut SchedClassifier = ebpf
         .program_mut(PROG_EGRESS)
         .context("egress program missing from the object")?
@@ -294,36 +306,45 @@ fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&
         instance,
     )?;
 
-    let mode = match args.ingress {
-        IngressArg::Tc => {
-            let ingress: &mut SchedClassifier = ebpf
-                .program_mut(PROG_INGRESS_TC)
-                .context("TC ingress program missing from the object")?
-                .try_into()?;
-            ingress
-                .load()
-                .context("the kernel rejected the TC ingress program")?;
-            attach_tcx(
-                ingress,
-                &args.iface,
-                TcAttachType::Ingress,
-                LINK_INGRESS,
-                instance,
-            )?;
-            "tc"
+    if args.ingress == IngressArg::Xdp {
+        let ingress: &mut Xdp = ebpf
+            .program_mut(PROG_INGRESS)
+            .context("ingress program missing from the object")?
+            .try_into()?;
+        ingress
+            .load()
+            .context("the kernel rejected the ingress program")?;
+        if !args.tc_unless_native_xdp {
+            let mode = attach_xdp(ingress, &args.iface, args.xdp_mode, LINK_INGRESS, instance)?;
+            return Ok((mode, IngressArg::Xdp));
         }
-        IngressArg::Xdp => {
-            let ingress: &mut Xdp = ebpf
-                .program_mut(PROG_INGRESS)
-                .context("ingress program missing from the object")?
-                .try_into()?;
-            ingress
-                .load()
-                .context("the kernel rejected the ingress program")?;
-            attach_xdp(ingress, &args.iface, args.xdp_mode, LINK_INGRESS, instance)?
+        // `--ingress auto`: generic XDP would be slower than TC.
+        match attach_xdp(
+            ingress,
+            &args.iface,
+            XdpModeArg::Native,
+            LINK_INGRESS,
+            instance,
+        ) {
+            Ok(mode) => return Ok((mode, IngressArg::Xdp)),
+            Err(e) => info!("{e:#}; translating replies in TC instead"),
         }
-    };
-    Ok(mode)
+    }
+    let ingress: &mut SchedClassifier = ebpf
+        .program_mut(PROG_INGRESS_TC)
+        .context("TC ingress program missing from the object")?
+        .try_into()?;
+    ingress
+        .load()
+        .context("the kernel rejected the TC ingress program")?;
+    attach_tcx(
+        ingress,
+        &args.iface,
+        TcAttachType::Ingress,
+        LINK_INGRESS,
+        instance,
+    )?;
+    Ok(("tc", IngressArg::Tc))
 }
 
 /// Attaches a TC program through a TCX link and pins the link as `link_name`.
@@ -411,6 +432,7 @@ fn fast_path_interfaces(
 fn attach_fast_path(
     ebpf: &mut Ebpf,
     args: &LoadArgs,
+    ingress: IngressArg,
     ext_ifindex: u32,
     fast: &[(String, u32)],
     instance: &mut Instance,
@@ -446,8 +468,8 @@ fn attach_fast_path(
     for (name, _) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");
         // The fast path runs in the hook the replies are translated in.
-        let mode = match args.ingress {
-            IngressArg::Xdp => {
+        let mode = match ingress {
+            IngressArg::Auto | IngressArg::Xdp => {
                 let prog: &mut Xdp = ebpf
                     .program_mut(PROG_FAST)
                     .context("fast-path program missing from the object")?

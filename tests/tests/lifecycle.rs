@@ -30,7 +30,7 @@ fn stop_detaches_and_unpins() {
     let topo = Topology::new("stop", TopologyOpts::default());
     let nat = NatProcess::start(&topo, &["--ports", PORTS]);
     let progs = attached_programs(&topo);
-    assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
+    assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
     translated_transfer(&topo, "transfer");
     assert!(nat.stop().success());
     assert_nothing_left(&topo);
@@ -81,5 +81,5 @@ fn a_second_load_on_the_same_interface_is_refused() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     // The running instance is untouched.
     let progs = attached_programs(&topo);
-    assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
+    assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
 }
