@@ -48,6 +48,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { printf '\n== %s\n' "$*"; }
+nat() { "$NAT_BIN" "$@"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 say "namespaces: client $CL, router $RT, nodes ${NODES[*]}, server $SV"
@@ -137,9 +138,9 @@ spread() {
 say "16 TCP streams from 10.200.1.2: the L4 hash spreads them over both nodes"
 traffic 10.200.1.2
 spread 10.200.1.2
-run "$NAT_BIN" --netns "${NODES[1]}" sessions
+run nat --netns "${NODES[1]}" sessions
 
-say "drain node n1: take its nexthop out of the group (as a BGP withdraw would)"
+say "drain node n1: take its nexthop out of the group (as a health check would)"
 run ip -n "$RT" nexthop replace id 10 group 1 type resilient
 buckets
 say "16 new streams from 10.200.1.3: all through n0"
