@@ -183,12 +183,22 @@ impl ScaleOut {
     /// leaves move to the others at once; when a node joins, only buckets
     /// idle for `idle_timer` move to it.
     pub fn set_group(&self, nodes: &[usize]) {
+        let weighted: Vec<(usize, u8)> = nodes.iter().map(|&n| (n, 1)).collect();
+        self.set_group_weighted(&weighted);
+    }
+
+    /// [`set_group`](Self::set_group) with a weight (1..=255) per node.
+    /// Lowering a node's weight drains it gently: its idle buckets move to
+    /// the others, its busy ones stay until they have been idle for
+    /// `idle_timer`.
+    pub fn set_group_weighted(&self, nodes: &[(usize, u8)]) {
         assert!(!nodes.is_empty(), "a nexthop group needs a member");
         let members: Vec<String> = nodes
             .iter()
-            .map(|&n| {
+            .map(|&(n, weight)| {
                 assert!(n < self.nodes.len(), "no node {n}");
-                nexthop_id(n).to_string()
+                assert!(weight > 0, "nexthop weights are 1..=255");
+                format!("{},{weight}", nexthop_id(n))
             })
             .collect();
         // The bucket count and timers are kept by a replace that leaves them out.

@@ -229,10 +229,13 @@ fn echo_connection(mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_write_timeout(Some(CONNECTION_IDLE_TIMEOUT))?;
     let mut buf = vec![0; CHUNK];
     loop {
-        let got = stream.read(&mut buf)?;
-        if got == 0 {
-            return Ok(());
-        }
+        let got = match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(got) => got,
+            // The test process's children exiting (SIGCHLD) must not end the connection.
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         stream.write_all(&buf[..got])?;
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -339,34 +339,58 @@ fn connections_on_every_node(testbed: &ScaleOut, port: u16, per_node: usize) -> 
     panic!("64 connections did not give every node {per_node}: the group does not spread flows");
 }
 
-/// Exchanges data on every connection every 100 ms until stopped; returns
-/// the connections, the number of round trips, and the first failure.
+/// Exchanges data on every connection every 100 ms until stopped or one
+/// fails; counts the completed rounds (each connection once).
 struct Pinger {
     stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<(Vec<EchoConnection>, usize, Option<String>)>,
+    rounds: Arc<AtomicUsize>,
+    thread: thread::JoinHandle<(Vec<EchoConnection>, Option<String>)>,
 }
 
 impl Pinger {
     fn start(mut conns: Vec<EchoConnection>) -> Pinger {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = thread::spawn(move || {
-            let mut rounds = 0;
-            while !flag.load(Ordering::Relaxed) {
-                for conn in &mut conns {
-                    if let Err(e) = conn.roundtrip(512, Duration::from_secs(10)) {
-                        return (conns, rounds, Some(e.to_string()));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let rounds = Arc::clone(&rounds);
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for conn in &mut conns {
+                        if let Err(e) = conn.roundtrip(512, Duration::from_secs(10)) {
+                            return (conns, Some(e.to_string()));
+                        }
                     }
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(100));
                 }
-                rounds += 1;
-                thread::sleep(Duration::from_millis(100));
-            }
-            (conns, rounds, None)
-        });
-        Pinger { stop, thread }
+                (conns, None)
+            })
+        };
+        Pinger {
+            stop,
+            rounds,
+            thread,
+        }
     }
 
-    fn finish(self) -> (Vec<EchoConnection>, usize, Option<String>) {
+    /// Waits (at most 20 s) until `more` rounds have completed after now:
+    /// proof that every connection exchanged data after whatever just
+    /// happened. False if they did not, e.g. because one failed.
+    fn exchanged_more(&self, more: usize) -> bool {
+        let target = self.rounds.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !self.thread.is_finished() {
+            if self.rounds.load(Ordering::Relaxed) >= target {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.rounds.load(Ordering::Relaxed) >= target
+    }
+
+    /// Stops it; returns the connections and the first failure.
+    fn finish(self) -> (Vec<EchoConnection>, Option<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the pinger thread panicked")
     }
@@ -443,11 +467,15 @@ fn scale_out_drained_node_loses_only_its_own_flows() {
     let opened_before = node_counter(&testbed, DRAINED, "sessions_opened");
 
     testbed.set_group(&[SURVIVOR]);
-    let drained_at = Instant::now();
     assert_eq!(
         testbed.buckets_per_node(),
         [usize::from(GROUP_BUCKETS), 0],
         "a node that leaves the group gives up all its buckets at once"
+    );
+
+    assert!(
+        pinger.exchanged_more(3),
+        "the survivor's flows stopped exchanging data after the drain"
     );
 
     // The drained node's TCP flows: each round trip gets no answer.
@@ -547,22 +575,106 @@ fn scale_out_drained_node_loses_only_its_own_flows() {
 
     // The survivor's long-lived flows exchanged data all along: through the
     // drain and through the rebalancing.
-    let (mut conns, rounds, failure) = pinger.finish();
-    println!(
-        "survivor's {} long-lived connections: {rounds} rounds of echoes over {:?}",
-        conns.len(),
-        drained_at.elapsed()
-    );
-    assert_eq!(failure, None, "a survivor's flow broke");
     assert!(
-        rounds >= 10,
-        "the survivor's flows exchanged data {rounds} times"
+        pinger.exchanged_more(3),
+        "the survivor's flows stopped exchanging data after the rebalancing"
     );
+    let (mut conns, failure) = pinger.finish();
+    assert_eq!(failure, None, "a survivor's flow broke");
     for conn in &mut conns {
         conn.roundtrip(4096, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("survivor's flow after the rebalancing: {e}"));
     }
     drop(echo);
+    for nat in nats {
+        assert!(nat.stop().success());
+    }
+}
+
+/// Polls the group until `done` holds for its buckets per node, for at most
+/// 30 s; returns the last counts and how long it took.
+fn wait_for_buckets(testbed: &ScaleOut, done: impl Fn(&[usize]) -> bool) -> (Vec<usize>, Duration) {
+    let start = Instant::now();
+    loop {
+        let buckets = testbed.buckets_per_node();
+        if done(&buckets) || start.elapsed() >= Duration::from_secs(30) {
+            return (buckets, start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A planned drain loses nothing: the node's weight drops to 1 of 256, so
+/// it wants no bucket; its idle buckets move to the other node at once, its
+/// busy ones stay while its flows run. Once those flows have ended and
+/// their buckets have been idle for `idle_timer`, the node holds no bucket
+/// and leaves the group without a single flow cut.
+#[test]
+fn scale_out_weight_drain_cuts_no_flow() {
+    let testbed = ScaleOut::new("so-weight", ScaleOutOpts::default());
+    let nats = start_nodes(&testbed, &["--ports", "20000-20999"]);
+    let _echo = tcp_echo_server(testbed.server_ns(), 7000);
+    let sink = tcp_sink_server(testbed.server_ns(), 8080);
+    let client = testbed.client_ns();
+    const STAYING: usize = 0;
+    const LEAVING: usize = 1;
+
+    let tracked = connections_on_every_node(&testbed, 7000, 2);
+    let (staying, leaving): (Vec<_>, Vec<_>) = tracked.into_iter().partition(|t| t.node == STAYING);
+    let leaving_flows = leaving.len();
+    let staying_pinger = Pinger::start(staying.into_iter().map(|t| t.conn).collect());
+    let leaving_pinger = Pinger::start(leaving.into_iter().map(|t| t.conn).collect());
+    let no_session_before = node_counters(&testbed, "drop_no_session");
+
+    testbed.set_group_weighted(&[(STAYING, 255), (LEAVING, 1)]);
+    let (buckets, took) = wait_for_buckets(&testbed, |b| b[LEAVING] <= leaving_flows);
+    println!("weight 255/1: buckets {buckets:?} after {took:?}");
+    assert!(
+        (1..=leaving_flows).contains(&buckets[LEAVING]),
+        "the leaving node keeps only the buckets of its {leaving_flows} busy flows: {buckets:?}"
+    );
+
+    // New flows go where the buckets are; the few that hash into the leaving
+    // node's busy buckets are served there, as its NAT still runs.
+    let results = concurrent_tcp(client, &testbed.client_ips(), v4(SERVER_IP, 8080), 40, 4096);
+    assert_all_ok("new flows while draining", &results);
+    let by_node = peers_by_node(&testbed, &sink.peers());
+    println!(
+        "new flows per node while draining: {:?}",
+        by_node.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+
+    // The leaving node's flows end on their own (their clients close them).
+    assert!(
+        leaving_pinger.exchanged_more(3),
+        "the draining node's flows stopped exchanging data"
+    );
+    let (conns, failure) = leaving_pinger.finish();
+    assert_eq!(failure, None, "a flow on the draining node broke");
+    drop(conns);
+    let (buckets, took) = wait_for_buckets(&testbed, |b| b[LEAVING] == 0);
+    println!("after its flows ended: buckets {buckets:?} after {took:?}");
+    assert_eq!(
+        buckets[LEAVING], 0,
+        "the drained node's buckets move once idle: {buckets:?}"
+    );
+    testbed.set_group(&[STAYING]);
+
+    assert!(
+        staying_pinger.exchanged_more(3),
+        "the staying node's flows stopped exchanging data"
+    );
+    let (mut conns, failure) = staying_pinger.finish();
+    assert_eq!(failure, None, "a flow on the staying node broke");
+    for conn in &mut conns {
+        conn.roundtrip(4096, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("staying node's flow after the drain: {e}"));
+    }
+    assert_eq!(
+        node_counters(&testbed, "drop_no_session"),
+        no_session_before,
+        "no segment of a live flow reached a node without its session"
+    );
     for nat in nats {
         assert!(nat.stop().success());
     }
