@@ -628,7 +628,9 @@ fn scale_out_weight_drain_cuts_no_flow() {
 
     testbed.set_group_weighted(&[(STAYING, 255), (LEAVING, 1)]);
     let (buckets, took) = wait_for_buckets(&testbed, |b| b[LEAVING] <= leaving_flows);
-    println!("weight 255/1: buckets {buckets:?} after {took:?}");
+    println!(
+        "weight 255/1: buckets {buckets:?} after {took:?}, with {leaving_flows} live flows on the leaving node"
+    );
     assert!(
         (1..=leaving_flows).contains(&buckets[LEAVING]),
         "the leaving node keeps only the buckets of its {leaving_flows} busy flows: {buckets:?}"
