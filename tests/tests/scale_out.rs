@@ -419,17 +419,17 @@ fn udp_echo(socket: &UdpSocket, server: &nat_tests::ServerHandle, payload: &[u8]
     panic!("no UDP echo after 5 attempts");
 }
 
-/// A node drained from the group: the survivor's established flows keep
-/// exchanging data (resilient hashing moves only the drained node's
-/// buckets); the drained node's TCP flows now reach the survivor, which has
+/// A node removed from the group: the survivor's established flows keep
+/// exchanging data (resilient hashing moves only the removed node's
+/// buckets); the removed node's TCP flows now reach the survivor, which has
 /// no session for them and drops them (`drop_no_session`, no RST), so their
 /// clients time out; its UDP flows continue at once from a new mapping on
 /// the survivor; every new flow goes to the survivor. Taken back, the node
 /// gets the buckets that were idle, and new flows again, while the
 /// survivor's busy flows stay where they are.
 #[test]
-fn scale_out_drained_node_loses_only_its_own_flows() {
-    let testbed = ScaleOut::new("so-drain", ScaleOutOpts::default());
+fn scale_out_removed_node_loses_only_its_own_flows() {
+    let testbed = ScaleOut::new("so-remove", ScaleOutOpts::default());
     let nats = start_nodes(&testbed, &["--ports", "20000-20999"]);
     let echo = tcp_echo_server(testbed.server_ns(), 7000);
     let sink = tcp_sink_server(testbed.server_ns(), 8080);
@@ -437,17 +437,17 @@ fn scale_out_drained_node_loses_only_its_own_flows() {
     let client = testbed.client_ns();
     let sources = testbed.client_ips();
     const SURVIVOR: usize = 0;
-    const DRAINED: usize = 1;
+    const REMOVED: usize = 1;
 
     let tracked = connections_on_every_node(&testbed, 7000, 2);
-    let (survivors, mut drained): (Vec<_>, Vec<_>) =
+    let (survivors, mut removed): (Vec<_>, Vec<_>) =
         tracked.into_iter().partition(|t| t.node == SURVIVOR);
     println!(
-        "long-lived connections: {} on the survivor, {} on the drained node",
+        "long-lived connections: {} on the survivor, {} on the removed node",
         survivors.len(),
-        drained.len()
+        removed.len()
     );
-    // A UDP flow on the drained node, from a socket that keeps its port.
+    // A UDP flow on the removed node, from a socket that keeps its port.
     let (udp_socket, udp_before) = (0..64)
         .find_map(|i| {
             let src = sources[i % sources.len()];
@@ -455,16 +455,16 @@ fn scale_out_drained_node_loses_only_its_own_flows() {
             socket
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .expect("UDP timeout");
-            let peer = udp_echo(&socket, &udp, b"before the drain");
-            (testbed.node_of(*peer.ip()) == Some(DRAINED)).then_some((socket, peer))
+            let peer = udp_echo(&socket, &udp, b"before the removal");
+            (testbed.node_of(*peer.ip()) == Some(REMOVED)).then_some((socket, peer))
         })
-        .expect("one of 64 UDP flows lands on the drained node");
+        .expect("one of 64 UDP flows lands on the removed node");
 
     let pinger = Pinger::start(survivors.into_iter().map(|t| t.conn).collect());
     let no_session_before = node_counter(&testbed, SURVIVOR, "drop_no_session");
     let resets_before = snmp(client, "Tcp", "EstabResets");
     let retrans_before = snmp(client, "Tcp", "RetransSegs");
-    let opened_before = node_counter(&testbed, DRAINED, "sessions_opened");
+    let opened_before = node_counter(&testbed, REMOVED, "sessions_opened");
 
     testbed.set_group(&[SURVIVOR]);
     assert_eq!(
@@ -475,50 +475,53 @@ fn scale_out_drained_node_loses_only_its_own_flows() {
 
     assert!(
         pinger.exchanged_more(3),
-        "the survivor's flows stopped exchanging data after the drain"
+        "the survivor's flows stopped exchanging data after the removal"
     );
 
-    // The drained node's TCP flows: each round trip gets no answer.
-    const DRAINED_WAIT: Duration = Duration::from_secs(3);
+    // The removed node's TCP flows: each round trip gets no answer.
+    const REMOVED_WAIT: Duration = Duration::from_secs(3);
     let failures: Vec<std::io::Error> = thread::scope(|scope| {
-        let handles: Vec<_> = drained
+        let handles: Vec<_> = removed
             .iter_mut()
-            .map(|t| scope.spawn(move || t.conn.roundtrip(1024, DRAINED_WAIT)))
+            .map(|t| scope.spawn(move || t.conn.roundtrip(1024, REMOVED_WAIT)))
             .collect();
         handles
             .into_iter()
             .map(|h| match h.join().expect("round trip thread") {
-                Ok(took) => panic!("a drained node's flow still got its echo, in {took:?}"),
+                Ok(took) => panic!("a removed node's flow still got its echo, in {took:?}"),
                 Err(e) => e,
             })
             .collect()
     });
     for e in &failures {
-        println!("drained flow: {e}");
+        println!("removed node's flow: {e}");
         assert!(
             matches!(
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ),
-            "a drained node's flow must time out (no RST, no data), got {e}"
+            "a removed node's flow must time out (no RST, no data), got {e}"
         );
     }
     let dropped = node_counter(&testbed, SURVIVOR, "drop_no_session") - no_session_before;
     let resets = snmp(client, "Tcp", "EstabResets") - resets_before;
     let retrans = snmp(client, "Tcp", "RetransSegs") - retrans_before;
     println!(
-        "drained flows after {DRAINED_WAIT:?}: survivor dropped {dropped} segments without a session, client retransmitted {retrans}, {resets} resets"
+        "removed node's flows after {REMOVED_WAIT:?}: survivor dropped {dropped} segments without a session, client retransmitted {retrans}, {resets} resets"
     );
     assert!(
         dropped > 0,
-        "the survivor must see and drop the drained flows' segments"
+        "the survivor must see and drop the removed node's flows' segments"
     );
     assert!(retrans > 0, "the client must be retransmitting");
-    assert_eq!(resets, 0, "no RST reaches the client of a drained flow");
+    assert_eq!(
+        resets, 0,
+        "no RST reaches the client of a removed node's flow"
+    );
 
-    // The drained node's UDP flow continues at once, from the survivor.
-    let udp_after = udp_echo(&udp_socket, &udp, b"after the drain");
-    println!("UDP flow: server saw {udp_before} before the drain, {udp_after} after");
+    // The removed node's UDP flow continues at once, from the survivor.
+    let udp_after = udp_echo(&udp_socket, &udp, b"after the removal");
+    println!("UDP flow: server saw {udp_before} before the removal, {udp_after} after");
     assert_eq!(
         testbed.node_of(*udp_after.ip()),
         Some(SURVIVOR),
@@ -528,27 +531,27 @@ fn scale_out_drained_node_loses_only_its_own_flows() {
     // Every new flow goes to the survivor.
     let already = sink.peers().len();
     let results = concurrent_tcp(client, &sources, v4(SERVER_IP, 8080), 40, 4096);
-    assert_all_ok("new flows while drained", &results);
+    assert_all_ok("new flows while removed", &results);
     let by_node = peers_by_node(&testbed, &sink.peers()[already..]);
     assert_eq!(
-        by_node[DRAINED].len(),
+        by_node[REMOVED].len(),
         0,
-        "a drained node got new flows: {by_node:?}"
+        "a removed node got new flows: {by_node:?}"
     );
     assert_eq!(by_node[SURVIVOR].len(), 40);
     assert_eq!(
-        node_counter(&testbed, DRAINED, "sessions_opened"),
+        node_counter(&testbed, REMOVED, "sessions_opened"),
         opened_before,
-        "the drained node opened sessions"
+        "the removed node opened sessions"
     );
 
     // Taken back: idle buckets move to it after the group's idle timer.
-    testbed.set_group(&[SURVIVOR, DRAINED]);
+    testbed.set_group(&[SURVIVOR, REMOVED]);
     let back_at = Instant::now();
     let deadline = back_at + Duration::from_secs(30);
     let buckets = loop {
         let buckets = testbed.buckets_per_node();
-        if buckets[DRAINED] >= usize::from(GROUP_BUCKETS) / 4 || Instant::now() >= deadline {
+        if buckets[REMOVED] >= usize::from(GROUP_BUCKETS) / 4 || Instant::now() >= deadline {
             break buckets;
         }
         thread::sleep(Duration::from_millis(200));
@@ -559,7 +562,7 @@ fn scale_out_drained_node_loses_only_its_own_flows() {
         back_at.elapsed()
     );
     assert!(
-        buckets[DRAINED] >= usize::from(GROUP_BUCKETS) / 4,
+        buckets[REMOVED] >= usize::from(GROUP_BUCKETS) / 4,
         "idle buckets must move to the node taken back: {buckets:?}"
     );
     let already = sink.peers().len();
@@ -569,12 +572,12 @@ fn scale_out_drained_node_loses_only_its_own_flows() {
     let per_node: Vec<usize> = by_node.iter().map(Vec::len).collect();
     println!("new flows per node after it is back: {per_node:?}");
     assert!(
-        per_node[DRAINED] > 0,
+        per_node[REMOVED] > 0,
         "the node taken back gets new flows again: {per_node:?}"
     );
 
     // The survivor's long-lived flows exchanged data all along: through the
-    // drain and through the rebalancing.
+    // removal and through the rebalancing.
     assert!(
         pinger.exchanged_more(3),
         "the survivor's flows stopped exchanging data after the rebalancing"
@@ -658,7 +661,7 @@ fn scale_out_weight_drain_cuts_no_flow() {
     println!("after its flows ended: buckets {buckets:?} after {took:?}");
     assert_eq!(
         buckets[LEAVING], 0,
-        "the drained node's buckets move once idle: {buckets:?}"
+        "the leaving node's buckets move once idle: {buckets:?}"
     );
     testbed.set_group(&[STAYING]);
 
