@@ -1,7 +1,8 @@
 //! Network-namespace testbed for the NAT.
 //!
 //! A [`Topology`] wires three namespaces together (client — nat — server), a
-//! [`NatProcess`] runs the `nat` binary inside the nat namespace, and the
+//! [`ScaleOut`] puts several NAT nodes behind a multipath router, a
+//! [`NatProcess`] runs the `nat` binary inside a nat namespace, and the
 //! server/traffic helpers move verifiable TCP and UDP payloads across it.
 //!
 //! Everything here panics on setup failure: it is test infrastructure, and a
@@ -14,19 +15,28 @@ mod lock;
 mod nat_process;
 mod netns;
 mod protocol;
+mod scale_out;
 mod servers;
 mod sockets;
 mod topology;
 mod traffic;
 
-pub use nat_process::{NatProcess, nat_bin, nat_cmd, nat_json};
+pub use nat_process::{NatProcess, nat_bin, nat_cmd, nat_cmd_in, nat_json, nat_json_in};
 pub use netns::{run_in_ns, spawn_in_ns};
-pub use servers::{ServerHandle, tcp_sink_server, udp_echo_server};
+pub use scale_out::{
+    GROUP_BUCKETS, MAX_NODES, NEXTHOP_GROUP_ID, ROUTER_IP, ScaleOut, ScaleOutOpts,
+};
+pub use servers::{
+    ServerHandle, tcp_closing_server, tcp_echo_server, tcp_sink_server, udp_echo_server,
+};
 pub use topology::{
     CLIENT_IFACE, CLIENT_IP, EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NAT_INTERNAL_IP,
     OUTSIDE_CLIENT_IP, SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts, in_internal_prefix,
 };
-pub use traffic::{concurrent_tcp, tcp_exchange, tcp_transfer, udp_exchange, udp_roundtrip};
+pub use traffic::{
+    EchoConnection, concurrent_tcp, concurrent_tcp_server_closes, tcp_exchange, tcp_transfer,
+    udp_exchange, udp_roundtrip,
+};
 
 /// Re-exported so tests can inspect [`nat_json`] output without their own dependency.
 pub use serde_json;

@@ -39,10 +39,16 @@ pub fn nat_bin() -> PathBuf {
 /// Runs `nat --netns <nat ns> <args>` to completion (`sessions --json`,
 /// `stats --json`, `unload --iface veth-ext`, ...).
 pub fn nat_cmd(topology: &Topology, args: &[&str]) -> Output {
+    nat_cmd_in(topology.ns_name(Side::Nat), args)
+}
+
+/// [`nat_cmd`] for a NAT in any namespace, e.g. one node of a
+/// [`ScaleOut`](crate::ScaleOut).
+pub fn nat_cmd_in(ns: &str, args: &[&str]) -> Output {
     let bin = nat_bin();
     Command::new(&bin)
         .arg("--netns")
-        .arg(topology.ns_name(Side::Nat))
+        .arg(ns)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -51,7 +57,12 @@ pub fn nat_cmd(topology: &Topology, args: &[&str]) -> Output {
 
 /// Runs [`nat_cmd`], requires success, and parses its stdout as JSON.
 pub fn nat_json(topology: &Topology, args: &[&str]) -> serde_json::Value {
-    let output = nat_cmd(topology, args);
+    nat_json_in(topology.ns_name(Side::Nat), args)
+}
+
+/// [`nat_json`] for a NAT in any namespace.
+pub fn nat_json_in(ns: &str, args: &[&str]) -> serde_json::Value {
+    let output = nat_cmd_in(ns, args);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -76,14 +87,22 @@ impl NatProcess {
     /// 198.18.0.1 --internal 10.200.1.0/25 <extra_args>` and returns once it
     /// prints `nat: attached`.
     pub fn start(topology: &Topology, extra_args: &[&str]) -> NatProcess {
+        let external = EXTERNAL_IP.to_string();
+        let mut args = vec!["--external", &external, "--internal", INTERNAL_PREFIX];
+        args.extend_from_slice(extra_args);
+        NatProcess::start_in(topology.ns_name(Side::Nat), EXT_IFACE, &args)
+    }
+
+    /// Starts `nat --netns <ns> load --iface <iface> <load_args>` and
+    /// returns once it prints `nat: attached`: for NATs outside a
+    /// [`Topology`], such as the nodes of a [`ScaleOut`](crate::ScaleOut).
+    pub fn start_in(ns: &str, iface: &str, load_args: &[&str]) -> NatProcess {
         let bin = nat_bin();
         let mut child = Command::new(&bin)
             .arg("--netns")
-            .arg(topology.ns_name(Side::Nat))
-            .args(["load", "--iface", EXT_IFACE, "--external"])
-            .arg(EXTERNAL_IP.to_string())
-            .args(["--internal", INTERNAL_PREFIX])
-            .args(extra_args)
+            .arg(ns)
+            .args(["load", "--iface", iface])
+            .args(load_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -83,13 +83,42 @@ impl Drop for ServerHandle {
 }
 
 /// A TCP server on 0.0.0.0:`port` in `ns` speaking the check protocol of
-/// [`tcp_transfer`](crate::tcp_transfer), one thread per connection.
+/// [`tcp_transfer`](crate::tcp_transfer), one thread per connection; the
+/// client closes first.
 pub fn tcp_sink_server(ns: &str, port: u16) -> ServerHandle {
+    tcp_server(ns, port, "tcp-sink", |stream| {
+        serve_connection(stream, Close::ClientFirst)
+    })
+}
+
+/// [`tcp_sink_server`] that closes each connection right after its reply,
+/// before the client does, so the server holds every connection in
+/// TIME_WAIT as a busy web server does.
+pub fn tcp_closing_server(ns: &str, port: u16) -> ServerHandle {
+    tcp_server(ns, port, "tcp-closing", |stream| {
+        serve_connection(stream, Close::ServerFirst)
+    })
+}
+
+/// A TCP server on 0.0.0.0:`port` in `ns` that sends back whatever it
+/// receives, until the client closes or is silent for 30 s: the other end
+/// of [`EchoConnection`](crate::EchoConnection).
+pub fn tcp_echo_server(ns: &str, port: u16) -> ServerHandle {
+    tcp_server(ns, port, "tcp-echo", echo_connection)
+}
+
+fn tcp_server(
+    ns: &str,
+    port: u16,
+    kind: &str,
+    serve: fn(TcpStream) -> std::io::Result<()>,
+) -> ServerHandle {
     // Bound inside the namespace; the socket stays there whichever thread uses it.
     let listener = run_in_ns(ns, move || listen_tcp(port));
     let port = local_port(listener.local_addr());
-    ServerHandle::spawn(format!("tcp-sink-{port}"), port, move |peers, stop| {
-        accept_loop(&listener, peers, stop)
+    let kind = kind.to_owned();
+    ServerHandle::spawn(format!("{kind}-{port}"), port, move |peers, stop| {
+        accept_loop(&listener, &kind, serve, peers, stop)
     })
 }
 
@@ -109,41 +138,55 @@ pub fn udp_echo_server(ns: &str, port: u16) -> ServerHandle {
     })
 }
 
-fn accept_loop(listener: &TcpListener, peers: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) {
+fn accept_loop(
+    listener: &TcpListener,
+    kind: &str,
+    serve: fn(TcpStream) -> std::io::Result<()>,
+    peers: &Mutex<Vec<SocketAddr>>,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let timeout = PollTimeout::try_from(STOP_POLL).expect("small timeout");
         match poll(&mut fds, timeout) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
-            Err(e) => panic!("poll on the TCP sink listener failed: {e}"),
+            Err(e) => panic!("poll on the {kind} listener failed: {e}"),
         }
         match listener.accept() {
             Ok((stream, peer)) => {
                 lock(peers).push(peer);
+                let server = kind.to_owned();
                 let spawned = thread::Builder::new()
-                    .name(format!("tcp-sink-{peer}"))
+                    .name(format!("{kind}-{peer}"))
                     .stack_size(128 * 1024)
                     .spawn(move || {
-                        if let Err(e) = serve_connection(stream) {
-                            eprintln!("tcp sink: connection from {peer}: {e}");
+                        if let Err(e) = serve(stream) {
+                            eprintln!("{server}: connection from {peer}: {e}");
                         }
                     });
                 if let Err(e) = spawned {
-                    eprintln!("tcp sink: cannot spawn a thread for {peer}: {e}");
+                    eprintln!("{kind}: cannot spawn a thread for {peer}: {e}");
                 }
             }
             // The connection may have been reset between poll and accept.
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => {
-                eprintln!("tcp sink: accept failed: {e}");
+                eprintln!("{kind}: accept failed: {e}");
                 thread::sleep(STOP_POLL);
             }
         }
     }
 }
 
-fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
+/// Which end of a sink connection closes first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Close {
+    ClientFirst,
+    ServerFirst,
+}
+
+fn serve_connection(mut stream: TcpStream, close: Close) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CONNECTION_IDLE_TIMEOUT))?;
     stream.set_write_timeout(Some(CONNECTION_IDLE_TIMEOUT))?;
@@ -172,10 +215,29 @@ fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
         remaining -= got as u64;
     }
     stream.write_all(&encode_reply(len, hash.finish()))?;
-    // Waiting for the client's FIN makes the client close first, so the
-    // connection ends with a full FIN exchange through the NAT.
-    while stream.read(&mut buf)? > 0 {}
+    if close == Close::ClientFirst {
+        // Waiting for the client's FIN makes the client close first, so the
+        // connection ends with a full FIN exchange through the NAT.
+        while stream.read(&mut buf)? > 0 {}
+    }
     Ok(())
+}
+
+fn echo_connection(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CONNECTION_IDLE_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECTION_IDLE_TIMEOUT))?;
+    let mut buf = vec![0; CHUNK];
+    loop {
+        let got = match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(got) => got,
+            // The test process's children exiting (SIGCHLD) must not end the connection.
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        stream.write_all(&buf[..got])?;
+    }
 }
 
 fn echo_loop(socket: &UdpSocket, peers: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) {

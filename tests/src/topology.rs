@@ -91,20 +91,13 @@ impl Topology {
     ///
     /// Topologies alive at the same time in one process need distinct tags.
     pub fn new(tag: &str, opts: TopologyOpts) -> Topology {
-        assert!(
-            !tag.is_empty()
-                && tag.len() <= 64
-                && tag
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-            "topology tag {tag:?} must be 1-64 characters of [A-Za-z0-9_-]"
-        );
+        assert_valid_tag(tag);
         assert!(
             (1..=MAX_CLIENT_ADDRS).contains(&opts.client_addrs),
             "client_addrs must be 1..={MAX_CLIENT_ADDRS} to stay inside {INTERNAL_PREFIX}, got {}",
             opts.client_addrs
         );
-        remove_stale_namespaces(tag);
+        remove_stale_namespaces(tag, &SIDES.map(|(_, suffix)| suffix));
 
         // Built before anything is created, so that a panic halfway through
         // setup drops it and removes whatever part already exists.
@@ -245,7 +238,21 @@ impl Drop for Topology {
     }
 }
 
-fn ip_batch(ns: &str, commands: &[String]) {
+/// Namespace names embed the tag: it must be short and free of separators
+/// other than `-` and `_`.
+pub(crate) fn assert_valid_tag(tag: &str) {
+    assert!(
+        !tag.is_empty()
+            && tag.len() <= 64
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "topology tag {tag:?} must be 1-64 characters of [A-Za-z0-9_-]"
+    );
+}
+
+/// Runs `ip -n <ns> -batch -` over `commands`, one per line.
+pub(crate) fn ip_batch(ns: &str, commands: &[String]) {
     let mut script = commands.join("\n");
     script.push('\n');
     run_with_stdin(
@@ -254,10 +261,11 @@ fn ip_batch(ns: &str, commands: &[String]) {
     );
 }
 
-/// Deletes namespaces of earlier runs with the same tag whose process is gone
-/// (a test run that was killed never ran `Drop`). Namespaces of live
-/// processes are left alone: they may be a parallel run using the same tag.
-fn remove_stale_namespaces(tag: &str) {
+/// Deletes namespaces `nat-<tag>-<pid>-<suffix>` of earlier runs whose
+/// process is gone (a test run that was killed never ran `Drop`). Namespaces
+/// of live processes are left alone: they may be a parallel run using the
+/// same tag.
+pub(crate) fn remove_stale_namespaces(tag: &str, suffixes: &[&str]) {
     let listing = run(Command::new("ip").args(["netns", "list"]));
     let prefix = format!("nat-{tag}-");
     for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
@@ -270,7 +278,7 @@ fn remove_stale_namespaces(tag: &str) {
         let Ok(pid) = pid.parse::<u32>() else {
             continue;
         };
-        if SIDES.iter().any(|(_, s)| *s == suffix) && !Path::new(&format!("/proc/{pid}")).exists() {
+        if suffixes.contains(&suffix) && !Path::new(&format!("/proc/{pid}")).exists() {
             run_ignoring_failure(Command::new("ip").args(["netns", "del", name]));
         }
     }

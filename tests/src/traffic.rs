@@ -144,6 +144,31 @@ pub fn concurrent_tcp(
     connections: usize,
     bytes_each: usize,
 ) -> Vec<Result<(), String>> {
+    concurrent(ns, src_ips, dst, connections, bytes_each, false)
+}
+
+/// [`concurrent_tcp`] against a [`tcp_closing_server`](crate::tcp_closing_server):
+/// each client reads on after the reply until the server's FIN, and only
+/// then closes, so every connection is closed by the server first and ends
+/// in TIME_WAIT on the server.
+pub fn concurrent_tcp_server_closes(
+    ns: &str,
+    src_ips: &[Ipv4Addr],
+    dst: SocketAddrV4,
+    connections: usize,
+    bytes_each: usize,
+) -> Vec<Result<(), String>> {
+    concurrent(ns, src_ips, dst, connections, bytes_each, true)
+}
+
+fn concurrent(
+    ns: &str,
+    src_ips: &[Ipv4Addr],
+    dst: SocketAddrV4,
+    connections: usize,
+    bytes_each: usize,
+    await_server_close: bool,
+) -> Vec<Result<(), String>> {
     if connections == 0 {
         return Vec::new();
     }
@@ -177,6 +202,13 @@ pub fn concurrent_tcp(
                         let result = stream.and_then(|(_, stream)| {
                             let local = local_v4(&stream)?;
                             send_and_verify(&stream, bytes_each, i as u64, deadline)
+                                .and_then(|()| {
+                                    if await_server_close {
+                                        read_until_closed(&stream)
+                                    } else {
+                                        Ok(())
+                                    }
+                                })
                                 .map_err(|e| format!("TCP {local} -> {dst}: {e}"))
                         });
                         (i, result)
@@ -245,6 +277,17 @@ fn send_and_verify(
     Ok(())
 }
 
+/// Waits (within the read timeout [`send_and_verify`] set) for the peer's
+/// FIN, refusing anything but the end of the stream.
+fn read_until_closed(mut stream: &TcpStream) -> Result<(), String> {
+    let mut byte = [0; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err("data after the reply, expected the server to close".to_owned()),
+        Err(e) => Err(format!("waiting for the server to close: {e}")),
+    }
+}
+
 fn remaining(deadline: Instant) -> Result<Duration, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
@@ -298,5 +341,103 @@ impl Gate {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+}
+
+/// A TCP connection to a [`tcp_echo_server`](crate::tcp_echo_server) that
+/// stays open for round trips over time: a long-lived flow whose fate can be
+/// followed while the path under it changes.
+#[derive(Debug)]
+pub struct EchoConnection {
+    stream: TcpStream,
+    local: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: Payload,
+    failed: bool,
+}
+
+impl EchoConnection {
+    /// Connects from `src_ip` (or the default source) in `ns` to `dst`.
+    pub fn open(ns: &str, src_ip: Option<Ipv4Addr>, dst: SocketAddrV4) -> Result<Self, String> {
+        // The socket keeps the namespace it was made in, so the connection
+        // can be used from any thread afterwards.
+        let stream = run_in_ns(ns, move || connect_from(src_ip, dst, CONNECT_TIMEOUT))?;
+        let local = local_v4(&stream)?;
+        Ok(EchoConnection {
+            stream,
+            local,
+            dst,
+            payload: Payload::new(local.port().into()),
+            failed: false,
+        })
+    }
+
+    /// The client's own (pre-NAT) address.
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// Sends `bytes` pseudo-random bytes and waits up to `timeout` for the
+    /// same bytes back; returns how long that took. The error keeps the
+    /// socket's error kind (`WouldBlock` for a timeout, `ConnectionReset`
+    /// for an RST), which is what a test asserts on. After an error the
+    /// stream's position is unknown, so every later call fails at once.
+    pub fn roundtrip(&mut self, bytes: usize, timeout: Duration) -> std::io::Result<Duration> {
+        let context = |what: &str, e: std::io::Error| {
+            std::io::Error::new(
+                e.kind(),
+                format!("TCP echo {} -> {}: {what}: {e}", self.local, self.dst),
+            )
+        };
+        if self.failed {
+            return Err(std::io::Error::other(format!(
+                "TCP echo {} -> {}: an earlier round trip failed",
+                self.local, self.dst
+            )));
+        }
+        self.failed = true;
+        let start = Instant::now();
+        let mut sent = vec![0; bytes];
+        self.payload.fill(&mut sent);
+        self.stream
+            .set_write_timeout(Some(timeout))
+            .and_then(|()| self.stream.set_read_timeout(Some(timeout)))
+            .map_err(|e| context("set timeouts", e))?;
+        (&self.stream)
+            .write_all(&sent)
+            .map_err(|e| context("send", e))?;
+        let mut received = vec![0; bytes];
+        let mut got = 0;
+        while got < bytes {
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(context(
+                    &format!("{got} of {bytes} bytes echoed"),
+                    std::io::Error::from(ErrorKind::WouldBlock),
+                ));
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| context("set timeout", e))?;
+            match (&self.stream).read(&mut received[got..]) {
+                Ok(0) => {
+                    return Err(context(
+                        &format!("{got} of {bytes} bytes echoed"),
+                        std::io::Error::from(ErrorKind::UnexpectedEof),
+                    ));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(context(&format!("{got} of {bytes} bytes echoed"), e)),
+            }
+        }
+        if received != sent {
+            return Err(context(
+                "echo differs from what was sent",
+                std::io::Error::from(ErrorKind::InvalidData),
+            ));
+        }
+        self.failed = false;
+        Ok(start.elapsed())
     }
 }
