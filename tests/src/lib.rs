@@ -13,6 +13,7 @@ mod command;
 mod lock;
 mod nat_process;
 mod netns;
+mod paced;
 mod protocol;
 mod servers;
 mod sockets;
@@ -21,6 +22,7 @@ mod traffic;
 
 pub use nat_process::{NatProcess, nat_bin, nat_cmd, nat_json};
 pub use netns::{run_in_ns, spawn_in_ns};
+pub use paced::{PacedFlows, PacedReport};
 pub use servers::{ServerHandle, tcp_sink_server, udp_echo_server};
 pub use topology::{
     CLIENT_IFACE, CLIENT_IP, EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NAT_INTERNAL_IP,

@@ -63,12 +63,17 @@ pub fn nat_json(topology: &Topology, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("nat {args:?} printed invalid JSON ({e}): {stdout}"))
 }
 
-/// A running `nat load`; terminated on drop if not stopped explicitly.
+/// A running `nat load`. SIGTERM stops only its daemon (the datapath stays
+/// pinned), so on drop it is terminated and then `nat unload` removes the
+/// instance, whichever way the test left it.
 #[derive(Debug)]
 pub struct NatProcess {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
+    /// The nat namespace, for the unload on drop.
+    netns: String,
+    unloaded: bool,
 }
 
 impl NatProcess {
@@ -111,6 +116,8 @@ impl NatProcess {
             child: Some(child),
             lines,
             reader: Some(reader),
+            netns: topology.ns_name(Side::Nat).to_owned(),
+            unloaded: false,
         };
 
         let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -150,18 +157,47 @@ impl NatProcess {
         lock(&self.lines).clone()
     }
 
-    /// Sends SIGTERM and waits for a clean exit; panics (after SIGKILL) if it
-    /// takes longer than 10 s.
+    /// Stops the daemon (SIGTERM, waiting for a clean exit) and removes the
+    /// instance with `nat unload`: the interface is left as it was. Returns
+    /// the daemon's exit status; panics (after SIGKILL) if it takes longer
+    /// than 10 s, or if the unload fails.
     pub fn stop(mut self) -> ExitStatus {
+        let status = self.stop_daemon(Signal::SIGTERM);
+        let out = unload(&self.netns);
+        assert!(
+            out.status.success(),
+            "nat unload failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        self.unloaded = true;
+        status
+    }
+
+    /// Sends `signal` to the daemon and waits up to 10 s for it to exit; the
+    /// datapath stays for the next load (or the unload on drop).
+    pub fn stop_daemon(&mut self, signal: Signal) -> ExitStatus {
+        let child = self.child.as_ref().expect("running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        let _ = kill(pid, signal);
+        self.wait_for_exit()
+    }
+
+    /// Waits up to 10 s for the daemon to exit on its own (after `nat
+    /// unload`, or when a `--replace` load took over).
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let status = match terminate(&mut child) {
-            Ok(Some(status)) => status,
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("nat did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("nat did not exit within {STOP_TIMEOUT:?}; killed it");
+                }
+                Err(e) => panic!("cannot wait for nat (pid {}): {e}", child.id()),
             }
-            Err(e) => panic!("cannot wait for nat (pid {}): {e}", child.id()),
         };
         self.finish_reading();
         status
@@ -185,17 +221,35 @@ impl NatProcess {
 
 impl Drop for NatProcess {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
         // No panicking here: this often runs while a failed test unwinds.
-        if let Ok(None) = terminate(&mut child) {
-            eprintln!("nat (pid {}) ignored SIGTERM; killing it", child.id());
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = terminate(&mut child) {
+                eprintln!("nat (pid {}) ignored SIGTERM; killing it", child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            self.finish_reading();
         }
-        self.finish_reading();
+        if !self.unloaded {
+            let out = unload(&self.netns);
+            if !out.status.success() {
+                eprintln!(
+                    "nat unload after the test failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
     }
+}
+
+/// `nat --netns NS unload --iface veth-ext` (a no-op when nothing is loaded).
+fn unload(netns: &str) -> Output {
+    let bin = nat_bin();
+    Command::new(&bin)
+        .args(["--netns", netns, "unload", "--iface", EXT_IFACE])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
 /// SIGTERM, then waits up to [`STOP_TIMEOUT`]; `Ok(None)` if it is still running.

@@ -1,12 +1,17 @@
 //! Phase 5 of `nat load`: the programs loaded into the kernel and attached
 //! through bpf links, which are pinned so the datapath does not depend on
-//! this process holding file descriptors.
+//! this process holding file descriptors. A link an adopted instance pinned
+//! gets the new program by link update, which swaps it atomically: every
+//! packet sees either the old program or the new one.
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::TcAttachOptions,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink,
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
 };
 use log::info;
@@ -56,6 +61,7 @@ pub fn attach_fast_path(
     fast: &[(String, u32)],
     instance: &mut Instance,
 ) -> Result<()> {
+    instance.remove_stale_fast_links(fast)?;
     for (name, _) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");
         let mode = match args.ingress {
@@ -100,7 +106,8 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str, what: &str) -> Result<&'a mut Xdp> {
     Ok(prog)
 }
 
-/// Attaches a TC program through a TCX link and pins the link as `link_name`.
+/// Attaches a TC program through a TCX link and pins the link as
+/// `link_name`, or hands the program to the link pinned there.
 fn attach_tcx(
     prog: &mut SchedClassifier,
     iface: &str,
@@ -108,6 +115,13 @@ fn attach_tcx(
     link_name: &str,
     instance: &mut Instance,
 ) -> Result<()> {
+    if let Some(pinned) = instance.pinned_link(link_name)? {
+        let link = SchedClassifierLink::try_from(pinned)
+            .with_context(|| format!("the pinned {link_name} on {iface} is not a TCX link"))?;
+        prog.attach_to_link(link)
+            .with_context(|| format!("cannot update the pinned {link_name} on {iface}"))?;
+        return Ok(());
+    }
     let id = prog
         .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .with_context(|| {
@@ -120,7 +134,8 @@ fn attach_tcx(
     instance.pin_link(link, link_name)
 }
 
-/// Attaches an XDP program in the mode asked for, pins the link and names the mode.
+/// Attaches an XDP program in the mode asked for, pins the link and names
+/// the mode; or hands the program to the link pinned there, which keeps its mode.
 fn attach_xdp(
     prog: &mut Xdp,
     iface: &str,
@@ -128,6 +143,13 @@ fn attach_xdp(
     link_name: &str,
     instance: &mut Instance,
 ) -> Result<&'static str> {
+    if let Some(pinned) = instance.pinned_link(link_name)? {
+        let link = XdpLink::try_from(pinned)
+            .with_context(|| format!("the pinned {link_name} on {iface} is not an XDP link"))?;
+        prog.attach_to_link(link)
+            .with_context(|| format!("cannot update the pinned {link_name} on {iface}"))?;
+        return Ok("xdp, mode kept");
+    }
     let (id, mode) = match mode {
         XdpModeArg::Native => (
             prog.attach(iface, XdpMode::Driver).with_context(|| {

@@ -3,6 +3,7 @@
 //! serve (reaper and reject responder) until a signal, stop.
 
 mod attach;
+mod handover;
 mod object;
 mod pin;
 mod populate;
@@ -14,7 +15,7 @@ use std::{io::Write as _, net::Ipv4Addr};
 use anyhow::{Context as _, Result};
 use log::info;
 
-pub use object::{Globals, load_object};
+pub use object::{Globals, load_object, load_pinned};
 pub use pin::{PINNED_LINKS, PINNED_MAPS, remove_pins};
 pub use populate::populate;
 
@@ -24,11 +25,17 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let stop = serve::StopSignals::install()?;
     pins::require_bpffs()?;
     let plan = validate::check(&args, netns)?;
-    let mut instance = pin::Instance::create(plan.pins.clone(), &plan.scope)?;
+    let replaced = handover::running_daemon(&args, netns, &plan.scope)?;
+    let mut instance = pin::Instance::open(plan.pins.clone(), &plan.scope, &args)?;
+    report_found(&instance)?;
     validate::warn_ephemeral_overlap(args.ports.lo, args.ports.hi);
 
-    let mut ebpf = load_object(args.max_sessions, args.max_cooldowns, plan.globals)?;
-    instance.pin_maps(&ebpf)?;
+    let mut ebpf = load_pinned(
+        args.max_sessions,
+        args.max_cooldowns,
+        plan.globals,
+        &instance.map_paths(),
+    )?;
     populate(
         &mut ebpf,
         &args.internal,
@@ -39,16 +46,62 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let mode = attach::attach(&mut ebpf, &args, &mut instance)?;
     populate::populate_fast_path(&mut ebpf, &args.iface, plan.ext_ifindex, &plan.fast)?;
     attach::attach_fast_path(&mut ebpf, &args, &plan.fast, &mut instance)?;
-    pidfile::write(netns, &args.iface)?;
+    instance.started();
+    handover::take_over(netns, &args.iface, replaced).await?;
     announce(&args, &plan, mode)?;
 
     serve::serve(&mut ebpf, args.reap_interval_ms, stop).await?;
 
-    info!("stopping: detaching from {}", args.iface);
-    instance.remove()?;
-    pidfile::remove(netns, &args.iface);
+    stop_control_plane(&mut instance, &args, netns)?;
     drop(ebpf);
-    writeln!(std::io::stdout(), "nat: detached from {}", args.iface)?;
+    Ok(())
+}
+
+/// What `nat load` found pinned, before it changes anything.
+fn report_found(instance: &pin::Instance) -> Result<()> {
+    if let Some(found) = &instance.adopted {
+        writeln!(
+            std::io::stdout(),
+            "nat: adopting the instance pinned in {}: {} sessions, {} cooldown entries, {} links",
+            instance.pins.dir.display(),
+            found.sessions,
+            found.cooling,
+            found.links
+        )?;
+    }
+    Ok(())
+}
+
+/// The stop phase: the daemon goes, the datapath stays unless
+/// `--unload-on-exit` asked otherwise; a replaced daemon leaves everything
+/// to its successor.
+fn stop_control_plane(
+    instance: &mut pin::Instance,
+    args: &LoadArgs,
+    netns: Option<&str>,
+) -> Result<()> {
+    let iface = &args.iface;
+    let mut stdout = std::io::stdout();
+    if let Some(pid) = pidfile::named(netns, iface).filter(|_| !pidfile::is_mine(netns, iface)) {
+        writeln!(
+            stdout,
+            "nat: handed over to pid {pid}; the datapath on {iface} keeps running"
+        )?;
+        return Ok(());
+    }
+    if args.unload_on_exit {
+        info!("stopping: detaching from {iface}");
+        instance.remove()?;
+        pidfile::remove(netns, iface);
+        writeln!(stdout, "nat: detached from {iface}")?;
+    } else {
+        pidfile::remove(netns, iface);
+        writeln!(
+            stdout,
+            "nat: stopped; the datapath keeps translating on {iface} (pins in {}); `nat unload --iface {iface}` removes it",
+            instance.pins.dir.display()
+        )?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,9 @@
 //! Phase 2 of `nat load`: the embedded kernel object, loaded with this run's constants.
 
-use std::hash::{BuildHasher as _, Hasher as _};
+use std::{
+    hash::{BuildHasher as _, Hasher as _},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, EbpfLoader};
@@ -21,13 +24,31 @@ pub struct Globals {
     pub ext_addrs: u32,
 }
 
-/// Loads the embedded object (programs not yet loaded into the kernel).
+/// Loads the embedded object (programs not yet loaded into the kernel) with
+/// maps of its own, pinned nowhere (for the benchmarks and fixtures).
 pub fn load_object(max_sessions: u32, max_cooldowns: u32, globals: Globals) -> Result<Ebpf> {
-    // A per-load secret: which port a flow gets must not be predictable from outside.
+    load_pinned(max_sessions, max_cooldowns, globals, &[])
+}
+
+/// Loads the embedded object against pinned maps: each map named in `pinned`
+/// is opened at its path when pinned there (an adopted instance keeps its
+/// sessions, cooldowns and counters), else created and pinned there.
+pub fn load_pinned(
+    max_sessions: u32,
+    max_cooldowns: u32,
+    globals: Globals,
+    pinned: &[(&'static str, PathBuf)],
+) -> Result<Ebpf> {
+    // A per-load secret: which port a flow gets must not be predictable from
+    // outside. Only new allocations use it, so an adopted instance may change it.
     let seed = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish() as u32;
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    for (name, path) in pinned {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
         .override_global(GLOBAL_HASH_SEED, &seed, true)
         .override_global(GLOBAL_EXT_IFINDEX, &globals.ext_ifindex, true)
         .override_global(GLOBAL_FAST_PATH, &u32::from(globals.fast_path), true)

@@ -16,7 +16,8 @@ use nat_common::{
 
 use crate::cli::{Cidr, PortRange};
 
-/// Fills the prefix, pool and config maps.
+/// Fills the prefix, pool and config maps: a fresh instance's, or an adopted
+/// one's, whose prefixes, pool and settings become the ones given now.
 pub fn populate(
     ebpf: &mut Ebpf,
     internal: &[Cidr],
@@ -36,6 +37,22 @@ pub fn populate(
                 0,
             )
             .with_context(|| format!("cannot add internal prefix {}/{}", cidr.addr, cidr.len))?;
+    }
+    // An adopted instance may hold prefixes no longer given: added first,
+    // removed after, so a prefix given again is never missing in between.
+    let stale: Vec<Key<u32>> = prefixes
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| {
+            !internal.iter().any(|c| {
+                u32::from(c.len) == k.prefix_len() && u32::from(c.addr).to_be() == k.data()
+            })
+        })
+        .collect();
+    for key in stale {
+        prefixes
+            .remove(&key)
+            .context("cannot remove an internal prefix no longer given")?;
     }
     let mut addrs: HashMap<_, u32, u32> = ebpf
         .map_mut(MAP_EXT_ADDRS)
