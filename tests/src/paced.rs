@@ -9,7 +9,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::netns::{run_in_ns, spawn_in_ns};
-use crate::protocol::Payload;
 use crate::sockets::{connect_from, listen_tcp};
 use crate::topology::{CLIENT_IP, SERVER_IP, Side, Topology};
 
@@ -64,14 +63,14 @@ impl PacedFlows {
             stream
                 .set_read_timeout(Some(Duration::from_secs(5)))
                 .map_err(|e| format!("set timeout: {e}"))?;
-            let mut expected = Payload::new(tcp_port.into());
             let (mut got, mut max_gap, mut last) = (0usize, Duration::ZERO, None::<Instant>);
             let mut buf = vec![0u8; 64 * 1024];
             let mut want = vec![0u8; 64 * 1024];
             loop {
-                let n = stream
-                    .read(&mut buf)
-                    .map_err(|e| format!("TCP read after {got} bytes: {e}"))?;
+                let n = stream.read(&mut buf).map_err(|e| {
+                    let since = last.map(|l| l.elapsed()).unwrap_or_default();
+                    format!("TCP read after {got} bytes, {since:?} after the last: {e}")
+                })?;
                 if n == 0 {
                     break;
                 }
@@ -80,7 +79,7 @@ impl PacedFlows {
                     max_gap = max_gap.max(now - last);
                 }
                 last = Some(now);
-                expected.fill(&mut want[..n]);
+                fill_at(got, &mut want[..n]);
                 if buf[..n] != want[..n] {
                     return Err(format!(
                         "TCP content differs within bytes {got}..{}",
@@ -99,12 +98,11 @@ impl PacedFlows {
                 .map_err(|e| format!("set timeout: {e}"))?;
             let ticks = (duration.as_millis() / TICK.as_millis()).max(1) as usize;
             let per_tick = tcp_bytes.div_ceil(ticks);
-            let mut payload = Payload::new(tcp_port.into());
             let mut buf = vec![0u8; per_tick];
             let (start, mut sent) = (Instant::now(), 0usize);
             for tick in 0..ticks {
                 let n = per_tick.min(tcp_bytes - sent);
-                payload.fill(&mut buf[..n]);
+                fill_at(sent, &mut buf[..n]);
                 stream
                     .write_all(&buf[..n])
                     .map_err(|e| format!("TCP send after {sent} bytes: {e}"))?;
@@ -128,11 +126,22 @@ impl PacedFlows {
         fn joined<T>(r: std::thread::Result<Result<T, String>>) -> Result<T, String> {
             r.unwrap_or_else(|_| Err("panicked".to_owned()))
         }
-        joined(self.tcp_client.join()).map_err(|e| format!("TCP client: {e}"))?;
-        let (tcp_bytes, tcp_max_gap) =
-            joined(self.tcp_server.join()).map_err(|e| format!("TCP server: {e}"))?;
-        let (udp_sent, udp_echoed, udp_max_gap) =
-            joined(self.udp.join()).map_err(|e| format!("UDP: {e}"))?;
+        let client = joined(self.tcp_client.join()).map_err(|e| format!("TCP client: {e}"));
+        let server = joined(self.tcp_server.join()).map_err(|e| format!("TCP server: {e}"));
+        let udp = joined(self.udp.join()).map_err(|e| format!("UDP: {e}"));
+        let errors: Vec<String> = [
+            client.err(),
+            server.as_ref().err().cloned(),
+            udp.as_ref().err().cloned(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        let ((tcp_bytes, tcp_max_gap), (udp_sent, udp_echoed, udp_max_gap)) =
+            (server.expect("checked"), udp.expect("checked"));
         Ok(PacedReport {
             tcp_bytes,
             tcp_max_gap,
@@ -183,6 +192,16 @@ fn udp_flow(
     }
     max_gap = max_gap.max(last.elapsed());
     Ok((sent, echoed, max_gap))
+}
+
+/// The transfer's bytes from `offset` on: a function of the position
+/// alone, so sender and receiver agree however the stream is cut.
+fn fill_at(offset: usize, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = ((offset + i) as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .to_be_bytes()[0];
+    }
 }
 
 fn sleep_until(t: Instant) {

@@ -47,11 +47,12 @@ fn mappings(topo: &Topology) -> Vec<(String, String, String, String)> {
 /// Returns the daemons for the caller's own checks (and their cleanup).
 fn flows_survive(
     tag: &str,
+    first_args: &[&str],
     restart: impl FnOnce(&Topology, &mut NatProcess) -> NatProcess,
 ) -> (Topology, NatProcess, NatProcess) {
     let topo = Topology::new(tag, TopologyOpts::default());
     let udp_server = udp_echo_server(topo.ns_name(Side::Server), UDP_PORT);
-    let mut first = NatProcess::start(&topo, &["--ports", PORTS]);
+    let mut first = NatProcess::start(&topo, first_args);
     let flows = PacedFlows::start(&topo, TCP_PORT, UDP_PORT, BYTES, FLOW);
     sleep(Duration::from_secs(3));
     let before = mappings(&topo);
@@ -74,7 +75,10 @@ fn flows_survive(
         );
     }
 
-    let report = flows.finish().expect("the flows survive the restart");
+    let report = flows
+        .finish()
+        .unwrap_or_else(|e| panic!("the flows broke: {e}\nstats {}", stats(&topo)));
+    println!("{tag}: {report:?}");
     drop(udp_server);
     assert_eq!(report.tcp_bytes, BYTES, "{report:?}");
     assert!(report.tcp_max_gap < MAX_GAP, "TCP stalled: {report:?}");
@@ -115,7 +119,7 @@ fn said(nat: &NatProcess, what: &str) -> bool {
 
 #[test]
 fn flows_survive_kill_9_and_a_new_load() {
-    flows_survive("rs-kill", |topo, first| {
+    flows_survive("rs-kill", &["--ports", PORTS], |topo, first| {
         assert!(!first.stop_daemon(Signal::SIGKILL).success());
         NatProcess::start(topo, &["--ports", PORTS])
     });
@@ -123,7 +127,7 @@ fn flows_survive_kill_9_and_a_new_load() {
 
 #[test]
 fn flows_survive_sigterm_and_a_new_load() {
-    let (_topo, first, _second) = flows_survive("rs-term", |topo, first| {
+    let (_topo, first, _second) = flows_survive("rs-term", &["--ports", PORTS], |topo, first| {
         assert!(first.stop_daemon(Signal::SIGTERM).success());
         NatProcess::start(topo, &["--ports", PORTS])
     });
@@ -136,7 +140,7 @@ fn flows_survive_sigterm_and_a_new_load() {
 
 #[test]
 fn flows_survive_a_new_load_with_a_changed_setting() {
-    let (topo, _first, _second) = flows_survive("rs-set", |topo, first| {
+    let (topo, _first, _second) = flows_survive("rs-set", &["--ports", PORTS], |topo, first| {
         assert_eq!(get(topo, "timeout-udp"), "300000ms");
         assert!(first.stop_daemon(Signal::SIGTERM).success());
         NatProcess::start(topo, &["--ports", PORTS, "--timeout-udp", "120s"])
@@ -146,7 +150,10 @@ fn flows_survive_a_new_load_with_a_changed_setting() {
 
 #[test]
 fn flows_survive_replace_against_a_live_daemon() {
-    let (topo, first, second) = flows_survive("rs-repl", |topo, first| {
+    // The replaced daemon would remove the datapath on a plain stop; handing
+    // over must not.
+    let first_args = ["--ports", PORTS, "--unload-on-exit"];
+    let (topo, first, second) = flows_survive("rs-repl", &first_args, |topo, first| {
         let refused = try_load(topo, &["--ports", PORTS]);
         let err = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success());
