@@ -118,7 +118,7 @@ fn narrate(nat_bin: &Path) -> Result<()> {
 
     drop(tcp);
     drop(udp);
-    println!("\ndemo: stopping the NAT (SIGTERM)");
+    println!("\ndemo: stopping the NAT (SIGTERM, then nat unload)");
     let status = nat.stop();
     println!("demo: nat exited: {status}");
     if !status.success() {
