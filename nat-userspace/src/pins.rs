@@ -59,7 +59,7 @@ impl PinDir {
                 Some(v) => {
                     survey.other.insert(v);
                 }
-                None => survey.unknown.push(name),
+                None => {}
             }
         }
         survey.current.sort();
@@ -72,10 +72,8 @@ impl PinDir {
 pub struct Survey {
     /// Names with this binary's layout version.
     pub current: Vec<String>,
-    /// Other layout versions present.
+    /// Other layout versions present (entries without a version are not ours).
     pub other: std::collections::BTreeSet<u32>,
-    /// Entries without a version suffix: not ours.
-    pub unknown: Vec<String>,
 }
 
 /// The layout version in a pinned name (`NAME_vN`).

@@ -171,3 +171,29 @@ fn pins_of_another_layout_are_refused_not_discarded() {
     unload(&topo);
     assert_nothing_left(&topo);
 }
+
+/// What a pinned instance cannot take from a new load is refused with one
+/// line saying what to do, and the instance keeps running as it was.
+#[test]
+fn adoption_refuses_what_it_cannot_keep() {
+    let topo = Topology::new("adopt", TopologyOpts::default());
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    translated_transfer(&topo, "transfer");
+    assert!(nat.stop_daemon(Signal::SIGTERM).success());
+    for (args, expected) in [
+        (vec!["--ingress", "tc"], "--ingress xdp"),
+        (vec!["--max-sessions", "4096"], "--max-sessions 262144"),
+    ] {
+        let out = try_load(&topo, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(expected) && err.contains("nat unload"),
+            "{args:?}: {err}"
+        );
+        let progs = attached_programs(&topo);
+        assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
+        assert_eq!(sessions(&topo).len(), 1, "the session is kept");
+    }
+}

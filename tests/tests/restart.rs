@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use nat_tests::{
-    EXT_IFACE, NatProcess, PacedFlows, Side, Topology, TopologyOpts, nat_cmd, udp_echo_server,
+    EXT_IFACE, INT_IFACE, NatProcess, PacedFlows, Side, Topology, TopologyOpts, nat_cmd,
+    udp_echo_server,
 };
 use nix::sys::signal::Signal;
 
@@ -50,7 +51,19 @@ fn flows_survive(
     first_args: &[&str],
     restart: impl FnOnce(&Topology, &mut NatProcess) -> NatProcess,
 ) -> (Topology, NatProcess, NatProcess) {
-    let topo = Topology::new(tag, TopologyOpts::default());
+    flows_survive_on(
+        Topology::new(tag, TopologyOpts::default()),
+        first_args,
+        restart,
+    )
+}
+
+fn flows_survive_on(
+    topo: Topology,
+    first_args: &[&str],
+    restart: impl FnOnce(&Topology, &mut NatProcess) -> NatProcess,
+) -> (Topology, NatProcess, NatProcess) {
+    let tag = topo.tag().to_owned();
     let udp_server = udp_echo_server(topo.ns_name(Side::Server), UDP_PORT);
     let mut first = NatProcess::start(&topo, first_args);
     let flows = PacedFlows::start(&topo, TCP_PORT, UDP_PORT, BYTES, FLOW);
@@ -98,7 +111,14 @@ fn flows_survive(
         2,
         "no flow needed a new session: {st}"
     );
-    assert!(counter(&st, "translated_out") > counter(&stats_after, "translated_out"));
+    // Counters reset by the restart would miss the datagrams sent before it:
+    // every one of them is counted once, by the slow path or the fast path.
+    let total = |a: &str, b: &str| counter(&st, a) + counter(&st, b);
+    assert!(
+        total("translated_out", "fast_out") >= u64::from(report.udp_sent)
+            && total("translated_in", "fast_in") >= u64::from(report.udp_echoed),
+        "the counters continue across the restart: {report:?} {st}"
+    );
     assert_clean(&topo, &st);
     (topo, first, second)
 }
@@ -169,4 +189,33 @@ fn flows_survive_replace_against_a_live_daemon() {
     let pid_file = format!("/run/nat/{}.{EXT_IFACE}.pid", topo.ns_name(Side::Nat));
     let named = std::fs::read_to_string(&pid_file).expect("the pid file stays");
     assert_eq!(named.trim(), second.pid().to_string(), "{pid_file}");
+}
+
+/// The fast path's links are updated like the others: established flows
+/// keep bypassing the stack under the new programs.
+#[test]
+fn flows_survive_a_new_load_with_the_fast_path() {
+    let topo = Topology::new("rs-fast", TopologyOpts::default());
+    // TC hooks complete partial checksums in software after translation.
+    tx_checksum_off(&topo, EXT_IFACE);
+    tx_checksum_off(&topo, INT_IFACE);
+    let args = [
+        "--ports",
+        PORTS,
+        "--ingress",
+        "tc",
+        "--fast-path",
+        INT_IFACE,
+    ];
+    let mut fast_at_restart = 0;
+    let (topo, _first, _second) = flows_survive_on(topo, &args, |topo, first| {
+        assert!(!first.stop_daemon(Signal::SIGKILL).success());
+        fast_at_restart = counter(&stats(topo), "fast_out");
+        NatProcess::start(topo, &args)
+    });
+    let fast = counter(&stats(&topo), "fast_out");
+    assert!(
+        fast_at_restart > 0 && fast > fast_at_restart,
+        "the fast path carried the flows before ({fast_at_restart}) and after ({fast})"
+    );
 }
