@@ -57,7 +57,9 @@ fn serves(pid: i32, iface: &str) -> bool {
         return false;
     };
     let mut args = cmdline.split(|b| *b == 0);
-    args.clone().any(|a| a == b"load") && args.any(|a| a == iface.as_bytes())
+    let names_iface =
+        |a: &[u8]| a == iface.as_bytes() || a.strip_prefix(b"--iface=") == Some(iface.as_bytes());
+    args.clone().any(|a| a == b"load") && args.any(names_iface)
 }
 
 /// SIGTERM to the daemon, then waits up to `timeout` for it to exit; false

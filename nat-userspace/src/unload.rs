@@ -12,7 +12,8 @@ use crate::{load::remove_pins, pidfile, pins::PinDir};
 pub fn run(netns: Option<&str>, iface: &str, netns_gone: bool) -> Result<()> {
     crate::pins::require_bpffs()?;
     let pins = PinDir::new(netns, iface);
-    if let Some(pid) = pidfile::live(netns, iface)
+    let daemon = pidfile::live(netns, iface);
+    if let Some(pid) = daemon
         && !pidfile::stop(pid, iface, Duration::from_secs(10))
     {
         bail!("the daemon (pid {pid}) did not exit within 10 s of SIGTERM; nothing removed");
@@ -23,6 +24,11 @@ pub fn run(netns: Option<&str>, iface: &str, netns_gone: bool) -> Result<()> {
         _ => String::new(),
     };
     if !pins.dir.exists() {
+        if let Some(pid) = daemon {
+            // It was started with --unload-on-exit and removed everything itself.
+            println!("nat: unloaded from {iface} (its daemon, pid {pid}, removed the pins)");
+            return Ok(());
+        }
         println!(
             "nat: {iface} is not loaded{gone} (nothing pinned in {})",
             pins.dir.display()

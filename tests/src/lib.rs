@@ -20,7 +20,7 @@ mod sockets;
 mod topology;
 mod traffic;
 
-pub use nat_process::{NatProcess, nat_bin, nat_cmd, nat_json};
+pub use nat_process::{NatProcess, nat_bin, nat_cmd, nat_json, unload_instance};
 pub use netns::{run_in_ns, spawn_in_ns};
 pub use paced::{PacedFlows, PacedReport};
 pub use servers::{ServerHandle, tcp_sink_server, udp_echo_server};

@@ -24,16 +24,20 @@ const ATTACHED_PREFIX: &str = "nat: attached";
 
 /// The `nat` binary: `$NAT_BIN`, else the workspace's debug build.
 pub fn nat_bin() -> PathBuf {
-    let path = match std::env::var_os("NAT_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/nat")),
-    };
+    let path = nat_path();
     assert!(
         path.is_file(),
         "nat binary {} not found: build it with `cargo xtask build` (or point NAT_BIN at it)",
         path.display()
     );
     path
+}
+
+fn nat_path() -> PathBuf {
+    match std::env::var_os("NAT_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/nat")),
+    }
 }
 
 /// Runs `nat --netns <nat ns> <args>` to completion (`sessions --json`,
@@ -244,12 +248,16 @@ impl Drop for NatProcess {
 
 /// `nat --netns NS unload --iface veth-ext` (a no-op when nothing is loaded).
 fn unload(netns: &str) -> Output {
-    let bin = nat_bin();
-    Command::new(&bin)
+    unload_instance(netns).unwrap_or_else(|e| panic!("cannot run nat unload: {e}"))
+}
+
+/// Removes the NAT instance of namespace `netns`, if any (`nat unload`);
+/// never panics, for cleanup paths: stopping a daemon leaves its datapath.
+pub fn unload_instance(netns: &str) -> io::Result<Output> {
+    Command::new(nat_path())
         .args(["--netns", netns, "unload", "--iface", EXT_IFACE])
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
 /// SIGTERM, then waits up to [`STOP_TIMEOUT`]; `Ok(None)` if it is still running.
