@@ -76,6 +76,14 @@ pub struct Config {
     pub timeout_tcp_closed_ms: u64,
     pub timeout_udp_ms: u64,
     pub timeout_icmp_ms: u64,
+    /// After an ICMP echo session expired. Its own setting, not UDP's: an
+    /// echo identifier is reused at once by most stacks, and a remote that
+    /// matches echo replies by identifier may want a pause UDP does not.
+    pub cooldown_icmp_ms: u64,
+    /// Non-zero: rare drops (no port, malformed, refused rewrite) are logged
+    /// through aya-log to the daemon's log.
+    pub log_events: u32,
+    pub _pad: u32,
 }
 
 impl Default for Config {
@@ -96,6 +104,9 @@ impl Default for Config {
             timeout_tcp_closed_ms: 10_000,
             timeout_udp_ms: 300_000,
             timeout_icmp_ms: 60_000,
+            cooldown_icmp_ms: 0,
+            log_events: 0,
+            _pad: 0,
         }
     }
 }

@@ -50,7 +50,8 @@ pub mod seen {
     /// This direction sent its FIN while the other had not sent one yet.
     pub const FIN_FIRST: u8 = 16;
     /// Reverse entry: the remote answered the internal host's SYN with
-    /// something other than a SYN-ACK (counted once as a collision).
+    /// something other than a SYN-ACK (counted once: `collisions` for an
+    /// ACK, `syn_refused` for a reset).
     pub const ODD_ANSWER: u8 = 32;
 }
 

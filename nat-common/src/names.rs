@@ -56,7 +56,7 @@ pub const GLOBAL_FAST_PATH: &str = "FAST_PATH";
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 
 /// Layout version appended to every pinned name.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Root of everything this project pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";

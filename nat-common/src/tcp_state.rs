@@ -108,6 +108,8 @@ pub enum CloseKind {
     /// Reaped while idle: nothing is known of the remote's state.
     Idle,
     Udp,
+    /// An ICMP echo session expired.
+    Icmp,
 }
 
 impl CloseKind {
@@ -118,6 +120,7 @@ impl CloseKind {
             CloseKind::Reset => "reset",
             CloseKind::Idle => "idle",
             CloseKind::Udp => "udp",
+            CloseKind::Icmp => "icmp",
         }
     }
 }
@@ -141,6 +144,9 @@ pub const fn close_kind(fwd_seen: u8, rev_seen: u8) -> Option<CloseKind> {
 
 /// How a session the reaper expires in `state` ended.
 pub const fn expiry_kind(proto: u8, fwd_seen: u8, rev_seen: u8) -> CloseKind {
+    if proto == PROTO_ICMP {
+        return CloseKind::Icmp;
+    }
     if proto != PROTO_TCP {
         return CloseKind::Udp;
     }
@@ -161,5 +167,6 @@ pub const fn cooldown_ms(kind: CloseKind, cfg: &Config) -> u64 {
         CloseKind::InternalFirst => cfg.cooldown_local_close_ms,
         CloseKind::Reset => cfg.cooldown_rst_ms,
         CloseKind::Udp => cfg.cooldown_udp_ms,
+        CloseKind::Icmp => cfg.cooldown_icmp_ms,
     }
 }

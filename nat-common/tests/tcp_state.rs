@@ -2,7 +2,7 @@
 
 use nat_common::{
     config::Config,
-    flow::{PROTO_TCP, PROTO_UDP, seen},
+    flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, seen},
     headers::tcp_flags::{ACK, FIN, RST, SYN},
     tcp_state::{CloseKind, close_kind, cooldown_ms, expiry_kind},
     tcp_state::{State, idle_timeout_ms, seen_bits, state_of},
@@ -124,6 +124,7 @@ fn close_kinds() {
     let both = seen::FIN | seen::FIN_FIRST;
     assert_eq!(close_kind(both, both), Some(CloseKind::ExternalFirst));
     assert_eq!(expiry_kind(PROTO_UDP, 0, 0), CloseKind::Udp);
+    assert_eq!(expiry_kind(PROTO_ICMP, 0, 0), CloseKind::Icmp);
     assert_eq!(
         expiry_kind(PROTO_TCP, seen::SYN, seen::SYN_ACK),
         CloseKind::Idle
@@ -138,6 +139,12 @@ fn cooldown_per_kind() {
     assert_eq!(cooldown_ms(CloseKind::InternalFirst, &cfg), 15_000);
     assert_eq!(cooldown_ms(CloseKind::Reset, &cfg), 15_000);
     assert_eq!(cooldown_ms(CloseKind::Udp, &cfg), 0);
+    assert_eq!(cooldown_ms(CloseKind::Icmp, &cfg), 0);
+    // ICMP cools under its own setting, not UDP's.
+    cfg.cooldown_udp_ms = 5_000;
+    cfg.cooldown_icmp_ms = 7_000;
+    assert_eq!(cooldown_ms(CloseKind::Udp, &cfg), 5_000);
+    assert_eq!(cooldown_ms(CloseKind::Icmp, &cfg), 7_000);
     cfg.cooldown_enabled = 0;
     for kind in [
         CloseKind::ExternalFirst,
@@ -145,6 +152,7 @@ fn cooldown_per_kind() {
         CloseKind::Reset,
         CloseKind::Idle,
         CloseKind::Udp,
+        CloseKind::Icmp,
     ] {
         assert_eq!(cooldown_ms(kind, &cfg), 0);
     }

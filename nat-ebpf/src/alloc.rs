@@ -23,7 +23,7 @@ use nat_common::{
 
 use crate::{
     maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, count, hash_seed},
-    packet::{Drop, Endpoint},
+    packet::{DropReason, Endpoint},
 };
 
 const FOUND_NONE: u32 = 0;
@@ -74,7 +74,7 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
         }
         stale = true;
     }
-    match claim(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now) {
+    match claim_pair(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now) {
         Ok(Claim::Won(s)) => {
             if stale {
                 let _ = NAT_COOLDOWN.remove(&rev_key);
@@ -112,7 +112,13 @@ enum Claim {
 }
 
 #[inline(always)]
-fn claim(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> Result<Claim, Drop> {
+fn claim_pair(
+    fwd: &FlowKey,
+    ext_addr: u32,
+    port: u16,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<Claim, DropReason> {
     let rev_key = fwd.translated(ext_addr, port);
     // One entry on the stack, filled for each direction in turn: the frame
     // of nat_egress has no room for two.
@@ -140,7 +146,7 @@ fn claim(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> Re
     // SAFETY: read-only copy of a map value.
     match unsafe { NAT_FWD.get(fwd) } {
         Some(winner) => Ok(Claim::Lost(Endpoint::of(winner))),
-        None => Err(Drop::AllocFail),
+        None => Err(DropReason::AllocFail),
     }
 }
 
@@ -151,10 +157,10 @@ fn probe_address(
     pool_idx: u32,
     probes: u32,
     preserve: bool,
-) -> Result<Option<Endpoint>, Drop> {
-    let pool = NAT_POOL.get(pool_idx).ok_or(Drop::AllocFail)?;
+) -> Result<Option<Endpoint>, DropReason> {
+    let pool = NAT_POOL.get(pool_idx).ok_or(DropReason::AllocFail)?;
     if pool.step == 0 {
-        return Err(Drop::AllocFail);
+        return Err(DropReason::AllocFail);
     }
     p.pool = *pool;
     p.found = FOUND_NONE;
@@ -184,7 +190,7 @@ fn probe_address(
             count(Counter::InsertRace);
             Ok(Some(p.session))
         }
-        FOUND_ERROR => Err(Drop::AllocFail),
+        FOUND_ERROR => Err(DropReason::AllocFail),
         _ => Ok(None),
     }
 }
@@ -199,11 +205,11 @@ fn histogram(bucket: u32) {
 
 /// Finds an external address and port for `fwd` and inserts the session pair.
 #[inline(always)]
-pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop> {
-    let cfg: &Config = NAT_CONFIG.get(0).ok_or(Drop::AllocFail)?;
+pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, DropReason> {
+    let cfg: &Config = NAT_CONFIG.get(0).ok_or(DropReason::AllocFail)?;
     let pool_len = cfg.pool_len;
     if pool_len == 0 || pool_len > MAX_POOL {
-        return Err(Drop::AllocFail);
+        return Err(DropReason::AllocFail);
     }
     let seed = hash_seed();
     let own = pool_index(fwd.saddr, seed, pool_len);
@@ -235,13 +241,13 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         other += 1;
     }
     if p.best_port == 0 {
-        return Err(Drop::AllocFail);
+        return Err(DropReason::AllocFail);
     }
     if cfg.policy == policy::STRICT {
-        return Err(Drop::StrictCooling);
+        return Err(DropReason::StrictCooling);
     }
     let port = p.best_port.to_be();
-    match claim(fwd, p.best_addr, port, tcp_flags, now)? {
+    match claim_pair(fwd, p.best_addr, port, tcp_flags, now)? {
         Claim::Won(s) => {
             let _ = NAT_COOLDOWN.remove(&fwd.translated(p.best_addr, port));
             count(Counter::Opened);
@@ -253,6 +259,6 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
             count(Counter::InsertRace);
             Ok(s)
         }
-        Claim::Taken => Err(Drop::AllocFail),
+        Claim::Taken => Err(DropReason::AllocFail),
     }
 }

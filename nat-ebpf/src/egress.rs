@@ -12,23 +12,24 @@ use crate::{
     frag, icmp,
     maps::{NAT_FWD, fast_path, is_external, is_internal},
     packet::{
-        Drop, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, ipv4_fields, l4_fields, now_ns, read,
-        tc_action, touch,
+        DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns,
+        read, tc_action, touch,
     },
     reject,
-    tc_rewrite::{Side, rewrite_endpoint},
+    skb::linear_headers,
+    tc_rewrite::rewrite_endpoint,
     track,
 };
 
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    tc_action(try_egress(&ctx))
+    tc_action(&ctx, try_egress(&ctx))
 }
 
 /// Packets from internal sources are translated or dropped; nothing from an
 /// internal prefix ever leaves with its internal address.
 #[inline(always)]
-fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
+fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     let len = ctx.len() as usize;
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     match read::<u16>(data, end, 12) {
@@ -37,7 +38,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
     }
     let ip = ipv4_fields(data, end, ETH_HLEN)?;
     // Anything we cannot translate is dropped only when it comes from inside.
-    let refuse = |drop: Drop| {
+    let refuse = |drop: DropReason| {
         if is_internal(ip.saddr) {
             Err(drop)
         } else {
@@ -60,7 +61,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
         }
         // Arriving before its first fragment it cannot be translated, and
         // it must not leave with its internal source.
-        let ext = frag::lookup(&ip, FRAG_OUT).ok_or(Drop::FragUnknown)?;
+        let ext = frag::lookup(&ip, FRAG_OUT).ok_or(DropReason::FragUnknown)?;
         frag::rewrite_addr(data, end, ETH_HLEN, true, ip.saddr, ext)?;
         return Ok(Counter::XlateOut);
     }
@@ -78,12 +79,12 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
             now_ns(),
         )?;
         if meta.fragment {
-            remember_first(ctx, &ip, FRAG_OUT, true);
+            frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_OUT, true);
         }
         return Ok(done);
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
-        return refuse(Drop::Unsupported);
+        return refuse(DropReason::Unsupported);
     }
     // What the TC fast path sends here is translated already. No session
     // has an external source, so nothing else is skipped by this (ICMP,
@@ -115,7 +116,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
             let opening = tcp_flags::SYN;
             let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
             if ip.proto == PROTO_TCP && l4.tcp_flags & mask != opening {
-                return Err(Drop::NoSession);
+                return Err(DropReason::NoSession);
             }
             match allocate(&key, l4.tcp_flags, now) {
                 Ok(session) => session,
@@ -138,29 +139,4 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, Drop> {
         frag::remember(&ip, FRAG_OUT, session.addr);
     }
     Ok(Counter::XlateOut)
-}
-
-/// Makes up to `max` bytes of headers readable by direct access and returns
-/// (data, data_end). Headers of forwarded or locally built packets may sit
-/// partly in paged data; only then is the linear area extended, so short
-/// packets that are already linear cost no helper call.
-#[inline(always)]
-pub fn linear_headers(ctx: &TcContext, max: usize) -> (usize, usize) {
-    let len = ctx.len() as usize;
-    let want = if len < max { len } else { max };
-    if ctx.data_end() - ctx.data() < want {
-        let _ = ctx.pull_data(want as u32);
-    }
-    (ctx.data(), ctx.data_end())
-}
-
-/// Records the translated address of a first fragment, read back from the
-/// packet (`source`: the source address was rewritten, else the destination).
-#[inline(always)]
-pub fn remember_first(ctx: &TcContext, ip: &crate::packet::Ipv4Fields, dir: u8, source: bool) {
-    use nat_common::headers::off;
-    let at = ETH_HLEN + if source { off::IP_SADDR } else { off::IP_DADDR };
-    if let Ok(addr) = read::<u32>(ctx.data(), ctx.data_end(), at) {
-        frag::remember(ip, dir, addr);
-    }
 }

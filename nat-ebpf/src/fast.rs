@@ -20,21 +20,21 @@ use aya_ebpf::{
 };
 use nat_common::{
     counters::Counter,
-    csum::{add, apply, apply_udp, endpoint_diff},
-    flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP, Session},
+    csum::{add, apply},
+    flow::{FlowKey, NextHop, PROTO_TCP, Session},
     forward::{AF_INET, eligible, ttl_decrement_diff},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
 };
 
 use crate::{
-    egress::linear_headers,
     maps::{NAT_FAST_DEVS, NAT_FWD, NAT_IF_MACS, ext_ifindex},
     packet::{
-        Drop, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields, l4_fields, now_ns, ptr_at,
-        read, tc_action, touch, xdp_verdict,
+        DropReason, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, Side, ipv4_fields, l4_fields,
+        now_ns, ptr_at, read, tc_action, touch, xdp_verdict,
     },
-    tc_rewrite::{Side, rewrite_endpoint},
-    track,
+    skb::linear_headers,
+    tc_rewrite::rewrite_endpoint,
+    track, xdp_rewrite,
 };
 
 /// `skb->pkt_type` of a frame addressed to this host.
@@ -177,7 +177,7 @@ pub fn hop(
     ttl: u8,
     proto: u8,
     l3_diff: u32,
-) -> Result<(), Drop> {
+) -> Result<(), DropReason> {
     let eth = ptr_at::<[u8; 12]>(data, end, 0)?;
     let ttl_at = ptr_at::<u8>(data, end, ETH_HLEN + IP_TTL)?;
     let check = ptr_at::<u16>(data, end, ETH_HLEN + off::IP_CHECK)?;
@@ -215,7 +215,7 @@ fn tc_redirect_egress(ifindex: u32) -> bool {
 
 /// The TOS and TTL bytes of the IPv4 header.
 #[inline(always)]
-pub fn tos_ttl(data: usize, end: usize) -> Result<(u8, u8), Drop> {
+pub fn tos_ttl(data: usize, end: usize) -> Result<(u8, u8), DropReason> {
     Ok((
         read::<u8>(data, end, ETH_HLEN + IP_TOS)?,
         read::<u8>(data, end, ETH_HLEN + IP_TTL)?,
@@ -265,7 +265,7 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
 /// Touches the session and tracks its TCP state, as `nat_egress` does;
 /// returns the external endpoint.
 #[inline(always)]
-fn claim(c: &Candidate, now: u64) -> Endpoint {
+fn track_session(c: &Candidate, now: u64) -> Endpoint {
     touch(c.entry, now);
     if c.ip.proto == PROTO_TCP {
         track::egress(&c.key, c.entry, c.l4.tcp_flags, now);
@@ -276,12 +276,12 @@ fn claim(c: &Candidate, now: u64) -> Endpoint {
 
 #[xdp]
 pub fn nat_fast(ctx: XdpContext) -> u32 {
-    xdp_verdict(try_fast_xdp(&ctx))
+    xdp_verdict(&ctx, try_fast_xdp(&ctx))
 }
 
 /// Errors come only after the rewrite began: such a packet is dropped.
 #[inline(always)]
-fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
+fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let Some(c) = candidate(data, end, end - data - ETH_HLEN) else {
         return Ok(Counter::FastMiss);
@@ -300,37 +300,35 @@ fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
     if next.ifindex != ext_ifindex() || !xdp_redirect(next.ifindex) {
         return Ok(Counter::FastRoute);
     }
-    let to = claim(&c, now);
-    let diff = endpoint_diff(c.ip.saddr, to.addr, c.l4.sport, to.port);
-    let l4_check = ptr_at::<u16>(data, end, c.l4.check_off)?;
-    let saddr = ptr_at::<u32>(data, end, ETH_HLEN + off::IP_SADDR)?;
-    let sport = ptr_at::<u16>(data, end, c.l4_at + off::L4_SPORT)?;
-    // SAFETY: all three pointers were bounds-checked by ptr_at.
-    unsafe {
-        let old = core::ptr::read_unaligned(l4_check);
-        let new = if c.ip.proto == PROTO_UDP {
-            apply_udp(old, diff.l4)
-        } else {
-            apply(old, diff.l4)
-        };
-        core::ptr::write_unaligned(l4_check, new);
-        core::ptr::write_unaligned(saddr, to.addr);
-        core::ptr::write_unaligned(sport, to.port);
-    }
-    hop(data, end, &next, c.ttl, c.ip.proto, diff.l3)?;
+    let to = track_session(&c, now);
+    let old = Endpoint {
+        addr: c.ip.saddr,
+        port: c.l4.sport,
+    };
+    let l3_diff = xdp_rewrite::rewrite_endpoint(
+        data,
+        end,
+        &c.l4,
+        c.ip.proto,
+        Side::Source,
+        c.l4_at,
+        old,
+        to,
+    )?;
+    hop(data, end, &next, c.ttl, c.ip.proto, l3_diff)?;
     Ok(Counter::FastOut)
 }
 
 #[classifier]
 pub fn nat_fast_tc(ctx: TcContext) -> i32 {
-    tc_action(try_fast_tc(&ctx))
+    tc_action(&ctx, try_fast_tc(&ctx))
 }
 
 /// Translates with the skb-aware helpers of `nat_egress`, so partial
 /// checksums stay right, and sends the packet to the external interface's
 /// egress, where `nat_egress` passes it on at its first check.
 #[inline(always)]
-fn try_fast_tc(ctx: &TcContext) -> Result<Counter, Drop> {
+fn try_fast_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     let len = ctx.len() as usize;
     let Some(c) = candidate(data, end, len.saturating_sub(ETH_HLEN)) else {
@@ -350,7 +348,7 @@ fn try_fast_tc(ctx: &TcContext) -> Result<Counter, Drop> {
     if next.ifindex != ext_ifindex() || !tc_redirect_egress(next.ifindex) {
         return Ok(Counter::FastRoute);
     }
-    let new = claim(&c, now);
+    let new = track_session(&c, now);
     let old = Endpoint {
         addr: c.ip.saddr,
         port: c.l4.sport,

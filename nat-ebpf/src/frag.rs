@@ -6,12 +6,12 @@
 use nat_common::{
     csum::{apply, diff32},
     flow::{FRAG_TTL_NS, FragEntry, FragKey},
-    headers::off,
+    headers::{ETH_HLEN, off},
 };
 
 use crate::{
     maps::NAT_FRAGS,
-    packet::{Drop, Ipv4Fields, now_ns, ptr_at},
+    packet::{DropReason, Ipv4Fields, now_ns, ptr_at, read},
 };
 
 #[inline(always)]
@@ -36,6 +36,17 @@ pub fn remember(ip: &Ipv4Fields, dir: u8, new_addr: u32) {
     let _ = NAT_FRAGS.insert(&key(ip, dir), &entry, 0);
 }
 
+/// Records the address a first fragment was just given, read back from
+/// the packet (`source`: the source address was rewritten, else the
+/// destination), for the callers that let a shared translator rewrite it.
+#[inline(always)]
+pub fn remember_written(data: usize, end: usize, ip: &Ipv4Fields, dir: u8, source: bool) {
+    let at = ETH_HLEN + if source { off::IP_SADDR } else { off::IP_DADDR };
+    if let Ok(addr) = read::<u32>(data, end, at) {
+        remember(ip, dir, addr);
+    }
+}
+
 /// The address a later fragment of `ip`'s datagram must get.
 #[inline(always)]
 pub fn lookup(ip: &Ipv4Fields, dir: u8) -> Option<u32> {
@@ -53,7 +64,7 @@ pub fn rewrite_addr(
     source: bool,
     old: u32,
     new: u32,
-) -> Result<(), Drop> {
+) -> Result<(), DropReason> {
     let check = ptr_at::<u16>(data, end, l3 + off::IP_CHECK)?;
     let addr = ptr_at::<u32>(
         data,

@@ -17,7 +17,9 @@ use nat_common::{
 use crate::{
     alloc::allocate,
     maps::{NAT_FWD, NAT_REV},
-    packet::{Drop, Endpoint, Ipv4Fields, pinned_ptr_at as ptr_at, pinned_read as read, touch},
+    packet::{
+        DropReason, Endpoint, Ipv4Fields, pinned_ptr_at as ptr_at, pinned_read as read, touch,
+    },
 };
 
 /// Which way the packet crosses the NAT.
@@ -30,7 +32,7 @@ pub enum Dir {
 }
 
 #[inline(always)]
-fn write16(data: usize, end: usize, at: usize, v: u16) -> Result<(), Drop> {
+fn write16(data: usize, end: usize, at: usize, v: u16) -> Result<(), DropReason> {
     let p = ptr_at::<u16>(data, end, at)?;
     // SAFETY: bounds-checked by ptr_at.
     unsafe { core::ptr::write_unaligned(p, v) };
@@ -38,7 +40,7 @@ fn write16(data: usize, end: usize, at: usize, v: u16) -> Result<(), Drop> {
 }
 
 #[inline(always)]
-fn write32(data: usize, end: usize, at: usize, v: u32) -> Result<(), Drop> {
+fn write32(data: usize, end: usize, at: usize, v: u32) -> Result<(), DropReason> {
     let p = ptr_at::<u32>(data, end, at)?;
     // SAFETY: bounds-checked by ptr_at.
     unsafe { core::ptr::write_unaligned(p, v) };
@@ -60,14 +62,14 @@ pub fn translate(
     dir: Dir,
     inside: bool,
     now: u64,
-) -> Result<Counter, Drop> {
+) -> Result<Counter, DropReason> {
     let kind = read::<u8>(data, end, l4 + off::ICMP_TYPE)?;
     let check_at = l4 + off::ICMP_CHECK;
     read::<[u8; ICMP_HLEN]>(data, end, l4)?;
     if icmp_type::is_error(kind) {
         return match error(data, end, l3, ip, l4, dir)? {
             Counter::IcmpUnmatched if dir == Dir::Out && !inside => Ok(Counter::NotOursOut),
-            Counter::IcmpUnmatched if dir == Dir::Out => Err(Drop::IcmpUnmatched),
+            Counter::IcmpUnmatched if dir == Dir::Out => Err(DropReason::IcmpUnmatched),
             done => Ok(done),
         };
     }
@@ -103,7 +105,7 @@ pub fn translate(
         }
         (Dir::In, _) => return Ok(Counter::NotOursIn),
         // Anything else from inside would leave with an internal source.
-        (Dir::Out, _) => return Err(Drop::Unsupported),
+        (Dir::Out, _) => return Err(DropReason::Unsupported),
     };
     let ip_check = read::<u16>(data, end, l3 + off::IP_CHECK)?;
     let icmp_check = read::<u16>(data, end, check_at)?;
@@ -136,7 +138,7 @@ fn error(
     ip: &Ipv4Fields,
     l4: usize,
     dir: Dir,
-) -> Result<Counter, Drop> {
+) -> Result<Counter, DropReason> {
     let inner = l4 + ICMP_HLEN;
     let iip = Ipv4Fields {
         ver_ihl: read::<u8>(data, end, inner)?,

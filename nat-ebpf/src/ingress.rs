@@ -18,23 +18,22 @@ use aya_ebpf::{
 };
 use nat_common::{
     counters::Counter,
-    csum::{apply, apply_udp, endpoint_diff},
     flow::{FRAG_IN, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     forward::eligible,
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
+    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
 };
 
 use crate::{
-    egress::{linear_headers, remember_first},
     fast, frag,
     icmp::{self, Dir},
     maps::{NAT_REV, ext_ifindex, fast_path},
     packet::{
-        Drop, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, ipv4_fields,
-        l4_fields, now_ns, ptr_at, read, tc_action, touch, xdp_verdict,
+        DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, Side,
+        ipv4_fields, l4_fields, now_ns, read, tc_action, touch, xdp_verdict,
     },
-    tc_rewrite::{Side, rewrite_endpoint},
-    track,
+    skb::linear_headers,
+    tc_rewrite::rewrite_endpoint,
+    track, xdp_rewrite,
 };
 
 /// An inbound packet that belongs to a session.
@@ -64,7 +63,7 @@ enum Class {
 /// Only packets that match a session are translated; everything else goes to
 /// the stack as it came, so the host's own traffic keeps working.
 #[inline(always)]
-fn classify(data: usize, end: usize, avail: usize) -> Result<Class, Drop> {
+fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> {
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
         _ => return Ok(Class::Pass(Counter::NotIpv4)),
@@ -112,18 +111,18 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, Drop> {
 
 #[xdp]
 pub fn nat_ingress(ctx: XdpContext) -> u32 {
-    xdp_verdict(try_xdp(&ctx))
+    xdp_verdict(&ctx, try_xdp(&ctx))
 }
 
 #[inline(always)]
-fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
+fn try_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let pkt = match classify(data, end, end - data - ETH_HLEN)? {
         Class::Session(pkt) => pkt,
         Class::Icmp(ip, l4_at, first_fragment) => {
             let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true, now_ns())?;
             if first_fragment && done == Counter::XlateIn {
-                remember_xdp(ctx, &ip);
+                frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_IN, false);
             }
             return Ok(done);
         }
@@ -133,25 +132,21 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, Drop> {
         }
         Class::Pass(counter) => return Ok(counter),
     };
-    let diff = endpoint_diff(pkt.ip.daddr, pkt.to.addr, pkt.l4.dport, pkt.to.port);
-    let ip_check = ptr_at::<u16>(data, end, ETH_HLEN + off::IP_CHECK)?;
-    let l4_check = ptr_at::<u16>(data, end, pkt.l4.check_off)?;
-    let daddr = ptr_at::<u32>(data, end, ETH_HLEN + off::IP_DADDR)?;
-    let dport = ptr_at::<u16>(data, end, pkt.l4_at + off::L4_DPORT)?;
-    // SAFETY: all four pointers were bounds-checked by ptr_at.
-    unsafe {
-        let c = core::ptr::read_unaligned(ip_check);
-        core::ptr::write_unaligned(ip_check, apply(c, diff.l3));
-        let c = core::ptr::read_unaligned(l4_check);
-        let c = if pkt.ip.proto == PROTO_UDP {
-            apply_udp(c, diff.l4)
-        } else {
-            apply(c, diff.l4)
-        };
-        core::ptr::write_unaligned(l4_check, c);
-        core::ptr::write_unaligned(daddr, pkt.to.addr);
-        core::ptr::write_unaligned(dport, pkt.to.port);
-    }
+    let old = Endpoint {
+        addr: pkt.ip.daddr,
+        port: pkt.l4.dport,
+    };
+    let l3_diff = xdp_rewrite::rewrite_endpoint(
+        data,
+        end,
+        &pkt.l4,
+        pkt.ip.proto,
+        Side::Destination,
+        pkt.l4_at,
+        old,
+        pkt.to,
+    )?;
+    xdp_rewrite::apply_ip_check(data, end, l3_diff)?;
     if pkt.first_fragment {
         frag::remember(&pkt.ip, FRAG_IN, pkt.to.addr);
         return Ok(Counter::XlateIn);
@@ -179,7 +174,7 @@ fn forward_in<C: EbpfContext>(
     pkt: &Inbound,
     l3_len: u16,
     tc: bool,
-) -> Result<bool, Drop> {
+) -> Result<bool, DropReason> {
     let (tos, ttl) = fast::tos_ttl(data, end)?;
     if eligible(false, pkt.ip.proto, ttl).is_err() {
         return Ok(false);
@@ -212,11 +207,11 @@ fn forward_in<C: EbpfContext>(
 
 #[classifier]
 pub fn nat_ingress_tc(ctx: TcContext) -> i32 {
-    tc_action(try_tc(&ctx))
+    tc_action(&ctx, try_tc(&ctx))
 }
 
 #[inline(always)]
-fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
+fn try_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     let pkt = match classify(data, end, avail)? {
@@ -225,7 +220,7 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
             let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
             let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true, now_ns())?;
             if first_fragment && done == Counter::XlateIn {
-                remember_first(ctx, &ip, FRAG_IN, false);
+                frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_IN, false);
             }
             return Ok(done);
         }
@@ -265,12 +260,4 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, Drop> {
         }
     }
     Ok(Counter::XlateIn)
-}
-
-/// Records the internal address an ICMP first fragment was given, read back from the packet.
-#[inline(always)]
-fn remember_xdp(ctx: &XdpContext, ip: &Ipv4Fields) {
-    if let Ok(addr) = read::<u32>(ctx.data(), ctx.data_end(), ETH_HLEN + off::IP_DADDR) {
-        frag::remember(ip, FRAG_IN, addr);
-    }
 }

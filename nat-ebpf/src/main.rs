@@ -12,6 +12,8 @@ mod alloc;
 #[cfg(target_arch = "bpf")]
 mod egress;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
 mod fast;
 #[cfg(target_arch = "bpf")]
 mod frag;
@@ -26,9 +28,13 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod reject;
 #[cfg(target_arch = "bpf")]
+mod skb;
+#[cfg(target_arch = "bpf")]
 mod tc_rewrite;
 #[cfg(target_arch = "bpf")]
 mod track;
+#[cfg(target_arch = "bpf")]
+mod xdp_rewrite;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

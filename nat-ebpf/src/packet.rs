@@ -4,29 +4,29 @@ use nat_common::{counters::Counter, headers::HeaderError};
 
 /// Why a packet is dropped. Every variant has a counter.
 #[derive(Clone, Copy)]
-pub enum Drop {
+pub enum DropReason {
     NoSession,
     AllocFail,
     Malformed,
     Unsupported,
     FragUnknown,
-    Rewrite,
+    RewriteError,
     StrictCooling,
     IcmpUnmatched,
 }
 
-impl Drop {
+impl DropReason {
     #[inline(always)]
     pub const fn counter(self) -> Counter {
         match self {
-            Drop::NoSession => Counter::NoSession,
-            Drop::AllocFail => Counter::AllocFail,
-            Drop::Malformed => Counter::Malformed,
-            Drop::Unsupported => Counter::Unsupported,
-            Drop::FragUnknown => Counter::FragUnknown,
-            Drop::Rewrite => Counter::CsumError,
-            Drop::StrictCooling => Counter::StrictDrop,
-            Drop::IcmpUnmatched => Counter::IcmpUnmatched,
+            DropReason::NoSession => Counter::NoSession,
+            DropReason::AllocFail => Counter::AllocFail,
+            DropReason::Malformed => Counter::Malformed,
+            DropReason::Unsupported => Counter::Unsupported,
+            DropReason::FragUnknown => Counter::FragUnknown,
+            DropReason::RewriteError => Counter::RewriteError,
+            DropReason::StrictCooling => Counter::StrictCooling,
+            DropReason::IcmpUnmatched => Counter::IcmpUnmatched,
         }
     }
 }
@@ -36,7 +36,7 @@ impl Drop {
 /// goes on to the next program or filter on the hook (TC_ACT_UNSPEC, TCX's
 /// "next"), so the operator's own ingress and egress filters still see it.
 #[inline(always)]
-pub fn tc_action(outcome: Result<Counter, Drop>) -> i32 {
+pub fn tc_action(ctx: &aya_ebpf::programs::TcContext, outcome: Result<Counter, DropReason>) -> i32 {
     use aya_ebpf::bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
     match outcome {
         // The fast path set up the redirect before it returned these.
@@ -50,6 +50,7 @@ pub fn tc_action(outcome: Result<Counter, Drop>) -> i32 {
         }
         Err(drop) => {
             crate::maps::count(drop.counter());
+            crate::events::dropped(ctx, drop, ctx.data(), ctx.data_end());
             TC_ACT_SHOT as i32
         }
     }
@@ -58,7 +59,10 @@ pub fn tc_action(outcome: Result<Counter, Drop>) -> i32 {
 /// An XDP program's outcome as its action, counted: the fast path's
 /// counters mean a redirect it set up, other outcomes pass, drops drop.
 #[inline(always)]
-pub fn xdp_verdict(outcome: Result<Counter, Drop>) -> u32 {
+pub fn xdp_verdict(
+    ctx: &aya_ebpf::programs::XdpContext,
+    outcome: Result<Counter, DropReason>,
+) -> u32 {
     use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
     match outcome {
         Ok(c @ (Counter::FastIn | Counter::FastOut)) => {
@@ -71,24 +75,25 @@ pub fn xdp_verdict(outcome: Result<Counter, Drop>) -> u32 {
         }
         Err(drop) => {
             crate::maps::count(drop.counter());
+            crate::events::dropped(ctx, drop, ctx.data(), ctx.data_end());
             XDP_DROP
         }
     }
 }
 
-impl From<HeaderError> for Drop {
+impl From<HeaderError> for DropReason {
     #[inline(always)]
     fn from(_: HeaderError) -> Self {
-        Drop::Malformed
+        DropReason::Malformed
     }
 }
 
 /// A pointer to a `T` at `off` bytes into the packet, or `Malformed` when the
 /// packet is shorter. The only way the programs touch packet memory.
 #[inline(always)]
-pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, Drop> {
+pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, DropReason> {
     if data + off + size_of::<T>() > data_end {
-        return Err(Drop::Malformed);
+        return Err(DropReason::Malformed);
     }
     Ok((data + off) as *mut T)
 }
@@ -98,23 +103,23 @@ pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, Dro
 /// only knows the range of the very register it saw checked (a spilled
 /// checked pointer keeps it, a recomputed one starts with none).
 #[inline(always)]
-pub fn pinned_ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, Drop> {
+pub fn pinned_ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, DropReason> {
     let p = core::hint::black_box(data + off);
     if p + size_of::<T>() > data_end {
-        return Err(Drop::Malformed);
+        return Err(DropReason::Malformed);
     }
     Ok(p as *mut T)
 }
 
 #[inline(always)]
-pub fn pinned_read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, Drop> {
+pub fn pinned_read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, DropReason> {
     let p = pinned_ptr_at::<T>(data, data_end, off)?;
     // SAFETY: bounds checked above; packet fields are not aligned.
     Ok(unsafe { core::ptr::read_unaligned(p) })
 }
 
 #[inline(always)]
-pub fn read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, Drop> {
+pub fn read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, DropReason> {
     let p = ptr_at::<T>(data, data_end, off)?;
     // SAFETY: bounds checked above; packet fields are not aligned.
     Ok(unsafe { core::ptr::read_unaligned(p) })
@@ -139,7 +144,7 @@ pub struct Ipv4Fields {
 }
 
 #[inline(always)]
-pub fn ipv4_fields(data: usize, data_end: usize, at: usize) -> Result<Ipv4Fields, Drop> {
+pub fn ipv4_fields(data: usize, data_end: usize, at: usize) -> Result<Ipv4Fields, DropReason> {
     use nat_common::headers::off;
     Ok(Ipv4Fields {
         ver_ihl: read::<u8>(data, data_end, at)?,
@@ -170,6 +175,26 @@ impl Endpoint {
     }
 }
 
+/// Which end of a packet a translation rewrites.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl Side {
+    /// Offsets from the start of the frame of this side's IPv4 address and
+    /// of its port in the transport header at `l4_at`.
+    #[inline(always)]
+    pub const fn offsets(self, l4_at: usize) -> (usize, usize) {
+        use nat_common::headers::{ETH_HLEN, off};
+        match self {
+            Side::Source => (ETH_HLEN + off::IP_SADDR, l4_at + off::L4_SPORT),
+            Side::Destination => (ETH_HLEN + off::IP_DADDR, l4_at + off::L4_DPORT),
+        }
+    }
+}
+
 /// Fields of a TCP or UDP header.
 #[derive(Clone, Copy)]
 pub struct L4Fields {
@@ -195,7 +220,7 @@ pub fn l4_fields(
     proto: u8,
     l4_len: usize,
     whole: bool,
-) -> Result<L4Fields, Drop> {
+) -> Result<L4Fields, DropReason> {
     use nat_common::{
         flow::{PROTO_TCP, PROTO_UDP},
         headers::{check_tcp, check_udp, off},
@@ -229,7 +254,7 @@ pub fn l4_fields(
                 check_off: at + off::UDP_CHECK,
             })
         }
-        _ => Err(Drop::Unsupported),
+        _ => Err(DropReason::Unsupported),
     }
 }
 

@@ -17,14 +17,7 @@ use nat_common::{
     headers::{ETH_HLEN, off},
 };
 
-use crate::packet::{Drop, Endpoint, L4Fields, pinned_ptr_at, ptr_at};
-
-/// Which end of the packet is rewritten.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Source,
-    Destination,
-}
+use crate::packet::{DropReason, Endpoint, L4Fields, Side, pinned_ptr_at, ptr_at};
 
 #[inline(always)]
 pub fn rewrite_endpoint(
@@ -35,11 +28,8 @@ pub fn rewrite_endpoint(
     l4_at: usize,
     old: Endpoint,
     new: Endpoint,
-) -> Result<(), Drop> {
-    let (addr_off, port_off) = match side {
-        Side::Source => (ETH_HLEN + off::IP_SADDR, l4_at + off::L4_SPORT),
-        Side::Destination => (ETH_HLEN + off::IP_DADDR, l4_at + off::L4_DPORT),
-    };
+) -> Result<(), DropReason> {
+    let (addr_off, port_off) = side.offsets(l4_at);
     let addr_diff = diff32(old.addr, new.addr);
     // A zero UDP checksum means "none" and must stay zero.
     let zero_ok = if proto == PROTO_UDP {
@@ -54,9 +44,9 @@ pub fn rewrite_endpoint(
         addr_diff as u64,
         BPF_F_PSEUDO_HDR as u64 | zero_ok,
     )
-    .map_err(|_| Drop::Rewrite)?;
+    .map_err(|_| DropReason::RewriteError)?;
     ctx.l4_csum_replace(l4.check_off, old.port as u64, new.port as u64, 2 | zero_ok)
-        .map_err(|_| Drop::Rewrite)?;
+        .map_err(|_| DropReason::RewriteError)?;
     // The IPv4 header checksum is never offloaded, and an address changed
     // together with its checksum leaves the packet's sum as it was (so a
     // CHECKSUM_COMPLETE value stays right): plain writes, no more helpers.

@@ -6,7 +6,7 @@
 use nat_common::{
     counters::Counter,
     flow::{FlowKey, PROTO_TCP, Session, seen},
-    headers::tcp_flags::{ACK, SYN},
+    headers::tcp_flags::{ACK, RST, SYN},
     tcp_state::{CloseKind, close_kind, cooldown_ms, seen_bits},
 };
 
@@ -70,7 +70,14 @@ pub fn ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, now: u64) {
     // SAFETY: read-only lookup.
     let other = unsafe { NAT_FWD.get(&fwd_key) }.map_or(0, |f| f.seen);
     if unanswered && other & seen::SYN != 0 && other & (seen::FIN | seen::RST) == 0 {
-        count(Counter::Collision);
+        // A remote that still holds the previous connection on this key
+        // answers the new SYN with an ACK of the old one (TIME_WAIT, PAWS);
+        // a reset is a plain refusal: no listener, or a filter.
+        count(if flags & RST != 0 {
+            Counter::SynRefused
+        } else {
+            Counter::Collision
+        });
         bits |= seen::ODD_ANSWER;
     }
     update(rev, own, bits, other, rev_key, false, now);

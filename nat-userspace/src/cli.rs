@@ -105,12 +105,16 @@ pub struct SettingFlags {
     pub cooldown_rst: Option<u64>,
     #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-udp"))]
     pub cooldown_udp: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-icmp"))]
+    pub cooldown_icmp: Option<u64>,
     #[arg(long, value_name = "on|off", value_parser = crate::settings::flag_parser("cooldown-enabled"))]
     pub cooldown_enabled: Option<u64>,
     #[arg(long, value_name = "strict|fallback", value_parser = crate::settings::flag_parser("policy"))]
     pub policy: Option<u64>,
     #[arg(long, value_name = "drop|reject", value_parser = crate::settings::flag_parser("on-exhaustion"))]
     pub on_exhaustion: Option<u64>,
+    #[arg(long, value_name = "on|off", value_parser = crate::settings::flag_parser("log-events"))]
+    pub log_events: Option<u64>,
     #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-established"))]
     pub timeout_tcp_established: Option<u64>,
     #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-transitory"))]
@@ -125,15 +129,17 @@ pub struct SettingFlags {
 
 impl SettingFlags {
     /// (setting name, value given) for every flag, in the settings table's order.
-    pub fn given(&self) -> [(&'static str, Option<u64>); 12] {
+    pub fn given(&self) -> [(&'static str, Option<u64>); 14] {
         [
             ("cooldown", self.cooldown),
             ("cooldown-local-close", self.cooldown_local_close),
             ("cooldown-rst", self.cooldown_rst),
             ("cooldown-udp", self.cooldown_udp),
+            ("cooldown-icmp", self.cooldown_icmp),
             ("cooldown-enabled", self.cooldown_enabled),
             ("policy", self.policy),
             ("on-exhaustion", self.on_exhaustion),
+            ("log-events", self.log_events),
             ("timeout-tcp-established", self.timeout_tcp_established),
             ("timeout-tcp-transitory", self.timeout_tcp_transitory),
             ("timeout-tcp-closed", self.timeout_tcp_closed),
@@ -158,9 +164,11 @@ pub struct LoadArgs {
     /// ephemeral range, net.ipv4.ip_local_port_range).
     #[arg(long, value_name = "LO-HI", default_value = "16384-32767", value_parser = parse_port_range)]
     pub ports: PortRange,
-    /// Where replies are translated back: xdp (fastest; for frames from a wire) or tc (for
-    /// virtual external interfaces whose peer sends CHECKSUM_PARTIAL packets, e.g. veth).
-    #[arg(long, value_enum, default_value_t = IngressArg::Xdp)]
+    /// Where replies are translated back (and the fast path runs): auto picks xdp when the
+    /// external and fast-path interfaces all have a wire behind them and the driver runs XDP
+    /// natively, else tc; xdp (fastest on NICs, needs complete checksums); tc (for virtual
+    /// interfaces such as veth, whose peers send CHECKSUM_PARTIAL packets).
+    #[arg(long, value_enum, default_value_t = IngressArg::Auto)]
     pub ingress: IngressArg,
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else generic).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
@@ -170,8 +178,22 @@ pub struct LoadArgs {
     /// forward hooks); new flows, fragments and ICMP still take the stack. It runs in the
     /// hook --ingress picks: XDP needs complete checksums from the internal side (a wire, or
     /// a veth peer with its transmit checksum offload off); TC works with any.
-    #[arg(long, value_name = "IFACE[,IFACE...]", value_delimiter = ',')]
+    /// Without this flag (and without --no-fast-path) the fast path runs on the interfaces
+    /// the internal prefixes are routed through (the main routing table at load).
+    #[arg(
+        long,
+        value_name = "IFACE[,IFACE...]",
+        value_delimiter = ',',
+        conflicts_with = "no_fast_path"
+    )]
     pub fast_path: Vec<String>,
+    /// Run no fast path: every packet crosses the stack.
+    #[arg(long)]
+    pub no_fast_path: bool,
+    /// Set by `--ingress auto` when it chose XDP: a driver that refuses a native attach gets
+    /// TC rather than generic XDP.
+    #[arg(skip)]
+    pub tc_unless_native_xdp: bool,
     /// Capacity of each session map (forward and reverse).
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sessions: u32,
@@ -206,6 +228,7 @@ pub struct ShowArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum IngressArg {
+    Auto,
     Xdp,
     Tc,
 }

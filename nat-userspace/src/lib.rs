@@ -5,6 +5,8 @@
 pub mod alloc_bench;
 pub mod batch;
 pub mod cli;
+pub mod defaults;
+pub mod event_log;
 pub mod iface;
 pub mod load;
 pub mod netns;

@@ -77,6 +77,12 @@ pub const SETTINGS: &[Setting] = &[
         field!(cooldown_udp_ms),
     ),
     setting(
+        "cooldown-icmp",
+        "cooldown after an ICMP echo session expired",
+        Kind::Duration { min: 0 },
+        field!(cooldown_icmp_ms),
+    ),
+    setting(
         "cooldown-enabled",
         "on: never hand out a cooling key; off: a port is reusable as soon as its session ends",
         Kind::OnOff,
@@ -93,6 +99,12 @@ pub const SETTINGS: &[Setting] = &[
         "a TCP SYN that gets no port: drop it (the client retries), or reject it with ICMP administratively prohibited (it fails fast)",
         Kind::Exhaustion,
         field!(on_exhaustion),
+    ),
+    setting(
+        "log-events",
+        "on: log rare drops (no free port, strict cooling, malformed packets, refused rewrites) with their addresses through the daemon's log",
+        Kind::OnOff,
+        field!(log_events),
     ),
     setting(
         "timeout-tcp-established",

@@ -38,12 +38,16 @@ fn sigterm_stops_the_daemon_and_keeps_the_datapath() {
     let topo = Topology::new("stop", TopologyOpts::default());
     let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
     let progs = attached_programs(&topo);
-    assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
+    assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
     translated_transfer(&topo, "transfer");
     assert!(nat.stop_daemon(Signal::SIGTERM).success());
 
     let progs = attached_programs(&topo);
-    assert_eq!(progs, ["nat_egress", "xdp"], "still attached: {progs:?}");
+    assert_eq!(
+        progs,
+        ["nat_egress", "nat_ingress_tc"],
+        "still attached: {progs:?}"
+    );
     translated_transfer(&topo, "the datapath translates without its daemon");
     assert_eq!(sessions(&topo).len(), 2);
     unload(&topo);
@@ -104,7 +108,7 @@ fn a_second_load_on_the_same_interface_is_refused() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     // The running instance is untouched.
     let progs = attached_programs(&topo);
-    assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
+    assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
 }
 
 /// The instance's pins live in the root bpffs, so they outlive its
@@ -181,7 +185,7 @@ fn adoption_refuses_what_it_cannot_keep() {
     translated_transfer(&topo, "transfer");
     assert!(nat.stop_daemon(Signal::SIGTERM).success());
     for (args, expected) in [
-        (vec!["--ingress", "tc"], "--ingress xdp"),
+        (vec!["--ingress", "xdp"], "--ingress tc"),
         (vec!["--max-sessions", "4096"], "--max-sessions 262144"),
     ] {
         let out = try_load(&topo, &args);
@@ -193,7 +197,7 @@ fn adoption_refuses_what_it_cannot_keep() {
             "{args:?}: {err}"
         );
         let progs = attached_programs(&topo);
-        assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
+        assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
         assert_eq!(sessions(&topo).len(), 1, "the session is kept");
     }
 }

@@ -27,7 +27,11 @@ fn tcp_and_udp(tag: &str, offloads: bool, ingress: &str) {
         tx_checksum_off(&topo, EXT_IFACE);
         tx_checksum_off(&topo, INT_IFACE);
     }
-    let nat = NatProcess::start(&topo, &["--ports", PORTS, "--ingress", ingress]);
+    // The stack path: the fast path has tests of its own.
+    let nat = NatProcess::start(
+        &topo,
+        &["--ports", PORTS, "--ingress", ingress, "--no-fast-path"],
+    );
     let tcp = tcp_sink_server(topo.ns_name(Side::Server), 8080);
     let udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
     let client = topo.ns_name(Side::Client);

@@ -17,7 +17,7 @@ pub fn run(test_args: &[String]) -> Result<()> {
     let mut cmd = Command::new(paths::cargo());
     // The default members, not --workspace: nat-ebpf only builds for the bpf target.
     cmd.current_dir(paths::workspace_root())
-        .arg("test")
+        .args(["test", "--no-fail-fast"])
         .env("PATH", paths::path_with_tools()?)
         .env("NAT_BIN", &nat);
     if !test_args.is_empty() {

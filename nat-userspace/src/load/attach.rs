@@ -23,8 +23,13 @@ use nat_common::names::{
 use super::pin::Instance;
 use crate::cli::{IngressArg, LoadArgs, XdpModeArg};
 
-/// Attaches egress and ingress to the external interface; names the ingress mode.
-pub fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Result<&'static str> {
+/// Attaches egress and ingress to the external interface; returns the
+/// mode's name and the hook that took the ingress program.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    args: &LoadArgs,
+    instance: &mut Instance,
+) -> Result<(&'static str, IngressArg)> {
     let egress = classifier(ebpf, PROG_EGRESS, "egress")?;
     attach_tcx(
         egress,
@@ -33,24 +38,34 @@ pub fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Resu
         LINK_EGRESS,
         instance,
     )?;
-    let mode = match args.ingress {
-        IngressArg::Tc => {
-            let ingress = classifier(ebpf, PROG_INGRESS_TC, "TC ingress")?;
-            attach_tcx(
-                ingress,
-                &args.iface,
-                TcAttachType::Ingress,
-                LINK_INGRESS,
-                instance,
-            )?;
-            "tc"
+    if args.ingress == IngressArg::Xdp {
+        let ingress = xdp(ebpf, PROG_INGRESS, "ingress")?;
+        if !args.tc_unless_native_xdp {
+            let mode = attach_xdp(ingress, &args.iface, args.xdp_mode, LINK_INGRESS, instance)?;
+            return Ok((mode, IngressArg::Xdp));
         }
-        IngressArg::Xdp => {
-            let ingress = xdp(ebpf, PROG_INGRESS, "ingress")?;
-            attach_xdp(ingress, &args.iface, args.xdp_mode, LINK_INGRESS, instance)?
+        // `--ingress auto`: generic XDP would be slower than TC. An adopted
+        // instance whose replies are translated in TC stays there too.
+        match attach_xdp(
+            ingress,
+            &args.iface,
+            XdpModeArg::Native,
+            LINK_INGRESS,
+            instance,
+        ) {
+            Ok(mode) => return Ok((mode, IngressArg::Xdp)),
+            Err(e) => info!("{e:#}; translating replies in TC instead"),
         }
-    };
-    Ok(mode)
+    }
+    let ingress = classifier(ebpf, PROG_INGRESS_TC, "TC ingress")?;
+    attach_tcx(
+        ingress,
+        &args.iface,
+        TcAttachType::Ingress,
+        LINK_INGRESS,
+        instance,
+    )?;
+    Ok(("tc", IngressArg::Tc))
 }
 
 /// Attaches the fast path to each internal interface, in the hook the
@@ -58,14 +73,15 @@ pub fn attach(ebpf: &mut Ebpf, args: &LoadArgs, instance: &mut Instance) -> Resu
 pub fn attach_fast_path(
     ebpf: &mut Ebpf,
     args: &LoadArgs,
+    ingress: IngressArg,
     fast: &[(String, u32)],
     instance: &mut Instance,
 ) -> Result<()> {
     instance.remove_stale_fast_links(fast)?;
     for (name, _) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");
-        let mode = match args.ingress {
-            IngressArg::Xdp => {
+        let mode = match ingress {
+            IngressArg::Auto | IngressArg::Xdp => {
                 let prog = xdp(ebpf, PROG_FAST, "fast-path")?;
                 attach_xdp(prog, name, args.xdp_mode, &link, instance)?
             }

@@ -21,10 +21,10 @@ pub use populate::populate;
 
 use crate::{cli::LoadArgs, pidfile, pins};
 
-pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
+pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let stop = serve::StopSignals::install()?;
     pins::require_bpffs()?;
-    let plan = validate::check(&args, netns)?;
+    let plan = validate::check(&mut args, netns)?;
     let replaced = handover::running_daemon(&args, netns, &plan.scope)?;
     let mut instance = pin::Instance::open(plan.pins.clone(), &plan.scope, &args)?;
     report_found(&instance)?;
@@ -43,9 +43,9 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         args.ports,
         plan.config,
     )?;
-    let mode = attach::attach(&mut ebpf, &args, &mut instance)?;
+    let (mode, ingress) = attach::attach(&mut ebpf, &args, &mut instance)?;
     populate::populate_fast_path(&mut ebpf, &args.iface, plan.ext_ifindex, &plan.fast)?;
-    attach::attach_fast_path(&mut ebpf, &args, &plan.fast, &mut instance)?;
+    attach::attach_fast_path(&mut ebpf, &args, ingress, &plan.fast, &mut instance)?;
     instance.started();
     handover::take_over(netns, &args.iface, replaced).await?;
     announce(&args, &plan, mode)?;
@@ -114,6 +114,9 @@ fn announce(args: &LoadArgs, plan: &validate::Plan, mode: &str) -> Result<()> {
         format!(", fast path on {}", args.fast_path.join(","))
     };
     let mut stdout = std::io::stdout();
+    for note in &plan.choices {
+        writeln!(stdout, "nat: {note}")?;
+    }
     writeln!(
         stdout,
         "nat: attached to {}{} (external {}, ports {}-{}, ingress {mode}{fast_note}); pins in {}",

@@ -221,8 +221,11 @@ fn check_sizes(pins: &PinDir, args: &LoadArgs) -> Result<()> {
 fn check_hooks(pins: &PinDir, args: &LoadArgs) -> Result<()> {
     let (want, flag) = match args.ingress {
         IngressArg::Xdp => (LinkType::Xdp, "xdp"),
-        IngressArg::Tc => (LinkType::Tcx, "tc"),
+        IngressArg::Tc | IngressArg::Auto => (LinkType::Tcx, "tc"),
     };
+    // `--ingress auto` that chose XDP falls back to TC anyway when native XDP
+    // is refused: an instance already in TC is kept there.
+    let also_tc = args.tc_unless_native_xdp;
     let links = [LINK_INGRESS.to_owned()]
         .into_iter()
         .chain(pins.fast_links());
@@ -238,7 +241,7 @@ fn check_hooks(pins: &PinDir, args: &LoadArgs) -> Result<()> {
             .info()
             .and_then(|i| i.link_type())
             .with_context(|| format!("cannot read pinned link {}", path.display()))?;
-        if kind != want {
+        if kind != want && !(also_tc && kind == LinkType::Tcx) {
             let have = if kind == LinkType::Xdp { "xdp" } else { "tc" };
             bail!(
                 "the NAT on {} translates replies in {have} and --ingress asks for {flag}: switching hooks would drop packets; give --ingress {have}, or run `nat unload --iface {}` first (sessions are lost)",

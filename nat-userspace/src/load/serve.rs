@@ -32,6 +32,7 @@ impl StopSignals {
 
 /// Reaps every `reap_interval_ms` and answers refused SYNs until stopped.
 pub async fn serve(ebpf: &mut Ebpf, reap_interval_ms: u64, mut stop: StopSignals) -> Result<()> {
+    let _event_log = crate::event_log::spawn(ebpf)?;
     let mut tables = Tables::from_ebpf(ebpf)?;
     let _responder = reject::spawn(
         ebpf.take_map(MAP_REJECTS)

@@ -19,9 +19,12 @@ pub struct Plan {
     pub globals: Globals,
     /// The live settings to write into the config map.
     pub config: Config,
+    /// What `--ingress auto` and the fast-path default chose, and why.
+    pub choices: Vec<String>,
 }
 
-pub fn check(args: &LoadArgs, netns: Option<&str>) -> Result<Plan> {
+/// Checks the command line and resolves its defaults into `args`.
+pub fn check(args: &mut LoadArgs, netns: Option<&str>) -> Result<Plan> {
     let scope = netns
         .map(|ns| format!(" in network namespace {ns}"))
         .unwrap_or_default();
@@ -30,6 +33,9 @@ pub fn check(args: &LoadArgs, netns: Option<&str>) -> Result<Plan> {
             .map_err(|_| anyhow::anyhow!("no interface named '{name}'{scope}"))
     };
     let ext_ifindex = ifindex(&args.iface)?;
+    // Explicit --fast-path names are checked before the defaults look at them.
+    fast_path_interfaces(args, ifindex)?;
+    let choices = crate::defaults::resolve(args)?;
     let fast = fast_path_interfaces(args, ifindex)?;
     check_pool(args)?;
     let globals = Globals {
@@ -45,6 +51,7 @@ pub fn check(args: &LoadArgs, netns: Option<&str>) -> Result<Plan> {
         ext_ifindex,
         fast,
         globals,
+        choices,
     })
 }
 

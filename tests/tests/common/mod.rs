@@ -69,14 +69,18 @@ pub fn assert_nothing_left(topo: &Topology) {
     );
 }
 
-/// Names of the programs attached to the external interface: TCX egress and XDP.
+/// The programs on the external interface: TCX egress, then TCX ingress, then "xdp".
 pub fn attached_programs(topo: &Topology) -> Vec<String> {
     let mut names = nat_tests::run_in_ns(topo.ns_name(Side::Nat), || {
-        let (_, progs) =
-            SchedClassifier::query_tcx(EXT_IFACE, TcAttachType::Egress).expect("query TCX egress");
-        progs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+        [TcAttachType::Egress, TcAttachType::Ingress]
+            .into_iter()
+            .flat_map(|hook| {
+                let (_, progs) = SchedClassifier::query_tcx(EXT_IFACE, hook).expect("query TCX");
+                progs
+                    .iter()
+                    .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                    .collect::<Vec<_>>()
+            })
             .collect::<Vec<_>>()
     });
     if xdp_attached(topo, EXT_IFACE) {

@@ -1,0 +1,66 @@
+//! Rare datapath events for the operator's log, through aya-log: drops that
+//! mean the NAT ran out of something (ports, cooled ports under `strict`) or
+//! was handed something it could not parse or rewrite. Off unless the
+//! `log-events` setting is on. This runs only on those drop paths, behind
+//! one config read, so every other packet pays nothing for it; a storm of
+//! such drops loses records when the log ring is full, never packets.
+
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::warn;
+use nat_common::headers::{ETH_HLEN, ETH_P_IP, off};
+
+use crate::{
+    maps::NAT_CONFIG,
+    packet::{DropReason, read},
+};
+
+/// Logs a dropped packet with its addresses when `reason` is one the
+/// operator should hear about.
+#[inline(always)]
+pub fn dropped<C: EbpfContext>(ctx: &C, reason: DropReason, data: usize, end: usize) {
+    let rare = matches!(
+        reason,
+        DropReason::AllocFail
+            | DropReason::StrictCooling
+            | DropReason::Malformed
+            | DropReason::RewriteError
+    );
+    if !rare || NAT_CONFIG.get(0).is_none_or(|c| c.log_events == 0) {
+        return;
+    }
+    let (src, dst) = addresses(data, end);
+    match reason {
+        DropReason::AllocFail => warn!(
+            ctx,
+            "nat: no free external port for {:i} -> {:i}: dropped (drop_alloc_failed)", src, dst
+        ),
+        DropReason::StrictCooling => warn!(
+            ctx,
+            "nat: every free port toward {:i} is cooling, {:i} dropped (drop_strict_cooling)",
+            dst,
+            src
+        ),
+        DropReason::RewriteError => warn!(
+            ctx,
+            "nat: the kernel refused to rewrite {:i} -> {:i}: dropped (drop_rewrite_error)",
+            src,
+            dst
+        ),
+        _ => warn!(
+            ctx,
+            "nat: malformed packet {:i} -> {:i} dropped (drop_malformed)", src, dst
+        ),
+    }
+}
+
+/// The IPv4 source and destination in host order for the log, 0 where the
+/// frame is not IPv4 or too short to hold them.
+#[inline(always)]
+fn addresses(data: usize, end: usize) -> (u32, u32) {
+    match read::<u16>(data, end, 12) {
+        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
+        _ => return (0, 0),
+    }
+    let at = |o: usize| read::<u32>(data, end, ETH_HLEN + o).map_or(0, u32::from_be);
+    (at(off::IP_SADDR), at(off::IP_DADDR))
+}
