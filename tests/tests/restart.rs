@@ -191,28 +191,37 @@ fn flows_survive_replace_against_a_live_daemon() {
     assert_eq!(named.trim(), second.pid().to_string(), "{pid_file}");
 }
 
-/// The fast path's links are updated like the others: established flows
-/// keep bypassing the stack under the new programs.
+/// The default on these veth topologies is TC with the fast path; XDP links
+/// (ingress and fast path, on hosts that send complete checksums) are
+/// updated the same way, and established flows keep bypassing the stack.
 #[test]
-fn flows_survive_a_new_load_with_the_fast_path() {
-    let topo = Topology::new("rs-fast", TopologyOpts::default());
-    // TC hooks complete partial checksums in software after translation.
-    tx_checksum_off(&topo, EXT_IFACE);
-    tx_checksum_off(&topo, INT_IFACE);
+fn flows_survive_a_new_load_in_xdp_with_the_fast_path() {
+    let opts = TopologyOpts {
+        wire_hosts: true,
+        ..Default::default()
+    };
+    let topo = Topology::new("rs-xdp", opts);
     let args = [
         "--ports",
         PORTS,
         "--ingress",
-        "tc",
+        "xdp",
         "--fast-path",
         INT_IFACE,
     ];
     let mut fast_at_restart = 0;
-    let (topo, _first, _second) = flows_survive_on(topo, &args, |topo, first| {
+    let (topo, _first, second) = flows_survive_on(topo, &args, |topo, first| {
         assert!(!first.stop_daemon(Signal::SIGKILL).success());
         fast_at_restart = counter(&stats(topo), "fast_out");
         NatProcess::start(topo, &args)
     });
+    assert!(
+        second.output().iter().any(|l| l.contains("ingress xdp, mode kept")),
+        "{:#?}",
+        second.output()
+    );
+    let progs = attached_programs(&topo);
+    assert_eq!(progs, ["nat_egress", "xdp"], "{progs:?}");
     let fast = counter(&stats(&topo), "fast_out");
     assert!(
         fast_at_restart > 0 && fast > fast_at_restart,
