@@ -216,7 +216,10 @@ fn flows_survive_a_new_load_in_xdp_with_the_fast_path() {
         NatProcess::start(topo, &args)
     });
     assert!(
-        second.output().iter().any(|l| l.contains("ingress xdp, mode kept")),
+        second
+            .output()
+            .iter()
+            .any(|l| l.contains("ingress xdp, mode kept")),
         "{:#?}",
         second.output()
     );
