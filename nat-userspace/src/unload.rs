@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::{load::remove_pins, pidfile, pins::PinDir};
+use crate::{
+    pidfile,
+    pins::{self, PinDir},
+};
 
 /// `netns_gone`: the instance's namespace no longer exists; its pins are
 /// still removed (they live in the root bpffs, not in the namespace).
 pub fn run(netns: Option<&str>, iface: &str, netns_gone: bool) -> Result<()> {
-    crate::pins::require_bpffs()?;
+    pins::require_bpffs()?;
     let pins = PinDir::new(netns, iface);
     let daemon = pidfile::live(netns, iface);
     if let Some(pid) = daemon
@@ -35,7 +38,7 @@ pub fn run(netns: Option<&str>, iface: &str, netns_gone: bool) -> Result<()> {
         );
         return Ok(());
     }
-    remove_pins(&pins)?;
+    pins::remove_all(&pins)?;
     if pins.dir.exists() {
         bail!(
             "{} still holds files nat did not pin; remove them by hand",

@@ -1,6 +1,8 @@
 //! `nat load`, one phase per module in the order they run: validate the
-//! command line, open the kernel object, pin, populate the maps, attach,
-//! serve (reaper and reject responder) until a signal, stop.
+//! command line, open or adopt the pinned instance, load the object against
+//! its maps, populate them, attach (or update the pinned links), hand over
+//! from a replaced daemon, serve (reaper, reject responder, event log) until
+//! a signal, stop the control plane.
 
 mod attach;
 mod handover;
@@ -16,7 +18,7 @@ use anyhow::{Context as _, Result};
 use log::info;
 
 pub use object::{Globals, load_object, load_pinned};
-pub use pin::{PINNED_LINKS, PINNED_MAPS, remove_pins};
+pub use pin::PINNED_MAPS;
 pub use populate::populate;
 
 use crate::{cli::LoadArgs, pidfile, pins};

@@ -15,8 +15,8 @@ use nat_common::{
     config::Config,
     flow::{FlowKey, Session},
     names::{
-        LAYOUT_VERSION, LINK_EGRESS, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN,
-        MAP_FRAGS, MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
+        LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FRAGS,
+        MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
     },
 };
 
@@ -38,8 +38,6 @@ pub const PINNED_MAPS: [&str; 9] = [
     MAP_STATS,
     MAP_PROBES,
 ];
-/// Every link the instance pins.
-pub const PINNED_LINKS: [&str; 2] = [LINK_EGRESS, LINK_INGRESS];
 
 /// The instance's pin directory, fresh or adopted.
 pub struct Instance {
@@ -151,11 +149,6 @@ impl Drop for Instance {
             warn!("cleanup: {e:#}");
         }
     }
-}
-
-/// Removes every pin of an instance, whatever its layout version.
-pub fn remove_pins(pins: &PinDir) -> Result<()> {
-    pins::remove_all(pins)
 }
 
 /// Pinned maps keep their size: a load asking another size would silently
