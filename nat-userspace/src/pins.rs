@@ -222,3 +222,16 @@ fn remove_if_empty(dir: &Path) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::layout_of;
+
+    #[test]
+    fn layout_versions_are_read_from_pinned_names() {
+        assert_eq!(layout_of("NAT_FWD_v4"), Some(4));
+        assert_eq!(layout_of("link_fast_veth_v1_v12"), Some(12));
+        assert_eq!(layout_of("NAT_FWD"), None);
+        assert_eq!(layout_of("notes_vx"), None);
+    }
+}
