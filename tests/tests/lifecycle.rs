@@ -11,8 +11,8 @@ use std::process::Command;
 use common::*;
 use nat_common::names::LAYOUT_VERSION;
 use nat_tests::{
-    CLIENT_IP, EXT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, nat_cmd,
-    tcp_sink_server, tcp_transfer,
+    CLIENT_IP, EXT_IFACE, NatProcess, OUTSIDE_CLIENT_IP, SERVER_IP, Side, Topology, TopologyOpts,
+    nat_cmd, tcp_sink_server, tcp_transfer,
 };
 use nix::sys::signal::Signal;
 
@@ -200,4 +200,40 @@ fn adoption_refuses_what_it_cannot_keep() {
         assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
         assert_eq!(sessions(&topo).len(), 1, "the session is kept");
     }
+}
+
+/// The peer the server sees for a transfer from `src`.
+fn peer_of(topo: &Topology, src: std::net::Ipv4Addr) -> std::net::SocketAddr {
+    let server = tcp_sink_server(topo.ns_name(Side::Server), 8080);
+    tcp_transfer(
+        topo.ns_name(Side::Client),
+        Some(src),
+        v4(SERVER_IP, 8080),
+        10_000,
+    )
+    .expect("transfer");
+    server.last_peer().expect("server saw the connection")
+}
+
+/// An adopting load applies its own prefixes: one given anew starts being
+/// translated, one no longer given stops.
+#[test]
+fn adoption_applies_the_new_prefixes() {
+    let topo = Topology::new("prefix", TopologyOpts::default());
+    let outside = std::net::IpAddr::V4(OUTSIDE_CLIENT_IP);
+    let mut first = NatProcess::start(&topo, &["--ports", PORTS]);
+    assert_eq!(peer_of(&topo, OUTSIDE_CLIENT_IP).ip(), outside);
+    assert!(first.stop_daemon(Signal::SIGTERM).success());
+
+    // Added to the topology's 10.200.1.0/25.
+    let mut wider = NatProcess::start(&topo, &["--ports", PORTS, "--internal", "10.200.1.0/24"]);
+    assert_translated(peer_of(&topo, OUTSIDE_CLIENT_IP));
+    assert!(wider.stop_daemon(Signal::SIGTERM).success());
+
+    let _narrow = NatProcess::start(&topo, &["--ports", PORTS]);
+    assert_eq!(
+        peer_of(&topo, OUTSIDE_CLIENT_IP).ip(),
+        outside,
+        "the prefix no longer given was removed"
+    );
 }
