@@ -64,14 +64,14 @@ pub fn run(args: &AllocBenchArgs) -> Result<()> {
                 REMOTE_PORT.to_be(),
             );
             if (i as u32) < cooling {
-                tables.cooldown.insert(key, now + 3_600_000_000_000, 0)?;
+                tables.cool(key, now + 3_600_000_000_000)?;
             } else {
                 let holder = Session {
                     addr: u32::from(Ipv4Addr::new(10, 9, 9, 9)).to_be(),
                     port: port.to_be(),
                     ..Session::default()
                 };
-                tables.rev.insert(key, holder, 0)?;
+                tables.hold_reverse(key, holder)?;
             }
         }
     }
@@ -123,10 +123,10 @@ pub fn run(args: &AllocBenchArgs) -> Result<()> {
         }
         // Keep the occupancy where it was: give the port back.
         for (fwd_key, ext_port) in created.drain(..) {
-            tables.fwd.remove(&fwd_key)?;
-            tables
-                .rev
-                .remove(&fwd_key.translated(u32::from(EXTERNAL).to_be(), ext_port.to_be()))?;
+            tables.release_session(
+                &fwd_key,
+                &fwd_key.translated(u32::from(EXTERNAL).to_be(), ext_port.to_be()),
+            )?;
         }
     }
     latencies.sort();

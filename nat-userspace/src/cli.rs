@@ -20,10 +20,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Attach to an interface, pin the maps and run until SIGINT or SIGTERM.
+    /// Attach to an interface, or adopt the instance pinned there with its sessions, and run
+    /// the control plane until SIGINT or SIGTERM (the datapath stays; see --unload-on-exit).
     Load(Box<LoadArgs>),
-    /// Detach and remove the pins of an instance (for one that crashed or was killed).
+    /// Remove an instance: stop its daemon, detach its programs and delete its pins and
+    /// sessions (also after its network namespace was deleted).
     Unload {
+        /// External interface the instance was loaded on.
         #[arg(long, value_name = "IFACE")]
         iface: String,
     },
@@ -202,6 +205,15 @@ pub struct LoadArgs {
     /// How often the reaper sweeps for idle sessions, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub reap_interval_ms: u64,
+    /// Take over from a daemon still serving this interface: the new programs replace its
+    /// ones, then it is told to exit. Without it, a live daemon makes the load fail.
+    #[arg(long)]
+    pub replace: bool,
+    /// Remove the datapath (programs, links, pins, sessions) when this daemon stops, as
+    /// `nat unload` does. Without it, SIGTERM or SIGINT stop the daemon only: the datapath
+    /// keeps translating and the next `nat load` adopts it.
+    #[arg(long)]
+    pub unload_on_exit: bool,
 }
 
 #[derive(Parser, Debug)]

@@ -44,8 +44,14 @@ fn run(cli: Cli) -> Result<()> {
         bail!("must run as root (it loads BPF programs and reads pinned maps)");
     }
     // Before any other thread exists: every thread started later inherits it.
+    // An instance whose namespace was deleted can still be unloaded: its pins
+    // are in the root bpffs.
+    let mut netns_gone = false;
     if let Some(ns) = &cli.netns {
-        netns::enter(ns)?;
+        netns_gone = matches!(cli.command, Command::Unload { .. }) && !netns::exists(ns)?;
+        if !netns_gone {
+            netns::enter(ns)?;
+        }
     }
     let netns = cli.netns.as_deref();
     match cli.command {
@@ -54,7 +60,7 @@ fn run(cli: Cli) -> Result<()> {
             .build()
             .context("cannot start the runtime")?
             .block_on(load::run(*args, netns)),
-        Command::Unload { iface } => unload::run(netns, &iface),
+        Command::Unload { iface } => unload::run(netns, &iface, netns_gone),
         Command::Sessions(args) => show::sessions(&open(netns, args.iface.as_deref())?, args.json),
         Command::Stats(args) => show::stats(&open(netns, args.iface.as_deref())?, args.json),
         Command::Cooldowns(args) => {

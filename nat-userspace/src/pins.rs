@@ -44,6 +44,89 @@ impl PinDir {
     pub fn is_loaded(&self) -> bool {
         self.path(MAP_FWD).exists()
     }
+
+    /// What is pinned in the directory, by layout version.
+    pub fn survey(&self) -> Result<Survey> {
+        let mut survey = Survey::default();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(survey);
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", self.dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match layout_of(&name) {
+                Some(LAYOUT_VERSION) => survey.current.push(name),
+                Some(v) => {
+                    survey.other.insert(v);
+                }
+                None => {}
+            }
+        }
+        survey.current.sort();
+        Ok(survey)
+    }
+}
+
+/// The pins found in an instance's directory.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Names with this binary's layout version.
+    pub current: Vec<String>,
+    /// Other layout versions present (entries without a version are not ours).
+    pub other: std::collections::BTreeSet<u32>,
+}
+
+/// The layout version in a pinned name (`NAME_vN`).
+fn layout_of(name: &str) -> Option<u32> {
+    let (_, v) = name.rsplit_once("_v")?;
+    v.parse().ok()
+}
+
+/// Removes every pin of an instance whatever its layout version: links
+/// first (removing a link's last reference detaches it), then maps. Entries
+/// without a version suffix are left alone.
+pub fn remove_all(pins: &PinDir) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(&pins.dir) else {
+        return Ok(());
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| layout_of(n).is_some())
+        .collect();
+    // Links first: a map a link's program still uses would outlive its pin anyway.
+    names.sort_by_key(|n| !n.starts_with("link_"));
+    for name in names {
+        let path = pins.dir.join(&name);
+        if name.starts_with("link_") {
+            remove_link(&path)?;
+        } else {
+            remove_pin(&path)?;
+        }
+    }
+    remove_dir(pins)
+}
+
+/// Unpins a link and detaches it before returning: holding a descriptor
+/// across the unpin makes ours the last reference, whose release detaches
+/// at once (a bare unlink would leave that to a kernel work item).
+pub fn remove_link(path: &Path) -> Result<()> {
+    match aya::programs::links::PinnedLink::from_pin(path) {
+        Ok(link) => drop(
+            link.unpin()
+                .with_context(|| format!("cannot unpin {}", path.display()))?,
+        ),
+        Err(_) => remove_pin(path)?,
+    }
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
 }
 
 fn scope_dir(netns: Option<&str>) -> PathBuf {
@@ -137,5 +220,18 @@ fn remove_if_empty(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout_of;
+
+    #[test]
+    fn layout_versions_are_read_from_pinned_names() {
+        assert_eq!(layout_of("NAT_FWD_v4"), Some(4));
+        assert_eq!(layout_of("link_fast_veth_v1_v12"), Some(12));
+        assert_eq!(layout_of("NAT_FWD"), None);
+        assert_eq!(layout_of("notes_vx"), None);
     }
 }

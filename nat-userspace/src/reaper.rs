@@ -53,8 +53,8 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
         .collect();
     for key in ended {
         // A close may have started a new cooldown on this key since the scan.
-        if tables.cooldown.get(&key, 0).is_ok_and(|until| until <= now) {
-            let _ = tables.cooldown.remove(&key);
+        if tables.cooling_until(&key).is_some_and(|until| until <= now) {
+            let _ = tables.end_cooldown(&key);
             report.cooled += 1;
         }
     }
@@ -65,12 +65,9 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
             continue;
         }
         // Read both entries now: a packet may have refreshed them since the scan.
-        let Ok(fwd) = tables.fwd.get(&key, 0) else {
+        let Some((rev_key, s)) = tables.session(&key) else {
             continue;
         };
-        let rev_key = key.translated(fwd.addr, fwd.port);
-        let rev = tables.rev.get(&rev_key, 0).ok();
-        let s = SessionView::new(&key, &fwd, rev.as_ref());
         if !expired(&s, now, &cfg) {
             continue;
         }
@@ -82,8 +79,8 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
             CloseKind::ExternalFirst | CloseKind::InternalFirst | CloseKind::Reset
         );
         if ms > 0
-            && !(closed && tables.cooldown.get(&rev_key, 0).is_ok())
-            && let Err(e) = tables.cooldown.insert(rev_key, now + ms * 1_000_000, 0)
+            && !(closed && tables.cooling_until(&rev_key).is_some())
+            && let Err(e) = tables.cool(rev_key, now + ms * 1_000_000)
         {
             // Never free a key without cooling it: keep the session (and its
             // port) until the map has room again.
@@ -95,8 +92,7 @@ pub fn sweep(tables: &mut Tables, now: u64) -> Result<Sweep> {
             }
             continue;
         }
-        let _ = tables.fwd.remove(&key);
-        let _ = tables.rev.remove(&rev_key);
+        let _ = tables.release_session(&key, &rev_key);
         report.expired += 1;
     }
 

@@ -3,13 +3,11 @@
 
 use std::{net::Ipv4Addr, time::Instant};
 
-use anyhow::{Context as _, Result};
-use aya::maps::IterableMap as _;
+use anyhow::Result;
 use nat_common::flow::{FlowKey, NextHop, PROTO_TCP, Session, seen};
 use serde_json::json;
 
 use crate::{
-    batch,
     load::{Globals, load_object},
     reaper,
     tables::{Tables, boot_ns},
@@ -71,8 +69,7 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
         fwd.push((key, out));
     }
     let filled = Instant::now();
-    batch::update_all(tables.fwd.map(), &fwd).context("filling the forward map")?;
-    batch::update_all(tables.rev.map(), &rev).context("filling the reverse map")?;
+    tables.fill_sessions(&fwd, &rev)?;
     let fill_s = filled.elapsed().as_secs_f64();
     drop((fwd, rev));
 

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, RingBuf};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use log::warn;
 use nat_common::{
     config::{REJECT_QUOTE, RejectEvent},
@@ -23,13 +24,22 @@ use tokio::io::{Interest, unix::AsyncFd};
 /// silently (their SYN was dropped already), so a flood cannot be amplified.
 const PER_SECOND: u32 = 1000;
 
+const ICMP_DEST_UNREACH: u8 = 3;
+/// Communication administratively prohibited.
+const ICMP_PROHIBITED: u8 = 13;
+
 /// The ICMP message answering a refused packet whose first bytes are `quote`.
-pub fn prohibited(quote: &[u8]) -> Vec<u8> {
-    let mut msg = vec![3u8, 13, 0, 0, 0, 0, 0, 0];
-    msg.extend_from_slice(quote);
+pub fn prohibited(quote: &[u8]) -> Bytes {
+    let mut msg = BytesMut::with_capacity(8 + quote.len());
+    msg.put_u8(ICMP_DEST_UNREACH);
+    msg.put_u8(ICMP_PROHIBITED);
+    msg.put_u16(0); // checksum, filled in below
+    msg.put_u32(0); // unused for this type
+    msg.put_slice(quote);
+    // The sum is taken in memory order, so it goes back in memory order.
     let check = !fold(sum_bytes(&msg, 0));
     msg[2..4].copy_from_slice(&check.to_ne_bytes());
-    msg
+    msg.freeze()
 }
 
 fn raw_icmp_socket() -> Result<OwnedFd> {

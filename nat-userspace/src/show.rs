@@ -7,11 +7,7 @@ use serde_json::json;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aya::maps::IterableMap as _;
-use nat_common::{
-    flow::{FlowKey, Session},
-    probe::{probe_bucket_label, span},
-};
+use nat_common::probe::{probe_bucket_label, span};
 
 use crate::{
     settings::{self, SETTINGS, Setting},
@@ -146,7 +142,7 @@ pub fn top(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
     let now = boot_ns();
     let mut per: BTreeMap<(u32, u8, u32, u16), Pressure> = BTreeMap::new();
     let mut live = HashSet::new();
-    for (k, _) in crate::batch::lookup_all::<FlowKey, Session>(tables.rev.map())? {
+    for (k, _) in tables.reverse_entries()? {
         per.entry((k.saddr, k.proto, k.daddr, k.dport))
             .or_default()
             .in_use += 1;

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray};
 use nat_common::{
     config::{Config, PoolAddr},
     counters::Counter,
@@ -15,15 +15,17 @@ use nat_common::{
 
 use crate::{batch, pins::PinDir};
 
+/// The maps stay private: callers go through the operations below, which
+/// keep the order the cooldown guarantee depends on in one place.
 pub struct Tables {
-    pub fwd: HashMap<MapData, FlowKey, Session>,
-    pub rev: HashMap<MapData, FlowKey, Session>,
+    fwd: HashMap<MapData, FlowKey, Session>,
+    rev: HashMap<MapData, FlowKey, Session>,
     /// Reverse key -> boot-clock ns when it may be reused.
-    pub cooldown: HashMap<MapData, FlowKey, u64>,
-    pub config: Array<MapData, Config>,
-    pub pool: Array<MapData, PoolAddr>,
-    pub stats: PerCpuArray<MapData, u64>,
-    pub probes: PerCpuArray<MapData, u64>,
+    cooldown: HashMap<MapData, FlowKey, u64>,
+    config: Array<MapData, Config>,
+    pool: Array<MapData, PoolAddr>,
+    stats: PerCpuArray<MapData, u64>,
+    probes: PerCpuArray<MapData, u64>,
 }
 
 impl Tables {
@@ -121,14 +123,67 @@ impl Tables {
         batch::lookup_all(self.fwd.map()).context("cannot read the forward session map")
     }
 
+    /// Every reverse entry, read in batches.
+    pub fn reverse_entries(&self) -> Result<Vec<(FlowKey, Session)>> {
+        batch::lookup_all(self.rev.map()).context("cannot read the reverse session map")
+    }
+
+    /// One session as it is now, read entry by entry (a packet may have
+    /// changed it since a batch read), with its reverse key; `None` once the
+    /// forward entry is gone.
+    pub fn session(&self, key: &FlowKey) -> Option<(FlowKey, SessionView)> {
+        let fwd = self.fwd.get(key, 0).ok()?;
+        let rev_key = key.translated(fwd.addr, fwd.port);
+        let rev = self.rev.get(&rev_key, 0).ok();
+        Some((rev_key, SessionView::new(key, &fwd, rev.as_ref())))
+    }
+
+    /// When the key stops cooling, if it is cooling (ended or not).
+    pub fn cooling_until(&self, key: &FlowKey) -> Option<u64> {
+        self.cooldown.get(key, 0).ok()
+    }
+
+    /// Cools a reverse key until `until` (boot-clock ns).
+    pub fn cool(&mut self, key: FlowKey, until: u64) -> Result<(), MapError> {
+        self.cooldown.insert(key, until, 0)
+    }
+
+    /// Lets a key be handed out again.
+    pub fn end_cooldown(&mut self, key: &FlowKey) -> Result<(), MapError> {
+        self.cooldown.remove(key)
+    }
+
+    /// Deletes a session: the forward entry first, so egress can no longer
+    /// pick the pair up, then the reverse entry, which holds the external
+    /// port claimed until that moment. Both are tried; the first error is returned.
+    pub fn release_session(&mut self, key: &FlowKey, rev_key: &FlowKey) -> Result<(), MapError> {
+        let fwd = self.fwd.remove(key);
+        let rev = self.rev.remove(rev_key);
+        fwd.and(rev)
+    }
+
+    /// Claims a reverse key with a holder entry, as the datapath's
+    /// allocation does (for the benchmarks, which stage occupied ports).
+    pub fn hold_reverse(&mut self, key: FlowKey, holder: Session) -> Result<(), MapError> {
+        self.rev.insert(key, holder, 0)
+    }
+
+    /// Writes whole sessions in batches (for the benchmarks).
+    pub fn fill_sessions(
+        &self,
+        fwd: &[(FlowKey, Session)],
+        rev: &[(FlowKey, Session)],
+    ) -> Result<()> {
+        batch::update_all(self.fwd.map(), fwd).context("cannot fill the forward session map")?;
+        batch::update_all(self.rev.map(), rev).context("cannot fill the reverse session map")
+    }
+
     /// Every session, joined from its forward and reverse entries. Both maps
     /// are read in batches, then joined here.
     pub fn sessions(&self) -> Result<Vec<SessionView>> {
         let fwd = self.forward_entries()?;
-        let rev: std::collections::HashMap<FlowKey, Session> = batch::lookup_all(self.rev.map())
-            .context("cannot read the reverse session map")?
-            .into_iter()
-            .collect();
+        let rev: std::collections::HashMap<FlowKey, Session> =
+            self.reverse_entries()?.into_iter().collect();
         Ok(fwd
             .iter()
             .map(|(key, f)| SessionView::new(key, f, rev.get(&key.translated(f.addr, f.port))))

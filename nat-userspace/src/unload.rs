@@ -1,39 +1,50 @@
-//! `nat unload`: stop a live instance or clean up after a dead one.
+//! `nat unload`: remove an instance, whether its daemon runs, died, or its
+//! network namespace is gone.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
-use nix::{sys::signal::Signal, unistd::Pid};
 
-use crate::{load::remove_pins, pidfile, pins::PinDir};
+use crate::{
+    pidfile,
+    pins::{self, PinDir},
+};
 
-pub fn run(netns: Option<&str>, iface: &str) -> Result<()> {
-    crate::pins::require_bpffs()?;
+/// `netns_gone`: the instance's namespace no longer exists; its pins are
+/// still removed (they live in the root bpffs, not in the namespace).
+pub fn run(netns: Option<&str>, iface: &str, netns_gone: bool) -> Result<()> {
+    pins::require_bpffs()?;
     let pins = PinDir::new(netns, iface);
-    if let Some(pid) = pidfile::live(netns, iface) {
-        // The daemon removes its own pins on SIGTERM; give it the chance.
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pins.dir.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let daemon = pidfile::live(netns, iface);
+    if let Some(pid) = daemon
+        && !pidfile::stop(pid, iface, Duration::from_secs(10))
+    {
+        bail!("the daemon (pid {pid}) did not exit within 10 s of SIGTERM; nothing removed");
     }
+    pidfile::remove(netns, iface);
+    let gone = match (netns, netns_gone) {
+        (Some(ns), true) => format!(" (network namespace {ns} no longer exists)"),
+        _ => String::new(),
+    };
     if !pins.dir.exists() {
+        if let Some(pid) = daemon {
+            // It was started with --unload-on-exit and removed everything itself.
+            println!("nat: unloaded from {iface} (its daemon, pid {pid}, removed the pins)");
+            return Ok(());
+        }
         println!(
-            "nat: {iface} is not loaded (nothing pinned in {})",
+            "nat: {iface} is not loaded{gone} (nothing pinned in {})",
             pins.dir.display()
         );
-        pidfile::remove(netns, iface);
         return Ok(());
     }
-    remove_pins(&pins)?;
-    pidfile::remove(netns, iface);
+    pins::remove_all(&pins)?;
     if pins.dir.exists() {
         bail!(
-            "{} still holds files this version does not know; remove them by hand",
+            "{} still holds files nat did not pin; remove them by hand",
             pins.dir.display()
         );
     }
-    println!("nat: unloaded from {iface}");
+    println!("nat: unloaded from {iface}{gone}");
     Ok(())
 }

@@ -14,6 +14,7 @@ mod command;
 mod lock;
 mod nat_process;
 mod netns;
+mod paced;
 mod protocol;
 mod scale_out;
 mod servers;
@@ -21,8 +22,11 @@ mod sockets;
 mod topology;
 mod traffic;
 
-pub use nat_process::{NatProcess, nat_bin, nat_cmd, nat_cmd_in, nat_json, nat_json_in};
+pub use nat_process::{
+    NatProcess, nat_bin, nat_cmd, nat_cmd_in, nat_json, nat_json_in, unload_instance,
+};
 pub use netns::{run_in_ns, spawn_in_ns};
+pub use paced::{PacedFlows, PacedReport};
 pub use scale_out::{
     GROUP_BUCKETS, MAX_NODES, NEXTHOP_GROUP_ID, ROUTER_IP, ScaleOut, ScaleOutOpts,
 };

@@ -24,16 +24,20 @@ const ATTACHED_PREFIX: &str = "nat: attached";
 
 /// The `nat` binary: `$NAT_BIN`, else the workspace's debug build.
 pub fn nat_bin() -> PathBuf {
-    let path = match std::env::var_os("NAT_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/nat")),
-    };
+    let path = nat_path();
     assert!(
         path.is_file(),
         "nat binary {} not found: build it with `cargo xtask build` (or point NAT_BIN at it)",
         path.display()
     );
     path
+}
+
+fn nat_path() -> PathBuf {
+    match std::env::var_os("NAT_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/nat")),
+    }
 }
 
 /// Runs `nat --netns <nat ns> <args>` to completion (`sessions --json`,
@@ -74,12 +78,18 @@ pub fn nat_json_in(ns: &str, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("nat {args:?} printed invalid JSON ({e}): {stdout}"))
 }
 
-/// A running `nat load`; terminated on drop if not stopped explicitly.
+/// A running `nat load`. SIGTERM stops only its daemon (the datapath stays
+/// pinned), so on drop it is terminated and then `nat unload` removes the
+/// instance, whichever way the test left it.
 #[derive(Debug)]
 pub struct NatProcess {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
+    /// The namespace and interface of the instance, for the unload on drop.
+    netns: String,
+    iface: String,
+    unloaded: bool,
 }
 
 impl NatProcess {
@@ -130,6 +140,9 @@ impl NatProcess {
             child: Some(child),
             lines,
             reader: Some(reader),
+            netns: ns.to_owned(),
+            iface: iface.to_owned(),
+            unloaded: false,
         };
 
         let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -169,18 +182,47 @@ impl NatProcess {
         lock(&self.lines).clone()
     }
 
-    /// Sends SIGTERM and waits for a clean exit; panics (after SIGKILL) if it
-    /// takes longer than 10 s.
+    /// Stops the daemon (SIGTERM, waiting for a clean exit) and removes the
+    /// instance with `nat unload`: the interface is left as it was. Returns
+    /// the daemon's exit status; panics (after SIGKILL) if it takes longer
+    /// than 10 s, or if the unload fails.
     pub fn stop(mut self) -> ExitStatus {
+        let status = self.stop_daemon(Signal::SIGTERM);
+        let out = unload(&self.netns, &self.iface);
+        assert!(
+            out.status.success(),
+            "nat unload failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        self.unloaded = true;
+        status
+    }
+
+    /// Sends `signal` to the daemon and waits up to 10 s for it to exit; the
+    /// datapath stays for the next load (or the unload on drop).
+    pub fn stop_daemon(&mut self, signal: Signal) -> ExitStatus {
+        let child = self.child.as_ref().expect("running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        let _ = kill(pid, signal);
+        self.wait_for_exit()
+    }
+
+    /// Waits up to 10 s for the daemon to exit on its own (after `nat
+    /// unload`, or when a `--replace` load took over).
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let status = match terminate(&mut child) {
-            Ok(Some(status)) => status,
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("nat did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("nat did not exit within {STOP_TIMEOUT:?}; killed it");
+                }
+                Err(e) => panic!("cannot wait for nat (pid {}): {e}", child.id()),
             }
-            Err(e) => panic!("cannot wait for nat (pid {}): {e}", child.id()),
         };
         self.finish_reading();
         status
@@ -204,17 +246,40 @@ impl NatProcess {
 
 impl Drop for NatProcess {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
         // No panicking here: this often runs while a failed test unwinds.
-        if let Ok(None) = terminate(&mut child) {
-            eprintln!("nat (pid {}) ignored SIGTERM; killing it", child.id());
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = terminate(&mut child) {
+                eprintln!("nat (pid {}) ignored SIGTERM; killing it", child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            self.finish_reading();
         }
-        self.finish_reading();
+        if !self.unloaded {
+            let out = unload(&self.netns, &self.iface);
+            if !out.status.success() {
+                eprintln!(
+                    "nat unload after the test failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
     }
+}
+
+/// `nat --netns NS unload --iface IFACE` (a no-op when nothing is loaded).
+fn unload(netns: &str, iface: &str) -> Output {
+    unload_instance(netns, iface).unwrap_or_else(|e| panic!("cannot run nat unload: {e}"))
+}
+
+/// Removes the NAT instance on `iface` of namespace `netns`, if any (`nat
+/// unload`); never panics, for cleanup paths: stopping a daemon leaves its
+/// datapath.
+pub fn unload_instance(netns: &str, iface: &str) -> io::Result<Output> {
+    Command::new(nat_path())
+        .args(["--netns", netns, "unload", "--iface", iface])
+        .stdin(Stdio::null())
+        .output()
 }
 
 /// SIGTERM, then waits up to [`STOP_TIMEOUT`]; `Ok(None)` if it is still running.

@@ -16,10 +16,7 @@ use nat_tests::{
     CLIENT_IFACE, CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, SERVER_IP, Side, Topology,
     TopologyOpts, run_in_ns, tcp_exchange, tcp_sink_server, udp_echo_server, udp_exchange,
 };
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 
 const MIB: usize = 1 << 20;
 
@@ -125,7 +122,7 @@ impl Flow {
 
 fn established_flows_bypass_the_stack(tag: &str, ingress: &'static str) {
     let topo = topology(tag, ingress);
-    let nat = start(&topo, ingress, &[]);
+    let mut nat = start(&topo, ingress, &[]);
     assert_eq!(hook_on_internal(&topo), Some(ingress));
     let tcp = tcp_sink_server(topo.ns_name(Side::Server), 8080);
     let udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
@@ -180,8 +177,7 @@ fn established_flows_bypass_the_stack(tag: &str, ingress: &'static str) {
     } else {
         // The fast path's links are pinned like the others: it keeps working
         // without its daemon, and `nat unload` removes it too.
-        kill(Pid::from_raw(nat.pid() as i32), Signal::SIGKILL).unwrap();
-        assert!(!nat.stop().success());
+        assert!(!nat.stop_daemon(Signal::SIGKILL).success());
         let before = counter(&stats(&topo), "fast_out");
         tcp_exchange(client, Some(CLIENT_IP), v4(SERVER_IP, 8080), MIB)
             .expect("TCP transfer without the daemon");

@@ -1,16 +1,20 @@
-//! Loading, stopping, crashing and unloading leave the interface as it was.
+//! Loading, stopping, crashing and unloading: stopping the daemon leaves the
+//! datapath translating, `nat unload` (or `--unload-on-exit`) leaves the
+//! interface as it was, and pins that cannot be adopted are refused, never
+//! discarded.
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
+
 use common::*;
+use nat_common::names::LAYOUT_VERSION;
 use nat_tests::{
-    CLIENT_IP, EXT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, nat_cmd,
-    tcp_sink_server, tcp_transfer,
+    CLIENT_IP, EXT_IFACE, NatProcess, OUTSIDE_CLIENT_IP, SERVER_IP, Side, Topology, TopologyOpts,
+    nat_cmd, tcp_sink_server, tcp_transfer,
 };
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 
 /// 10 kB over TCP from the client, which the server must see translated.
 fn translated_transfer(topo: &Topology, what: &str) {
@@ -25,14 +29,37 @@ fn translated_transfer(topo: &Topology, what: &str) {
     assert_translated(server.last_peer().unwrap());
 }
 
+fn pin_dir(topo: &Topology) -> String {
+    format!("/sys/fs/bpf/nat/{}/{EXT_IFACE}", topo.ns_name(Side::Nat))
+}
+
 #[test]
-fn stop_detaches_and_unpins() {
+fn sigterm_stops_the_daemon_and_keeps_the_datapath() {
     let topo = Topology::new("stop", TopologyOpts::default());
-    let nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
     let progs = attached_programs(&topo);
     assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
     translated_transfer(&topo, "transfer");
-    assert!(nat.stop().success());
+    assert!(nat.stop_daemon(Signal::SIGTERM).success());
+
+    let progs = attached_programs(&topo);
+    assert_eq!(
+        progs,
+        ["nat_egress", "nat_ingress_tc"],
+        "still attached: {progs:?}"
+    );
+    translated_transfer(&topo, "the datapath translates without its daemon");
+    assert_eq!(sessions(&topo).len(), 2);
+    unload(&topo);
+    assert_nothing_left(&topo);
+}
+
+#[test]
+fn unload_on_exit_detaches_and_unpins() {
+    let topo = Topology::new("uoe", TopologyOpts::default());
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS, "--unload-on-exit"]);
+    translated_transfer(&topo, "transfer");
+    assert!(nat.stop_daemon(Signal::SIGINT).success());
     assert_nothing_left(&topo);
 }
 
@@ -41,9 +68,8 @@ fn stop_detaches_and_unpins() {
 #[test]
 fn unload_cleans_up_after_a_killed_daemon() {
     let topo = Topology::new("kill", TopologyOpts::default());
-    let nat = NatProcess::start(&topo, &["--ports", PORTS]);
-    kill(Pid::from_raw(nat.pid() as i32), Signal::SIGKILL).unwrap();
-    assert!(!nat.stop().success());
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    assert!(!nat.stop_daemon(Signal::SIGKILL).success());
 
     translated_transfer(
         &topo,
@@ -61,10 +87,10 @@ fn unload_cleans_up_after_a_killed_daemon() {
 #[test]
 fn unload_stops_a_running_daemon() {
     let topo = Topology::new("unl", TopologyOpts::default());
-    let nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
     unload(&topo);
     assert!(
-        nat.stop().success(),
+        nat.wait_for_exit().success(),
         "the daemon exits cleanly on the SIGTERM unload sends"
     );
     assert_nothing_left(&topo);
@@ -78,8 +104,136 @@ fn a_second_load_on_the_same_interface_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("already loaded"), "{err}");
+    assert!(err.contains("--replace"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     // The running instance is untouched.
     let progs = attached_programs(&topo);
     assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
+}
+
+/// The instance's pins live in the root bpffs, so they outlive its
+/// namespace; `nat unload` still removes them.
+#[test]
+fn unload_removes_the_pins_of_a_deleted_namespace() {
+    let topo = Topology::new("gone", TopologyOpts::default());
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    assert!(nat.stop_daemon(Signal::SIGTERM).success());
+    let ns = topo.ns_name(Side::Nat).to_owned();
+    assert!(Path::new(&pin_dir(&topo)).exists());
+    let deleted = Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status()
+        .expect("ip netns del");
+    assert!(deleted.success());
+
+    let out = nat_cmd(&topo, &["unload", "--iface", EXT_IFACE]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("no longer exists"), "{stdout}");
+    assert!(
+        !Path::new(&format!("/sys/fs/bpf/nat/{ns}")).exists(),
+        "pins left behind"
+    );
+}
+
+/// Pins of another layout version are not adopted (the maps would be
+/// misread) nor removed (their sessions would be lost): the load is refused
+/// with both versions named, and the datapath keeps running.
+#[test]
+fn pins_of_another_layout_are_refused_not_discarded() {
+    let topo = Topology::new("layout", TopologyOpts::default());
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    assert!(!nat.stop_daemon(Signal::SIGKILL).success());
+    // Renamed in place as an older binary would have named them.
+    let old = LAYOUT_VERSION + 7;
+    let dir = pin_dir(&topo);
+    let current = format!("_v{LAYOUT_VERSION}");
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let base = name.strip_suffix(&current).expect("a versioned pin");
+        std::fs::rename(entry.path(), format!("{dir}/{base}_v{old}")).unwrap();
+    }
+    let pinned = std::fs::read_dir(&dir).unwrap().count();
+
+    let out = try_load(&topo, &["--ports", PORTS]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&format!("layout version {old}"))
+            && err.contains(&format!("version {LAYOUT_VERSION}")),
+        "{err}"
+    );
+    assert!(err.contains("nat unload"), "says what to do: {err}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), pinned);
+    translated_transfer(&topo, "the old datapath still translates");
+
+    unload(&topo);
+    assert_nothing_left(&topo);
+}
+
+/// What a pinned instance cannot take from a new load is refused with one
+/// line saying what to do, and the instance keeps running as it was.
+#[test]
+fn adoption_refuses_what_it_cannot_keep() {
+    let topo = Topology::new("adopt", TopologyOpts::default());
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    translated_transfer(&topo, "transfer");
+    assert!(nat.stop_daemon(Signal::SIGTERM).success());
+    for (args, expected) in [
+        (vec!["--ingress", "xdp"], "--ingress tc"),
+        (vec!["--max-sessions", "4096"], "--max-sessions 262144"),
+    ] {
+        let out = try_load(&topo, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(expected) && err.contains("nat unload"),
+            "{args:?}: {err}"
+        );
+        let progs = attached_programs(&topo);
+        assert_eq!(progs, ["nat_egress", "nat_ingress_tc"], "{progs:?}");
+        assert_eq!(sessions(&topo).len(), 1, "the session is kept");
+    }
+}
+
+/// The peer the server sees for a transfer from `src`.
+fn peer_of(topo: &Topology, src: std::net::Ipv4Addr) -> std::net::SocketAddr {
+    let server = tcp_sink_server(topo.ns_name(Side::Server), 8080);
+    tcp_transfer(
+        topo.ns_name(Side::Client),
+        Some(src),
+        v4(SERVER_IP, 8080),
+        10_000,
+    )
+    .expect("transfer");
+    server.last_peer().expect("server saw the connection")
+}
+
+/// An adopting load applies its own prefixes: one given anew starts being
+/// translated, one no longer given stops.
+#[test]
+fn adoption_applies_the_new_prefixes() {
+    let topo = Topology::new("prefix", TopologyOpts::default());
+    let outside = std::net::IpAddr::V4(OUTSIDE_CLIENT_IP);
+    let mut first = NatProcess::start(&topo, &["--ports", PORTS]);
+    assert_eq!(peer_of(&topo, OUTSIDE_CLIENT_IP).ip(), outside);
+    assert!(first.stop_daemon(Signal::SIGTERM).success());
+
+    // Added to the topology's 10.200.1.0/25.
+    let mut wider = NatProcess::start(&topo, &["--ports", PORTS, "--internal", "10.200.1.0/24"]);
+    assert_translated(peer_of(&topo, OUTSIDE_CLIENT_IP));
+    assert!(wider.stop_daemon(Signal::SIGTERM).success());
+
+    let _narrow = NatProcess::start(&topo, &["--ports", PORTS]);
+    assert_eq!(
+        peer_of(&topo, OUTSIDE_CLIENT_IP).ip(),
+        outside,
+        "the prefix no longer given was removed"
+    );
 }

@@ -118,7 +118,7 @@ fn narrate(nat_bin: &Path) -> Result<()> {
 
     drop(tcp);
     drop(udp);
-    println!("\ndemo: stopping the NAT (SIGTERM)");
+    println!("\ndemo: stopping the NAT (SIGTERM, then nat unload)");
     let status = nat.stop();
     println!("demo: nat exited: {status}");
     if !status.success() {
@@ -248,8 +248,8 @@ fn size(bytes: usize) -> String {
     }
 }
 
-/// Every pin (file) left under the pin root, and any directory named after
-/// this demo's namespace: stale directories of other runs are not ours to judge.
+/// Every pin (file) left under this demo's namespace directory, and the
+/// directory itself: other instances (other runs, tests) are not ours to judge.
 fn leftovers(nat_ns: &str) -> Vec<String> {
     fn walk(dir: &Path, nat_ns: &str, found: &mut Vec<String>) {
         let Ok(entries) = fs::read_dir(dir) else {
@@ -262,7 +262,7 @@ fn leftovers(nat_ns: &str) -> Vec<String> {
                     found.push(format!("{}/", path.display()));
                 }
                 walk(&path, nat_ns, found);
-            } else {
+            } else if path.to_string_lossy().contains(nat_ns) {
                 found.push(path.display().to_string());
             }
         }

@@ -24,7 +24,7 @@ use signal_hook::iterator::Signals;
 use crate::cmd::describe;
 
 const SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
-/// Gives the NAT time to detach its programs and remove its pins.
+/// Gives the NAT time to exit (its datapath is then removed with `nat unload`).
 const CHILD_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Creating a topology takes well under a second.
 const SETUP_WAIT: Duration = Duration::from_secs(5);
@@ -120,6 +120,10 @@ fn clean_up_and_exit(task: &str, tag: &str) -> ! {
     let hooks = HOOKS.lock().unwrap_or_else(PoisonError::into_inner).clone();
     for hook in hooks {
         hook();
+    }
+    for ns in Topology::namespace_names(tag) {
+        // A stopped daemon leaves its datapath pinned.
+        let _ = nat_tests::unload_instance(&ns, nat_tests::EXT_IFACE);
     }
     for ns in Topology::namespace_names(tag) {
         let _ = Command::new("ip")

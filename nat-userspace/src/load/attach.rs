@@ -1,0 +1,199 @@
+//! Phase 5 of `nat load`: the programs loaded into the kernel and attached
+//! through bpf links, which are pinned so the datapath does not depend on
+//! this process holding file descriptors. A link an adopted instance pinned
+//! gets the new program by link update, which swaps it atomically: every
+//! packet sees either the old program or the new one.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink,
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+use log::info;
+use nat_common::names::{
+    LINK_EGRESS, LINK_FAST_PREFIX, LINK_INGRESS, PROG_EGRESS, PROG_FAST, PROG_FAST_TC,
+    PROG_INGRESS, PROG_INGRESS_TC,
+};
+
+use super::pin::Instance;
+use crate::cli::{IngressArg, LoadArgs, XdpModeArg};
+
+/// Attaches egress and ingress to the external interface; returns the
+/// mode's name and the hook that took the ingress program.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    args: &LoadArgs,
+    instance: &mut Instance,
+) -> Result<(&'static str, IngressArg)> {
+    let egress = classifier(ebpf, PROG_EGRESS, "egress")?;
+    attach_tcx(
+        egress,
+        &args.iface,
+        TcAttachType::Egress,
+        LINK_EGRESS,
+        instance,
+    )?;
+    if args.ingress == IngressArg::Xdp {
+        let ingress = xdp(ebpf, PROG_INGRESS, "ingress")?;
+        if !args.tc_unless_native_xdp {
+            let mode = attach_xdp(ingress, &args.iface, args.xdp_mode, LINK_INGRESS, instance)?;
+            return Ok((mode, IngressArg::Xdp));
+        }
+        // `--ingress auto`: generic XDP would be slower than TC. An adopted
+        // instance whose replies are translated in TC stays there too.
+        match attach_xdp(
+            ingress,
+            &args.iface,
+            XdpModeArg::Native,
+            LINK_INGRESS,
+            instance,
+        ) {
+            Ok(mode) => return Ok((mode, IngressArg::Xdp)),
+            Err(e) => info!("{e:#}; translating replies in TC instead"),
+        }
+    }
+    let ingress = classifier(ebpf, PROG_INGRESS_TC, "TC ingress")?;
+    attach_tcx(
+        ingress,
+        &args.iface,
+        TcAttachType::Ingress,
+        LINK_INGRESS,
+        instance,
+    )?;
+    Ok(("tc", IngressArg::Tc))
+}
+
+/// Attaches the fast path to each internal interface, in the hook the
+/// replies are translated in.
+pub fn attach_fast_path(
+    ebpf: &mut Ebpf,
+    args: &LoadArgs,
+    ingress: IngressArg,
+    fast: &[(String, u32)],
+    instance: &mut Instance,
+) -> Result<()> {
+    instance.remove_stale_fast_links(fast)?;
+    for (name, _) in fast {
+        let link = format!("{LINK_FAST_PREFIX}{name}");
+        let mode = match ingress {
+            IngressArg::Auto | IngressArg::Xdp => {
+                let prog = xdp(ebpf, PROG_FAST, "fast-path")?;
+                attach_xdp(prog, name, args.xdp_mode, &link, instance)?
+            }
+            IngressArg::Tc => {
+                let prog = classifier(ebpf, PROG_FAST_TC, "TC fast-path")?;
+                attach_tcx(prog, name, TcAttachType::Ingress, &link, instance)?;
+                "tc"
+            }
+        };
+        info!("fast path on {name} ({mode})");
+    }
+    Ok(())
+}
+
+/// A TC program of the object, loaded into the kernel (once).
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str, what: &str) -> Result<&'a mut SchedClassifier> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("{what} program missing from the object"))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()
+            .with_context(|| format!("the kernel rejected the {what} program"))?;
+    }
+    Ok(prog)
+}
+
+/// An XDP program of the object, loaded into the kernel (once).
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str, what: &str) -> Result<&'a mut Xdp> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("{what} program missing from the object"))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()
+            .with_context(|| format!("the kernel rejected the {what} program"))?;
+    }
+    Ok(prog)
+}
+
+/// Attaches a TC program through a TCX link and pins the link as
+/// `link_name`, or hands the program to the link pinned there.
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    hook: TcAttachType,
+    link_name: &str,
+    instance: &mut Instance,
+) -> Result<()> {
+    if let Some(pinned) = instance.pinned_link(link_name)? {
+        let link = SchedClassifierLink::try_from(pinned)
+            .with_context(|| format!("the pinned {link_name} on {iface} is not a TCX link"))?;
+        prog.attach_to_link(link)
+            .with_context(|| format!("cannot update the pinned {link_name} on {iface}"))?;
+        return Ok(());
+    }
+    let id = prog
+        .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| {
+            format!("cannot attach a TC {hook:?} program to {iface} (TCX needs Linux 6.6+)")
+        })?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .context("TCX link is not a bpf link")?;
+    instance.pin_link(link, link_name)
+}
+
+/// Attaches an XDP program in the mode asked for, pins the link and names
+/// the mode; or hands the program to the link pinned there, which keeps its mode.
+fn attach_xdp(
+    prog: &mut Xdp,
+    iface: &str,
+    mode: XdpModeArg,
+    link_name: &str,
+    instance: &mut Instance,
+) -> Result<&'static str> {
+    if let Some(pinned) = instance.pinned_link(link_name)? {
+        let link = XdpLink::try_from(pinned)
+            .with_context(|| format!("the pinned {link_name} on {iface} is not an XDP link"))?;
+        prog.attach_to_link(link)
+            .with_context(|| format!("cannot update the pinned {link_name} on {iface}"))?;
+        return Ok("xdp, mode kept");
+    }
+    let (id, mode) = match mode {
+        XdpModeArg::Native => (
+            prog.attach(iface, XdpMode::Driver).with_context(|| {
+                format!("native XDP attach to {iface} failed (try --xdp-mode skb)")
+            })?,
+            "xdp native",
+        ),
+        XdpModeArg::Skb => (
+            prog.attach(iface, XdpMode::Skb)
+                .with_context(|| format!("generic XDP attach to {iface} failed"))?,
+            "xdp skb",
+        ),
+        XdpModeArg::Auto => match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "xdp native"),
+            Err(e) => {
+                info!("native XDP unavailable on {iface} ({e}); using generic mode");
+                (
+                    prog.attach(iface, XdpMode::Skb)
+                        .with_context(|| format!("generic XDP attach to {iface} failed"))?,
+                    "xdp skb",
+                )
+            }
+        },
+    };
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .context("XDP link is not a bpf link")?;
+    instance.pin_link(link, link_name)?;
+    Ok(mode)
+}

@@ -1,0 +1,133 @@
+//! `nat load`, one phase per module in the order they run: validate the
+//! command line, open or adopt the pinned instance, load the object against
+//! its maps, populate them, attach (or update the pinned links), hand over
+//! from a replaced daemon, serve (reaper, reject responder, event log) until
+//! a signal, stop the control plane.
+
+mod attach;
+mod handover;
+mod object;
+mod pin;
+mod populate;
+mod serve;
+mod validate;
+
+use std::{io::Write as _, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result};
+use log::info;
+
+pub use object::{Globals, load_object, load_pinned};
+pub use pin::PINNED_MAPS;
+pub use populate::populate;
+
+use crate::{cli::LoadArgs, pidfile, pins};
+
+pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
+    let stop = serve::StopSignals::install()?;
+    pins::require_bpffs()?;
+    let plan = validate::check(&mut args, netns)?;
+    let replaced = handover::running_daemon(&args, netns, &plan.scope)?;
+    let mut instance = pin::Instance::open(plan.pins.clone(), &plan.scope, &args)?;
+    report_found(&instance)?;
+    validate::warn_ephemeral_overlap(args.ports.lo, args.ports.hi);
+
+    let mut ebpf = load_pinned(
+        args.max_sessions,
+        args.max_cooldowns,
+        plan.globals,
+        &instance.map_paths(),
+    )?;
+    populate(
+        &mut ebpf,
+        &args.internal,
+        &args.external,
+        args.ports,
+        plan.config,
+    )?;
+    let (mode, ingress) = attach::attach(&mut ebpf, &args, &mut instance)?;
+    populate::populate_fast_path(&mut ebpf, &args.iface, plan.ext_ifindex, &plan.fast)?;
+    attach::attach_fast_path(&mut ebpf, &args, ingress, &plan.fast, &mut instance)?;
+    instance.started();
+    handover::take_over(netns, &args.iface, replaced).await?;
+    announce(&args, &plan, mode)?;
+
+    serve::serve(&mut ebpf, args.reap_interval_ms, stop).await?;
+
+    stop_control_plane(&mut instance, &args, netns)?;
+    drop(ebpf);
+    Ok(())
+}
+
+/// What `nat load` found pinned, before it changes anything.
+fn report_found(instance: &pin::Instance) -> Result<()> {
+    if let Some(found) = &instance.adopted {
+        writeln!(
+            std::io::stdout(),
+            "nat: adopting the instance pinned in {}: {} sessions, {} cooldown entries, {} links",
+            instance.pins.dir.display(),
+            found.sessions,
+            found.cooling,
+            found.links
+        )?;
+    }
+    Ok(())
+}
+
+/// The stop phase: the daemon goes, the datapath stays unless
+/// `--unload-on-exit` asked otherwise; a replaced daemon leaves everything
+/// to its successor.
+fn stop_control_plane(
+    instance: &mut pin::Instance,
+    args: &LoadArgs,
+    netns: Option<&str>,
+) -> Result<()> {
+    let iface = &args.iface;
+    let mut stdout = std::io::stdout();
+    if let Some(pid) = pidfile::named(netns, iface).filter(|_| !pidfile::is_mine(netns, iface)) {
+        writeln!(
+            stdout,
+            "nat: handed over to pid {pid}; the datapath on {iface} keeps running"
+        )?;
+        return Ok(());
+    }
+    if args.unload_on_exit {
+        info!("stopping: detaching from {iface}");
+        instance.remove()?;
+        pidfile::remove(netns, iface);
+        writeln!(stdout, "nat: detached from {iface}")?;
+    } else {
+        pidfile::remove(netns, iface);
+        writeln!(
+            stdout,
+            "nat: stopped; the datapath keeps translating on {iface} (pins in {}); `nat unload --iface {iface}` removes it",
+            instance.pins.dir.display()
+        )?;
+    }
+    Ok(())
+}
+
+/// The one line that tells the operator (and the tests) the datapath runs.
+fn announce(args: &LoadArgs, plan: &validate::Plan, mode: &str) -> Result<()> {
+    let external: Vec<String> = args.external.iter().map(Ipv4Addr::to_string).collect();
+    let fast_note = if plan.fast.is_empty() {
+        String::new()
+    } else {
+        format!(", fast path on {}", args.fast_path.join(","))
+    };
+    let mut stdout = std::io::stdout();
+    for note in &plan.choices {
+        writeln!(stdout, "nat: {note}")?;
+    }
+    writeln!(
+        stdout,
+        "nat: attached to {}{} (external {}, ports {}-{}, ingress {mode}{fast_note}); pins in {}",
+        args.iface,
+        plan.scope,
+        external.join(","),
+        args.ports.lo,
+        args.ports.hi,
+        plan.pins.dir.display()
+    )?;
+    stdout.flush().context("cannot write to stdout")
+}

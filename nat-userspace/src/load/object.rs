@@ -1,0 +1,62 @@
+//! Phase 2 of `nat load`: the embedded kernel object, loaded with this run's constants.
+
+use std::{
+    hash::{BuildHasher as _, Hasher as _},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result};
+use aya::{Ebpf, EbpfLoader};
+use nat_common::names::{
+    GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
+    MAP_COOLDOWN, MAP_FWD, MAP_REV,
+};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
+
+/// Load-time constants of the programs besides the hash seed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Globals {
+    pub ext_ifindex: u32,
+    pub fast_path: bool,
+    /// The first external address, in network byte order.
+    pub ext_addr: u32,
+    pub ext_addrs: u32,
+}
+
+/// Loads the embedded object (programs not yet loaded into the kernel) with
+/// maps of its own, pinned nowhere (for the benchmarks and fixtures).
+pub fn load_object(max_sessions: u32, max_cooldowns: u32, globals: Globals) -> Result<Ebpf> {
+    load_pinned(max_sessions, max_cooldowns, globals, &[])
+}
+
+/// Loads the embedded object against pinned maps: each map named in `pinned`
+/// is opened at its path when pinned there (an adopted instance keeps its
+/// sessions, cooldowns and counters), else created and pinned there.
+pub fn load_pinned(
+    max_sessions: u32,
+    max_cooldowns: u32,
+    globals: Globals,
+    pinned: &[(&'static str, PathBuf)],
+) -> Result<Ebpf> {
+    // A per-load secret: which port a flow gets must not be predictable from
+    // outside. Only new allocations use it, so an adopted instance may change it.
+    let seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as u32;
+    let mut loader = EbpfLoader::new();
+    for (name, path) in pinned {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
+        .override_global(GLOBAL_HASH_SEED, &seed, true)
+        .override_global(GLOBAL_EXT_IFINDEX, &globals.ext_ifindex, true)
+        .override_global(GLOBAL_FAST_PATH, &u32::from(globals.fast_path), true)
+        .override_global(GLOBAL_EXT_ADDR, &globals.ext_addr, true)
+        .override_global(GLOBAL_EXT_ADDRS, &globals.ext_addrs, true)
+        .map_max_entries(MAP_FWD, max_sessions)
+        .map_max_entries(MAP_REV, max_sessions)
+        .map_max_entries(MAP_COOLDOWN, max_cooldowns)
+        .load(EBPF_OBJECT)
+        .context("cannot load the kernel programs (root with CAP_BPF and CAP_NET_ADMIN and a kernel with BTF are needed)")
+}

@@ -1,0 +1,264 @@
+//! Phase 3 of `nat load`: the instance's pins on bpffs, which keep the
+//! datapath alive independently of this process. A new instance gets a
+//! fresh directory; an instance pinned with this layout is adopted, its
+//! sessions, cooldowns and counters kept.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    maps::MapInfo,
+    programs::links::{FdLink, LinkType, PinnedLink},
+};
+use log::warn;
+use nat_common::{
+    config::Config,
+    flow::{FlowKey, Session},
+    names::{
+        LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FRAGS,
+        MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
+    },
+};
+
+use crate::{
+    cli::{IngressArg, LoadArgs},
+    pins::{self, PinDir},
+    tables::Tables,
+};
+
+/// Every map the instance pins.
+pub const PINNED_MAPS: [&str; 9] = [
+    MAP_FWD,
+    MAP_REV,
+    MAP_COOLDOWN,
+    MAP_FRAGS,
+    MAP_CONFIG,
+    MAP_POOL,
+    MAP_INTERNAL,
+    MAP_STATS,
+    MAP_PROBES,
+];
+
+/// The instance's pin directory, fresh or adopted.
+pub struct Instance {
+    pub pins: PinDir,
+    /// What an adopted instance held when it was found; `None` for a new one.
+    pub adopted: Option<Found>,
+    /// Set once the datapath runs: from then on the pins outlive this process.
+    started: bool,
+}
+
+/// What `nat load` found pinned, for its report.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub sessions: usize,
+    pub cooling: usize,
+    pub links: usize,
+}
+
+impl Instance {
+    /// Adopts the pins of this layout in `pins`, or claims the directory for
+    /// a new instance. Pins of another layout are refused, never discarded.
+    pub fn open(pins: PinDir, scope: &str, args: &LoadArgs) -> Result<Self> {
+        let survey = pins.survey()?;
+        if let Some(old) = survey.other.iter().next() {
+            bail!(
+                "{}{scope} has pins of layout version {old} in {} and this nat uses version {LAYOUT_VERSION}: finish them with the nat that made them, or run `nat unload --iface {}` to remove them (their sessions are lost)",
+                pins.iface,
+                pins.dir.display(),
+                pins.iface
+            );
+        }
+        let adopted = if survey.current.is_empty() {
+            std::fs::create_dir_all(&pins.dir)
+                .with_context(|| format!("cannot create {}", pins.dir.display()))?;
+            None
+        } else {
+            check_sizes(&pins, args)?;
+            check_hooks(&pins, args)?;
+            Some(found(&pins, &survey.current))
+        };
+        Ok(Self {
+            pins,
+            adopted,
+            started: false,
+        })
+    }
+
+    /// Where the loader finds (or creates) each pinned map.
+    pub fn map_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        PINNED_MAPS
+            .iter()
+            .map(|name| (*name, self.pins.path(name)))
+            .collect()
+    }
+
+    /// The pinned link named `name`, if the instance has one.
+    pub fn pinned_link(&self, name: &str) -> Result<Option<FdLink>> {
+        let path = self.pins.path(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("cannot open pinned link {}", path.display()))?;
+        Ok(Some(link.into()))
+    }
+
+    pub fn pin_link(&mut self, link: FdLink, name: &str) -> Result<()> {
+        let path = self.pins.path(name);
+        // The pin holds the link from here on; our descriptor closes on drop.
+        drop(
+            link.pin(&path)
+                .with_context(|| format!("cannot pin link at {}", path.display()))?,
+        );
+        Ok(())
+    }
+
+    /// Detaches fast-path links of interfaces no longer given with `--fast-path`.
+    pub fn remove_stale_fast_links(&self, keep: &[(String, u32)]) -> Result<()> {
+        for name in self.pins.fast_links() {
+            let iface = name.strip_prefix(LINK_FAST_PREFIX).unwrap_or(&name);
+            if !keep.iter().any(|(n, _)| n == iface) {
+                pins::remove_link(&self.pins.path(&name))?;
+                log::info!("fast path removed from {iface}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The datapath runs: the pins now outlive this process.
+    pub fn started(&mut self) {
+        self.started = true;
+    }
+
+    /// Removes everything: links (which detaches them) and maps.
+    pub fn remove(&mut self) -> Result<()> {
+        self.started = true;
+        pins::remove_all(&self.pins)
+    }
+}
+
+impl Drop for Instance {
+    /// A new instance that failed to start takes its pins with it; an
+    /// adopted one keeps translating with whatever it had.
+    fn drop(&mut self) {
+        if !self.started
+            && self.adopted.is_none()
+            && let Err(e) = pins::remove_all(&self.pins)
+        {
+            warn!("cleanup: {e:#}");
+        }
+    }
+}
+
+/// Pinned maps keep their size: a load asking another size would silently
+/// get the old one, so it is refused with what to do.
+fn check_sizes(pins: &PinDir, args: &LoadArgs) -> Result<()> {
+    let key = size_of::<FlowKey>() as u32;
+    for (name, flag, want, value) in [
+        (
+            MAP_FWD,
+            "--max-sessions",
+            Some(args.max_sessions),
+            size_of::<Session>(),
+        ),
+        (
+            MAP_REV,
+            "--max-sessions",
+            Some(args.max_sessions),
+            size_of::<Session>(),
+        ),
+        (
+            MAP_COOLDOWN,
+            "--max-cooldowns",
+            Some(args.max_cooldowns),
+            size_of::<u64>(),
+        ),
+        (MAP_CONFIG, "", None, size_of::<Config>()),
+    ] {
+        let path = pins.path(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("cannot read pinned map {}", path.display()))?;
+        let key_want = if name == MAP_CONFIG { 4 } else { key };
+        if info.key_size() != key_want || info.value_size() != value as u32 {
+            bail!(
+                "pinned map {} has entries of {}+{} bytes, this nat expects {}+{}: its layout changed without a version bump; run `nat unload --iface {}` first (its sessions are lost)",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                key_want,
+                value,
+                pins.iface
+            );
+        }
+        if let Some(want) = want
+            && info.max_entries() != want
+        {
+            bail!(
+                "the pinned {name} map on {} holds {} entries and {flag} asks {want}: give {flag} {} to keep its sessions, or run `nat unload --iface {}` first (they are lost)",
+                pins.iface,
+                info.max_entries(),
+                info.max_entries(),
+                pins.iface
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A pinned link can take a new program of its own kind only: switching
+/// between XDP and TC would leave a gap, so it is refused.
+fn check_hooks(pins: &PinDir, args: &LoadArgs) -> Result<()> {
+    let (want, flag) = match args.ingress {
+        IngressArg::Xdp => (LinkType::Xdp, "xdp"),
+        IngressArg::Tc | IngressArg::Auto => (LinkType::Tcx, "tc"),
+    };
+    // `--ingress auto` that chose XDP falls back to TC anyway when native XDP
+    // is refused: an instance already in TC is kept there.
+    let also_tc = args.tc_unless_native_xdp;
+    let links = [LINK_INGRESS.to_owned()]
+        .into_iter()
+        .chain(pins.fast_links());
+    for name in links {
+        let path = pins.path(&name);
+        if !path.exists() {
+            continue;
+        }
+        let link: FdLink = PinnedLink::from_pin(&path)
+            .with_context(|| format!("cannot open pinned link {}", path.display()))?
+            .into();
+        let kind = link
+            .info()
+            .and_then(|i| i.link_type())
+            .with_context(|| format!("cannot read pinned link {}", path.display()))?;
+        if kind != want && !(also_tc && kind == LinkType::Tcx) {
+            let have = if kind == LinkType::Xdp { "xdp" } else { "tc" };
+            bail!(
+                "the NAT on {} translates replies in {have} and --ingress asks for {flag}: switching hooks would drop packets; give --ingress {have}, or run `nat unload --iface {}` first (sessions are lost)",
+                pins.iface,
+                pins.iface
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Counts what an adopted instance holds.
+fn found(pins: &PinDir, current: &[String]) -> Found {
+    let links = current.iter().filter(|n| n.starts_with("link_")).count();
+    let (sessions, cooling) = match Tables::open(pins) {
+        Ok(t) => (
+            t.forward_entries().map_or(0, |v| v.len()),
+            t.cooldown_entries().map_or(0, |v| v.len()),
+        ),
+        Err(_) => (0, 0),
+    };
+    Found {
+        sessions,
+        cooling,
+        links,
+    }
+}
