@@ -13,6 +13,7 @@ mod command;
 mod lock;
 mod nat_process;
 mod netns;
+pub mod packet;
 mod protocol;
 mod servers;
 mod sockets;
