@@ -369,7 +369,8 @@ impl Pkt {
         unfragmented.df = false;
         let mut first = unfragmented.ip_header(first_len, true, 0);
         first.extend_from_slice(&seg[..first_len]);
-        let mut later = unfragmented.ip_header(seg.len() - first_len, false, (first_len / 8) as u16);
+        let mut later =
+            unfragmented.ip_header(seg.len() - first_len, false, (first_len / 8) as u16);
         later.extend_from_slice(&seg[first_len..]);
         [self.link(&first), self.link(&later)]
     }
@@ -394,13 +395,7 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
 /// TCP or UDP checksum: pseudo-header and segment (checksum field zero).
 pub fn transport_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
     let len = (segment.len() as u16).to_be_bytes();
-    checksum(&[
-        &src.octets(),
-        &dst.octets(),
-        &[0, proto],
-        &len,
-        segment,
-    ])
+    checksum(&[&src.octets(), &dst.octets(), &[0, proto], &len, segment])
 }
 
 /// Problems [`verify_checksums`] finds in a frame.

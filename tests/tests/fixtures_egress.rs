@@ -55,7 +55,9 @@ fn fixture_egress_established_segment_with_ip_options() {
     let flow = tcp_flow();
     let maps = Maps::nat().session(&flow, seen::SYN, seen::SYN_ACK);
     // Router alert and a NOP-padded timestamp-style option: 12 bytes.
-    let opts = [0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x44, 0x06, 0x05, 0x00, 0x00, 0x00];
+    let opts = [
+        0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x44, 0x06, 0x05, 0x00, 0x00, 0x00,
+    ];
     let seg = Pkt::tcp(client(), https(), tcp_flags::ACK | tcp_flags::PSH)
         .payload(b"GET / HTTP/1.1\r\n\r\n")
         .ip_options(&opts);
@@ -64,7 +66,10 @@ fn fixture_egress_established_segment_with_ip_options() {
     out.expect(Verdict::Pass, &want.frame(), &[(Counter::XlateOut, 1)]);
     let fwd = out.fwd[&flow.fwd_key()];
     assert_eq!(fwd.seen, seen::SYN, "an ACK adds no state bit");
-    assert!(out.stamped_now(fwd.last_seen), "the 5 s old entry is touched");
+    assert!(
+        out.stamped_now(fwd.last_seen),
+        "the 5 s old entry is touched"
+    );
 }
 
 #[test]
@@ -126,7 +131,11 @@ fn fixture_egress_drop_alloc_failed() {
     let out = run(Prog::Egress, &maps, &syn);
     out.expect(Verdict::Drop, &syn, &[(Counter::AllocFail, 1)]);
     assert!(!out.fwd.contains_key(&tcp_flow().fwd_key()));
-    assert_eq!((out.fwd.len(), out.rev.len()), (1, 1), "the holder's pair is untouched");
+    assert_eq!(
+        (out.fwd.len(), out.rev.len()),
+        (1, 1),
+        "the holder's pair is untouched"
+    );
 }
 
 #[test]
@@ -176,7 +185,10 @@ fn fixture_egress_fallback_takes_the_cooling_port() {
             (Counter::Fallback, 1),
         ],
     );
-    assert!(out.cooldown.is_empty(), "the claimed key's cooldown is removed");
+    assert!(
+        out.cooldown.is_empty(),
+        "the claimed key's cooldown is removed"
+    );
     assert!(out.rev.contains_key(&tcp_flow().rev_key()));
 }
 
@@ -241,10 +253,20 @@ fn fixture_egress_pass_not_internal() {
 
 #[test]
 fn fixture_egress_pass_not_ipv4() {
-    let mut frame = Pkt::udp(client(), ep(REMOTE, 53)).frame();
-    frame[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    let frame = ipv6_udp_frame();
     let out = run(Prog::Egress, &Maps::nat(), &frame);
     out.expect(Verdict::Pass, &frame, &[(Counter::NotIpv4, 1)]);
+}
+
+/// An IPv6 UDP datagram (the test run checks the header it is labelled with).
+fn ipv6_udp_frame() -> Vec<u8> {
+    let mut f = Pkt::udp(client(), ep(REMOTE, 53)).frame()[..14].to_vec();
+    f[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, PROTO_UDP, 64]);
+    f.extend_from_slice(&[0xfd; 16]);
+    f.extend_from_slice(&[0x20; 16]);
+    f.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 8, 0, 0]);
+    f
 }
 
 #[test]

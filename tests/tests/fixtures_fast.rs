@@ -32,9 +32,11 @@ fn flow(proto: u8) -> Flow {
 /// An established session whose forward entry routes to the external interface.
 fn outbound_state(proto: u8) -> Maps {
     let f = flow(proto);
-    let mut maps = Maps::nat()
-        .session(&f, seen::SYN, seen::SYN_ACK)
-        .route(&f, true, next_hop(EXT_IF, NEXT_HOP_MAC, OWN_EXT_MAC, 1500));
+    let mut maps = Maps::nat().session(&f, seen::SYN, seen::SYN_ACK).route(
+        &f,
+        true,
+        next_hop(EXT_IF, NEXT_HOP_MAC, OWN_EXT_MAC, 1500),
+    );
     // XDP test runs arrive on loopback, EXT_IF; TC runs need no MAC entry.
     maps.if_macs.push((EXT_IF, OWN_INT_MAC));
     maps.fast_devs.push(EXT_IF);
@@ -48,7 +50,9 @@ fn outbound(proto: u8, to_mac: [u8; 6]) -> Pkt {
     } else {
         Pkt::udp(client(), https())
     };
-    p.payload(b"fast path payload").ttl(64).macs(to_mac, CLIENT_MAC)
+    p.payload(b"fast path payload")
+        .ttl(64)
+        .macs(to_mac, CLIENT_MAC)
 }
 
 /// The client's packet as the NAT forwards it: translated, one hop older,
@@ -148,9 +152,11 @@ fn fixture_fast_leaves_misses_to_the_stack() {
 fn fixture_fast_routed_elsewhere_goes_to_the_stack_untouched() {
     // The cached route leaves by an internal interface: not a NAT flow.
     let f = flow(PROTO_TCP);
-    let mut hairpin = Maps::nat()
-        .session(&f, seen::SYN, seen::SYN_ACK)
-        .route(&f, true, next_hop(INT_IF, CLIENT_MAC, OWN_INT_MAC, 1500));
+    let mut hairpin = Maps::nat().session(&f, seen::SYN, seen::SYN_ACK).route(
+        &f,
+        true,
+        next_hop(INT_IF, CLIENT_MAC, OWN_INT_MAC, 1500),
+    );
     hairpin.if_macs.push((EXT_IF, OWN_INT_MAC));
     hairpin.fast_devs.extend([EXT_IF, INT_IF]);
     // The external interface is missing from the XDP device map.
@@ -176,9 +182,11 @@ fn fixture_fast_routed_elsewhere_goes_to_the_stack_untouched() {
 /// An established session whose reverse entry routes to the internal interface.
 fn inbound_state(proto: u8) -> Maps {
     let f = flow(proto);
-    let mut maps = Maps::nat()
-        .session(&f, seen::SYN, seen::SYN_ACK)
-        .route(&f, false, next_hop(INT_IF, CLIENT_MAC, OWN_INT_MAC, 1500));
+    let mut maps = Maps::nat().session(&f, seen::SYN, seen::SYN_ACK).route(
+        &f,
+        false,
+        next_hop(INT_IF, CLIENT_MAC, OWN_INT_MAC, 1500),
+    );
     // XDP test runs arrive on loopback, which is EXT_IF.
     maps.if_macs.push((EXT_IF, OWN_EXT_MAC));
     maps.fast_devs.extend([EXT_IF, INT_IF]);
@@ -191,7 +199,9 @@ fn reply(proto: u8, to_mac: [u8; 6]) -> Pkt {
     } else {
         Pkt::udp(https(), ext())
     };
-    p.payload(b"reply payload").ttl(57).macs(to_mac, NEXT_HOP_MAC)
+    p.payload(b"reply payload")
+        .ttl(57)
+        .macs(to_mac, NEXT_HOP_MAC)
 }
 
 fn delivered(p: &Pkt) -> Vec<u8> {
@@ -224,7 +234,10 @@ fn fixture_fast_ingress_tc_redirects_replies() {
 #[test]
 fn fixture_fast_ingress_without_redirect_is_translated_only() {
     // TTL 1: translated, left to the stack, which answers time exceeded.
-    for (prog, mac) in [(Prog::Ingress, OWN_EXT_MAC), (Prog::IngressTc, LOOPBACK_MAC)] {
+    for (prog, mac) in [
+        (Prog::Ingress, OWN_EXT_MAC),
+        (Prog::IngressTc, LOOPBACK_MAC),
+    ] {
         let p = reply(PROTO_TCP, mac).ttl(1);
         let out = run(prog, &inbound_state(PROTO_TCP), &p.frame());
         out.expect(
@@ -236,7 +249,10 @@ fn fixture_fast_ingress_without_redirect_is_translated_only() {
     // The internal interface is not in the device map.
     let mut no_dev = inbound_state(PROTO_UDP);
     no_dev.fast_devs.retain(|&d| d != INT_IF);
-    for (prog, mac) in [(Prog::Ingress, OWN_EXT_MAC), (Prog::IngressTc, LOOPBACK_MAC)] {
+    for (prog, mac) in [
+        (Prog::Ingress, OWN_EXT_MAC),
+        (Prog::IngressTc, LOOPBACK_MAC),
+    ] {
         let p = reply(PROTO_UDP, mac);
         let out = run(prog, &no_dev, &p.frame());
         out.expect(

@@ -178,9 +178,15 @@ fn fixture_icmp_error_outbound_from_the_client() {
 #[test]
 fn fixture_icmp_error_outbound_unmatched() {
     let (_, delivered, _) = inbound_udp();
-    let from_inside =
-        Pkt::icmp_error(CLIENT, REMOTE, ICMP_DEST_UNREACH, PORT_UNREACHABLE, &delivered, 64)
-            .frame();
+    let from_inside = Pkt::icmp_error(
+        CLIENT,
+        REMOTE,
+        ICMP_DEST_UNREACH,
+        PORT_UNREACHABLE,
+        &delivered,
+        64,
+    )
+    .frame();
     let out = run(Prog::Egress, &Maps::nat(), &from_inside);
     out.expect(Verdict::Drop, &from_inside, &[(Counter::IcmpUnmatched, 1)]);
     // The NAT host's own error about something else: passed.

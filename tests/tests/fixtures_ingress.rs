@@ -37,7 +37,8 @@ fn tcp_flow() -> Flow {
 fn fixture_ingress_reply_is_translated_back() {
     let flow = tcp_flow();
     let maps = Maps::nat().session(&flow, seen::SYN, seen::SYN_ACK);
-    let reply = Pkt::tcp(https(), ext(), tcp_flags::ACK | tcp_flags::PSH).payload(b"HTTP/1.1 200 OK");
+    let reply =
+        Pkt::tcp(https(), ext(), tcp_flags::ACK | tcp_flags::PSH).payload(b"HTTP/1.1 200 OK");
     let want = reply.clone().with_destination(client()).frame();
     for prog in INGRESS {
         let out = run(prog, &maps, &reply.frame());
@@ -190,10 +191,7 @@ fn fixture_ingress_ack_to_a_syn_is_a_collision() {
             &rst.clone().with_destination(client()).frame(),
             &[(Counter::XlateIn, 1), (Counter::SynRefused, 1)],
         );
-        assert_eq!(
-            out.rev[&flow.rev_key()].seen,
-            seen::ODD_ANSWER | seen::RST
-        );
+        assert_eq!(out.rev[&flow.rev_key()].seen, seen::ODD_ANSWER | seen::RST);
     }
 }
 
@@ -210,7 +208,10 @@ fn fixture_ingress_first_fragment_is_translated_and_remembered() {
     let dgram = answer_datagram();
     let maps = Maps::nat().session(&udp_flow(), 0, 0);
     let [first, _] = dgram.fragments(16);
-    let [want, _] = dgram.clone().with_destination(ep(CLIENT, 5353)).fragments(16);
+    let [want, _] = dgram
+        .clone()
+        .with_destination(ep(CLIENT, 5353))
+        .fragments(16);
     let key = FragKey {
         saddr: u32::from(REMOTE).to_be(),
         daddr: u32::from(EXTERNAL).to_be(),
@@ -230,7 +231,10 @@ fn fixture_ingress_first_fragment_is_translated_and_remembered() {
 fn fixture_ingress_later_fragment() {
     let dgram = answer_datagram();
     let [_, later] = dgram.fragments(16);
-    let [_, want] = dgram.clone().with_destination(ep(CLIENT, 5353)).fragments(16);
+    let [_, want] = dgram
+        .clone()
+        .with_destination(ep(CLIENT, 5353))
+        .fragments(16);
     let mut known = Maps::nat();
     known.frags.push((
         FragKey {

@@ -31,7 +31,15 @@ fn case() -> impl Strategy<Value = Case> {
         (1024u16..=60000, 0u16..=500),
     )
         .prop_map(
-            |(tcp, (host, sport), (remote, dport), (opt_words, opt_byte), payload, (udp_sum, id, tos, ttl), (lo, extra))| {
+            |(
+                tcp,
+                (host, sport),
+                (remote, dport),
+                (opt_words, opt_byte),
+                payload,
+                (udp_sum, id, tos, ttl),
+                (lo, extra),
+            )| {
                 let client = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, host), sport);
                 // Outside every internal prefix and not the external address.
                 let remote = SocketAddrV4::new(
