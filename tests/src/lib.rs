@@ -3,6 +3,8 @@
 //! A [`Topology`] wires three namespaces together (client — nat — server), a
 //! [`NatProcess`] runs the `nat` binary inside the nat namespace, and the
 //! server/traffic helpers move verifiable TCP and UDP payloads across it.
+//! [`packet`] builds frames with independently computed checksums for the
+//! datapath fixtures (`tests/tests/fixture/`).
 //!
 //! Everything here panics on setup failure: it is test infrastructure, and a
 //! panic with a clear message is the most useful report a test can give.

@@ -5,7 +5,7 @@ mod fixture;
 
 use fixture::*;
 use nat_common::{
-    config::{MAX_PROBES, policy},
+    config::{MAX_PROBES, exhaustion, policy},
     counters::Counter,
     flow::{FRAG_OUT, FragEntry, FragKey, seen},
 };
@@ -350,4 +350,46 @@ fn fixture_egress_drop_fragment_unknown() {
     ));
     let out = run(Prog::Egress, &maps, &later);
     out.expect(Verdict::Drop, &later, &[(Counter::FragUnknown, 1)]);
+}
+
+#[test]
+fn fixture_egress_reject_queues_the_refused_syn() {
+    let mut maps = port_taken();
+    maps.config.on_exhaustion = exhaustion::REJECT;
+    let frame = Pkt::tcp(client(), https(), tcp_flags::SYN)
+        .ip_options(&[0x01, 0x01, 0x01, 0x00])
+        .frame();
+    let out = run(Prog::Egress, &maps, &frame);
+    out.expect(
+        Verdict::Drop,
+        &frame,
+        &[(Counter::Rejected, 1), (Counter::AllocFail, 1)],
+    );
+    // What the daemon's ICMP error quotes: the IPv4 header with its options
+    // and the first 8 bytes of TCP.
+    assert_eq!(out.rejects, [frame[L3_AT..L3_AT + 24 + 8].to_vec()]);
+    // Under the default, nothing is queued.
+    let out = run(Prog::Egress, &port_taken(), &frame);
+    out.expect(Verdict::Drop, &frame, &[(Counter::AllocFail, 1)]);
+    assert!(out.rejects.is_empty());
+}
+
+#[test]
+fn fixture_egress_syn_after_a_close_reopens_the_mapping() {
+    let flow = tcp_flow();
+    let maps = Maps::nat().session(
+        &flow,
+        seen::SYN | seen::FIN | seen::FIN_FIRST,
+        seen::SYN_ACK | seen::FIN,
+    );
+    let syn = Pkt::tcp(client(), https(), tcp_flags::SYN);
+    let out = run(Prog::Egress, &maps, &syn.frame());
+    out.expect(
+        Verdict::Pass,
+        &syn.clone().with_source(ep(EXTERNAL, PORT)).frame(),
+        &[(Counter::XlateOut, 1), (Counter::Reopened, 1)],
+    );
+    let fwd = out.fwd[&flow.fwd_key()];
+    assert_eq!(fwd.seen, seen::SYN, "the state starts afresh");
+    assert!(out.stamped_now(fwd.last_seen));
 }
