@@ -165,7 +165,7 @@ impl Pkt {
     }
 
     pub fn ip_options(mut self, options: &[u8]) -> Self {
-        assert!(options.len() % 4 == 0 && options.len() <= 40);
+        assert!(options.len().is_multiple_of(4) && options.len() <= 40);
         self.ip_options = options.to_vec();
         self
     }
@@ -256,7 +256,7 @@ impl Pkt {
                 ack,
                 options,
             } => {
-                assert!(options.len() % 4 == 0 && options.len() <= 40);
+                assert!(options.len().is_multiple_of(4) && options.len() <= 40);
                 s.extend_from_slice(&sport.to_be_bytes());
                 s.extend_from_slice(&dport.to_be_bytes());
                 s.extend_from_slice(&seq.to_be_bytes());
@@ -316,7 +316,7 @@ impl Pkt {
     }
 
     fn ip_header(&self, payload_len: usize, more_fragments: bool, offset_units: u16) -> Vec<u8> {
-        assert!(self.ip_options.len() % 4 == 0 && self.ip_options.len() <= 40);
+        assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
         let hdr_len = 20 + self.ip_options.len();
         let mut h = Vec::with_capacity(hdr_len);
         h.push(0x40 | (hdr_len / 4) as u8);
@@ -362,7 +362,10 @@ impl Pkt {
     /// `first_len` bytes of the transport segment (a multiple of 8), the
     /// second the rest. The transport checksum covers the whole segment.
     pub fn fragments(&self, first_len: usize) -> [Vec<u8>; 2] {
-        assert!(first_len % 8 == 0, "fragment data is cut at 8-byte units");
+        assert!(
+            first_len.is_multiple_of(8),
+            "fragment data is cut at 8-byte units"
+        );
         let seg = self.segment();
         assert!(first_len < seg.len());
         let mut unfragmented = self.clone();
@@ -420,15 +423,11 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), BadChecksum> {
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     let seg = &ip[hdr_len..total];
     match ip[9] {
-        PROTO_TCP => {
-            if transport_checksum(src, dst, PROTO_TCP, seg) != 0 {
-                return Err(BadChecksum::Transport);
-            }
+        PROTO_TCP if transport_checksum(src, dst, PROTO_TCP, seg) != 0 => {
+            return Err(BadChecksum::Transport);
         }
-        PROTO_UDP => {
-            if seg[6..8] != [0, 0] && transport_checksum(src, dst, PROTO_UDP, seg) != 0 {
-                return Err(BadChecksum::Transport);
-            }
+        PROTO_UDP if seg[6..8] != [0, 0] && transport_checksum(src, dst, PROTO_UDP, seg) != 0 => {
+            return Err(BadChecksum::Transport);
         }
         PROTO_ICMP => {
             if checksum(&[seg]) != 0 {
