@@ -4,6 +4,8 @@
 //! [`ScaleOut`] puts several NAT nodes behind a multipath router, a
 //! [`NatProcess`] runs the `nat` binary inside a nat namespace, and the
 //! server/traffic helpers move verifiable TCP and UDP payloads across it.
+//! [`packet`] builds frames with independently computed checksums for the
+//! datapath fixtures (`tests/tests/fixture/`).
 //!
 //! Everything here panics on setup failure: it is test infrastructure, and a
 //! panic with a clear message is the most useful report a test can give.
@@ -14,6 +16,7 @@ mod command;
 mod lock;
 mod nat_process;
 mod netns;
+pub mod packet;
 mod paced;
 mod protocol;
 mod scale_out;

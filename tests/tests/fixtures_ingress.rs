@@ -1,0 +1,260 @@
+//! Fixtures for the ingress programs, XDP (`nat_ingress`) and TC
+//! (`nat_ingress_tc`): every case runs through both and must give the same
+//! bytes, verdict and counters.
+
+mod fixture;
+
+use std::net::SocketAddrV4;
+
+use fixture::*;
+use nat_common::{
+    config::Config,
+    counters::Counter,
+    flow::{FRAG_IN, FragEntry, FragKey, seen},
+};
+use nat_userspace::tables::boot_ns;
+
+const INGRESS: [Prog; 2] = [Prog::Ingress, Prog::IngressTc];
+const CLIENT_PORT: u16 = 33_333;
+
+fn client() -> SocketAddrV4 {
+    ep(CLIENT, CLIENT_PORT)
+}
+
+fn https() -> SocketAddrV4 {
+    ep(REMOTE, 443)
+}
+
+fn ext() -> SocketAddrV4 {
+    ep(EXTERNAL, PORT)
+}
+
+fn tcp_flow() -> Flow {
+    Flow::new(PROTO_TCP, client(), ext(), https())
+}
+
+#[test]
+fn fixture_ingress_reply_is_translated_back() {
+    let flow = tcp_flow();
+    let maps = Maps::nat().session(&flow, seen::SYN, seen::SYN_ACK);
+    let reply =
+        Pkt::tcp(https(), ext(), tcp_flags::ACK | tcp_flags::PSH).payload(b"HTTP/1.1 200 OK");
+    let want = reply.clone().with_destination(client()).frame();
+    for prog in INGRESS {
+        let out = run(prog, &maps, &reply.frame());
+        out.expect(Verdict::Pass, &want, &[(Counter::XlateIn, 1)]);
+        let rev = out.rev[&flow.rev_key()];
+        assert_eq!(rev.seen, seen::SYN_ACK, "{prog:?}");
+        assert!(out.stamped_now(rev.last_seen), "{prog:?}: touched");
+    }
+}
+
+#[test]
+fn fixture_ingress_syn_ack_establishes() {
+    let flow = tcp_flow();
+    let maps = Maps::nat().session(&flow, seen::SYN, 0);
+    let synack = Pkt::tcp(https(), ext(), tcp_flags::SYN | tcp_flags::ACK);
+    for prog in INGRESS {
+        let out = run(prog, &maps, &synack.frame());
+        out.expect(
+            Verdict::Pass,
+            &synack.clone().with_destination(client()).frame(),
+            &[(Counter::XlateIn, 1)],
+        );
+        assert_eq!(out.rev[&flow.rev_key()].seen, seen::SYN_ACK, "{prog:?}");
+    }
+}
+
+#[test]
+fn fixture_ingress_udp_with_ip_options_and_zero_checksum() {
+    let dns = ep(REMOTE, 53);
+    let flow = Flow::new(PROTO_UDP, ep(CLIENT, 5353), ext(), dns);
+    let maps = Maps::nat().session(&flow, 0, 0);
+    for checksum in [true, false] {
+        let mut answer = Pkt::udp(dns, ext())
+            .payload(b"answer!")
+            .ip_options(&[0x01, 0x01, 0x01, 0x00, 0x94, 0x04, 0x00, 0x00]);
+        answer.l4 = L4::Udp {
+            sport: 53,
+            dport: PORT,
+            checksum,
+        };
+        let want = answer.clone().with_destination(ep(CLIENT, 5353)).frame();
+        for prog in INGRESS {
+            let out = run(prog, &maps, &answer.frame());
+            out.expect(Verdict::Pass, &want, &[(Counter::XlateIn, 1)]);
+        }
+    }
+}
+
+#[test]
+fn fixture_ingress_pass_no_session() {
+    let stray = Pkt::tcp(https(), ext(), tcp_flags::ACK).frame();
+    let gre = Pkt::other(REMOTE, EXTERNAL, 47).frame();
+    for prog in INGRESS {
+        for frame in [&stray, &gre] {
+            let out = run(prog, &Maps::nat(), frame);
+            out.expect(Verdict::Pass, frame, &[(Counter::NotOursIn, 1)]);
+        }
+    }
+}
+
+#[test]
+fn fixture_ingress_pass_not_ipv4() {
+    let mut frame = Pkt::tcp(https(), ext(), tcp_flags::ACK).frame();
+    frame[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    for prog in INGRESS {
+        let out = run(prog, &Maps::nat(), &frame);
+        out.expect(Verdict::Pass, &frame, &[(Counter::NotIpv4, 1)]);
+    }
+}
+
+#[test]
+fn fixture_ingress_drop_malformed() {
+    let flow = tcp_flow();
+    let maps = Maps::nat().session(&flow, seen::SYN, seen::SYN_ACK);
+    let good = Pkt::tcp(https(), ext(), tcp_flags::ACK).frame();
+    let mut long = good.clone();
+    long[L3_AT + 2..L3_AT + 4].copy_from_slice(&100u16.to_be_bytes());
+    let mut doff = good.clone();
+    doff[L3_AT + 20 + 12] = 15 << 4;
+    for prog in INGRESS {
+        for bad in [&long, &doff] {
+            let out = run(prog, &maps, bad);
+            out.expect(Verdict::Drop, bad, &[(Counter::Malformed, 1)]);
+        }
+    }
+}
+
+/// The remote answers the first FIN, which the internal host sent.
+#[test]
+fn fixture_ingress_close_starts_the_cooldown() {
+    let flow = tcp_flow();
+    let maps = Maps::nat().session(
+        &flow,
+        seen::SYN | seen::FIN | seen::FIN_FIRST,
+        seen::SYN_ACK,
+    );
+    let fin = Pkt::tcp(https(), ext(), tcp_flags::FIN | tcp_flags::ACK);
+    let ms = Config::default().cooldown_local_close_ms * 1_000_000;
+    for prog in INGRESS {
+        let out = run(prog, &maps, &fin.frame());
+        out.expect(
+            Verdict::Pass,
+            &fin.clone().with_destination(client()).frame(),
+            &[(Counter::XlateIn, 1)],
+        );
+        assert_eq!(out.rev[&flow.rev_key()].seen, seen::SYN_ACK | seen::FIN);
+        let until = out.cooldown[&flow.rev_key()];
+        assert!(
+            (out.before_ns + ms..=out.after_ns + ms).contains(&until),
+            "{prog:?}: cooldown of the internal-first close from the close"
+        );
+    }
+}
+
+#[test]
+fn fixture_ingress_reset_starts_the_reset_cooldown() {
+    let flow = tcp_flow();
+    let maps = Maps::nat().session(&flow, seen::SYN, seen::SYN_ACK);
+    let rst = Pkt::tcp(https(), ext(), tcp_flags::RST);
+    let ms = Config::default().cooldown_rst_ms * 1_000_000;
+    for prog in INGRESS {
+        let out = run(prog, &maps, &rst.frame());
+        out.expect(
+            Verdict::Pass,
+            &rst.clone().with_destination(client()).frame(),
+            &[(Counter::XlateIn, 1)],
+        );
+        let until = out.cooldown[&flow.rev_key()];
+        assert!((out.before_ns + ms..=out.after_ns + ms).contains(&until));
+    }
+}
+
+#[test]
+fn fixture_ingress_ack_to_a_syn_is_a_collision() {
+    let flow = tcp_flow();
+    let maps = Maps::nat().session(&flow, seen::SYN, 0);
+    let ack = Pkt::tcp(https(), ext(), tcp_flags::ACK);
+    let rst = Pkt::tcp(https(), ext(), tcp_flags::RST | tcp_flags::ACK);
+    for prog in INGRESS {
+        let out = run(prog, &maps, &ack.frame());
+        out.expect(
+            Verdict::Pass,
+            &ack.clone().with_destination(client()).frame(),
+            &[(Counter::XlateIn, 1), (Counter::Collision, 1)],
+        );
+        assert_eq!(out.rev[&flow.rev_key()].seen, seen::ODD_ANSWER);
+        let out = run(prog, &maps, &rst.frame());
+        out.expect(
+            Verdict::Pass,
+            &rst.clone().with_destination(client()).frame(),
+            &[(Counter::XlateIn, 1), (Counter::SynRefused, 1)],
+        );
+        assert_eq!(out.rev[&flow.rev_key()].seen, seen::ODD_ANSWER | seen::RST);
+    }
+}
+
+fn answer_datagram() -> Pkt {
+    Pkt::udp(ep(REMOTE, 53), ext()).payload(&[0xa5; 48])
+}
+
+fn udp_flow() -> Flow {
+    Flow::new(PROTO_UDP, ep(CLIENT, 5353), ext(), ep(REMOTE, 53))
+}
+
+#[test]
+fn fixture_ingress_first_fragment_is_translated_and_remembered() {
+    let dgram = answer_datagram();
+    let maps = Maps::nat().session(&udp_flow(), 0, 0);
+    let [first, _] = dgram.fragments(16);
+    let [want, _] = dgram
+        .clone()
+        .with_destination(ep(CLIENT, 5353))
+        .fragments(16);
+    let key = FragKey {
+        saddr: u32::from(REMOTE).to_be(),
+        daddr: u32::from(EXTERNAL).to_be(),
+        id: dgram.id.to_be(),
+        proto: PROTO_UDP,
+        dir: FRAG_IN,
+    };
+    for prog in INGRESS {
+        let out = run(prog, &maps, &first);
+        out.expect(Verdict::Pass, &want, &[(Counter::XlateIn, 1)]);
+        let entry = out.frags.get(&key).expect("fragment entry");
+        assert_eq!(entry.addr, u32::from(CLIENT).to_be());
+    }
+}
+
+#[test]
+fn fixture_ingress_later_fragment() {
+    let dgram = answer_datagram();
+    let [_, later] = dgram.fragments(16);
+    let [_, want] = dgram
+        .clone()
+        .with_destination(ep(CLIENT, 5353))
+        .fragments(16);
+    let mut known = Maps::nat();
+    known.frags.push((
+        FragKey {
+            saddr: u32::from(REMOTE).to_be(),
+            daddr: u32::from(EXTERNAL).to_be(),
+            id: dgram.id.to_be(),
+            proto: PROTO_UDP,
+            dir: FRAG_IN,
+        },
+        FragEntry {
+            addr: u32::from(CLIENT).to_be(),
+            _pad: 0,
+            at: boot_ns(),
+        },
+    ));
+    for prog in INGRESS {
+        let out = run(prog, &known, &later);
+        out.expect(Verdict::Pass, &want, &[(Counter::XlateIn, 1)]);
+        // Unknown from outside: possibly the host's own, passed as it came.
+        let out = run(prog, &Maps::nat(), &later);
+        out.expect(Verdict::Pass, &later, &[(Counter::FragUnknown, 1)]);
+    }
+}
