@@ -13,20 +13,25 @@ mod command;
 mod lock;
 mod nat_process;
 mod netns;
+mod proc_net;
 mod protocol;
 mod servers;
 mod sockets;
 mod topology;
 mod traffic;
 
-pub use nat_process::{NatProcess, nat_bin, nat_cmd, nat_json};
+pub use nat_process::{NatProcess, nat_bench_bin, nat_bin, nat_cmd, nat_json};
 pub use netns::{run_in_ns, spawn_in_ns};
-pub use servers::{ServerHandle, tcp_sink_server, udp_echo_server};
+pub use proc_net::{proc_net_counter, tcp_ext};
+pub use servers::{ServerHandle, closing_server, tcp_sink_server, udp_echo_server};
 pub use topology::{
     CLIENT_IFACE, CLIENT_IP, EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NAT_INTERNAL_IP,
     OUTSIDE_CLIENT_IP, SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts, in_internal_prefix,
 };
-pub use traffic::{concurrent_tcp, tcp_exchange, tcp_transfer, udp_exchange, udp_roundtrip};
+pub use traffic::{
+    concurrent_tcp, short_connection, short_connection_burst, tcp_exchange, tcp_transfer,
+    udp_exchange, udp_roundtrip,
+};
 
 /// Re-exported so tests can inspect [`nat_json`] output without their own dependency.
 pub use serde_json;

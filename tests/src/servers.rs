@@ -13,13 +13,15 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::lock::lock;
 use crate::netns::run_in_ns;
-use crate::protocol::{CHUNK, Fnv1a, REQUEST_HEADER_LEN, encode_reply};
+use crate::protocol::{CHUNK, Fnv1a, REQUEST_HEADER_LEN, SHORT_REPLY, SHORT_REQUEST, encode_reply};
 use crate::sockets::listen_tcp;
 
 /// How often the server loops look at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// A client that goes quiet this long mid-request is given up on.
 const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the closing server waits for a client's request.
+const CLOSING_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refuses absurd lengths, which mean the stream was corrupted.
 const MAX_REQUEST: u64 = 1 << 32;
 
@@ -89,7 +91,19 @@ pub fn tcp_sink_server(ns: &str, port: u16) -> ServerHandle {
     let listener = run_in_ns(ns, move || listen_tcp(port));
     let port = local_port(listener.local_addr());
     ServerHandle::spawn(format!("tcp-sink-{port}"), port, move |peers, stop| {
-        accept_loop(&listener, peers, stop)
+        accept_loop(&listener, "tcp sink", serve_connection, peers, stop)
+    })
+}
+
+/// A TCP server on 0.0.0.0:`port` in `ns` that reads a short request,
+/// answers `bye` and closes first, so that every connection ends in
+/// TIME_WAIT on the server: the busy server the NAT's cooldown is for. See
+/// [`short_connection`](crate::short_connection) for its client.
+pub fn closing_server(ns: &str, port: u16) -> ServerHandle {
+    let listener = run_in_ns(ns, move || listen_tcp(port));
+    let port = local_port(listener.local_addr());
+    ServerHandle::spawn(format!("tcp-closing-{port}"), port, move |peers, stop| {
+        accept_loop(&listener, "closing server", answer_and_close, peers, stop)
     })
 }
 
@@ -109,34 +123,40 @@ pub fn udp_echo_server(ns: &str, port: u16) -> ServerHandle {
     })
 }
 
-fn accept_loop(listener: &TcpListener, peers: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) {
+fn accept_loop(
+    listener: &TcpListener,
+    what: &'static str,
+    serve: fn(TcpStream) -> std::io::Result<()>,
+    peers: &Mutex<Vec<SocketAddr>>,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let timeout = PollTimeout::try_from(STOP_POLL).expect("small timeout");
         match poll(&mut fds, timeout) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
-            Err(e) => panic!("poll on the TCP sink listener failed: {e}"),
+            Err(e) => panic!("poll on the {what} listener failed: {e}"),
         }
         match listener.accept() {
             Ok((stream, peer)) => {
                 lock(peers).push(peer);
                 let spawned = thread::Builder::new()
-                    .name(format!("tcp-sink-{peer}"))
+                    .name(format!("tcp-{peer}"))
                     .stack_size(128 * 1024)
                     .spawn(move || {
-                        if let Err(e) = serve_connection(stream) {
-                            eprintln!("tcp sink: connection from {peer}: {e}");
+                        if let Err(e) = serve(stream) {
+                            eprintln!("{what}: connection from {peer}: {e}");
                         }
                     });
                 if let Err(e) = spawned {
-                    eprintln!("tcp sink: cannot spawn a thread for {peer}: {e}");
+                    eprintln!("{what}: cannot spawn a thread for {peer}: {e}");
                 }
             }
             // The connection may have been reset between poll and accept.
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => {
-                eprintln!("tcp sink: accept failed: {e}");
+                eprintln!("{what}: accept failed: {e}");
                 thread::sleep(STOP_POLL);
             }
         }
@@ -175,6 +195,19 @@ fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
     // Waiting for the client's FIN makes the client close first, so the
     // connection ends with a full FIN exchange through the NAT.
     while stream.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+/// The closing server's side: a reset or silent client is not its problem
+/// (the client reports it), so only I/O setup errors are returned.
+fn answer_and_close(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CLOSING_READ_TIMEOUT))?;
+    let mut request = [0; SHORT_REQUEST.len()];
+    if stream.read_exact(&mut request).is_ok() {
+        let _ = stream.write_all(SHORT_REPLY);
+    }
+    // Dropped here: the server sends its FIN first.
     Ok(())
 }
 

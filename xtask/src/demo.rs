@@ -1,4 +1,6 @@
-//! A narrated run of the NAT on the namespace testbed.
+//! A narrated run of the NAT on the namespace testbed: first what it does
+//! (translation, sessions, counters), then why it exists (TIME_WAIT
+//! collisions, with cooldown off and on).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,6 +18,8 @@ use nat_tests::{
 
 use crate::{build_nat, interrupt};
 
+mod time_wait;
+
 const TAG: &str = "demo";
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
@@ -32,7 +36,7 @@ struct Step {
 }
 
 pub fn run() -> Result<()> {
-    let nat_bin = build_nat::build(false)?;
+    let nat_bin = build_nat::build(false)?.nat;
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // readers have been started), so nobody can read the environment concurrently.
     unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
@@ -118,12 +122,10 @@ fn narrate(nat_bin: &Path) -> Result<()> {
 
     drop(tcp);
     drop(udp);
-    println!("\ndemo: stopping the NAT (SIGTERM)");
-    let status = nat.stop();
-    println!("demo: nat exited: {status}");
-    if !status.success() {
-        failures += 1;
-    }
+    failures += stop(nat);
+
+    failures += time_wait::tell(&topology);
+
     match leftovers(topology.ns_name(Side::Nat)) {
         pins if pins.is_empty() => println!("demo: no pins remain under {PIN_ROOT}"),
         pins => {
@@ -155,6 +157,14 @@ fn narrate(nat_bin: &Path) -> Result<()> {
     }
     println!("demo: all steps passed");
     Ok(())
+}
+
+/// Stops the NAT and says how it went; 1 if it did not exit cleanly.
+fn stop(nat: NatProcess) -> usize {
+    println!("\ndemo: stopping the NAT (SIGTERM)");
+    let status = nat.stop();
+    println!("demo: nat exited: {status}");
+    usize::from(!status.success())
 }
 
 fn describe_topology(topology: &Topology) {
