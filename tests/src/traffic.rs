@@ -58,7 +58,7 @@ pub fn tcp_exchange(
 /// from `src`, in the calling thread's namespace; returns how long the
 /// connect took. A SYN the server takes for an old duplicate of a connection
 /// in TIME_WAIT is answered with an ACK of that old connection: the client
-/// resets it and connects on its SYN retransmission, a second later.
+/// resets it, and its next SYN gets through (about 10 ms later here).
 pub fn short_connection(src: Ipv4Addr, dst: SocketAddrV4) -> Result<Duration, String> {
     let start = Instant::now();
     let mut stream = connect_from(Some(src), dst, CONNECT_TIMEOUT)?;

@@ -50,6 +50,7 @@ const CARGO_STATUS: &[&str] = &[
     "Documenting",
     "Downloaded",
     "Downloading",
+    "Executable",
     "Finished",
     "Fresh",
     "Locking",
