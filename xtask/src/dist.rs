@@ -35,7 +35,7 @@ pub fn run() -> Result<()> {
         println!("xtask: wrote {file}");
     }
     println!(
-        "xtask: install e.g. with: install -m 755 {0}/nat /usr/local/sbin/ && install -m 644 {0}/man/*.1 /usr/local/share/man/man1/ && install -m 644 {0}/completions/nat.bash /etc/bash_completion.d/nat",
+        "xtask: install e.g. with: install -m 755 {0}/nat /usr/local/sbin/ && install -m 644 {0}/man/*.1 /usr/local/share/man/man1/ && install -m 644 {0}/completions/nat.bash /usr/share/bash-completion/completions/nat",
         dist.display()
     );
     Ok(())
