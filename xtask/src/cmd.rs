@@ -47,6 +47,7 @@ const CARGO_STATUS: &[&str] = &[
     "Blocking",
     "Checking",
     "Compiling",
+    "Doc-tests",
     "Documenting",
     "Downloaded",
     "Downloading",
@@ -54,6 +55,7 @@ const CARGO_STATUS: &[&str] = &[
     "Finished",
     "Fresh",
     "Locking",
+    "Running",
     "Updating",
 ];
 
@@ -129,6 +131,12 @@ mod tests {
             "warning: nat-userspace@0.1.0:     Finished `release` profile [optimized] target(s) in 39.83s"
         ));
         assert!(is_cargo_progress("   Compiling libc v0.2.191"));
+        assert!(is_cargo_progress(
+            "     Running unittests src/lib.rs (target/debug/deps/nat_common-0123)"
+        ));
+        assert!(is_cargo_progress(
+            "  Executable tests/allocation.rs (target/debug/deps/allocation-0123)"
+        ));
         assert!(is_cargo_progress(
             "    Finished `dev` profile [unoptimized + debuginfo] target(s) in 1m 36s"
         ));

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::cmd::{cargo_quietly, describe};
+use crate::cmd::cargo_quietly;
 use crate::paths;
 
 pub fn run() -> Result<()> {
@@ -56,7 +56,7 @@ pub fn run() -> Result<()> {
 
 /// Runs one check, printing its findings; records its name if it failed.
 fn check(name: &'static str, cmd: &mut Command, failed: &mut Vec<&'static str>) {
-    println!("xtask: {name}: {}", describe(cmd));
+    println!("xtask: lint: {name}");
     match cargo_quietly(cmd) {
         Ok(diagnostics) => {
             for line in diagnostics {

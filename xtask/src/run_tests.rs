@@ -35,8 +35,8 @@ pub fn run(test_args: &[String]) -> Result<()> {
         cmd.arg("--").args(test_args);
     }
     // libtest reports on stdout; it is read here to total it and passed on.
-    // cargo's progress on stderr is dropped; the rest of stderr (a test's
-    // child processes, cargo's errors) is passed on.
+    // cargo's progress on stderr (which binary runs) is dropped; the rest of
+    // stderr (a test's child processes, cargo's errors) is passed on.
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -52,14 +52,45 @@ pub fn run(test_args: &[String]) -> Result<()> {
         }
     });
     let mut totals = Totals::default();
+    let mut shown = Shown::default();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("cannot read the output of cargo test")?;
-        println!("{line}");
         totals.add_line(&line);
+        shown.line(&line);
     }
     let status = child.wait().context("cannot wait for cargo test")?;
     let _ = errors.join();
     println!("xtask: {totals}");
     ensure!(status.success(), "{} failed ({status})", describe(&cmd));
     Ok(())
+}
+
+/// libtest's report minus the binaries that ran no test: with a name filter,
+/// most of the ~20 test binaries would each print an empty block.
+#[derive(Default)]
+struct Shown {
+    in_empty_block: bool,
+    blank_pending: bool,
+}
+
+impl Shown {
+    fn line(&mut self, line: &str) {
+        if line.trim() == "running 0 tests" {
+            self.in_empty_block = true;
+            return;
+        }
+        if self.in_empty_block {
+            self.in_empty_block = !line.starts_with("test result:");
+            return;
+        }
+        // Blank lines separate blocks: printed only before something shown.
+        if line.trim().is_empty() {
+            self.blank_pending = true;
+            return;
+        }
+        if std::mem::take(&mut self.blank_pending) {
+            println!();
+        }
+        println!("{line}");
+    }
 }
