@@ -73,7 +73,7 @@ pub enum Command {
 /// with its documentation without any code here.
 #[derive(Clone, Debug, Default)]
 pub struct SettingFlags {
-    given: Vec<(&'static str, u64)>,
+    values: Vec<(&'static str, u64)>,
 }
 
 impl SettingFlags {
@@ -82,7 +82,7 @@ impl SettingFlags {
         SETTINGS
             .iter()
             .map(|s| {
-                let value = self.given.iter().find(|(n, _)| *n == s.name);
+                let value = self.values.iter().find(|(n, _)| *n == s.name);
                 (s.name, value.map(|(_, v)| *v))
             })
             .collect()
@@ -99,8 +99,8 @@ impl FromArgMatches for SettingFlags {
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
         for setting in SETTINGS {
             if let Some(&value) = matches.get_one::<u64>(setting.name) {
-                self.given.retain(|(n, _)| *n != setting.name);
-                self.given.push((setting.name, value));
+                self.values.retain(|(n, _)| *n != setting.name);
+                self.values.push((setting.name, value));
             }
         }
         Ok(())
