@@ -46,11 +46,13 @@ pub fn build(release: bool) -> Result<Binaries> {
             bin.display()
         );
     }
+    let secs = started.elapsed().as_secs();
     println!(
-        "xtask: built {} and {} in {:.0?}",
+        "xtask: built {} and {} in {}m{:02}s",
         shown(&binaries.nat),
         shown(&binaries.nat_bench),
-        started.elapsed()
+        secs / 60,
+        secs % 60
     );
     Ok(binaries)
 }
