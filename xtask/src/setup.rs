@@ -120,11 +120,13 @@ pub fn for_running(task: &str) -> Result<(), SetupError> {
 /// `cargo xtask setup`: the build side first, which works without root, so a
 /// non-root user gets that far and learns what the rest needs.
 pub fn everything() -> Result<(), SetupError> {
-    let mut steps = Steps::default();
-    toolchain(&mut steps)?;
-    steps.run("root", || check_root("setup"))?;
-    system(&mut steps)?;
-    steps.report();
+    let mut build = Steps::default();
+    toolchain(&mut build)?;
+    build.report();
+    let mut running = Steps::default();
+    running.run("root", || check_root("setup"))?;
+    system(&mut running)?;
+    running.report();
     Ok(())
 }
 
