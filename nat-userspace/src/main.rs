@@ -6,9 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser as _, error::ErrorKind};
 
 use nat_userspace::{
-    alloc_bench,
     cli::{Cli, Command},
-    load, netns, pins, reaper_bench, show,
+    load, netns, pins, show,
     tables::Tables,
     unload,
 };
@@ -75,8 +74,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Set { key, value, iface } => {
             show::set(&mut open(netns, iface.as_deref())?, &key, &value)
         }
-        Command::AllocBench(args) => alloc_bench::run(&args),
-        Command::ReaperBench { sessions, json } => reaper_bench::run(sessions, json),
     }
 }
 

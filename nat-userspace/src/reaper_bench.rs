@@ -1,4 +1,4 @@
-//! `nat reaper-bench`: sweep time and CPU of the reaper over N sessions in
+//! `nat-bench reaper`: sweep time and CPU of the reaper over N sessions in
 //! real BPF maps (nothing is attached).
 
 use std::{net::Ipv4Addr, time::Instant};

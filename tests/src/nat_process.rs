@@ -40,6 +40,21 @@ fn nat_path() -> PathBuf {
     }
 }
 
+/// The bench-only `nat-bench` binary: `$NAT_BENCH_BIN`, else the one built
+/// beside [`nat_bin`] (one cargo build makes both).
+pub fn nat_bench_bin() -> PathBuf {
+    let path = match std::env::var_os("NAT_BENCH_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => nat_bin().with_file_name("nat-bench"),
+    };
+    assert!(
+        path.is_file(),
+        "nat-bench binary {} not found: build it with `cargo xtask build` (or point NAT_BENCH_BIN at it)",
+        path.display()
+    );
+    path
+}
+
 /// Runs `nat --netns <nat ns> <args>` to completion (`sessions --json`,
 /// `stats --json`, `unload --iface veth-ext`, ...).
 pub fn nat_cmd(topology: &Topology, args: &[&str]) -> Output {

@@ -111,7 +111,8 @@ impl Plan {
 
 pub fn run(opts: Options) -> Result<()> {
     let started = Instant::now();
-    let nat_bin = build_nat::build(true)?;
+    let bins = build_nat::build(true)?;
+    let nat_bin = bins.nat;
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // workers have been started), so nobody can read the environment concurrently.
     unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
@@ -119,7 +120,9 @@ pub fn run(opts: Options) -> Result<()> {
     interrupt::on_cleanup(micro::restore_bpf_stats);
     // Caught so that, after a signal, the cleanup thread and not a panic
     // decides how the process ends.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| bench(&opts, &nat_bin, started)));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        bench(&opts, &nat_bin, &bins.nat_bench, started)
+    }));
     micro::restore_bpf_stats();
     interrupt::defer_to_cleanup();
     match outcome {
@@ -275,7 +278,7 @@ struct Ctx<'a> {
     results: Results,
 }
 
-fn bench(opts: &Options, nat_bin: &Path, started: Instant) -> Result<()> {
+fn bench(opts: &Options, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Result<()> {
     let plan = Plan::new(opts.quick);
     let cpus = cpu::cpu_count()?;
     let load_cpu = cpus - 1;
@@ -363,7 +366,7 @@ fn bench(opts: &Options, nat_bin: &Path, started: Instant) -> Result<()> {
     };
 
     println!("\nbench: datapath micro-figures");
-    micro_figures(&plan, nat_bin, &mut guard, &mut results)?;
+    micro_figures(&plan, nat_bench, &mut guard, &mut results)?;
 
     results.notes.extend(guard.notes);
     results.reaper_skipped = plan.reaper_skipped.to_vec();
@@ -599,7 +602,7 @@ fn bpf_run_time(ctx: &Ctx<'_>, programs: &micro::Programs) -> Result<BpfRun> {
 
 fn micro_figures(
     plan: &Plan,
-    nat_bin: &Path,
+    nat_bench: &Path,
     guard: &mut Guard,
     results: &mut Results,
 ) -> Result<()> {
@@ -607,11 +610,11 @@ fn micro_figures(
         for occupancy in ALLOC_OCCUPANCIES {
             let g = guard.measure(
                 &format!(
-                    "[{}/{}] alloc-bench {occupancy}% occupied",
+                    "[{}/{}] nat-bench alloc {occupancy}% occupied",
                     rep + 1,
                     plan.micro_reps
                 ),
-                || micro::alloc(nat_bin, occupancy, ALLOC_ATTEMPTS),
+                || micro::alloc(nat_bench, occupancy, ALLOC_ATTEMPTS),
                 |(_, w)| *w,
                 |(a, _)| {
                     format!(
@@ -631,11 +634,11 @@ fn micro_figures(
         for &sessions in plan.reaper_sessions {
             let g = guard.measure(
                 &format!(
-                    "[{}/{}] reaper-bench {sessions} sessions",
+                    "[{}/{}] nat-bench reaper {sessions} sessions",
                     rep + 1,
                     plan.micro_reps
                 ),
-                || micro::reaper(nat_bin, sessions),
+                || micro::reaper(nat_bench, sessions),
                 |(_, w)| *w,
                 |(r, _)| {
                     format!(
