@@ -12,6 +12,8 @@ mod alloc;
 #[cfg(target_arch = "bpf")]
 mod egress;
 #[cfg(target_arch = "bpf")]
+mod expire;
+#[cfg(target_arch = "bpf")]
 mod fast;
 #[cfg(target_arch = "bpf")]
 mod frag;

@@ -5,6 +5,7 @@
 pub mod alloc_bench;
 pub mod batch;
 pub mod cli;
+pub mod expiry;
 pub mod iface;
 pub mod load;
 pub mod netns;

@@ -24,8 +24,8 @@ use nat_common::{
         GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
         LINK_EGRESS, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_EXT_ADDRS,
         MAP_FAST_DEVS, MAP_FRAGS, MAP_FWD, MAP_IF_MACS, MAP_INTERNAL, MAP_POOL, MAP_PROBES,
-        MAP_REJECTS, MAP_REV, MAP_STATS, PROG_EGRESS, PROG_FAST, PROG_FAST_TC, PROG_INGRESS,
-        PROG_INGRESS_TC,
+        MAP_REJECTS, MAP_REV, MAP_STATS, MAP_SWEEP_CTL, MAP_SWEEP_STATS, MAP_SWEEP_TIMER,
+        PROG_EGRESS, PROG_FAST, PROG_FAST_TC, PROG_INGRESS, PROG_INGRESS_TC,
     },
     probe::{span, stride_for},
 };
@@ -33,16 +33,16 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Cidr, IngressArg, LoadArgs, PortRange, XdpModeArg},
+    expiry::KernelSweep,
     pidfile, pins,
     pins::PinDir,
     reaper, reject, settings,
-    tables::{Tables, boot_ns},
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_FWD,
     MAP_REV,
     MAP_COOLDOWN,
@@ -52,6 +52,11 @@ pub const PINNED_MAPS: [&str; 9] = [
     MAP_INTERNAL,
     MAP_STATS,
     MAP_PROBES,
+    // The sweep timer keeps expiring while no daemon runs, for as long as
+    // its map is pinned.
+    MAP_SWEEP_CTL,
+    MAP_SWEEP_STATS,
+    MAP_SWEEP_TIMER,
 ];
 /// Every link the instance pins.
 pub const PINNED_LINKS: [&str; 2] = [LINK_EGRESS, LINK_INGRESS];
@@ -143,7 +148,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     attach_fast_path(&mut ebpf, &args, ext_ifindex, &fast, &mut instance)?;
     pidfile::write(netns, &args.iface)?;
 
-    let mut tables = Tables::from_ebpf(&mut ebpf)?;
+    let sweeper = KernelSweep::load(&mut ebpf, args.reap_interval_ms, 0)?;
     let _responder = reject::spawn(
         ebpf.take_map(MAP_REJECTS)
             .context("map NAT_REJECTS missing from the object")?,
@@ -172,14 +177,14 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = tick.tick() => {
-                match reaper::sweep(&mut tables, boot_ns()) {
+                match reaper::sweep(&sweeper, &ebpf) {
                     Ok(s) if s.kept > 0 => warn!(
                         "reaper: {} expired sessions kept: the cooldown map is full (raise --max-cooldowns)",
                         s.kept
                     ),
-                    Ok(s) if s.expired > 0 || s.cooled > 0 => info!(
-                        "reaper: {} of {} sessions expired, {} cooldowns ended",
-                        s.expired, s.scanned, s.cooled
+                    Ok(s) if s.expired > 0 || s.cooled > 0 || s.orphans > 0 => info!(
+                        "reaper: {} of {} sessions expired, {} cooldowns ended, {} orphaned reverse entries removed",
+                        s.expired, s.scanned, s.cooled, s.orphans
                     ),
                     Ok(_) => {}
                     Err(e) => warn!("reaper: {e:#}"),
@@ -188,7 +193,6 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         }
     }
     info!("stopping: detaching from {}", args.iface);
-    drop(tables);
     instance.remove()?;
     pidfile::remove(netns, &args.iface);
     drop(ebpf);
