@@ -149,6 +149,9 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     pidfile::write(netns, &args.iface)?;
 
     let sweeper = KernelSweep::load(&mut ebpf, args.reap_interval_ms, 0)?;
+    // The first run arms the sweep timer: from here on sessions expire even
+    // if this process dies.
+    reaper::sweep(&sweeper, &ebpf).context("the first expiry sweep failed")?;
     let _responder = reject::spawn(
         ebpf.take_map(MAP_REJECTS)
             .context("map NAT_REJECTS missing from the object")?,

@@ -7,7 +7,10 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::IterableMap as _;
-use nat_common::flow::{FlowKey, NextHop, PROTO_TCP, Session, seen};
+use nat_common::{
+    config::Config,
+    flow::{FlowKey, NextHop, PROTO_TCP, Session, seen},
+};
 use serde_json::json;
 
 use crate::{
@@ -31,11 +34,18 @@ fn cpu_seconds() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// One full sweep with its wall and CPU seconds.
+fn timed(sweeper: &KernelSweep, ebpf: &aya::Ebpf) -> Result<(reaper::Sweep, f64, f64)> {
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let s = reaper::sweep(sweeper, ebpf)?;
+    Ok((s, wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
+}
+
 pub fn run(sessions: u32, as_json: bool) -> Result<()> {
     let mut ebpf = load_object(sessions + 1024, sessions + 1024, Globals::default())?;
     let sweeper = KernelSweep::load(&mut ebpf, 0, 0)?;
     let mut tables = Tables::from_ebpf(&mut ebpf)?;
-    let mut cfg = nat_common::config::Config {
+    let mut cfg = Config {
         pool_len: 1,
         ..Default::default()
     };
@@ -85,52 +95,62 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
     let fill_s = filled.elapsed().as_secs_f64();
     drop((fwd, rev));
 
-    // A routine sweep: every session is read and checked, none has expired.
-    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
-    let scan = reaper::sweep(&sweeper, &ebpf)?;
-    let (scan_wall, scan_cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
-    ensure!(
-        scan.expired == 0 && scan.scanned == u64::from(sessions),
-        "the routine sweep expired {} and scanned {} of {sessions} live sessions",
-        scan.expired,
-        scan.scanned
-    );
+    // Routine sweeps, none expiring. Busy: every session was seen within
+    // the shortest timeout, so its forward entry alone clears it. Quiet:
+    // idle past the shortest timeout but not its own, so both entries are read.
+    let busy_cfg = Config {
+        timeout_tcp_closed_ms: 2 * IDLE_NS / 1_000_000,
+        timeout_icmp_ms: 2 * IDLE_NS / 1_000_000,
+        ..cfg
+    };
+    tables.set_config(busy_cfg)?;
+    let busy = timed(&sweeper, &ebpf)?;
+    tables.set_config(cfg)?;
+    let quiet = timed(&sweeper, &ebpf)?;
+    for (name, (s, _, _)) in [("busy", &busy), ("quiet", &quiet)] {
+        ensure!(
+            s.expired == 0 && s.scanned == u64::from(sessions),
+            "the {name} sweep expired {} and scanned {} of {sessions} live sessions",
+            s.expired,
+            s.scanned
+        );
+    }
 
     // The established timeout drops below their idle time (a live setting):
     // each session cools and is deleted.
     cfg.timeout_tcp_established_ms = IDLE_NS / 2_000_000;
     tables.set_config(cfg)?;
-    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
-    let expire = reaper::sweep(&sweeper, &ebpf)?;
-    let (expire_wall, expire_cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let expire = timed(&sweeper, &ebpf)?;
     let cooling = tables.cooldown_entries()?.len();
     ensure!(
-        expire.expired == u64::from(sessions)
+        expire.0.expired == u64::from(sessions)
             && cooling == sessions as usize
             && tables.forward_entries()?.is_empty(),
         "the expiring sweep expired {} of {sessions} sessions and left {cooling} cooling",
-        expire.expired
+        expire.0.expired
     );
 
+    let report = |(s, wall, cpu): &(reaper::Sweep, f64, f64)| json!({ "scanned": s.scanned, "expired": s.expired, "runs": s.runs, "wall_s": wall, "cpu_s": cpu });
     if as_json {
         println!(
             "{}",
             json!({
                 "sessions": sessions, "fill_s": fill_s,
-                "scan": { "scanned": scan.scanned, "expired": scan.expired, "wall_s": scan_wall, "cpu_s": scan_cpu },
-                "expire": { "scanned": expire.scanned, "expired": expire.expired, "runs": expire.runs, "wall_s": expire_wall, "cpu_s": expire_cpu },
+                "scan_busy": report(&busy), "scan": report(&quiet), "expire": report(&expire),
             })
         );
     } else {
         println!("{sessions} sessions (filled in {fill_s:.2}s)");
-        println!(
-            "sweep, none expired: {} scanned in {scan_wall:.3}s wall, {scan_cpu:.3}s CPU",
-            scan.scanned
-        );
-        println!(
-            "sweep, all expired:  {} expired in {} runs, {expire_wall:.3}s wall, {expire_cpu:.3}s CPU",
-            expire.expired, expire.runs
-        );
+        for (name, (s, wall, cpu)) in [
+            ("none expired, busy: ", &busy),
+            ("none expired, quiet:", &quiet),
+            ("all expired:        ", &expire),
+        ] {
+            println!(
+                "sweep, {name} {} scanned, {} expired in {} runs, {wall:.3}s wall, {cpu:.3}s CPU",
+                s.scanned, s.expired, s.runs
+            );
+        }
     }
     Ok(())
 }
