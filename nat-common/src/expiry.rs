@@ -12,6 +12,11 @@ use crate::{
 /// (a run is one BPF program invocation, not preemptible).
 pub const SWEEP_BUDGET: u32 = 65_536;
 
+/// Entries one timer run looks at, at most: the timer runs in softirq
+/// context, where a walk of a whole large table would hold up the CPU's
+/// packet processing; a run that stops here resumes where it stopped.
+pub const TIMER_SCAN_BUDGET: u32 = 65_536;
+
 /// A reverse entry without its forward entry is an orphan only once it is
 /// this old: the allocator inserts the reverse entry a moment before the
 /// forward one, and a reply refreshes `last_seen` at most every
@@ -30,7 +35,9 @@ pub const TIMER_TAKEOVER_INTERVALS: u64 = 2;
 pub const ORPHAN_WALK_EVERY: u64 = 32;
 
 /// Where a sweep run starts and, returned by the run, where the next one
-/// resumes: [`phase::DONE`] when it walked everything.
+/// resumes, in the low two bits of a resume token (the entries of that
+/// phase's map to pass over are in the bits above): a token of
+/// [`phase::DONE`] when it walked everything.
 pub mod phase {
     /// Returned: nothing left. Given: start a new sweep.
     pub const DONE: u8 = 0;
@@ -51,7 +58,8 @@ pub struct SweepControl {
     pub interval_ns: u64,
     /// [`SWEEP_BUDGET`] unless set (bench and tests may lower it).
     pub budget: u32,
-    pub _pad: u32,
+    /// Entries one timer run looks at, at most ([`TIMER_SCAN_BUDGET`]; 0: no limit).
+    pub timer_scan: u32,
 }
 
 /// Per-CPU running totals of the kernel sweep, indices into the sweep stats

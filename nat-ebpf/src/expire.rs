@@ -50,7 +50,7 @@ use nat_common::{
 use crate::{
     maps::{
         NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_CTL, NAT_SWEEP_STATS,
-        NAT_SWEEP_TIMER, SweepTimer,
+        NAT_SWEEP_TIMER, NAT_SWEEP_WALK, SweepTimer,
     },
     packet::{now_ns, read},
 };
@@ -61,16 +61,29 @@ const STOP: u64 = 1;
 
 const CLOCK_BOOTTIME: u64 = 7;
 
-/// State of one run, on the stack of the run's entry point and handed to
-/// each callback by pointer.
+/// State of one run. It lives in a per-CPU map slot, not on the stack:
+/// the verifier follows a callback until its state stops changing, and
+/// counters on the stack change with every element it simulates, while a
+/// map value is just some number to it. Slot 0 is the daemon's run, slot 1
+/// the timer's: the timer's softirq may interrupt a daemon run on the same
+/// CPU, nothing else nests.
 #[repr(C)]
-struct Walk {
+pub struct Walk {
     now: u64,
     shortest: u64,
     budget: u32,
     work: u32,
     stopped: u32,
     _pad: u32,
+    /// Entries of this phase's map to pass over first: the previous run of
+    /// this sweep looked at them already.
+    skip: u64,
+    passed: u64,
+    /// Entries of this phase looked at, and of those deleted.
+    visited: u64,
+    removed: u64,
+    /// Entries this run may still look at, over all phases; 0: no limit.
+    scan_left: u64,
     scanned: u64,
     expired: u64,
     ended: u64,
@@ -79,34 +92,85 @@ struct Walk {
 }
 
 impl Walk {
-    /// Counts one deletion; `STOP` once the budget is spent.
+    /// Whether the callback looks at this element (false: passed over).
     #[inline(always)]
-    fn spend(&mut self) -> u64 {
-        self.work += 1;
-        if self.work >= self.budget {
+    fn enter(&mut self) -> bool {
+        if self.passed < self.skip {
+            self.passed += 1;
+            return false;
+        }
+        self.visited += 1;
+        true
+    }
+
+    /// Ends one element's visit; `STOP` once the budget of deletions or of
+    /// entries looked at is spent.
+    #[inline(always)]
+    fn leave(&mut self, removed: bool) -> u64 {
+        if removed {
+            self.removed += 1;
+            self.work += 1;
+        }
+        let scanned_out = match self.scan_left {
+            0 => false,
+            1 => true,
+            n => {
+                self.scan_left = n - 1;
+                false
+            }
+        };
+        if self.work >= self.budget || scanned_out {
             self.stopped = 1;
             STOP
         } else {
             NEXT
         }
     }
+
+    /// Starts the walk of the next phase's map from its first entry.
+    #[inline(always)]
+    fn next_phase(&mut self) {
+        self.skip = 0;
+        self.passed = 0;
+        self.visited = 0;
+        self.removed = 0;
+    }
+
+    /// How many entries of the current map the next run passes over: the
+    /// ones looked at that are still there. Entries inserted or deleted by
+    /// others meanwhile shift it a little: an entry it then misses is
+    /// looked at in the next sweep (late, never early).
+    #[inline(always)]
+    fn cursor(&self) -> u64 {
+        (self.skip + self.visited).saturating_sub(self.removed)
+    }
 }
 
-/// One sweep run for the daemon. The first byte of the test frame is the
-/// [`phase`] to start at, as the previous run returned it; the return value
-/// is where the next run resumes ([`phase::DONE`]: the sweep is complete).
+/// A resume token: the phase in the low bits, the cursor above them (both
+/// fit: no map holds 2^29 entries).
+#[inline(always)]
+const fn token(phase: u8, cursor: u64) -> u32 {
+    if cursor >= 1 << 29 {
+        return phase as u32;
+    }
+    ((cursor as u32) << 2) | phase as u32
+}
+
+/// One sweep run for the daemon. The first four bytes of the test frame
+/// are the resume token the previous run returned (0: a new sweep); the
+/// return value is the next run's token, 0 ([`phase::DONE`]) when the sweep
+/// is complete. It looks at every entry it needs to (it runs in process
+/// context): only its deletions are budgeted.
 #[classifier]
 pub fn nat_sweep(ctx: TcContext) -> i32 {
-    // Two bytes read for one: LLVM turns a one-byte bound into
-    // `data >= data_end`, which the verifier does not take as a bound.
-    let start = read::<[u8; 2]>(ctx.data(), ctx.data_end(), 0).map_or(phase::DONE, |b| b[0]);
+    let start = read::<u32>(ctx.data(), ctx.data_end(), 0).unwrap_or(0);
     let Some(ctl) = NAT_SWEEP_CTL.get(0) else {
         return phase::DONE as i32;
     };
     if ctl.interval_ns != 0 {
         arm(ctl.interval_ns * TIMER_TAKEOVER_INTERVALS);
     }
-    sweep(now_ns(), ctl.budget, false, start) as i32
+    sweep(now_ns(), ctl.budget, 0, false, start) as i32
 }
 
 /// Initialises the timer (once: later calls get -EBUSY and change nothing),
@@ -140,11 +204,18 @@ extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, value: *mut SweepTimer
         return 0;
     }
     // SAFETY: `value` is the timer's own map value; only this callback
-    // writes its phase, and the kernel never runs it on two CPUs at once.
+    // writes its token, and the kernel never runs it on two CPUs at once.
     unsafe {
-        let next = sweep(now_ns(), ctl.budget, true, (*value).phase as u8);
-        (*value).phase = next as u32;
-        let delay = if next == phase::DONE {
+        // In softirq context: the entries one run looks at are bounded too.
+        let next = sweep(
+            now_ns(),
+            ctl.budget,
+            ctl.timer_scan as u64,
+            true,
+            (*value).resume,
+        );
+        (*value).resume = next;
+        let delay = if next == phase::DONE as u32 {
             ctl.interval_ns
         } else {
             TIMER_RESUME_NS
@@ -155,21 +226,32 @@ extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, value: *mut SweepTimer
 }
 
 /// Walks the cooldowns, the forward sessions and, every
-/// [`ORPHAN_WALK_EVERY`] sweeps, the reverse entries, from phase `start` on;
-/// returns the phase the next run resumes at, [`phase::DONE`] when it
-/// walked everything.
+/// [`ORPHAN_WALK_EVERY`] sweeps, the reverse entries, from the resume token
+/// `resume` on; returns the next run's token, 0 when it walked everything.
 #[inline(always)]
-fn sweep(now: u64, budget: u32, timer: bool, start: u8) -> u8 {
+fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u32 {
     let Some(cfg) = NAT_CONFIG.get(0) else {
-        return phase::DONE;
+        return phase::DONE as u32;
     };
-    let mut w = Walk {
+    let start = (resume & 3) as u8;
+    let slot = timer as u32;
+    let Some(w) = NAT_SWEEP_WALK.get_ptr_mut(slot) else {
+        return phase::DONE as u32;
+    };
+    // SAFETY: this CPU's slot for this kind of run; see [`Walk`].
+    let w = unsafe { &mut *w };
+    *w = Walk {
         now,
         shortest: shortest_idle_ns(cfg),
         budget: if budget == 0 { SWEEP_BUDGET } else { budget },
         work: 0,
         stopped: 0,
         _pad: 0,
+        skip: (resume >> 2) as u64,
+        passed: 0,
+        visited: 0,
+        removed: 0,
+        scan_left: scan_budget,
         scanned: 0,
         expired: 0,
         ended: 0,
@@ -185,10 +267,13 @@ fn sweep(now: u64, budget: u32, timer: bool, start: u8) -> u8 {
     if timer {
         add(SweepTotal::TimerRuns, 1);
     }
-    let ctx = &mut w as *mut Walk as *mut c_void;
+    // The callbacks find their `Walk` from the slot number handed to them.
+    let mut walk_slot = slot;
+    let ctx = &mut walk_slot as *mut u32 as *mut c_void;
     // Each phase is walked once per sweep; a run that stops at its budget
-    // leaves the rest of its phase to the next run, which walks that map
-    // from its start again (what this run deleted is gone from it).
+    // leaves the rest of its phase to the next run, which passes over what
+    // this one looked at (bpf_for_each_map_elem always starts at the first
+    // bucket, and passing over an entry costs far less than looking at it).
     let mut next = phase::DONE;
     // SAFETY: each callback only touches the `Walk` it is handed and the
     // element the kernel hands it.
@@ -205,6 +290,9 @@ fn sweep(now: u64, budget: u32, timer: bool, start: u8) -> u8 {
             next = phase::COOLDOWNS;
         }
         if w.stopped == 0 && start <= phase::SESSIONS {
+            if start < phase::SESSIONS {
+                w.next_phase();
+            }
             bpf_for_each_map_elem(
                 &NAT_FWD as *const _ as *mut c_void,
                 expire_session as *mut c_void,
@@ -214,6 +302,9 @@ fn sweep(now: u64, budget: u32, timer: bool, start: u8) -> u8 {
             next = phase::SESSIONS;
         }
         if w.stopped == 0 && (start == phase::ORPHANS || sweeps % ORPHAN_WALK_EVERY == 0) {
+            if start < phase::ORPHANS {
+                w.next_phase();
+            }
             bpf_for_each_map_elem(
                 &NAT_REV as *const _ as *mut c_void,
                 reap_orphan as *mut c_void,
@@ -229,10 +320,19 @@ fn sweep(now: u64, budget: u32, timer: bool, start: u8) -> u8 {
     add(SweepTotal::Kept, w.kept);
     add(SweepTotal::Orphans, w.orphans);
     if w.stopped == 0 {
-        return phase::DONE;
+        return phase::DONE as u32;
     }
     add(SweepTotal::Truncated, 1);
-    next
+    token(next, w.cursor())
+}
+
+/// The `Walk` of the run whose slot number `ctx` points to.
+#[inline(always)]
+fn walk<'a>(ctx: *mut c_void) -> Option<&'a mut Walk> {
+    // SAFETY: `ctx` is the caller's slot number on its stack.
+    let slot = unsafe { *(ctx as *const u32) };
+    // SAFETY: this CPU's slot, see [`Walk`].
+    NAT_SWEEP_WALK.get_ptr_mut(slot).map(|w| unsafe { &mut *w })
 }
 
 /// Adds to this CPU's total and returns the new value.
@@ -240,8 +340,10 @@ fn sweep(now: u64, budget: u32, timer: bool, start: u8) -> u8 {
 fn add(total: SweepTotal, n: u64) -> u64 {
     match NAT_SWEEP_STATS.get_ptr_mut(total as u32) {
         Some(slot) => {
-            // SAFETY: per-CPU slot; runs on one CPU do not overlap (a timer
-            // callback and a test run are not nested on a CPU).
+            // SAFETY: per-CPU slot. A timer run interrupting a daemon run
+            // on this CPU between the load and the store would lose one
+            // of the two additions: these are statistics, nothing decides
+            // on them.
             unsafe {
                 *slot += n;
                 *slot
@@ -296,29 +398,40 @@ extern "C" fn end_cooldown(
     until: *const u64,
     ctx: *mut c_void,
 ) -> u64 {
-    // SAFETY: the kernel hands the element and the caller's `Walk`.
-    let (w, key) = unsafe { (&mut *(ctx as *mut Walk), *key) };
-    // SAFETY: element value pointer.
-    if unsafe { read_volatile(until) } > w.now {
+    let Some(w) = walk(ctx) else {
+        return STOP;
+    };
+    if !w.enter() {
         return NEXT;
+    }
+    let removed = end_one(w, key, until);
+    w.leave(removed)
+}
+
+#[inline(always)]
+fn end_one(w: &mut Walk, key: *const FlowKey, until: *const u64) -> bool {
+    // SAFETY: element key and value pointers.
+    let (key, until) = unsafe { (*key, read_volatile(until)) };
+    if until > w.now {
+        return false;
     }
     // SAFETY: read-only lookup.
     if unsafe { NAT_REV.get(&key) }.is_some() {
-        return NEXT;
+        return false;
     }
     // A fresh lookup: an update replaces the element, so the one handed to
     // this callback may be the old one.
     match NAT_COOLDOWN.get_ptr(&key) {
         // SAFETY: map value pointer from the lookup.
         Some(cur) if unsafe { read_volatile(cur) } <= w.now => {}
-        _ => return NEXT,
+        _ => return false,
     }
     let _ = NAT_COOLDOWN.remove(&key);
     w.ended += 1;
     if let Some(rev) = NAT_REV.get_ptr(&key) {
         restore(&key, rev, w.now);
     }
-    w.spend()
+    true
 }
 
 /// Re-derives the cooldown of a session holding `key` from its close, if it
@@ -356,16 +469,26 @@ extern "C" fn expire_session(
     fwd: *mut Session,
     ctx: *mut c_void,
 ) -> u64 {
-    // SAFETY: the caller's `Walk`.
-    let w = unsafe { &mut *(ctx as *mut Walk) };
+    let Some(w) = walk(ctx) else {
+        return STOP;
+    };
+    if !w.enter() {
+        return NEXT;
+    }
     w.scanned += 1;
+    let removed = expire_one(w, key, fwd);
+    w.leave(removed)
+}
+
+#[inline(always)]
+fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     // SAFETY: element value pointer.
     let f_last = unsafe { read_volatile(&(*fwd).last_seen) };
     if w.now.saturating_sub(f_last) <= w.shortest {
-        return NEXT;
+        return false;
     }
     let Some(cfg) = NAT_CONFIG.get(0) else {
-        return STOP;
+        return false;
     };
     // SAFETY: element key and value pointers.
     let (key, addr, port, f_seen) = unsafe { (*key, (*fwd).addr, (*fwd).port, (*fwd).seen) };
@@ -387,7 +510,7 @@ extern "C" fn expire_session(
         last,
         idle_timeout_ms(state_of(key.proto, f_seen, r_seen), cfg),
     ) {
-        return NEXT;
+        return false;
     }
     let kind = expiry_kind(key.proto, f_seen, r_seen);
     if let Some(until) = cooldown_until(kind, cfg, w.now, last)
@@ -396,7 +519,7 @@ extern "C" fn expire_session(
         // Never free a key without cooling it: the session and its port
         // stay until the cooldown map has room.
         w.kept += 1;
-        return NEXT;
+        return false;
     }
     // A packet since the reads above: the session lives on (the cooldown
     // just written does no harm while the key is claimed).
@@ -406,14 +529,14 @@ extern "C" fn expire_session(
             || rev.is_some_and(|r| read_volatile(&(*r).last_seen) != r_last)
     };
     if moved {
-        return NEXT;
+        return false;
     }
     let _ = NAT_FWD.remove(&key);
     if rev.is_some() {
         let _ = NAT_REV.remove(&rev_key);
     }
     w.expired += 1;
-    w.spend()
+    true
 }
 
 /// A reverse entry whose forward entry is gone (or points elsewhere) keeps
@@ -425,12 +548,22 @@ extern "C" fn reap_orphan(
     rev: *mut Session,
     ctx: *mut c_void,
 ) -> u64 {
-    // SAFETY: the caller's `Walk`.
-    let w = unsafe { &mut *(ctx as *mut Walk) };
+    let Some(w) = walk(ctx) else {
+        return STOP;
+    };
+    if !w.enter() {
+        return NEXT;
+    }
+    let removed = reap_one(w, key, rev);
+    w.leave(removed)
+}
+
+#[inline(always)]
+fn reap_one(w: &mut Walk, key: *const FlowKey, rev: *mut Session) -> bool {
     // SAFETY: element value pointer.
     let r_last = unsafe { read_volatile(&(*rev).last_seen) };
     if w.now.saturating_sub(r_last) <= ORPHAN_GRACE_NS.max(w.shortest) {
-        return NEXT;
+        return false;
     }
     // SAFETY: element key and value pointers.
     let (key, addr, port, r_seen) = unsafe { (*key, (*rev).addr, (*rev).port, (*rev).seen) };
@@ -440,10 +573,10 @@ extern "C" fn reap_orphan(
         && f.addr == key.saddr
         && f.port == key.sport
     {
-        return NEXT;
+        return false;
     }
     let Some(cfg) = NAT_CONFIG.get(0) else {
-        return STOP;
+        return false;
     };
     // Only this direction's bits are left: a TCP orphan counts as idle
     // (the longest cooldown) unless it saw a reset.
@@ -452,13 +585,13 @@ extern "C" fn reap_orphan(
         && !cool(&key, until)
     {
         w.kept += 1;
-        return NEXT;
+        return false;
     }
     // SAFETY: element value pointer.
     if unsafe { read_volatile(&(*rev).last_seen) } != r_last {
-        return NEXT;
+        return false;
     }
     let _ = NAT_REV.remove(&key);
     w.orphans += 1;
-    w.spend()
+    true
 }

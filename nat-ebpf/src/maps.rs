@@ -57,15 +57,19 @@ pub static NAT_SWEEP_CTL: Array<SweepControl> = Array::with_max_entries(1, 0);
 #[map(name = "NAT_SWEEP_STATS")]
 pub static NAT_SWEEP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SWEEP_TOTALS, 0);
 
+/// Scratch state of a sweep run: slot 0 for the daemon's runs, 1 for the timer's.
+#[map(name = "NAT_SWEEP_WALK")]
+pub static NAT_SWEEP_WALK: PerCpuArray<crate::expire::Walk> = PerCpuArray::with_max_entries(2, 0);
+
 /// The value of the sweep timer map. The kernel finds the `bpf_timer` in it
 /// through the map's BTF, which is why this one map is a BTF map (`.maps`)
 /// while the others keep the legacy definitions the loader sizes at load.
 #[repr(C)]
 pub struct SweepTimer {
     pub timer: bpf_timer,
-    /// Where the timer's next run resumes ([`nat_common::expiry::phase`]);
-    /// written by the timer's callback only.
-    pub phase: u32,
+    /// Where the timer's next run resumes (a resume token, 0: a new
+    /// sweep); written by the timer's callback only.
+    pub resume: u32,
     pub _pad: u32,
 }
 

@@ -9,7 +9,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use nat_common::{
-    expiry::{SWEEP_TOTALS, SweepControl, SweepTotal, phase},
+    expiry::{SWEEP_TOTALS, SweepControl, SweepTotal, TIMER_SCAN_BUDGET, phase},
     names::{MAP_SWEEP_CTL, MAP_SWEEP_STATS, PROG_SWEEP},
 };
 
@@ -18,7 +18,7 @@ use nat_common::{
 const MAX_RUNS: u32 = 4096;
 
 /// A test run of a TC program needs a packet of at least an Ethernet
-/// header; its first byte tells the sweep where to start.
+/// header; its first four bytes are the resume token the sweep starts from.
 const FRAME_LEN: usize = 64;
 
 /// Running totals of the sweep over all CPUs, indexed by [`SweepTotal`].
@@ -69,7 +69,7 @@ impl KernelSweep {
         let control = SweepControl {
             interval_ns: interval_ms.saturating_mul(1_000_000),
             budget,
-            _pad: 0,
+            timer_scan: TIMER_SCAN_BUDGET,
         };
         ctl.set(0, control, 0)
             .context("cannot write the sweep control map")?;
@@ -99,7 +99,6 @@ impl KernelSweep {
             .try_into()?;
         let before = self.totals()?;
         let mut frame = [0u8; FRAME_LEN];
-        frame[0] = phase::DONE;
         for _ in 0..MAX_RUNS {
             let result = prog
                 .test_run(TestRunOptions {
@@ -108,13 +107,14 @@ impl KernelSweep {
                     ..Default::default()
                 })
                 .context("cannot run the expiry sweep (BPF_PROG_TEST_RUN)")?;
-            match u8::try_from(result.return_value) {
-                Ok(phase::DONE) => return Ok(self.totals()?.since(&before)),
-                Ok(next @ (phase::COOLDOWNS | phase::SESSIONS | phase::ORPHANS)) => frame[0] = next,
-                _ => bail!(
-                    "the expiry sweep returned {}, not a phase",
-                    result.return_value
-                ),
+            // The token the next run resumes from: a phase in the low bits.
+            let token = result.return_value;
+            match (token & 3) as u8 {
+                phase::DONE if token == 0 => return Ok(self.totals()?.since(&before)),
+                phase::COOLDOWNS | phase::SESSIONS | phase::ORPHANS => {
+                    frame[..4].copy_from_slice(&token.to_ne_bytes());
+                }
+                _ => bail!("the expiry sweep returned {token}, not a resume token"),
             }
         }
         bail!("the expiry sweep did not finish in {MAX_RUNS} runs")
