@@ -128,7 +128,9 @@ pub const fn expired(now: u64, last_seen: u64, timeout_ms: u64) -> bool {
 /// `last_seen` with its exact time and later packets only move it later, so
 /// `last_seen` + the cooldown ends no earlier than the cooldown the close
 /// started. Of an idle session nothing is known, so its cooldown runs from
-/// the moment the key is freed.
+/// the moment the key is freed. A cooldown that has ended by `now` (a
+/// session that lingered past its close for longer than the cooldown) is
+/// `None` too: the key has cooled already.
 #[inline(always)]
 pub const fn cooldown_until(
     kind: CloseKind,
@@ -144,7 +146,8 @@ pub const fn cooldown_until(
         CloseKind::ExternalFirst | CloseKind::InternalFirst | CloseKind::Reset => last_seen,
         CloseKind::Idle | CloseKind::Udp => now,
     };
-    Some(from.saturating_add(ms * 1_000_000))
+    let until = from.saturating_add(ms * 1_000_000);
+    if until <= now { None } else { Some(until) }
 }
 
 #[cfg(test)]
@@ -177,7 +180,7 @@ mod tests {
     #[test]
     fn closes_cool_from_the_close_idles_from_now() {
         let cfg = Config::default();
-        let (now, last) = (500_000_000_000, 400_000_000_000);
+        let (now, last) = (500_000_000_000, 495_000_000_000);
         assert_eq!(
             cooldown_until(CloseKind::Reset, &cfg, now, last),
             Some(last + cfg.cooldown_rst_ms * 1_000_000)
@@ -185,6 +188,16 @@ mod tests {
         assert_eq!(
             cooldown_until(CloseKind::Idle, &cfg, now, last),
             Some(now + cfg.cooldown_ms * 1_000_000)
+        );
+        // A close longer ago than its cooldown: cooled already.
+        assert_eq!(
+            cooldown_until(
+                CloseKind::Reset,
+                &cfg,
+                last + cfg.cooldown_rst_ms * 1_000_000,
+                last
+            ),
+            None
         );
         // UDP cooldown is off by default.
         assert_eq!(cooldown_until(CloseKind::Udp, &cfg, now, last), None);

@@ -42,7 +42,8 @@ fn timed(sweeper: &KernelSweep, ebpf: &aya::Ebpf) -> Result<(reaper::Sweep, f64,
 }
 
 pub fn run(sessions: u32, as_json: bool) -> Result<()> {
-    let mut ebpf = load_object(sessions + 1024, sessions + 1024, Globals::default())?;
+    // Twice as many cooldowns as sessions, as the defaults have.
+    let mut ebpf = load_object(sessions + 1024, 2 * sessions + 1024, Globals::default())?;
     let sweeper = KernelSweep::load(&mut ebpf, 0, 0)?;
     let mut tables = Tables::from_ebpf(&mut ebpf)?;
     let mut cfg = Config {
@@ -136,7 +137,8 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
             "{}",
             json!({
                 "sessions": sessions, "fill_s": fill_s,
-                "scan_busy": report(&busy), "scan": report(&quiet), "expire": report(&expire),
+                // "scan" is the busy sweep, as before the quiet one was added.
+                "scan": report(&busy), "scan_quiet": report(&quiet), "expire": report(&expire),
             })
         );
     } else {
