@@ -13,12 +13,14 @@
 //! fail with -ENOMEM under load and cost a timer per session).
 //!
 //! Each map is walked with bpf_for_each_map_elem. A callback may delete the
-//! element it was handed (the hash map walk runs under RCU and steps to the
-//! next element through the bucket's nulls list, so an element that is
-//! freed or reused meanwhile at worst ends that bucket early or shows an
-//! element twice: the next run sees what this one missed). Work per run is
-//! bounded by a budget of deletions; a run that stops early reports it and
-//! the next run, which walks from the start, picks up what is left.
+//! element it was handed: the hash map walk (kernel/bpf/hashtab.c
+//! `bpf_for_each_hash_elem`) holds the RCU read lock per bucket and steps on
+//! through the element's `next`, which a delete leaves intact; an element of
+//! a preallocated map that another CPU reuses meanwhile can at worst end that
+//! bucket's walk early or show an element twice, and the next sweep sees
+//! what this one missed. Work per run is bounded by a budget of deletions
+//! (and, for the timer's runs, of entries looked at); a run that stops early
+//! returns a resume token, and the next run passes over what it looked at.
 //!
 //! The guarantees of the user-space reaper stay: a key is cooled before its
 //! session is freed (cooldown first, then the forward entry, then the reverse
