@@ -9,6 +9,7 @@
 pub mod config;
 pub mod counters;
 pub mod csum;
+pub mod expiry;
 pub mod flow;
 pub mod forward;
 pub mod headers;
@@ -20,6 +21,7 @@ pub mod tcp_state;
 mod pod {
     use crate::{
         config::{Config, PoolAddr},
+        expiry::SweepControl,
         flow::{FlowKey, Session},
     };
 
@@ -29,4 +31,5 @@ mod pod {
     unsafe impl aya::Pod for Session {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PoolAddr {}
+    unsafe impl aya::Pod for SweepControl {}
 }

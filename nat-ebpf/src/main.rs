@@ -14,6 +14,8 @@ mod egress;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
+mod expire;
+#[cfg(target_arch = "bpf")]
 mod fast;
 #[cfg(target_arch = "bpf")]
 mod frag;

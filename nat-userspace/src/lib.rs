@@ -7,6 +7,7 @@ pub mod batch;
 pub mod cli;
 pub mod defaults;
 pub mod event_log;
+pub mod expiry;
 pub mod iface;
 pub mod load;
 pub mod netns;

@@ -138,19 +138,9 @@ impl Tables {
         Some((rev_key, SessionView::new(key, &fwd, rev.as_ref())))
     }
 
-    /// When the key stops cooling, if it is cooling (ended or not).
-    pub fn cooling_until(&self, key: &FlowKey) -> Option<u64> {
-        self.cooldown.get(key, 0).ok()
-    }
-
     /// Cools a reverse key until `until` (boot-clock ns).
     pub fn cool(&mut self, key: FlowKey, until: u64) -> Result<(), MapError> {
         self.cooldown.insert(key, until, 0)
-    }
-
-    /// Lets a key be handed out again.
-    pub fn end_cooldown(&mut self, key: &FlowKey) -> Result<(), MapError> {
-        self.cooldown.remove(key)
     }
 
     /// Deletes a session: the forward entry first, so egress can no longer

@@ -1,7 +1,8 @@
 //! `nat load`, one phase per module in the order they run: validate the
 //! command line, open or adopt the pinned instance, load the object against
 //! its maps, populate them, attach (or update the pinned links), hand over
-//! from a replaced daemon, serve (reaper, reject responder, event log) until
+//! from a replaced daemon, arm the expiry sweep, serve (sweeps, reject
+//! responder, event log) until
 //! a signal, stop the control plane.
 
 mod attach;
@@ -50,9 +51,10 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     attach::attach_fast_path(&mut ebpf, &args, ingress, &plan.fast, &mut instance)?;
     instance.started();
     handover::take_over(netns, &args.iface, replaced).await?;
+    let sweeper = serve::first_sweep(&mut ebpf, args.reap_interval_ms)?;
     announce(&args, &plan, mode)?;
 
-    serve::serve(&mut ebpf, args.reap_interval_ms, stop).await?;
+    serve::serve(&mut ebpf, &sweeper, args.reap_interval_ms, stop).await?;
 
     stop_control_plane(&mut instance, &args, netns)?;
     drop(ebpf);
