@@ -47,6 +47,7 @@ counters! {
     CooldownFull = "cooldown_map_full": "cooldowns that could not be recorded because the cooldown map was full",
     NoSession = "drop_no_session": "internal TCP segments without SYN and without a session, dropped",
     AllocFail = "drop_alloc_failed": "new flows for which no external port was free, dropped",
+    SessionTableFull = "drop_session_table_full": "new flows dropped because a session map (NAT_FWD or NAT_REV) was full: raise --max-sessions",
     Malformed = "drop_malformed": "packets with truncated or inconsistent headers, dropped",
     Unsupported = "drop_unsupported": "internal packets the NAT does not translate (not TCP, UDP, ICMP echo or ICMP error), dropped",
     FragUnknown = "fragment_unknown": "later fragments whose first fragment was not seen (from inside dropped, from outside passed)",

@@ -7,6 +7,8 @@ use nat_common::{counters::Counter, headers::HeaderError};
 pub enum DropReason {
     NoSession,
     AllocFail,
+    /// A session map is full: no candidate can be claimed.
+    SessionTableFull,
     Malformed,
     Unsupported,
     FragUnknown,
@@ -21,6 +23,7 @@ impl DropReason {
         match self {
             DropReason::NoSession => Counter::NoSession,
             DropReason::AllocFail => Counter::AllocFail,
+            DropReason::SessionTableFull => Counter::SessionTableFull,
             DropReason::Malformed => Counter::Malformed,
             DropReason::Unsupported => Counter::Unsupported,
             DropReason::FragUnknown => Counter::FragUnknown,
@@ -111,6 +114,15 @@ pub fn pinned_read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<
     let p = pinned_ptr_at::<T>(data, data_end, off)?;
     // SAFETY: bounds checked above; packet fields are not aligned.
     Ok(unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Bytes after the Ethernet header of an XDP frame (TC programs have the
+/// skb's length); 0 for a runt, which then fails its first header read
+/// instead of wrapping around to a huge length.
+#[inline(always)]
+pub fn frame_ip_len(data: usize, end: usize) -> usize {
+    end.saturating_sub(data)
+        .saturating_sub(nat_common::headers::ETH_HLEN)
 }
 
 #[inline(always)]

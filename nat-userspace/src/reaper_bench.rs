@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result};
 use aya::maps::IterableMap as _;
-use nat_common::flow::{FlowKey, NextHop, PROTO_TCP, Session, seen};
+use nat_common::flow::{FlowKey, PROTO_TCP, Session, seen};
 use serde_json::json;
 
 use crate::{
@@ -54,18 +54,16 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
         let out = Session {
             addr: ext,
             port: port.to_be(),
-            seen: seen::SYN,
-            _pad: 0,
+            seen: seen::SYN.into(),
             last_seen: now,
-            hop: NextHop::default(),
+            ..Session::default()
         };
         let back = Session {
             addr: key.saddr,
             port: key.sport,
-            seen: seen::SYN_ACK,
-            _pad: 0,
+            seen: seen::SYN_ACK.into(),
             last_seen: now,
-            hop: NextHop::default(),
+            ..Session::default()
         };
         rev.push((key.translated(ext, out.port), back));
         fwd.push((key, out));
