@@ -109,13 +109,6 @@ pub fn pinned_ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut
     Ok(p as *mut T)
 }
 
-#[inline(always)]
-pub fn pinned_read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, DropReason> {
-    let p = pinned_ptr_at::<T>(data, data_end, off)?;
-    // SAFETY: bounds checked above; packet fields are not aligned.
-    Ok(unsafe { core::ptr::read_unaligned(p) })
-}
-
 /// Bytes after the Ethernet header of an XDP frame (TC programs have the
 /// skb's length); 0 for a runt, which then fails its first header read
 /// instead of wrapping around to a huge length.
