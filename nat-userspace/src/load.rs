@@ -103,8 +103,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     }
     warn_ephemeral_overlap(args.ports.lo, args.ports.hi);
 
-    std::fs::create_dir_all(&pins.dir)
-        .with_context(|| format!("cannot create {}", pins.dir.display()))?;
+    pins.create()?;
     let mut instance = Instance {
         pins,
         links: Vec::new(),
