@@ -74,6 +74,12 @@ pub struct Session {
     /// Generation and [`seen`] bits of this entry's direction
     /// ([`crate::seen_word`]); changed only by compare-and-exchange.
     pub seen: u64,
+    /// Forward entry: the internal host's latest TCP acknowledgment number
+    /// and window field (network byte order, as sent), against which resets
+    /// from outside are checked ([`crate::tcp_state::rst_in_window`]); 0:
+    /// none yet in this connection. Unused in the reverse entry.
+    pub acked: u32,
+    pub window: u32,
     /// Boot-clock nanoseconds of the last packet, refreshed at most every
     /// [`crate::config::TOUCH_GRANULARITY_NS`].
     pub last_seen: u64,

@@ -194,6 +194,8 @@ extern "C" fn nat_claim_pair(
         port: fwd.sport,
         _pad: 0,
         seen: 0,
+        acked: 0,
+        window: 0,
         last_seen: now,
         hop: HopCache::default(),
     };

@@ -301,6 +301,7 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
 fn track_session(c: &Candidate, now: u64) -> Endpoint {
     touch(c.entry, now);
     if c.ip.proto == PROTO_TCP {
+        track::note_ack(c.entry, c.l4.tcp_flags, c.l4.ack, c.l4.window);
         track::egress(&c.key, c.entry, c.l4.tcp_flags, now);
     }
     // SAFETY: live map value from the lookup in `candidate`.

@@ -92,10 +92,11 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> 
         return Ok(Class::Pass(Counter::NotOursIn));
     };
     let now = now_ns();
-    touch(entry, now);
-    if ip.proto == PROTO_TCP {
-        track::ingress(&key, entry, l4.tcp_flags, now);
+    if ip.proto == PROTO_TCP && !track::ingress(&key, entry, l4.tcp_flags, l4.seq, now) {
+        // A blind reset: it neither refreshes, closes nor cools the session.
+        return Err(DropReason::RstOutOfWindow);
     }
+    touch(entry, now);
     // SAFETY: live map value from the lookup above.
     let to = Endpoint::of(unsafe { &*entry });
     Ok(Class::Session(Inbound {

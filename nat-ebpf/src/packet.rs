@@ -7,6 +7,8 @@ use nat_common::{counters::Counter, headers::HeaderError};
 pub enum DropReason {
     NoSession,
     AllocFail,
+    /// A reset from outside outside the internal host's window.
+    RstOutOfWindow,
     /// A session map is full: no candidate can be claimed.
     SessionTableFull,
     Malformed,
@@ -23,6 +25,7 @@ impl DropReason {
         match self {
             DropReason::NoSession => Counter::NoSession,
             DropReason::AllocFail => Counter::AllocFail,
+            DropReason::RstOutOfWindow => Counter::RstOutOfWindow,
             DropReason::SessionTableFull => Counter::SessionTableFull,
             DropReason::Malformed => Counter::Malformed,
             DropReason::Unsupported => Counter::Unsupported,
@@ -204,6 +207,11 @@ pub struct L4Fields {
     pub dport: u16,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
+    /// TCP window field, as loaded; 0 for UDP.
+    pub window: u16,
+    /// TCP sequence and acknowledgment numbers, as loaded; 0 for UDP.
+    pub seq: u32,
+    pub ack: u32,
     /// Length of the transport header (TCP data offset, or 8 for UDP).
     pub hdr_len: u16,
     /// Offset of the checksum field from the start of the packet.
@@ -229,11 +237,19 @@ pub fn l4_fields(
     let dport = read::<u16>(data, data_end, at + off::L4_DPORT)?;
     match proto {
         PROTO_TCP => {
-            let hdr_len = check_tcp(read::<u8>(data, data_end, at + off::TCP_DOFF)?, l4_len)?;
+            // Sequence and acknowledgment numbers, data offset, flags and
+            // window in one checked read: separate reads let LLVM merge
+            // the bounds checks and recompute a pointer the verifier has
+            // no range for.
+            let h = read::<[u8; 12]>(data, data_end, at + off::TCP_SEQ)?;
+            let hdr_len = check_tcp(h[off::TCP_DOFF - off::TCP_SEQ], l4_len)?;
             Ok(L4Fields {
                 sport,
                 dport,
-                tcp_flags: read::<u8>(data, data_end, at + off::TCP_FLAGS)?,
+                tcp_flags: h[off::TCP_FLAGS - off::TCP_SEQ],
+                window: u16::from_ne_bytes([h[10], h[11]]),
+                seq: u32::from_ne_bytes([h[0], h[1], h[2], h[3]]),
+                ack: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
                 hdr_len: hdr_len as u16,
                 check_off: at + off::TCP_CHECK,
             })
@@ -250,6 +266,9 @@ pub fn l4_fields(
                 sport,
                 dport,
                 tcp_flags: 0,
+                window: 0,
+                seq: 0,
+                ack: 0,
                 hdr_len: nat_common::headers::UDP_HLEN as u16,
                 check_off: at + off::UDP_CHECK,
             })

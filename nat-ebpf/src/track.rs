@@ -18,7 +18,7 @@ use nat_common::{
         SharedWord, bits, current_rev_bits, ended, forward_add, forward_reopen, generation, pack,
         reverse_add, update,
     },
-    tcp_state::{CloseKind, close_kind, cooldown_ms, seen_bits},
+    tcp_state::{CloseKind, close_kind, cooldown_ms, rst_in_window, seen_bits},
 };
 
 use crate::{
@@ -46,10 +46,31 @@ pub fn egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
     nat_track_egress(fwd_key, fwd, flags as u64, now);
 }
 
-/// Ingress packet of an existing session.
+/// Ingress packet of an existing session, with its sequence number as
+/// loaded; `false` for a reset outside the internal host's window, which
+/// must be dropped (it has changed nothing).
 #[inline(always)]
-pub fn ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, now: u64) {
-    nat_track_ingress(rev_key, rev, flags as u64, now);
+pub fn ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now: u64) -> bool {
+    nat_track_ingress(rev_key, rev, flags as u64 | ((seq as u64) << 32), now) == 0
+}
+
+/// Records the internal host's acknowledgment and window from an egress
+/// segment that carries one, for checking resets from outside. Every ACK
+/// that moves the number writes it, on the forward entry only; two CPUs'
+/// writes may interleave, leaving a slightly older number, which the
+/// check's slack covers.
+#[inline(always)]
+pub fn note_ack(fwd: *mut Session, flags: u8, ack: u32, window: u16) {
+    if flags & ACK == 0 {
+        return;
+    }
+    // SAFETY: live map value pointer.
+    unsafe {
+        if (*fwd).acked != ack {
+            (*fwd).acked = ack;
+            (*fwd).window = window as u32;
+        }
+    }
 }
 
 // Global BPF functions: the verifier checks each once, on its own, instead
@@ -78,15 +99,24 @@ extern "C" fn nat_track_egress(
 extern "C" fn nat_track_ingress(
     rev_key: *const FlowKey,
     rev: *mut Session,
-    flags: u64,
+    flags_seq: u64,
     now: u64,
 ) -> i32 {
     if rev_key.is_null() || rev.is_null() {
         return 0;
     }
     // SAFETY: checked for null; the caller passes its stack key.
-    track_ingress(unsafe { &*rev_key }, rev, flags as u8, now);
-    0
+    if track_ingress(
+        unsafe { &*rev_key },
+        rev,
+        flags_seq as u8,
+        (flags_seq >> 32) as u32,
+        now,
+    ) {
+        0
+    } else {
+        1
+    }
 }
 
 #[inline(always)]
@@ -112,6 +142,9 @@ fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
         // removing the old session at this very moment.
         if update(&own_seen, |w| forward_reopen(w, epoch, other)).is_some() {
             stamp(fwd, now);
+            // Nothing of the new connection is acknowledged yet.
+            // SAFETY: live map value pointer.
+            unsafe { (*fwd).acked = 0 };
             count(Counter::Reopened);
         }
         return;
@@ -132,7 +165,7 @@ fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
 }
 
 #[inline(always)]
-fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, now: u64) {
+fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now: u64) -> bool {
     let own_seen = seen_of(rev);
     let before = own_seen.load();
     // Answered, open, and nothing new: established traffic ends here with
@@ -143,12 +176,26 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, now: u64) {
         && bits(before) & (seen::SYN_ACK | seen::ODD_ANSWER) != 0
         && !ended(bits(before), 0)
     {
-        return;
+        return true;
     }
     // SAFETY: live map value pointer.
     let (addr, port) = unsafe { ((*rev).addr, (*rev).port) };
     let fwd_key = FlowKey::new(PROTO_TCP, addr, port, rev_key.daddr, rev_key.dport);
-    let fwd_seen = NAT_FWD.get_ptr_mut(&fwd_key).map(seen_of);
+    let fwd = NAT_FWD.get_ptr_mut(&fwd_key);
+    if flags & RST != 0
+        && let Some(f) = fwd
+    {
+        // SAFETY: live map value pointer.
+        let (acked, window) = unsafe { ((*f).acked, (*f).window) };
+        if !rst_in_window(
+            u32::from_be(seq),
+            u32::from_be(acked),
+            u16::from_be(window as u16),
+        ) {
+            return false;
+        }
+    }
+    let fwd_seen = fwd.map(seen_of);
     // Without a forward entry (being reaped) the reverse keeps its own generation.
     let fwd_word = fwd_seen.map_or(pack(generation(before), 0), |f| f.load());
     let epoch = generation(fwd_word);
@@ -165,11 +212,11 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, now: u64) {
     }
     let other_fin = other & seen::FIN != 0;
     let Some((old, new)) = update(&own_seen, |w| reverse_add(w, epoch, packet, other_fin)) else {
-        return;
+        return true;
     };
     let added = bits(new) & !current_rev_bits(new, old);
     if added == 0 {
-        return;
+        return true;
     }
     // Counted by the one CPU whose exchange added the mark.
     if added & seen::ODD_ANSWER != 0 {
@@ -190,6 +237,7 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, now: u64) {
             start_cooldown(rev_key, kind, now);
         }
     }
+    true
 }
 
 /// Records when `rev_key` may be handed out again after a close of `kind`.

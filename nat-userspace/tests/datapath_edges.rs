@@ -39,7 +39,11 @@ const PORTS: PortRange = PortRange {
 /// TC: dropped; TCX "next" (passed or translated).
 const TC_ACT_SHOT: u32 = 2;
 const TC_NEXT: u32 = -1i32 as u32;
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const RST: u8 = 0x04;
 
 fn be(a: Ipv4Addr) -> u32 {
     u32::from(a).to_be()
@@ -155,11 +159,27 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize) -> [u8; 20]
 
 /// An Ethernet + IPv4 + TCP segment with correct checksums.
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    tcp_seq(src, sport, dst, dport, flags, [0, 0], 0)
+}
+
+/// [`tcp`] with sequence and acknowledgment numbers and a window field.
+fn tcp_seq(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    [seq, ack]: [u32; 2],
+    window: u16,
+) -> Vec<u8> {
     let mut seg = [0u8; 20];
     seg[0..2].copy_from_slice(&sport.to_be_bytes());
     seg[2..4].copy_from_slice(&dport.to_be_bytes());
+    seg[4..8].copy_from_slice(&seq.to_be_bytes());
+    seg[8..12].copy_from_slice(&ack.to_be_bytes());
     seg[12] = 5 << 4;
     seg[13] = flags;
+    seg[14..16].copy_from_slice(&window.to_be_bytes());
     let c = l4_checksum(src.octets(), dst.octets(), PROTO_TCP, &seg);
     seg[16..18].copy_from_slice(&c.to_ne_bytes());
     let mut p = eth(0x0800);
@@ -348,4 +368,91 @@ fn a_reopen_leaves_the_reverse_entry_to_ingress() {
     assert_eq!(generation(rev), generation(fwd));
     assert_eq!(bits(rev), seen::SYN_ACK);
     assert_eq!(state(fwd, rev), State::Established);
+}
+
+/// An established session as a handshake leaves it: the remote's initial
+/// sequence number is `remote_isn`, the internal host acknowledged it with
+/// window field 502. Returns the keys and the external port.
+fn established(dp: &mut Datapath, sport: u16, remote_isn: u32) -> (FlowKey, FlowKey, u16) {
+    let out = |dp: &mut Datapath, flags, nums, win| {
+        let seg = tcp_seq(INTERNAL, sport, REMOTE, REMOTE_PORT, flags, nums, win);
+        run(dp.tc(PROG_EGRESS), &seg).0
+    };
+    assert_eq!(out(dp, SYN, [1000, 0], 64_240), TC_NEXT);
+    let fwd_key = FlowKey::new(
+        PROTO_TCP,
+        be(INTERNAL),
+        sport.to_be(),
+        be(REMOTE),
+        REMOTE_PORT.to_be(),
+    );
+    let fwd = dp.fwd(&fwd_key);
+    let ext_port = u16::from_be(fwd.port);
+    let synack = tcp_seq(
+        REMOTE,
+        REMOTE_PORT,
+        EXTERNAL,
+        ext_port,
+        SYN | ACK,
+        [remote_isn, 1001],
+        65_160,
+    );
+    assert_eq!(run(dp.xdp(PROG_INGRESS), &synack).0, XDP_PASS);
+    assert_eq!(out(dp, ACK, [1001, remote_isn + 1], 502), TC_NEXT);
+    (fwd_key, fwd_key.translated(fwd.addr, fwd.port), ext_port)
+}
+
+fn state(dp: &Datapath, fwd_key: &FlowKey, rev_key: &FlowKey) -> State {
+    let (f, r) = (dp.fwd(fwd_key).seen, dp.rev(rev_key).seen);
+    state_of(PROTO_TCP, bits(f), current_rev_bits(f, r))
+}
+
+/// RFC 5961: a reset from outside whose sequence number misses the internal
+/// host's window is dropped and counted, and neither closes the session
+/// nor starts a cooldown; one in the window does both.
+#[test]
+fn a_blind_reset_from_outside_is_dropped_and_changes_nothing() {
+    let mut dp = Datapath::new(1024);
+    let isn = 0x7000_0000;
+    let (fwd_key, rev_key, ext_port) = established(&mut dp, PORTS.lo + 3, isn);
+    assert_eq!(state(&dp, &fwd_key, &rev_key), State::Established);
+    let reset = |seq| tcp_seq(REMOTE, REMOTE_PORT, EXTERNAL, ext_port, RST, [seq, 0], 0);
+
+    for guess in [isn.wrapping_add(1 << 31), isn.wrapping_sub(1 << 24), 12_345] {
+        assert_eq!(run(dp.xdp(PROG_INGRESS), &reset(guess)).0, XDP_DROP);
+    }
+    assert_eq!(dp.counter(Counter::RstOutOfWindow), 3);
+    assert_eq!(state(&dp, &fwd_key, &rev_key), State::Established);
+    assert!(dp.cooldown.get(&rev_key, 0).is_err(), "no cooldown");
+
+    // The remote's real reset: its next sequence number.
+    assert_eq!(run(dp.xdp(PROG_INGRESS), &reset(isn + 1)).0, XDP_PASS);
+    assert_eq!(dp.counter(Counter::RstOutOfWindow), 3);
+    assert_eq!(state(&dp, &fwd_key, &rev_key), State::Reset);
+    assert!(
+        dp.cooldown.get(&rev_key, 0).is_ok(),
+        "the reset cools the key"
+    );
+}
+
+/// A SYN either way on an established session is not a reopen: the state,
+/// the generation and the reset check stay as they were.
+#[test]
+fn a_syn_on_an_established_session_keeps_its_state() {
+    let mut dp = Datapath::new(1024);
+    let sport = PORTS.lo + 4;
+    let isn = 0x1234_5678;
+    let (fwd_key, rev_key, ext_port) = established(&mut dp, sport, isn);
+    let before = dp.fwd(&fwd_key);
+    let syn_out = tcp_seq(INTERNAL, sport, REMOTE, REMOTE_PORT, SYN, [5, 0], 1000);
+    assert_eq!(run(dp.tc(PROG_EGRESS), &syn_out).0, TC_NEXT);
+    let syn_in = tcp_seq(REMOTE, REMOTE_PORT, EXTERNAL, ext_port, SYN, [9, 0], 1000);
+    assert_eq!(run(dp.xdp(PROG_INGRESS), &syn_in).0, XDP_PASS);
+    assert_eq!(dp.counter(Counter::Reopened), 0);
+    let after = dp.fwd(&fwd_key);
+    assert_eq!(after.seen, before.seen);
+    assert_eq!(after.acked, before.acked);
+    assert_eq!(state(&dp, &fwd_key, &rev_key), State::Established);
+    let reset = tcp_seq(REMOTE, REMOTE_PORT, EXTERNAL, ext_port, RST, [9, 0], 0);
+    assert_eq!(run(dp.xdp(PROG_INGRESS), &reset).0, XDP_DROP);
 }
