@@ -15,6 +15,7 @@ pub mod forward;
 pub mod headers;
 pub mod names;
 pub mod probe;
+pub mod seen_word;
 pub mod tcp_state;
 
 #[cfg(feature = "user")]

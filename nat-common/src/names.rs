@@ -30,6 +30,8 @@ pub const MAP_IF_MACS: &str = "NAT_IF_MACS";
 /// Interfaces the XDP fast path redirects to (DEVMAP_HASH keyed by ifindex):
 /// the external interface and the internal ones given with `--fast-path`.
 pub const MAP_FAST_DEVS: &str = "NAT_FAST_DEVS";
+/// Per-CPU scratch slot where egress assembles a new session entry (not pinned).
+pub const MAP_SCRATCH: &str = "NAT_SCRATCH";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
 /// The expiry sweep's settings, one [`crate::expiry::SweepControl`] at index 0.

@@ -46,6 +46,7 @@ use nat_common::{
         TIMER_TAKEOVER_INTERVALS, cooldown_until, expired, phase, shortest_idle_ns,
     },
     flow::{FlowKey, PROTO_TCP, Session},
+    seen_word::{bits, current_rev_bits},
     tcp_state::{close_kind, expiry_kind, idle_timeout_ms, state_of},
 };
 
@@ -455,8 +456,10 @@ fn restore(key: &FlowKey, rev: *const Session, now: u64) {
     };
     let fwd_key = FlowKey::new(key.proto, addr, port, key.daddr, key.dport);
     // SAFETY: read-only lookup.
-    let (f_seen, f_last) =
+    let (f_word, f_last) =
         unsafe { NAT_FWD.get(&fwd_key) }.map_or((0, 0), |f| (f.seen, f.last_seen));
+    // Reverse bits of a connection since reopened on this mapping do not count.
+    let (f_seen, r_seen) = (bits(f_word), current_rev_bits(f_word, r_seen));
     if let Some(kind) = close_kind(f_seen, r_seen)
         && let Some(until) = cooldown_until(kind, cfg, now, f_last.max(r_last))
     {
@@ -493,7 +496,8 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
         return false;
     };
     // SAFETY: element key and value pointers.
-    let (key, addr, port, f_seen) = unsafe { (*key, (*fwd).addr, (*fwd).port, (*fwd).seen) };
+    let (key, addr, port, f_word) = unsafe { (*key, (*fwd).addr, (*fwd).port, (*fwd).seen) };
+    let f_seen = bits(f_word);
     let rev_key = key.translated(addr, port);
     // The reverse entry counts only if it points back: one that belongs to
     // another flow (this forward entry lost its own) is not ours to free.
@@ -504,7 +508,10 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     };
     // SAFETY: as above.
     let (r_seen, r_last) = rev.map_or((0, 0), |r| unsafe {
-        ((*r).seen, read_volatile(&(*r).last_seen))
+        (
+            current_rev_bits(f_word, (*r).seen),
+            read_volatile(&(*r).last_seen),
+        )
     });
     let last = f_last.max(r_last);
     if !expired(
@@ -568,7 +575,8 @@ fn reap_one(w: &mut Walk, key: *const FlowKey, rev: *mut Session) -> bool {
         return false;
     }
     // SAFETY: element key and value pointers.
-    let (key, addr, port, r_seen) = unsafe { (*key, (*rev).addr, (*rev).port, (*rev).seen) };
+    let (key, addr, port, r_word) = unsafe { (*key, (*rev).addr, (*rev).port, (*rev).seen) };
+    let r_seen = bits(r_word);
     let fwd_key = FlowKey::new(key.proto, addr, port, key.daddr, key.dport);
     // SAFETY: read-only lookup.
     if let Some(f) = unsafe { NAT_FWD.get(&fwd_key) }

@@ -27,6 +27,11 @@ pub static NAT_REV: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAUL
 #[map(name = "NAT_COOLDOWN")]
 pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * DEFAULT_SESSIONS, 0);
 
+/// One session entry per CPU, where a new session is put together before
+/// it is inserted; never pinned.
+#[map(name = "NAT_SCRATCH")]
+pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "NAT_PROBES")]
 pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);
 

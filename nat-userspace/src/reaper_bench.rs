@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, time::Instant};
 use anyhow::{Result, ensure};
 use nat_common::{
     config::Config,
-    flow::{FlowKey, NextHop, PROTO_TCP, Session, seen},
+    flow::{FlowKey, PROTO_TCP, Session, seen},
 };
 use serde_json::json;
 
@@ -72,18 +72,16 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
         let out = Session {
             addr: ext,
             port: port.to_be(),
-            seen: seen::SYN,
-            _pad: 0,
+            seen: seen::SYN.into(),
             last_seen: now,
-            hop: NextHop::default(),
+            ..Session::default()
         };
         let back = Session {
             addr: key.saddr,
             port: key.sport,
-            seen: seen::SYN_ACK,
-            _pad: 0,
+            seen: seen::SYN_ACK.into(),
             last_seen: now,
-            hop: NextHop::default(),
+            ..Session::default()
         };
         rev.push((key.translated(ext, out.port), back));
         fwd.push((key, out));

@@ -10,6 +10,7 @@ use nat_common::{
     flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     names::{MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS},
     probe::PROBE_BUCKETS,
+    seen_word::{bits, current_rev_bits},
     tcp_state::{State, state_of},
 };
 
@@ -200,15 +201,16 @@ pub struct SessionView {
 
 impl SessionView {
     pub fn new(key: &FlowKey, fwd: &Session, rev: Option<&Session>) -> Self {
-        let rev_seen = rev.map_or(0, |r| r.seen);
+        // Reverse bits of a connection since reopened on this mapping do not count.
+        let rev_seen = rev.map_or(0, |r| current_rev_bits(fwd.seen, r.seen));
         let rev_last = rev.map_or(0, |r| r.last_seen);
         Self {
             proto: key.proto,
             internal: endpoint(key.saddr, key.sport),
             external: endpoint(fwd.addr, fwd.port),
             remote: endpoint(key.daddr, key.dport),
-            state: state_of(key.proto, fwd.seen, rev_seen),
-            fwd_seen: fwd.seen,
+            state: state_of(key.proto, bits(fwd.seen), rev_seen),
+            fwd_seen: bits(fwd.seen),
             rev_seen,
             last_seen: fwd.last_seen.max(rev_last),
             paired: rev.is_some(),

@@ -19,34 +19,15 @@ use nat_common::{
     names::{LAYOUT_VERSION, MAP_COOLDOWN, MAP_FWD, MAP_REV, MAP_SWEEP_STATS, PIN_ROOT},
 };
 use nat_tests::{
-    CLIENT_IP, EXT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, nat_cmd,
-    udp_echo_server, udp_exchange, udp_roundtrip,
+    CLIENT_IP, EXT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, udp_echo_server,
+    udp_exchange, udp_roundtrip,
 };
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-/// Removes the instance the killed daemon left behind; declared after the
-/// topology, so it runs before the namespaces go.
-struct Unload<'a>(&'a Topology);
-
-impl Drop for Unload<'_> {
-    fn drop(&mut self) {
-        let out = nat_cmd(self.0, &["unload", "--iface", EXT_IFACE]);
-        if !out.status.success() {
-            eprintln!(
-                "cleanup: nat unload failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
-}
-
-/// SIGKILL: nothing of the daemon's shutdown runs.
-fn kill_daemon(nat: NatProcess) {
-    let pid = Pid::from_raw(i32::try_from(nat.pid()).expect("pid fits in i32"));
-    kill(pid, Signal::SIGKILL).expect("SIGKILL the daemon");
-    // Reaps the killed child.
-    drop(nat);
+/// SIGKILL: nothing of the daemon's shutdown runs. The instance stays
+/// until `nat` is dropped at the end of the test, which unloads it.
+fn kill_daemon(nat: &mut NatProcess) {
+    nat.stop_daemon(Signal::SIGKILL);
 }
 
 fn pin(topo: &Topology, name: &str) -> PathBuf {
@@ -104,11 +85,10 @@ fn udp_session_expires_and_frees_its_port_without_daemon() {
             ..TopologyOpts::default()
         },
     );
-    let _unload = Unload(&topo);
     // One port: a second flow toward the server gets it only once the first is gone.
-    let nat = start(&topo, &["--ports", "20000-20000", "--timeout-udp", "1s"]);
+    let mut nat = start(&topo, &["--ports", "20000-20000", "--timeout-udp", "1s"]);
     let server = udp_echo_server(topo.ns_name(Side::Server), 5353);
-    kill_daemon(nat);
+    kill_daemon(&mut nat);
 
     let ips = topo.client_ips();
     let sent = Instant::now();
@@ -158,8 +138,7 @@ fn udp_session_expires_and_frees_its_port_without_daemon() {
 #[test]
 fn server_first_close_cools_without_daemon() {
     let topo = Topology::new("dl-cool", TopologyOpts::default());
-    let _unload = Unload(&topo);
-    let nat = start(
+    let mut nat = start(
         &topo,
         &[
             "--ports",
@@ -173,7 +152,7 @@ fn server_first_close_cools_without_daemon() {
         ],
     );
     let _server = CloseServer::start(&topo, 80);
-    kill_daemon(nat);
+    kill_daemon(&mut nat);
 
     let c = quick_close(&topo, 80, Close::ServerFirst);
     assert_eq!(c.external.port(), 20000);
@@ -211,10 +190,9 @@ fn server_first_close_cools_without_daemon() {
 fn more_flows_than_the_table_holds_over_time_without_daemon() {
     const FLOWS: usize = 2200;
     let topo = Topology::new("dl-churn", TopologyOpts::default());
-    let _unload = Unload(&topo);
     // 1024 sessions, 1000 ports toward the one server: 2200 flows fit only
     // if expired ones are reclaimed as the run goes.
-    let nat = start(
+    let mut nat = start(
         &topo,
         &[
             "--ports",
@@ -228,7 +206,7 @@ fn more_flows_than_the_table_holds_over_time_without_daemon() {
         ],
     );
     let _server = udp_echo_server(topo.ns_name(Side::Server), 5353);
-    kill_daemon(nat);
+    kill_daemon(&mut nat);
 
     let started = Instant::now();
     let mut peak = 0;
@@ -270,10 +248,9 @@ fn more_flows_than_the_table_holds_over_time_without_daemon() {
 #[test]
 fn orphaned_reverse_entry_is_reaped_without_daemon() {
     let topo = Topology::new("dl-orphan", TopologyOpts::default());
-    let _unload = Unload(&topo);
     // Short timeouts everywhere but UDP's, so the orphan is old enough to
     // be looked at within seconds while its session would not expire.
-    let nat = start(
+    let mut nat = start(
         &topo,
         &[
             "--ports",
@@ -291,7 +268,7 @@ fn orphaned_reverse_entry_is_reaped_without_daemon() {
         ],
     );
     let server = udp_echo_server(topo.ns_name(Side::Server), 5353);
-    kill_daemon(nat);
+    kill_daemon(&mut nat);
 
     udp_roundtrip(
         topo.ns_name(Side::Client),

@@ -76,8 +76,7 @@ impl Instance {
             );
         }
         let adopted = if survey.current.is_empty() {
-            std::fs::create_dir_all(&pins.dir)
-                .with_context(|| format!("cannot create {}", pins.dir.display()))?;
+            pins.create()?;
             None
         } else {
             check_sizes(&pins, args)?;
