@@ -57,6 +57,17 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
+    /// Checks a config file for `nat load --config` with the rules of the flags; one line per error.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Makes the running daemon re-read its config file and apply settings, external
+    /// addresses and the port range live (sends it SIGHUP after checking the file).
+    Reload {
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+    },
     /// Measures allocation in the real egress program (BPF_PROG_TEST_RUN) with one
     /// destination's range filled to a given share; no interface is touched.
     #[command(hide = true)]
@@ -180,6 +191,10 @@ pub struct LoadArgs {
     /// How often the reaper sweeps for idle sessions, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub reap_interval_ms: u64,
+    #[command(flatten)]
+    pub config: crate::config_file::ConfigFlag,
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsFlags,
 }
 
 #[derive(Parser, Debug)]

@@ -5,11 +5,16 @@
 pub mod alloc_bench;
 pub mod batch;
 pub mod cli;
+pub mod config_file;
 pub mod iface;
 pub mod load;
+pub mod metrics;
 pub mod netns;
+pub mod notify;
+pub mod ops;
 pub mod pidfile;
 pub mod pins;
+pub mod pool;
 pub mod reaper;
 pub mod reaper_bench;
 pub mod reject;

@@ -19,7 +19,7 @@ use aya::{
 };
 use log::{info, warn};
 use nat_common::{
-    config::{Config, MAX_POOL, PoolAddr},
+    config::{Config, PoolAddr},
     names::{
         GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
         LINK_EGRESS, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_EXT_ADDRS,
@@ -61,6 +61,8 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     // below, after everything created so far can be removed again.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    // ops: before anything else, so an early SIGHUP cannot kill the daemon.
+    let mut sighup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     pins::require_bpffs()?;
     let scope = netns
         .map(|ns| format!(" in network namespace {ns}"))
@@ -71,24 +73,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     };
     let ext_ifindex = ifindex(&args.iface)?;
     let fast = fast_path_interfaces(&args, ifindex)?;
-    if args.external.len() > MAX_POOL as usize {
-        bail!(
-            "at most {MAX_POOL} external addresses are supported, {} given",
-            args.external.len()
-        );
-    }
-    if let Some((addr, cidr)) = args.external.iter().find_map(|a| {
-        args.internal
-            .iter()
-            .find(|c| c.contains(*a))
-            .map(|c| (a, c))
-    }) {
-        bail!(
-            "external address {addr} lies inside internal prefix {}/{}: its own traffic would be translated",
-            cidr.addr,
-            cidr.len
-        );
-    }
+    crate::pool::check_addresses(&args.external, &args.internal).map_err(anyhow::Error::msg)?;
     let pins = PinDir::new(netns, &args.iface);
     if pins.is_loaded()
         || PINNED_LINKS.iter().any(|l| pins.path(l).exists())
@@ -165,14 +150,25 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         instance.pins.dir.display()
     )?;
     stdout.flush()?;
+    // ops: metrics, reloads and systemd readiness, once attached.
+    let mut ops = crate::ops::Ops::start(
+        &args,
+        &instance.pins,
+        ebpf.take_map(MAP_EXT_ADDRS)
+            .context("map NAT_EXT_ADDRS missing from the object")?,
+    )?;
 
     let mut tick = tokio::time::interval(Duration::from_millis(args.reap_interval_ms));
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => ops.reload(),
             _ = tick.tick() => {
-                match reaper::sweep(&mut tables, boot_ns()) {
+                let started = std::time::Instant::now();
+                let swept = reaper::sweep(&mut tables, boot_ns());
+                ops.observe_sweep(started.elapsed());
+                match swept {
                     Ok(s) if s.kept > 0 => warn!(
                         "reaper: {} expired sessions kept: the cooldown map is full (raise --max-cooldowns)",
                         s.kept
@@ -187,6 +183,8 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
             }
         }
     }
+    ops.stopping();
+    drop(ops);
     info!("stopping: detaching from {}", args.iface);
     drop(tables);
     instance.remove()?;

@@ -76,14 +76,29 @@ impl NatProcess {
     /// 198.18.0.1 --internal 10.200.1.0/25 <extra_args>` and returns once it
     /// prints `nat: attached`.
     pub fn start(topology: &Topology, extra_args: &[&str]) -> NatProcess {
+        let external = EXTERNAL_IP.to_string();
+        let mut args = vec![
+            "--iface",
+            EXT_IFACE,
+            "--external",
+            &external,
+            "--internal",
+            INTERNAL_PREFIX,
+        ];
+        args.extend_from_slice(extra_args);
+        Self::start_load(topology, &args, &[])
+    }
+
+    /// Starts `nat --netns <nat ns> load <load_args>` with `env` added to its
+    /// environment, and returns once it prints `nat: attached`.
+    pub fn start_load(topology: &Topology, load_args: &[&str], env: &[(&str, &str)]) -> NatProcess {
         let bin = nat_bin();
         let mut child = Command::new(&bin)
             .arg("--netns")
             .arg(topology.ns_name(Side::Nat))
-            .args(["load", "--iface", EXT_IFACE, "--external"])
-            .arg(EXTERNAL_IP.to_string())
-            .args(["--internal", INTERNAL_PREFIX])
-            .args(extra_args)
+            .arg("load")
+            .args(load_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

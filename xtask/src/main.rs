@@ -4,6 +4,7 @@ mod bench;
 mod build_nat;
 mod cmd;
 mod demo;
+mod install;
 mod interrupt;
 mod paths;
 mod run_tests;
@@ -45,6 +46,16 @@ enum Task {
     /// and nftables masquerade (throughput, packet rate, connection rate,
     /// CPU per packet) plus its datapath micro-figures; reports, never fails
     /// on a missed target
+    /// Set up, build the release `nat`, and install it with the systemd unit
+    /// (nat@IFACE) and the example config (/etc/nat/nat.toml.example)
+    Install {
+        /// Install below this directory instead of / (for packaging)
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Where the binary goes (PREFIX/sbin/nat); the unit is rewritten to match
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     Bench {
         /// One repetition with short runs, without the 1M-session reaper run (under 2 minutes)
         #[arg(long)]
@@ -68,6 +79,7 @@ fn main() -> ExitCode {
         }
         Task::Test { test_args } => run_tests::run(&test_args),
         Task::Demo => demo::run(),
+        Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),
         Task::Bench { quick, json } => bench::run(bench::Options { quick, json }),
     };
     match result {

@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "procps",
     "iputils-ping",
+    "prometheus",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
