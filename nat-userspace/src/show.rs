@@ -5,7 +5,7 @@ use std::io::Write as _;
 use anyhow::Result;
 use serde_json::json;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use aya::maps::IterableMap as _;
 use nat_common::{
@@ -160,20 +160,24 @@ pub fn port_pressure(
     cooling: &[(FlowKey, u64)],
     pool: &[PoolAddr],
 ) -> Vec<PressureRow> {
-    let mut per: BTreeMap<(u32, u8, u32, u16), (u64, u64)> = BTreeMap::new();
-    let mut live = HashSet::new();
+    let mut per: HashMap<(u32, u8, u32, u16), (u64, u64)> = HashMap::new();
+    // A key both live and cooling (a reopened session) counts as in use
+    // only. Cooling keys are usually far fewer than sessions, so those are
+    // the ones put in a set.
+    let cooling_keys: HashSet<FlowKey> = cooling.iter().map(|(k, _)| *k).collect();
+    let mut both: HashSet<FlowKey> = HashSet::new();
     for k in rev_keys {
         per.entry((k.saddr, k.proto, k.daddr, k.dport))
             .or_default()
             .0 += 1;
-        live.insert(k);
-    }
-    for (k, _) in cooling {
-        if !live.contains(k) {
-            per.entry((k.saddr, k.proto, k.daddr, k.dport))
-                .or_default()
-                .1 += 1;
+        if !cooling_keys.is_empty() && cooling_keys.contains(&k) {
+            both.insert(k);
         }
+    }
+    for k in cooling_keys.iter().filter(|k| !both.contains(k)) {
+        per.entry((k.saddr, k.proto, k.daddr, k.dport))
+            .or_default()
+            .1 += 1;
     }
     let spans: HashMap<u32, u64> = pool
         .iter()
@@ -195,7 +199,12 @@ pub fn port_pressure(
             }
         })
         .collect();
-    rows.sort_by(|a, b| b.used.total_cmp(&a.used));
+    // Fullest first; ties in a fixed order, so `nat top` and the metrics agree.
+    rows.sort_by(|a, b| {
+        b.used.total_cmp(&a.used).then(
+            (a.external, a.proto, a.daddr, a.dport).cmp(&(b.external, b.proto, b.daddr, b.dport)),
+        )
+    });
     rows
 }
 

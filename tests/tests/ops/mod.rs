@@ -57,8 +57,11 @@ pub fn http_get(ns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String, 
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-            .map_err(|e| format!("send: {e}"))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| format!("send: {e}"))?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
         let took = started.elapsed();
@@ -71,7 +74,10 @@ pub fn http_get(ns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String, 
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("no status in {head:?}"))?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body)?
         } else {
             body.to_owned()
@@ -98,7 +104,13 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
 }
 
 /// Sum of every sample of metric `name` in a scrape.
@@ -123,9 +135,9 @@ pub struct Received {
 }
 
 fn fnv(hash: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
@@ -170,7 +182,8 @@ impl PacedServer {
             let _ = s.write_all(&r.hash.to_be_bytes());
             shared.lock().unwrap().done = true;
         });
-        rx.recv_timeout(Duration::from_secs(5)).expect("paced server listening");
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("paced server listening");
         PacedServer {
             received,
             thread: Some(thread),
@@ -221,14 +234,17 @@ pub fn paced_transfer(
                     x as u8
                 })
                 .collect();
-            s.write_all(&data).map_err(|e| format!("send after {sent} bytes: {e}"))?;
+            s.write_all(&data)
+                .map_err(|e| format!("send after {sent} bytes: {e}"))?;
             hash = fnv(hash, &data);
             sent += piece;
             thread::sleep(pause);
         }
-        s.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
+        s.shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
         let mut reply = [0u8; 16];
-        s.read_exact(&mut reply).map_err(|e| format!("no reply: {e}"))?;
+        s.read_exact(&mut reply)
+            .map_err(|e| format!("no reply: {e}"))?;
         let got = u64::from_be_bytes(reply[..8].try_into().unwrap()) as usize;
         let got_hash = u64::from_be_bytes(reply[8..].try_into().unwrap());
         if got != sent || got_hash != hash {
