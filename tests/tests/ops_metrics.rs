@@ -247,10 +247,10 @@ fn ops_prometheus_scrapes_the_session_count_nat_stats_shows() {
             "/api/v1/query?query=sum(nat_sessions)",
         ) {
             let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            if let Some(v) = doc["data"]["result"][0]["value"][1].as_str() {
-                if v.parse::<u64>().ok() == Some(expected) {
-                    break;
-                }
+            if let Some(v) = doc["data"]["result"][0]["value"][1].as_str()
+                && v.parse::<u64>().ok() == Some(expected)
+            {
+                break;
             }
             last = body;
         }
