@@ -59,6 +59,13 @@ fn load_command() -> clap::Command {
         .clone()
 }
 
+/// Whether a `nat load` argument has a key in the file: every flag but
+/// `--config` itself and `--help`.
+fn settable(arg: &clap::Arg) -> bool {
+    !matches!(arg.get_id().as_str(), "config" | "help" | "version")
+        && !matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -85,13 +92,12 @@ impl Document {
             let name = key.get_ref().as_str();
             let arg = cmd
                 .get_arguments()
-                .find(|a| a.get_long() == Some(name) && a.get_id() != "config")
+                .find(|a| a.get_long() == Some(name) && settable(a))
                 .ok_or_else(|| {
                     let keys: Vec<&str> = cmd
                         .get_arguments()
-                        .filter(|a| a.get_id() != "config" && !a.is_hide_set())
+                        .filter(|a| settable(a))
                         .filter_map(|a| a.get_long())
-                        .filter(|l| *l != "help")
                         .collect();
                     fail(
                         Some(line),
@@ -369,10 +375,10 @@ mod tests {
         let cmd = load_command();
         let longs: Vec<&str> = cmd
             .get_arguments()
-            .filter(|a| a.get_id() != "config")
+            .filter(|a| settable(a))
             .filter_map(|a| a.get_long())
-            .filter(|l| *l != "help")
             .collect();
+        assert!(longs.len() >= 20, "{longs:?}");
         let mut flags = vec!["nat".to_owned(), "load".to_owned()];
         let mut text = String::new();
         for long in &longs {
@@ -444,6 +450,8 @@ mod tests {
             ("ingress = \"ebpf\"\n", 4, "ingress: invalid value 'ebpf'"),
             ("policy = [\"strict\"]\n", 4, "policy: takes one value"),
             ("ports = \n", 4, ""),
+            ("help = \"x\"\n", 4, "unknown key 'help'"),
+            ("config = \"/etc/other.toml\"\n", 4, "unknown key 'config'"),
         ];
         for (extra, line, words) in cases {
             let f = file(&format!("{base}{extra}"));

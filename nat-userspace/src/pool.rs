@@ -92,7 +92,12 @@ fn fixed(args: &LoadArgs) -> Vec<(&'static str, String)> {
         ("max-sessions", args.max_sessions.to_string()),
         ("max-cooldowns", args.max_cooldowns.to_string()),
         ("reap-interval-ms", args.reap_interval_ms.to_string()),
-        ("metrics", format!("{:?}", args.metrics)),
+        ("metrics", format!("{:?}", args.metrics.metrics)),
+        ("metrics-top", args.metrics.metrics_top.to_string()),
+        (
+            "metrics-interval-ms",
+            args.metrics.metrics_interval_ms.to_string(),
+        ),
     ]
 }
 

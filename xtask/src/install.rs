@@ -62,8 +62,7 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     println!(
-        "install: next: cp {} /etc/nat/IFACE.toml, edit it, then systemctl enable --now nat@IFACE",
-        example.display()
+        "install: next: cp /etc/nat/nat.toml.example /etc/nat/IFACE.toml, edit it, `nat check-config` it, then systemctl enable --now nat@IFACE"
     );
     Ok(())
 }
