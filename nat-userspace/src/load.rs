@@ -61,8 +61,8 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     // below, after everything created so far can be removed again.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    // ops: before anything else, so an early SIGHUP cannot kill the daemon.
-    let mut sighup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    // ops: before anything else, so an early SIGHUP cannot end the daemon.
+    let hangups = crate::ops::catch_hangups()?;
     pins::require_bpffs()?;
     let scope = netns
         .map(|ns| format!(" in network namespace {ns}"))
@@ -151,11 +151,12 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     )?;
     stdout.flush()?;
     // ops: metrics, reloads and systemd readiness, once attached.
-    let mut ops = crate::ops::Ops::start(
+    let ops = crate::ops::Ops::start(
         &args,
         &instance.pins,
         ebpf.take_map(MAP_EXT_ADDRS)
             .context("map NAT_EXT_ADDRS missing from the object")?,
+        hangups,
     )?;
 
     let mut tick = tokio::time::interval(Duration::from_millis(args.reap_interval_ms));
@@ -163,7 +164,6 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => ops.reload(),
             _ = tick.tick() => {
                 let started = std::time::Instant::now();
                 let swept = reaper::sweep(&mut tables, boot_ns());

@@ -1,7 +1,10 @@
 //! What the daemon does for its operator besides the datapath: metrics,
 //! reloads of the config file on SIGHUP, and systemd notifications. The
-//! loader calls [`Ops::start`] once attached and hands it SIGHUPs and sweep
-//! durations.
+//! loader catches SIGHUP first thing ([`catch_hangups`]), calls
+//! [`Ops::start`] once attached, and feeds it sweep durations.
+//!
+//! Reloads run on a thread of their own with map handles of their own, so
+//! a SIGHUP is answered at once whatever the daemon's loop is busy with.
 
 use std::time::Duration;
 
@@ -9,43 +12,45 @@ use anyhow::{Context as _, Result};
 use aya::maps::Map;
 use clap::Parser as _;
 use log::{info, warn};
+use signal_hook::{consts::SIGHUP, iterator::Signals};
 
 use crate::{cli::LoadArgs, config_file, metrics::Metrics, notify, pins::PinDir, pool::Reloader};
 
+/// SIGHUP, caught from the start of `nat load` (its default action would
+/// end the daemon) and answered once [`Ops::start`] runs.
+pub struct Hangups(Signals);
+
+pub fn catch_hangups() -> Result<Hangups> {
+    Ok(Hangups(
+        Signals::new([SIGHUP]).context("cannot install SIGHUP handler")?,
+    ))
+}
+
 pub struct Ops {
     metrics: Option<Metrics>,
-    reloader: Reloader,
-    has_config: bool,
+    reloads: signal_hook::iterator::Handle,
 }
 
 impl Ops {
-    /// Starts the metrics server and tells systemd the NAT is ready; call it
-    /// after the programs are attached. `ext_addrs` is the loaded object's
-    /// NAT_EXT_ADDRS map.
-    pub fn start(args: &LoadArgs, pins: &PinDir, ext_addrs: Map) -> Result<Self> {
+    /// Starts the metrics server and the reload thread and tells systemd
+    /// the NAT is ready; call it after the programs are attached.
+    /// `ext_addrs` is the loaded object's NAT_EXT_ADDRS map.
+    pub fn start(args: &LoadArgs, pins: &PinDir, ext_addrs: Map, hangups: Hangups) -> Result<Self> {
         let metrics = Metrics::start(&args.metrics, pins)?;
-        let reloader = Reloader::new(pins, ext_addrs, args)?;
+        let mut reloader = Reloader::new(pins, ext_addrs, args)?;
+        let has_config = args.config.config.is_some();
+        let Hangups(mut signals) = hangups;
+        let reloads = signals.handle();
+        std::thread::Builder::new()
+            .name("nat-reload".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    reload(&mut reloader, has_config);
+                }
+            })
+            .context("cannot start the reload thread")?;
         notify::ready(&format!("translating on {}", args.iface));
-        Ok(Self {
-            metrics,
-            reloader,
-            has_config: args.config.config.is_some(),
-        })
-    }
-
-    /// SIGHUP: re-reads the config file and applies what can change live. A
-    /// file that does not check leaves everything as it was.
-    pub fn reload(&mut self) {
-        if !self.has_config {
-            warn!("reload: started without --config, nothing to re-read");
-            return;
-        }
-        notify::reloading();
-        match config_file::reread().and_then(|args| self.reloader.apply(&args)) {
-            Ok(change) => info!("reload: {change}"),
-            Err(e) => warn!("reload failed, nothing changed: {e:#}"),
-        }
-        notify::ready("reloaded");
+        Ok(Self { metrics, reloads })
     }
 
     /// Feeds the metrics with how long an expiry sweep took.
@@ -58,6 +63,27 @@ impl Ops {
     pub fn stopping(&self) {
         notify::stopping();
     }
+}
+
+impl Drop for Ops {
+    fn drop(&mut self) {
+        self.reloads.close();
+    }
+}
+
+/// SIGHUP: re-reads the config file and applies what can change live. A
+/// file that does not check leaves everything as it was.
+fn reload(reloader: &mut Reloader, has_config: bool) {
+    if !has_config {
+        warn!("reload: started without --config, nothing to re-read");
+        return;
+    }
+    notify::reloading();
+    match config_file::reread().and_then(|args| reloader.apply(&args)) {
+        Ok(change) => info!("reload: {change}"),
+        Err(e) => warn!("reload failed, nothing changed: {e:#}"),
+    }
+    notify::ready("reloaded");
 }
 
 /// `nat reload --iface IFACE`: checks the running daemon's config file as it
