@@ -87,6 +87,9 @@ impl Document {
         let cmd = load_command();
         let relaxed = cmd.clone().mut_args(|a| a.required(false));
         let mut entries = Vec::new();
+        // In file order, so the first error reported is the first in the file.
+        let mut table: Vec<_> = table.into_iter().collect();
+        table.sort_by_key(|(key, _)| key.span().start);
         for (key, value) in table {
             let line = line_of(&text, key.span().start);
             let name = key.get_ref().as_str();
