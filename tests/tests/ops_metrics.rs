@@ -369,10 +369,21 @@ fn boot_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
+/// Runs `nat unload` on drop (after a failed test too).
+struct UnloadOnDrop<'a>(&'a Topology);
+
+impl Drop for UnloadOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = nat_tests::nat_cmd(self.0, &["unload", "--iface", EXT_IFACE]);
+    }
+}
+
 #[test]
 fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
     const SESSIONS: u32 = 1_000_000;
     let topo = Topology::new("ops-promfast", TopologyOpts::default());
+    // Dropped after the daemon: its pins go even if it had to be killed.
+    let _pins = UnloadOnDrop(&topo);
     let dir = TempDir::new("promfast");
     let config = |cooldown_ms: u64| {
         format!(
@@ -493,5 +504,4 @@ fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
         nix::sys::signal::Signal::SIGKILL,
     );
     drop(nat);
-    unload(&topo);
 }
