@@ -67,6 +67,19 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
+    /// Checks a config file for `nat load --config` with the rules of the flags; one line per error.
+    CheckConfig {
+        /// The TOML file to check.
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Makes the running daemon re-read its config file and apply settings, external
+    /// addresses and the port range live (sends it SIGHUP after checking the file).
+    Reload {
+        /// External interface of the instance (its --iface at load).
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+    },
 }
 
 /// Flags of `nat load` that set live settings: one per entry of
@@ -189,6 +202,10 @@ pub struct LoadArgs {
     /// keeps translating and the next `nat load` adopts it.
     #[arg(long)]
     pub unload_on_exit: bool,
+    #[command(flatten)]
+    pub config: crate::config_file::ConfigFlag,
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsFlags,
 }
 
 #[derive(Parser, Debug)]

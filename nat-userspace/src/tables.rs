@@ -73,6 +73,13 @@ impl Tables {
     }
 
     /// The external addresses in use, in pool order.
+    /// Writes entry `index` of the pool (a live reload of the addresses or range).
+    pub fn set_pool_entry(&mut self, index: u32, entry: PoolAddr) -> Result<()> {
+        self.pool
+            .set(index, entry, 0)
+            .context("cannot write the pool map")
+    }
+
     pub fn pool(&self) -> Result<Vec<PoolAddr>> {
         let len = self.config()?.pool_len;
         (0..len)

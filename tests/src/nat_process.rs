@@ -122,12 +122,27 @@ impl NatProcess {
     /// returns once it prints `nat: attached`: for NATs outside a
     /// [`Topology`], such as the nodes of a [`ScaleOut`](crate::ScaleOut).
     pub fn start_in(ns: &str, iface: &str, load_args: &[&str]) -> NatProcess {
+        let mut args = vec!["--iface", iface];
+        args.extend_from_slice(load_args);
+        NatProcess::launch(ns, iface, &args, &[])
+    }
+
+    /// Starts `nat --netns <nat ns> load <load_args>` with `env` added to its
+    /// environment (the interface may come from a config file: it must be
+    /// [`EXT_IFACE`], which the unload on drop names), and returns once it
+    /// prints `nat: attached`.
+    pub fn start_load(topology: &Topology, load_args: &[&str], env: &[(&str, &str)]) -> NatProcess {
+        NatProcess::launch(topology.ns_name(Side::Nat), EXT_IFACE, load_args, env)
+    }
+
+    fn launch(ns: &str, iface: &str, load_args: &[&str], env: &[(&str, &str)]) -> NatProcess {
         let bin = nat_bin();
         let mut child = Command::new(&bin)
             .arg("--netns")
             .arg(ns)
-            .args(["load", "--iface", iface])
+            .arg("load")
             .args(load_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

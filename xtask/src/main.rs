@@ -5,6 +5,7 @@ mod build_nat;
 mod cmd;
 mod demo;
 mod dist;
+mod install;
 mod interrupt;
 mod lint;
 mod paths;
@@ -56,6 +57,16 @@ enum Task {
     /// and nftables masquerade (throughput, packet rate, connection rate,
     /// CPU per packet) plus its datapath micro-figures; reports, never fails
     /// on a missed target
+    /// Set up, build the release `nat`, and install it with the systemd unit
+    /// (nat@IFACE) and the example config (/etc/nat/nat.toml.example)
+    Install {
+        /// Install below this directory instead of / (for packaging)
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Where the binary goes (PREFIX/sbin/nat); the unit is rewritten to match
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     Bench {
         /// One repetition with short runs, without the 1M-session reaper run (under 2 minutes)
         #[arg(long)]
@@ -70,7 +81,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let prepared = match &cli.task {
         Task::Setup => setup::everything(),
-        Task::Build { .. } | Task::Lint | Task::Dist => setup::for_build(),
+        Task::Build { .. } | Task::Lint | Task::Dist | Task::Install { .. } => setup::for_build(),
         Task::Test { .. } => setup::for_running("test"),
         Task::Demo => setup::for_running("demo"),
         Task::Bench { .. } => setup::for_running("bench"),
@@ -86,6 +97,7 @@ fn main() -> ExitCode {
         Task::Dist => dist::run(),
         Task::Test { test_args } => run_tests::run(&test_args),
         Task::Demo => demo::run(),
+        Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),
         Task::Bench { quick, json } => bench::run(bench::Options { quick, json }),
     };
     match result {

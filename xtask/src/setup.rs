@@ -26,6 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "procps",
     "iputils-ping",
+    "prometheus",
 ];
 /// What rustc needs from the system to link host binaries; checked, never
 /// installed, because installing it needs root and building must not.

@@ -22,10 +22,14 @@ pub use object::{Globals, load_object, load_pinned};
 pub use pin::PINNED_MAPS;
 pub use populate::populate;
 
+use nat_common::names::MAP_EXT_ADDRS;
+
 use crate::{cli::LoadArgs, pidfile, pins};
 
 pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let stop = serve::StopSignals::install()?;
+    // Before anything else, so an early SIGHUP cannot end the daemon.
+    let hangups = crate::ops::catch_hangups()?;
     pins::require_bpffs()?;
     let plan = validate::check(&mut args, netns)?;
     let replaced = handover::running_daemon(&args, netns, &plan.scope)?;
@@ -53,8 +57,18 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     handover::take_over(netns, &args.iface, replaced).await?;
     let sweeper = serve::first_sweep(&mut ebpf, args.reap_interval_ms)?;
     announce(&args, &plan, mode)?;
+    // Metrics, reloads and systemd readiness, once attached.
+    let ops = crate::ops::Ops::start(
+        &args,
+        &instance.pins,
+        ebpf.take_map(MAP_EXT_ADDRS)
+            .context("map NAT_EXT_ADDRS missing from the object")?,
+        hangups,
+    )?;
 
-    serve::serve(&mut ebpf, &sweeper, args.reap_interval_ms, stop).await?;
+    serve::serve(&mut ebpf, &sweeper, &ops, args.reap_interval_ms, stop).await?;
+    ops.stopping();
+    drop(ops);
 
     stop_control_plane(&mut instance, &args, netns)?;
     drop(ebpf);

@@ -10,7 +10,7 @@ use log::{info, warn};
 use nat_common::names::MAP_REJECTS;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::{expiry::KernelSweep, reaper, reject};
+use crate::{expiry::KernelSweep, ops::Ops, reaper, reject};
 
 /// SIGINT and SIGTERM, installed before anything is created so a signal
 /// during startup is handled by the serve loop.
@@ -41,6 +41,7 @@ pub fn first_sweep(ebpf: &mut Ebpf, reap_interval_ms: u64) -> Result<KernelSweep
 pub async fn serve(
     ebpf: &mut Ebpf,
     sweeper: &KernelSweep,
+    ops: &Ops,
     reap_interval_ms: u64,
     mut stop: StopSignals,
 ) -> Result<()> {
@@ -54,14 +55,17 @@ pub async fn serve(
         tokio::select! {
             _ = stop.int.recv() => break,
             _ = stop.term.recv() => break,
-            _ = tick.tick() => reap(sweeper, ebpf),
+            _ = tick.tick() => reap(sweeper, ebpf, ops),
         }
     }
     Ok(())
 }
 
-fn reap(sweeper: &KernelSweep, ebpf: &Ebpf) {
-    match reaper::sweep(sweeper, ebpf) {
+fn reap(sweeper: &KernelSweep, ebpf: &Ebpf, ops: &Ops) {
+    let started = std::time::Instant::now();
+    let swept = reaper::sweep(sweeper, ebpf);
+    ops.observe_sweep(started.elapsed());
+    match swept {
         Ok(s) if s.kept > 0 => warn!(
             "reaper: {} expired sessions kept: the cooldown map is full (raise --max-cooldowns)",
             s.kept
