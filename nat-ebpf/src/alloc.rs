@@ -80,14 +80,14 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
     let rev_key = p.fwd.translated(p.pool.addr, port);
     let mut stale = false;
     if p.cooling != 0
-        && let Some(until) = NAT_COOLDOWN.get_ptr(&rev_key)
+        && let Some(until) = NAT_COOLDOWN.get_ptr(rev_key)
     {
         // SAFETY: map value pointer from the lookup above.
         let until = unsafe { *until };
         if until > p.now {
             count(Counter::CooldownSkip);
             // SAFETY: read-only lookup.
-            if until < p.best_until && unsafe { NAT_REV.get(&rev_key) }.is_none() {
+            if until < p.best_until && unsafe { NAT_REV.get(rev_key) }.is_none() {
                 p.best_until = until;
                 p.best_addr = p.pool.addr;
                 p.best_port = port_host;
@@ -99,7 +99,7 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
     match claim_pair(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now) {
         Claim::Won(s) => {
             if stale {
-                let _ = NAT_COOLDOWN.remove(&rev_key);
+                let _ = NAT_COOLDOWN.remove(rev_key);
             }
             p.found = FOUND_WON;
             p.session = s;
@@ -199,7 +199,7 @@ extern "C" fn nat_claim_pair(
         last_seen: now,
         hop: HopCache::default(),
     };
-    if let Err(err) = NAT_REV.insert(&rev_key, &*entry, BPF_NOEXIST as u64) {
+    if let Err(err) = NAT_REV.insert(rev_key, *entry, BPF_NOEXIST as u64) {
         return if err == -EEXIST {
             CLAIM_TAKEN
         } else {
@@ -210,13 +210,13 @@ extern "C" fn nat_claim_pair(
     entry.port = port;
     // Generation 0: the mapping's first connection.
     entry.seen = seen_bits(tcp_flags as u8) as u64;
-    let err = match NAT_FWD.insert(&fwd, &*entry, BPF_NOEXIST as u64) {
+    let err = match NAT_FWD.insert(fwd, *entry, BPF_NOEXIST as u64) {
         Ok(()) => return CLAIM_WON,
         Err(err) => err,
     };
-    let _ = NAT_REV.remove(&rev_key);
+    let _ = NAT_REV.remove(rev_key);
     // SAFETY: read-only copy of a map value.
-    match unsafe { NAT_FWD.get(&fwd) } {
+    match unsafe { NAT_FWD.get(fwd) } {
         Some(winner) => (CLAIM_LOST << 48) | ((winner.addr as i64) << 16) | winner.port as i64,
         // -EEXIST here: the winner's flow is already gone again.
         None => err as i64,
@@ -322,7 +322,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
     let port = p.best_port.to_be();
     match claim_pair(fwd, p.best_addr, port, tcp_flags, now) {
         Claim::Won(s) => {
-            let _ = NAT_COOLDOWN.remove(&fwd.translated(p.best_addr, port));
+            let _ = NAT_COOLDOWN.remove(fwd.translated(p.best_addr, port));
             count(Counter::Opened);
             count(Counter::Fallback);
             histogram(PROBE_BUCKETS - 1);

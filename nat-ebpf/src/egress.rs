@@ -76,7 +76,6 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
             ETH_HLEN + meta.hdr_len,
             icmp::Dir::Out,
             inside,
-            now_ns(),
         )?;
         if meta.fragment {
             frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_OUT, true);
@@ -100,7 +99,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
 
     let key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
     let now = now_ns();
-    let session = match NAT_FWD.get_ptr_mut(&key) {
+    let session = match NAT_FWD.get_ptr_mut(key) {
         Some(entry) => {
             touch(entry, now);
             if ip.proto == PROTO_TCP {

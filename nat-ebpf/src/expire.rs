@@ -419,19 +419,19 @@ fn end_one(w: &mut Walk, key: *const FlowKey, until: *const u64) -> bool {
         return false;
     }
     // SAFETY: read-only lookup.
-    if unsafe { NAT_REV.get(&key) }.is_some() {
+    if unsafe { NAT_REV.get(key) }.is_some() {
         return false;
     }
     // A fresh lookup: an update replaces the element, so the one handed to
     // this callback may be the old one.
-    match NAT_COOLDOWN.get_ptr(&key) {
+    match NAT_COOLDOWN.get_ptr(key) {
         // SAFETY: map value pointer from the lookup.
         Some(cur) if unsafe { read_volatile(cur) } <= w.now => {}
         _ => return false,
     }
-    let _ = NAT_COOLDOWN.remove(&key);
+    let _ = NAT_COOLDOWN.remove(key);
     w.ended += 1;
-    if let Some(rev) = NAT_REV.get_ptr(&key) {
+    if let Some(rev) = NAT_REV.get_ptr(key) {
         restore(&key, rev, w.now);
     }
     true
@@ -457,7 +457,7 @@ fn restore(key: &FlowKey, rev: *const Session, now: u64) {
     let fwd_key = FlowKey::new(key.proto, addr, port, key.daddr, key.dport);
     // SAFETY: read-only lookup.
     let (f_word, f_last) =
-        unsafe { NAT_FWD.get(&fwd_key) }.map_or((0, 0), |f| (f.seen, f.last_seen));
+        unsafe { NAT_FWD.get(fwd_key) }.map_or((0, 0), |f| (f.seen, f.last_seen));
     // Reverse bits of a connection since reopened on this mapping do not count.
     let (f_seen, r_seen) = (bits(f_word), current_rev_bits(f_word, r_seen));
     if let Some(kind) = close_kind(f_seen, r_seen)
@@ -501,7 +501,7 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     let rev_key = key.translated(addr, port);
     // The reverse entry counts only if it points back: one that belongs to
     // another flow (this forward entry lost its own) is not ours to free.
-    let rev = match NAT_REV.get_ptr(&rev_key) {
+    let rev = match NAT_REV.get_ptr(rev_key) {
         // SAFETY: map value pointer from the lookup.
         Some(r) if unsafe { (*r).addr == key.saddr && (*r).port == key.sport } => Some(r),
         _ => None,
@@ -540,9 +540,9 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     if moved {
         return false;
     }
-    let _ = NAT_FWD.remove(&key);
+    let _ = NAT_FWD.remove(key);
     if rev.is_some() {
-        let _ = NAT_REV.remove(&rev_key);
+        let _ = NAT_REV.remove(rev_key);
     }
     w.expired += 1;
     true
@@ -579,7 +579,7 @@ fn reap_one(w: &mut Walk, key: *const FlowKey, rev: *mut Session) -> bool {
     let r_seen = bits(r_word);
     let fwd_key = FlowKey::new(key.proto, addr, port, key.daddr, key.dport);
     // SAFETY: read-only lookup.
-    if let Some(f) = unsafe { NAT_FWD.get(&fwd_key) }
+    if let Some(f) = unsafe { NAT_FWD.get(fwd_key) }
         && f.addr == key.saddr
         && f.port == key.sport
     {
@@ -601,7 +601,7 @@ fn reap_one(w: &mut Walk, key: *const FlowKey, rev: *mut Session) -> bool {
     if unsafe { read_volatile(&(*rev).last_seen) } != r_last {
         return false;
     }
-    let _ = NAT_REV.remove(&key);
+    let _ = NAT_REV.remove(key);
     w.orphans += 1;
     true
 }

@@ -193,7 +193,7 @@ pub fn frame_for_host(data: usize, end: usize, ifindex: u32) -> bool {
         return false;
     };
     // SAFETY: read-only lookup.
-    match unsafe { NAT_IF_MACS.get(&ifindex) } {
+    match unsafe { NAT_IF_MACS.get(ifindex) } {
         Some(mac) => mac[..6] == dst,
         None => false,
     }
@@ -283,7 +283,7 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
     let l4_at = ETH_HLEN + meta.hdr_len;
     let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true).ok()?;
     let key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
-    let entry = NAT_FWD.get_ptr_mut(&key)?;
+    let entry = NAT_FWD.get_ptr_mut(key)?;
     Some(Candidate {
         ip,
         l4,

@@ -33,7 +33,7 @@ pub fn remember(ip: &Ipv4Fields, dir: u8, new_addr: u32) {
         _pad: 0,
         at: now_ns(),
     };
-    let _ = NAT_FRAGS.insert(&key(ip, dir), &entry, 0);
+    let _ = NAT_FRAGS.insert(key(ip, dir), entry, 0);
 }
 
 /// Records the address a first fragment was just given, read back from
@@ -51,7 +51,7 @@ pub fn remember_written(data: usize, end: usize, ip: &Ipv4Fields, dir: u8, sourc
 #[inline(always)]
 pub fn lookup(ip: &Ipv4Fields, dir: u8) -> Option<u32> {
     // SAFETY: read-only copy of a map value.
-    let entry = unsafe { NAT_FRAGS.get(&key(ip, dir)) }.copied()?;
+    let entry = unsafe { NAT_FRAGS.get(key(ip, dir)) }.copied()?;
     (now_ns().wrapping_sub(entry.at) < FRAG_TTL_NS).then_some(entry.addr)
 }
 

@@ -17,7 +17,7 @@ use nat_common::{
 use crate::{
     alloc::allocate,
     maps::{NAT_FWD, NAT_REV},
-    packet::{DropReason, Endpoint, Ipv4Fields, pinned_ptr_at as ptr_at, touch},
+    packet::{DropReason, Endpoint, Ipv4Fields, now_ns, pinned_ptr_at as ptr_at, touch},
 };
 
 /// Which way the packet crosses the NAT.
@@ -89,8 +89,8 @@ pub fn translate(
     l4: usize,
     dir: Dir,
     inside: bool,
-    now: u64,
 ) -> Result<Counter, DropReason> {
+    let now = now_ns();
     // check_ipv4 has held the total length to the frame's.
     let d = Datagram {
         data,
@@ -114,7 +114,7 @@ pub fn translate(
     let (old_addr, to, addr_at) = match (dir, kind) {
         (Dir::Out, icmp_type::ECHO_REQUEST) => {
             let key = FlowKey::new(PROTO_ICMP, ip.saddr, id, ip.daddr, 0);
-            let session = match NAT_FWD.get_ptr_mut(&key) {
+            let session = match NAT_FWD.get_ptr_mut(key) {
                 Some(entry) => {
                     touch(entry, now);
                     // SAFETY: live map value.
@@ -126,7 +126,7 @@ pub fn translate(
         }
         (Dir::In, icmp_type::ECHO_REPLY) => {
             let key = FlowKey::new(PROTO_ICMP, ip.daddr, id, ip.saddr, 0);
-            let Some(entry) = NAT_REV.get_ptr_mut(&key) else {
+            let Some(entry) = NAT_REV.get_ptr_mut(key) else {
                 return Ok(Counter::NotOursIn);
             };
             touch(entry, now);
@@ -210,18 +210,18 @@ fn error(
     // The session and the endpoint to put back.
     let (key_found, old_addr, old_port) = match (dir, iip.proto) {
         (Dir::In, PROTO_ICMP) => (
-            NAT_REV.get_ptr(&FlowKey::new(PROTO_ICMP, iip.saddr, id, iip.daddr, 0)),
+            NAT_REV.get_ptr(FlowKey::new(PROTO_ICMP, iip.saddr, id, iip.daddr, 0)),
             iip.saddr,
             id,
         ),
         (Dir::In, proto) => (
-            NAT_REV.get_ptr(&FlowKey::new(proto, iip.saddr, sport, iip.daddr, dport)),
+            NAT_REV.get_ptr(FlowKey::new(proto, iip.saddr, sport, iip.daddr, dport)),
             iip.saddr,
             sport,
         ),
         (Dir::Out, PROTO_ICMP) => return Ok(Counter::IcmpUnmatched),
         (Dir::Out, proto) => (
-            NAT_FWD.get_ptr(&FlowKey::new(proto, iip.daddr, dport, iip.saddr, sport)),
+            NAT_FWD.get_ptr(FlowKey::new(proto, iip.daddr, dport, iip.saddr, sport)),
             iip.daddr,
             dport,
         ),

@@ -88,7 +88,7 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> 
 
     // The reverse key is oriented like egress: (external, remote).
     let key = FlowKey::new(ip.proto, ip.daddr, l4.dport, ip.saddr, l4.sport);
-    let Some(entry) = NAT_REV.get_ptr_mut(&key) else {
+    let Some(entry) = NAT_REV.get_ptr_mut(key) else {
         return Ok(Class::Pass(Counter::NotOursIn));
     };
     let now = now_ns();
@@ -121,7 +121,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     let pkt = match classify(data, end, frame_ip_len(data, end))? {
         Class::Session(pkt) => pkt,
         Class::Icmp(ip, l4_at, first_fragment) => {
-            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true, now_ns())?;
+            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true)?;
             if first_fragment && done == Counter::XlateIn {
                 frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_IN, false);
             }
@@ -219,7 +219,7 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
         Class::Session(pkt) => pkt,
         Class::Icmp(ip, l4_at, first_fragment) => {
             let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
-            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true, now_ns())?;
+            let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true)?;
             if first_fragment && done == Counter::XlateIn {
                 frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_IN, false);
             }

@@ -153,7 +153,7 @@ pub fn is_external(addr_be: u32) -> bool {
         )
     };
     // SAFETY: read-only lookup.
-    addr_be == first || (n > 1 && unsafe { NAT_EXT_ADDRS.get(&addr_be) }.is_some())
+    addr_be == first || (n > 1 && unsafe { NAT_EXT_ADDRS.get(addr_be) }.is_some())
 }
 
 #[inline(always)]

@@ -57,7 +57,7 @@ pub fn tc_action(ctx: &aya_ebpf::programs::TcContext, outcome: Result<Counter, D
         Err(drop) => {
             crate::maps::count(drop.counter());
             crate::events::dropped(ctx, drop, ctx.data(), ctx.data_end());
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }

@@ -131,7 +131,7 @@ fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
     // SAFETY: live map value pointer.
     let (addr, port) = unsafe { ((*fwd).addr, (*fwd).port) };
     let rev_key = fwd_key.translated(addr, port);
-    let rev_seen = NAT_REV.get_ptr_mut(&rev_key).map(seen_of);
+    let rev_seen = NAT_REV.get_ptr_mut(rev_key).map(seen_of);
     let other = rev_seen.map_or(0, |r| current_rev_bits(before, r.load()));
     let epoch = generation(before);
     if new_syn {
@@ -181,7 +181,7 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now:
     // SAFETY: live map value pointer.
     let (addr, port) = unsafe { ((*rev).addr, (*rev).port) };
     let fwd_key = FlowKey::new(PROTO_TCP, addr, port, rev_key.daddr, rev_key.dport);
-    let fwd = NAT_FWD.get_ptr_mut(&fwd_key);
+    let fwd = NAT_FWD.get_ptr_mut(fwd_key);
     if flags & RST != 0
         && let Some(f) = fwd
     {

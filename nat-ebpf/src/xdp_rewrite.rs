@@ -15,6 +15,10 @@ use crate::packet::{DropReason, Endpoint, L4Fields, Side, ptr_at};
 /// Returns the IPv4 header checksum's difference, which the caller applies
 /// alone ([`apply_ip_check`]) or, on the fast path, folded into the TTL
 /// decrement's, so the header checksum is written once.
+// The parameters of `tc_rewrite::rewrite_endpoint` plus the frame's bounds,
+// which TC keeps in its context; always inlined, so a struct would only be
+// taken apart again.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn rewrite_endpoint(
     data: usize,

@@ -60,8 +60,14 @@ fn serves(pid: i32, iface: &str) -> bool {
         return false;
     };
     let mut args = cmdline.split(|b| *b == 0);
-    let names_iface =
-        |a: &[u8]| a == iface.as_bytes() || a.strip_prefix(b"--iface=") == Some(iface.as_bytes());
+    // The interface may come from a config file, which only the daemon
+    // read: a `nat load --config` is taken at the pid file's word.
+    let names_iface = |a: &[u8]| {
+        a == iface.as_bytes()
+            || a.strip_prefix(b"--iface=") == Some(iface.as_bytes())
+            || a == b"--config"
+            || a.starts_with(b"--config=")
+    };
     args.clone().any(|a| a == b"load") && args.any(names_iface)
 }
 

@@ -4,6 +4,7 @@
 mod common;
 mod ops;
 
+use nat_common::names::{LAYOUT_VERSION, LINK_EGRESS, LINK_INGRESS};
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
 use std::thread;
@@ -39,12 +40,13 @@ fn ops_ready_reaches_notify_socket_after_attach_and_not_before() {
             let n = socket.recv(&mut buf).expect("a notification within 30 s");
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             let ns = names[1].clone();
-            let attached = std::process::Command::new("ip")
-                .args(["-n", &ns, "-d", "link", "show", "veth-ext"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("prog/xdp"))
-                .unwrap_or(false);
-            let pinned = std::path::Path::new(&format!("/sys/fs/bpf/nat/{ns}/veth-ext")).exists();
+            // The loader pins each link once its program is attached.
+            let dir = format!("/sys/fs/bpf/nat/{ns}/veth-ext");
+            let link = |name: &str| {
+                std::path::Path::new(&format!("{dir}/{name}_v{LAYOUT_VERSION}")).exists()
+            };
+            let attached = link(LINK_EGRESS) && link(LINK_INGRESS);
+            let pinned = std::path::Path::new(&dir).exists();
             tx.send((msg, attached, pinned)).unwrap();
         })
     };
@@ -64,10 +66,10 @@ fn ops_ready_reaches_notify_socket_after_attach_and_not_before() {
     );
     assert!(
         attached && pinned,
-        "READY=1 arrived before the datapath was attached (xdp attached: {attached}, pins: {pinned})"
+        "READY=1 arrived before the datapath was attached (links pinned: {attached}, pins: {pinned})"
     );
     assert!(
-        attached_programs(&topo).iter().any(|p| p == "xdp"),
+        attached_programs(&topo).len() == 2,
         "{:?}",
         attached_programs(&topo)
     );
