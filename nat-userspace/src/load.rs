@@ -62,6 +62,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     pins::require_bpffs()?;
+    writeln!(std::io::stdout(), "{}", crate::kernel::probe()?.summary())?;
     let scope = netns
         .map(|ns| format!(" in network namespace {ns}"))
         .unwrap_or_default();
@@ -334,6 +335,9 @@ fn attach_tcx(
     link_name: &str,
     instance: &mut Instance,
 ) -> Result<()> {
+    if crate::kernel::tc_hooks() == crate::kernel::TcHooks::Netlink {
+        return crate::tc_attach::attach(prog, iface, hook, &instance.pins);
+    }
     let id = prog
         .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .with_context(|| {
@@ -526,6 +530,7 @@ pub fn remove_pins(pins: &PinDir) -> Result<()> {
             );
         }
     }
+    crate::tc_attach::detach_recorded(pins)?;
     for name in PINNED_MAPS {
         match std::fs::remove_file(pins.path(name)) {
             Ok(()) => {}
