@@ -10,8 +10,9 @@
 //!
 //! A netlink filter holds no file descriptor: it stays attached when the
 //! daemon dies, like a pinned link. The NAT records each one it adds in the
-//! pin directory (a directory named after its hook, priority, handle and
-//! interface, since bpffs holds no regular files), so that the daemon's exit
+//! pin directory (an empty directory named after its hook, priority, handle
+//! and interface index: bpffs holds no regular files and no names with a
+//! dot, which interface names may have), so that the daemon's exit
 //! and `nat unload` remove exactly those filters, and a later load replaces
 //! a leftover one at the same priority and handle instead of failing.
 
@@ -33,31 +34,31 @@ pub const FILTER_PRIORITY: u16 = 1;
 /// The handle of the NAT's filters ("NA"), so a leftover one is found again.
 pub const FILTER_HANDLE: u32 = 0x4e41;
 /// Name prefix of the record of a filter in the pin directory.
-const RECORD_PREFIX: &str = "tc_filter.";
+const RECORD_PREFIX: &str = "tc_filter_";
 
 /// One filter the NAT added.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Filter {
-    iface: String,
+    ifindex: u32,
     hook: TcAttachType,
     priority: u16,
     handle: u32,
 }
 
 impl Filter {
-    /// `tc_filter.egress.1.20033.veth0`: the interface last, as it may contain dots.
+    /// `tc_filter_egress_1_20033_7`.
     fn record_name(&self) -> String {
         format!(
-            "{RECORD_PREFIX}{}.{}.{}.{}",
+            "{RECORD_PREFIX}{}_{}_{}_{}",
             hook_name(self.hook),
             self.priority,
             self.handle,
-            self.iface
+            self.ifindex
         )
     }
 
     fn parse(name: &str) -> Option<Self> {
-        let mut fields = name.strip_prefix(RECORD_PREFIX)?.splitn(4, '.');
+        let mut fields = name.strip_prefix(RECORD_PREFIX)?.split('_');
         let hook = match fields.next()? {
             "ingress" => TcAttachType::Ingress,
             "egress" => TcAttachType::Egress,
@@ -67,13 +68,17 @@ impl Filter {
             hook,
             priority: fields.next()?.parse().ok()?,
             handle: fields.next()?.parse().ok()?,
-            iface: fields.next().filter(|i| !i.is_empty())?.to_owned(),
+            ifindex: fields.next()?.parse().ok()?,
         })
+        .filter(|_| fields.next().is_none())
     }
 
+    /// The filter as aya's link, to replace or detach it; fails when the
+    /// interface is gone (and the filter with it).
     fn link(&self) -> std::io::Result<SchedClassifierLink> {
+        let iface = nix::net::if_::if_indextoname(self.ifindex)?;
         SchedClassifierLink::attached(
-            &self.iface,
+            &iface.to_string_lossy(),
             self.hook,
             self.priority,
             TcHandle::from(self.handle),
@@ -106,8 +111,10 @@ pub fn attach(
     if let Err(e) = tc::qdisc_add_clsact(iface) {
         log::debug!("clsact on {iface}: {e}");
     }
+    let ifindex = nix::net::if_::if_nametoindex(iface)
+        .with_context(|| format!("no interface named '{iface}'"))?;
     let filter = Filter {
-        iface: iface.to_owned(),
+        ifindex,
         hook,
         priority: FILTER_PRIORITY,
         handle: FILTER_HANDLE,
@@ -163,9 +170,9 @@ pub fn detach_recorded(pins: &PinDir) -> Result<()> {
             && let Err(e) = link.detach()
         {
             log::debug!(
-                "detaching the {} filter on {}: {e} (taken as already gone)",
+                "detaching the {} filter on ifindex {}: {e} (taken as already gone)",
                 hook_name(filter.hook),
-                filter.iface
+                filter.ifindex
             );
         }
         match std::fs::remove_dir(&path) {
@@ -203,15 +210,16 @@ mod tests {
     #[test]
     fn record_names_round_trip() {
         let filter = Filter {
-            iface: "eth0.100".to_owned(),
+            ifindex: 7,
             hook: TcAttachType::Egress,
             priority: 1,
             handle: 0x4e41,
         };
-        assert_eq!(filter.record_name(), "tc_filter.egress.1.20033.eth0.100");
+        assert_eq!(filter.record_name(), "tc_filter_egress_1_20033_7");
         assert_eq!(Filter::parse(&filter.record_name()), Some(filter));
-        assert_eq!(Filter::parse("tc_filter.sideways.1.2.eth0"), None);
-        assert_eq!(Filter::parse("tc_filter.ingress.1.2."), None);
+        assert_eq!(Filter::parse("tc_filter_sideways_1_2_7"), None);
+        assert_eq!(Filter::parse("tc_filter_ingress_1_2_"), None);
+        assert_eq!(Filter::parse("tc_filter_ingress_1_2_7_8"), None);
         assert_eq!(Filter::parse("link_egress"), None);
     }
 }

@@ -19,7 +19,7 @@ mod sockets;
 mod topology;
 mod traffic;
 
-pub use nat_process::{NatProcess, nat_bin, nat_cmd, nat_json};
+pub use nat_process::{ATTACH_TIMEOUT_ENV, NatProcess, nat_bin, nat_cmd, nat_json};
 pub use netns::{run_in_ns, spawn_in_ns};
 pub use servers::{ServerHandle, tcp_sink_server, udp_echo_server};
 pub use topology::{

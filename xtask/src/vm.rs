@@ -21,6 +21,9 @@ use crate::test_summary::Totals;
 use crate::{build_nat, paths, setup_vm};
 
 const CPUS: &str = "2";
+/// How long a test waits for `nat load` in the guest: the verifier alone
+/// takes minutes there for nat_egress (3 s natively).
+const ATTACH_TIMEOUT_S: u32 = 1200;
 const MEMORY: &str = "4G";
 /// Printed by the guest script once the guest runs it (boot time) and as its last line.
 const UP_MARK: &str = "nat-vm: up on ";
@@ -98,6 +101,11 @@ fn write_script(nat: &Path, binaries: &[TestBinary], test_args: &[String]) -> Re
     );
     let _ = writeln!(text, "echo \"{UP_MARK}$(uname -r)\"");
     let _ = writeln!(text, "export NAT_BIN={}", quote(&nat.to_string_lossy()));
+    let _ = writeln!(
+        text,
+        "export {}={ATTACH_TIMEOUT_S}",
+        nat_tests::ATTACH_TIMEOUT_ENV
+    );
     let args: Vec<String> = test_args.iter().map(|a| quote(a)).collect();
     text.push_str("rc=0\n");
     for binary in binaries {
