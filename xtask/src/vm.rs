@@ -141,13 +141,20 @@ fn boot(tools: &VmTools, script: &Path) -> Result<()> {
         // vng calls virtme-run from PATH.
         .env("PATH", prepend_path(&tools.virtme_bin)?)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        // Not inherited: virtme-run reopens its stderr with truncation,
+        // which would wipe a log file this command's output goes to.
+        .stderr(Stdio::piped());
     println!("xtask: booting {} under TCG", tools.kernel_image.display());
     let started = Instant::now();
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot run {}", describe(&cmd)))?;
     let stdout = child.stdout.take().expect("stdout was piped");
+    let stderr = child.stderr.take().expect("stderr was piped");
+    let relay = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut BufReader::new(stderr), &mut std::io::stderr());
+    });
     let mut totals = Totals::default();
     let mut guest_exit = None;
     for line in BufReader::new(stdout).lines() {
@@ -165,6 +172,7 @@ fn boot(tools: &VmTools, script: &Path) -> Result<()> {
         totals.add_line(&line);
     }
     let status = child.wait().context("cannot wait for vng")?;
+    let _ = relay.join();
     println!(
         "xtask: {totals} on {} in {:.0} s",
         tools.kernel_image.display(),
