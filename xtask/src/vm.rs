@@ -24,6 +24,9 @@ const CPUS: &str = "2";
 /// How long a test waits for `nat load` in the guest: the verifier alone
 /// takes minutes there for nat_egress (3 s natively).
 const ATTACH_TIMEOUT_S: u32 = 1200;
+/// The guest ends the suite after this long, so that a stuck run fails
+/// within CI's budget instead of eating it.
+const SUITE_DEADLINE_S: u32 = 1500;
 const MEMORY: &str = "4G";
 /// Printed by the guest script once the guest runs it (boot time) and as its last line.
 const UP_MARK: &str = "nat-vm: up on ";
@@ -92,8 +95,27 @@ fn test_binaries() -> Result<Vec<TestBinary>> {
 }
 
 /// The guest's side: mount bpffs (the guest starts without one), run every
-/// binary, and say how it ended on the console, which is all the host sees.
+/// binary under one deadline, and say how it ended on the console, which is
+/// all the host sees. Two files: `timeout` runs the second.
 fn write_script(nat: &Path, binaries: &[TestBinary], test_args: &[String]) -> Result<PathBuf> {
+    let dir = paths::target_dir().join("vm");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let args: Vec<String> = test_args.iter().map(|a| quote(a)).collect();
+    let mut suite = String::from("#!/bin/sh\n# Written by `cargo xtask test --kernel`.\nrc=0\n");
+    for binary in binaries {
+        let _ = writeln!(
+            suite,
+            "(cd {} && {} {}) || rc=1",
+            quote(&binary.cwd.to_string_lossy()),
+            quote(&binary.path.to_string_lossy()),
+            args.join(" ")
+        );
+    }
+    suite.push_str("exit $rc\n");
+    let suite_path = dir.join("suite.sh");
+    fs::write(&suite_path, suite)
+        .with_context(|| format!("cannot write {}", suite_path.display()))?;
+
     let mut text = String::from("#!/bin/sh\n# Written by `cargo xtask test --kernel`.\n");
     let _ = writeln!(
         text,
@@ -106,21 +128,17 @@ fn write_script(nat: &Path, binaries: &[TestBinary], test_args: &[String]) -> Re
         "export {}={ATTACH_TIMEOUT_S}",
         nat_tests::ATTACH_TIMEOUT_ENV
     );
-    let args: Vec<String> = test_args.iter().map(|a| quote(a)).collect();
-    text.push_str("rc=0\n");
-    for binary in binaries {
-        let _ = writeln!(
-            text,
-            "(cd {} && {} {}) || rc=1",
-            quote(&binary.cwd.to_string_lossy()),
-            quote(&binary.path.to_string_lossy()),
-            args.join(" ")
-        );
-    }
+    let _ = writeln!(
+        text,
+        "timeout --kill-after=10 {SUITE_DEADLINE_S} sh {}\nrc=$?",
+        quote(&suite_path.to_string_lossy())
+    );
+    let _ = writeln!(
+        text,
+        "[ $rc -eq 124 ] && echo 'nat-vm: the suite did not finish within {SUITE_DEADLINE_S} s'"
+    );
     let _ = writeln!(text, "echo \"{EXIT_MARK}$rc\"\nexit $rc");
-    let dir = paths::target_dir().join("vm");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let script = dir.join("suite.sh");
+    let script = dir.join("guest.sh");
     fs::write(&script, text).with_context(|| format!("cannot write {}", script.display()))?;
     Ok(script)
 }
