@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{Array, DevMapHash, HashMap, LpmTrie, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -214,6 +214,12 @@ pub fn load_object(max_sessions: u32, max_cooldowns: u32, globals: Globals) -> R
         .build_hasher()
         .finish() as u32;
     EbpfLoader::new()
+        // Statistics and the verifier's own messages, not the instruction
+        // trace: a rejection then costs one more verifier run and shows its
+        // reason, where the trace (tens of MB for nat_egress) overflows every
+        // buffer aya retries with, hiding the reason after up to 10 more runs
+        // (an hour under TCG).
+        .verifier_log_level(VerifierLogLevel::STATS)
         .override_global(GLOBAL_HASH_SEED, &seed, true)
         .override_global(GLOBAL_EXT_IFINDEX, &globals.ext_ifindex, true)
         .override_global(GLOBAL_FAST_PATH, &u32::from(globals.fast_path), true)
