@@ -210,3 +210,37 @@ pub fn tc_hooks() -> TcHooks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{KernelError, MIN_KERNEL, REQUIREMENTS};
+
+    fn version(v: &str) -> Vec<u32> {
+        v.split('.').map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn no_requirement_is_newer_than_the_minimum() {
+        for req in REQUIREMENTS {
+            assert!(
+                version(req.since) <= version(MIN_KERNEL),
+                "{} needs {}, above MIN_KERNEL {MIN_KERNEL}",
+                req.feature,
+                req.since
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_feature_is_one_line_naming_it_and_its_version() {
+        let e = KernelError::Missing {
+            release: "5.15.0-91-generic".to_owned(),
+            feature: "bpf_loop",
+            since: "5.17",
+        };
+        assert_eq!(
+            e.to_string(),
+            "this kernel (5.15.0-91-generic) lacks bpf_loop (Linux 5.17+); the NAT needs Linux 5.17 or newer"
+        );
+    }
+}
