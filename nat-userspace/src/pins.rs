@@ -91,13 +91,15 @@ fn layout_of(name: &str) -> Option<u32> {
 /// first (removing a link's last reference detaches it), then maps. Entries
 /// without a version suffix are left alone.
 pub fn remove_all(pins: &PinDir) -> Result<()> {
+    // Netlink filters (kernels before 6.6) are recorded as directories.
+    crate::tc_attach::detach_recorded(pins)?;
     let Ok(entries) = std::fs::read_dir(&pins.dir) else {
         return Ok(());
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| layout_of(n).is_some())
+        .filter(|n| layout_of(n).is_some() && !n.starts_with(crate::tc_attach::RECORD_PREFIX))
         .collect();
     // Links first: a map a link's program still uses would outlive its pin anyway.
     names.sort_by_key(|n| !n.starts_with("link_"));

@@ -27,7 +27,8 @@ mod topology;
 mod traffic;
 
 pub use nat_process::{
-    NatProcess, nat_bench_bin, nat_bin, nat_cmd, nat_cmd_in, nat_json, nat_json_in, unload_instance,
+    ATTACH_TIMEOUT_ENV, NatProcess, nat_bench_bin, nat_bin, nat_cmd, nat_cmd_in, nat_json,
+    nat_json_in, unload_instance,
 };
 pub use netns::{run_in_ns, spawn_in_ns};
 pub use paced::{PacedFlows, PacedReport};

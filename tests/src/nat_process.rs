@@ -19,6 +19,16 @@ use crate::lock::lock;
 use crate::topology::{EXT_IFACE, EXTERNAL_IP, INTERNAL_PREFIX, Side, Topology};
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Seconds to wait for `nat: attached` instead of [`ATTACH_TIMEOUT`]: the
+/// kernel matrix runs the suite under TCG, where the verifier takes minutes.
+pub const ATTACH_TIMEOUT_ENV: &str = "NAT_TEST_ATTACH_TIMEOUT_S";
+
+fn attach_timeout() -> Duration {
+    std::env::var(ATTACH_TIMEOUT_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(ATTACH_TIMEOUT, Duration::from_secs)
+}
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const ATTACHED_PREFIX: &str = "nat: attached";
 
@@ -175,7 +185,8 @@ impl NatProcess {
             unloaded: false,
         };
 
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let timeout = attach_timeout();
+        let deadline = Instant::now() + timeout;
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.starts_with(ATTACHED_PREFIX) => return process,
@@ -185,7 +196,7 @@ impl NatProcess {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "nat did not print `{ATTACHED_PREFIX}` within {ATTACH_TIMEOUT:?}; killed it. stdout so far: {:#?}",
+                        "nat did not print `{ATTACHED_PREFIX}` within {timeout:?}; killed it. stdout so far: {:#?}",
                         process.output()
                     );
                 }

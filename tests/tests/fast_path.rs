@@ -71,13 +71,11 @@ fn hook_on_internal(topo: &Topology) -> Option<&'static str> {
     if xdp_attached(topo, INT_IFACE) {
         return Some("xdp");
     }
+    // Kernels before 6.6 have no TCX to query; the program is a cls_bpf filter there.
     let tcx = run_in_ns(topo.ns_name(Side::Nat), || {
-        SchedClassifier::query_tcx(INT_IFACE, TcAttachType::Ingress)
-            .expect("query TCX ingress")
-            .1
-            .len()
+        SchedClassifier::query_tcx(INT_IFACE, TcAttachType::Ingress).map_or(0, |(_, p)| p.len())
     });
-    (tcx > 0).then_some("tc")
+    (tcx > 0 || !bpf_filters(topo, INT_IFACE, "ingress").is_empty()).then_some("tc")
 }
 
 /// A UDP socket on the client's first address, toward the echo server on

@@ -11,7 +11,9 @@ mod lint;
 mod paths;
 mod run_tests;
 mod setup;
+mod setup_vm;
 mod test_summary;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,10 @@ enum Task {
     Dist,
     /// As root: set up, build `nat`, then run the test suite against it
     Test {
+        /// Run the suite in a VM on this kernel instead: a version (e.g. 6.1,
+        /// installed from Debian when missing) or the path of a kernel image
+        #[arg(long, value_name = "VERSION|PATH")]
+        kernel: Option<String>,
         /// Passed to the test binaries, e.g. `-- --test-threads 2` or `-- some_test_name`
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -95,7 +101,14 @@ fn main() -> ExitCode {
         Task::Build { release } => build_nat::build(release).map(|_| ()),
         Task::Lint => lint::run(),
         Task::Dist => dist::run(),
-        Task::Test { test_args } => run_tests::run(&test_args),
+        Task::Test {
+            kernel: Some(kernel),
+            test_args,
+        } => vm::run(&kernel, &test_args),
+        Task::Test {
+            kernel: None,
+            test_args,
+        } => run_tests::run(&test_args),
         Task::Demo => demo::run(),
         Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),
         Task::Bench { quick, json } => bench::run(bench::Options { quick, json }),

@@ -131,6 +131,10 @@ fn attach_tcx(
     link_name: &str,
     instance: &mut Instance,
 ) -> Result<()> {
+    if crate::kernel::tc_hooks() == crate::kernel::TcHooks::Netlink {
+        // A filter outlives the daemon; the attach replaces the recorded one.
+        return crate::tc_attach::attach(prog, iface, hook, &instance.pins);
+    }
     if let Some(pinned) = instance.pinned_link(link_name)? {
         let link = SchedClassifierLink::try_from(pinned)
             .with_context(|| format!("the pinned {link_name} on {iface} is not a TCX link"))?;

@@ -31,6 +31,7 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     // Before anything else, so an early SIGHUP cannot end the daemon.
     let hangups = crate::ops::catch_hangups()?;
     pins::require_bpffs()?;
+    writeln!(std::io::stdout(), "{}", crate::kernel::probe()?.summary())?;
     let plan = validate::check(&mut args, netns)?;
     let replaced = handover::running_daemon(&args, netns, &plan.scope)?;
     let mut instance = pin::Instance::open(plan.pins.clone(), &plan.scope, &args)?;

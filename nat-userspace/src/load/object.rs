@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use nat_common::names::{
     GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
     MAP_COOLDOWN, MAP_FWD, MAP_REV,
@@ -49,6 +49,12 @@ pub fn load_pinned(
         loader.map_pin_path(name, path.as_path());
     }
     loader
+        // Statistics and the verifier's own messages, not the instruction
+        // trace: a rejection then costs one more verifier run and shows its
+        // reason, where the trace (tens of MB for nat_egress) overflows every
+        // buffer aya retries with, hiding the reason after up to 10 more runs
+        // (an hour under TCG).
+        .verifier_log_level(VerifierLogLevel::STATS)
         .override_global(GLOBAL_HASH_SEED, &seed, true)
         .override_global(GLOBAL_EXT_IFINDEX, &globals.ext_ifindex, true)
         .override_global(GLOBAL_FAST_PATH, &u32::from(globals.fast_path), true)

@@ -69,24 +69,56 @@ pub fn assert_nothing_left(topo: &Topology) {
     );
 }
 
-/// The programs on the external interface: TCX egress, then TCX ingress, then "xdp".
+/// The programs on the external interface: egress, then ingress (TCX links,
+/// or cls_bpf filters on kernels before 6.6), then "xdp".
 pub fn attached_programs(topo: &Topology) -> Vec<String> {
-    let mut names = nat_tests::run_in_ns(topo.ns_name(Side::Nat), || {
-        [TcAttachType::Egress, TcAttachType::Ingress]
-            .into_iter()
-            .flat_map(|hook| {
-                let (_, progs) = SchedClassifier::query_tcx(EXT_IFACE, hook).expect("query TCX");
-                progs
+    let mut names = Vec::new();
+    for (hook, name) in [
+        (TcAttachType::Egress, "egress"),
+        (TcAttachType::Ingress, "ingress"),
+    ] {
+        names.extend(nat_tests::run_in_ns(topo.ns_name(Side::Nat), move || {
+            match SchedClassifier::query_tcx(EXT_IFACE, hook) {
+                Ok((_, progs)) => progs
                     .iter()
                     .map(|p| p.name_as_str().unwrap_or("?").to_owned())
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>()
-    });
+                    .collect::<Vec<_>>(),
+                // No TCX on this kernel: nothing can be attached that way.
+                Err(_) => Vec::new(),
+            }
+        }));
+        names.extend(bpf_filters(topo, EXT_IFACE, name));
+    }
     if xdp_attached(topo, EXT_IFACE) {
         names.push("xdp".to_owned());
     }
     names
+}
+
+/// Names of the BPF programs in the cls_bpf filters on `hook` of `iface`
+/// in the nat namespace (`tc filter show` prints `... name nat_egress tag ...`).
+pub fn bpf_filters(topo: &Topology, iface: &str, hook: &str) -> Vec<String> {
+    let out = Command::new("tc")
+        .args([
+            "-n",
+            topo.ns_name(Side::Nat),
+            "filter",
+            "show",
+            "dev",
+            iface,
+            hook,
+        ])
+        .output()
+        .expect("tc runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(" bpf "))
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "name")?;
+            words.next().map(str::to_owned)
+        })
+        .collect()
 }
 
 /// Whether an XDP program is attached to `iface` in the nat namespace.
