@@ -2,6 +2,8 @@
 //! the program, sets its interval and budget, runs it through
 //! BPF_PROG_TEST_RUN and reads what it did from its per-CPU totals.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
@@ -91,8 +93,10 @@ impl KernelSweep {
 
     /// One full sweep: runs the program until it reports that it walked
     /// everything, and returns what it did meanwhile (a timer run on another
-    /// CPU meanwhile is counted too).
-    pub fn run(&self, ebpf: &Ebpf) -> Result<Totals> {
+    /// CPU meanwhile is counted too). `stop` ends it early between two runs
+    /// (each is bounded by its budget), so a stopping daemon waits for one
+    /// run at most; the next sweep, or the timer, walks everything again.
+    pub fn run(&self, ebpf: &Ebpf, stop: &AtomicBool) -> Result<Totals> {
         let prog: &SchedClassifier = ebpf
             .program(PROG_SWEEP)
             .context("sweep program missing from the object")?
@@ -100,6 +104,9 @@ impl KernelSweep {
         let before = self.totals()?;
         let mut frame = [0u8; FRAME_LEN];
         for _ in 0..MAX_RUNS {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(self.totals()?.since(&before));
+            }
             let result = prog
                 .test_run(TestRunOptions {
                     data_in: Some(&frame),

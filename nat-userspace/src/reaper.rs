@@ -9,6 +9,8 @@
 //! and not cooling. The same program keeps running from its timer when no
 //! daemon drives it.
 
+use std::sync::atomic::AtomicBool;
+
 use anyhow::Result;
 use aya::Ebpf;
 use nat_common::expiry::SweepTotal;
@@ -29,8 +31,9 @@ pub struct Sweep {
     pub runs: u64,
 }
 
-pub fn sweep(kernel: &KernelSweep, ebpf: &Ebpf) -> Result<Sweep> {
-    let t = kernel.run(ebpf)?;
+/// One full sweep, or what of it ran before `stop` was set.
+pub fn sweep(kernel: &KernelSweep, ebpf: &Ebpf, stop: &AtomicBool) -> Result<Sweep> {
+    let t = kernel.run(ebpf, stop)?;
     Ok(Sweep {
         scanned: t.get(SweepTotal::Scanned),
         expired: t.get(SweepTotal::Expired),

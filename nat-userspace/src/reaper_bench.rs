@@ -35,7 +35,7 @@ fn cpu_seconds() -> f64 {
 /// One full sweep with its wall and CPU seconds.
 fn timed(sweeper: &KernelSweep, ebpf: &aya::Ebpf) -> Result<(reaper::Sweep, f64, f64)> {
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
-    let s = reaper::sweep(sweeper, ebpf)?;
+    let s = reaper::sweep(sweeper, ebpf, &std::sync::atomic::AtomicBool::new(false))?;
     Ok((s, wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
 }
 

@@ -67,7 +67,7 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
         hangups,
     )?;
 
-    serve::serve(&mut ebpf, &sweeper, &ops, args.reap_interval_ms, stop).await?;
+    let ebpf = serve::serve(ebpf, sweeper, &ops, args.reap_interval_ms, stop).await?;
     ops.stopping();
     drop(ops);
 

@@ -1,8 +1,20 @@
 //! Phase 6 of `nat load`: the control plane's work while the datapath runs —
 //! the kernel expiry sweep on a timer, the reject responder and the event
 //! log — until a stop signal.
+//!
+//! The sweep runs on a thread of its own: expiring 1,000,000 sessions takes
+//! over a second of BPF_PROG_TEST_RUN calls, and the runtime must answer
+//! signals meanwhile. A stop is seen between two runs of the sweep program,
+//! so the daemon exits within one run (tens of milliseconds).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -33,38 +45,65 @@ impl StopSignals {
 /// daemon says it is attached.
 pub fn first_sweep(ebpf: &mut Ebpf, reap_interval_ms: u64) -> Result<KernelSweep> {
     let sweeper = KernelSweep::load(ebpf, reap_interval_ms, 0)?;
-    reaper::sweep(&sweeper, ebpf).context("the first expiry sweep failed")?;
+    reaper::sweep(&sweeper, ebpf, &AtomicBool::new(false))
+        .context("the first expiry sweep failed")?;
     Ok(sweeper)
 }
 
-/// Sweeps every `reap_interval_ms` and answers refused SYNs until stopped.
+/// Sweeps every `reap_interval_ms` on the sweep thread and answers refused
+/// SYNs until stopped; hands the object back for the stop phase.
 pub async fn serve(
-    ebpf: &mut Ebpf,
-    sweeper: &KernelSweep,
+    mut ebpf: Ebpf,
+    sweeper: KernelSweep,
     ops: &Ops,
     reap_interval_ms: u64,
     mut stop: StopSignals,
-) -> Result<()> {
-    let _event_log = crate::event_log::spawn(ebpf)?;
+) -> Result<Ebpf> {
+    let _event_log = crate::event_log::spawn(&mut ebpf)?;
     let _responder = reject::spawn(
         ebpf.take_map(MAP_REJECTS)
             .context("map NAT_REJECTS missing from the object")?,
     )?;
-    let mut tick = tokio::time::interval(Duration::from_millis(reap_interval_ms));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (took_tx, mut took) = tokio::sync::mpsc::unbounded_channel();
+    let worker = {
+        let stopping = Arc::clone(&stopping);
+        let interval = Duration::from_millis(reap_interval_ms);
+        thread::Builder::new()
+            .name("nat-sweep".into())
+            .spawn(move || {
+                // The first sweep ran before the daemon said it was attached.
+                let mut next = Instant::now() + interval;
+                loop {
+                    while !stopping.load(Ordering::Relaxed) && Instant::now() < next {
+                        thread::park_timeout(next.saturating_duration_since(Instant::now()));
+                    }
+                    if stopping.load(Ordering::Relaxed) {
+                        return ebpf;
+                    }
+                    let started = Instant::now();
+                    report(reaper::sweep(&sweeper, &ebpf, &stopping));
+                    let _ = took_tx.send(started.elapsed());
+                    next = started + interval;
+                }
+            })
+            .context("cannot start the sweep thread")?
+    };
     loop {
         tokio::select! {
             _ = stop.int.recv() => break,
             _ = stop.term.recv() => break,
-            _ = tick.tick() => reap(sweeper, ebpf, ops),
+            Some(d) = took.recv() => ops.observe_sweep(d),
         }
     }
-    Ok(())
+    stopping.store(true, Ordering::Relaxed);
+    worker.thread().unpark();
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sweep thread panicked"))
 }
 
-fn reap(sweeper: &KernelSweep, ebpf: &Ebpf, ops: &Ops) {
-    let started = std::time::Instant::now();
-    let swept = reaper::sweep(sweeper, ebpf);
-    ops.observe_sweep(started.elapsed());
+fn report(swept: Result<reaper::Sweep>) {
     match swept {
         Ok(s) if s.kept > 0 => warn!(
             "reaper: {} expired sessions kept: the cooldown map is full (raise --max-cooldowns)",
