@@ -46,12 +46,15 @@ enum Task {
     /// CPU per packet) plus its datapath micro-figures; reports, never fails
     /// on a missed target
     Bench {
-        /// One repetition with short runs, without the 1M-session reaper run (under 2 minutes)
+        /// One repetition with short runs, without the 1M-session reaper and scale runs (under 2 minutes)
         #[arg(long)]
         quick: bool,
         /// Also write every figure, sample and target to FILE as JSON
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also draw the ratio table and the scale curves to FILE (SVG)
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
         }
         Task::Test { test_args } => run_tests::run(&test_args),
         Task::Demo => demo::run(),
-        Task::Bench { quick, json } => bench::run(bench::Options { quick, json }),
+        Task::Bench { quick, json, plot } => bench::run(bench::Options { quick, json, plot }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
