@@ -127,6 +127,7 @@ impl Plan {
 pub fn run(opts: Options) -> Result<()> {
     let started = Instant::now();
     let nat_bin = build_nat::build(true)?;
+    let build_s = started.elapsed().as_secs_f64();
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // workers have been started), so nobody can read the environment concurrently.
     unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
@@ -135,7 +136,9 @@ pub fn run(opts: Options) -> Result<()> {
     interrupt::on_cleanup(scale::restore_conntrack_max);
     // Caught so that, after a signal, the cleanup thread and not a panic
     // decides how the process ends.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| bench(&opts, &nat_bin, started)));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        bench(&opts, &nat_bin, started, build_s)
+    }));
     micro::restore_bpf_stats();
     scale::restore_conntrack_max();
     interrupt::defer_to_cleanup();
@@ -225,7 +228,7 @@ impl Guard {
             let noise = w.noise();
             // One println per attempt, so the NAT's output cannot land mid-line.
             let line = format!(
-                "  {label:<44}{:<34} other load {:>3.0}%",
+                "  {label:<48}{:<34} other load {:>3.0}%",
                 describe(&value),
                 noise * 100.0
             );
@@ -296,7 +299,7 @@ struct Ctx<'a> {
     results: Results,
 }
 
-fn bench(opts: &Options, nat_bin: &Path, started: Instant) -> Result<()> {
+fn bench(opts: &Options, nat_bin: &Path, started: Instant, build_s: f64) -> Result<()> {
     let plan = Plan::new(opts.quick);
     let cpus = cpu::cpu_count()?;
     let load_cpu = cpus - 1;
@@ -422,6 +425,7 @@ fn bench(opts: &Options, nat_bin: &Path, started: Instant) -> Result<()> {
         scale_reps: plan.scale_reps,
         mission_budget,
         alloc_attempts: ALLOC_ATTEMPTS,
+        build_s,
     };
     let wall_s = started.elapsed().as_secs_f64();
     print!("{}", report::render(&config, &results, wall_s));
@@ -510,7 +514,7 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     if let Some(programs) = &programs {
         let run = bpf_run_time(ctx, programs)?;
         println!(
-            "  {:<44}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs)",
+            "  {:<48}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs)",
             label(rep, plan.reps, mode, "BPF run time"),
             run.egress_ns,
             run.egress_runs,
@@ -593,7 +597,7 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     let reps = ctx.plan.scale_reps;
     let what = format!("{sessions} live");
     println!(
-        "  {:<44}{} entries after {} pass(es), {:.1} s",
+        "  {:<48}{} entries after {} pass(es), {:.1} s",
         label(rep, reps, mode, format_args!("{what}: fill")),
         filled.live,
         filled.passes,
@@ -611,13 +615,21 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
     ctx.mission_runs += 1;
     let mission = connections(ctx, mode, rep, reps, load, &format!("{what}: server-first"))?;
-    for (figure, mut s) in mission.samples {
-        s.detail["fill"] = fill.clone();
-        ctx.results.add_scale(mode, figure, sessions, s);
-    }
-    active
+    let stop = active
         .leave()
         .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
+    if let Some(stop) = stop {
+        println!(
+            "  {:<48}{:.1} s",
+            label(rep, reps, mode, format_args!("{what}: daemon stop")),
+            stop.as_secs_f64()
+        );
+    }
+    for (figure, mut s) in mission.samples {
+        s.detail["fill"] = fill.clone();
+        s.detail["daemon_stop_secs"] = json!(stop.map(|d| d.as_secs_f64()));
+        ctx.results.add_scale(mode, figure, sessions, s);
+    }
     thread::sleep(ctx.plan.settle);
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nat_tests::{
@@ -90,8 +91,15 @@ pub struct Active {
     nat_ns: String,
     server_ns: String,
     nat: Option<NatProcess>,
+    /// How long the NAT daemon took to stop on SIGTERM.
+    nat_stop: Option<Duration>,
     armed: bool,
 }
+
+/// How long a NAT daemon may take to exit on SIGTERM: one with a million
+/// sessions may be in the middle of a reaper sweep, which the loaded
+/// testbed has seen take longer than the integration tests' 10 s.
+const NAT_STOP_LIMIT: Duration = Duration::from_secs(60);
 
 impl Active {
     /// Sets `mode` up; a NAT mode gets [`Mode::nat_args`] and then `extra`
@@ -102,6 +110,7 @@ impl Active {
             nat_ns: topology.ns_name(Side::Nat).to_owned(),
             server_ns: topology.ns_name(Side::Server).to_owned(),
             nat: None,
+            nat_stop: None,
             armed: true,
         };
         match mode {
@@ -145,10 +154,12 @@ impl Active {
         Ok(active)
     }
 
-    /// Undoes the mode, reporting what failed.
-    pub fn leave(mut self) -> Result<()> {
+    /// Undoes the mode, reporting what failed; returns how long the NAT
+    /// daemon took to stop, in the NAT modes.
+    pub fn leave(mut self) -> Result<Option<Duration>> {
         self.armed = false;
-        self.teardown()
+        self.teardown()?;
+        Ok(self.nat_stop)
     }
 
     fn teardown(&mut self) -> Result<()> {
@@ -176,7 +187,9 @@ impl Active {
             }
             Mode::NatStack | Mode::Nat | Mode::NatDefault => {
                 if let Some(nat) = self.nat.take() {
-                    let status = nat.stop();
+                    let began = Instant::now();
+                    let status = nat.stop_within(NAT_STOP_LIMIT);
+                    self.nat_stop = Some(began.elapsed());
                     if !status.success() {
                         bail!("nat exited with {status} when stopped");
                     }

@@ -8,15 +8,20 @@ use plotters::prelude::*;
 use super::modes::Mode;
 use super::report::{Figure, JUDGED, Results};
 
-/// The table's figures as drawn, with a short label.
-const BARS: [(Figure, &str); 7] = [
-    (Figure::UdpPps, "UDP pps"),
-    (Figure::CpuPerPacket, "CPU/pkt"),
-    (Figure::Tcp1, "TCP 1"),
-    (Figure::Tcp4, "TCP 4"),
-    (Figure::ConnRate, "conn/s spread"),
-    (Figure::MissionRate, "conn/s mission"),
-    (Figure::MissionP99, "p99 connect"),
+/// The table's figures as drawn, with a short label and the targets over
+/// nftables and over routing (drawn as a mark on the bar).
+const BARS: [(Figure, &str, [Option<f64>; 2]); 7] = [
+    (Figure::UdpPps, "UDP pps", [Some(1.3), Some(1.0)]),
+    (Figure::CpuPerPacket, "CPU/pkt", [Some(0.75), None]),
+    (Figure::Tcp1, "TCP 1", [None, Some(0.97)]),
+    (Figure::Tcp4, "TCP 4", [None, Some(0.97)]),
+    (Figure::ConnRate, "conn/s spread", [None, None]),
+    (
+        Figure::MissionRate,
+        "conn/s mission",
+        [Some(1.25), Some(0.95)],
+    ),
+    (Figure::MissionP99, "p99 connect", [None, Some(1.2)]),
 ];
 const OVER: [(Mode, RGBColor); 2] = [
     (Mode::Nftables, RGBColor(0xd6, 0x60, 0x4d)),
@@ -61,7 +66,7 @@ where
 {
     let values: Vec<Vec<Option<f64>>> = BARS
         .iter()
-        .map(|(f, _)| OVER.iter().map(|(m, _)| r.ratio(*f, JUDGED, *m)).collect())
+        .map(|(f, _, _)| OVER.iter().map(|(m, _)| r.ratio(*f, JUDGED, *m)).collect())
         .collect();
     let top = values
         .iter()
@@ -98,8 +103,8 @@ where
         .map_err(err)?;
     for (i, row) in values.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
-            let Some(v) = v else { continue };
             let x0 = i as f64 + 0.15 + 0.35 * j as f64;
+            let Some(v) = v else { continue };
             let color = OVER[j].1;
             chart
                 .draw_series(std::iter::once(Rectangle::new(
@@ -113,6 +118,19 @@ where
                     (x0 + 0.02, *v + top * 0.01),
                     ("sans-serif", 12),
                 )))
+                .map_err(err)?;
+        }
+    }
+    // Over the bars, so that a bar cannot hide its target.
+    for (i, (_, _, targets)) in BARS.iter().enumerate() {
+        for (j, target) in targets.iter().enumerate() {
+            let Some(target) = *target else { continue };
+            let x0 = i as f64 + 0.15 + 0.35 * j as f64;
+            chart
+                .draw_series(LineSeries::new(
+                    [(x0 - 0.02, target), (x0 + 0.35, target)],
+                    BLACK.stroke_width(3),
+                ))
                 .map_err(err)?;
         }
     }
@@ -181,6 +199,13 @@ where
         .configure_mesh()
         .x_desc("live sessions (log)")
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| {
+            if *y >= 100.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.2}")
+            }
+        })
         .draw()
         .map_err(err)?;
     if curves.iter().all(|c| c.2.is_empty()) {

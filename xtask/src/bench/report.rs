@@ -194,6 +194,8 @@ pub struct Config {
     pub scale_reps: usize,
     pub mission_budget: u64,
     pub alloc_attempts: u32,
+    /// Seconds the release build took at the start of the run.
+    pub build_s: f64,
 }
 
 /// What the mission runs of one mode added up to.
@@ -773,17 +775,18 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             Some(false) => "MISSED",
             None => "NOT MEASURED",
         };
-        let _ = writeln!(
-            out,
-            "  {verdict:<13}{:<62}{}{}",
-            t.name,
-            t.measured,
-            if t.noisy {
-                "  (partly measured on a busy machine)"
-            } else {
-                ""
-            }
-        );
+        let noisy = if t.noisy {
+            "  (partly measured on a busy machine)"
+        } else {
+            ""
+        };
+        // A long name gets the measurement on a line of its own.
+        if t.name.chars().count() < 62 {
+            let _ = writeln!(out, "  {verdict:<13}{:<62}{}{noisy}", t.name, t.measured);
+        } else {
+            let _ = writeln!(out, "  {verdict:<13}{}", t.name);
+            let _ = writeln!(out, "  {:<13}{:<62}{}{noisy}", "", "", t.measured);
+        }
     }
     if !r.notes.is_empty() {
         let _ = writeln!(out, "\nnotes");
@@ -791,7 +794,11 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             let _ = writeln!(out, "  - {note}");
         }
     }
-    let _ = writeln!(out, "\nbench: wall time {wall_s:.0} s");
+    let _ = writeln!(
+        out,
+        "\nbench: wall time {wall_s:.0} s ({:.0} s after the build)",
+        wall_s - cfg.build_s
+    );
     out
 }
 
@@ -910,6 +917,7 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
     json!({
         "quick": cfg.quick,
         "wall_s": wall_s,
+        "build_s": cfg.build_s,
         "machine": machine,
         "config": {
             "repetitions": cfg.reps,
