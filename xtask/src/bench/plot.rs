@@ -76,7 +76,7 @@ where
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!(
-                "{} over nftables and routing (same run; CPU/pkt and p99: lower is better)",
+                "{} over nftables and routing, same run (CPU/pkt, p99: lower is better; black marks: targets)",
                 JUDGED.name()
             ),
             ("sans-serif", 18),

@@ -514,7 +514,7 @@ fn render_scale(out: &mut String, r: &Results) {
     for p in &points {
         let _ = write!(header, "{:<CELL$}", p.to_string());
     }
-    for p in &r.scale_skipped {
+    for p in r.scale_skipped.iter().filter(|p| !points.contains(p)) {
         let _ = write!(header, "{:<CELL$}", format!("{p} (skipped)"));
     }
     let _ = writeln!(out, "{}", header.trim_end());
