@@ -775,7 +775,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             Some(false) => "MISSED",
             None => "NOT MEASURED",
         };
-        let noisy = if t.noisy {
+        let noisy = if t.noisy && t.met.is_some() {
             "  (partly measured on a busy machine)"
         } else {
             ""
