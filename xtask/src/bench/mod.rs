@@ -691,25 +691,29 @@ fn connections(
     let nat_ns = topology.ns_name(Side::Nat).to_owned();
     let server_ns = topology.ns_name(Side::Server).to_owned();
     let nat_bin = ctx.nat_bin;
-    let collisions = || -> Result<Option<u64>> {
+    // The NAT's (collisions counter, cooling keys); None outside the NAT modes.
+    let nat_figures = || -> Result<Option<(u64, u64)>> {
         if !mode.is_nat() {
             return Ok(None);
         }
         let stats = nat_stats(nat_bin, &nat_ns)?;
-        Ok(stats["counters"]["collisions"].as_u64())
+        let collisions = stats["counters"]["collisions"]
+            .as_u64()
+            .context("nat stats --json has no collisions counter")?;
+        Ok(Some((collisions, stats["cooling"].as_u64().unwrap_or(0))))
     };
-    let mut before = (None, 0);
     let g = ctx.guard.measure(
         &label(rep, reps, mode, what),
         || {
-            before = (collisions()?, conn::paws_timewait(&server_ns)?);
+            let before = (nat_figures()?, conn::paws_timewait(&server_ns)?);
             let run = conn::run(topology, conn_server, load, secs, load_cpu)?;
-            let after = (collisions()?, conn::paws_timewait(&server_ns)?);
-            let collided = after.0.zip(before.0).map(|(a, b)| a.saturating_sub(b));
-            Ok((run, collided, after.1.saturating_sub(before.1)))
+            let after = (nat_figures()?, conn::paws_timewait(&server_ns)?);
+            let collided = after.0.zip(before.0).map(|(a, b)| a.0.saturating_sub(b.0));
+            let cooling = after.0.map(|a| a.1);
+            Ok((run, collided, after.1.saturating_sub(before.1), cooling))
         },
-        |(c, _, _)| c.window,
-        |(c, collided, paws)| {
+        |(c, _, _, _)| c.window,
+        |(c, collided, paws, _)| {
             format!(
                 "{:.0} conn/s, connect p50 {:.2} ms p99 {:.2} ms, {} failed{}{}",
                 c.rate(),
@@ -725,7 +729,7 @@ fn connections(
             )
         },
     )?;
-    let (c, collided, paws) = &g.value;
+    let (c, collided, paws, cooling_after) = &g.value;
     let translated = match mode {
         Mode::Routing => c.peers.external == 0 && c.peers.other == 0,
         _ => c.peers.internal == 0 && c.peers.other == 0,
@@ -751,6 +755,9 @@ fn connections(
         "secs": c.secs,
         "connect_ms": { "p50": c.connect_ms(0.5), "p90": c.connect_ms(0.9), "p99": c.connect_ms(0.99), "max": c.connect_ms(1.0) },
         "nat_collisions": collided,
+        // Keys cooling right after the run: with the server closing first,
+        // about one per connection made since the NAT started.
+        "nat_cooling_keys_after": cooling_after,
         "server_paws_timewait": paws,
         "accepted_from_nat_address": c.peers.external,
         "accepted_from_internal_addresses": c.peers.internal,
