@@ -231,3 +231,31 @@ pub fn restore_conntrack_max() {
         let _ = fs::write(CONNTRACK_MAX, old.to_string());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn fill_flows_are_distinct_and_leave_room_toward_each_destination() {
+        let clients: Vec<Ipv4Addr> = (2..10).map(|h| Ipv4Addr::new(10, 200, 1, h)).collect();
+        // The largest scale point.
+        let n = 1_000_000;
+        let mut seen = HashSet::with_capacity(n as usize);
+        let mut per_dest = std::collections::HashMap::<u16, u32>::new();
+        for i in 0..n {
+            let (src, dst) = flow(i, &clients);
+            assert!(src.port() >= FIRST_SOURCE_PORT, "flow {i}: {src}");
+            assert!(seen.insert((src, dst)), "flow {i} repeats {src} -> {dst}");
+            *per_dest.entry(dst.port()).or_default() += 1;
+        }
+        assert_eq!(per_dest.len(), usize::from(DEST_PORTS));
+        // Well inside the 64,512 external ports toward one destination.
+        assert!(
+            per_dest.values().all(|&k| k <= 64_512 / 2 + 1),
+            "{per_dest:?}"
+        );
+    }
+}
