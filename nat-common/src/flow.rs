@@ -57,10 +57,11 @@ pub mod seen {
 
 /// One direction of a session.
 ///
-/// The forward entry is written only by egress and the reverse entry only by
-/// ingress, so the two directions never write the same cache line. The
-/// session's state is derived from both entries' `seen` bits
-/// ([`crate::tcp_state::state_of`]) and its idle time from the later of the
+/// The forward entry is written only by egress and the internal side's
+/// fast path, the reverse entry only by ingress, so the two directions
+/// never write the same cache line. The session's state is derived from
+/// both entries' `seen` words ([`crate::seen_word::current_rev_bits`],
+/// [`crate::tcp_state::state_of`]) and its idle time from the later of the
 /// two `last_seen`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,38 +70,135 @@ pub struct Session {
     pub addr: u32,
     /// Forward entry: the external port. Reverse entry: the internal port.
     pub port: u16,
-    /// [`seen`] bits for packets of this entry's direction.
-    pub seen: u8,
-    pub _pad: u8,
+    pub _pad: u16,
+    /// Generation and [`seen`] bits of this entry's direction
+    /// ([`crate::seen_word`]); changed only by compare-and-exchange.
+    pub seen: u64,
+    /// Forward entry: the internal host's latest TCP acknowledgment number
+    /// and window field (network byte order, as sent), against which resets
+    /// from outside are checked ([`crate::tcp_state::rst_in_window`]); 0:
+    /// none yet in this connection. Unused in the reverse entry.
+    pub acked: u32,
+    pub window: u32,
     /// Boot-clock nanoseconds of the last packet, refreshed at most every
     /// [`crate::config::TOUCH_GRANULARITY_NS`].
     pub last_seen: u64,
     /// Where the fast path sends this direction's packets.
-    pub hop: NextHop,
+    pub hop: HopCache,
 }
 
-/// The fast path's cached route lookup for one direction of a session, so
-/// that an established flow pays for the kernel's route and neighbour lookup
-/// once per [`crate::forward::ROUTE_TTL_NS`] and not per packet.
-#[repr(C)]
+/// Where the fast path sends a packet: the kernel's route and neighbour
+/// lookup, or a session's cached copy of it ([`HopCache`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
-    /// Boot-clock ns of the lookup this came from; 0: none yet.
-    pub checked: u64,
     /// Interface the packets leave by.
     pub ifindex: u32,
     /// MTU of the route, checked against each packet.
     pub mtu: u16,
     /// Destination then source MAC address, as the Ethernet header has them.
     pub macs: [u8; 12],
-    pub _pad: [u8; 6],
 }
 
-impl NextHop {
-    /// Whether the cached lookup may still be used at `now`.
-    #[inline(always)]
-    pub const fn fresh(&self, now: u64) -> bool {
-        self.checked != 0 && now.wrapping_sub(self.checked) < crate::forward::ROUTE_TTL_NS
+/// The fast path's cached route lookup for one direction of a session, so
+/// that an established flow pays for the kernel's route and neighbour lookup
+/// once per [`crate::forward::ROUTE_TTL_NS`] and not per packet.
+///
+/// Readers on other CPUs must see one lookup whole, never a fresh stamp with
+/// stale MACs, and BPF on Linux 6.1 has no load-acquire to order a sequence
+/// counter's reads. So each of the four words is written and read with one
+/// 64-bit access (single-copy atomic) and carries in its top 16 bits the tag
+/// of the write it came from; a reader takes the entry only when all four
+/// tags agree and are not 0 (never written). Writers are told apart by the
+/// tag: a writer first advances word 0's tag by compare-and-exchange, and
+/// only the winner writes the other words, so no two writes share a tag
+/// until 65535 writes later (a write happens at most once per stale
+/// [`crate::forward::ROUTE_TTL_NS`] per waiting packet). Two winners in a
+/// row may interleave their last three words; the tags then disagree, and
+/// readers look the route up again and rewrite it, as for a stale entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopCache {
+    /// Tag and: the lookup time in units of 2^16 ns; the destination MAC;
+    /// the source MAC; the ifindex and MTU.
+    pub words: [u64; 4],
+}
+
+const TAG_SHIFT: u32 = 48;
+const PAYLOAD: u64 = (1 << TAG_SHIFT) - 1;
+/// Lookup times are kept in units of 2^16 ns (65.5 µs): 48 bits last 584 years.
+const STAMP_SHIFT: u32 = 16;
+
+const fn mac48(m: &[u8; 12], at: usize) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < 6 {
+        v |= (m[at + i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
+}
+
+impl HopCache {
+    pub const fn tag(word: u64) -> u16 {
+        (word >> TAG_SHIFT) as u16
+    }
+
+    /// The tag the next write after one tagged `tag` uses; 0 means "never written".
+    pub const fn next_tag(tag: u16) -> u16 {
+        if tag == u16::MAX { 1 } else { tag + 1 }
+    }
+
+    /// Word 0 of a write tagged `tag` of a lookup made at `now`.
+    pub const fn stamp_word(tag: u16, now: u64) -> u64 {
+        ((tag as u64) << TAG_SHIFT) | ((now >> STAMP_SHIFT) & PAYLOAD)
+    }
+
+    /// Words 1 to 3 of a write tagged `tag`.
+    pub const fn route_words(tag: u16, hop: &NextHop) -> [u64; 3] {
+        let t = (tag as u64) << TAG_SHIFT;
+        [
+            t | mac48(&hop.macs, 0),
+            t | mac48(&hop.macs, 6),
+            t | hop.ifindex as u64 | ((hop.mtu as u64) << 32),
+        ]
+    }
+
+    /// The cached lookup and when it was made, if the four words are one
+    /// whole write.
+    pub const fn decode(words: [u64; 4]) -> Option<(NextHop, u64)> {
+        let tag = Self::tag(words[0]);
+        if tag == 0
+            || Self::tag(words[1]) != tag
+            || Self::tag(words[2]) != tag
+            || Self::tag(words[3]) != tag
+        {
+            return None;
+        }
+        let mut macs = [0u8; 12];
+        let mut i = 0;
+        while i < 6 {
+            macs[i] = (words[1] >> (8 * i)) as u8;
+            macs[6 + i] = (words[2] >> (8 * i)) as u8;
+            i += 1;
+        }
+        let hop = NextHop {
+            ifindex: words[3] as u32,
+            mtu: (words[3] >> 32) as u16,
+            macs,
+        };
+        Some((hop, (words[0] & PAYLOAD) << STAMP_SHIFT))
+    }
+
+    /// The cached lookup if it is whole and may still be used at `now`.
+    pub const fn fresh(words: [u64; 4], now: u64) -> Option<NextHop> {
+        match Self::decode(words) {
+            Some((hop, checked))
+                if hop.ifindex != 0 && now.wrapping_sub(checked) < crate::forward::ROUTE_TTL_NS =>
+            {
+                Some(hop)
+            }
+            _ => None,
+        }
     }
 }
 

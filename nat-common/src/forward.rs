@@ -8,7 +8,7 @@ use crate::csum::diff16;
 pub const MIN_FORWARD_TTL: u8 = 2;
 
 /// How long the fast path uses a session's cached route lookup
-/// ([`crate::flow::NextHop`]) before it asks the kernel again: route and
+/// ([`crate::flow::HopCache`]) before it asks the kernel again: route and
 /// neighbour changes reach established flows within this time.
 pub const ROUTE_TTL_NS: u64 = 1_000_000_000;
 
@@ -56,22 +56,56 @@ pub const fn eligible(fragment: bool, proto: u8, ttl: u8) -> Result<(), Ineligib
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{NextHop, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+    use crate::flow::{HopCache, NextHop, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+    fn route() -> NextHop {
+        NextHop {
+            ifindex: 7,
+            mtu: 1500,
+            macs: [1, 2, 3, 4, 5, 6, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6],
+        }
+    }
+
+    fn write(tag: u16, hop: &NextHop, now: u64) -> [u64; 4] {
+        let [a, b, c] = HopCache::route_words(tag, hop);
+        [HopCache::stamp_word(tag, now), a, b, c]
+    }
 
     #[test]
     fn cached_route_is_used_for_one_ttl() {
-        let never = NextHop::default();
-        assert!(!never.fresh(5));
-        let hop = NextHop {
-            checked: 1_000,
-            ..NextHop::default()
-        };
-        assert!(hop.fresh(1_000));
-        assert!(hop.fresh(1_000 + ROUTE_TTL_NS - 1));
-        assert!(!hop.fresh(1_000 + ROUTE_TTL_NS));
+        assert_eq!(HopCache::fresh([0; 4], 5), None);
+        let at = 1 << 20;
+        let w = write(1, &route(), at);
+        assert_eq!(HopCache::decode(w), Some((route(), at)));
+        assert_eq!(HopCache::fresh(w, at), Some(route()));
+        assert_eq!(HopCache::fresh(w, at + ROUTE_TTL_NS - 1), Some(route()));
+        assert_eq!(HopCache::fresh(w, at + ROUTE_TTL_NS), None);
         // A stamp another CPU wrote just after this clock read only costs a
         // fresh lookup.
-        assert!(!hop.fresh(999));
+        assert_eq!(HopCache::fresh(w, at - 1), None);
+    }
+
+    #[test]
+    fn a_cached_route_is_read_whole_or_not_at_all() {
+        let old = write(9, &route(), 1 << 30);
+        let moved = NextHop {
+            ifindex: 8,
+            mtu: 9000,
+            macs: [9; 12],
+        };
+        let new = write(HopCache::next_tag(9), &moved, 2 << 30);
+        assert_eq!(HopCache::decode(new), Some((moved, 2 << 30)));
+        // Every mix of the two writes, word by word, is refused.
+        for mask in 1..15u32 {
+            let mut mix = old;
+            for (i, w) in mix.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    *w = new[i];
+                }
+            }
+            assert_eq!(HopCache::decode(mix), None, "mix {mask:04b}");
+        }
+        assert_eq!(HopCache::next_tag(u16::MAX), 1, "0 stays 'never written'");
     }
 
     #[test]

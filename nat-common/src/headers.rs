@@ -33,8 +33,11 @@ pub mod off {
     pub const IP_DADDR: usize = 16;
     pub const L4_SPORT: usize = 0;
     pub const L4_DPORT: usize = 2;
+    pub const TCP_SEQ: usize = 4;
+    pub const TCP_ACK: usize = 8;
     pub const TCP_DOFF: usize = 12;
     pub const TCP_FLAGS: usize = 13;
+    pub const TCP_WINDOW: usize = 14;
     pub const TCP_CHECK: usize = 16;
     pub const UDP_LEN: usize = 4;
     pub const UDP_CHECK: usize = 6;

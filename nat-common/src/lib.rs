@@ -9,17 +9,20 @@
 pub mod config;
 pub mod counters;
 pub mod csum;
+pub mod expiry;
 pub mod flow;
 pub mod forward;
 pub mod headers;
 pub mod names;
 pub mod probe;
+pub mod seen_word;
 pub mod tcp_state;
 
 #[cfg(feature = "user")]
 mod pod {
     use crate::{
         config::{Config, PoolAddr},
+        expiry::SweepControl,
         flow::{FlowKey, Session},
     };
 
@@ -29,4 +32,5 @@ mod pod {
     unsafe impl aya::Pod for Session {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PoolAddr {}
+    unsafe impl aya::Pod for SweepControl {}
 }

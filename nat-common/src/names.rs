@@ -30,8 +30,17 @@ pub const MAP_IF_MACS: &str = "NAT_IF_MACS";
 /// Interfaces the XDP fast path redirects to (DEVMAP_HASH keyed by ifindex):
 /// the external interface and the internal ones given with `--fast-path`.
 pub const MAP_FAST_DEVS: &str = "NAT_FAST_DEVS";
+/// Per-CPU scratch slot where egress assembles a new session entry (not pinned).
+pub const MAP_SCRATCH: &str = "NAT_SCRATCH";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
+/// The expiry sweep's settings, one [`crate::expiry::SweepControl`] at index 0.
+pub const MAP_SWEEP_CTL: &str = "NAT_SWEEP_CTL";
+/// Per-CPU running totals of the expiry sweep, indexed by [`crate::expiry::SweepTotal`].
+pub const MAP_SWEEP_STATS: &str = "NAT_SWEEP_STATS";
+/// The one `bpf_timer` that runs the sweep while no daemon does (a BTF map:
+/// the kernel finds the timer in the value through BTF).
+pub const MAP_SWEEP_TIMER: &str = "NAT_SWEEP_TIMER";
 
 pub const PROG_EGRESS: &str = "nat_egress";
 /// XDP ingress, the default.
@@ -43,6 +52,11 @@ pub const PROG_INGRESS_TC: &str = "nat_ingress_tc";
 pub const PROG_FAST: &str = "nat_fast";
 /// Fast path on the internal interfaces, TC ingress (with `--ingress tc`).
 pub const PROG_FAST_TC: &str = "nat_fast_tc";
+
+/// The expiry sweep: walks the session and cooldown maps in the kernel. Run
+/// by the daemon through BPF_PROG_TEST_RUN (a TC program, so aya can run it)
+/// and by the sweep timer it arms; never attached.
+pub const PROG_SWEEP: &str = "nat_sweep";
 
 /// Load-time constant: the ifindex of the external interface.
 pub const GLOBAL_EXT_IFINDEX: &str = "EXT_IFINDEX";

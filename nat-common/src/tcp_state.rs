@@ -86,6 +86,29 @@ pub const fn state_of(proto: u8, fwd_seen: u8, rev_seen: u8) -> State {
     }
 }
 
+/// How far a reset's sequence number may lie from the internal host's last
+/// acknowledgment the NAT saw, either way: acknowledgments on their way,
+/// and resets answering an older segment (RFC 793 takes their sequence
+/// number from that segment's acknowledgment).
+pub const RST_SLACK: u32 = 1 << 20;
+
+/// RFC 5961 section 3.2 as a middlebox can apply it: a reset from outside
+/// counts only when its sequence number lies in the internal host's
+/// receive window, from its last acknowledgment `acked` over its window
+/// field scaled by the largest shift there is (14, RFC 7323: the scale the
+/// SYN negotiated is not parsed, so a valid reset is never refused), give
+/// or take [`RST_SLACK`]. A blind reset then has to hit that range, one
+/// in 4096 of the sequence space or less for windows below 2^16 << 14 / 4.
+/// `acked` 0: the internal host has acknowledged nothing in this
+/// connection yet (a reset answering its SYN), anything goes. Host order.
+pub const fn rst_in_window(seq: u32, acked: u32, window: u16) -> bool {
+    if acked == 0 {
+        return true;
+    }
+    let width = ((window as u32) << 14) + 2 * RST_SLACK;
+    seq.wrapping_sub(acked.wrapping_sub(RST_SLACK)) <= width
+}
+
 /// How long a session in `state` may stay idle before the reaper removes it.
 pub const fn idle_timeout_ms(state: State, cfg: &Config) -> u64 {
     match state {

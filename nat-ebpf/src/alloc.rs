@@ -16,20 +16,42 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
-    flow::{FlowKey, NextHop, Session},
+    flow::{FlowKey, HopCache, Session},
     probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, walk},
     tcp_state::seen_bits,
 };
 
 use crate::{
-    maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, count, hash_seed},
+    maps::{
+        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, NAT_SCRATCH, count,
+        hash_seed,
+    },
     packet::{DropReason, Endpoint},
 };
 
 const FOUND_NONE: u32 = 0;
 const FOUND_WON: u32 = 1;
 const FOUND_LOST: u32 = 2;
+/// A session insert failed for another reason than a taken key; the
+/// probe's `session.addr` holds its error ([`insert_failure`]).
 const FOUND_ERROR: u32 = 3;
+
+/// What a failed BPF_NOEXIST insert returns when the key exists.
+const EEXIST: i32 = 17;
+
+/// Why an insert that did not meet an existing key failed: a full map
+/// (-E2BIG from a preallocated hash, -ENOMEM) takes no entry for any key,
+/// so no further candidate is tried. The error travels as a plain number
+/// and becomes a drop reason only here, at the exit, so that the verifier
+/// walks the probe loop with one state for every failure, as before.
+#[inline(always)]
+fn insert_failure(err: i32) -> DropReason {
+    if err == -EEXIST || err >= 0 {
+        DropReason::AllocFail
+    } else {
+        DropReason::SessionTableFull
+    }
+}
 
 /// State of one probe walk over one external address; lives on the stack and
 /// is handed to the bpf_loop callback by pointer.
@@ -75,7 +97,7 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
         stale = true;
     }
     match claim_pair(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now) {
-        Ok(Claim::Won(s)) => {
+        Claim::Won(s) => {
             if stale {
                 let _ = NAT_COOLDOWN.remove(&rev_key);
             }
@@ -83,14 +105,16 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
             p.session = s;
             true
         }
-        Ok(Claim::Lost(s)) => {
+        Claim::Lost(s) => {
             p.found = FOUND_LOST;
             p.session = s;
             true
         }
-        Ok(Claim::Taken) => false,
-        Err(_) => {
+        Claim::Taken => false,
+        Claim::Failed(err) => {
             p.found = FOUND_ERROR;
+            // nat_egress's stack has no bytes to spare for a field of its own.
+            p.session.addr = err as u32;
             true
         }
     }
@@ -109,44 +133,93 @@ enum Claim {
     /// Another CPU created this very flow meanwhile.
     Lost(Endpoint),
     Taken,
+    /// An insert failed for another reason than an existing key (its error).
+    Failed(i32),
 }
 
+/// Inserts the session pair for `fwd` on (`ext_addr`, `port`).
 #[inline(always)]
-fn claim_pair(
-    fwd: &FlowKey,
-    ext_addr: u32,
-    port: u16,
-    tcp_flags: u8,
+fn claim_pair(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> Claim {
+    let r = nat_claim_pair(fwd, ext_addr as u64, port as u64, tcp_flags as u64, now);
+    if r < 0 {
+        Claim::Failed(r as i32)
+    } else if r == CLAIM_WON {
+        Claim::Won(Endpoint {
+            addr: ext_addr,
+            port,
+        })
+    } else if r >> 48 == CLAIM_LOST {
+        Claim::Lost(Endpoint {
+            addr: (r >> 16) as u32,
+            port: r as u16,
+        })
+    } else {
+        Claim::Taken
+    }
+}
+
+const CLAIM_WON: i64 = 1;
+const CLAIM_TAKEN: i64 = 2;
+/// In bits 48 and up, above the winner's address (16..48) and port (0..16).
+const CLAIM_LOST: i64 = 3;
+
+/// [`claim_pair`] as a global BPF function, which the verifier checks once
+/// on its own rather than once for every state of the probe walk that
+/// reaches it. Returns a `CLAIM_*` code, or the failed insert's error.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_claim_pair(
+    fwd: *const FlowKey,
+    ext_addr: u64,
+    port: u64,
+    tcp_flags: u64,
     now: u64,
-) -> Result<Claim, DropReason> {
+) -> i64 {
+    if fwd.is_null() {
+        return 0;
+    }
+    // SAFETY: checked for null; the caller passes its stack key.
+    let fwd = unsafe { *fwd };
+    let (ext_addr, port) = (ext_addr as u32, port as u16);
     let rev_key = fwd.translated(ext_addr, port);
-    // One entry on the stack, filled for each direction in turn: the frame
-    // of nat_egress has no room for two.
-    let mut entry = Session {
+    // One entry, filled for each direction in turn, in a per-CPU scratch
+    // slot: the stacks of nat_egress and the probe callback have no room.
+    let Some(entry) = NAT_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's own slot, used only for the length of this call.
+    let entry = unsafe { &mut *entry };
+    *entry = Session {
         addr: fwd.saddr,
         port: fwd.sport,
-        seen: 0,
         _pad: 0,
+        seen: 0,
+        acked: 0,
+        window: 0,
         last_seen: now,
-        hop: NextHop::default(),
+        hop: HopCache::default(),
     };
-    if NAT_REV
-        .insert(&rev_key, &entry, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        return Ok(Claim::Taken);
+    if let Err(err) = NAT_REV.insert(&rev_key, &*entry, BPF_NOEXIST as u64) {
+        return if err == -EEXIST {
+            CLAIM_TAKEN
+        } else {
+            err as i64
+        };
     }
     entry.addr = ext_addr;
     entry.port = port;
-    entry.seen = seen_bits(tcp_flags);
-    if NAT_FWD.insert(fwd, &entry, BPF_NOEXIST as u64).is_ok() {
-        return Ok(Claim::Won(Endpoint::of(&entry)));
-    }
+    // Generation 0: the mapping's first connection.
+    entry.seen = seen_bits(tcp_flags as u8) as u64;
+    let err = match NAT_FWD.insert(&fwd, &*entry, BPF_NOEXIST as u64) {
+        Ok(()) => return CLAIM_WON,
+        Err(err) => err,
+    };
     let _ = NAT_REV.remove(&rev_key);
     // SAFETY: read-only copy of a map value.
-    match unsafe { NAT_FWD.get(fwd) } {
-        Some(winner) => Ok(Claim::Lost(Endpoint::of(winner))),
-        None => Err(DropReason::AllocFail),
+    match unsafe { NAT_FWD.get(&fwd) } {
+        Some(winner) => (CLAIM_LOST << 48) | ((winner.addr as i64) << 16) | winner.port as i64,
+        // -EEXIST here: the winner's flow is already gone again.
+        None => err as i64,
     }
 }
 
@@ -190,7 +263,7 @@ fn probe_address(
             count(Counter::InsertRace);
             Ok(Some(p.session))
         }
-        FOUND_ERROR => Err(DropReason::AllocFail),
+        FOUND_ERROR => Err(insert_failure(p.session.addr as i32)),
         _ => Ok(None),
     }
 }
@@ -247,7 +320,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         return Err(DropReason::StrictCooling);
     }
     let port = p.best_port.to_be();
-    match claim_pair(fwd, p.best_addr, port, tcp_flags, now)? {
+    match claim_pair(fwd, p.best_addr, port, tcp_flags, now) {
         Claim::Won(s) => {
             let _ = NAT_COOLDOWN.remove(&fwd.translated(p.best_addr, port));
             count(Counter::Opened);
@@ -260,5 +333,6 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
             Ok(s)
         }
         Claim::Taken => Err(DropReason::AllocFail),
+        Claim::Failed(err) => Err(insert_failure(err)),
     }
 }

@@ -104,6 +104,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
         Some(entry) => {
             touch(entry, now);
             if ip.proto == PROTO_TCP {
+                track::note_ack(entry, l4.tcp_flags, l4.ack, l4.window);
                 track::egress(&key, entry, l4.tcp_flags, now);
             }
             // SAFETY: live map value from the lookup above.

@@ -21,17 +21,19 @@ use aya_ebpf::{
 use nat_common::{
     counters::Counter,
     csum::{add, apply},
-    flow::{FlowKey, NextHop, PROTO_TCP, Session},
+    flow::{FlowKey, HopCache, NextHop, PROTO_TCP, Session},
     forward::{AF_INET, eligible, ttl_decrement_diff},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
+    seen_word::SharedWord,
 };
 
 use crate::{
     maps::{NAT_FAST_DEVS, NAT_FWD, NAT_IF_MACS, ext_ifindex},
     packet::{
-        DropReason, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, Side, ipv4_fields, l4_fields,
-        now_ns, ptr_at, read, tc_action, touch, xdp_verdict,
+        DropReason, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, Side, frame_ip_len, ipv4_fields,
+        l4_fields, now_ns, ptr_at, read, tc_action, touch, xdp_verdict,
     },
+    shared::MapWord,
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
     track, xdp_rewrite,
@@ -77,12 +79,10 @@ fn lookup<C: EbpfContext>(
     macs[..6].copy_from_slice(&p.dmac);
     macs[6..].copy_from_slice(&p.smac);
     Some(NextHop {
-        checked: 0,
         ifindex: p.ifindex,
         // SAFETY: on success the kernel leaves the MTU in this union member.
         mtu: unsafe { p.__bindgen_anon_1.mtu_result },
         macs,
-        _pad: [0; 6],
     })
 }
 
@@ -101,33 +101,66 @@ pub fn next_hop<C: EbpfContext>(
     l3_len: u16,
     now: u64,
 ) -> Option<NextHop> {
-    // SAFETY: a live map value from a lookup in this program run.
-    let cached = unsafe { (*entry).hop };
-    let fresh = cached.fresh(now) && cached.ifindex != 0;
-    if fresh && l3_len <= cached.mtu {
-        return Some(cached);
+    let cache = cache_words(entry);
+    let cached = HopCache::fresh(
+        [
+            cache[0].load(),
+            cache[1].load(),
+            cache[2].load(),
+            cache[3].load(),
+        ],
+        now,
+    );
+    if let Some(hop) = cached
+        && l3_len <= hop.mtu
+    {
+        return Some(hop);
     }
     // A non-zero length makes the kernel check it against the route's MTU.
     let hop = lookup(ctx, ifindex, flow, tos, l3_len)?;
-    if !fresh {
-        store(entry, &hop, now);
+    if cached.is_none() {
+        store(cache, &hop, now);
     }
     Some(hop)
 }
 
-/// Writes a fresh lookup into the session's cache, its time stamp last, so
-/// that another CPU that sees the stamp (x86 keeps stores in order; the
-/// volatile writes keep the compiler from reordering them) sees the rest.
+/// The four words of a session direction's route cache.
 #[inline(always)]
-fn store(entry: *mut Session, hop: &NextHop, now: u64) {
-    // SAFETY: a live map value from a lookup in this program run.
+fn cache_words(entry: *mut Session) -> [MapWord; 4] {
+    // SAFETY: a live map value from a lookup in this program run; the
+    // words are 8-byte aligned inside it.
+    let w = unsafe { core::ptr::addr_of_mut!((*entry).hop.words) } as *mut u64;
+    // SAFETY: inside the same array of four.
     unsafe {
-        let cache = core::ptr::addr_of_mut!((*entry).hop);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cache).ifindex), hop.ifindex);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cache).mtu), hop.mtu);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cache).macs), hop.macs);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cache).checked), now);
+        [
+            MapWord(w),
+            MapWord(w.add(1)),
+            MapWord(w.add(2)),
+            MapWord(w.add(3)),
+        ]
     }
+}
+
+/// Writes a fresh lookup into the session's cache as a write tagged
+/// [`HopCache::next_tag`] of the one it replaces: the tag is claimed on
+/// word 0 by compare-and-exchange, so only one CPU writes with it, and a
+/// CPU that loses the claim keeps its lookup for its own packet only.
+/// Readers take the four words only when their tags agree (see
+/// [`HopCache`]), so no ordering between the stores is needed.
+#[inline(always)]
+fn store(cache: [MapWord; 4], hop: &NextHop, now: u64) {
+    let first = cache[0].load();
+    let tag = HopCache::next_tag(HopCache::tag(first));
+    if cache[0]
+        .compare_exchange(first, HopCache::stamp_word(tag, now))
+        .is_err()
+    {
+        return;
+    }
+    let [a, b, c] = HopCache::route_words(tag, hop);
+    cache[1].store(a);
+    cache[2].store(b);
+    cache[3].store(c);
 }
 
 /// The length a TC packet must fit into: one segment's for a GSO skb (IP and
@@ -268,6 +301,7 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
 fn track_session(c: &Candidate, now: u64) -> Endpoint {
     touch(c.entry, now);
     if c.ip.proto == PROTO_TCP {
+        track::note_ack(c.entry, c.l4.tcp_flags, c.l4.ack, c.l4.window);
         track::egress(&c.key, c.entry, c.l4.tcp_flags, now);
     }
     // SAFETY: live map value from the lookup in `candidate`.
@@ -283,7 +317,7 @@ pub fn nat_fast(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let Some(c) = candidate(data, end, end - data - ETH_HLEN) else {
+    let Some(c) = candidate(data, end, frame_ip_len(data, end)) else {
         return Ok(Counter::FastMiss);
     };
     let ingress = ctx.ingress_ifindex() as u32;

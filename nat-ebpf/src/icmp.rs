@@ -17,9 +17,7 @@ use nat_common::{
 use crate::{
     alloc::allocate,
     maps::{NAT_FWD, NAT_REV},
-    packet::{
-        DropReason, Endpoint, Ipv4Fields, pinned_ptr_at as ptr_at, pinned_read as read, touch,
-    },
+    packet::{DropReason, Endpoint, Ipv4Fields, pinned_ptr_at as ptr_at, touch},
 };
 
 /// Which way the packet crosses the NAT.
@@ -31,20 +29,50 @@ pub enum Dir {
     Out,
 }
 
-#[inline(always)]
-fn write16(data: usize, end: usize, at: usize, v: u16) -> Result<(), DropReason> {
-    let p = ptr_at::<u16>(data, end, at)?;
-    // SAFETY: bounds-checked by ptr_at.
-    unsafe { core::ptr::write_unaligned(p, v) };
-    Ok(())
+/// The IPv4 packet in a frame: accesses must lie inside the frame (what the
+/// verifier checks) and inside the IPv4 total length, which is where the
+/// ICMP message and the quote it carries end. Bytes past it are link-layer
+/// padding or trailing garbage: neither parsed as a quote nor rewritten,
+/// nor folded into the ICMP checksum, which does not cover them.
+#[derive(Clone, Copy)]
+struct Datagram {
+    data: usize,
+    end: usize,
+    /// Offset from `data` of the first byte after the IPv4 packet.
+    ip_end: usize,
 }
 
-#[inline(always)]
-fn write32(data: usize, end: usize, at: usize, v: u32) -> Result<(), DropReason> {
-    let p = ptr_at::<u32>(data, end, at)?;
-    // SAFETY: bounds-checked by ptr_at.
-    unsafe { core::ptr::write_unaligned(p, v) };
-    Ok(())
+impl Datagram {
+    #[inline(always)]
+    fn ptr<T>(&self, at: usize) -> Result<*mut T, DropReason> {
+        if at + size_of::<T>() > self.ip_end {
+            return Err(DropReason::Malformed);
+        }
+        ptr_at::<T>(self.data, self.end, at)
+    }
+
+    #[inline(always)]
+    fn read<T: Copy>(&self, at: usize) -> Result<T, DropReason> {
+        let p = self.ptr::<T>(at)?;
+        // SAFETY: bounds-checked by ptr; packet fields are not aligned.
+        Ok(unsafe { core::ptr::read_unaligned(p) })
+    }
+
+    #[inline(always)]
+    fn write16(&self, at: usize, v: u16) -> Result<(), DropReason> {
+        let p = self.ptr::<u16>(at)?;
+        // SAFETY: bounds-checked by ptr.
+        unsafe { core::ptr::write_unaligned(p, v) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn write32(&self, at: usize, v: u32) -> Result<(), DropReason> {
+        let p = self.ptr::<u32>(at)?;
+        // SAFETY: bounds-checked by ptr.
+        unsafe { core::ptr::write_unaligned(p, v) };
+        Ok(())
+    }
 }
 
 /// Translates an ICMP packet whose IPv4 header starts at `l3` and whose ICMP
@@ -63,11 +91,17 @@ pub fn translate(
     inside: bool,
     now: u64,
 ) -> Result<Counter, DropReason> {
-    let kind = read::<u8>(data, end, l4 + off::ICMP_TYPE)?;
+    // check_ipv4 has held the total length to the frame's.
+    let d = Datagram {
+        data,
+        end,
+        ip_end: l3 + ip.tot_len as usize,
+    };
+    let kind = d.read::<u8>(l4 + off::ICMP_TYPE)?;
     let check_at = l4 + off::ICMP_CHECK;
-    read::<[u8; ICMP_HLEN]>(data, end, l4)?;
+    d.read::<[u8; ICMP_HLEN]>(l4)?;
     if icmp_type::is_error(kind) {
-        return match error(data, end, l3, ip, l4, dir)? {
+        return match error(d, l3, ip, l4, dir)? {
             Counter::IcmpUnmatched if dir == Dir::Out && !inside => Ok(Counter::NotOursOut),
             Counter::IcmpUnmatched if dir == Dir::Out => Err(DropReason::IcmpUnmatched),
             done => Ok(done),
@@ -76,7 +110,7 @@ pub fn translate(
     if dir == Dir::Out && !inside {
         return Ok(Counter::NotOursOut);
     }
-    let id = read::<u16>(data, end, l4 + off::ICMP_ID)?;
+    let id = d.read::<u16>(l4 + off::ICMP_ID)?;
     let (old_addr, to, addr_at) = match (dir, kind) {
         (Dir::Out, icmp_type::ECHO_REQUEST) => {
             let key = FlowKey::new(PROTO_ICMP, ip.saddr, id, ip.daddr, 0);
@@ -107,17 +141,15 @@ pub fn translate(
         // Anything else from inside would leave with an internal source.
         (Dir::Out, _) => return Err(DropReason::Unsupported),
     };
-    let ip_check = read::<u16>(data, end, l3 + off::IP_CHECK)?;
-    let icmp_check = read::<u16>(data, end, check_at)?;
-    write16(
-        data,
-        end,
+    let ip_check = d.read::<u16>(l3 + off::IP_CHECK)?;
+    let icmp_check = d.read::<u16>(check_at)?;
+    d.write16(
         l3 + off::IP_CHECK,
         apply(ip_check, diff32(old_addr, to.addr)),
     )?;
-    write16(data, end, check_at, apply(icmp_check, diff16(id, to.port)))?;
-    write32(data, end, addr_at, to.addr)?;
-    write16(data, end, l4 + off::ICMP_ID, to.port)?;
+    d.write16(check_at, apply(icmp_check, diff16(id, to.port)))?;
+    d.write32(addr_at, to.addr)?;
+    d.write16(l4 + off::ICMP_ID, to.port)?;
     Ok(if dir == Dir::In {
         Counter::XlateIn
     } else {
@@ -132,8 +164,7 @@ pub fn translate(
 /// rewritten in the embedded packet and in the outer header.
 #[inline(always)]
 fn error(
-    data: usize,
-    end: usize,
+    d: Datagram,
     l3: usize,
     ip: &Ipv4Fields,
     l4: usize,
@@ -141,13 +172,13 @@ fn error(
 ) -> Result<Counter, DropReason> {
     let inner = l4 + ICMP_HLEN;
     let iip = Ipv4Fields {
-        ver_ihl: read::<u8>(data, end, inner)?,
+        ver_ihl: d.read::<u8>(inner)?,
         id: 0,
-        proto: read::<u8>(data, end, inner + off::IP_PROTO)?,
-        tot_len: u16::from_be(read::<u16>(data, end, inner + off::IP_TOT_LEN)?),
-        frag: u16::from_be(read::<u16>(data, end, inner + off::IP_FRAG)?),
-        saddr: read::<u32>(data, end, inner + off::IP_SADDR)?,
-        daddr: read::<u32>(data, end, inner + off::IP_DADDR)?,
+        proto: d.read::<u8>(inner + off::IP_PROTO)?,
+        tot_len: u16::from_be(d.read::<u16>(inner + off::IP_TOT_LEN)?),
+        frag: u16::from_be(d.read::<u16>(inner + off::IP_FRAG)?),
+        saddr: d.read::<u32>(inner + off::IP_SADDR)?,
+        daddr: d.read::<u32>(inner + off::IP_DADDR)?,
     };
     // The embedded datagram is cut short by design: only its header must be whole.
     let meta = check_ipv4(iip.ver_ihl, iip.tot_len, iip.frag, iip.proto, usize::MAX)?;
@@ -168,10 +199,10 @@ fn error(
         PROTO_ICMP => (off::ICMP_ID, off::ICMP_CHECK),
         _ => return Ok(Counter::IcmpUnmatched),
     };
-    let sport = read::<u16>(data, end, il4 + off::L4_SPORT)?;
-    let dport = read::<u16>(data, end, il4 + off::L4_DPORT)?;
+    let sport = d.read::<u16>(il4 + off::L4_SPORT)?;
+    let dport = d.read::<u16>(il4 + off::L4_DPORT)?;
     let id = if iip.proto == PROTO_ICMP {
-        read::<u16>(data, end, il4 + off::ICMP_ID)?
+        d.read::<u16>(il4 + off::ICMP_ID)?
     } else {
         0
     };
@@ -213,22 +244,22 @@ fn error(
     let mut icmp_diff = add(addr_diff, port_diff);
 
     // Embedded IP header: address and its checksum.
-    let icheck_old = read::<u16>(data, end, inner + off::IP_CHECK)?;
+    let icheck_old = d.read::<u16>(inner + off::IP_CHECK)?;
     let icheck_new = apply(icheck_old, addr_diff);
     icmp_diff = add(icmp_diff, diff16(icheck_old, icheck_new));
-    write16(data, end, inner + off::IP_CHECK, icheck_new)?;
+    d.write16(inner + off::IP_CHECK, icheck_new)?;
     let iaddr_at = inner
         + if dir == Dir::In {
             off::IP_SADDR
         } else {
             off::IP_DADDR
         };
-    write32(data, end, iaddr_at, to.addr)?;
-    write16(data, end, il4 + port_at, to.port)?;
+    d.write32(iaddr_at, to.addr)?;
+    d.write16(il4 + port_at, to.port)?;
 
-    // Embedded transport checksum, when the quoted bytes reach it.
-    if let Ok(l4c) = ptr_at::<u16>(data, end, il4 + check_at) {
-        // SAFETY: bounds-checked by ptr_at.
+    // Embedded transport checksum, when the quote (not the frame) reaches it.
+    if let Ok(l4c) = d.ptr::<u16>(il4 + check_at) {
+        // SAFETY: bounds-checked by Datagram::ptr.
         let old = unsafe { core::ptr::read_unaligned(l4c) };
         let new = match iip.proto {
             PROTO_TCP => apply(old, add(addr_diff, port_diff)),
@@ -236,21 +267,14 @@ fn error(
             _ => apply(old, port_diff),
         };
         icmp_diff = add(icmp_diff, diff16(old, new));
-        // SAFETY: bounds-checked by ptr_at.
+        // SAFETY: bounds-checked by Datagram::ptr.
         unsafe { core::ptr::write_unaligned(l4c, new) };
     }
 
-    let icmp_check = read::<u16>(data, end, l4 + off::ICMP_CHECK)?;
-    write16(
-        data,
-        end,
-        l4 + off::ICMP_CHECK,
-        apply(icmp_check, icmp_diff),
-    )?;
-    let ip_check = read::<u16>(data, end, l3 + off::IP_CHECK)?;
-    write16(
-        data,
-        end,
+    let icmp_check = d.read::<u16>(l4 + off::ICMP_CHECK)?;
+    d.write16(l4 + off::ICMP_CHECK, apply(icmp_check, icmp_diff))?;
+    let ip_check = d.read::<u16>(l3 + off::IP_CHECK)?;
+    d.write16(
         l3 + off::IP_CHECK,
         apply(ip_check, diff32(outer_old, to.addr)),
     )?;
@@ -260,7 +284,7 @@ fn error(
         } else {
             off::IP_SADDR
         };
-    write32(data, end, outer_at, to.addr)?;
+    d.write32(outer_at, to.addr)?;
     Ok(if dir == Dir::In {
         Counter::XlateIn
     } else {

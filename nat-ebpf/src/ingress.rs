@@ -29,7 +29,7 @@ use crate::{
     maps::{NAT_REV, ext_ifindex, fast_path},
     packet::{
         DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, Side,
-        ipv4_fields, l4_fields, now_ns, read, tc_action, touch, xdp_verdict,
+        frame_ip_len, ipv4_fields, l4_fields, now_ns, read, tc_action, touch, xdp_verdict,
     },
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
@@ -92,10 +92,11 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> 
         return Ok(Class::Pass(Counter::NotOursIn));
     };
     let now = now_ns();
-    touch(entry, now);
-    if ip.proto == PROTO_TCP {
-        track::ingress(&key, entry, l4.tcp_flags, now);
+    if ip.proto == PROTO_TCP && !track::ingress(&key, entry, l4.tcp_flags, l4.seq, now) {
+        // A blind reset: it neither refreshes, closes nor cools the session.
+        return Err(DropReason::RstOutOfWindow);
     }
+    touch(entry, now);
     // SAFETY: live map value from the lookup above.
     let to = Endpoint::of(unsafe { &*entry });
     Ok(Class::Session(Inbound {
@@ -117,7 +118,7 @@ pub fn nat_ingress(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let pkt = match classify(data, end, end - data - ETH_HLEN)? {
+    let pkt = match classify(data, end, frame_ip_len(data, end))? {
         Class::Session(pkt) => pkt,
         Class::Icmp(ip, l4_at, first_fragment) => {
             let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true, now_ns())?;

@@ -6,6 +6,10 @@
 //! crate compiles to an empty binary so `cargo build --workspace` stays green.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// BPF_CMPXCHG: the bpf target's core has no compare-and-exchange
+// (atomic-cas is off for it), the intrinsic lowers to the instruction.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod alloc;
@@ -13,6 +17,8 @@ mod alloc;
 mod egress;
 #[cfg(target_arch = "bpf")]
 mod events;
+#[cfg(target_arch = "bpf")]
+mod expire;
 #[cfg(target_arch = "bpf")]
 mod fast;
 #[cfg(target_arch = "bpf")]
@@ -27,6 +33,8 @@ mod maps;
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod reject;
+#[cfg(target_arch = "bpf")]
+mod shared;
 #[cfg(target_arch = "bpf")]
 mod skb;
 #[cfg(target_arch = "bpf")]

@@ -1,12 +1,15 @@
 //! The maps both programs share. Their names are the constants in `nat_common::names`.
 
 use aya_ebpf::{
-    macros::map,
+    bindings::bpf_timer,
+    btf_maps,
+    macros::{btf_map, map},
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     counters::{COUNTER_COUNT, Counter},
+    expiry::{SWEEP_TOTALS, SweepControl},
     flow::{FlowKey, FragEntry, FragKey, Session},
     probe::PROBE_BUCKETS,
 };
@@ -23,6 +26,11 @@ pub static NAT_REV: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAUL
 /// Cooling keys (reverse-map keys) -> boot-clock ns when the key may be reused.
 #[map(name = "NAT_COOLDOWN")]
 pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * DEFAULT_SESSIONS, 0);
+
+/// One session entry per CPU, where a new session is put together before
+/// it is inserted; never pinned.
+#[map(name = "NAT_SCRATCH")]
+pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NAT_PROBES")]
 pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);
@@ -46,6 +54,32 @@ pub static NAT_INTERNAL: LpmTrie<u32, u8> =
 
 #[map(name = "NAT_STATS")]
 pub static NAT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+#[map(name = "NAT_SWEEP_CTL")]
+pub static NAT_SWEEP_CTL: Array<SweepControl> = Array::with_max_entries(1, 0);
+
+/// Per-CPU, so the timer and a daemon's run on another CPU never share a slot.
+#[map(name = "NAT_SWEEP_STATS")]
+pub static NAT_SWEEP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SWEEP_TOTALS, 0);
+
+/// Scratch state of a sweep run: slot 0 for the daemon's runs, 1 for the timer's.
+#[map(name = "NAT_SWEEP_WALK")]
+pub static NAT_SWEEP_WALK: PerCpuArray<crate::expire::Walk> = PerCpuArray::with_max_entries(2, 0);
+
+/// The value of the sweep timer map. The kernel finds the `bpf_timer` in it
+/// through the map's BTF, which is why this one map is a BTF map (`.maps`)
+/// while the others keep the legacy definitions the loader sizes at load.
+#[repr(C)]
+pub struct SweepTimer {
+    pub timer: bpf_timer,
+    /// Where the timer's next run resumes (a resume token, 0: a new
+    /// sweep); written by the timer's callback only.
+    pub resume: u32,
+    pub _pad: u32,
+}
+
+#[btf_map(name = "NAT_SWEEP_TIMER")]
+pub static NAT_SWEEP_TIMER: btf_maps::Array<SweepTimer, 1, 0> = btf_maps::Array::new();
 
 /// The external addresses (value: pool index), for egress to recognise
 /// packets the TC fast path has translated already.

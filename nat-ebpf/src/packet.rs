@@ -7,6 +7,10 @@ use nat_common::{counters::Counter, headers::HeaderError};
 pub enum DropReason {
     NoSession,
     AllocFail,
+    /// A reset from outside outside the internal host's window.
+    RstOutOfWindow,
+    /// A session map is full: no candidate can be claimed.
+    SessionTableFull,
     Malformed,
     Unsupported,
     FragUnknown,
@@ -21,6 +25,8 @@ impl DropReason {
         match self {
             DropReason::NoSession => Counter::NoSession,
             DropReason::AllocFail => Counter::AllocFail,
+            DropReason::RstOutOfWindow => Counter::RstOutOfWindow,
+            DropReason::SessionTableFull => Counter::SessionTableFull,
             DropReason::Malformed => Counter::Malformed,
             DropReason::Unsupported => Counter::Unsupported,
             DropReason::FragUnknown => Counter::FragUnknown,
@@ -111,11 +117,13 @@ pub fn pinned_ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut
     Ok(p as *mut T)
 }
 
+/// Bytes after the Ethernet header of an XDP frame (TC programs have the
+/// skb's length); 0 for a runt, which then fails its first header read
+/// instead of wrapping around to a huge length.
 #[inline(always)]
-pub fn pinned_read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, DropReason> {
-    let p = pinned_ptr_at::<T>(data, data_end, off)?;
-    // SAFETY: bounds checked above; packet fields are not aligned.
-    Ok(unsafe { core::ptr::read_unaligned(p) })
+pub fn frame_ip_len(data: usize, end: usize) -> usize {
+    end.saturating_sub(data)
+        .saturating_sub(nat_common::headers::ETH_HLEN)
 }
 
 #[inline(always)]
@@ -204,6 +212,11 @@ pub struct L4Fields {
     pub dport: u16,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
+    /// TCP window field, as loaded; 0 for UDP.
+    pub window: u16,
+    /// TCP sequence and acknowledgment numbers, as loaded; 0 for UDP.
+    pub seq: u32,
+    pub ack: u32,
     /// Length of the transport header (TCP data offset, or 8 for UDP).
     pub hdr_len: u16,
     /// Offset of the checksum field from the start of the packet.
@@ -229,11 +242,19 @@ pub fn l4_fields(
     let dport = read::<u16>(data, data_end, at + off::L4_DPORT)?;
     match proto {
         PROTO_TCP => {
-            let hdr_len = check_tcp(read::<u8>(data, data_end, at + off::TCP_DOFF)?, l4_len)?;
+            // Sequence and acknowledgment numbers, data offset, flags and
+            // window in one checked read: separate reads let LLVM merge
+            // the bounds checks and recompute a pointer the verifier has
+            // no range for.
+            let h = read::<[u8; 12]>(data, data_end, at + off::TCP_SEQ)?;
+            let hdr_len = check_tcp(h[off::TCP_DOFF - off::TCP_SEQ], l4_len)?;
             Ok(L4Fields {
                 sport,
                 dport,
-                tcp_flags: read::<u8>(data, data_end, at + off::TCP_FLAGS)?,
+                tcp_flags: h[off::TCP_FLAGS - off::TCP_SEQ],
+                window: u16::from_ne_bytes([h[10], h[11]]),
+                seq: u32::from_ne_bytes([h[0], h[1], h[2], h[3]]),
+                ack: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
                 hdr_len: hdr_len as u16,
                 check_off: at + off::TCP_CHECK,
             })
@@ -250,6 +271,9 @@ pub fn l4_fields(
                 sport,
                 dport,
                 tcp_flags: 0,
+                window: 0,
+                seq: 0,
+                ack: 0,
                 hdr_len: nat_common::headers::UDP_HLEN as u16,
                 check_off: at + off::UDP_CHECK,
             })

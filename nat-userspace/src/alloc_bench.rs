@@ -1,4 +1,4 @@
-//! `nat alloc-bench`: allocation success and latency of the real egress
+//! `nat-bench alloc`: allocation success and latency of the real egress
 //! program while one destination's range is filled to a given share. Runs the
 //! program with BPF_PROG_TEST_RUN on crafted SYNs; nothing is attached.
 
@@ -16,7 +16,7 @@ use nat_common::{
 use serde_json::json;
 
 use crate::{
-    cli::{AllocBenchArgs, Cidr},
+    cli::{Cidr, PortRange, parse_port_range},
     load::{Globals, load_object, populate},
     tables::{Tables, boot_ns},
 };
@@ -27,6 +27,28 @@ const REMOTE_PORT: u16 = 443;
 /// What `nat_egress` returns for a translated packet: TC_ACT_UNSPEC (-1),
 /// TCX's "next program", which passes it on.
 const TRANSLATED: u32 = -1i32 as u32;
+
+#[derive(clap::Args, Debug)]
+pub struct AllocBenchArgs {
+    /// Share of the destination's range in use or cooling, in percent.
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u32).range(0..=99))]
+    pub occupancy: u32,
+    /// Of the occupied ports, the share that is cooling rather than live, in percent.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub cooling: u32,
+    /// External port range of the destination being filled.
+    #[arg(long, value_name = "LO-HI", default_value = "20000-20999", value_parser = parse_port_range)]
+    pub ports: PortRange,
+    /// New flows to allocate (each is removed again to keep the occupancy).
+    #[arg(long, default_value_t = 10_000)]
+    pub attempts: u32,
+    /// Allocation policy when every candidate is live or cooling.
+    #[arg(long, value_name = "strict|fallback", default_value = "strict")]
+    pub policy: String,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 pub fn run(args: &AllocBenchArgs) -> Result<()> {
     let span = span(args.ports.lo, args.ports.hi);

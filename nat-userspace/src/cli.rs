@@ -2,7 +2,9 @@
 
 use std::net::Ipv4Addr;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::settings::SETTINGS;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,17 +38,22 @@ pub enum Command {
     Stats(ShowArgs),
     /// Change a live setting; it takes effect on the next allocation.
     Set {
-        /// One of the settings `nat get` lists.
+        /// One of the settings `nat get` lists (the flags under "Settings" in `nat load --help`).
         key: String,
+        /// New value, in the form `nat get` prints (e.g. 240s, on, strict).
         value: String,
+        /// Instance to change; may be left out when only one is loaded.
         #[arg(long, value_name = "IFACE")]
         iface: Option<String>,
     },
     /// Show one or all live settings.
     Get {
+        /// The setting to show; all of them when left out.
         key: Option<String>,
+        /// Instance to read; may be left out when only one is loaded.
         #[arg(long, value_name = "IFACE")]
         iface: Option<String>,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -60,92 +67,73 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
-    /// Measures allocation in the real egress program (BPF_PROG_TEST_RUN) with one
-    /// destination's range filled to a given share; no interface is touched.
-    #[command(hide = true)]
-    AllocBench(AllocBenchArgs),
-    /// Measures one reaper sweep over N sessions in real BPF maps; nothing is attached.
-    #[command(hide = true)]
-    ReaperBench {
-        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=8_000_000))]
-        sessions: u32,
-        #[arg(long)]
-        json: bool,
+    /// Checks a config file for `nat load --config` with the rules of the flags; one line per error.
+    CheckConfig {
+        /// The TOML file to check.
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Makes the running daemon re-read its config file and apply settings, external
+    /// addresses and the port range live (sends it SIGHUP after checking the file).
+    Reload {
+        /// External interface of the instance (its --iface at load).
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
     },
 }
 
-#[derive(Parser, Debug)]
-pub struct AllocBenchArgs {
-    /// Share of the destination's range in use or cooling, in percent.
-    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u32).range(0..=99))]
-    pub occupancy: u32,
-    /// Of the occupied ports, the share that is cooling rather than live, in percent.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
-    pub cooling: u32,
-    #[arg(long, default_value = "20000-20999", value_parser = parse_port_range)]
-    pub ports: PortRange,
-    /// New flows to allocate (each is removed again to keep the occupancy).
-    #[arg(long, default_value_t = 10_000)]
-    pub attempts: u32,
-    #[arg(long, default_value = "strict")]
-    pub policy: String,
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Flags of `nat load` that set live settings; names and parsing come from
-/// [`crate::settings::SETTINGS`].
-#[derive(Parser, Debug, Default)]
+/// Flags of `nat load` that set live settings: one per entry of
+/// [`crate::settings::SETTINGS`], whose name, help text (meaning, default,
+/// range) and parser it takes, so a setting added to the table is a flag
+/// with its documentation without any code here.
+#[derive(Clone, Debug, Default)]
 pub struct SettingFlags {
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown"))]
-    pub cooldown: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-local-close"))]
-    pub cooldown_local_close: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-rst"))]
-    pub cooldown_rst: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-udp"))]
-    pub cooldown_udp: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("cooldown-icmp"))]
-    pub cooldown_icmp: Option<u64>,
-    #[arg(long, value_name = "on|off", value_parser = crate::settings::flag_parser("cooldown-enabled"))]
-    pub cooldown_enabled: Option<u64>,
-    #[arg(long, value_name = "strict|fallback", value_parser = crate::settings::flag_parser("policy"))]
-    pub policy: Option<u64>,
-    #[arg(long, value_name = "drop|reject", value_parser = crate::settings::flag_parser("on-exhaustion"))]
-    pub on_exhaustion: Option<u64>,
-    #[arg(long, value_name = "on|off", value_parser = crate::settings::flag_parser("log-events"))]
-    pub log_events: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-established"))]
-    pub timeout_tcp_established: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-transitory"))]
-    pub timeout_tcp_transitory: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-tcp-closed"))]
-    pub timeout_tcp_closed: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-udp"))]
-    pub timeout_udp: Option<u64>,
-    #[arg(long, value_name = "DURATION", value_parser = crate::settings::flag_parser("timeout-icmp"))]
-    pub timeout_icmp: Option<u64>,
+    values: Vec<(&'static str, u64)>,
 }
 
 impl SettingFlags {
-    /// (setting name, value given) for every flag, in the settings table's order.
-    pub fn given(&self) -> [(&'static str, Option<u64>); 14] {
-        [
-            ("cooldown", self.cooldown),
-            ("cooldown-local-close", self.cooldown_local_close),
-            ("cooldown-rst", self.cooldown_rst),
-            ("cooldown-udp", self.cooldown_udp),
-            ("cooldown-icmp", self.cooldown_icmp),
-            ("cooldown-enabled", self.cooldown_enabled),
-            ("policy", self.policy),
-            ("on-exhaustion", self.on_exhaustion),
-            ("log-events", self.log_events),
-            ("timeout-tcp-established", self.timeout_tcp_established),
-            ("timeout-tcp-transitory", self.timeout_tcp_transitory),
-            ("timeout-tcp-closed", self.timeout_tcp_closed),
-            ("timeout-udp", self.timeout_udp),
-            ("timeout-icmp", self.timeout_icmp),
-        ]
+    /// (setting name, value given) for every setting, in the table's order.
+    pub fn given(&self) -> Vec<(&'static str, Option<u64>)> {
+        SETTINGS
+            .iter()
+            .map(|s| {
+                let value = self.values.iter().find(|(n, _)| *n == s.name);
+                (s.name, value.map(|(_, v)| *v))
+            })
+            .collect()
+    }
+}
+
+impl FromArgMatches for SettingFlags {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = Self::default();
+        flags.update_from_arg_matches(matches)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        for setting in SETTINGS {
+            if let Some(&value) = matches.get_one::<u64>(setting.name) {
+                self.values.retain(|(n, _)| *n != setting.name);
+                self.values.push((setting.name, value));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for SettingFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let heading = "Settings (live: nat get, nat set; DURATION as 1500ms, 240s, 4m or 2h)";
+        SETTINGS
+            .iter()
+            .fold(cmd.next_help_heading(heading), |cmd, s| cmd.arg(s.flag()))
+            // Or the heading would also cover the flags declared after these.
+            .next_help_heading(None::<&'static str>)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 
@@ -214,6 +202,10 @@ pub struct LoadArgs {
     /// keeps translating and the next `nat load` adopts it.
     #[arg(long)]
     pub unload_on_exit: bool,
+    #[command(flatten)]
+    pub config: crate::config_file::ConfigFlag,
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsFlags,
 }
 
 #[derive(Parser, Debug)]
@@ -228,15 +220,21 @@ pub struct ShowArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum IngressArg {
+    /// XDP where every interface has a wire behind it and the driver runs XDP natively, else TC
     Auto,
+    /// Translate replies in XDP (fastest; frames from a wire)
     Xdp,
+    /// Translate replies in TC ingress (any frame, e.g. from a veth peer)
     Tc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum XdpModeArg {
+    /// Native if the driver supports it, else generic
     Auto,
+    /// In the driver
     Native,
+    /// Generic XDP, after the stack allocated the skb
     Skb,
 }
 
@@ -365,7 +363,7 @@ mod tests {
             .iter()
             .map(|(n, _)| *n)
             .collect();
-        let table: Vec<&str> = crate::settings::SETTINGS.iter().map(|s| s.name).collect();
+        let table: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
         assert_eq!(names, table);
         for name in names {
             let flag = format!("--{name}");
@@ -384,6 +382,40 @@ mod tests {
             let err = Cli::try_parse_from(args).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    /// Every subcommand and every argument, at every level, says what it is:
+    /// the operator's --help, the man pages and the completions come from it.
+    #[test]
+    fn every_command_and_arg_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name()).trim().to_owned();
+            if cmd
+                .get_about()
+                .is_none_or(|about| about.to_string().trim().is_empty())
+            {
+                missing.push(format!("`{path}` (command)"));
+            }
+            for arg in cmd.get_arguments() {
+                if arg
+                    .get_help()
+                    .is_none_or(|help| help.to_string().trim().is_empty())
+                {
+                    missing.push(format!("`{path}` argument {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {}", missing.join(", "));
+        // The walk reaches the settings flags, which are built at run time.
+        let load = cmd.find_subcommand("load").expect("nat load");
+        assert!(load.get_arguments().any(|a| a.get_id() == "cooldown"));
     }
 
     #[test]

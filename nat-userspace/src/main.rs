@@ -6,9 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser as _, error::ErrorKind};
 
 use nat_userspace::{
-    alloc_bench,
     cli::{Cli, Command},
-    load, netns, pins, reaper_bench, show,
+    load, netns, pins, show,
     tables::Tables,
     unload,
 };
@@ -17,7 +16,15 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    let cli = match Cli::try_parse() {
+    // A config file's keys become flags the command line does not give itself.
+    let argv = match nat_userspace::config_file::expand_argv(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("nat: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
@@ -40,6 +47,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Checking a file needs no privileges.
+    if let Command::CheckConfig { file } = &cli.command {
+        let args = nat_userspace::config_file::check(file)?;
+        println!(
+            "nat: {} is valid (iface {}, {} external address(es))",
+            file.display(),
+            args.iface,
+            args.external.len()
+        );
+        return Ok(());
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("must run as root (it loads BPF programs and reads pinned maps)");
     }
@@ -75,8 +93,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Set { key, value, iface } => {
             show::set(&mut open(netns, iface.as_deref())?, &key, &value)
         }
-        Command::AllocBench(args) => alloc_bench::run(&args),
-        Command::ReaperBench { sessions, json } => reaper_bench::run(sessions, json),
+        Command::CheckConfig { .. } => unreachable!("handled before the root check"),
+        Command::Reload { iface } => nat_userspace::ops::request_reload(netns, &iface),
     }
 }
 

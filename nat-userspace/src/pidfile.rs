@@ -4,24 +4,27 @@
 //! knows it was replaced.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
+
+/// Root-only, like the pin directories.
+const RUN_DIR: &str = "/run/nat";
 
 fn path(netns: Option<&str>, iface: &str) -> PathBuf {
     let name = match netns {
         Some(ns) => format!("{ns}.{iface}.pid"),
         None => format!("{iface}.pid"),
     };
-    PathBuf::from("/run/nat").join(name)
+    PathBuf::from(RUN_DIR).join(name)
 }
 
 /// Names this process as the instance's daemon.
 pub fn write(netns: Option<&str>, iface: &str) -> Result<()> {
     let p = path(netns, iface);
-    std::fs::create_dir_all("/run/nat").context("cannot create /run/nat")?;
+    crate::pins::create_private_dir(Path::new(RUN_DIR), Path::new(RUN_DIR))?;
     std::fs::write(&p, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", p.display()))
 }

@@ -41,6 +41,11 @@ impl PinDir {
             .collect()
     }
 
+    /// Creates the directory, root-only like everything under [`PIN_ROOT`].
+    pub fn create(&self) -> Result<()> {
+        create_private_dir(&self.dir, Path::new(PIN_ROOT))
+    }
+
     pub fn is_loaded(&self) -> bool {
         self.path(MAP_FWD).exists()
     }
@@ -135,6 +140,25 @@ fn scope_dir(netns: Option<&str>) -> PathBuf {
         Some(ns) => root.join(ns),
         None => root,
     }
+}
+
+/// Creates `dir` and the directories above it up to the filesystem root as
+/// root-only (0700), tightening those that exist already: the pins (and
+/// the run directory's pid files) say which interfaces and namespaces run
+/// a NAT, and nobody but root has anything to do there. The pinned files
+/// themselves are 0600, and bpf() needs privileges anyway.
+pub fn create_private_dir(dir: &Path, top: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    for d in dir.ancestors().take_while(|d| d.starts_with(top)) {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} root-only", d.display()))?;
+    }
+    Ok(())
 }
 
 /// Fails with a fix when /sys/fs/bpf is not a bpffs (pins would not survive us).

@@ -1,17 +1,28 @@
-//! `nat reaper-bench`: sweep time and CPU of the reaper over N sessions in
-//! real BPF maps (nothing is attached).
+//! `nat-bench reaper`: sweep time and CPU of the kernel expiry sweep over N
+//! sessions in real BPF maps (nothing is attached, the timer is not armed).
+//! The sweep runs in the kernel through BPF_PROG_TEST_RUN, so its CPU is
+//! this process's system time.
 
 use std::{net::Ipv4Addr, time::Instant};
 
-use anyhow::Result;
-use nat_common::flow::{FlowKey, NextHop, PROTO_TCP, Session, seen};
+use anyhow::{Result, ensure};
+use nat_common::{
+    config::Config,
+    flow::{FlowKey, PROTO_TCP, Session, seen},
+};
 use serde_json::json;
 
 use crate::{
+    expiry::KernelSweep,
     load::{Globals, load_object},
     reaper,
     tables::{Tables, boot_ns},
 };
+
+/// Age of every session's last packet: past the shortest timeout, so the
+/// sweep reads both entries of each session as it would in a table of
+/// quiet but live flows.
+const IDLE_NS: u64 = 30_000_000_000;
 
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct it is given.
@@ -21,17 +32,26 @@ fn cpu_seconds() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// One full sweep with its wall and CPU seconds.
+fn timed(sweeper: &KernelSweep, ebpf: &aya::Ebpf) -> Result<(reaper::Sweep, f64, f64)> {
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let s = reaper::sweep(sweeper, ebpf)?;
+    Ok((s, wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
+}
+
 pub fn run(sessions: u32, as_json: bool) -> Result<()> {
-    let mut ebpf = load_object(sessions + 1024, sessions + 1024, Globals::default())?;
+    // Twice as many cooldowns as sessions, as the defaults have.
+    let mut ebpf = load_object(sessions + 1024, 2 * sessions + 1024, Globals::default())?;
+    let sweeper = KernelSweep::load(&mut ebpf, 0, 0)?;
     let mut tables = Tables::from_ebpf(&mut ebpf)?;
-    let mut cfg = nat_common::config::Config {
+    let mut cfg = Config {
         pool_len: 1,
         ..Default::default()
     };
     cfg.timeout_tcp_established_ms = 7_440_000;
     tables.set_config(cfg)?;
 
-    let now = boot_ns();
+    let now = boot_ns().saturating_sub(IDLE_NS);
     let ext = u32::from(Ipv4Addr::new(198, 18, 0, 1)).to_be();
     let (mut fwd, mut rev) = (
         Vec::with_capacity(sessions as usize),
@@ -52,18 +72,16 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
         let out = Session {
             addr: ext,
             port: port.to_be(),
-            seen: seen::SYN,
-            _pad: 0,
+            seen: seen::SYN.into(),
             last_seen: now,
-            hop: NextHop::default(),
+            ..Session::default()
         };
         let back = Session {
             addr: key.saddr,
             port: key.sport,
-            seen: seen::SYN_ACK,
-            _pad: 0,
+            seen: seen::SYN_ACK.into(),
             last_seen: now,
-            hop: NextHop::default(),
+            ..Session::default()
         };
         rev.push((key.translated(ext, out.port), back));
         fwd.push((key, out));
@@ -73,36 +91,63 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
     let fill_s = filled.elapsed().as_secs_f64();
     drop((fwd, rev));
 
-    // A routine sweep: every session is read and checked, none has expired.
-    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
-    let scan = reaper::sweep(&mut tables, boot_ns())?;
-    let (scan_wall, scan_cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    // Routine sweeps, none expiring. Busy: every session was seen within
+    // the shortest timeout, so its forward entry alone clears it. Quiet:
+    // idle past the shortest timeout but not its own, so both entries are read.
+    let busy_cfg = Config {
+        timeout_tcp_closed_ms: 2 * IDLE_NS / 1_000_000,
+        timeout_icmp_ms: 2 * IDLE_NS / 1_000_000,
+        ..cfg
+    };
+    tables.set_config(busy_cfg)?;
+    let busy = timed(&sweeper, &ebpf)?;
+    tables.set_config(cfg)?;
+    let quiet = timed(&sweeper, &ebpf)?;
+    for (name, (s, _, _)) in [("busy", &busy), ("quiet", &quiet)] {
+        ensure!(
+            s.expired == 0 && s.scanned == u64::from(sessions),
+            "the {name} sweep expired {} and scanned {} of {sessions} live sessions",
+            s.expired,
+            s.scanned
+        );
+    }
 
-    // Everything idle past its timeout: each session cools and is deleted.
-    let later = boot_ns() + 7_441_000 * 1_000_000;
-    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
-    let expire = reaper::sweep(&mut tables, later)?;
-    let (expire_wall, expire_cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    // The established timeout drops below their idle time (a live setting):
+    // each session cools and is deleted.
+    cfg.timeout_tcp_established_ms = IDLE_NS / 2_000_000;
+    tables.set_config(cfg)?;
+    let expire = timed(&sweeper, &ebpf)?;
+    let cooling = tables.cooldown_entries()?.len();
+    ensure!(
+        expire.0.expired == u64::from(sessions)
+            && cooling == sessions as usize
+            && tables.forward_entries()?.is_empty(),
+        "the expiring sweep expired {} of {sessions} sessions and left {cooling} cooling",
+        expire.0.expired
+    );
 
+    let report = |(s, wall, cpu): &(reaper::Sweep, f64, f64)| json!({ "scanned": s.scanned, "expired": s.expired, "runs": s.runs, "wall_s": wall, "cpu_s": cpu });
     if as_json {
         println!(
             "{}",
             json!({
                 "sessions": sessions, "fill_s": fill_s,
-                "scan": { "scanned": scan.scanned, "expired": scan.expired, "wall_s": scan_wall, "cpu_s": scan_cpu },
-                "expire": { "scanned": expire.scanned, "expired": expire.expired, "wall_s": expire_wall, "cpu_s": expire_cpu },
+                // "scan" is the busy sweep, as before the quiet one was added.
+                "scan": report(&busy), "scan_quiet": report(&quiet), "expire": report(&expire),
             })
         );
     } else {
         println!("{sessions} sessions (filled in {fill_s:.2}s)");
-        println!(
-            "sweep, none expired: {} scanned in {scan_wall:.3}s wall, {scan_cpu:.3}s CPU",
-            scan.scanned
-        );
-        println!(
-            "sweep, all expired:  {} expired in {expire_wall:.3}s wall, {expire_cpu:.3}s CPU",
-            expire.expired
-        );
+        for (name, (s, wall, cpu)) in [
+            ("none expired, busy: ", &busy),
+            ("none expired, quiet:", &quiet),
+            ("all expired:        ", &expire),
+        ] {
+            println!(
+                "sweep, {name} {} scanned, {} expired in {} runs, {wall:.3}s wall, {cpu:.3}s CPU",
+                s.scanned, s.expired, s.runs
+            );
+        }
     }
     Ok(())
 }

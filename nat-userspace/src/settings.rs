@@ -3,7 +3,7 @@
 
 use nat_common::config::{Config, exhaustion, policy};
 
-use crate::cli::parse_duration_ms;
+use crate::cli::{MAX_DURATION_MS, parse_duration_ms};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -219,11 +219,57 @@ impl Setting {
     }
 }
 
-/// A clap value parser for the `nat load` flag of setting `name`.
-pub fn flag_parser(
-    name: &'static str,
-) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
-    move |v: &str| find(name)?.parse(v)
+impl Setting {
+    /// The `nat load` flag of this setting, documented from the table.
+    pub fn flag(&'static self) -> clap::Arg {
+        clap::Arg::new(self.name)
+            .long(self.name)
+            .value_name(match self.kind {
+                Kind::Duration { .. } => "DURATION",
+                Kind::OnOff => "on|off",
+                Kind::Policy => "strict|fallback",
+                Kind::Exhaustion => "drop|reject",
+            })
+            .help(format!(
+                "{}{} [default: {}; {}]",
+                self.help[..1].to_uppercase(),
+                &self.help[1..],
+                self.default_text(),
+                self.range_text()
+            ))
+            .value_parser(move |v: &str| self.parse(v))
+    }
+
+    /// The default, durations in the largest unit that divides them.
+    fn default_text(&self) -> String {
+        let v = self.get(&Config::default());
+        match self.kind {
+            Kind::Duration { .. } => human_ms(v),
+            _ => self.format(&Config::default()),
+        }
+    }
+
+    fn range_text(&self) -> String {
+        match self.kind {
+            Kind::Duration { min } => {
+                format!("{} to {}", human_ms(min), human_ms(MAX_DURATION_MS))
+            }
+            Kind::OnOff => "on or off".to_owned(),
+            Kind::Policy => "strict or fallback".to_owned(),
+            Kind::Exhaustion => "drop or reject".to_owned(),
+        }
+    }
+}
+
+/// `240000` -> `4m`, `1500` -> `1500ms`, `0` -> `0`.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0 => "0".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +303,34 @@ mod tests {
         assert!(find("policy").unwrap().parse("random").is_err());
         assert!(find("timeout-udp").unwrap().parse("10ms").is_err());
         assert!(find("no-such").is_err());
+    }
+
+    #[test]
+    fn flag_help_gives_meaning_default_and_range() {
+        let help = find("cooldown")
+            .unwrap()
+            .flag()
+            .get_help()
+            .unwrap()
+            .to_string();
+        assert!(
+            help.starts_with("Cooldown after the external side"),
+            "{help}"
+        );
+        assert!(help.contains("[default: 4m; 0 to "), "{help}");
+        let help = find("policy")
+            .unwrap()
+            .flag()
+            .get_help()
+            .unwrap()
+            .to_string();
+        assert!(
+            help.ends_with("[default: fallback; strict or fallback]"),
+            "{help}"
+        );
+        assert_eq!(human_ms(7_440_000), "124m");
+        assert_eq!(human_ms(1500), "1500ms");
+        assert_eq!(human_ms(MAX_DURATION_MS), "100000s");
     }
 
     #[test]

@@ -5,9 +5,13 @@ use std::io::Write as _;
 use anyhow::Result;
 use serde_json::json;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use nat_common::probe::{probe_bucket_label, span};
+use nat_common::{
+    config::PoolAddr,
+    flow::FlowKey,
+    probe::{probe_bucket_label, span},
+};
 
 use crate::{
     settings::{self, SETTINGS, Setting},
@@ -131,58 +135,99 @@ pub fn cooldowns(tables: &Tables, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Ports in use and cooling per (external address, protocol, destination).
-#[derive(Default)]
-struct Pressure {
-    in_use: u64,
-    cooling: u64,
+/// Ports in use and cooling toward one destination on one external address.
+#[derive(Clone, Debug, Default)]
+pub struct PressureRow {
+    /// Network byte order, as in the maps.
+    pub external: u32,
+    pub proto: u8,
+    pub daddr: u32,
+    pub dport: u16,
+    pub in_use: u64,
+    /// Cooling and not held by a session.
+    pub cooling: u64,
+    /// Ports in the external address's range.
+    pub capacity: u64,
+    /// (in_use + cooling) / capacity.
+    pub used: f64,
+}
+
+/// Port pressure per (external address, protocol, destination), fullest
+/// first, from the reverse keys and the cooling keys.
+pub fn port_pressure(
+    rev_keys: impl IntoIterator<Item = FlowKey>,
+    cooling: &[(FlowKey, u64)],
+    pool: &[PoolAddr],
+) -> Vec<PressureRow> {
+    let mut per: HashMap<(u32, u8, u32, u16), (u64, u64)> = HashMap::new();
+    // A key both live and cooling (a reopened session) counts as in use
+    // only. Cooling keys are usually far fewer than sessions, so those are
+    // the ones put in a set.
+    let cooling_keys: HashSet<FlowKey> = cooling.iter().map(|(k, _)| *k).collect();
+    let mut both: HashSet<FlowKey> = HashSet::new();
+    for k in rev_keys {
+        per.entry((k.saddr, k.proto, k.daddr, k.dport))
+            .or_default()
+            .0 += 1;
+        if !cooling_keys.is_empty() && cooling_keys.contains(&k) {
+            both.insert(k);
+        }
+    }
+    for k in cooling_keys.iter().filter(|k| !both.contains(k)) {
+        per.entry((k.saddr, k.proto, k.daddr, k.dport))
+            .or_default()
+            .1 += 1;
+    }
+    let spans: HashMap<u32, u64> = pool
+        .iter()
+        .map(|p| (p.addr, span(p.port_min, p.port_max) as u64))
+        .collect();
+    let mut rows: Vec<PressureRow> = per
+        .into_iter()
+        .map(|((external, proto, daddr, dport), (in_use, cooling))| {
+            let capacity = spans.get(&external).copied().unwrap_or(0).max(1);
+            PressureRow {
+                external,
+                proto,
+                daddr,
+                dport,
+                in_use,
+                cooling,
+                capacity,
+                used: (in_use + cooling) as f64 / capacity as f64,
+            }
+        })
+        .collect();
+    // Fullest first; ties in a fixed order, so `nat top` and the metrics agree.
+    rows.sort_by(|a, b| {
+        b.used.total_cmp(&a.used).then(
+            (a.external, a.proto, a.daddr, a.dport).cmp(&(b.external, b.proto, b.daddr, b.dport)),
+        )
+    });
+    rows
 }
 
 pub fn top(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
     let now = boot_ns();
-    let mut per: BTreeMap<(u32, u8, u32, u16), Pressure> = BTreeMap::new();
-    let mut live = HashSet::new();
-    for (k, _) in tables.reverse_entries()? {
-        per.entry((k.saddr, k.proto, k.daddr, k.dport))
-            .or_default()
-            .in_use += 1;
-        live.insert(k);
-    }
-    for (k, _) in tables.cooling(now)? {
-        if !live.contains(&k) {
-            per.entry((k.saddr, k.proto, k.daddr, k.dport))
-                .or_default()
-                .cooling += 1;
-        }
-    }
-    let spans: HashMap<u32, u64> = tables
-        .pool()?
-        .iter()
-        .map(|p| (p.addr, span(p.port_min, p.port_max) as u64))
-        .collect();
-    let mut rows: Vec<_> = per
-        .into_iter()
-        .map(|((ext, proto, daddr, dport), p)| {
-            let capacity = spans.get(&ext).copied().unwrap_or(0).max(1);
-            let used = (p.in_use + p.cooling) as f64 / capacity as f64;
-            (ext, proto, daddr, dport, p, capacity, used)
-        })
-        .collect();
-    rows.sort_by(|a, b| b.6.total_cmp(&a.6));
+    let mut rows = port_pressure(
+        tables.reverse_entries()?.into_iter().map(|(k, _)| k),
+        &tables.cooling(now)?,
+        &tables.pool()?,
+    );
     rows.truncate(limit);
     let mut out = std::io::stdout().lock();
     if as_json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(ext, proto, daddr, dport, p, cap, used)| {
+            .map(|r| {
                 json!({
-                    "external": endpoint(*ext, 0).ip().to_string(),
-                    "proto": proto_name(*proto),
-                    "destination": endpoint(*daddr, *dport).to_string(),
-                    "in_use": p.in_use,
-                    "cooling": p.cooling,
-                    "capacity": cap,
-                    "used_pct": (used * 1000.0).round() / 10.0,
+                    "external": endpoint(r.external, 0).ip().to_string(),
+                    "proto": proto_name(r.proto),
+                    "destination": endpoint(r.daddr, r.dport).to_string(),
+                    "in_use": r.in_use,
+                    "cooling": r.cooling,
+                    "capacity": r.capacity,
+                    "used_pct": (r.used * 1000.0).round() / 10.0,
                 })
             })
             .collect();
@@ -194,17 +239,17 @@ pub fn top(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
         "{:<15} {:<5} {:<21} {:>7} {:>7} {:>7} {:>6}",
         "EXTERNAL", "PROTO", "DESTINATION", "IN_USE", "COOLING", "FREE", "USED"
     )?;
-    for (ext, proto, daddr, dport, p, cap, used) in &rows {
+    for r in &rows {
         writeln!(
             out,
             "{:<15} {:<5} {:<21} {:>7} {:>7} {:>7} {:>5.1}%",
-            endpoint(*ext, 0).ip().to_string(),
-            proto_name(*proto),
-            endpoint(*daddr, *dport).to_string(),
-            p.in_use,
-            p.cooling,
-            cap.saturating_sub(p.in_use + p.cooling),
-            used * 100.0
+            endpoint(r.external, 0).ip().to_string(),
+            proto_name(r.proto),
+            endpoint(r.daddr, r.dport).to_string(),
+            r.in_use,
+            r.cooling,
+            r.capacity.saturating_sub(r.in_use + r.cooling),
+            r.used * 100.0
         )?;
     }
     Ok(())

@@ -10,6 +10,7 @@ use nat_common::{
     flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     names::{MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS},
     probe::PROBE_BUCKETS,
+    seen_word::{bits, current_rev_bits},
     tcp_state::{State, state_of},
 };
 
@@ -72,6 +73,13 @@ impl Tables {
     }
 
     /// The external addresses in use, in pool order.
+    /// Writes entry `index` of the pool (a live reload of the addresses or range).
+    pub fn set_pool_entry(&mut self, index: u32, entry: PoolAddr) -> Result<()> {
+        self.pool
+            .set(index, entry, 0)
+            .context("cannot write the pool map")
+    }
+
     pub fn pool(&self) -> Result<Vec<PoolAddr>> {
         let len = self.config()?.pool_len;
         (0..len)
@@ -138,19 +146,9 @@ impl Tables {
         Some((rev_key, SessionView::new(key, &fwd, rev.as_ref())))
     }
 
-    /// When the key stops cooling, if it is cooling (ended or not).
-    pub fn cooling_until(&self, key: &FlowKey) -> Option<u64> {
-        self.cooldown.get(key, 0).ok()
-    }
-
     /// Cools a reverse key until `until` (boot-clock ns).
     pub fn cool(&mut self, key: FlowKey, until: u64) -> Result<(), MapError> {
         self.cooldown.insert(key, until, 0)
-    }
-
-    /// Lets a key be handed out again.
-    pub fn end_cooldown(&mut self, key: &FlowKey) -> Result<(), MapError> {
-        self.cooldown.remove(key)
     }
 
     /// Deletes a session: the forward entry first, so egress can no longer
@@ -210,15 +208,16 @@ pub struct SessionView {
 
 impl SessionView {
     pub fn new(key: &FlowKey, fwd: &Session, rev: Option<&Session>) -> Self {
-        let rev_seen = rev.map_or(0, |r| r.seen);
+        // Reverse bits of a connection since reopened on this mapping do not count.
+        let rev_seen = rev.map_or(0, |r| current_rev_bits(fwd.seen, r.seen));
         let rev_last = rev.map_or(0, |r| r.last_seen);
         Self {
             proto: key.proto,
             internal: endpoint(key.saddr, key.sport),
             external: endpoint(fwd.addr, fwd.port),
             remote: endpoint(key.daddr, key.dport),
-            state: state_of(key.proto, fwd.seen, rev_seen),
-            fwd_seen: fwd.seen,
+            state: state_of(key.proto, bits(fwd.seen), rev_seen),
+            fwd_seen: bits(fwd.seen),
             rev_seen,
             last_seen: fwd.last_seen.max(rev_last),
             paired: rev.is_some(),

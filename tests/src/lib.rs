@@ -18,6 +18,7 @@ mod nat_process;
 mod netns;
 mod paced;
 pub mod packet;
+mod proc_net;
 mod protocol;
 mod scale_out;
 mod servers;
@@ -26,23 +27,25 @@ mod topology;
 mod traffic;
 
 pub use nat_process::{
-    NatProcess, nat_bin, nat_cmd, nat_cmd_in, nat_json, nat_json_in, unload_instance,
+    NatProcess, nat_bench_bin, nat_bin, nat_cmd, nat_cmd_in, nat_json, nat_json_in, unload_instance,
 };
 pub use netns::{run_in_ns, spawn_in_ns};
 pub use paced::{PacedFlows, PacedReport};
+pub use proc_net::{proc_net_counter, tcp_ext};
 pub use scale_out::{
     GROUP_BUCKETS, MAX_NODES, NEXTHOP_GROUP_ID, ROUTER_IP, ScaleOut, ScaleOutOpts,
 };
 pub use servers::{
-    ServerHandle, tcp_closing_server, tcp_echo_server, tcp_sink_server, udp_echo_server,
+    ServerHandle, short_connection_server, tcp_closing_server, tcp_echo_server, tcp_sink_server,
+    udp_echo_server,
 };
 pub use topology::{
     CLIENT_IFACE, CLIENT_IP, EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NAT_INTERNAL_IP,
     OUTSIDE_CLIENT_IP, SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts, in_internal_prefix,
 };
 pub use traffic::{
-    EchoConnection, concurrent_tcp, concurrent_tcp_server_closes, tcp_exchange, tcp_transfer,
-    udp_exchange, udp_roundtrip,
+    EchoConnection, concurrent_tcp, concurrent_tcp_server_closes, short_connection,
+    short_connection_burst, tcp_exchange, tcp_transfer, udp_exchange, udp_roundtrip,
 };
 
 /// Re-exported so tests can inspect [`nat_json`] output without their own dependency.

@@ -40,6 +40,21 @@ fn nat_path() -> PathBuf {
     }
 }
 
+/// The bench-only `nat-bench` binary: `$NAT_BENCH_BIN`, else the one built
+/// beside [`nat_bin`] (one cargo build makes both).
+pub fn nat_bench_bin() -> PathBuf {
+    let path = match std::env::var_os("NAT_BENCH_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => nat_bin().with_file_name("nat-bench"),
+    };
+    assert!(
+        path.is_file(),
+        "nat-bench binary {} not found: build it with `cargo xtask build` (or point NAT_BENCH_BIN at it)",
+        path.display()
+    );
+    path
+}
+
 /// Runs `nat --netns <nat ns> <args>` to completion (`sessions --json`,
 /// `stats --json`, `unload --iface veth-ext`, ...).
 pub fn nat_cmd(topology: &Topology, args: &[&str]) -> Output {
@@ -107,12 +122,27 @@ impl NatProcess {
     /// returns once it prints `nat: attached`: for NATs outside a
     /// [`Topology`], such as the nodes of a [`ScaleOut`](crate::ScaleOut).
     pub fn start_in(ns: &str, iface: &str, load_args: &[&str]) -> NatProcess {
+        let mut args = vec!["--iface", iface];
+        args.extend_from_slice(load_args);
+        NatProcess::launch(ns, iface, &args, &[])
+    }
+
+    /// Starts `nat --netns <nat ns> load <load_args>` with `env` added to its
+    /// environment (the interface may come from a config file: it must be
+    /// [`EXT_IFACE`], which the unload on drop names), and returns once it
+    /// prints `nat: attached`.
+    pub fn start_load(topology: &Topology, load_args: &[&str], env: &[(&str, &str)]) -> NatProcess {
+        NatProcess::launch(topology.ns_name(Side::Nat), EXT_IFACE, load_args, env)
+    }
+
+    fn launch(ns: &str, iface: &str, load_args: &[&str], env: &[(&str, &str)]) -> NatProcess {
         let bin = nat_bin();
         let mut child = Command::new(&bin)
             .arg("--netns")
             .arg(ns)
-            .args(["load", "--iface", iface])
+            .arg("load")
             .args(load_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -10,6 +10,11 @@ pub(crate) const REQUEST_HEADER_LEN: usize = 8;
 pub(crate) const REPLY_LEN: usize = 12;
 pub(crate) const CHUNK: usize = 64 * 1024;
 
+/// The closing server's exchange: one short request, one short reply, then
+/// the server closes.
+pub(crate) const SHORT_REQUEST: &[u8] = b"hello";
+pub(crate) const SHORT_REPLY: &[u8] = b"bye";
+
 /// 32-bit FNV-1a, fed incrementally.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fnv1a(u32);

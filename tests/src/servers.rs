@@ -13,13 +13,15 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::lock::lock;
 use crate::netns::run_in_ns;
-use crate::protocol::{CHUNK, Fnv1a, REQUEST_HEADER_LEN, encode_reply};
+use crate::protocol::{CHUNK, Fnv1a, REQUEST_HEADER_LEN, SHORT_REPLY, SHORT_REQUEST, encode_reply};
 use crate::sockets::listen_tcp;
 
 /// How often the server loops look at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// A client that goes quiet this long mid-request is given up on.
 const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the closing server waits for a client's request.
+const CLOSING_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refuses absurd lengths, which mean the stream was corrupted.
 const MAX_REQUEST: u64 = 1 << 32;
 
@@ -98,6 +100,14 @@ pub fn tcp_closing_server(ns: &str, port: u16) -> ServerHandle {
     tcp_server(ns, port, "tcp-closing", |stream| {
         serve_connection(stream, Close::ServerFirst)
     })
+}
+
+/// A TCP server on 0.0.0.0:`port` in `ns` that reads a short request,
+/// answers `bye` and closes first, so that every connection ends in
+/// TIME_WAIT on the server: the busy server the NAT's cooldown is for. See
+/// [`short_connection`](crate::short_connection) for its client.
+pub fn short_connection_server(ns: &str, port: u16) -> ServerHandle {
+    tcp_server(ns, port, "tcp-short", answer_and_close)
 }
 
 /// A TCP server on 0.0.0.0:`port` in `ns` that sends back whatever it
@@ -220,6 +230,19 @@ fn serve_connection(mut stream: TcpStream, close: Close) -> std::io::Result<()> 
         // connection ends with a full FIN exchange through the NAT.
         while stream.read(&mut buf)? > 0 {}
     }
+    Ok(())
+}
+
+/// The short-connection server's side: a reset or silent client is not its
+/// problem (the client reports it), so only I/O setup errors are returned.
+fn answer_and_close(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CLOSING_READ_TIMEOUT))?;
+    let mut request = [0; SHORT_REQUEST.len()];
+    if stream.read_exact(&mut request).is_ok() {
+        let _ = stream.write_all(SHORT_REPLY);
+    }
+    // Dropped here: the server sends its FIN first.
     Ok(())
 }
 

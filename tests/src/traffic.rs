@@ -7,11 +7,12 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::lock::lock;
 use crate::netns::{run_in_ns, spawn_in_ns};
-use crate::protocol::{CHUNK, Fnv1a, Payload, REPLY_LEN, decode_reply};
+use crate::protocol::{CHUNK, Fnv1a, Payload, REPLY_LEN, SHORT_REPLY, SHORT_REQUEST, decode_reply};
 use crate::sockets::connect_from;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +51,67 @@ pub fn tcp_exchange(
         send_and_verify(&stream, bytes, local.port().into(), deadline)
             .map_err(|e| format!("TCP {local} -> {dst}: {e}"))?;
         Ok(local)
+    })
+}
+
+/// One exchange with the [`short_connection_server`](crate::short_connection_server) at `dst`
+/// from `src`, in the calling thread's namespace; returns how long the
+/// connect took. A SYN the server takes for an old duplicate of a connection
+/// in TIME_WAIT is answered with an ACK of that old connection: the client
+/// resets it, and its next SYN gets through (about 10 ms later here).
+pub fn short_connection(src: Ipv4Addr, dst: SocketAddrV4) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut stream = connect_from(Some(src), dst, CONNECT_TIMEOUT)?;
+    let latency = start.elapsed();
+    stream
+        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(|e| format!("{src}: set a read timeout: {e}"))?;
+    stream
+        .write_all(SHORT_REQUEST)
+        .map_err(|e| format!("{src}: write: {e}"))?;
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .map_err(|e| format!("{src}: read: {e}"))?;
+    if reply != SHORT_REPLY {
+        return Err(format!("{src}: reply {reply:?}"));
+    }
+    Ok(latency)
+}
+
+/// `count` [`short_connection`]s from `ns` to `dst`, one started every
+/// `interval` whatever the others do, from `sources` in turn; their results in
+/// the order they were started.
+pub fn short_connection_burst(
+    ns: &str,
+    sources: &[Ipv4Addr],
+    dst: SocketAddrV4,
+    count: usize,
+    interval: Duration,
+) -> Vec<Result<Duration, String>> {
+    assert!(!sources.is_empty(), "a burst needs a source address");
+    let sources = sources.to_vec();
+    run_in_ns(ns, move || {
+        let workers: Vec<_> = (0..count)
+            .map(|i| {
+                let src = sources[i % sources.len()];
+                let spawned = thread::Builder::new()
+                    .name(format!("short-{i}"))
+                    .stack_size(128 * 1024)
+                    .spawn(move || short_connection(src, dst));
+                thread::sleep(interval);
+                spawned
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| match w {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err("the client thread panicked".to_owned())),
+                Err(e) => Err(format!("cannot spawn a client thread: {e}")),
+            })
+            .collect()
     })
 }
 

@@ -1,26 +1,19 @@
-//! Allocation in the real egress program (BPF_PROG_TEST_RUN via `nat
-//! alloc-bench`) while one destination's range is nearly full.
+//! Allocation in the real egress program (BPF_PROG_TEST_RUN via `nat-bench
+//! alloc`) while one destination's range is nearly full.
 
 use std::process::Command;
 
-use nat_tests::{nat_bin, serde_json};
+use nat_tests::{nat_bench_bin, serde_json};
 
 fn bench(occupancy: u32, policy: &str) -> serde_json::Value {
-    let out = Command::new(nat_bin())
-        .args([
-            "alloc-bench",
-            "--json",
-            "--attempts",
-            "10000",
-            "--policy",
-            policy,
-        ])
+    let out = Command::new(nat_bench_bin())
+        .args(["alloc", "--json", "--attempts", "10000", "--policy", policy])
         .args(["--occupancy", &occupancy.to_string()])
         .output()
-        .expect("nat runs");
+        .expect("nat-bench runs");
     assert!(
         out.status.success(),
-        "alloc-bench: {}",
+        "nat-bench alloc: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON")

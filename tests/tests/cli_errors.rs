@@ -97,6 +97,9 @@ fn bad_scopes_and_commands() {
         "no NAT is loaded on no-such-iface",
     );
     assert_one_line_error(&["frobnicate"], "unrecognized subcommand");
+    // The benchmarks live in the developer-only nat-bench, not in the operator's binary.
+    assert_one_line_error(&["alloc-bench"], "unrecognized subcommand");
+    assert_one_line_error(&["reaper-bench"], "unrecognized subcommand");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod fixture;
 
 use fixture::*;
+use nat_common::seen_word::bits;
 use nat_common::{
     config::{MAX_PROBES, exhaustion, policy},
     counters::Counter,
@@ -65,7 +66,7 @@ fn fixture_egress_established_segment_with_ip_options() {
     let want = seg.clone().with_source(ep(EXTERNAL, PORT));
     out.expect(Verdict::Pass, &want.frame(), &[(Counter::XlateOut, 1)]);
     let fwd = out.fwd[&flow.fwd_key()];
-    assert_eq!(fwd.seen, seen::SYN, "an ACK adds no state bit");
+    assert_eq!(bits(fwd.seen), seen::SYN, "an ACK adds no state bit");
     assert!(
         out.stamped_now(fwd.last_seen),
         "the 5 s old entry is touched"
@@ -104,7 +105,7 @@ fn fixture_egress_internal_fin_marks_the_session() {
         &[(Counter::XlateOut, 1)],
     );
     assert_eq!(
-        out.fwd[&flow.fwd_key()].seen,
+        bits(out.fwd[&flow.fwd_key()].seen),
         seen::SYN | seen::FIN | seen::FIN_FIRST
     );
     assert!(out.cooldown.is_empty(), "half a close starts no cooldown");
@@ -390,6 +391,6 @@ fn fixture_egress_syn_after_a_close_reopens_the_mapping() {
         &[(Counter::XlateOut, 1), (Counter::Reopened, 1)],
     );
     let fwd = out.fwd[&flow.fwd_key()];
-    assert_eq!(fwd.seen, seen::SYN, "the state starts afresh");
+    assert_eq!(bits(fwd.seen), seen::SYN, "the state starts afresh");
     assert!(out.stamped_now(fwd.last_seen));
 }

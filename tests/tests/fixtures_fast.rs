@@ -9,6 +9,7 @@ mod fixture;
 use std::net::SocketAddrV4;
 
 use fixture::*;
+use nat_common::seen_word::bits;
 use nat_common::{counters::Counter, flow::seen};
 
 const CLIENT_PORT: u16 = 33_333;
@@ -94,7 +95,7 @@ fn fixture_fast_tracks_tcp_state() {
     let out = run(Prog::Fast, &outbound_state(PROTO_TCP), &p.frame());
     out.expect(Verdict::Redirect, &forwarded(&p), &[(Counter::FastOut, 1)]);
     assert_eq!(
-        out.fwd[&flow(PROTO_TCP).fwd_key()].seen,
+        bits(out.fwd[&flow(PROTO_TCP).fwd_key()].seen),
         seen::SYN | seen::FIN | seen::FIN_FIRST
     );
 }
@@ -172,7 +173,7 @@ fn fixture_fast_routed_elsewhere_goes_to_the_stack_untouched() {
         let out = run(prog, maps, frame);
         out.expect(Verdict::Pass, frame, &[(Counter::FastRoute, 1)]);
         assert_eq!(
-            out.fwd[&f.fwd_key()].seen,
+            bits(out.fwd[&f.fwd_key()].seen),
             seen::SYN,
             "{prog:?}: nothing tracked for a packet left to the stack"
         );

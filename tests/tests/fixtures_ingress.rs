@@ -7,6 +7,7 @@ mod fixture;
 use std::net::SocketAddrV4;
 
 use fixture::*;
+use nat_common::seen_word::bits;
 use nat_common::{
     config::Config,
     counters::Counter,
@@ -44,7 +45,7 @@ fn fixture_ingress_reply_is_translated_back() {
         let out = run(prog, &maps, &reply.frame());
         out.expect(Verdict::Pass, &want, &[(Counter::XlateIn, 1)]);
         let rev = out.rev[&flow.rev_key()];
-        assert_eq!(rev.seen, seen::SYN_ACK, "{prog:?}");
+        assert_eq!(bits(rev.seen), seen::SYN_ACK, "{prog:?}");
         assert!(out.stamped_now(rev.last_seen), "{prog:?}: touched");
     }
 }
@@ -61,7 +62,11 @@ fn fixture_ingress_syn_ack_establishes() {
             &synack.clone().with_destination(client()).frame(),
             &[(Counter::XlateIn, 1)],
         );
-        assert_eq!(out.rev[&flow.rev_key()].seen, seen::SYN_ACK, "{prog:?}");
+        assert_eq!(
+            bits(out.rev[&flow.rev_key()].seen),
+            seen::SYN_ACK,
+            "{prog:?}"
+        );
     }
 }
 
@@ -144,7 +149,10 @@ fn fixture_ingress_close_starts_the_cooldown() {
             &fin.clone().with_destination(client()).frame(),
             &[(Counter::XlateIn, 1)],
         );
-        assert_eq!(out.rev[&flow.rev_key()].seen, seen::SYN_ACK | seen::FIN);
+        assert_eq!(
+            bits(out.rev[&flow.rev_key()].seen),
+            seen::SYN_ACK | seen::FIN
+        );
         let until = out.cooldown[&flow.rev_key()];
         assert!(
             (out.before_ns + ms..=out.after_ns + ms).contains(&until),
@@ -184,14 +192,17 @@ fn fixture_ingress_ack_to_a_syn_is_a_collision() {
             &ack.clone().with_destination(client()).frame(),
             &[(Counter::XlateIn, 1), (Counter::Collision, 1)],
         );
-        assert_eq!(out.rev[&flow.rev_key()].seen, seen::ODD_ANSWER);
+        assert_eq!(bits(out.rev[&flow.rev_key()].seen), seen::ODD_ANSWER);
         let out = run(prog, &maps, &rst.frame());
         out.expect(
             Verdict::Pass,
             &rst.clone().with_destination(client()).frame(),
             &[(Counter::XlateIn, 1), (Counter::SynRefused, 1)],
         );
-        assert_eq!(out.rev[&flow.rev_key()].seen, seen::ODD_ANSWER | seen::RST);
+        assert_eq!(
+            bits(out.rev[&flow.rev_key()].seen),
+            seen::ODD_ANSWER | seen::RST
+        );
     }
 }
 

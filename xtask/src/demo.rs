@@ -1,4 +1,6 @@
-//! A narrated run of the NAT on the namespace testbed.
+//! A narrated run of the NAT on the namespace testbed: first what it does
+//! (translation, sessions, counters), then why it exists (TIME_WAIT
+//! collisions, with cooldown off and on).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,6 +18,8 @@ use nat_tests::{
 
 use crate::{build_nat, interrupt};
 
+mod time_wait;
+
 const TAG: &str = "demo";
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
@@ -32,10 +36,14 @@ struct Step {
 }
 
 pub fn run() -> Result<()> {
-    let nat_bin = build_nat::build(false)?;
+    let nat_bin = build_nat::build(false)?.nat;
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // readers have been started), so nobody can read the environment concurrently.
-    unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
+    unsafe {
+        std::env::set_var("NAT_BIN", &nat_bin);
+        // The daemon's info log (a line per reaper sweep) would bury the story.
+        std::env::set_var("RUST_LOG", "warn");
+    }
     interrupt::install("demo", TAG)?;
     // Caught so that, after a signal, the cleanup thread and not a panic
     // decides how the process ends.
@@ -118,14 +126,15 @@ fn narrate(nat_bin: &Path) -> Result<()> {
 
     drop(tcp);
     drop(udp);
-    println!("\ndemo: stopping the NAT (SIGTERM, then nat unload)");
-    let status = nat.stop();
-    println!("demo: nat exited: {status}");
-    if !status.success() {
-        failures += 1;
-    }
+    failures += stop(nat);
+
+    failures += time_wait::tell(&topology);
+
     match leftovers(topology.ns_name(Side::Nat)) {
-        pins if pins.is_empty() => println!("demo: no pins remain under {PIN_ROOT}"),
+        pins if pins.is_empty() => println!(
+            "demo: no pins remain under {PIN_ROOT}/{}",
+            topology.ns_name(Side::Nat)
+        ),
         pins => {
             println!("demo: FAILED: pins remain under {PIN_ROOT}:");
             for pin in pins {
@@ -155,6 +164,14 @@ fn narrate(nat_bin: &Path) -> Result<()> {
     }
     println!("demo: all steps passed");
     Ok(())
+}
+
+/// Stops the NAT and says how it went; 1 if it did not exit cleanly.
+fn stop(nat: NatProcess) -> usize {
+    println!("\ndemo: stopping the NAT (SIGTERM, then nat unload)");
+    let status = nat.stop();
+    println!("demo: nat exited: {status}");
+    usize::from(!status.success())
 }
 
 fn describe_topology(topology: &Topology) {
@@ -248,27 +265,30 @@ fn size(bytes: usize) -> String {
     }
 }
 
-/// Every pin (file) left under this demo's namespace directory, and the
-/// directory itself: other instances (other runs, tests) are not ours to judge.
+/// What is left of this demo's pins: its namespace's directory under the pin
+/// root and everything in it. Other directories belong to other runs (tests
+/// may be running beside the demo), which are not ours to judge.
 fn leftovers(nat_ns: &str) -> Vec<String> {
-    fn walk(dir: &Path, nat_ns: &str, found: &mut Vec<String>) {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
         let Ok(entries) = fs::read_dir(dir) else {
             return;
         };
         for entry in entries.filter_map(|e| e.ok()) {
             let path = entry.path();
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                if path.to_string_lossy().contains(nat_ns) {
-                    found.push(format!("{}/", path.display()));
-                }
-                walk(&path, nat_ns, found);
-            } else if path.to_string_lossy().contains(nat_ns) {
+                found.push(format!("{}/", path.display()));
+                walk(&path, found);
+            } else {
                 found.push(path.display().to_string());
             }
         }
     }
+    let ours = Path::new(PIN_ROOT).join(nat_ns);
     let mut found = Vec::new();
-    walk(Path::new(PIN_ROOT), nat_ns, &mut found);
+    if ours.exists() {
+        found.push(format!("{}/", ours.display()));
+        walk(&ours, &mut found);
+    }
     found.sort();
     found
 }

@@ -4,7 +4,10 @@ mod bench;
 mod build_nat;
 mod cmd;
 mod demo;
+mod dist;
+mod install;
 mod interrupt;
+mod lint;
 mod paths;
 mod run_tests;
 mod setup;
@@ -24,27 +27,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Check and install what building and testing need: root, Debian
-    /// packages, bpffs, the nightly toolchain with rust-src, bpf-linker
+    /// Check and install what building and testing need: the nightly
+    /// toolchain with rust-src and bpf-linker (no root needed), then, as root,
+    /// Debian packages and bpffs
     Setup,
-    /// Set up, then build the `nat` binary (with its eBPF programs)
+    /// Build the `nat` binary (with its eBPF programs) and the bench-only
+    /// `nat-bench`; needs neither root nor apt
     Build {
         /// Build with the release profile (target/release/nat)
         #[arg(long)]
         release: bool,
     },
-    /// Set up, build `nat`, then run the test suite against it
+    /// Check formatting (cargo fmt) and lints (clippy -D warnings) of every
+    /// crate, the eBPF crate included; needs no root
+    Lint,
+    /// Build the release `nat` and write it with its shell completions
+    /// (bash, zsh, fish) and man pages into target/dist/; needs no root
+    Dist,
+    /// As root: set up, build `nat`, then run the test suite against it
     Test {
         /// Passed to the test binaries, e.g. `-- --test-threads 2` or `-- some_test_name`
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// Set up, build, and show the NAT translating traffic between namespaces
+    /// As root: set up, build, and show the NAT translating traffic between
+    /// namespaces, then the TIME_WAIT collisions it prevents (under a minute)
     Demo,
-    /// Set up, build the release `nat`, and measure it against plain routing
-    /// and nftables masquerade (throughput, packet rate, connection rate,
-    /// CPU per packet) plus its datapath micro-figures; reports, never fails
-    /// on a missed target
+    /// Set up, build the release `nat`, and install it with the systemd unit
+    /// (nat@IFACE) and the example config (/etc/nat/nat.toml.example)
+    Install {
+        /// Install below this directory instead of / (for packaging)
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Where the binary goes (PREFIX/sbin/nat); the unit is rewritten to match
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
+    /// As root: set up, build the release `nat`, and measure it against plain routing
+    /// and nftables masquerade (throughput, packet rate, connection rate and connect
+    /// time, the mission's server-first load, cost as the tables grow, CPU per packet)
+    /// plus its datapath micro-figures; reports, never fails on a missed target
     Bench {
         /// One repetition with short runs, without the 1M-session reaper and scale runs (under 2 minutes)
         #[arg(long)]
@@ -60,17 +82,25 @@ enum Task {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = setup::run() {
+    let prepared = match &cli.task {
+        Task::Setup => setup::everything(),
+        Task::Build { .. } | Task::Lint | Task::Dist | Task::Install { .. } => setup::for_build(),
+        Task::Test { .. } => setup::for_running("test"),
+        Task::Demo => setup::for_running("demo"),
+        Task::Bench { .. } => setup::for_running("bench"),
+    };
+    if let Err(e) = prepared {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
     let result = match cli.task {
         Task::Setup => Ok(()),
-        Task::Build { release } => {
-            build_nat::build(release).map(|bin| println!("built {}", bin.display()))
-        }
+        Task::Build { release } => build_nat::build(release).map(|_| ()),
+        Task::Lint => lint::run(),
+        Task::Dist => dist::run(),
         Task::Test { test_args } => run_tests::run(&test_args),
         Task::Demo => demo::run(),
+        Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),
         Task::Bench { quick, json, plot } => bench::run(bench::Options { quick, json, plot }),
     };
     match result {

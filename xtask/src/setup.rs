@@ -1,6 +1,8 @@
-//! Brings the machine to the state building and testing need. Every step is
-//! idempotent and cheap when already satisfied, so build/test/demo run it
-//! each time.
+//! Brings the machine to the state a task needs, and no further: building
+//! needs only the Rust side (nightly with rust-src, the cached bpf-linker),
+//! which installs without root; running the NAT (tests, demo, bench) also
+//! needs root, the Debian packages and bpffs. Every step is idempotent and
+//! cheap when already satisfied, so the tasks run it each time.
 
 use std::fmt;
 use std::fs;
@@ -24,7 +26,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "procps",
     "iputils-ping",
+    "prometheus",
 ];
+/// What rustc needs from the system to link host binaries; checked, never
+/// installed, because installing it needs root and building must not.
+const BUILD_PACKAGES: &str = "gcc libc6-dev";
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -58,40 +64,108 @@ impl fmt::Display for SetupError {
 
 impl std::error::Error for SetupError {}
 
-pub fn run() -> Result<(), SetupError> {
-    step("root", check_root)?;
-    step("debian packages", debian_packages)?;
-    step("bpffs", bpffs)?;
-    step("nightly toolchain", nightly_toolchain)?;
-    step("rust-src", rust_src)?;
-    step("bpf-linker", bpf_linker)?;
-    Ok(())
+/// The steps that passed without installing anything, reported as one line
+/// at the end so that a ready machine costs the reader a single line.
+#[derive(Default)]
+struct Steps {
+    ok: Vec<&'static str>,
 }
 
-fn step(name: &str, f: impl FnOnce() -> Result<Outcome, Failure>) -> Result<(), SetupError> {
-    match f() {
-        Ok(Outcome::AlreadyThere) => {
-            println!("setup: {name} ok");
-            Ok(())
+impl Steps {
+    fn run(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> Result<Outcome, Failure>,
+    ) -> Result<(), SetupError> {
+        match f() {
+            Ok(Outcome::AlreadyThere) => {
+                self.ok.push(name);
+                Ok(())
+            }
+            Ok(Outcome::Installed) => {
+                println!("setup: {name} installed");
+                Ok(())
+            }
+            Err(Failure { reason, fix }) => Err(SetupError(format!(
+                "setup: {name} FAILED: {reason}; fix: {fix}"
+            ))),
         }
-        Ok(Outcome::Installed) => {
-            println!("setup: {name} installed");
-            Ok(())
+    }
+
+    fn report(self) {
+        if !self.ok.is_empty() {
+            println!("setup: ok ({})", self.ok.join(", "));
         }
-        Err(Failure { reason, fix }) => Err(SetupError(format!(
-            "setup: {name} FAILED: {reason}; fix: {fix}"
-        ))),
     }
 }
 
-/// apt, bpffs and network namespaces all need root.
-fn check_root() -> Result<Outcome, Failure> {
+/// What building needs: no root, no apt.
+pub fn for_build() -> Result<(), SetupError> {
+    let mut steps = Steps::default();
+    toolchain(&mut steps)?;
+    steps.report();
+    Ok(())
+}
+
+/// What running the NAT needs on top of building; `task` names the task in
+/// the message when not root.
+pub fn for_running(task: &str) -> Result<(), SetupError> {
+    let mut steps = Steps::default();
+    steps.run("root", || check_root(task))?;
+    system(&mut steps)?;
+    toolchain(&mut steps)?;
+    steps.report();
+    Ok(())
+}
+
+/// `cargo xtask setup`: the build side first, which works without root, so a
+/// non-root user gets that far and learns what the rest needs.
+pub fn everything() -> Result<(), SetupError> {
+    let mut build = Steps::default();
+    toolchain(&mut build)?;
+    build.report();
+    let mut running = Steps::default();
+    running.run("root", || check_root("setup"))?;
+    system(&mut running)?;
+    running.report();
+    Ok(())
+}
+
+fn toolchain(steps: &mut Steps) -> Result<(), SetupError> {
+    steps.run("C linker", c_linker)?;
+    steps.run("nightly toolchain", nightly_toolchain)?;
+    steps.run("rust-src", rust_src)?;
+    steps.run("bpf-linker", bpf_linker)
+}
+
+fn system(steps: &mut Steps) -> Result<(), SetupError> {
+    steps.run("debian packages", debian_packages)?;
+    steps.run("bpffs", bpffs)
+}
+
+/// rustc links host binaries (build scripts, xtask, nat) through `cc`.
+fn c_linker() -> Result<Outcome, Failure> {
+    match capture(Command::new("cc").arg("--version")) {
+        Ok(_) => Ok(Outcome::AlreadyThere),
+        Err(e) => Err(fail(
+            format!("{e:#}"),
+            format!("install a C toolchain, e.g. `sudo apt-get install {BUILD_PACKAGES}`"),
+        )),
+    }
+}
+
+/// apt, bpffs, network namespaces and BPF programs all need root.
+fn check_root(task: &str) -> Result<Outcome, Failure> {
     if geteuid().is_root() {
         Ok(Outcome::AlreadyThere)
     } else {
         Err(fail(
-            "not running as root",
-            "run it as root (e.g. `sudo -E cargo xtask ...`)",
+            format!(
+                "`cargo xtask {task}` needs root (it installs packages, mounts bpffs, creates network namespaces and loads BPF programs)"
+            ),
+            format!(
+                "run `sudo -E cargo xtask {task}`; `cargo xtask build` and `cargo xtask lint` work without root"
+            ),
         ))
     }
 }

@@ -1,7 +1,8 @@
 //! `nat load`, one phase per module in the order they run: validate the
 //! command line, open or adopt the pinned instance, load the object against
 //! its maps, populate them, attach (or update the pinned links), hand over
-//! from a replaced daemon, serve (reaper, reject responder, event log) until
+//! from a replaced daemon, arm the expiry sweep, serve (sweeps, reject
+//! responder, event log) until
 //! a signal, stop the control plane.
 
 mod attach;
@@ -21,10 +22,14 @@ pub use object::{Globals, load_object, load_pinned};
 pub use pin::PINNED_MAPS;
 pub use populate::populate;
 
+use nat_common::names::MAP_EXT_ADDRS;
+
 use crate::{cli::LoadArgs, pidfile, pins};
 
 pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let stop = serve::StopSignals::install()?;
+    // Before anything else, so an early SIGHUP cannot end the daemon.
+    let hangups = crate::ops::catch_hangups()?;
     pins::require_bpffs()?;
     let plan = validate::check(&mut args, netns)?;
     let replaced = handover::running_daemon(&args, netns, &plan.scope)?;
@@ -50,9 +55,20 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     attach::attach_fast_path(&mut ebpf, &args, ingress, &plan.fast, &mut instance)?;
     instance.started();
     handover::take_over(netns, &args.iface, replaced).await?;
+    let sweeper = serve::first_sweep(&mut ebpf, args.reap_interval_ms)?;
     announce(&args, &plan, mode)?;
+    // Metrics, reloads and systemd readiness, once attached.
+    let ops = crate::ops::Ops::start(
+        &args,
+        &instance.pins,
+        ebpf.take_map(MAP_EXT_ADDRS)
+            .context("map NAT_EXT_ADDRS missing from the object")?,
+        hangups,
+    )?;
 
-    serve::serve(&mut ebpf, args.reap_interval_ms, stop).await?;
+    serve::serve(&mut ebpf, &sweeper, &ops, args.reap_interval_ms, stop).await?;
+    ops.stopping();
+    drop(ops);
 
     stop_control_plane(&mut instance, &args, netns)?;
     drop(ebpf);

@@ -16,7 +16,8 @@ use nat_common::{
     flow::{FlowKey, Session},
     names::{
         LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FRAGS,
-        MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
+        MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, MAP_SWEEP_CTL,
+        MAP_SWEEP_STATS, MAP_SWEEP_TIMER,
     },
 };
 
@@ -27,7 +28,7 @@ use crate::{
 };
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_FWD,
     MAP_REV,
     MAP_COOLDOWN,
@@ -37,6 +38,11 @@ pub const PINNED_MAPS: [&str; 9] = [
     MAP_INTERNAL,
     MAP_STATS,
     MAP_PROBES,
+    // The sweep timer keeps expiring while no daemon runs, for as long as
+    // its map is pinned.
+    MAP_SWEEP_CTL,
+    MAP_SWEEP_STATS,
+    MAP_SWEEP_TIMER,
 ];
 
 /// The instance's pin directory, fresh or adopted.
@@ -70,8 +76,7 @@ impl Instance {
             );
         }
         let adopted = if survey.current.is_empty() {
-            std::fs::create_dir_all(&pins.dir)
-                .with_context(|| format!("cannot create {}", pins.dir.display()))?;
+            pins.create()?;
             None
         } else {
             check_sizes(&pins, args)?;

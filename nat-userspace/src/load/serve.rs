@@ -1,5 +1,6 @@
 //! Phase 6 of `nat load`: the control plane's work while the datapath runs —
-//! the reaper on a timer and the reject responder — until a stop signal.
+//! the kernel expiry sweep on a timer, the reject responder and the event
+//! log — until a stop signal.
 
 use std::time::Duration;
 
@@ -9,10 +10,7 @@ use log::{info, warn};
 use nat_common::names::MAP_REJECTS;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::{
-    reaper, reject,
-    tables::{Tables, boot_ns},
-};
+use crate::{expiry::KernelSweep, ops::Ops, reaper, reject};
 
 /// SIGINT and SIGTERM, installed before anything is created so a signal
 /// during startup is handled by the serve loop.
@@ -30,10 +28,24 @@ impl StopSignals {
     }
 }
 
-/// Reaps every `reap_interval_ms` and answers refused SYNs until stopped.
-pub async fn serve(ebpf: &mut Ebpf, reap_interval_ms: u64, mut stop: StopSignals) -> Result<()> {
+/// Loads the sweep and runs it once, which arms its timer: from then on
+/// sessions expire even if this process dies, so this comes before the
+/// daemon says it is attached.
+pub fn first_sweep(ebpf: &mut Ebpf, reap_interval_ms: u64) -> Result<KernelSweep> {
+    let sweeper = KernelSweep::load(ebpf, reap_interval_ms, 0)?;
+    reaper::sweep(&sweeper, ebpf).context("the first expiry sweep failed")?;
+    Ok(sweeper)
+}
+
+/// Sweeps every `reap_interval_ms` and answers refused SYNs until stopped.
+pub async fn serve(
+    ebpf: &mut Ebpf,
+    sweeper: &KernelSweep,
+    ops: &Ops,
+    reap_interval_ms: u64,
+    mut stop: StopSignals,
+) -> Result<()> {
     let _event_log = crate::event_log::spawn(ebpf)?;
-    let mut tables = Tables::from_ebpf(ebpf)?;
     let _responder = reject::spawn(
         ebpf.take_map(MAP_REJECTS)
             .context("map NAT_REJECTS missing from the object")?,
@@ -43,21 +55,24 @@ pub async fn serve(ebpf: &mut Ebpf, reap_interval_ms: u64, mut stop: StopSignals
         tokio::select! {
             _ = stop.int.recv() => break,
             _ = stop.term.recv() => break,
-            _ = tick.tick() => reap(&mut tables),
+            _ = tick.tick() => reap(sweeper, ebpf, ops),
         }
     }
     Ok(())
 }
 
-fn reap(tables: &mut Tables) {
-    match reaper::sweep(tables, boot_ns()) {
+fn reap(sweeper: &KernelSweep, ebpf: &Ebpf, ops: &Ops) {
+    let started = std::time::Instant::now();
+    let swept = reaper::sweep(sweeper, ebpf);
+    ops.observe_sweep(started.elapsed());
+    match swept {
         Ok(s) if s.kept > 0 => warn!(
             "reaper: {} expired sessions kept: the cooldown map is full (raise --max-cooldowns)",
             s.kept
         ),
-        Ok(s) if s.expired > 0 || s.cooled > 0 => info!(
-            "reaper: {} of {} sessions expired, {} cooldowns ended",
-            s.expired, s.scanned, s.cooled
+        Ok(s) if s.expired > 0 || s.cooled > 0 || s.orphans > 0 => info!(
+            "reaper: {} of {} sessions expired, {} cooldowns ended, {} orphaned reverse entries removed",
+            s.expired, s.scanned, s.cooled, s.orphans
         ),
         Ok(_) => {}
         Err(e) => warn!("reaper: {e:#}"),

@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 use log::warn;
-use nat_common::config::{Config, MAX_POOL};
+use nat_common::config::Config;
 
 use super::object::Globals;
 use crate::{cli::LoadArgs, pins::PinDir, settings};
@@ -55,26 +55,9 @@ pub fn check(args: &mut LoadArgs, netns: Option<&str>) -> Result<Plan> {
     })
 }
 
+/// The rules `nat check-config` and a reload use too.
 fn check_pool(args: &LoadArgs) -> Result<()> {
-    if args.external.len() > MAX_POOL as usize {
-        bail!(
-            "at most {MAX_POOL} external addresses are supported, {} given",
-            args.external.len()
-        );
-    }
-    if let Some((addr, cidr)) = args.external.iter().find_map(|a| {
-        args.internal
-            .iter()
-            .find(|c| c.contains(*a))
-            .map(|c| (a, c))
-    }) {
-        bail!(
-            "external address {addr} lies inside internal prefix {}/{}: its own traffic would be translated",
-            cidr.addr,
-            cidr.len
-        );
-    }
-    Ok(())
+    crate::pool::check_addresses(&args.external, &args.internal).map_err(anyhow::Error::msg)
 }
 
 /// The config map's value: defaults, overridden by every setting flag given.

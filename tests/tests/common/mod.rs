@@ -157,24 +157,8 @@ pub fn snmp(ns: &str, proto: &'static str, name: &'static str) -> u64 {
     proc_net_counter(ns, "snmp", proto, name)
 }
 
-/// A counter of a namespace's /proc/net/`file`: the value under `name` in the
-/// pair of `row:` lines (names, then values).
 fn proc_net_counter(ns: &str, file: &'static str, row: &'static str, name: &'static str) -> u64 {
-    nat_tests::run_in_ns(ns, move || {
-        // thread-self: /proc/self/net would show the process's namespace, not this thread's.
-        let path = format!("/proc/thread-self/net/{file}");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let mut rows = text.lines().filter(|l| l.starts_with(&format!("{row}: ")));
-        let (names, values) = (
-            rows.next().expect("header row"),
-            rows.next().expect("value row"),
-        );
-        let at = names
-            .split_whitespace()
-            .position(|n| n == name)
-            .unwrap_or_else(|| panic!("no {row} counter {name}"));
-        values.split_whitespace().nth(at).unwrap().parse().unwrap()
-    })
+    nat_tests::proc_net_counter(ns, file, row, name)
 }
 
 /// Turns TX checksum offload off on one of the NAT's interfaces: the kernel

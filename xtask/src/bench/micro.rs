@@ -1,5 +1,5 @@
-//! Datapath micro-figures: the `nat` binary's hidden benchmarks, map memory
-//! and BPF program run time.
+//! Datapath micro-figures: the benchmarks of the bench-only `nat-bench`
+//! binary, map memory and BPF program run time.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,14 +18,14 @@ use super::cpu::{Snapshot, Window};
 const PIN_ROOT: &str = "/sys/fs/bpf/nat";
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Runs `nat <args>` (printing one JSON object) and returns it with the CPU
-/// window it ran in.
-fn nat_json(nat_bin: &Path, args: &[&str]) -> Result<(Value, Window)> {
+/// Runs `nat-bench <args>` (printing one JSON object) and returns it with
+/// the CPU window it ran in.
+fn bench_json(nat_bench: &Path, args: &[&str]) -> Result<(Value, Window)> {
     let snapshot = Snapshot::take()?;
-    let stdout = capture(Command::new(nat_bin).args(args))?;
+    let stdout = capture(Command::new(nat_bench).args(args))?;
     let window = snapshot.finish()?;
     let value = serde_json::from_str(stdout.trim())
-        .with_context(|| format!("nat {} printed no JSON: {stdout}", args.join(" ")))?;
+        .with_context(|| format!("nat-bench {} printed no JSON: {stdout}", args.join(" ")))?;
     Ok((value, window))
 }
 
@@ -43,12 +43,12 @@ pub struct Alloc {
     pub raw: Value,
 }
 
-/// `nat alloc-bench --json --occupancy N --attempts A --policy strict`.
-pub fn alloc(nat_bin: &Path, occupancy: u32, attempts: u32) -> Result<(Alloc, Window)> {
-    let (raw, window) = nat_json(
-        nat_bin,
+/// `nat-bench alloc --json --occupancy N --attempts A --policy strict`.
+pub fn alloc(nat_bench: &Path, occupancy: u32, attempts: u32) -> Result<(Alloc, Window)> {
+    let (raw, window) = bench_json(
+        nat_bench,
         &[
-            "alloc-bench",
+            "alloc",
             "--json",
             "--occupancy",
             &occupancy.to_string(),
@@ -75,16 +75,11 @@ pub struct Reaper {
     pub raw: Value,
 }
 
-/// `nat reaper-bench --json --sessions N`.
-pub fn reaper(nat_bin: &Path, sessions: u32) -> Result<(Reaper, Window)> {
-    let (raw, window) = nat_json(
-        nat_bin,
-        &[
-            "reaper-bench",
-            "--json",
-            "--sessions",
-            &sessions.to_string(),
-        ],
+/// `nat-bench reaper --json --sessions N`.
+pub fn reaper(nat_bench: &Path, sessions: u32) -> Result<(Reaper, Window)> {
+    let (raw, window) = bench_json(
+        nat_bench,
+        &["reaper", "--json", "--sessions", &sessions.to_string()],
     )?;
     let reaper = Reaper {
         scan_wall_s: number(&raw, "/scan/wall_s")?,

@@ -126,7 +126,8 @@ impl Plan {
 
 pub fn run(opts: Options) -> Result<()> {
     let started = Instant::now();
-    let nat_bin = build_nat::build(true)?;
+    let bins = build_nat::build(true)?;
+    let nat_bin = bins.nat;
     let build_s = started.elapsed().as_secs_f64();
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // workers have been started), so nobody can read the environment concurrently.
@@ -137,7 +138,7 @@ pub fn run(opts: Options) -> Result<()> {
     // Caught so that, after a signal, the cleanup thread and not a panic
     // decides how the process ends.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        bench(&opts, &nat_bin, started, build_s)
+        bench(&opts, &nat_bin, &bins.nat_bench, started, build_s)
     }));
     micro::restore_bpf_stats();
     scale::restore_conntrack_max();
@@ -299,7 +300,13 @@ struct Ctx<'a> {
     results: Results,
 }
 
-fn bench(opts: &Options, nat_bin: &Path, started: Instant, build_s: f64) -> Result<()> {
+fn bench(
+    opts: &Options,
+    nat_bin: &Path,
+    nat_bench: &Path,
+    started: Instant,
+    build_s: f64,
+) -> Result<()> {
     let plan = Plan::new(opts.quick);
     let cpus = cpu::cpu_count()?;
     let load_cpu = cpus - 1;
@@ -402,7 +409,7 @@ fn bench(opts: &Options, nat_bin: &Path, started: Instant, build_s: f64) -> Resu
     };
 
     println!("\nbench: datapath micro-figures");
-    micro_figures(&plan, nat_bin, &mut guard, &mut results)?;
+    micro_figures(&plan, nat_bench, &mut guard, &mut results)?;
 
     results.notes.extend(guard.notes);
     results.reaper_skipped = plan.reaper_skipped.to_vec();
@@ -843,7 +850,7 @@ fn bpf_run_time(ctx: &Ctx<'_>, programs: &micro::Programs) -> Result<BpfRun> {
 
 fn micro_figures(
     plan: &Plan,
-    nat_bin: &Path,
+    nat_bench: &Path,
     guard: &mut Guard,
     results: &mut Results,
 ) -> Result<()> {
@@ -851,11 +858,11 @@ fn micro_figures(
         for occupancy in ALLOC_OCCUPANCIES {
             let g = guard.measure(
                 &format!(
-                    "[{}/{}] alloc-bench {occupancy}% occupied",
+                    "[{}/{}] nat-bench alloc {occupancy}% occupied",
                     rep + 1,
                     plan.micro_reps
                 ),
-                || micro::alloc(nat_bin, occupancy, ALLOC_ATTEMPTS),
+                || micro::alloc(nat_bench, occupancy, ALLOC_ATTEMPTS),
                 |(_, w)| *w,
                 |(a, _)| {
                     format!(
@@ -875,11 +882,11 @@ fn micro_figures(
         for &sessions in plan.reaper_sessions {
             let g = guard.measure(
                 &format!(
-                    "[{}/{}] reaper-bench {sessions} sessions",
+                    "[{}/{}] nat-bench reaper {sessions} sessions",
                     rep + 1,
                     plan.micro_reps
                 ),
-                || micro::reaper(nat_bin, sessions),
+                || micro::reaper(nat_bench, sessions),
                 |(_, w)| *w,
                 |(r, _)| {
                     format!(

@@ -685,7 +685,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     let _ = writeln!(out, "\ndatapath micro-figures (median [min–max])");
     let _ = writeln!(
         out,
-        "  allocation (nat alloc-bench, strict, {} attempts, one destination's 1000-port range filled to N%):",
+        "  allocation (nat-bench alloc, strict, {} attempts, one destination's 1000-port range filled to N%):",
         cfg.alloc_attempts
     );
     for (&occ, kept) in &r.alloc {
@@ -707,7 +707,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             );
         }
     }
-    let _ = writeln!(out, "  reaper (nat reaper-bench):");
+    let _ = writeln!(out, "  reaper (nat-bench reaper):");
     for (&sessions, kept) in &r.reaper {
         let s = |f: fn(&Reaper) -> f64| r.reaper_summary(sessions, f);
         let star = if kept.iter().any(|k| !k.clean) {

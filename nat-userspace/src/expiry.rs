@@ -1,0 +1,122 @@
+//! The kernel expiry sweep (nat-ebpf/src/expire.rs) from user space: loads
+//! the program, sets its interval and budget, runs it through
+//! BPF_PROG_TEST_RUN and reads what it did from its per-CPU totals.
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use nat_common::{
+    expiry::{SWEEP_TOTALS, SweepControl, SweepTotal, TIMER_SCAN_BUDGET, phase},
+    names::{MAP_SWEEP_CTL, MAP_SWEEP_STATS, PROG_SWEEP},
+};
+
+/// Runs one sweep asks for at most: far more than the largest table needs
+/// at [`nat_common::expiry::SWEEP_BUDGET`] deletions a run.
+const MAX_RUNS: u32 = 4096;
+
+/// A test run of a TC program needs a packet of at least an Ethernet
+/// header; its first four bytes are the resume token the sweep starts from.
+const FRAME_LEN: usize = 64;
+
+/// Running totals of the sweep over all CPUs, indexed by [`SweepTotal`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals([u64; SWEEP_TOTALS as usize]);
+
+impl Totals {
+    pub fn get(&self, total: SweepTotal) -> u64 {
+        self.0[total as usize]
+    }
+
+    /// What happened from `earlier` to `self`.
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        let mut out = Totals::default();
+        for (i, v) in out.0.iter_mut().enumerate() {
+            *v = self.0[i].wrapping_sub(earlier.0[i]);
+        }
+        out
+    }
+}
+
+pub struct KernelSweep {
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl KernelSweep {
+    /// Loads the sweep program into the kernel and takes its maps out of
+    /// `ebpf`; `interval_ms` is how often the timer sweeps once no daemon
+    /// does (0: never), `budget` the deletions per run (0: the default).
+    /// The timer is armed by the first [`KernelSweep::run`].
+    pub fn load(ebpf: &mut Ebpf, interval_ms: u64, budget: u32) -> Result<Self> {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG_SWEEP)
+            .context("sweep program missing from the object")?
+            .try_into()?;
+        prog.load()
+            .context("the kernel rejected the expiry sweep program")?;
+        let mut ctl: Array<MapData, SweepControl> = ebpf
+            .take_map(MAP_SWEEP_CTL)
+            .context("map NAT_SWEEP_CTL missing from the object")?
+            .try_into()
+            .context("sweep control map")?;
+        let stats = ebpf
+            .take_map(MAP_SWEEP_STATS)
+            .context("map NAT_SWEEP_STATS missing from the object")?
+            .try_into()
+            .context("sweep stats map")?;
+        let control = SweepControl {
+            interval_ns: interval_ms.saturating_mul(1_000_000),
+            budget,
+            timer_scan: TIMER_SCAN_BUDGET,
+        };
+        ctl.set(0, control, 0)
+            .context("cannot write the sweep control map")?;
+        Ok(Self { stats })
+    }
+
+    pub fn totals(&self) -> Result<Totals> {
+        let mut out = Totals::default();
+        for (i, v) in out.0.iter_mut().enumerate() {
+            *v = self
+                .stats
+                .get(&(i as u32), 0)
+                .context("cannot read the sweep totals")?
+                .iter()
+                .sum();
+        }
+        Ok(out)
+    }
+
+    /// One full sweep: runs the program until it reports that it walked
+    /// everything, and returns what it did meanwhile (a timer run on another
+    /// CPU meanwhile is counted too).
+    pub fn run(&self, ebpf: &Ebpf) -> Result<Totals> {
+        let prog: &SchedClassifier = ebpf
+            .program(PROG_SWEEP)
+            .context("sweep program missing from the object")?
+            .try_into()?;
+        let before = self.totals()?;
+        let mut frame = [0u8; FRAME_LEN];
+        for _ in 0..MAX_RUNS {
+            let result = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    repeat: 1,
+                    ..Default::default()
+                })
+                .context("cannot run the expiry sweep (BPF_PROG_TEST_RUN)")?;
+            // The token the next run resumes from: a phase in the low bits.
+            let token = result.return_value;
+            match (token & 3) as u8 {
+                phase::DONE if token == 0 => return Ok(self.totals()?.since(&before)),
+                phase::COOLDOWNS | phase::SESSIONS | phase::ORPHANS => {
+                    frame[..4].copy_from_slice(&token.to_ne_bytes());
+                }
+                _ => bail!("the expiry sweep returned {token}, not a resume token"),
+            }
+        }
+        bail!("the expiry sweep did not finish in {MAX_RUNS} runs")
+    }
+}

@@ -1,0 +1,298 @@
+//! The external address pool: the checks shared by `nat load`, `nat
+//! check-config` and a reload, and the live change of addresses, port range
+//! and settings on a reload.
+//!
+//! A live change only steers new flows. Replies find their session in
+//! NAT_REV by (external address, port, remote) whatever the pool says, so a
+//! session on an address or port that left the pool keeps translating until
+//! it ends; the allocator reads the pool map per new flow and stops handing
+//! those out at once. The cooldown check is per key and independent of the
+//! pool, so the reuse rule holds across any change.
+
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, Map, MapData};
+use nat_common::{
+    config::{Config, MAX_POOL, PoolAddr},
+    probe::{span, stride_for},
+};
+
+use crate::{
+    cli::{Cidr, LoadArgs, PortRange},
+    pins::PinDir,
+    settings,
+    tables::Tables,
+};
+
+/// The rules the external addresses must follow, as one line.
+pub fn check_addresses(external: &[Ipv4Addr], internal: &[Cidr]) -> Result<(), String> {
+    if external.len() > MAX_POOL as usize {
+        return Err(format!(
+            "at most {MAX_POOL} external addresses are supported, {} given",
+            external.len()
+        ));
+    }
+    if let Some((addr, cidr)) = external
+        .iter()
+        .find_map(|a| internal.iter().find(|c| c.contains(*a)).map(|c| (a, c)))
+    {
+        return Err(format!(
+            "external address {addr} lies inside internal prefix {}/{}: its own traffic would be translated",
+            cidr.addr, cidr.len
+        ));
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = external.iter().find(|a| !seen.insert(**a)) {
+        return Err(format!("external address {dup} is given twice"));
+    }
+    Ok(())
+}
+
+/// The pool map entries for `external` with `ports`.
+pub fn entries(external: &[Ipv4Addr], ports: PortRange) -> Vec<PoolAddr> {
+    let step = stride_for(span(ports.lo, ports.hi));
+    external
+        .iter()
+        .map(|a| PoolAddr {
+            addr: u32::from(*a).to_be(),
+            port_min: ports.lo,
+            port_max: ports.hi,
+            step,
+            _pad: 0,
+        })
+        .collect()
+}
+
+/// The live settings `args` ask for: defaults, overridden by the flags and the file.
+pub fn config_for(args: &LoadArgs) -> Result<Config> {
+    let mut cfg = Config {
+        pool_len: args.external.len() as u32,
+        ..Config::default()
+    };
+    for (name, value) in args.settings.given() {
+        if let Some(v) = value {
+            settings::find(name)
+                .map_err(anyhow::Error::msg)?
+                .apply(&mut cfg, v);
+        }
+    }
+    Ok(cfg)
+}
+
+/// Flags a running datapath cannot change (map sizes, hooks, interfaces), by
+/// key name with their value as given at load.
+fn fixed(args: &LoadArgs) -> Vec<(&'static str, String)> {
+    vec![
+        ("iface", args.iface.clone()),
+        ("internal", format!("{:?}", args.internal)),
+        ("ingress", format!("{:?}", args.ingress)),
+        ("xdp-mode", format!("{:?}", args.xdp_mode)),
+        ("fast-path", format!("{:?}", args.fast_path)),
+        ("max-sessions", args.max_sessions.to_string()),
+        ("max-cooldowns", args.max_cooldowns.to_string()),
+        ("reap-interval-ms", args.reap_interval_ms.to_string()),
+        ("metrics", format!("{:?}", args.metrics.metrics)),
+        ("metrics-top", args.metrics.metrics_top.to_string()),
+        (
+            "metrics-interval-ms",
+            args.metrics.metrics_interval_ms.to_string(),
+        ),
+    ]
+}
+
+/// What a reload changed, for the log line.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub settings: Vec<&'static str>,
+    pub added: Vec<Ipv4Addr>,
+    pub removed: Vec<Ipv4Addr>,
+    pub ports: Option<(PortRange, PortRange)>,
+    /// Keys that changed but apply only on the next `nat load`.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.settings.is_empty() {
+            parts.push(format!("settings {}", self.settings.join(",")));
+        }
+        let ips = |v: &[Ipv4Addr]| {
+            v.iter()
+                .map(Ipv4Addr::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if !self.added.is_empty() {
+            parts.push(format!("added {}", ips(&self.added)));
+        }
+        if !self.removed.is_empty() {
+            parts.push(format!(
+                "removed {} (their sessions run until they end)",
+                ips(&self.removed)
+            ));
+        }
+        if let Some((old, new)) = self.ports {
+            parts.push(format!(
+                "ports {}-{} -> {}-{}",
+                old.lo, old.hi, new.lo, new.hi
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("nothing changed".to_owned());
+        }
+        if !self.needs_restart.is_empty() {
+            parts.push(format!(
+                "{} changed but apply only on the next `nat load`",
+                self.needs_restart.join(",")
+            ));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Applies a changed config file to the running datapath.
+pub struct Reloader {
+    tables: Tables,
+    /// External addresses egress recognises as translated sources.
+    ext_addrs: HashMap<MapData, u32, u32>,
+    fixed: Vec<(&'static str, String)>,
+    internal: Vec<Cidr>,
+    external: Vec<Ipv4Addr>,
+    ports: PortRange,
+}
+
+impl Reloader {
+    /// `ext_addrs` is the NAT_EXT_ADDRS map of the loaded object.
+    pub fn new(pins: &PinDir, ext_addrs: Map, args: &LoadArgs) -> Result<Self> {
+        Ok(Self {
+            tables: Tables::open(pins)?,
+            ext_addrs: ext_addrs.try_into().context("external address map")?,
+            fixed: fixed(args),
+            internal: args.internal.clone(),
+            external: args.external.clone(),
+            ports: args.ports,
+        })
+    }
+
+    /// Applies what `args` set live; fails without a change when they are invalid.
+    pub fn apply(&mut self, args: &LoadArgs) -> Result<Change> {
+        check_addresses(&args.external, &self.internal).map_err(anyhow::Error::msg)?;
+        if args.external.is_empty() {
+            anyhow::bail!("no external address left in the pool");
+        }
+        let mut change = Change {
+            needs_restart: fixed(args)
+                .into_iter()
+                .zip(&self.fixed)
+                .filter(|(new, old)| new != *old)
+                .map(|(new, _)| new.0)
+                .collect(),
+            ..Change::default()
+        };
+        let old_cfg = self.tables.config()?;
+        let cfg = config_for(args)?;
+        change.settings = settings::SETTINGS
+            .iter()
+            .filter(|s| s.get(&old_cfg) != s.get(&cfg))
+            .map(|s| s.name)
+            .collect();
+        change.added = args
+            .external
+            .iter()
+            .filter(|a| !self.external.contains(a))
+            .copied()
+            .collect();
+        change.removed = self
+            .external
+            .iter()
+            .filter(|a| !args.external.contains(a))
+            .copied()
+            .collect();
+        if args.ports != self.ports {
+            change.ports = Some((self.ports, args.ports));
+        }
+
+        self.recognise(&args.external)?;
+        let pool = entries(&args.external, args.ports);
+        let shrinking = cfg.pool_len < old_cfg.pool_len;
+        // An allocation reads pool_len, then an entry: a shrinking pool is cut
+        // before its tail changes, a growing one gets its entries first, so
+        // no allocation reads an index past what is written.
+        if shrinking {
+            self.tables.set_config(cfg)?;
+        }
+        for (i, entry) in pool.iter().enumerate() {
+            self.tables.set_pool_entry(i as u32, *entry)?;
+        }
+        if !shrinking {
+            self.tables.set_config(cfg)?;
+        }
+        self.external = args.external.clone();
+        self.ports = args.ports;
+        Ok(change)
+    }
+
+    /// Adds the new addresses to NAT_EXT_ADDRS. Removed ones stay while there
+    /// is room: the TC fast path still sends their live sessions' packets
+    /// through egress, translated already.
+    fn recognise(&mut self, external: &[Ipv4Addr]) -> Result<()> {
+        let wanted: Vec<u32> = external.iter().map(|a| u32::from(*a).to_be()).collect();
+        let retired: Vec<u32> = self
+            .ext_addrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        let room = MAX_POOL as usize - wanted.len();
+        for addr in retired.iter().skip(room) {
+            let _ = self.ext_addrs.remove(addr);
+        }
+        for (i, addr) in wanted.iter().enumerate() {
+            self.ext_addrs
+                .insert(addr, i as u32, 0)
+                .context("cannot fill the external address map")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_rules() {
+        let internal = [crate::cli::parse_cidr("10.0.0.0/8").unwrap()];
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(check_addresses(&[ip("192.0.2.1")], &internal).is_ok());
+        assert!(
+            check_addresses(&[ip("10.1.2.3")], &internal)
+                .unwrap_err()
+                .contains("inside internal prefix 10.0.0.0/8")
+        );
+        assert!(
+            check_addresses(&[ip("192.0.2.1"), ip("192.0.2.1")], &internal)
+                .unwrap_err()
+                .contains("twice")
+        );
+        let many: Vec<Ipv4Addr> = (1..=17).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+        assert!(
+            check_addresses(&many, &internal)
+                .unwrap_err()
+                .contains("at most 16")
+        );
+    }
+
+    #[test]
+    fn entries_cover_the_range() {
+        let e = entries(
+            &["192.0.2.1".parse().unwrap()],
+            PortRange { lo: 1000, hi: 1999 },
+        );
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].port_min, e[0].port_max), (1000, 1999));
+        assert_eq!(e[0].step, stride_for(1000));
+    }
+}

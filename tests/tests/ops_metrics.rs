@@ -1,0 +1,507 @@
+//! `nat load --metrics`: the scrape is valid Prometheus text (promtool), a
+//! real Prometheus server scrapes it and its query API gives the session
+//! count `nat stats` shows, and a scrape answers fast with a million sessions.
+
+mod common;
+mod ops;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, MapData};
+use common::*;
+use nat_common::{
+    config::Config,
+    flow::{FlowKey, PROTO_UDP, Session},
+    names::{LAYOUT_VERSION, MAP_CONFIG, MAP_FWD, MAP_REV, PIN_ROOT},
+};
+use nat_tests::serde_json;
+use nat_tests::{
+    EXT_IFACE, EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns,
+    tcp_sink_server, tcp_transfer, udp_echo_server, udp_roundtrip,
+};
+use ops::*;
+
+const METRICS: &str = "127.0.0.1:9109";
+
+fn metrics_addr() -> SocketAddr {
+    METRICS.parse().unwrap()
+}
+
+fn scrape(topo: &Topology) -> String {
+    let (status, body, _) = http_get(topo.ns_name(Side::Nat), metrics_addr(), "/metrics")
+        .unwrap_or_else(|e| panic!("scrape: {e}"));
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Waits for a scrape whose snapshot part is there and passes `ok`.
+fn scrape_until(
+    topo: &Topology,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let body = scrape(topo);
+        if ok(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; last scrape:\n{body}"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ops_scrape_passes_promtool_and_shows_the_datapath() {
+    let topo = Topology::new("ops-prom", TopologyOpts::default());
+    let _nat = NatProcess::start(
+        &topo,
+        &[
+            "--ports",
+            PORTS,
+            "--metrics",
+            METRICS,
+            "--metrics-interval-ms",
+            "200",
+            "--max-sessions",
+            "4096",
+        ],
+    );
+    let _tcp = tcp_sink_server(topo.ns_name(Side::Server), 8080);
+    let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
+    tcp_transfer(
+        topo.ns_name(Side::Client),
+        None,
+        SocketAddrV4::new(SERVER_IP, 8080),
+        64 * 1024,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..3 {
+        udp_roundtrip(
+            topo.ns_name(Side::Client),
+            None,
+            SocketAddrV4::new(SERVER_IP, 5353),
+            100,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let body = scrape_until(
+        &topo,
+        "three UDP sessions in the snapshot",
+        Duration::from_secs(10),
+        |b| sample(b, r#"nat_sessions{protocol="udp",state="udp"}"#) == Some(3.0),
+    );
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package prometheus; cargo xtask setup installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stats = stats(&topo);
+    let translated = sample(
+        &body,
+        r#"nat_datapath_events_total{outcome="translated",reason="out"}"#,
+    )
+    .unwrap_or_else(|| panic!("no translated_out counter:\n{body}"));
+    assert!(translated > 0.0 && translated <= counter(&stats, "translated_out") as f64);
+    assert!(
+        sample(
+            &body,
+            r#"nat_datapath_events_total{outcome="event",reason="sessions_opened"}"#
+        )
+        .is_some_and(|v| v >= 4.0),
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            r#"nat_datapath_events_total{outcome="drop",reason="no_session"}"#
+        )
+        .is_some(),
+        "{body}"
+    );
+    assert!(
+        sample(&body, r#"nat_map_capacity{map="NAT_FWD"}"#) == Some(4096.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, r#"nat_map_entries{map="NAT_POOL"}"#),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, r#"nat_allocation_probes_total{probes="1"}"#).is_some_and(|v| v >= 1.0),
+        "{body}"
+    );
+    let dest = format!(
+        r#"nat_destination_ports_in_use{{destination="{SERVER_IP}:5353",external="{EXTERNAL_IP}",protocol="udp"}}"#
+    );
+    assert_eq!(sample(&body, &dest), Some(3.0), "{body}");
+    assert!(
+        body.contains("nat_build_info{")
+            && body.contains("nat_expiry_sweep_duration_seconds_count"),
+        "{body}"
+    );
+    let (status, _, _) = http_get(topo.ns_name(Side::Nat), metrics_addr(), "/other").unwrap();
+    assert_eq!(status, 404);
+}
+
+/// A Prometheus server in the nat namespace, with its data in a temp dir;
+/// killed on drop.
+struct PrometheusServer {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl PrometheusServer {
+    fn start(topo: &Topology) -> PrometheusServer {
+        let dir = TempDir::new("prometheus");
+        let config = dir.file(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: nat\n    static_configs:\n      - targets: ['{METRICS}']\n"
+            ),
+        );
+        let data = dir.0.join("data");
+        let args = vec![
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", data.display()),
+            "--web.listen-address=127.0.0.1:9090".to_owned(),
+        ];
+        // Started from a thread inside the namespace: the child inherits it.
+        let child = run_in_ns(topo.ns_name(Side::Nat), move || {
+            Command::new("prometheus")
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "prometheus runs (Debian package prometheus; cargo xtask setup installs it)",
+                )
+        });
+        PrometheusServer { child, _dir: dir }
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ops_prometheus_scrapes_the_session_count_nat_stats_shows() {
+    let topo = Topology::new("ops-promsrv", TopologyOpts::default());
+    let _nat = NatProcess::start(
+        &topo,
+        &[
+            "--ports",
+            PORTS,
+            "--metrics",
+            METRICS,
+            "--metrics-interval-ms",
+            "200",
+        ],
+    );
+    let _udp = udp_echo_server(topo.ns_name(Side::Server), 5353);
+    for _ in 0..5 {
+        udp_roundtrip(
+            topo.ns_name(Side::Client),
+            None,
+            SocketAddrV4::new(SERVER_IP, 5353),
+            64,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let expected = stats(&topo)["sessions"]
+        .as_u64()
+        .expect("sessions in stats");
+    assert_eq!(expected, 5);
+    let _prometheus = PrometheusServer::start(&topo);
+    let api: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        if let Ok((200, body, _)) = http_get(
+            topo.ns_name(Side::Nat),
+            api,
+            "/api/v1/query?query=sum(nat_sessions)",
+        ) {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if let Some(v) = doc["data"]["result"][0]["value"][1].as_str()
+                && v.parse::<u64>().ok() == Some(expected)
+            {
+                break;
+            }
+            last = body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not report sum(nat_sessions) = {expected} within 60 s; last answer: {last}"
+        );
+        sleep(Duration::from_millis(500));
+    }
+    assert_eq!(stats(&topo)["sessions"].as_u64(), Some(expected));
+}
+
+/// `union bpf_attr` for BPF_MAP_UPDATE_BATCH.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes all pairs into the pinned map `name` with BPF_MAP_UPDATE_BATCH
+/// (one syscall per chunk: a million entries take about a second).
+fn update_batch<K, V>(path: &str, pairs: &[(K, V)]) {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    let info = data.info().unwrap();
+    assert_eq!(info.key_size() as usize, size_of::<K>(), "{path} key size");
+    assert_eq!(
+        info.value_size() as usize,
+        size_of::<V>(),
+        "{path} value size"
+    );
+    for chunk in pairs.chunks(8192) {
+        let (keys, values): (Vec<&K>, Vec<&V>) = chunk.iter().map(|(k, v)| (k, v)).unzip();
+        let keys: Vec<u8> = keys
+            .iter()
+            // SAFETY: K is a plain #[repr(C)] map type; its bytes are what the map stores.
+            .flat_map(|k| unsafe {
+                std::slice::from_raw_parts((*k as *const K).cast::<u8>(), size_of::<K>())
+            })
+            .copied()
+            .collect();
+        let values: Vec<u8> = values
+            .iter()
+            // SAFETY: as above.
+            .flat_map(|v| unsafe {
+                std::slice::from_raw_parts((*v as *const V).cast::<u8>(), size_of::<V>())
+            })
+            .copied()
+            .collect();
+        let attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: data.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: bpf(2) reads count keys and values from the buffers above.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                26, /* BPF_MAP_UPDATE_BATCH */
+                &attr as *const BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_MAP_UPDATE_BATCH on {path}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Fills the pinned session maps with `n` fresh UDP sessions.
+fn prefill(topo: &Topology, n: u32) {
+    let dir = format!("{PIN_ROOT}/{}/{EXT_IFACE}", topo.ns_name(Side::Nat));
+    let now = boot_ns();
+    let ext = u32::from(EXTERNAL_IP).to_be();
+    let internal = u32::from(Ipv4Addr::new(10, 200, 1, 2)).to_be();
+    let (mut fwd, mut rev) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        // 50 000 ports per remote address, several remotes: all distinct keys.
+        let remote = u32::from(Ipv4Addr::new(198, 51, 100, (i / 50_000) as u8 + 1)).to_be();
+        let port = ((10_000 + i % 50_000) as u16).to_be();
+        let key = FlowKey::new(PROTO_UDP, internal, port, remote, 53u16.to_be());
+        let out = Session {
+            addr: ext,
+            port,
+            last_seen: now,
+            ..Session::default()
+        };
+        let back = Session {
+            addr: internal,
+            ..out
+        };
+        fwd.push((key, out));
+        rev.push((key.translated(ext, port), back));
+    }
+    let started = Instant::now();
+    update_batch(&format!("{dir}/{MAP_FWD}_v{LAYOUT_VERSION}"), &fwd);
+    println!("NAT_FWD filled in {:?}", started.elapsed());
+    update_batch(&format!("{dir}/{MAP_REV}_v{LAYOUT_VERSION}"), &rev);
+}
+
+fn boot_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// Runs `nat unload` on drop (after a failed test too).
+struct UnloadOnDrop<'a>(&'a Topology);
+
+impl Drop for UnloadOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = nat_tests::nat_cmd(self.0, &["unload", "--iface", EXT_IFACE]);
+    }
+}
+
+#[test]
+fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
+    const SESSIONS: u32 = 1_000_000;
+    let topo = Topology::new("ops-promfast", TopologyOpts::default());
+    // Dropped after the daemon: its pins go even if it had to be killed.
+    let _pins = UnloadOnDrop(&topo);
+    let dir = TempDir::new("promfast");
+    let config = |cooldown_ms: u64| {
+        format!(
+            "iface = \"{EXT_IFACE}\"\nexternal = [\"{EXTERNAL_IP}\"]\ninternal = [\"10.200.1.0/25\"]\nports = \"{PORTS}\"\ncooldown = {cooldown_ms}\n"
+        )
+    };
+    let file = dir.file("nat.toml", &config(100_000));
+    let nat = NatProcess::start_load(
+        &topo,
+        &[
+            "--config",
+            path_str(&file),
+            "--metrics",
+            METRICS,
+            "--metrics-interval-ms",
+            "500",
+            "--max-sessions",
+            "1100000",
+            "--max-cooldowns",
+            "1100000",
+            "--reap-interval-ms",
+            "1000",
+            // Routine sweeps only (one batched read of the million): what
+            // this measures is the metrics thread against the snapshot.
+            "--timeout-tcp-closed",
+            "1h",
+            "--timeout-icmp",
+            "1h",
+            "--timeout-udp",
+            "1h",
+            "--timeout-tcp-transitory",
+            "1h",
+        ],
+        &[],
+    );
+    let filled = Instant::now();
+    prefill(&topo, SESSIONS);
+    assert_eq!(stats(&topo)["sessions"].as_u64(), Some(u64::from(SESSIONS)));
+    println!("filled {SESSIONS} sessions in {:?}", filled.elapsed());
+    // The snapshot thread reads every session each 500 ms from here on.
+    // A debug build of nat reads them in several seconds.
+    let body = scrape_until(
+        &topo,
+        "the million sessions in a snapshot",
+        Duration::from_secs(90),
+        |b| metric_sum(b, "nat_sessions") >= f64::from(SESSIONS),
+    );
+    let took = sample(&body, "nat_metrics_snapshot_duration_seconds").unwrap();
+    println!("one snapshot of {SESSIONS} sessions took {took:.3} s");
+    let mut worst = Duration::ZERO;
+    let mut all = Vec::new();
+    for _ in 0..30 {
+        let (status, _, t) = http_get(topo.ns_name(Side::Nat), metrics_addr(), "/metrics")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status, 200);
+        worst = worst.max(t);
+        all.push(t.as_millis());
+        sleep(Duration::from_millis(97));
+    }
+    println!("30 scrapes over ~3 s while snapshots and sweeps ran, ms: {all:?}");
+    // The median is what the design promises (< 100 ms); on a machine shared
+    // with other builds a single scrape may wait for a CPU, so the worst
+    // case is bounded well below what a scrape that read the tables itself
+    // would take (the snapshot duration, seconds).
+    let mut sorted = all.clone();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        median < 100,
+        "median scrape took {median} ms with {SESSIONS} sessions (all: {all:?} ms)"
+    );
+    assert!(
+        worst < Duration::from_secs(1) && worst.as_secs_f64() < took,
+        "a scrape took {worst:?} with {SESSIONS} sessions, a snapshot {took:.3} s (all: {all:?} ms)"
+    );
+
+    // SIGHUP is answered on a thread of its own: each reload reaches the
+    // config map at once, whatever the daemon's loop (a sweep reading the
+    // million sessions every second) and the snapshot thread are doing.
+    let cfg_path = format!(
+        "{PIN_ROOT}/{}/{EXT_IFACE}/{MAP_CONFIG}_v{LAYOUT_VERSION}",
+        topo.ns_name(Side::Nat)
+    );
+    let cfg: Array<MapData, Config> =
+        Array::try_from(aya::maps::Map::Array(MapData::from_pin(&cfg_path).unwrap())).unwrap();
+    let mut reloads = Vec::new();
+    for i in 1..=10u64 {
+        std::fs::write(&file, config(100_000 + i)).unwrap();
+        let sent = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(nat.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        while cfg.get(&0, 0).unwrap().cooldown_ms != 100_000 + i {
+            assert!(
+                sent.elapsed() < Duration::from_secs(5),
+                "reload {i} not applied within 5 s"
+            );
+            sleep(Duration::from_millis(2));
+        }
+        reloads.push(sent.elapsed().as_millis());
+        sleep(Duration::from_millis(150));
+    }
+    println!("SIGHUP to applied, ms: {reloads:?}");
+    let mut sorted = reloads.clone();
+    sorted.sort_unstable();
+    assert!(
+        sorted[sorted.len() / 2] < 100 && sorted[sorted.len() - 1] < 1000,
+        "reloads with {SESSIONS} sessions took {reloads:?} ms"
+    );
+
+    // The daemon's own loop, busy sweeping a million sessions, may take
+    // longer than the test harness waits to answer SIGTERM: end it at once
+    // and remove the pins.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(nat.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    drop(nat);
+}
