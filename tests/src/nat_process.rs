@@ -227,8 +227,17 @@ impl NatProcess {
     /// instance with `nat unload`: the interface is left as it was. Returns
     /// the daemon's exit status; panics (after SIGKILL) if it takes longer
     /// than 10 s, or if the unload fails.
-    pub fn stop(mut self) -> ExitStatus {
-        let status = self.stop_daemon(Signal::SIGTERM);
+    pub fn stop(self) -> ExitStatus {
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    /// [`NatProcess::stop`] with another limit on the daemon's exit (the
+    /// bench's daemons with a million sessions, which may be mid-sweep).
+    pub fn stop_within(mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_ref().expect("running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        let _ = kill(pid, Signal::SIGTERM);
+        let status = self.wait_within(limit);
         let out = unload(&self.netns, &self.iface);
         assert!(
             out.status.success(),
@@ -251,8 +260,12 @@ impl NatProcess {
     /// Waits up to 10 s for the daemon to exit on its own (after `nat
     /// unload`, or when a `--replace` load took over).
     pub fn wait_for_exit(&mut self) -> ExitStatus {
+        self.wait_within(STOP_TIMEOUT)
+    }
+
+    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + limit;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -260,7 +273,7 @@ impl NatProcess {
                 Ok(None) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("nat did not exit within {STOP_TIMEOUT:?}; killed it");
+                    panic!("nat did not exit within {limit:?}; killed it");
                 }
                 Err(e) => panic!("cannot wait for nat (pid {}): {e}", child.id()),
             }

@@ -59,10 +59,6 @@ enum Task {
     /// As root: set up, build, and show the NAT translating traffic between
     /// namespaces, then the TIME_WAIT collisions it prevents (under a minute)
     Demo,
-    /// As root: set up, build the release `nat`, and measure it against plain routing
-    /// and nftables masquerade (throughput, packet rate, connection rate,
-    /// CPU per packet) plus its datapath micro-figures; reports, never fails
-    /// on a missed target
     /// Set up, build the release `nat`, and install it with the systemd unit
     /// (nat@IFACE) and the example config (/etc/nat/nat.toml.example)
     Install {
@@ -73,13 +69,20 @@ enum Task {
         #[arg(long, value_name = "DIR", default_value = "/usr/local")]
         prefix: PathBuf,
     },
+    /// As root: set up, build the release `nat`, and measure it against plain routing
+    /// and nftables masquerade (throughput, packet rate, connection rate and connect
+    /// time, the mission's server-first load, cost as the tables grow, CPU per packet)
+    /// plus its datapath micro-figures; reports, never fails on a missed target
     Bench {
-        /// One repetition with short runs, without the 1M-session reaper run (under 2 minutes)
+        /// One repetition with short runs, without the 1M-session reaper and scale runs (under 2 minutes)
         #[arg(long)]
         quick: bool,
         /// Also write every figure, sample and target to FILE as JSON
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also draw the ratio table and the scale curves to FILE (SVG)
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -111,7 +114,7 @@ fn main() -> ExitCode {
         } => run_tests::run(&test_args),
         Task::Demo => demo::run(),
         Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),
-        Task::Bench { quick, json } => bench::run(bench::Options { quick, json }),
+        Task::Bench { quick, json, plot } => bench::run(bench::Options { quick, json, plot }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

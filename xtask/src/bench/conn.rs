@@ -1,12 +1,17 @@
 //! New TCP connections per second: many blocking workers in the client
 //! namespace (connect, one small request, read the reply, close), and an
-//! epoll server in the server namespace listening on [`PORT_COUNT`] ports.
+//! epoll server in the server namespace. Every connect is timed.
 //!
-//! The client closes first: the server replies, then waits for the client's
-//! FIN before closing. The client's side ends in TIME_WAIT (which
-//! tcp_tw_reuse lets it reuse), and the NAT cools a key for its
-//! client-first cooldown (15 s by default) rather than the 240 s it uses
-//! after a server-first close.
+//! Two loads ([`Load`]):
+//! - spread: to [`PORT_COUNT`] server ports, the client closing first: the
+//!   server replies, then waits for the client's FIN. The client's side ends
+//!   in TIME_WAIT (which tcp_tw_reuse lets it reuse), and the NAT cools a key
+//!   for its client-first cooldown (15 s by default).
+//! - mission: to ONE server port, the server closing first right after its
+//!   reply, so the server holds TIME_WAIT and the NAT cools each key for its
+//!   full server-first cooldown (240 s by default): the load this NAT exists
+//!   for. Each run gets a server port of its own ([`MISSION_PORTS`] of them),
+//!   so no run meets the TIME_WAIT a previous run left on the server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Read, Write};
@@ -35,6 +40,9 @@ pub const FIRST_PORT: u16 = 20_000;
 /// external ports and its own cooling keys.
 pub const PORT_COUNT: u16 = 32;
 pub const WORKERS: usize = 64;
+/// Server-first listeners, one per mission run, after the spread ones.
+pub const MISSION_FIRST_PORT: u16 = 21_000;
+pub const MISSION_PORTS: u16 = 64;
 const REQUEST: &[u8; 32] = b"GET /bench HTTP/1.0\r\nX: 0123\r\n\r\n";
 const REPLY: &[u8; 32] = b"HTTP/1.0 200 OK\r\nX: 01234567\r\n\r\n";
 /// Bounds connect (SYN retransmits at 1 s and 3 s fit in it) and each read/write.
@@ -72,6 +80,7 @@ impl Server {
     pub fn start(server_ns: &str, cpu: usize) -> Result<Server> {
         let listeners = run_in_ns(server_ns, || {
             (FIRST_PORT..FIRST_PORT + PORT_COUNT)
+                .chain(MISSION_FIRST_PORT..MISSION_FIRST_PORT + MISSION_PORTS)
                 .map(listen_tcp)
                 .collect::<Result<Vec<_>>>()
         })?;
@@ -145,6 +154,8 @@ struct Conn {
     stream: TcpStream,
     received: usize,
     replied: bool,
+    /// Close right after the reply (the mission load's listeners).
+    close_first: bool,
 }
 
 fn serve(epoll: &Epoll, listeners: &[TcpListener], stop: &AtomicBool, peers: &PeerCounts) {
@@ -162,8 +173,9 @@ fn serve(epoll: &Epoll, listeners: &[TcpListener], stop: &AtomicBool, peers: &Pe
         for event in &events[..n] {
             let data = event.data();
             if data & LISTENER_TAG != 0 {
-                let listener = &listeners[(data & !LISTENER_TAG) as usize];
-                accept_all(epoll, listener, &mut conns, peers);
+                let index = (data & !LISTENER_TAG) as usize;
+                let close_first = index >= PORT_COUNT as usize;
+                accept_all(epoll, &listeners[index], close_first, &mut conns, peers);
                 continue;
             }
             let fd = data as RawFd;
@@ -178,6 +190,7 @@ fn serve(epoll: &Epoll, listeners: &[TcpListener], stop: &AtomicBool, peers: &Pe
 fn accept_all(
     epoll: &Epoll,
     listener: &TcpListener,
+    close_first: bool,
     conns: &mut HashMap<RawFd, Conn>,
     peers: &PeerCounts,
 ) {
@@ -204,6 +217,7 @@ fn accept_all(
                         stream,
                         received: 0,
                         replied: false,
+                        close_first,
                     },
                 );
             }
@@ -215,7 +229,8 @@ fn accept_all(
 }
 
 /// Reads what is there; replies once the request is complete. `false` when
-/// the connection is finished (the client closed, or an error).
+/// the connection is finished (the client closed, an error, or the reply of
+/// a server-first connection went out: dropping the stream sends the FIN).
 fn serve_conn(conn: &mut Conn) -> bool {
     let mut buf = [0u8; 256];
     loop {
@@ -228,11 +243,35 @@ fn serve_conn(conn: &mut Conn) -> bool {
                         return false;
                     }
                     conn.replied = true;
+                    if conn.close_first {
+                        return false;
+                    }
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => return false,
+        }
+    }
+}
+
+/// Which connections a run makes.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// Client-first closes to [`PORT_COUNT`] server ports.
+    Spread,
+    /// Server-first closes to one server port (a [`MISSION_PORTS`] index),
+    /// at most `budget` connections (fewer than the NAT's keys for one
+    /// destination, so the cooldown cannot run the range dry).
+    Mission { port: u16, budget: u64 },
+}
+
+impl Load {
+    /// The mission load on the `run`-th of its server ports.
+    pub fn mission(run: usize, budget: u64) -> Load {
+        Load::Mission {
+            port: MISSION_FIRST_PORT + (run % MISSION_PORTS as usize) as u16,
+            budget,
         }
     }
 }
@@ -247,11 +286,22 @@ pub struct ConnRun {
     pub secs: f64,
     pub window: Window,
     pub peers: Peers,
+    /// connect() durations of the successful connections, in µs, sorted.
+    pub connect_us: Vec<u32>,
 }
 
 impl ConnRun {
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.secs
+    }
+
+    /// The `q` quantile of the connect time, in ms (NaN without connections).
+    pub fn connect_ms(&self, q: f64) -> f64 {
+        if self.connect_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.connect_us.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.connect_us[i]) / 1000.0
     }
 }
 
@@ -260,33 +310,44 @@ struct WorkerTally {
     ok: u64,
     slow: u64,
     failures: BTreeMap<String, u64>,
+    connect_us: Vec<u32>,
 }
 
-/// Runs [`WORKERS`] workers pinned to `cpu` for `secs`; connection i goes
-/// from client address i mod 8 to server port (i / 8) mod 32.
-pub fn run(topology: &Topology, server: &Server, secs: f64, cpu: usize) -> Result<ConnRun> {
+/// Runs [`WORKERS`] workers pinned to `cpu` for `secs` (or until the
+/// mission's budget is used). Connection i goes from client address i mod 8;
+/// in the spread load to server port (i / 8) mod 32.
+pub fn run(
+    topology: &Topology,
+    server: &Server,
+    load: Load,
+    secs: f64,
+    cpu: usize,
+) -> Result<ConnRun> {
     let client_ns = topology.ns_name(Side::Client).to_owned();
     let sources = Arc::new(topology.client_ips());
     let start = Arc::new(Barrier::new(WORKERS + 1));
     let deadline: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let started = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..WORKERS)
         .map(|worker| {
             let sources = Arc::clone(&sources);
             let start = Arc::clone(&start);
             let deadline = Arc::clone(&deadline);
+            let started = Arc::clone(&started);
             spawn_in_ns(&client_ns, move || {
                 let pinned = cpu::pin_current_thread(cpu);
                 start.wait();
                 pinned?;
                 let deadline = *deadline.get().context("no deadline was set")?;
-                Ok::<_, anyhow::Error>(work(worker, &sources, deadline))
+                Ok::<_, anyhow::Error>(work(worker, &sources, load, &started, deadline))
             })
         })
         .collect();
     let peers_before = server.peers();
     let snapshot = Snapshot::take()?;
     let duration = Duration::from_secs_f64(secs);
-    let _ = deadline.set(Instant::now() + duration);
+    let began = Instant::now();
+    let _ = deadline.set(began + duration);
     start.wait();
     let mut tally = WorkerTally::default();
     let mut worker_error = None;
@@ -298,48 +359,72 @@ pub fn run(topology: &Topology, server: &Server, secs: f64, cpu: usize) -> Resul
                 for (kind, n) in t.failures {
                     *tally.failures.entry(kind).or_default() += n;
                 }
+                tally.connect_us.extend(t.connect_us);
             }
             Ok(Err(e)) => worker_error = Some(e),
             Err(_) => worker_error = Some(anyhow!("a connection worker panicked")),
         }
     }
+    // A mission run that used its budget ends before the deadline.
+    let secs = began.elapsed().min(duration).as_secs_f64();
     let window = snapshot.finish()?;
     if let Some(e) = worker_error {
         return Err(e);
     }
     let after = server.peers();
+    tally.connect_us.sort_unstable();
     Ok(ConnRun {
         ok: tally.ok,
         failed: tally.failures.values().sum(),
         failures: tally.failures,
         slow: tally.slow,
-        secs: duration.as_secs_f64(),
+        secs,
         window,
         peers: Peers {
             external: after.external - peers_before.external,
             internal: after.internal - peers_before.internal,
             other: after.other - peers_before.other,
         },
+        connect_us: tally.connect_us,
     })
 }
 
-fn work(worker: usize, sources: &[Ipv4Addr], deadline: Instant) -> WorkerTally {
+fn work(
+    worker: usize,
+    sources: &[Ipv4Addr],
+    load: Load,
+    started: &AtomicU64,
+    deadline: Instant,
+) -> WorkerTally {
     let mut tally = WorkerTally::default();
     let addrs = sources.len();
     let mut i = worker;
     while Instant::now() < deadline {
         let src = sources[i % addrs];
-        let port = FIRST_PORT + ((i / addrs) % PORT_COUNT as usize) as u16;
+        let (port, server_first) = match load {
+            Load::Spread => (
+                FIRST_PORT + ((i / addrs) % PORT_COUNT as usize) as u16,
+                false,
+            ),
+            Load::Mission { port, budget } => {
+                if started.fetch_add(1, Ordering::Relaxed) >= budget {
+                    break;
+                }
+                (port, true)
+            }
+        };
         i += WORKERS;
         let began = Instant::now();
-        match one_connection(src, SocketAddrV4::new(SERVER_IP, port)) {
-            Ok(()) => {
+        match one_connection(src, SocketAddrV4::new(SERVER_IP, port), server_first) {
+            Ok(connected) => {
                 let done = Instant::now();
                 if done <= deadline {
                     tally.ok += 1;
                     if done - began > SLOW {
                         tally.slow += 1;
                     }
+                    let us = (connected - began).as_micros();
+                    tally.connect_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                 }
             }
             Err(kind) => *tally.failures.entry(kind).or_default() += 1,
@@ -349,8 +434,10 @@ fn work(worker: usize, sources: &[Ipv4Addr], deadline: Instant) -> WorkerTally {
 }
 
 /// One connection: bind the source address (the port is picked at connect
-/// time, per destination), connect, request, reply, close.
-fn one_connection(src: Ipv4Addr, dst: SocketAddrV4) -> Result<(), String> {
+/// time, per destination), connect, request, reply, and close; with
+/// `server_first`, the client waits for the server's FIN before closing.
+/// Returns when connect() returned.
+fn one_connection(src: Ipv4Addr, dst: SocketAddrV4, server_first: bool) -> Result<Instant, String> {
     let fd = socket(
         AddressFamily::Inet,
         SockType::Stream,
@@ -374,6 +461,7 @@ fn one_connection(src: Ipv4Addr, dst: SocketAddrV4) -> Result<(), String> {
         Err(Errno::EINPROGRESS) => return Err("connect: timed out".to_owned()),
         Err(e) => return Err(format!("connect: {e}")),
     }
+    let connected = Instant::now();
     stream
         .write_all(REQUEST)
         .map_err(|e| format!("write: {}", e.kind()))?;
@@ -384,5 +472,38 @@ fn one_connection(src: Ipv4Addr, dst: SocketAddrV4) -> Result<(), String> {
     if &reply != REPLY {
         return Err("read: wrong reply".to_owned());
     }
-    Ok(())
+    if server_first {
+        let mut rest = [0u8; 1];
+        match stream.read(&mut rest) {
+            Ok(0) => {}
+            Ok(_) => return Err("read: data after the reply".to_owned()),
+            Err(e) => return Err(format!("read (waiting for the server's FIN): {}", e.kind())),
+        }
+    }
+    Ok(connected)
+}
+
+/// TcpExt PAWSTimewait of `ns`: SYNs (or segments) a TIME_WAIT socket dropped
+/// for an older timestamp: what a reused 4-tuple meets on the server.
+pub fn paws_timewait(ns: &str) -> Result<u64> {
+    let text = run_in_ns(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/netstat")
+    })
+    .context("cannot read /proc/thread-self/net/netstat")?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        let (Some(("TcpExt", names)), Some(("TcpExt", values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        if let Some(v) = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find_map(|(n, v)| (n == "PAWSTimewait").then_some(v))
+        {
+            return v.parse().context("PAWSTimewait is not a number");
+        }
+    }
+    anyhow::bail!("no TcpExt PAWSTimewait in netstat")
 }

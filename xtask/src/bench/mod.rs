@@ -12,7 +12,9 @@ mod cpu;
 mod iperf;
 mod micro;
 mod modes;
+mod plot;
 mod report;
+mod scale;
 mod udp;
 
 use std::fmt::Display;
@@ -23,11 +25,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nat_tests::{INT_IFACE, Side, Topology, TopologyOpts};
+use nat_tests::{Side, Topology, TopologyOpts};
 use serde_json::{Value, json};
 
+use self::conn::Load;
 use self::cpu::Window;
-use self::modes::{Active, MODES, Mode};
+use self::modes::{Active, MODES, Mode, NAT_PORTS};
 use self::report::{BpfRun, Config, Figure, Kept, Results, Sample};
 use crate::cmd::describe;
 use crate::{build_nat, interrupt};
@@ -35,13 +38,15 @@ use crate::{build_nat, interrupt};
 const TAG: &str = "bench";
 /// Client addresses of the topology (the UDP flows and TCP connections use them all).
 const CLIENT_ADDRS: u8 = 8;
-const NAT_PORTS: &str = "1024-65535";
+/// The modes of the scale runs: the targets' mode against conntrack.
+const SCALE_MODES: [Mode; 2] = [Mode::Nftables, Mode::NatDefault];
 const ALLOC_OCCUPANCIES: [u32; 3] = [50, 90, 95];
 const ALLOC_ATTEMPTS: u32 = 10_000;
 
 pub struct Options {
     pub quick: bool,
     pub json: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
 }
 
 /// How long and how often; `--quick` shrinks it to fit in 2 minutes.
@@ -65,6 +70,10 @@ struct Plan {
     micro_reps: usize,
     reaper_sessions: &'static [u32],
     reaper_skipped: &'static [u32],
+    /// Live sessions before the scale runs' measurements.
+    scale_points: &'static [u32],
+    scale_skipped: &'static [u32],
+    scale_reps: usize,
     /// Pause after each mode, for the previous mode's traffic to drain.
     settle: Duration,
 }
@@ -86,6 +95,9 @@ impl Plan {
                 micro_reps: 1,
                 reaper_sessions: &[100_000],
                 reaper_skipped: &[1_000_000],
+                scale_points: &[1_000, 100_000],
+                scale_skipped: &[1_000_000],
+                scale_reps: 1,
                 settle: Duration::from_millis(500),
             }
         } else {
@@ -103,6 +115,9 @@ impl Plan {
                 micro_reps: 3,
                 reaper_sessions: &[100_000, 1_000_000],
                 reaper_skipped: &[],
+                scale_points: &[1_000, 100_000, 1_000_000],
+                scale_skipped: &[],
+                scale_reps: 2,
                 settle: Duration::from_secs(1),
             }
         }
@@ -113,17 +128,20 @@ pub fn run(opts: Options) -> Result<()> {
     let started = Instant::now();
     let bins = build_nat::build(true)?;
     let nat_bin = bins.nat;
+    let build_s = started.elapsed().as_secs_f64();
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // workers have been started), so nobody can read the environment concurrently.
     unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
     interrupt::install("bench", TAG)?;
     interrupt::on_cleanup(micro::restore_bpf_stats);
+    interrupt::on_cleanup(scale::restore_conntrack_max);
     // Caught so that, after a signal, the cleanup thread and not a panic
     // decides how the process ends.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        bench(&opts, &nat_bin, &bins.nat_bench, started)
+        bench(&opts, &nat_bin, &bins.nat_bench, started, build_s)
     }));
     micro::restore_bpf_stats();
+    scale::restore_conntrack_max();
     interrupt::defer_to_cleanup();
     match outcome {
         Ok(result) => result,
@@ -211,7 +229,7 @@ impl Guard {
             let noise = w.noise();
             // One println per attempt, so the NAT's output cannot land mid-line.
             let line = format!(
-                "  {label:<44}{:<34} other load {:>3.0}%",
+                "  {label:<48}{:<34} other load {:>3.0}%",
                 describe(&value),
                 noise * 100.0
             );
@@ -270,15 +288,25 @@ struct Ctx<'a> {
     plan: &'a Plan,
     topology: &'a Topology,
     nat_bin: &'a Path,
-    nat_args: &'a [String],
     load_cpu: usize,
     server_cpu: usize,
     conn_server: &'a conn::Server,
+    /// Mission runs so far: each gets the next server port.
+    mission_runs: usize,
+    /// Connections a mission run may make: 90% of the external ports toward
+    /// its one destination, so the 240 s cooldown cannot run the range dry.
+    mission_budget: u64,
     guard: Guard,
     results: Results,
 }
 
-fn bench(opts: &Options, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Result<()> {
+fn bench(
+    opts: &Options,
+    nat_bin: &Path,
+    nat_bench: &Path,
+    started: Instant,
+    build_s: f64,
+) -> Result<()> {
     let plan = Plan::new(opts.quick);
     let cpus = cpu::cpu_count()?;
     let load_cpu = cpus - 1;
@@ -288,16 +316,7 @@ fn bench(opts: &Options, nat_bin: &Path, nat_bench: &Path, started: Instant) -> 
         plan.reps,
         MODES.map(Mode::name).join(", ")
     );
-    // The fast path is how an operator runs this NAT between real NICs; the
-    // topology's wire hosts give the veth testbed what it needs for it.
-    let nat_args = vec![
-        "--ports".to_owned(),
-        NAT_PORTS.to_owned(),
-        "--ingress".to_owned(),
-        "tc".to_owned(),
-        "--fast-path".to_owned(),
-        INT_IFACE.to_owned(),
-    ];
+    let mission_budget = mission_budget()?;
     let (mut results, mut guard) = {
         let topology = {
             let _setup = interrupt::namespace_setup();
@@ -324,16 +343,19 @@ fn bench(opts: &Options, nat_bin: &Path, nat_bench: &Path, started: Instant) -> 
             "net.ipv4.ip_local_port_range=1024 65535",
         ]))?;
         let _sink = udp::Sink::bind(server_ns)?;
+        let _scale_sinks = scale::Sinks::bind(server_ns)?;
+        scale::set_conntrack_udp_timeout(topology.ns_name(Side::Nat))?;
         let conn_server = conn::Server::start(server_ns, server_cpu)?;
         let _iperf_server = iperf::Server::start(server_ns, server_cpu)?;
         let mut ctx = Ctx {
             plan: &plan,
             topology: &topology,
             nat_bin,
-            nat_args: &nat_args,
             load_cpu,
             server_cpu,
             conn_server: &conn_server,
+            mission_runs: 0,
+            mission_budget,
             guard: Guard {
                 retries: plan.retries,
                 budget: plan.retry_budget,
@@ -361,6 +383,27 @@ fn bench(opts: &Options, nat_bin: &Path, nat_bench: &Path, started: Instant) -> 
                 run_mode(&mut ctx, mode, rep)?;
             }
         }
+        if !plan.scale_points.is_empty() {
+            println!(
+                "\nbench: scale: {} and {} with {} live sessions",
+                SCALE_MODES[0].name(),
+                SCALE_MODES[1].name(),
+                plan.scale_points
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            scale::raise_conntrack_max()?;
+            for rep in 0..plan.scale_reps {
+                for &sessions in plan.scale_points {
+                    for mode in SCALE_MODES {
+                        run_scale(&mut ctx, mode, sessions, rep)?;
+                    }
+                }
+            }
+            scale::restore_conntrack_max();
+        }
         // The servers and the namespaces go at the end of this block.
         (ctx.results, ctx.guard)
     };
@@ -370,6 +413,7 @@ fn bench(opts: &Options, nat_bin: &Path, nat_bench: &Path, started: Instant) -> 
 
     results.notes.extend(guard.notes);
     results.reaper_skipped = plan.reaper_skipped.to_vec();
+    results.scale_skipped = plan.scale_skipped.to_vec();
     let config = Config {
         quick: plan.quick,
         reps: plan.reps,
@@ -380,8 +424,15 @@ fn bench(opts: &Options, nat_bin: &Path, nat_bench: &Path, started: Instant) -> 
         cpus,
         load_cpu,
         server_cpu,
-        nat_args,
+        nat_args: MODES
+            .iter()
+            .filter_map(|m| Some((*m, m.nat_args()?.join(" "))))
+            .collect(),
+        scale_capacity: scale::CAPACITY,
+        scale_reps: plan.scale_reps,
+        mission_budget,
         alloc_attempts: ALLOC_ATTEMPTS,
+        build_s,
     };
     let wall_s = started.elapsed().as_secs_f64();
     print!("{}", report::render(&config, &results, wall_s));
@@ -396,11 +447,25 @@ fn bench(opts: &Options, nat_bin: &Path, nat_bench: &Path, started: Instant) -> 
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("bench: wrote {}", path.display());
     }
+    if let Some(path) = &opts.plot {
+        plot::draw(path, &results)?;
+        println!("bench: drew {}", path.display());
+    }
     Ok(())
 }
 
+/// 90% of the keys toward one destination: the ports of [`NAT_PORTS`] on the
+/// one external address.
+fn mission_budget() -> Result<u64> {
+    let (lo, hi) = NAT_PORTS
+        .split_once('-')
+        .and_then(|(lo, hi)| Some((lo.parse::<u64>().ok()?, hi.parse::<u64>().ok()?)))
+        .context("NAT_PORTS is not LO-HI")?;
+    Ok((hi - lo + 1) * 9 / 10)
+}
+
 fn label(rep: usize, reps: usize, mode: Mode, what: impl Display) -> String {
-    format!("[{}/{reps}] {:<9}{what}", rep + 1, mode.name())
+    format!("[{}/{reps}] {:<12}{what}", rep + 1, mode.name())
 }
 
 fn sample<T>(g: &Guarded<T>, value: f64, rep: usize, detail: Value) -> Sample {
@@ -420,8 +485,7 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let plan = ctx.plan;
     let topology = ctx.topology;
     let client_ns = topology.ns_name(Side::Client);
-    let nat_args: Vec<&str> = ctx.nat_args.iter().map(String::as_str).collect();
-    let active = Active::enter(mode, topology, &nat_args)
+    let active = Active::enter(mode, topology, &[])
         .with_context(|| format!("cannot set up the {} mode", mode.name()))?;
     let programs = if mode == Mode::Nat {
         let dir = micro::pin_dir(topology.ns_name(Side::Nat));
@@ -450,9 +514,145 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
         ctx.results.add(mode, figure, s);
     }
 
+    let (pps, cpu_ns) = udp_pps(ctx, mode, rep, plan.reps, "UDP 64 B")?;
+    ctx.results.add(mode, Figure::UdpPps, pps);
+    ctx.results.add(mode, Figure::CpuPerPacket, cpu_ns);
+
+    if let Some(programs) = &programs {
+        let run = bpf_run_time(ctx, programs)?;
+        println!(
+            "  {:<48}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs)",
+            label(rep, plan.reps, mode, "BPF run time"),
+            run.egress_ns,
+            run.egress_runs,
+            run.ingress_ns,
+            run.ingress_runs,
+            run.fast_ns,
+            run.fast_runs
+        );
+        ctx.results.bpf.push(run);
+    }
+
+    let spread = connections(
+        ctx,
+        mode,
+        rep,
+        plan.reps,
+        Load::Spread,
+        "new TCP connections",
+    )?;
+    for (kind, n) in &spread.failures {
+        *ctx.results
+            .conn_failures
+            .entry(mode)
+            .or_default()
+            .entry(kind.clone())
+            .or_default() += n;
+    }
+    ctx.results.conn_failures.entry(mode).or_default();
+    *ctx.results.conn_slow.entry(mode).or_default() += spread.slow;
+    for (figure, s) in spread.samples {
+        ctx.results.add(mode, figure, s);
+    }
+
+    let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
+    ctx.mission_runs += 1;
+    let mission = connections(ctx, mode, rep, plan.reps, load, "server-first, 1 dest")?;
+    let tally = ctx.results.mission.entry(mode).or_default();
+    for (kind, n) in &mission.failures {
+        *tally.failures.entry(kind.clone()).or_default() += n;
+    }
+    tally.paws_timewait += mission.paws_timewait;
+    if let Some(c) = mission.collisions {
+        *tally.collisions.get_or_insert(0) += c;
+    }
+    for (figure, s) in mission.samples {
+        ctx.results.add(mode, figure, s);
+    }
+
+    active
+        .leave()
+        .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
+    thread::sleep(plan.settle);
+    Ok(())
+}
+
+/// One scale point: `mode` afresh, `sessions` live UDP flows, then the UDP
+/// rate and the mission load's connection rate.
+fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result<()> {
+    check_interrupt()?;
+    let topology = ctx.topology;
+    let nat_ns = topology.ns_name(Side::Nat).to_owned();
+    let extra = if mode.is_nat() {
+        vec!["--max-sessions".to_owned(), scale::CAPACITY.to_string()]
+    } else {
+        Vec::new()
+    };
+    let active = Active::enter(mode, topology, &extra)
+        .with_context(|| format!("cannot set up the {} mode", mode.name()))?;
+    let nat_bin = ctx.nat_bin;
+    let filled = scale::fill(topology, sessions, ctx.load_cpu, || {
+        if mode.is_nat() {
+            let stats = nat_stats(nat_bin, &nat_ns)?;
+            stats["sessions"]
+                .as_u64()
+                .context("nat stats --json has no sessions count")
+        } else {
+            scale::conntrack_count(&nat_ns)
+        }
+    })?;
+    let reps = ctx.plan.scale_reps;
+    let what = format!("{sessions} live");
+    println!(
+        "  {:<48}{} entries after {} pass(es), {:.1} s",
+        label(rep, reps, mode, format_args!("{what}: fill")),
+        filled.live,
+        filled.passes,
+        filled.secs
+    );
+    let fill = json!({
+        "sessions": sessions,
+        "live_entries": filled.live,
+        "fill_passes": filled.passes,
+        "fill_secs": filled.secs,
+    });
+    let (mut pps, _) = udp_pps(ctx, mode, rep, reps, &format!("{what}: UDP 64 B"))?;
+    pps.detail["fill"] = fill.clone();
+    ctx.results.add_scale(mode, Figure::UdpPps, sessions, pps);
+    let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
+    ctx.mission_runs += 1;
+    let mission = connections(ctx, mode, rep, reps, load, &format!("{what}: server-first"))?;
+    let stop = active
+        .leave()
+        .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
+    if let Some(stop) = stop {
+        println!(
+            "  {:<48}{:.1} s",
+            label(rep, reps, mode, format_args!("{what}: daemon stop")),
+            stop.as_secs_f64()
+        );
+    }
+    for (figure, mut s) in mission.samples {
+        s.detail["fill"] = fill.clone();
+        s.detail["daemon_stop_secs"] = json!(stop.map(|d| d.as_secs_f64()));
+        ctx.results.add_scale(mode, figure, sessions, s);
+    }
+    thread::sleep(ctx.plan.settle);
+    Ok(())
+}
+
+/// The UDP 64 B run: (pps, CPU ns per packet) samples.
+fn udp_pps(
+    ctx: &mut Ctx<'_>,
+    mode: Mode,
+    rep: usize,
+    reps: usize,
+    what: &str,
+) -> Result<(Sample, Sample)> {
+    let (topology, secs, load_cpu) = (ctx.topology, ctx.plan.udp_secs, ctx.load_cpu);
     let g = ctx.guard.measure(
-        &label(rep, plan.reps, mode, "UDP 64 B"),
-        || udp::blast(topology, udp::SINK_PORT, plan.udp_secs, load_cpu),
+        &label(rep, reps, mode, what),
+        || udp::blast(topology, udp::SINK_PORT, secs, load_cpu),
         |b| b.window,
         |b| {
             format!(
@@ -468,37 +668,78 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
         "secs": g.value.secs,
         "delivered_share": g.value.delivered as f64 / g.value.sent.max(1) as f64,
     });
-    let s = sample(&g, g.value.pps(), rep, detail.clone());
-    ctx.results.add(mode, Figure::UdpPps, s);
-    let s = sample(&g, g.value.cpu_ns_per_packet(), rep, detail);
-    ctx.results.add(mode, Figure::CpuPerPacket, s);
+    Ok((
+        sample(&g, g.value.pps(), rep, detail.clone()),
+        sample(&g, g.value.cpu_ns_per_packet(), rep, detail),
+    ))
+}
 
-    if let Some(programs) = &programs {
-        let run = bpf_run_time(ctx, programs)?;
-        println!(
-            "  {:<44}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs)",
-            label(rep, plan.reps, mode, "BPF run time"),
-            run.egress_ns,
-            run.egress_runs,
-            run.ingress_ns,
-            run.ingress_runs,
-            run.fast_ns,
-            run.fast_runs
-        );
-        ctx.results.bpf.push(run);
-    }
+/// A connection run's samples (rate, connect p50, connect p99) and tallies.
+struct Connections {
+    samples: Vec<(Figure, Sample)>,
+    failures: std::collections::BTreeMap<String, u64>,
+    slow: u64,
+    /// The NAT's `collisions` counter over the run (None: not a NAT mode).
+    collisions: Option<u64>,
+    /// TcpExt PAWSTimewait of the server namespace over the run.
+    paws_timewait: u64,
+}
 
-    let conn_server = ctx.conn_server;
+fn connections(
+    ctx: &mut Ctx<'_>,
+    mode: Mode,
+    rep: usize,
+    reps: usize,
+    load: Load,
+    what: &str,
+) -> Result<Connections> {
+    let (topology, conn_server) = (ctx.topology, ctx.conn_server);
+    let (secs, load_cpu) = (ctx.plan.conn_secs, ctx.load_cpu);
+    let nat_ns = topology.ns_name(Side::Nat).to_owned();
+    let server_ns = topology.ns_name(Side::Server).to_owned();
+    let nat_bin = ctx.nat_bin;
+    // The NAT's (collisions counter, cooling keys); None outside the NAT modes.
+    let nat_figures = || -> Result<Option<(u64, u64)>> {
+        if !mode.is_nat() {
+            return Ok(None);
+        }
+        let stats = nat_stats(nat_bin, &nat_ns)?;
+        let collisions = stats["counters"]["collisions"]
+            .as_u64()
+            .context("nat stats --json has no collisions counter")?;
+        Ok(Some((collisions, stats["cooling"].as_u64().unwrap_or(0))))
+    };
     let g = ctx.guard.measure(
-        &label(rep, plan.reps, mode, "new TCP connections"),
-        || conn::run(topology, conn_server, plan.conn_secs, load_cpu),
-        |c| c.window,
-        |c| format!("{:.0} conn/s, {} failed", c.rate(), c.failed),
+        &label(rep, reps, mode, what),
+        || {
+            let before = (nat_figures()?, conn::paws_timewait(&server_ns)?);
+            let run = conn::run(topology, conn_server, load, secs, load_cpu)?;
+            let after = (nat_figures()?, conn::paws_timewait(&server_ns)?);
+            let collided = after.0.zip(before.0).map(|(a, b)| a.0.saturating_sub(b.0));
+            let cooling = after.0.map(|a| a.1);
+            Ok((run, collided, after.1.saturating_sub(before.1), cooling))
+        },
+        |(c, _, _, _)| c.window,
+        |(c, collided, paws, _)| {
+            format!(
+                "{:.0} conn/s, connect p50 {:.2} ms p99 {:.2} ms, {} failed{}{}",
+                c.rate(),
+                c.connect_ms(0.5),
+                c.connect_ms(0.99),
+                c.failed,
+                collided.map_or(String::new(), |n| format!(", {n} collisions")),
+                if paws > &0 {
+                    format!(", PAWSTimewait {paws}")
+                } else {
+                    String::new()
+                }
+            )
+        },
     )?;
-    let c = &g.value;
+    let (c, collided, paws, cooling_after) = &g.value;
     let translated = match mode {
         Mode::Routing => c.peers.external == 0 && c.peers.other == 0,
-        Mode::Nftables | Mode::NatStack | Mode::Nat => c.peers.internal == 0 && c.peers.other == 0,
+        _ => c.peers.internal == 0 && c.peers.other == 0,
     };
     if !translated {
         bail!(
@@ -509,44 +750,51 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
             c.peers.other
         );
     }
-    let mut detail = json!({
+    let detail = json!({
+        "load": match load {
+            Load::Spread => json!("spread: 32 server ports, client closes first"),
+            Load::Mission { port, budget } => json!({ "server_port": port, "budget": budget, "close": "server first" }),
+        },
         "ok": c.ok,
         "failed": c.failed,
         "failures": c.failures,
         "slower_than_900ms": c.slow,
+        "secs": c.secs,
+        "connect_ms": { "p50": c.connect_ms(0.5), "p90": c.connect_ms(0.9), "p99": c.connect_ms(0.99), "max": c.connect_ms(1.0) },
+        "nat_collisions": collided,
+        // Keys cooling right after the run: with the server closing first,
+        // about one per connection made since the NAT started.
+        "nat_cooling_keys_after": cooling_after,
+        "server_paws_timewait": paws,
         "accepted_from_nat_address": c.peers.external,
         "accepted_from_internal_addresses": c.peers.internal,
     });
-    if mode == Mode::Nat {
-        let stats = capture(
-            Command::new(ctx.nat_bin)
-                .arg("--netns")
-                .arg(topology.ns_name(Side::Nat))
-                .args(["stats", "--json"]),
-        );
-        detail["nat_stats"] = match stats {
-            Ok(out) => serde_json::from_str(&out).unwrap_or(Value::String(out)),
-            Err(e) => Value::String(format!("{e:#}")),
-        };
-    }
-    for (kind, n) in &c.failures {
-        *ctx.results
-            .conn_failures
-            .entry(mode)
-            .or_default()
-            .entry(kind.clone())
-            .or_default() += n;
-    }
-    ctx.results.conn_failures.entry(mode).or_default();
-    *ctx.results.conn_slow.entry(mode).or_default() += c.slow;
-    let s = sample(&g, c.rate(), rep, detail);
-    ctx.results.add(mode, Figure::ConnRate, s);
+    let (rate, p50, p99) = match load {
+        Load::Spread => (Figure::ConnRate, Figure::ConnP50, Figure::ConnP99),
+        Load::Mission { .. } => (Figure::MissionRate, Figure::MissionP50, Figure::MissionP99),
+    };
+    Ok(Connections {
+        samples: vec![
+            (rate, sample(&g, c.rate(), rep, detail.clone())),
+            (p50, sample(&g, c.connect_ms(0.5), rep, detail.clone())),
+            (p99, sample(&g, c.connect_ms(0.99), rep, detail)),
+        ],
+        failures: c.failures.clone(),
+        slow: c.slow,
+        collisions: *collided,
+        paws_timewait: *paws,
+    })
+}
 
-    active
-        .leave()
-        .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
-    thread::sleep(plan.settle);
-    Ok(())
+/// `nat stats --json` of the instance in `nat_ns`.
+fn nat_stats(nat_bin: &Path, nat_ns: &str) -> Result<Value> {
+    let out = capture(
+        Command::new(nat_bin)
+            .arg("--netns")
+            .arg(nat_ns)
+            .args(["stats", "--json"]),
+    )?;
+    serde_json::from_str(&out).context("nat stats --json printed no JSON")
 }
 
 /// Program run time per packet from a separate UDP pass with

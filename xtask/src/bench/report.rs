@@ -16,15 +16,28 @@ pub enum Figure {
     UdpPps,
     CpuPerPacket,
     ConnRate,
+    ConnP50,
+    ConnP99,
+    MissionRate,
+    MissionP50,
+    MissionP99,
 }
 
-pub const FIGURES: [Figure; 5] = [
+pub const FIGURES: [Figure; 10] = [
     Figure::Tcp1,
     Figure::Tcp4,
     Figure::UdpPps,
     Figure::CpuPerPacket,
     Figure::ConnRate,
+    Figure::ConnP50,
+    Figure::ConnP99,
+    Figure::MissionRate,
+    Figure::MissionP50,
+    Figure::MissionP99,
 ];
+
+/// The mode the targets are judged on.
+pub const JUDGED: Mode = Mode::NatDefault;
 
 impl Figure {
     pub fn label(self) -> &'static str {
@@ -33,7 +46,12 @@ impl Figure {
             Figure::Tcp4 => "TCP 4 streams, Gbit/s",
             Figure::UdpPps => "UDP 64 B, Mpps delivered",
             Figure::CpuPerPacket => "CPU per packet, ns",
-            Figure::ConnRate => "new TCP conn/s",
+            Figure::ConnRate => "new TCP conn/s, spread",
+            Figure::ConnP50 => "  connect p50, ms",
+            Figure::ConnP99 => "  connect p99, ms",
+            Figure::MissionRate => "new TCP conn/s, mission",
+            Figure::MissionP50 => "  connect p50, ms",
+            Figure::MissionP99 => "  connect p99, ms",
         }
     }
 
@@ -44,6 +62,11 @@ impl Figure {
             Figure::UdpPps => "udp_pps",
             Figure::CpuPerPacket => "cpu_ns_per_packet",
             Figure::ConnRate => "tcp_conn_per_s",
+            Figure::ConnP50 => "tcp_connect_p50_ms",
+            Figure::ConnP99 => "tcp_connect_p99_ms",
+            Figure::MissionRate => "mission_conn_per_s",
+            Figure::MissionP50 => "mission_connect_p50_ms",
+            Figure::MissionP99 => "mission_connect_p99_ms",
         }
     }
 
@@ -55,7 +78,10 @@ impl Figure {
         match self {
             Figure::Tcp1 | Figure::Tcp4 => format!("{v:.2}"),
             Figure::UdpPps => format!("{:.3}", v / 1e6),
-            Figure::CpuPerPacket | Figure::ConnRate => format!("{v:.0}"),
+            Figure::CpuPerPacket | Figure::ConnRate | Figure::MissionRate => format!("{v:.0}"),
+            Figure::ConnP50 | Figure::ConnP99 | Figure::MissionP50 | Figure::MissionP99 => {
+                format!("{v:.2}")
+            }
         }
     }
 }
@@ -162,8 +188,29 @@ pub struct Config {
     pub cpus: usize,
     pub load_cpu: usize,
     pub server_cpu: usize,
-    pub nat_args: Vec<String>,
+    /// `nat load` arguments per NAT mode (after --iface, --external, --internal).
+    pub nat_args: Vec<(Mode, String)>,
+    pub scale_capacity: u64,
+    pub scale_reps: usize,
+    pub mission_budget: u64,
     pub alloc_attempts: u32,
+    /// Seconds the release build took at the start of the run.
+    pub build_s: f64,
+}
+
+/// What the mission runs of one mode added up to.
+#[derive(Debug, Default)]
+pub struct MissionTally {
+    pub failures: BTreeMap<String, u64>,
+    /// The NAT's `collisions` counter; None for the modes without one.
+    pub collisions: Option<u64>,
+    pub paws_timewait: u64,
+}
+
+impl MissionTally {
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
 }
 
 #[derive(Default)]
@@ -174,6 +221,10 @@ pub struct Results {
     pub alloc: BTreeMap<u32, Vec<Kept<Alloc>>>,
     pub reaper: BTreeMap<u32, Vec<Kept<Reaper>>>,
     pub reaper_skipped: Vec<u32>,
+    pub mission: BTreeMap<Mode, MissionTally>,
+    /// (mode, figure, live sessions) -> samples of the scale runs.
+    pub scale: BTreeMap<(Mode, Figure, u32), Vec<Sample>>,
+    pub scale_skipped: Vec<u32>,
     pub map_memory: Option<MapMemory>,
     pub bpf: Vec<BpfRun>,
     pub notes: Vec<String>,
@@ -184,7 +235,47 @@ impl Results {
         self.samples.entry((mode, figure)).or_default().push(sample);
     }
 
-    fn summary(&self, mode: Mode, figure: Figure) -> Option<Summary> {
+    pub fn add_scale(&mut self, mode: Mode, figure: Figure, sessions: u32, sample: Sample) {
+        self.scale
+            .entry((mode, figure, sessions))
+            .or_default()
+            .push(sample);
+    }
+
+    /// The scale points measured, in order.
+    pub fn scale_points(&self) -> Vec<u32> {
+        let mut points: Vec<u32> = self.scale.keys().map(|k| k.2).collect();
+        points.sort_unstable();
+        points.dedup();
+        points
+    }
+
+    pub fn scale_summary(&self, mode: Mode, figure: Figure, sessions: u32) -> Option<Summary> {
+        let values: Vec<f64> = self
+            .scale
+            .get(&(mode, figure, sessions))?
+            .iter()
+            .map(|s| s.value)
+            .collect();
+        Summary::of(&values)
+    }
+
+    /// A figure at `sessions` over the same figure at the smallest point.
+    pub fn scale_ratio(&self, mode: Mode, figure: Figure, sessions: u32) -> Option<f64> {
+        let first = *self.scale_points().first()?;
+        let base = self.scale_summary(mode, figure, first)?.median;
+        let at = self.scale_summary(mode, figure, sessions)?.median;
+        (base > 0.0).then(|| at / base)
+    }
+
+    fn scale_clean(&self, mode: Mode, figure: Figure) -> bool {
+        self.scale
+            .iter()
+            .filter(|((m, f, _), _)| *m == mode && *f == figure)
+            .all(|(_, s)| s.iter().all(|s| s.clean))
+    }
+
+    pub fn summary(&self, mode: Mode, figure: Figure) -> Option<Summary> {
         let values: Vec<f64> = self
             .samples
             .get(&(mode, figure))?
@@ -200,10 +291,10 @@ impl Results {
             .is_none_or(|s| s.iter().all(|s| s.clean))
     }
 
-    /// nat / `over`, per repetition (all modes of a repetition run back to
+    /// `of` / `over`, per repetition (all modes of a repetition run back to
     /// back, so drift of the machine's speed cancels out).
-    fn paired_ratios(&self, figure: Figure, over: Mode) -> Option<Summary> {
-        let nat = self.samples.get(&(Mode::Nat, figure))?;
+    fn paired_ratios(&self, figure: Figure, of: Mode, over: Mode) -> Option<Summary> {
+        let nat = self.samples.get(&(of, figure))?;
         let base = self.samples.get(&(over, figure))?;
         let ratios: Vec<f64> = nat
             .iter()
@@ -216,12 +307,12 @@ impl Results {
     }
 
     /// The median of the per-repetition ratios.
-    fn ratio(&self, figure: Figure, over: Mode) -> Option<f64> {
-        self.paired_ratios(figure, over).map(|s| s.median)
+    pub fn ratio(&self, figure: Figure, of: Mode, over: Mode) -> Option<f64> {
+        self.paired_ratios(figure, of, over).map(|s| s.median)
     }
 
-    fn ratio_of_medians(&self, figure: Figure, over: Mode) -> Option<f64> {
-        let nat = self.summary(Mode::Nat, figure)?.median;
+    fn ratio_of_medians(&self, figure: Figure, of: Mode, over: Mode) -> Option<f64> {
+        let nat = self.summary(of, figure)?.median;
         let base = self.summary(over, figure)?.median;
         (base > 0.0).then(|| nat / base)
     }
@@ -272,39 +363,64 @@ pub fn targets(r: &Results) -> Vec<Target> {
         figs.iter()
             .any(|&f| modes.iter().any(|&m| !r.all_clean(m, f)))
     };
+    let not_measured = || "not measured".to_owned();
     let ratio_target = |name, figure, over, cmp: fn(f64) -> bool| {
-        let ratio = r.ratio(figure, over);
+        let ratio = r.ratio(figure, JUDGED, over);
         Target {
             name,
-            measured: ratio.map_or("not measured".to_owned(), |x| format!("{x:.3}x")),
+            measured: ratio.map_or_else(not_measured, |x| format!("{x:.3}x")),
             met: ratio.map(cmp),
-            noisy: noisy(&[figure], &[Mode::Nat, over]),
+            noisy: noisy(&[figure], &[JUDGED, over]),
         }
     };
     let mut out = vec![
         ratio_target(
-            "UDP pps >= 1.3x nftables",
+            "UDP 64 B pps >= 1.3x nftables",
             Figure::UdpPps,
             Mode::Nftables,
             |x| x >= 1.3,
         ),
         ratio_target(
-            "UDP pps >= 0.95x routing",
+            "UDP 64 B pps >= 1.0x routing",
             Figure::UdpPps,
             Mode::Routing,
-            |x| x >= 0.95,
+            |x| x >= 1.0,
         ),
     ];
-    let conn_ratio = r.ratio(Figure::ConnRate, Mode::Nftables);
-    let nat_failures = r.failures(Mode::Nat);
+    let nft = r.ratio(Figure::MissionRate, JUDGED, Mode::Nftables);
+    let routing = r.ratio(Figure::MissionRate, JUDGED, Mode::Routing);
+    let tally = r.mission.get(&JUDGED);
+    let failed = tally.map_or(0, MissionTally::failed);
+    let collisions = tally.and_then(|t| t.collisions);
     out.push(Target {
-        name: "new TCP conn/s >= 1.2x nftables, zero failures",
-        measured: conn_ratio.map_or("not measured".to_owned(), |x| {
-            format!("{x:.3}x, {nat_failures} failures")
-        }),
-        met: conn_ratio.map(|x| x >= 1.2 && nat_failures == 0),
-        noisy: noisy(&[Figure::ConnRate], &[Mode::Nat, Mode::Nftables]),
+        name: "new TCP conn/s, server closes first, one destination: >= 1.25x nftables and >= 0.95x routing, zero failures, zero collisions",
+        measured: match (nft, routing) {
+            (Some(n), Some(rt)) => format!(
+                "{n:.3}x nftables, {rt:.3}x routing, {failed} failures, {} collisions",
+                collisions.map_or("?".to_owned(), |c| c.to_string())
+            ),
+            _ => not_measured(),
+        },
+        met: nft
+            .zip(routing)
+            .map(|(n, rt)| n >= 1.25 && rt >= 0.95 && failed == 0 && collisions == Some(0)),
+        noisy: noisy(
+            &[Figure::MissionRate],
+            &[JUDGED, Mode::Nftables, Mode::Routing],
+        ),
     });
+    out.push(ratio_target(
+        "p99 connect time (server closes first) <= 1.2x routing",
+        Figure::MissionP99,
+        Mode::Routing,
+        |x| x <= 1.2,
+    ));
+    out.push(ratio_target(
+        "CPU per forwarded packet <= 0.75x nftables",
+        Figure::CpuPerPacket,
+        Mode::Nftables,
+        |x| x <= 0.75,
+    ));
     out.push(ratio_target(
         "TCP throughput (1 stream) >= 0.97x routing",
         Figure::Tcp1,
@@ -317,12 +433,20 @@ pub fn targets(r: &Results) -> Vec<Target> {
         Mode::Routing,
         |x| x >= 0.97,
     ));
-    out.push(ratio_target(
-        "CPU per forwarded packet <= 0.7x nftables",
-        Figure::CpuPerPacket,
-        Mode::Nftables,
-        |x| x <= 0.7,
-    ));
+    let ours = r.scale_ratio(JUDGED, Figure::UdpPps, 1_000_000);
+    let theirs = r.scale_ratio(Mode::Nftables, Figure::UdpPps, 1_000_000);
+    out.push(Target {
+        name: "with 1,000,000 live sessions: UDP pps >= 0.9x of the run with 1,000, and a larger ratio than nftables keeps",
+        measured: match (ours, theirs) {
+            (Some(o), Some(t)) => format!("{o:.3}x (nftables {t:.3}x)"),
+            (Some(o), None) => format!("{o:.3}x (nftables not measured)"),
+            _ if r.scale_skipped.contains(&1_000_000) => "not measured (--quick)".to_owned(),
+            _ => not_measured(),
+        },
+        met: ours.zip(theirs).map(|(o, t)| o >= 0.9 && o > t),
+        noisy: !r.scale_clean(JUDGED, Figure::UdpPps)
+            || !r.scale_clean(Mode::Nftables, Figure::UdpPps),
+    });
     let success = r.alloc_summary(95, |a| a.success_pct);
     let median = r.alloc_summary(95, |a| a.median_ns);
     out.push(Target {
@@ -336,29 +460,94 @@ pub fn targets(r: &Results) -> Vec<Target> {
             .map(|(s, m)| s.median >= 99.9 && m.median < 5000.0),
         noisy: r.alloc.get(&95).is_some_and(|k| k.iter().any(|k| !k.clean)),
     });
-    let sweep = r.reaper_summary(1_000_000, |x| x.scan_cpu_s);
-    out.push(Target {
-        name: "reaper full sweep of 1M sessions < 1 s CPU",
-        measured: sweep.map_or_else(
-            || {
-                if r.reaper_skipped.contains(&1_000_000) {
-                    "not measured (--quick)".to_owned()
-                } else {
-                    "not measured".to_owned()
-                }
-            },
-            |s| format!("{:.3} s", s.median),
-        ),
-        met: sweep.map(|s| s.median < 1.0),
-        noisy: r
-            .reaper
-            .get(&1_000_000)
-            .is_some_and(|k| k.iter().any(|k| !k.clean)),
-    });
+    let reaper_noisy = r
+        .reaper
+        .get(&1_000_000)
+        .is_some_and(|k| k.iter().any(|k| !k.clean));
+    let reaper_target = |name, f: fn(&Reaper) -> f64, limit: f64| {
+        let s = r.reaper_summary(1_000_000, f);
+        Target {
+            name,
+            measured: s.map_or_else(
+                || {
+                    if r.reaper_skipped.contains(&1_000_000) {
+                        "not measured (--quick)".to_owned()
+                    } else {
+                        not_measured()
+                    }
+                },
+                |s| format!("{:.3} s", s.median),
+            ),
+            met: s.map(|s| s.median < limit),
+            noisy: reaper_noisy,
+        }
+    };
+    out.push(reaper_target(
+        "expiry: a sweep expiring 1,000,000 sessions < 1 s CPU",
+        |x| x.expire_cpu_s,
+        1.0,
+    ));
+    out.push(reaper_target(
+        "expiry: a sweep of 1,000,000 live sessions expiring none < 0.2 s CPU",
+        |x| x.scan_cpu_s,
+        0.2,
+    ));
     out
 }
 
-const CELL: usize = 26;
+const CELL: usize = 22;
+/// The ratio columns: (of, over, heading).
+const RATIOS: [(Mode, Mode, &str); 4] = [
+    (JUDGED, Mode::Nftables, "dflt/nft"),
+    (JUDGED, Mode::Routing, "dflt/rt"),
+    (Mode::Nat, Mode::Nftables, "nat/nft"),
+    (Mode::Nat, Mode::Routing, "nat/rt"),
+];
+
+/// The scale rows: per mode, each figure at every point, and its ratio to the first point.
+fn render_scale(out: &mut String, r: &Results) {
+    let points = r.scale_points();
+    if points.is_empty() {
+        return;
+    }
+    let mut header = format!("\n{:<40}", "scale: live sessions before the run");
+    for p in &points {
+        let _ = write!(header, "{:<CELL$}", p.to_string());
+    }
+    for p in r.scale_skipped.iter().filter(|p| !points.contains(p)) {
+        let _ = write!(header, "{:<CELL$}", format!("{p} (skipped)"));
+    }
+    let _ = writeln!(out, "{}", header.trim_end());
+    for mode in [Mode::Nftables, JUDGED] {
+        for figure in [Figure::UdpPps, Figure::MissionRate, Figure::MissionP99] {
+            let mut line = format!(
+                "{:<40}",
+                format!("{} {}", mode.name(), figure.label().trim())
+            );
+            for &p in &points {
+                let cell = match r.scale_summary(mode, figure, p) {
+                    Some(s) => {
+                        let mut c = s.show(|v| figure.format(v));
+                        if let Some(x) = r.scale_ratio(mode, figure, p)
+                            && p != points[0]
+                        {
+                            let _ = write!(c, " ({x:.2}x)");
+                        }
+                        c
+                    }
+                    None => "-".to_owned(),
+                };
+                let _ = write!(line, "{cell:<CELL$}");
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "(x): the figure over the same figure at {} live sessions.",
+        points[0]
+    );
+}
 
 pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     let mut out = String::new();
@@ -384,7 +573,10 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     for mode in MODES {
         let _ = write!(header, "{:<CELL$}", mode.name());
     }
-    let _ = writeln!(out, "{header}{:>9}{:>12}", "nat/nft", "nat/routing");
+    for (_, _, heading) in RATIOS {
+        let _ = write!(header, "{heading:>9}");
+    }
+    let _ = writeln!(out, "{header}");
     let mut any_unclean = false;
     for figure in FIGURES {
         let mut line = format!("{:<28}", figure.label());
@@ -402,24 +594,35 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             };
             let _ = write!(line, "{cell:<CELL$}");
         }
-        let ratio = |m| {
-            r.ratio(figure, m)
-                .map_or("-".to_owned(), |x| format!("{x:.2}"))
-        };
-        let _ = write!(
-            line,
-            "{:>9}{:>12}",
-            ratio(Mode::Nftables),
-            ratio(Mode::Routing)
-        );
+        for (of, over, _) in RATIOS {
+            let ratio = r
+                .ratio(figure, of, over)
+                .map_or("-".to_owned(), |x| format!("{x:.2}"));
+            let _ = write!(line, "{ratio:>9}");
+        }
         let _ = writeln!(out, "{}", line.trim_end());
     }
-    let mut line = format!("{:<28}", "  failed connections");
-    for mode in MODES {
-        let _ = write!(line, "{:<CELL$}", r.failures(mode).to_string());
-    }
-    let _ = writeln!(out, "{}", line.trim_end());
-    let mut line = format!("{:<28}", "  conns slower than 0.9 s");
+    let mut row = |name: &str, cell: &dyn Fn(Mode) -> String| {
+        let mut line = format!("{name:<28}");
+        for mode in MODES {
+            let _ = write!(line, "{:<CELL$}", cell(mode));
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    };
+    row("  failed (spread)", &|m| r.failures(m).to_string());
+    let mission = |m: Mode| r.mission.get(&m);
+    row("  failed (mission)", &|m| {
+        mission(m).map_or("-".to_owned(), |t| t.failed().to_string())
+    });
+    row("  NAT collisions (mission)", &|m| {
+        mission(m)
+            .and_then(|t| t.collisions)
+            .map_or("-".to_owned(), |c| c.to_string())
+    });
+    row("  server PAWSTimewait (m.)", &|m| {
+        mission(m).map_or("-".to_owned(), |t| t.paws_timewait.to_string())
+    });
+    let mut line = format!("{:<28}", "  slower than 0.9 s (spr.)");
     for mode in MODES {
         let _ = write!(
             line,
@@ -428,6 +631,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
         );
     }
     let _ = writeln!(out, "{}", line.trim_end());
+    render_scale(&mut out, r);
     if any_unclean {
         let _ = writeln!(
             out,
@@ -446,13 +650,32 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     );
     let _ = writeln!(
         out,
-        "Connections: 64 worker threads, {:.0} s; each connects from the 8 client addresses in turn to 32 server ports (32 destinations, each with its own 64k external ports, so the NAT's cooldown capacity is not the limit), sends 32 B, reads 32 B, and closes first (client-first close: the NAT cools the key 15 s, not the 240 s of a server-first close). Client namespace: tcp_tw_reuse=1, ip_local_port_range 1024-65535.",
+        "Connections, spread: 64 worker threads, {:.0} s; each connects from the 8 client addresses in turn to 32 server ports (32 destinations), sends 32 B, reads 32 B, and closes first (the NAT cools the key 15 s). Client namespace: tcp_tw_reuse=1, ip_local_port_range 1024-65535.",
         cfg.conn_secs
     );
     let _ = writeln!(
         out,
-        "nat: {}; nat-stack: the same without --fast-path, so every packet crosses the stack; both restarted for every repetition (fresh maps). nftables: conntrack table flushed after every repetition. Ratios and targets are for nat.",
-        cfg.nat_args.join(" ")
+        "Connections, mission: the same workers from the 8 client addresses to ONE server port (a fresh one per run, so no run meets an earlier run's TIME_WAIT), the server closing first right after its reply: the server holds TIME_WAIT and the NAT cools every key its default 240 s. A run stops after {:.0} s or {} connections (90% of the 64,512 keys toward one destination on one external address, so the cooldown cannot run the range dry). Connect time: connect() alone, p50 and p99 of every connection. Collisions: the NAT's `collisions` counter; PAWSTimewait: the server's TcpExt counter (a SYN that met a TIME_WAIT with an older timestamp).",
+        cfg.conn_secs, cfg.mission_budget
+    );
+    let _ = writeln!(
+        out,
+        "nat load flags per mode (after --iface --external --internal):"
+    );
+    for (mode, args) in &cfg.nat_args {
+        let _ = writeln!(out, "  {:<12}{args}", mode.name());
+    }
+    let _ = writeln!(
+        out,
+        "--ports 1024-65535 in every NAT mode: the default range (16384-32767) holds 16,384 keys per destination, which the mission load uses up in seconds. NAT modes are restarted for every repetition (fresh maps); nftables: conntrack table flushed after every repetition. Targets are judged on nat-default."
+    );
+    let _ = writeln!(
+        out,
+        "Scale: {} repetition(s) of each point; before the measurement, one UDP datagram per flow from a raw socket (8 client addresses x source ports -> 32 bound, unread server ports) leaves that many live entries; then the UDP 64 B run and a mission run. Both tables sized {}: nat-default gets --max-sessions {}, nf_conntrack_max is raised to it for the run (machine-wide; restored after), nf_conntrack_udp_timeout of the nat namespace set to {} s (the NAT's UDP timeout) so the entries outlive the point. conntrack's hash table keeps its size (nf_conntrack_buckets).",
+        cfg.scale_reps,
+        cfg.scale_capacity,
+        cfg.scale_capacity,
+        super::scale::CONNTRACK_UDP_TIMEOUT_S
     );
     let _ = writeln!(
         out,
@@ -552,17 +775,18 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             Some(false) => "MISSED",
             None => "NOT MEASURED",
         };
-        let _ = writeln!(
-            out,
-            "  {verdict:<13}{:<62}{}{}",
-            t.name,
-            t.measured,
-            if t.noisy {
-                "  (partly measured on a busy machine)"
-            } else {
-                ""
-            }
-        );
+        let noisy = if t.noisy && t.met.is_some() {
+            "  (partly measured on a busy machine)"
+        } else {
+            ""
+        };
+        // A long name gets the measurement on a line of its own.
+        if t.name.chars().count() < 62 {
+            let _ = writeln!(out, "  {verdict:<13}{:<62}{}{noisy}", t.name, t.measured);
+        } else {
+            let _ = writeln!(out, "  {verdict:<13}{}", t.name);
+            let _ = writeln!(out, "  {:<13}{:<62}{}{noisy}", "", "", t.measured);
+        }
     }
     if !r.notes.is_empty() {
         let _ = writeln!(out, "\nnotes");
@@ -570,7 +794,11 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             let _ = writeln!(out, "  - {note}");
         }
     }
-    let _ = writeln!(out, "\nbench: wall time {wall_s:.0} s");
+    let _ = writeln!(
+        out,
+        "\nbench: wall time {wall_s:.0} s ({:.0} s after the build)",
+        wall_s - cfg.build_s
+    );
     out
 }
 
@@ -601,22 +829,34 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
             "tcp_conn_slower_than_900ms".to_owned(),
             json!(r.conn_slow.get(&mode).copied().unwrap_or(0)),
         );
+        figs.insert(
+            "mission_tally".to_owned(),
+            r.mission.get(&mode).map_or(Value::Null, |t| {
+                json!({
+                    "failures": { "total": t.failed(), "by_kind": t.failures },
+                    "nat_collisions": t.collisions,
+                    "server_paws_timewait": t.paws_timewait,
+                })
+            }),
+        );
         modes.insert(mode.name().to_owned(), Value::Object(figs));
     }
     let mut ratios = serde_json::Map::new();
     for figure in FIGURES {
-        let paired = |over| {
+        let paired = |of, over| {
             json!({
-                "median_of_repetition_ratios": r.ratio(figure, over),
-                "repetition_ratios": r.paired_ratios(figure, over).map(Summary::to_json),
-                "ratio_of_medians": r.ratio_of_medians(figure, over),
+                "median_of_repetition_ratios": r.ratio(figure, of, over),
+                "repetition_ratios": r.paired_ratios(figure, of, over).map(Summary::to_json),
+                "ratio_of_medians": r.ratio_of_medians(figure, of, over),
             })
         };
         ratios.insert(
             figure.key().to_owned(),
             json!({
-                "nat/nftables": paired(Mode::Nftables),
-                "nat/routing": paired(Mode::Routing),
+                "nat-default/nftables": paired(JUDGED, Mode::Nftables),
+                "nat-default/routing": paired(JUDGED, Mode::Routing),
+                "nat/nftables": paired(Mode::Nat, Mode::Nftables),
+                "nat/routing": paired(Mode::Nat, Mode::Routing),
             }),
         );
     }
@@ -648,6 +888,20 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
             }),
         );
     }
+    let mut scale = serde_json::Map::new();
+    for ((mode, figure, sessions), samples) in &r.scale {
+        scale
+            .entry(mode.name().to_owned())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("an object")
+            .entry(figure.key().to_owned())
+            .or_insert_with(|| json!({}))[sessions.to_string()] = json!({
+            "summary": r.scale_summary(*mode, *figure, *sessions).map(Summary::to_json),
+            "ratio_to_first_point": r.scale_ratio(*mode, *figure, *sessions),
+            "samples": samples.iter().map(Sample::to_json).collect::<Vec<_>>(),
+        });
+    }
     let targets: Vec<Value> = targets(r)
         .into_iter()
         .map(|t| {
@@ -663,6 +917,7 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
     json!({
         "quick": cfg.quick,
         "wall_s": wall_s,
+        "build_s": cfg.build_s,
         "machine": machine,
         "config": {
             "repetitions": cfg.reps,
@@ -672,13 +927,20 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
             "bpf_stats_secs": cfg.stats_secs,
             "load_cpu": cfg.load_cpu,
             "server_cpu": cfg.server_cpu,
-            "nat_args": cfg.nat_args,
+            "nat_args": cfg.nat_args.iter().map(|(m, a)| (m.name().to_owned(), json!(a))).collect::<serde_json::Map<_, _>>(),
+            "judged_mode": JUDGED.name(),
+            "mission_budget": cfg.mission_budget,
+            "scale_capacity": cfg.scale_capacity,
+            "scale_repetitions": cfg.scale_reps,
+            "scale_skipped_sessions": r.scale_skipped,
             "udp_flows": "8 client addresses x 2 ports -> 198.18.0.2:9000, 64 B payload",
             "tcp_conn": "64 workers, 8 client addresses, 32 server ports, client closes first",
+            "mission_conn": "64 workers, 8 client addresses, one server port per run, server closes first, cooldown at its default",
             "other_load_limit": FOREIGN_LIMIT,
         },
         "modes": modes,
         "ratios": ratios,
+        "scale": scale,
         "micro": {
             "alloc": alloc,
             "reaper": reaper,
