@@ -9,15 +9,15 @@ use nat_tests::{
     run_in_ns, tcp_sink_server, tcp_transfer,
 };
 
-/// Whether a TCX ingress program is attached to the internal interface.
+/// Whether a fast path runs on the internal interface: XDP, a TCX ingress
+/// program, or a cls_bpf ingress filter (kernels before 6.6).
 fn fast_path_on_internal(topo: &Topology) -> bool {
     use aya::programs::{SchedClassifier, TcAttachType};
     xdp_attached(topo, INT_IFACE)
+        || !bpf_filters(topo, INT_IFACE, "ingress").is_empty()
         || run_in_ns(topo.ns_name(Side::Nat), || {
-            !SchedClassifier::query_tcx(INT_IFACE, TcAttachType::Ingress)
-                .expect("query TCX ingress")
-                .1
-                .is_empty()
+            SchedClassifier::query_tcx(INT_IFACE, TcAttachType::Ingress)
+                .is_ok_and(|(_, progs)| !progs.is_empty())
         })
 }
 

@@ -14,8 +14,9 @@ use aya::maps::{Array, MapData};
 use common::*;
 use nat_common::{
     config::Config,
+    expiry::SweepTotal,
     flow::{FlowKey, PROTO_UDP, Session},
-    names::{LAYOUT_VERSION, MAP_CONFIG, MAP_FWD, MAP_REV, PIN_ROOT},
+    names::{LAYOUT_VERSION, MAP_CONFIG, MAP_FWD, MAP_REV, MAP_SWEEP_STATS, PIN_ROOT},
 };
 use nat_tests::serde_json;
 use nat_tests::{
@@ -333,10 +334,9 @@ fn update_batch<K, V>(path: &str, pairs: &[(K, V)]) {
     }
 }
 
-/// Fills the pinned session maps with `n` fresh UDP sessions.
-fn prefill(topo: &Topology, n: u32) {
+/// Fills the pinned session maps with `n` UDP sessions last seen at `now`.
+fn prefill(topo: &Topology, n: u32, now: u64) {
     let dir = format!("{PIN_ROOT}/{}/{EXT_IFACE}", topo.ns_name(Side::Nat));
-    let now = boot_ns();
     let ext = u32::from(EXTERNAL_IP).to_be();
     let internal = u32::from(Ipv4Addr::new(10, 200, 1, 2)).to_be();
     let (mut fwd, mut rev) = (Vec::new(), Vec::new());
@@ -420,7 +420,7 @@ fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
         &[],
     );
     let filled = Instant::now();
-    prefill(&topo, SESSIONS);
+    prefill(&topo, SESSIONS, boot_ns());
     assert_eq!(stats(&topo)["sessions"].as_u64(), Some(u64::from(SESSIONS)));
     println!("filled {SESSIONS} sessions in {:?}", filled.elapsed());
     // The snapshot thread reads every session each 500 ms from here on.
@@ -504,4 +504,71 @@ fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
         nix::sys::signal::Signal::SIGKILL,
     );
     drop(nat);
+}
+
+/// A total of the expiry sweep so far (the daemon's runs and the timer's).
+fn sweep_total(topo: &Topology, total: SweepTotal) -> u64 {
+    let path = format!(
+        "{PIN_ROOT}/{}/{EXT_IFACE}/{MAP_SWEEP_STATS}_v{LAYOUT_VERSION}",
+        topo.ns_name(Side::Nat)
+    );
+    let map: aya::maps::PerCpuArray<MapData, u64> = aya::maps::PerCpuArray::try_from(
+        aya::maps::Map::PerCpuArray(MapData::from_pin(&path).unwrap()),
+    )
+    .unwrap();
+    map.get(&(total as u32), 0).unwrap().iter().sum()
+}
+
+/// The sweep runs off the runtime: a SIGTERM that arrives while a million
+/// sessions expire ends the daemon after the sweep's current run, not after
+/// the whole sweep (about a second of BPF work for a million).
+#[test]
+fn ops_sigterm_is_answered_while_a_million_sessions_expire() {
+    const SESSIONS: u32 = 1_000_000;
+    let topo = Topology::new("ops-termfast", TopologyOpts::default());
+    let mut nat = NatProcess::start(
+        &topo,
+        &[
+            "--max-sessions",
+            "1100000",
+            "--max-cooldowns",
+            "1100000",
+            "--timeout-udp",
+            "15s",
+            "--reap-interval-ms",
+            "200",
+        ],
+    );
+    // Fresh while they are written (seconds for a million); all idle past
+    // their timeout together 16 s after, so one sweep has the million to expire.
+    let before = sweep_total(&topo, SweepTotal::Expired);
+    prefill(&topo, SESSIONS, boot_ns());
+    assert_eq!(
+        sweep_total(&topo, SweepTotal::Expired),
+        before,
+        "sessions expired while they were written"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sweep_total(&topo, SweepTotal::Expired) < before + 30_000 {
+        assert!(Instant::now() < deadline, "no session expired within 60 s");
+        sleep(Duration::from_millis(1));
+    }
+    let sent = Instant::now();
+    let status = nat.stop_daemon(nix::sys::signal::Signal::SIGTERM);
+    let took = sent.elapsed();
+    let expired = sweep_total(&topo, SweepTotal::Expired) - before;
+    println!(
+        "SIGTERM during an expiring sweep of {SESSIONS} sessions: the daemon exited after {took:?}, {expired} of them expired by then"
+    );
+    assert!(status.success(), "{status}");
+    // The sweep was still under way: the daemon did not wait for it.
+    assert!(
+        expired < u64::from(SESSIONS) * 3 / 4,
+        "the sweep ran (nearly) to its end before the daemon exited: {expired} expired"
+    );
+    // The bound; about 30 ms here.
+    assert!(
+        took < Duration::from_millis(100),
+        "the daemon took {took:?} to answer SIGTERM during a sweep"
+    );
 }
