@@ -265,73 +265,11 @@ fn ops_prometheus_scrapes_the_session_count_nat_stats_shows() {
     assert_eq!(stats(&topo)["sessions"].as_u64(), Some(expected));
 }
 
-/// `union bpf_attr` for BPF_MAP_UPDATE_BATCH.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// Writes all pairs into the pinned map `name` with BPF_MAP_UPDATE_BATCH
-/// (one syscall per chunk: a million entries take about a second).
-fn update_batch<K, V>(path: &str, pairs: &[(K, V)]) {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
+/// Writes all pairs into the pinned map at `path` with BPF_MAP_UPDATE_BATCH.
+fn update_batch<K: aya::Pod, V: aya::Pod>(path: &str, pairs: &[(K, V)]) {
     let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    let info = data.info().unwrap();
-    assert_eq!(info.key_size() as usize, size_of::<K>(), "{path} key size");
-    assert_eq!(
-        info.value_size() as usize,
-        size_of::<V>(),
-        "{path} value size"
-    );
-    for chunk in pairs.chunks(8192) {
-        let (keys, values): (Vec<&K>, Vec<&V>) = chunk.iter().map(|(k, v)| (k, v)).unzip();
-        let keys: Vec<u8> = keys
-            .iter()
-            // SAFETY: K is a plain #[repr(C)] map type; its bytes are what the map stores.
-            .flat_map(|k| unsafe {
-                std::slice::from_raw_parts((*k as *const K).cast::<u8>(), size_of::<K>())
-            })
-            .copied()
-            .collect();
-        let values: Vec<u8> = values
-            .iter()
-            // SAFETY: as above.
-            .flat_map(|v| unsafe {
-                std::slice::from_raw_parts((*v as *const V).cast::<u8>(), size_of::<V>())
-            })
-            .copied()
-            .collect();
-        let attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: data.fd().as_fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: bpf(2) reads count keys and values from the buffers above.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                26, /* BPF_MAP_UPDATE_BATCH */
-                &attr as *const BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "BPF_MAP_UPDATE_BATCH on {path}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    nat_userspace::batch::update_all(&data, pairs)
+        .unwrap_or_else(|e| panic!("BPF_MAP_UPDATE_BATCH on {path}: {e}"));
 }
 
 /// Fills the pinned session maps with `n` UDP sessions last seen at `now`.

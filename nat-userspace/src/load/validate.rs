@@ -6,7 +6,7 @@ use log::warn;
 use nat_common::config::Config;
 
 use super::object::Globals;
-use crate::{cli::LoadArgs, pins::PinDir, settings};
+use crate::{cli::LoadArgs, pins::PinDir};
 
 /// What a checked command line resolves to.
 pub struct Plan {
@@ -46,7 +46,7 @@ pub fn check(args: &mut LoadArgs, netns: Option<&str>) -> Result<Plan> {
     };
     Ok(Plan {
         pins: PinDir::new(netns, &args.iface),
-        config: config(args)?,
+        config: crate::pool::config_for(args)?,
         scope,
         ext_ifindex,
         fast,
@@ -58,22 +58,6 @@ pub fn check(args: &mut LoadArgs, netns: Option<&str>) -> Result<Plan> {
 /// The rules `nat check-config` and a reload use too.
 fn check_pool(args: &LoadArgs) -> Result<()> {
     crate::pool::check_addresses(&args.external, &args.internal).map_err(anyhow::Error::msg)
-}
-
-/// The config map's value: defaults, overridden by every setting flag given.
-fn config(args: &LoadArgs) -> Result<Config> {
-    let mut cfg = Config {
-        pool_len: args.external.len() as u32,
-        ..Config::default()
-    };
-    for (name, value) in args.settings.given() {
-        if let Some(v) = value {
-            settings::find(name)
-                .map_err(anyhow::Error::msg)?
-                .apply(&mut cfg, v);
-        }
-    }
-    Ok(cfg)
 }
 
 /// The fast-path interfaces with their ifindexes, checked against the rest of the arguments.
