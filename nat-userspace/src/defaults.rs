@@ -184,12 +184,19 @@ pub struct Route {
 /// Parses /proc/net/route (the main table of the reader's namespace):
 /// destination and mask are the raw network-order words printed in hex.
 pub fn parse_routes(text: &str) -> Vec<Route> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_REJECT: u32 = 0x200;
     let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_ne_bytes);
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (iface, dst, mask) = (f.first()?, word(f.get(1)?)?, word(f.get(7)?)?);
+            // Unreachable, blackhole and prohibit routes name no interface.
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            if flags & RTF_UP == 0 || flags & RTF_REJECT != 0 || *iface == "*" {
+                return None;
+            }
             let mask = u32::from_be_bytes(mask);
             Some(Route {
                 iface: (*iface).to_owned(),
@@ -200,22 +207,33 @@ pub fn parse_routes(text: &str) -> Vec<Route> {
         .collect()
 }
 
-/// The interfaces through which any internal prefix is routed (a route
-/// that overlaps it, default routes aside), without the external one and
-/// loopback, in the order of the routing table.
+/// The interfaces through which any internal prefix is routed, without the
+/// external one and loopback, in the order of the routing table. A prefix
+/// is routed by the routes inside it and by the longest route that holds
+/// it whole; a wider route that a longer one shadows (a management 10/8, a
+/// VPN's 0/1) routes none of it. Default routes never count.
 pub fn internal_interfaces(routes: &[Route], internal: &[Cidr], external: &str) -> Vec<String> {
-    let overlaps = |r: &Route, c: &Cidr| {
-        let len = r.len.min(c.len);
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        u32::from(r.dst) & mask == u32::from(c.addr) & mask
+    let mask = |len: u8| if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    // `outer` holds `inner` whole.
+    let holds = |outer: (Ipv4Addr, u8), inner: (Ipv4Addr, u8)| {
+        outer.1 <= inner.1
+            && u32::from(outer.0) & mask(outer.1) == u32::from(inner.0) & mask(outer.1)
     };
     let mut out: Vec<String> = Vec::new();
-    for r in routes {
-        if r.len == 0 || r.iface == external || r.iface == "lo" || out.contains(&r.iface) {
-            continue;
-        }
-        if internal.iter().any(|c| overlaps(r, c)) {
-            out.push(r.iface.clone());
+    for c in internal {
+        let prefix = (c.addr, c.len);
+        let longest_holder = routes
+            .iter()
+            .filter(|r| r.len > 0 && holds((r.dst, r.len), prefix))
+            .max_by_key(|r| r.len);
+        let routing = routes
+            .iter()
+            .filter(|r| r.len > c.len && holds(prefix, (r.dst, r.len)))
+            .chain(longest_holder);
+        for r in routing {
+            if r.iface != external && r.iface != "lo" && !out.contains(&r.iface) {
+                out.push(r.iface.clone());
+            }
         }
     }
     out
@@ -312,7 +330,9 @@ mod tests {
         veth-ext\t00000000\t020012C6\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
         veth-in\t0001C80A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
         veth-ext\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-        eth2\t0000000A\t0101A8C0\t0003\t0\t0\t0\t000000FF\t0\t0\t0\n";
+        eth2\t0000000A\t0101A8C0\t0003\t0\t0\t0\t000000FF\t0\t0\t0\n\
+        *\t0000000A\t00000000\t0201\t0\t0\t0\t000000FF\t0\t0\t0\n\
+        eth3\t0000800A\t00000000\t0000\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
 
     fn cidr(a: [u8; 4], len: u8) -> Cidr {
         Cidr {
@@ -324,6 +344,7 @@ mod tests {
     #[test]
     fn routes_parse_from_network_order_words() {
         let r = parse_routes(ROUTES);
+        // The unreachable route (no interface) and the route that is down are left out.
         assert_eq!(r.len(), 4);
         assert_eq!(
             r[1],
@@ -341,9 +362,14 @@ mod tests {
     #[test]
     fn internal_interfaces_are_the_routes_overlapping_a_prefix() {
         let r = parse_routes(ROUTES);
-        // 10.200.1.0/25 lies inside veth-in's /24 and inside eth2's 10/8.
+        // 10.200.1.0/25 lies inside veth-in's /24, which shadows eth2's 10/8.
         assert_eq!(
             internal_interfaces(&r, &[cidr([10, 200, 1, 0], 25)], "veth-ext"),
+            ["veth-in"]
+        );
+        // 10/8 is routed through eth2, and its /24 through veth-in.
+        assert_eq!(
+            internal_interfaces(&r, &[cidr([10, 0, 0, 0], 8)], "veth-ext"),
             ["veth-in", "eth2"]
         );
         // The default route and the external interface never count.

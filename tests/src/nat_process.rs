@@ -310,12 +310,13 @@ impl Drop for NatProcess {
             self.finish_reading();
         }
         if !self.unloaded {
-            let out = unload(&self.netns, &self.iface);
-            if !out.status.success() {
-                eprintln!(
+            match unload_instance(&self.netns, &self.iface) {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
                     "nat unload after the test failed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
-                );
+                ),
+                Err(e) => eprintln!("cannot run nat unload after the test: {e}"),
             }
         }
     }

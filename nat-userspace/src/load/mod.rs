@@ -67,12 +67,13 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
         hangups,
     )?;
 
-    let ebpf = serve::serve(ebpf, sweeper, &ops, args.reap_interval_ms, stop).await?;
+    // The stop phase runs whatever serving ended with: it needs no object.
+    let served = serve::serve(ebpf, sweeper, &ops, args.reap_interval_ms, stop).await;
     ops.stopping();
     drop(ops);
 
     stop_control_plane(&mut instance, &args, netns)?;
-    drop(ebpf);
+    drop(served?);
     Ok(())
 }
 

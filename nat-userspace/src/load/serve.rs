@@ -98,7 +98,15 @@ pub async fn serve(
         tokio::select! {
             _ = stop.int.recv() => break,
             _ = stop.term.recv() => break,
-            Some(d) = took.recv() => ops.observe_sweep(d),
+            d = took.recv() => match d {
+                Some(d) => ops.observe_sweep(d),
+                // The sweep thread is gone (a panic): stop rather than serve
+                // without sweeps; the timer takes over once this daemon exits.
+                None => {
+                    warn!("the sweep thread ended; stopping the control plane");
+                    break;
+                }
+            },
         }
     }
     stopping.store(true, Ordering::Relaxed);
