@@ -32,6 +32,8 @@ pub const MAP_IF_MACS: &str = "NAT_IF_MACS";
 pub const MAP_FAST_DEVS: &str = "NAT_FAST_DEVS";
 /// Per-CPU scratch slot where egress assembles a new session entry (not pinned).
 pub const MAP_SCRATCH: &str = "NAT_SCRATCH";
+/// Per-CPU window of the event log's rate limit ([`crate::event_rate`]; not pinned).
+pub const MAP_EVENT_RATE: &str = "NAT_EVENT_RATE";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
 /// The expiry sweep's settings, one [`crate::expiry::SweepControl`] at index 0.

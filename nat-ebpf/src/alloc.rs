@@ -17,7 +17,7 @@ use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
     flow::{FlowKey, HopCache, Session},
-    probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, walk},
+    probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, span, walk},
     tcp_state::seen_bits,
 };
 
@@ -237,6 +237,9 @@ fn probe_address(
     }
     p.pool = *pool;
     p.found = FOUND_NONE;
+    // One lap of the walk visits every port of the range once: a longer walk
+    // would only look at the same ports again (and count their cooldowns twice).
+    let probes = probes.min(span(pool.port_min, pool.port_max));
     let src_port = u16::from_be(p.fwd.sport);
     if preserve && preservable(pool, src_port) {
         p.probes = 1;

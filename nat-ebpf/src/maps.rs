@@ -9,6 +9,7 @@ use aya_ebpf::{
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     counters::{COUNTER_COUNT, Counter},
+    event_rate::EventRate,
     expiry::{SWEEP_TOTALS, SweepControl},
     flow::{FlowKey, FragEntry, FragKey, Session},
     probe::PROBE_BUCKETS,
@@ -31,6 +32,10 @@ pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * D
 /// it is inserted; never pinned.
 #[map(name = "NAT_SCRATCH")]
 pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);
+
+/// The event log's rate limit, one window per CPU; never pinned.
+#[map(name = "NAT_EVENT_RATE")]
+pub static NAT_EVENT_RATE: PerCpuArray<EventRate> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NAT_PROBES")]
 pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);

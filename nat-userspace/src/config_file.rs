@@ -243,7 +243,30 @@ pub fn expand_argv(argv: Vec<OsString>) -> Result<Vec<OsString>, FileError> {
         return Ok(argv);
     };
     let doc = Document::read(path)?;
-    let given = |id: &str| load.value_source(id) == Some(ValueSource::CommandLine);
+    let on_command_line = |id: &str| load.value_source(id) == Some(ValueSource::CommandLine);
+    let cmd = load_command();
+    // A file key yields to the command line both when the same flag is given
+    // there and when a flag it conflicts with is (`no-fast-path = true` in
+    // the file and `--fast-path lan0` on the command line): the flag wins.
+    // Clap keeps a conflict on the flag that declares it, so both sides are asked.
+    let conflict = |a: &clap::Arg, b: &clap::Arg| {
+        let declares = |x: &clap::Arg, y: &clap::Arg| {
+            cmd.get_arg_conflicts_with(x)
+                .iter()
+                .any(|c| c.get_id() == y.get_id())
+        };
+        declares(a, b) || declares(b, a)
+    };
+    let given = |id: &str| {
+        on_command_line(id)
+            || cmd
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == id)
+                .is_some_and(|a| {
+                    cmd.get_arguments()
+                        .any(|c| on_command_line(c.get_id().as_str()) && conflict(a, c))
+                })
+    };
     if let Some(long) = load_command()
         .get_arguments()
         .filter(|a| a.is_required_set() && !given(a.get_id().as_str()))
@@ -256,7 +279,7 @@ pub fn expand_argv(argv: Vec<OsString>) -> Result<Vec<OsString>, FileError> {
             message: format!("missing key '{long}' (or give --{long})"),
         });
     }
-    let extra = doc.flags(given);
+    let extra = doc.flags(&given);
     let mut out = argv;
     out.extend(extra);
     Ok(out)
@@ -465,6 +488,48 @@ mod tests {
         let given = args.settings.given();
         assert!(given.contains(&("cooldown", Some(5000))), "{given:?}");
         assert_eq!(args.iface, "eth0");
+    }
+
+    #[test]
+    fn a_flag_wins_over_a_file_key_it_conflicts_with() {
+        let f = file(
+            "iface = \"eth0\"\nexternal = [\"192.0.2.1\"]\ninternal = [\"10.0.0.0/8\"]\nno-fast-path = true\n",
+        );
+        let config = f.0.to_str().unwrap().to_owned();
+        let args = parse(
+            expand_argv(argv(&[
+                "nat",
+                "load",
+                "--config",
+                &config,
+                "--fast-path",
+                "lan0",
+            ]))
+            .unwrap(),
+        );
+        assert!(!args.no_fast_path);
+        assert_eq!(
+            format!("{:?}", args.fast_path),
+            format!(
+                "{:?}",
+                parse(argv(&[
+                    "nat",
+                    "load",
+                    "--iface",
+                    "eth0",
+                    "--external",
+                    "192.0.2.1",
+                    "--internal",
+                    "10.0.0.0/8",
+                    "--fast-path",
+                    "lan0"
+                ]))
+                .fast_path
+            )
+        );
+        // Without the flag the file's key holds.
+        let args = parse(expand_argv(argv(&["nat", "load", "--config", &config])).unwrap());
+        assert!(args.no_fast_path);
     }
 
     #[test]

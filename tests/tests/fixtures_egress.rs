@@ -6,7 +6,7 @@ mod fixture;
 use fixture::*;
 use nat_common::seen_word::bits;
 use nat_common::{
-    config::{MAX_PROBES, exhaustion, policy},
+    config::{exhaustion, policy},
     counters::Counter,
     flow::{FRAG_OUT, FragEntry, FragKey, seen},
 };
@@ -158,17 +158,34 @@ fn fixture_egress_drop_strict_cooling() {
     maps.config.policy = policy::STRICT;
     let syn = Pkt::tcp(client(), https(), tcp_flags::SYN).frame();
     let out = run(Prog::Egress, &maps, &syn);
-    // A one-port range: every one of the walk's probes lands on the cooling port.
+    // A one-port range: the walk looks at its one port once.
     out.expect(
         Verdict::Drop,
         &syn,
-        &[
-            (Counter::CooldownSkip, u64::from(MAX_PROBES)),
-            (Counter::StrictCooling, 1),
-        ],
+        &[(Counter::CooldownSkip, 1), (Counter::StrictCooling, 1)],
     );
     assert!(out.fwd.is_empty() && out.rev.is_empty());
     assert!(out.cooldown.contains_key(&tcp_flow().rev_key()));
+}
+
+#[test]
+fn fixture_egress_a_small_range_is_walked_once() {
+    // Four ports, each cooling toward the destination: four probes, then the
+    // strict policy refuses, where a walk of MAX_PROBES would count 256.
+    let mut maps = Maps::nat();
+    maps.ports = (PORT, PORT + 3);
+    maps.config.policy = policy::STRICT;
+    for port in PORT..=PORT + 3 {
+        let cooled = Flow::new(PROTO_TCP, client(), ep(EXTERNAL, port), https());
+        maps = maps.cooling(&cooled);
+    }
+    let syn = Pkt::tcp(client(), https(), tcp_flags::SYN).frame();
+    let out = run(Prog::Egress, &maps, &syn);
+    out.expect(
+        Verdict::Drop,
+        &syn,
+        &[(Counter::CooldownSkip, 4), (Counter::StrictCooling, 1)],
+    );
 }
 
 #[test]
@@ -182,7 +199,7 @@ fn fixture_egress_fallback_takes_the_cooling_port() {
         &[
             (Counter::XlateOut, 1),
             (Counter::Opened, 1),
-            (Counter::CooldownSkip, u64::from(MAX_PROBES)),
+            (Counter::CooldownSkip, 1),
             (Counter::Fallback, 1),
         ],
     );
