@@ -77,6 +77,12 @@ struct Probe {
 #[inline(always)]
 fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
     let port = port_host.to_be();
+    // A port forward owns it toward every remote: never handed out.
+    if crate::port_forward::nat_port_forwarded(p.fwd.proto as u64, p.pool.addr as u64, port as u64)
+        != 0
+    {
+        return false;
+    }
     let rev_key = p.fwd.translated(p.pool.addr, port);
     let mut stale = false;
     if p.cooling != 0

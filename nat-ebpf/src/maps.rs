@@ -11,6 +11,7 @@ use nat_common::{
     counters::{COUNTER_COUNT, Counter},
     expiry::{SWEEP_TOTALS, SweepControl},
     flow::{FlowKey, FragEntry, FragKey, Session},
+    port_forward::{ForwardKey, ForwardTarget, MAX_FORWARD_ENTRIES},
     probe::PROBE_BUCKETS,
 };
 
@@ -29,6 +30,11 @@ pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * D
 
 /// One session entry per CPU, where a new session is put together before
 /// it is inserted; never pinned.
+/// Static port forwards; written by the loader and `nat forward` only.
+#[map(name = "NAT_FORWARD")]
+pub static NAT_FORWARD: HashMap<ForwardKey, ForwardTarget> =
+    HashMap::with_max_entries(MAX_FORWARD_ENTRIES, 0);
+
 #[map(name = "NAT_SCRATCH")]
 pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);
 

@@ -45,6 +45,9 @@ struct Entry {
     /// A switch (`replace = true`): given as a bare flag when true, left
     /// out when false.
     switch: Option<bool>,
+    /// A list flag whose values may hold commas themselves (`forward`):
+    /// given once per value rather than joined.
+    repeated: bool,
 }
 
 /// A config file read and checked key by key.
@@ -120,6 +123,7 @@ impl Document {
                     line,
                     values: Vec::new(),
                     switch: Some(*on),
+                    repeated: false,
                 });
                 continue;
             }
@@ -152,6 +156,7 @@ impl Document {
                 line,
                 values,
                 switch: None,
+                repeated: list && arg.get_value_delimiter().is_none(),
             });
         }
         Ok(Self {
@@ -178,10 +183,15 @@ impl Document {
         self.entries
             .iter()
             .filter(|e| !given(&e.id))
-            .filter_map(|e| match e.switch {
-                Some(true) => Some(format!("--{}", e.key).into()),
-                Some(false) => None,
-                None => Some(format!("--{}={}", e.key, e.values.join(",")).into()),
+            .flat_map(|e| match e.switch {
+                Some(true) => vec![format!("--{}", e.key).into()],
+                Some(false) => Vec::new(),
+                None if e.repeated => e
+                    .values
+                    .iter()
+                    .map(|v| format!("--{}={v}", e.key).into())
+                    .collect(),
+                None => vec![format!("--{}={}", e.key, e.values.join(",")).into()],
             })
             .collect()
     }
@@ -314,6 +324,8 @@ pub fn check(file: &Path) -> Result<LoadArgs, FileError> {
     };
     crate::pool::check_addresses(&args.external, &args.internal)
         .map_err(|m| doc.error("external", m))?;
+    crate::port_forward::check_all(&args.forward, &args.internal, &args.external)
+        .map_err(|m| doc.error("forward", m))?;
     Ok(args)
 }
 
