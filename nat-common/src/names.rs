@@ -44,6 +44,10 @@ pub const MAP_SWEEP_TIMER: &str = "NAT_SWEEP_TIMER";
 /// Static port forwards: [`crate::port_forward::ForwardKey`] (protocol,
 /// external address, external port) -> [`crate::port_forward::ForwardTarget`].
 pub const MAP_FORWARD: &str = "NAT_FORWARD";
+/// Per-CPU slot where the allocator puts a forward-map key together (not pinned).
+pub const MAP_FORWARD_KEY: &str = "NAT_FORWARD_KEY";
+/// Per-CPU slot of the hairpin program's packet and translation (not pinned).
+pub const MAP_HAIRPIN_PLAN: &str = "NAT_HAIRPIN_PLAN";
 
 pub const PROG_EGRESS: &str = "nat_egress";
 /// XDP ingress, the default.

@@ -31,7 +31,7 @@ use nat_common::{
 use crate::{
     alloc::allocate,
     fast,
-    maps::{NAT_FWD, NAT_REV, ext_ifindex, is_external, is_internal},
+    maps::{NAT_FWD, NAT_HAIRPIN_PLAN, NAT_REV, ext_ifindex, is_external, is_internal},
     packet::{
         DropReason, Endpoint, HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns, read, tc_action,
         touch,
@@ -46,9 +46,10 @@ use crate::{
 /// not yet: the interface is set, and `bpf_redirect_neigh` resolves it.
 const FIB_NO_NEIGH: i64 = 7;
 
-/// What the packet is, and, once [`nat_hairpin_pair`] has run, where it goes.
+/// What the packet is, and, once [`nat_hairpin_source`] and
+/// [`nat_hairpin_destination`] have run, where it goes.
 #[repr(C)]
-struct Plan {
+pub struct Plan {
     /// The packet's flow as egress keys it (sender, external destination).
     key: FlowKey,
     now: u64,
@@ -68,9 +69,12 @@ struct Plan {
 
 const GO: i64 = 0;
 const NOT_OURS: i64 = 1;
+/// The sender has no session yet: the program allocates one, as egress
+/// does, on its own stack (the probe walk's callback needs what is left).
+const ALLOCATE: i64 = 8;
 
-/// The drop reasons the session work can end in, as the global function's
-/// return codes (2 and up).
+/// The drop reasons the session work can end in, as the global functions'
+/// return codes (2 to 7).
 #[inline(always)]
 const fn code(drop: DropReason) -> i64 {
     match drop {
@@ -95,20 +99,59 @@ const fn reason(code: i64) -> DropReason {
     }
 }
 
-/// The sessions of a hairpinned packet, found or opened, as a global
-/// function: verified once, and none of the allocator's or tracking's
-/// paths multiply the program's. `GO` with the plan's outputs set,
-/// `NOT_OURS` for a packet no forward claims (the NAT host's own
-/// services on its external address), or a drop code.
+#[inline(always)]
+fn opening(p: &Plan) -> bool {
+    let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
+    p.key.proto != PROTO_TCP || p.flags & mask == tcp_flags::SYN
+}
+
+/// The sender's side, as egress translates it: `GO` with the plan's source
+/// set from its session, `ALLOCATE` when a new flow needs one, `NOT_OURS`
+/// for a packet no forward claims (the NAT host's own services on its
+/// external address), or a drop code. A global function, verified once.
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn nat_hairpin_pair(plan: *mut Plan) -> i64 {
+extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
     if plan.is_null() {
         return NOT_OURS;
     }
-    // SAFETY: checked for null; the caller passes its stack plan.
-    let plan = unsafe { &mut *plan };
-    match pair(plan) {
+    // SAFETY: checked for null; the caller passes its per-CPU plan.
+    let p = unsafe { &mut *plan };
+    let key = p.key;
+    let Some(entry) = NAT_FWD.get_ptr_mut(key) else {
+        if hairpin_owner(key.proto, key.daddr, key.dport).is_none() {
+            return NOT_OURS;
+        }
+        return if opening(p) {
+            ALLOCATE
+        } else {
+            code(DropReason::NoSession)
+        };
+    };
+    touch(entry, p.now);
+    if key.proto == PROTO_TCP {
+        track::note_ack(entry, p.flags, p.ack, p.window);
+        track::egress(&key, entry, p.flags, p.now);
+    }
+    // SAFETY: live map value from the lookup above.
+    let src = Endpoint::of(unsafe { &*entry });
+    p.src_addr = src.addr;
+    p.src_port = src.port;
+    GO
+}
+
+/// The receiver's side, as ingress translates a packet from the plan's
+/// source: its session found or opened through the owner of the external
+/// destination, `GO` with the plan's destination set, else as above.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_hairpin_destination(plan: *mut Plan) -> i64 {
+    if plan.is_null() {
+        return NOT_OURS;
+    }
+    // SAFETY: checked for null; the caller passes its per-CPU plan.
+    let p = unsafe { &mut *plan };
+    match destination(p) {
         Ok(true) => GO,
         Ok(false) => NOT_OURS,
         Err(drop) => code(drop),
@@ -116,57 +159,30 @@ extern "C" fn nat_hairpin_pair(plan: *mut Plan) -> i64 {
 }
 
 #[inline(always)]
-fn pair(p: &mut Plan) -> Result<bool, DropReason> {
+fn destination(p: &mut Plan) -> Result<bool, DropReason> {
     let key = p.key;
-    let (flags, now) = (p.flags, p.now);
-    let tcp = key.proto == PROTO_TCP;
-    let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
-    let opening = !tcp || flags & mask == tcp_flags::SYN;
-    let owner = || hairpin_owner(key.proto, key.daddr, key.dport);
-    // The sender's side, as egress translates it.
-    let src = match NAT_FWD.get_ptr_mut(key) {
-        Some(entry) => {
-            touch(entry, now);
-            if tcp {
-                track::note_ack(entry, flags, p.ack, p.window);
-                track::egress(&key, entry, flags, now);
-            }
-            // SAFETY: live map value from the lookup above.
-            Endpoint::of(unsafe { &*entry })
-        }
-        None => {
-            if owner().is_none() {
-                return Ok(false);
-            }
-            if !opening {
-                return Err(DropReason::NoSession);
-            }
-            allocate(&key, flags, now)?
-        }
-    };
-    // The receiver's side, as ingress translates a packet from `src`.
-    let rev_key = FlowKey::new(key.proto, key.daddr, key.dport, src.addr, src.port);
+    let rev_key = FlowKey::new(key.proto, key.daddr, key.dport, p.src_addr, p.src_port);
     let entry = match NAT_REV.get_ptr_mut(rev_key) {
         Some(entry) => entry,
         None => {
-            let Some(to) = owner() else {
+            let Some(to) = hairpin_owner(key.proto, key.daddr, key.dport) else {
                 return Ok(false);
             };
-            if !opening {
+            if !opening(p) {
                 return Err(DropReason::NoSession);
             }
-            open(&rev_key, to, now)?;
-            NAT_REV.get_ptr_mut(rev_key).ok_or(DropReason::NoSession)?
+            open(&rev_key, to, p.now)?;
+            NAT_REV
+                .get_ptr_mut(rev_key)
+                .ok_or(DropReason::NoSession)?
         }
     };
-    if tcp && !track::ingress(&rev_key, entry, flags, p.seq, now) {
+    if key.proto == PROTO_TCP && !track::ingress(&rev_key, entry, p.flags, p.seq, p.now) {
         return Err(DropReason::RstOutOfWindow);
     }
-    touch(entry, now);
+    touch(entry, p.now);
     // SAFETY: live map value from a lookup above.
     let to = Endpoint::of(unsafe { &*entry });
-    p.src_addr = src.addr;
-    p.src_port = src.port;
     p.dst_addr = to.addr;
     p.dst_port = to.port;
     Ok(true)
@@ -229,7 +245,12 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
     let Ok(l4) = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true) else {
         return Ok(Counter::NotHairpin);
     };
-    let mut plan = Plan {
+    // In a per-CPU slot, not on the stack: the probe walk's callback under
+    // an allocation needs all but what egress itself uses.
+    let Some(slot) = NAT_HAIRPIN_PLAN.get_ptr_mut(0) else {
+        return Ok(Counter::NotHairpin);
+    };
+    let plan = Plan {
         key: FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport),
         now: now_ns(),
         seq: l4.seq,
@@ -242,11 +263,28 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
         src_port: 0,
         dst_port: 0,
     };
-    match nat_hairpin_pair(&mut plan) {
+    // SAFETY: this CPU's own slot, used only for the length of this run;
+    // no reference to it lives across the calls that write it.
+    unsafe { slot.write(plan) };
+    match nat_hairpin_source(slot) {
+        GO => {}
+        ALLOCATE => {
+            // SAFETY: as above.
+            let p = unsafe { &mut *slot };
+            let src = allocate(&p.key, p.flags, p.now)?;
+            p.src_addr = src.addr;
+            p.src_port = src.port;
+        }
+        NOT_OURS => return Ok(Counter::NotHairpin),
+        drop => return Err(reason(drop)),
+    }
+    match nat_hairpin_destination(slot) {
         GO => {}
         NOT_OURS => return Ok(Counter::NotHairpin),
         drop => return Err(reason(drop)),
     }
+    // SAFETY: as above; read only from here on.
+    let plan = unsafe { &*slot };
     let new_src = Endpoint {
         addr: plan.src_addr,
         port: plan.src_port,

@@ -16,7 +16,7 @@ use nat_common::{
 };
 
 use crate::{
-    maps::{NAT_FORWARD, NAT_FWD, NAT_REV, count},
+    maps::{NAT_FORWARD, NAT_FORWARD_KEY, NAT_FWD, NAT_REV, count},
     packet::{DropReason, Endpoint, now_ns},
 };
 
@@ -40,12 +40,19 @@ pub fn forward_owner(proto: u8, addr: u32, port: u16) -> Option<Endpoint> {
     })
 }
 
-/// Whether the allocator must skip (`proto`, `addr`, `port`): a forward owns
-/// it. A global function, so each caller's paths gain a call, not a lookup.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn nat_port_forwarded(proto: u64, addr: u64, port: u64) -> i32 {
-    i32::from(forward_owner(proto as u8, addr as u32, port as u16).is_some())
+/// Whether the allocator must skip (`proto`, `addr`, `port`): a forward owns it.
+#[inline(always)]
+pub fn forwarded(proto: u8, addr: u32, port: u16) -> bool {
+    // No stack: this runs under the probe walk's callback, which with
+    // nat_egress's frame uses the whole 512 bytes, so the key is put
+    // together in a per-CPU slot (a map value may serve as a key).
+    let Some(slot) = NAT_FORWARD_KEY.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's own slot, used only for the length of this call.
+    let key = unsafe { &mut *slot };
+    *key = ForwardKey::new(proto, addr, port);
+    NAT_FORWARD.get_ptr(&*key).is_some()
 }
 
 /// Who owns an external endpoint for a hairpinned packet: the internal

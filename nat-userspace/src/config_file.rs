@@ -402,6 +402,12 @@ mod tests {
             "metrics" => ("127.0.0.1:9109", "\"127.0.0.1:9109\""),
             "metrics-top" => ("7", "7"),
             "metrics-interval-ms" => ("3000", "3000"),
+            // Values with commas of their own: the file's list is one flag
+            // per value (the test adds the second flag).
+            "forward" => (
+                "tcp,192.0.2.1:8443,10.0.0.5:443",
+                "[\"tcp,192.0.2.1:8443,10.0.0.5:443\", \"udp,192.0.2.2:5000-5009,172.16.0.5:6000-6009\"]",
+            ),
             l if l.starts_with("cooldown") || l.starts_with("timeout") => ("123s", "\"123s\""),
             other => panic!("no sample value for --{other}: add one"),
         }
@@ -431,6 +437,9 @@ mod tests {
             }
             let (flag, toml) = sample(long);
             flags.push(format!("--{long}={flag}"));
+            if long == "forward" {
+                flags.push("--forward=udp,192.0.2.2:5000-5009,172.16.0.5:6000-6009".to_owned());
+            }
             text.push_str(&format!("{long} = {toml}\n"));
         }
         let f = file(&text);
