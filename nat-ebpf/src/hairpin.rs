@@ -172,9 +172,7 @@ fn destination(p: &mut Plan) -> Result<bool, DropReason> {
                 return Err(DropReason::NoSession);
             }
             open(&rev_key, to, p.now)?;
-            NAT_REV
-                .get_ptr_mut(rev_key)
-                .ok_or(DropReason::NoSession)?
+            NAT_REV.get_ptr_mut(rev_key).ok_or(DropReason::NoSession)?
         }
     };
     if key.proto == PROTO_TCP && !track::ingress(&rev_key, entry, p.flags, p.seq, p.now) {

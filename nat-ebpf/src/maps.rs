@@ -42,7 +42,8 @@ pub static NAT_FORWARD_KEY: PerCpuArray<ForwardKey> = PerCpuArray::with_max_entr
 
 /// The hairpin program's packet and translation, per CPU; never pinned.
 #[map(name = "NAT_HAIRPIN_PLAN")]
-pub static NAT_HAIRPIN_PLAN: PerCpuArray<crate::hairpin::Plan> = PerCpuArray::with_max_entries(1, 0);
+pub static NAT_HAIRPIN_PLAN: PerCpuArray<crate::hairpin::Plan> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NAT_SCRATCH")]
 pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);

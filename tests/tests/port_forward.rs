@@ -79,7 +79,9 @@ fn topology(tag: &str) -> Topology {
 fn port_forwards_reach_tcp_and_udp_servers_from_outside() {
     let topo = topology("pfwd");
     let tcp_fwd = format!("tcp,{EXTERNAL_IP}:8443,{INTERNAL_HOST}:443");
-    let udp_fwd = format!("udp,{EXTERNAL_IP}:5300,{INTERNAL_HOST}:5353");
+    // The echo server's socket is bound to 0.0.0.0, so its replies leave
+    // from the namespace's first address: the forward leads there.
+    let udp_fwd = format!("udp,{EXTERNAL_IP}:5300,{CLIENT_IP}:5353");
     let nat = NatProcess::start(
         &topo,
         &[
@@ -105,12 +107,15 @@ fn port_forwards_reach_tcp_and_udp_servers_from_outside() {
     assert_eq!(peer_ip(udp.last_peer().expect("UDP peer")), SERVER_IP);
 
     let list = sessions(&topo);
-    for (proto, int_port, ext_port) in [("tcp", 443, 8443), ("udp", 5353, 5300)] {
+    for (proto, int, ext_port) in [
+        ("tcp", v4(INTERNAL_HOST, 443), 8443),
+        ("udp", v4(CLIENT_IP, 5353), 5300),
+    ] {
         let s = list
             .iter()
             .find(|s| s["proto"] == proto)
             .unwrap_or_else(|| panic!("no {proto} session in {list:#?}"));
-        assert_eq!(s["internal"], v4(INTERNAL_HOST, int_port).to_string());
+        assert_eq!(s["internal"], int.to_string());
         assert_eq!(s["external"], v4(EXTERNAL_IP, ext_port).to_string());
     }
     let st = stats(&topo);
@@ -124,7 +129,7 @@ fn port_forwards_reach_tcp_and_udp_servers_from_outside() {
         forwards(&topo),
         [
             format!("tcp {EXTERNAL_IP}:8443+1 {INTERNAL_HOST}:443"),
-            format!("udp {EXTERNAL_IP}:5300+1 {INTERNAL_HOST}:5353"),
+            format!("udp {EXTERNAL_IP}:5300+1 {CLIENT_IP}:5353"),
         ]
     );
     ok(
@@ -146,7 +151,7 @@ fn port_forwards_reach_tcp_and_udp_servers_from_outside() {
         forwards(&topo),
         [
             format!("tcp {EXTERNAL_IP}:9100+2 {INTERNAL_HOST}:443"),
-            format!("udp {EXTERNAL_IP}:5300+1 {INTERNAL_HOST}:5353"),
+            format!("udp {EXTERNAL_IP}:5300+1 {CLIENT_IP}:5353"),
         ]
     );
     assert!(nat.stop().success());
