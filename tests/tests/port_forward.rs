@@ -4,9 +4,10 @@
 //! hands off forwarded ports.
 
 mod common;
+mod ops;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use nat_tests::{
@@ -317,5 +318,74 @@ fn hairpin_reaches_a_forwarded_tcp_server_from_inside() {
     assert_eq!(counter(&st, "sessions_opened"), 2, "{st}");
     assert_eq!(counter(&st, "drop_hairpin_unrouted"), 0, "{st}");
     assert_clean(&topo, &st);
+    assert!(nat.stop().success());
+}
+
+/// The config file's `forward` list is loaded, and a reload makes the map
+/// the file's again (a forward added live and not in the file goes, as a
+/// setting changed with `nat set` returns to the file's); a file with
+/// overlapping forwards is refused in one line and changes nothing.
+#[test]
+fn port_forwards_come_from_the_config_file_and_reload() {
+    let topo = topology("pfcfg");
+    let dir = ops::TempDir::new("pfcfg");
+    let file_with = |forwards: &[String]| {
+        let list: Vec<String> = forwards.iter().map(|f| format!("\"{f}\"")).collect();
+        format!(
+            "iface = \"veth-ext\"\nexternal = [\"{EXTERNAL_IP}\"]\ninternal = [\"10.200.1.0/25\"]\nports = \"{PORTS}\"\ningress = \"tc\"\nforward = [{}]\n",
+            list.join(", ")
+        )
+    };
+    let first = format!("tcp,{EXTERNAL_IP}:8443,{INTERNAL_HOST}:443");
+    let file = dir.file("nat.toml", &file_with(std::slice::from_ref(&first)));
+    let nat = NatProcess::start_load(&topo, &["--config", ops::path_str(&file)], &[]);
+    assert_eq!(
+        forwards(&topo),
+        [format!("tcp {EXTERNAL_IP}:8443+1 {INTERNAL_HOST}:443")]
+    );
+    ok(
+        &topo,
+        &[
+            "add",
+            "udp",
+            &format!("{EXTERNAL_IP}:5300"),
+            &format!("{INTERNAL_HOST}:5353"),
+        ],
+    );
+
+    let bad = [
+        format!("tcp,{EXTERNAL_IP}:9440-9449,{INTERNAL_HOST}:440-449"),
+        format!("tcp,{EXTERNAL_IP}:9443,{INTERNAL_HOST}:443"),
+    ];
+    std::fs::write(&file, file_with(&bad)).unwrap();
+    let (done, _, err) = ops::nat(&topo, &["reload", "--iface", EXT_IFACE]);
+    assert!(!done, "nat reload accepted overlapping forwards");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("overlaps"), "{err}");
+    assert_eq!(forwards(&topo).len(), 2);
+
+    let second = format!("tcp,{EXTERNAL_IP}:9443,{INTERNAL_HOST}:443");
+    std::fs::write(&file, file_with(&[second])).unwrap();
+    let (done, _, err) = ops::nat(&topo, &["reload", "--iface", EXT_IFACE]);
+    assert!(done, "nat reload: {err}");
+    let want = [format!("tcp {EXTERNAL_IP}:9443+1 {INTERNAL_HOST}:443")];
+    let asked = Instant::now();
+    while forwards(&topo) != want {
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "the reload did not apply the forwards: {:?}",
+            forwards(&topo)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tcp = tcp_sink_server(topo.ns_name(Side::Client), 443);
+    tcp_transfer(
+        topo.ns_name(Side::Server),
+        None,
+        v4(EXTERNAL_IP, 9443),
+        4096,
+    )
+    .expect("TCP through the reloaded forward");
+    assert_eq!(peer_ip(tcp.last_peer().expect("TCP peer")), SERVER_IP);
     assert!(nat.stop().success());
 }
