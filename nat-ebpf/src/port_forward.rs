@@ -34,7 +34,7 @@ const CONFLICT: i64 = 2;
 #[inline(always)]
 pub fn forward_owner(proto: u8, addr: u32, port: u16) -> Option<Endpoint> {
     // SAFETY: read-only copy of a map value.
-    unsafe { NAT_FORWARD.get(&ForwardKey::new(proto, addr, port)) }.map(|t| Endpoint {
+    unsafe { NAT_FORWARD.get(ForwardKey::new(proto, addr, port)) }.map(|t| Endpoint {
         addr: t.addr,
         port: t.port,
     })
@@ -52,7 +52,7 @@ pub fn forwarded(proto: u8, addr: u32, port: u16) -> bool {
     // SAFETY: this CPU's own slot, used only for the length of this call.
     let key = unsafe { &mut *slot };
     *key = ForwardKey::new(proto, addr, port);
-    NAT_FORWARD.get_ptr(&*key).is_some()
+    NAT_FORWARD.get_ptr(key).is_some()
 }
 
 /// Who owns an external endpoint for a hairpinned packet: the internal
@@ -113,6 +113,9 @@ pub fn open(rev_key: &FlowKey, to: Endpoint, now: u64) -> Result<(), DropReason>
 /// claim, and is removed again when the forward key is taken.
 #[unsafe(no_mangle)]
 #[inline(never)]
+// Keys and entries by reference: by value each would take a stack slot of
+// its own, and this frame sits under the hairpin program's.
+#[allow(clippy::needless_borrows_for_generic_args)]
 extern "C" fn nat_open_inbound(
     rev_key: *const FlowKey,
     to_addr: u64,
