@@ -277,7 +277,7 @@ fn the_allocator_never_hands_out_a_forwarded_port() {
 /// An internal client reaches the internal server through the forward's
 /// external address, and the server sees the client's external address.
 #[test]
-fn hairpin_reaches_a_forwarded_tcp_server_from_inside() {
+fn hairpin_reaches_forwarded_tcp_and_udp_servers_from_inside() {
     let topo = topology("pfhair");
     let nat = NatProcess::start(
         &topo,
@@ -312,10 +312,26 @@ fn hairpin_reaches_a_forwarded_tcp_server_from_inside() {
         .filter(|s| s["remote"] == v4(EXTERNAL_IP, 8443).to_string())
         .count();
     assert_eq!(to_forward, 2, "{list:#?}");
+    // UDP the same way, from another internal address to the echo server
+    // behind a forward added live; the echo comes back from the forward.
+    ok(
+        &topo,
+        &[
+            "add",
+            "udp",
+            &format!("{EXTERNAL_IP}:5300"),
+            &format!("{CLIENT_IP}:5353"),
+        ],
+    );
+    let udp = udp_echo_server(client, 5353);
+    let sender = Ipv4Addr::new(10, 200, 1, 4);
+    udp_exchange(client, Some(sender), v4(EXTERNAL_IP, 5300), 600)
+        .expect("UDP hairpinned through the forward");
+    assert_translated(udp.last_peer().expect("UDP peer"));
     let st = stats(&topo);
     assert!(counter(&st, "hairpin") > 10, "{st}");
-    assert_eq!(counter(&st, "forward_opened"), 2, "{st}");
-    assert_eq!(counter(&st, "sessions_opened"), 2, "{st}");
+    assert_eq!(counter(&st, "forward_opened"), 3, "{st}");
+    assert_eq!(counter(&st, "sessions_opened"), 3, "{st}");
     assert_eq!(counter(&st, "drop_hairpin_unrouted"), 0, "{st}");
     assert_clean(&topo, &st);
     assert!(nat.stop().success());
