@@ -278,14 +278,31 @@ fn the_allocator_never_hands_out_a_forwarded_port() {
 /// external address, and the server sees the client's external address.
 #[test]
 fn hairpin_reaches_forwarded_tcp_and_udp_servers_from_inside() {
-    let topo = topology("pfhair");
+    hairpin(topology("pfhair"), "tc");
+}
+
+/// The same beside the XDP fast path (hosts with complete checksums, as
+/// XDP needs): the hairpin program runs in TC after it.
+#[test]
+fn hairpin_reaches_forwarded_servers_beside_the_xdp_fast_path() {
+    let topo = Topology::new(
+        "pfhairx",
+        TopologyOpts {
+            wire_hosts: true,
+            ..Default::default()
+        },
+    );
+    hairpin(topo, "xdp");
+}
+
+fn hairpin(topo: Topology, ingress: &str) {
     let nat = NatProcess::start(
         &topo,
         &[
             "--ports",
             PORTS,
             "--ingress",
-            "tc",
+            ingress,
             "--lan",
             INT_IFACE,
             "--forward",
