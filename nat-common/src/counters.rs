@@ -59,6 +59,11 @@ counters! {
     NotOursOut = "pass_not_internal": "egress packets not from an internal prefix, passed untouched",
     NotOursIn = "pass_no_session": "ingress packets matching no session, passed to the stack untouched",
     NotIpv4 = "pass_not_ipv4": "packets that are not IPv4, passed untouched",
+    ForwardOpened = "forward_opened": "sessions opened by a packet from outside (or a hairpinned one) to a port forward",
+    ForwardConflict = "drop_forward_conflict": "packets to a port forward dropped because the internal host already has a session with that remote on the forwarded internal port",
+    Hairpin = "hairpin": "internal packets to an external address and port owned by a port forward, translated both ways and sent back to an internal interface",
+    HairpinUnrouted = "drop_hairpin_unrouted": "hairpinned packets dropped because no route leads to the internal host through an internal interface",
+    NotHairpin = "pass_not_hairpin": "packets on an internal interface that are not hairpinned (not to an external address and port a forward owns), left to the fast path and the stack (so such a packet also ends in one of their counters)",
 }
 
 /// Number of counters, the size of the stats map.

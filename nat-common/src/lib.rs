@@ -15,6 +15,7 @@ pub mod flow;
 pub mod forward;
 pub mod headers;
 pub mod names;
+pub mod port_forward;
 pub mod probe;
 pub mod seen_word;
 pub mod tcp_state;
@@ -25,6 +26,7 @@ mod pod {
         config::{Config, PoolAddr},
         expiry::SweepControl,
         flow::{FlowKey, Session},
+        port_forward::{ForwardKey, ForwardTarget},
     };
 
     // SAFETY: all of these are repr(C), Copy, made of integers only, with
@@ -34,4 +36,6 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PoolAddr {}
     unsafe impl aya::Pod for SweepControl {}
+    unsafe impl aya::Pod for ForwardKey {}
+    unsafe impl aya::Pod for ForwardTarget {}
 }

@@ -43,6 +43,13 @@ pub const MAP_SWEEP_STATS: &str = "NAT_SWEEP_STATS";
 /// The one `bpf_timer` that runs the sweep while no daemon does (a BTF map:
 /// the kernel finds the timer in the value through BTF).
 pub const MAP_SWEEP_TIMER: &str = "NAT_SWEEP_TIMER";
+/// Static port forwards: [`crate::port_forward::ForwardKey`] (protocol,
+/// external address, external port) -> [`crate::port_forward::ForwardTarget`].
+pub const MAP_FORWARD: &str = "NAT_FORWARD";
+/// Per-CPU slot where the allocator puts a forward-map key together (not pinned).
+pub const MAP_FORWARD_KEY: &str = "NAT_FORWARD_KEY";
+/// Per-CPU slot of the hairpin program's packet and translation (not pinned).
+pub const MAP_HAIRPIN_PLAN: &str = "NAT_HAIRPIN_PLAN";
 
 pub const PROG_EGRESS: &str = "nat_egress";
 /// XDP ingress, the default.
@@ -54,6 +61,11 @@ pub const PROG_INGRESS_TC: &str = "nat_ingress_tc";
 pub const PROG_FAST: &str = "nat_fast";
 /// Fast path on the internal interfaces, TC ingress (with `--ingress tc`).
 pub const PROG_FAST_TC: &str = "nat_fast_tc";
+
+/// Hairpinning on the internal interfaces (TC ingress): internal packets to
+/// an external address and port a forward owns, translated both ways and
+/// sent back inside.
+pub const PROG_HAIRPIN: &str = "nat_hairpin";
 
 /// The expiry sweep: walks the session and cooldown maps in the kernel. Run
 /// by the daemon through BPF_PROG_TEST_RUN (a TC program, so aya can run it)
@@ -72,7 +84,7 @@ pub const GLOBAL_FAST_PATH: &str = "FAST_PATH";
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 
 /// Layout version appended to every pinned name.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Root of everything this project pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";
@@ -82,3 +94,5 @@ pub const LINK_EGRESS: &str = "link_egress";
 pub const LINK_INGRESS: &str = "link_ingress";
 /// Pinned links of the fast path: this prefix plus the internal interface's name.
 pub const LINK_FAST_PREFIX: &str = "link_fast_";
+/// Pinned links of the hairpin program: this prefix plus the internal interface's name.
+pub const LINK_HAIRPIN_PREFIX: &str = "link_hairpin_";

@@ -181,6 +181,12 @@ extern "C" fn nat_claim_pair(
     // SAFETY: checked for null; the caller passes its stack key.
     let fwd = unsafe { *fwd };
     let (ext_addr, port) = (ext_addr as u32, port as u16);
+    // A port forward owns the port toward every remote: never handed out.
+    // Checked here, in the one function every candidate's claim goes
+    // through, because the probe walk's stack has no byte to spare.
+    if crate::port_forward::forwarded(fwd.proto, ext_addr, port) {
+        return CLAIM_TAKEN;
+    }
     let rev_key = fwd.translated(ext_addr, port);
     // One entry, filled for each direction in turn, in a per-CPU scratch
     // slot: the stacks of nat_egress and the probe callback have no room.

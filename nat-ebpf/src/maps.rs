@@ -12,6 +12,7 @@ use nat_common::{
     event_rate::EventRate,
     expiry::{SWEEP_TOTALS, SweepControl},
     flow::{FlowKey, FragEntry, FragKey, Session},
+    port_forward::{ForwardKey, ForwardTarget, MAX_FORWARD_ENTRIES},
     probe::PROBE_BUCKETS,
 };
 
@@ -30,6 +31,21 @@ pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * D
 
 /// One session entry per CPU, where a new session is put together before
 /// it is inserted; never pinned.
+/// Static port forwards; written by the loader and `nat forward` only.
+#[map(name = "NAT_FORWARD")]
+pub static NAT_FORWARD: HashMap<ForwardKey, ForwardTarget> =
+    HashMap::with_max_entries(MAX_FORWARD_ENTRIES, 0);
+
+/// One forward-map key per CPU, for a lookup from a frame with no stack
+/// to spare ([`crate::port_forward::nat_port_forwarded`]); never pinned.
+#[map(name = "NAT_FORWARD_KEY")]
+pub static NAT_FORWARD_KEY: PerCpuArray<ForwardKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// The hairpin program's packet and translation, per CPU; never pinned.
+#[map(name = "NAT_HAIRPIN_PLAN")]
+pub static NAT_HAIRPIN_PLAN: PerCpuArray<crate::hairpin::Plan> =
+    PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "NAT_SCRATCH")]
 pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);
 

@@ -45,6 +45,9 @@ struct Entry {
     /// A switch (`replace = true`): given as a bare flag when true, left
     /// out when false.
     switch: Option<bool>,
+    /// A list flag whose values may hold commas themselves (`forward`):
+    /// given once per value rather than joined.
+    repeated: bool,
 }
 
 /// A config file read and checked key by key.
@@ -120,6 +123,7 @@ impl Document {
                     line,
                     values: Vec::new(),
                     switch: Some(*on),
+                    repeated: false,
                 });
                 continue;
             }
@@ -152,6 +156,7 @@ impl Document {
                 line,
                 values,
                 switch: None,
+                repeated: list && arg.get_value_delimiter().is_none(),
             });
         }
         Ok(Self {
@@ -178,10 +183,15 @@ impl Document {
         self.entries
             .iter()
             .filter(|e| !given(&e.id))
-            .filter_map(|e| match e.switch {
-                Some(true) => Some(format!("--{}", e.key).into()),
-                Some(false) => None,
-                None => Some(format!("--{}={}", e.key, e.values.join(",")).into()),
+            .flat_map(|e| match e.switch {
+                Some(true) => vec![format!("--{}", e.key).into()],
+                Some(false) => Vec::new(),
+                None if e.repeated => e
+                    .values
+                    .iter()
+                    .map(|v| format!("--{}={v}", e.key).into())
+                    .collect(),
+                None => vec![format!("--{}={}", e.key, e.values.join(",")).into()],
             })
             .collect()
     }
@@ -337,6 +347,8 @@ pub fn check(file: &Path) -> Result<LoadArgs, FileError> {
     };
     crate::pool::check_addresses(&args.external, &args.internal)
         .map_err(|m| doc.error("external", m))?;
+    crate::port_forward::check_all(&args.forward, &args.internal, &args.external)
+        .map_err(|m| doc.error("forward", m))?;
     Ok(args)
 }
 
@@ -413,6 +425,12 @@ mod tests {
             "metrics" => ("127.0.0.1:9109", "\"127.0.0.1:9109\""),
             "metrics-top" => ("7", "7"),
             "metrics-interval-ms" => ("3000", "3000"),
+            // Values with commas of their own: the file's list is one flag
+            // per value (the test adds the second flag).
+            "forward" => (
+                "tcp,192.0.2.1:8443,10.0.0.5:443",
+                "[\"tcp,192.0.2.1:8443,10.0.0.5:443\", \"udp,192.0.2.2:5000-5009,172.16.0.5:6000-6009\"]",
+            ),
             l if l.starts_with("cooldown") || l.starts_with("timeout") => ("123s", "\"123s\""),
             other => panic!("no sample value for --{other}: add one"),
         }
@@ -442,6 +460,9 @@ mod tests {
             }
             let (flag, toml) = sample(long);
             flags.push(format!("--{long}={flag}"));
+            if long == "forward" {
+                flags.push("--forward=udp,192.0.2.2:5000-5009,172.16.0.5:6000-6009".to_owned());
+            }
             text.push_str(&format!("{long} = {toml}\n"));
         }
         let f = file(&text);

@@ -411,3 +411,21 @@ fn fixture_egress_syn_after_a_close_reopens_the_mapping() {
     assert_eq!(bits(fwd.seen), seen::SYN, "the state starts afresh");
     assert!(out.stamped_now(fwd.last_seen));
 }
+
+/// The only port of the range is forwarded for TCP: a new TCP flow gets
+/// none, a UDP flow still gets it (a forward is per protocol).
+#[test]
+fn fixture_egress_never_hands_out_a_forwarded_port() {
+    let maps = Maps::nat().forward(PROTO_TCP, ep(EXTERNAL, PORT), ep(CLIENT2, 80));
+    let syn = Pkt::tcp(client(), https(), tcp_flags::SYN).frame();
+    let out = run(Prog::Egress, &maps, &syn);
+    out.expect(Verdict::Drop, &syn, &[(Counter::AllocFail, 1)]);
+    assert!(out.fwd.is_empty() && out.rev.is_empty());
+    let datagram = Pkt::udp(client(), https()).payload(b"x");
+    let out = run(Prog::Egress, &maps, &datagram.frame());
+    out.expect(
+        Verdict::Pass,
+        &datagram.clone().with_source(ep(EXTERNAL, PORT)).frame(),
+        &[(Counter::XlateOut, 1), (Counter::Opened, 1)],
+    );
+}

@@ -15,9 +15,9 @@ use nat_common::{
     config::Config,
     flow::{FlowKey, Session},
     names::{
-        LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FRAGS,
-        MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, MAP_SWEEP_CTL,
-        MAP_SWEEP_STATS, MAP_SWEEP_TIMER,
+        LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX, LINK_INGRESS, MAP_CONFIG,
+        MAP_COOLDOWN, MAP_FORWARD, MAP_FRAGS, MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV,
+        MAP_STATS, MAP_SWEEP_CTL, MAP_SWEEP_STATS, MAP_SWEEP_TIMER,
     },
 };
 
@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_FWD,
     MAP_REV,
     MAP_COOLDOWN,
@@ -43,6 +43,7 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_SWEEP_CTL,
     MAP_SWEEP_STATS,
     MAP_SWEEP_TIMER,
+    MAP_FORWARD,
 ];
 
 /// The instance's pin directory, fresh or adopted.
@@ -126,6 +127,18 @@ impl Instance {
             if !keep.iter().any(|(n, _)| n == iface) {
                 pins::remove_link(&self.pins.path(&name))?;
                 log::info!("fast path removed from {iface}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches hairpin links of interfaces no longer internal ones.
+    pub fn remove_stale_hairpin_links(&self, keep: &[(String, u32)]) -> Result<()> {
+        for name in self.pins.links_with(LINK_HAIRPIN_PREFIX) {
+            let iface = name.strip_prefix(LINK_HAIRPIN_PREFIX).unwrap_or(&name);
+            if !keep.iter().any(|(n, _)| n == iface) {
+                pins::remove_link(&self.pins.path(&name))?;
+                log::info!("hairpinning removed from {iface}");
             }
         }
         Ok(())
