@@ -53,10 +53,13 @@ counters! {
     Unsupported = "drop_unsupported": "internal packets the NAT does not translate (not TCP, UDP, ICMP echo or ICMP error), dropped",
     FragUnknown = "fragment_unknown": "later fragments whose first fragment was not seen (from inside dropped, from outside passed)",
     RewriteError = "drop_rewrite_error": "packets the kernel's checksum helper refused to rewrite, dropped",
+    EimConflict = "eim_conflict": "new flows of an internal endpoint with an endpoint-independent mapping that got another port, because the mapping's key toward the destination was cooling (the TIME_WAIT rule wins) or held by another endpoint's session",
+    EimInbound = "eim_inbound": "packets from outside that filtering-udp admitted to an endpoint-independent mapping, opening a session toward its internal endpoint",
     InsertRace = "insert_race": "new flows whose session another CPU created first (its entry is used)",
     IcmpUnmatched = "icmp_error_unmatched": "ICMP errors whose embedded packet matches no session (from outside passed untouched, from inside dropped)",
     PassExternal = "pass_external_source": "egress TCP/UDP packets from an external address, passed untouched: with --fast-path under --ingress tc, the ones the fast path translated",
     NotOursOut = "pass_not_internal": "egress packets not from an internal prefix, passed untouched",
+    Filtered = "pass_filtered": "ingress packets to an endpoint-independent mapping's port that filtering-udp does not admit, passed to the stack untouched",
     NotOursIn = "pass_no_session": "ingress packets matching no session, passed to the stack untouched",
     NotIpv4 = "pass_not_ipv4": "packets that are not IPv4, passed untouched",
 }

@@ -9,6 +9,13 @@
 //! claim is rolled back and the winner's entry used.
 //!
 //! Probing runs under bpf_loop so the verifier checks one iteration, not 256.
+//!
+//! With an endpoint-independent mapping mode (`mapping-udp`, `mapping-tcp`)
+//! a flow first tries its endpoint's mapping ([`join_mapping`]); without
+//! one, the probe claims a new mapping with each candidate
+//! ([`crate::mapping::claim_new`]). In every mode a candidate another
+//! endpoint's mapping owns is skipped ([`mapping_refuses`]). The cooldown
+//! check comes first in every case: a cooling key is never handed out.
 
 use core::ffi::c_void;
 
@@ -17,11 +24,13 @@ use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
     flow::{FlowKey, HopCache, Session},
+    mapping::SESSION_MAPPED,
     probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, walk},
     tcp_state::seen_bits,
 };
 
 use crate::{
+    mapping::{self, PROBE_NEW_MAPPING},
     maps::{
         NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, NAT_SCRATCH, count,
         hash_seed,
@@ -45,7 +54,7 @@ const EEXIST: i32 = 17;
 /// and becomes a drop reason only here, at the exit, so that the verifier
 /// walks the probe loop with one state for every failure, as before.
 #[inline(always)]
-fn insert_failure(err: i32) -> DropReason {
+pub fn insert_failure(err: i32) -> DropReason {
     if err == -EEXIST || err >= 0 {
         DropReason::AllocFail
     } else {
@@ -71,6 +80,10 @@ struct Probe {
     /// The probed candidate, not live, whose cooldown ends soonest (0: none).
     best_port: u16,
     best_addr: u32,
+    /// What a free candidate is claimed as: [`PROBE_NEW_MAPPING`], a
+    /// session and a new endpoint-independent mapping with it, or else a
+    /// session for this destination alone.
+    mode: u32,
     best_until: u64,
 }
 
@@ -87,7 +100,10 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
         if until > p.now {
             count(Counter::CooldownSkip);
             // SAFETY: read-only lookup.
-            if until < p.best_until && unsafe { NAT_REV.get(rev_key) }.is_none() {
+            if until < p.best_until
+                && unsafe { NAT_REV.get(rev_key) }.is_none()
+                && !mapping::owned_by_other(&p.fwd, p.pool.addr, port)
+            {
                 p.best_until = until;
                 p.best_addr = p.pool.addr;
                 p.best_port = port_host;
@@ -96,7 +112,11 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
         }
         stale = true;
     }
-    match claim_pair(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now) {
+    let claim = match claim_candidate(p, port) {
+        Some(claim) => claim,
+        None => return false,
+    };
+    match claim {
         Claim::Won(s) => {
             if stale {
                 let _ = NAT_COOLDOWN.remove(rev_key);
@@ -120,6 +140,32 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
     }
 }
 
+/// Claims a free candidate as the probe's mode asks; `None` when the
+/// mapping rules refuse it.
+#[inline(always)]
+fn claim_candidate(p: &mut Probe, port: u16) -> Option<Claim> {
+    if p.mode as i64 == PROBE_NEW_MAPPING {
+        let r = mapping::claim_new(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now);
+        return Some(decode(r, p.pool.addr, port));
+    }
+    if mapping_refuses(&p.fwd, p.pool.addr, port) {
+        return None;
+    }
+    Some(claim_pair(
+        &p.fwd,
+        p.pool.addr,
+        port,
+        p.tcp_flags as u8,
+        p.now,
+    ))
+}
+
+/// Whether another endpoint's mapping owns the candidate.
+#[inline(always)]
+fn mapping_refuses(fwd: &FlowKey, ext_addr: u32, port: u16) -> bool {
+    mapping::owned_by_other(fwd, ext_addr, port)
+}
+
 extern "C" fn probe_step(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer to the caller's `Probe`.
     let p = unsafe { &mut *(ctx as *mut Probe) };
@@ -141,6 +187,19 @@ enum Claim {
 #[inline(always)]
 fn claim_pair(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> Claim {
     let r = nat_claim_pair(fwd, ext_addr as u64, port as u64, tcp_flags as u64, now);
+    decode(r, ext_addr, port)
+}
+
+/// [`claim_pair`] for a session that holds a reference on its endpoint's
+/// mapping: its forward entry is marked so. Returns the raw claim code.
+#[inline(always)]
+pub fn claim_pair_marked(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> i64 {
+    let flags = tcp_flags as u64 | ((SESSION_MAPPED as u64) << 8);
+    nat_claim_pair(fwd, ext_addr as u64, port as u64, flags, now)
+}
+
+#[inline(always)]
+fn decode(r: i64, ext_addr: u32, port: u16) -> Claim {
     if r < 0 {
         Claim::Failed(r as i32)
     } else if r == CLAIM_WON {
@@ -158,14 +217,15 @@ fn claim_pair(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) 
     }
 }
 
-const CLAIM_WON: i64 = 1;
-const CLAIM_TAKEN: i64 = 2;
+pub const CLAIM_WON: i64 = 1;
+pub const CLAIM_TAKEN: i64 = 2;
 /// In bits 48 and up, above the winner's address (16..48) and port (0..16).
-const CLAIM_LOST: i64 = 3;
+pub const CLAIM_LOST: i64 = 3;
 
 /// [`claim_pair`] as a global BPF function, which the verifier checks once
 /// on its own rather than once for every state of the probe walk that
 /// reaches it. Returns a `CLAIM_*` code, or the failed insert's error.
+/// `tcp_flags` carries the forward entry's mapping mark in bits 8..16.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_claim_pair(
@@ -192,7 +252,7 @@ extern "C" fn nat_claim_pair(
     *entry = Session {
         addr: fwd.saddr,
         port: fwd.sport,
-        _pad: 0,
+        mapping: 0,
         seen: 0,
         acked: 0,
         window: 0,
@@ -208,6 +268,7 @@ extern "C" fn nat_claim_pair(
     }
     entry.addr = ext_addr;
     entry.port = port;
+    entry.mapping = (tcp_flags >> 8) as u16;
     // Generation 0: the mapping's first connection.
     entry.seen = seen_bits(tcp_flags as u8) as u64;
     let err = match NAT_FWD.insert(fwd, *entry, BPF_NOEXIST as u64) {
@@ -284,6 +345,10 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
     if pool_len == 0 || pool_len > MAX_POOL {
         return Err(DropReason::AllocFail);
     }
+    let mode = match join_mapping(fwd, tcp_flags, now)? {
+        Ok(s) => return Ok(s),
+        Err(mode) => mode,
+    };
     let seed = hash_seed();
     let own = pool_index(fwd.saddr, seed, pool_len);
     let mut p = Probe {
@@ -298,6 +363,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         session: Endpoint::default(),
         best_port: 0,
         best_addr: 0,
+        mode,
         best_until: u64::MAX,
     };
     if let Some(s) = probe_address(&mut p, own, MAX_PROBES, true)? {
@@ -335,4 +401,23 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         Claim::Taken => Err(DropReason::AllocFail),
         Claim::Failed(err) => Err(insert_failure(err)),
     }
+}
+
+/// The flow's session on its endpoint's endpoint-independent mapping, or
+/// the probe mode ([`mapping::join`]).
+#[inline(always)]
+fn join_mapping(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Result<Endpoint, u32>, DropReason> {
+    let r = mapping::join(fwd, tcp_flags, now);
+    if r < 0 {
+        return Err(insert_failure(r as i32));
+    }
+    if r >> 48 == 0 {
+        // Below 2^48 and from a global function: 0 or 1, unknown to the
+        // verifier, which keeps one state for both modes.
+        return Ok(Err((r & 1) as u32));
+    }
+    Ok(Ok(Endpoint {
+        addr: (r >> 16) as u32,
+        port: r as u16,
+    }))
 }
