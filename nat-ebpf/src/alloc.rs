@@ -11,10 +11,10 @@
 //! Probing runs under bpf_loop so the verifier checks one iteration, not 256.
 //!
 //! With an endpoint-independent mapping mode (`mapping-udp`, `mapping-tcp`)
-//! a flow first tries its endpoint's mapping ([`join_mapping`]); without
+//! a flow first tries its endpoint's mapping ([`crate::mapping::join`]); without
 //! one, the probe claims a new mapping with each candidate
-//! ([`crate::mapping::claim_new`]). In every mode a candidate another
-//! endpoint's mapping owns is skipped ([`mapping_refuses`]). The cooldown
+//! ([`crate::mapping::claim`]). In every mode a candidate another
+//! endpoint's mapping owns is skipped. The cooldown
 //! check comes first in every case: a cooling key is never handed out.
 
 use core::ffi::c_void;
@@ -24,13 +24,12 @@ use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
     flow::{FlowKey, HopCache, Session},
-    mapping::SESSION_MAPPED,
     probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, walk},
     tcp_state::seen_bits,
 };
 
 use crate::{
-    mapping::{self, PROBE_NEW_MAPPING},
+    mapping,
     maps::{
         NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, NAT_SCRATCH, count,
         hash_seed,
@@ -80,7 +79,7 @@ struct Probe {
     /// The probed candidate, not live, whose cooldown ends soonest (0: none).
     best_port: u16,
     best_addr: u32,
-    /// What a free candidate is claimed as: [`PROBE_NEW_MAPPING`], a
+    /// What a free candidate is claimed as: [`mapping::PROBE_NEW_MAPPING`], a
     /// session and a new endpoint-independent mapping with it, or else a
     /// session for this destination alone.
     mode: u32,
@@ -100,10 +99,7 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
         if until > p.now {
             count(Counter::CooldownSkip);
             // SAFETY: read-only lookup.
-            if until < p.best_until
-                && unsafe { NAT_REV.get(rev_key) }.is_none()
-                && !mapping::owned_by_other(&p.fwd, p.pool.addr, port)
-            {
+            if until < p.best_until && unsafe { NAT_REV.get(rev_key) }.is_none() {
                 p.best_until = until;
                 p.best_addr = p.pool.addr;
                 p.best_port = port_host;
@@ -112,11 +108,7 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
         }
         stale = true;
     }
-    let claim = match claim_candidate(p, port) {
-        Some(claim) => claim,
-        None => return false,
-    };
-    match claim {
+    match claim_candidate(p, port) {
         Claim::Won(s) => {
             if stale {
                 let _ = NAT_COOLDOWN.remove(rev_key);
@@ -140,30 +132,12 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
     }
 }
 
-/// Claims a free candidate as the probe's mode asks; `None` when the
-/// mapping rules refuse it.
+/// Claims a free candidate as the probe's mode asks: one global function
+/// call in either mode, so the probe has no branch on it.
 #[inline(always)]
-fn claim_candidate(p: &mut Probe, port: u16) -> Option<Claim> {
-    if p.mode as i64 == PROBE_NEW_MAPPING {
-        let r = mapping::claim_new(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now);
-        return Some(decode(r, p.pool.addr, port));
-    }
-    if mapping_refuses(&p.fwd, p.pool.addr, port) {
-        return None;
-    }
-    Some(claim_pair(
-        &p.fwd,
-        p.pool.addr,
-        port,
-        p.tcp_flags as u8,
-        p.now,
-    ))
-}
-
-/// Whether another endpoint's mapping owns the candidate.
-#[inline(always)]
-fn mapping_refuses(fwd: &FlowKey, ext_addr: u32, port: u16) -> bool {
-    mapping::owned_by_other(fwd, ext_addr, port)
+fn claim_candidate(p: &mut Probe, port: u16) -> Claim {
+    let r = mapping::claim(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.mode, p.now);
+    decode(r, p.pool.addr, port)
 }
 
 extern "C" fn probe_step(i: u64, ctx: *mut c_void) -> i64 {
@@ -188,14 +162,6 @@ enum Claim {
 fn claim_pair(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> Claim {
     let r = nat_claim_pair(fwd, ext_addr as u64, port as u64, tcp_flags as u64, now);
     decode(r, ext_addr, port)
-}
-
-/// [`claim_pair`] for a session that holds a reference on its endpoint's
-/// mapping: its forward entry is marked so. Returns the raw claim code.
-#[inline(always)]
-pub fn claim_pair_marked(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> i64 {
-    let flags = tcp_flags as u64 | ((SESSION_MAPPED as u64) << 8);
-    nat_claim_pair(fwd, ext_addr as u64, port as u64, flags, now)
 }
 
 #[inline(always)]
@@ -228,7 +194,7 @@ pub const CLAIM_LOST: i64 = 3;
 /// `tcp_flags` carries the forward entry's mapping mark in bits 8..16.
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn nat_claim_pair(
+pub extern "C" fn nat_claim_pair(
     fwd: *const FlowKey,
     ext_addr: u64,
     port: u64,
@@ -244,6 +210,8 @@ extern "C" fn nat_claim_pair(
     let rev_key = fwd.translated(ext_addr, port);
     // One entry, filled for each direction in turn, in a per-CPU scratch
     // slot: the stacks of nat_egress and the probe callback have no room.
+    // It is inserted from there, by reference, so no copy of it lands on
+    // this function's stack either (the mapping functions call this one).
     let Some(entry) = NAT_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -259,7 +227,7 @@ extern "C" fn nat_claim_pair(
         last_seen: now,
         hop: HopCache::default(),
     };
-    if let Err(err) = NAT_REV.insert(rev_key, *entry, BPF_NOEXIST as u64) {
+    if let Err(err) = NAT_REV.insert(rev_key, &*entry, BPF_NOEXIST as u64) {
         return if err == -EEXIST {
             CLAIM_TAKEN
         } else {
@@ -271,7 +239,7 @@ extern "C" fn nat_claim_pair(
     entry.mapping = (tcp_flags >> 8) as u16;
     // Generation 0: the mapping's first connection.
     entry.seen = seen_bits(tcp_flags as u8) as u64;
-    let err = match NAT_FWD.insert(fwd, *entry, BPF_NOEXIST as u64) {
+    let err = match NAT_FWD.insert(fwd, &*entry, BPF_NOEXIST as u64) {
         Ok(()) => return CLAIM_WON,
         Err(err) => err,
     };
@@ -345,10 +313,19 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
     if pool_len == 0 || pool_len > MAX_POOL {
         return Err(DropReason::AllocFail);
     }
-    let mode = match join_mapping(fwd, tcp_flags, now)? {
-        Ok(s) => return Ok(s),
-        Err(mode) => mode,
-    };
+    let j = mapping::join(fwd, tcp_flags, now);
+    if j < 0 {
+        return Err(insert_failure(j as i32));
+    }
+    if j >> 48 != 0 {
+        return Ok(Endpoint {
+            addr: (j >> 16) as u32,
+            port: j as u16,
+        });
+    }
+    // Below 2^48 and from a global function: 0 or 1, unknown to the
+    // verifier, which so keeps one state for both modes.
+    let mode = (j & 1) as u32;
     let seed = hash_seed();
     let own = pool_index(fwd.saddr, seed, pool_len);
     let mut p = Probe {
@@ -386,6 +363,11 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         return Err(DropReason::StrictCooling);
     }
     let port = p.best_port.to_be();
+    // Never another endpoint's mapping's port (checked here, once, rather
+    // than for every cooling candidate in the probe).
+    if mapping::owned_by_other(fwd, p.best_addr, port) {
+        return Err(DropReason::AllocFail);
+    }
     match claim_pair(fwd, p.best_addr, port, tcp_flags, now) {
         Claim::Won(s) => {
             let _ = NAT_COOLDOWN.remove(fwd.translated(p.best_addr, port));
@@ -401,23 +383,4 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         Claim::Taken => Err(DropReason::AllocFail),
         Claim::Failed(err) => Err(insert_failure(err)),
     }
-}
-
-/// The flow's session on its endpoint's endpoint-independent mapping, or
-/// the probe mode ([`mapping::join`]).
-#[inline(always)]
-fn join_mapping(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Result<Endpoint, u32>, DropReason> {
-    let r = mapping::join(fwd, tcp_flags, now);
-    if r < 0 {
-        return Err(insert_failure(r as i32));
-    }
-    if r >> 48 == 0 {
-        // Below 2^48 and from a global function: 0 or 1, unknown to the
-        // verifier, which keeps one state for both modes.
-        return Ok(Err((r & 1) as u32));
-    }
-    Ok(Ok(Endpoint {
-        addr: (r >> 16) as u32,
-        port: r as u16,
-    }))
 }

@@ -41,7 +41,7 @@ use nat_common::{
 };
 
 use crate::{
-    alloc::{CLAIM_LOST, CLAIM_TAKEN, CLAIM_WON, claim_pair_marked},
+    alloc::{CLAIM_LOST, CLAIM_TAKEN, CLAIM_WON, nat_claim_pair},
     maps::{
         NAT_CONFIG, NAT_COOLDOWN, NAT_EIM, NAT_EIM_OWNER, NAT_EIM_PEERS, NAT_FWD, NAT_REV, count,
     },
@@ -55,7 +55,6 @@ use crate::{
 /// the mapping alive with no session, so it gets far more than it can need.
 const RELEASE_ATTEMPTS: u32 = 64;
 
-const EEXIST: i32 = 17;
 
 /// Whether new flows of `proto` get endpoint-independent mappings.
 #[inline(always)]
@@ -86,21 +85,7 @@ pub fn owner(proto: u8, ext_addr: u32, ext_port: u16) -> Option<Endpoint> {
 /// not hand it out.
 #[inline(always)]
 pub fn owned_by_other(fwd: &FlowKey, ext_addr: u32, port: u16) -> bool {
-    nat_mapping_owned_by_other(fwd, ext_addr as u64, port as u64) != 0
-}
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-extern "C" fn nat_mapping_owned_by_other(fwd: *const FlowKey, ext_addr: u64, port: u64) -> i32 {
-    if fwd.is_null() {
-        return 1;
-    }
-    // SAFETY: checked for null; the caller passes its stack key.
-    let fwd = unsafe { *fwd };
-    match owner(fwd.proto, ext_addr as u32, port as u16) {
-        Some(o) if o.addr != fwd.saddr || o.port != fwd.sport => 1,
-        _ => 0,
-    }
+    owner(fwd.proto, ext_addr, port).is_some_and(|o| o.addr != fwd.saddr || o.port != fwd.sport)
 }
 
 /// Takes a reference on a live mapping; false if it is dying.
@@ -176,13 +161,14 @@ fn note_peer(proto: u8, ext_addr: u32, ext_port: u16, remote: u32, born: u64) {
     }
 }
 
-/// A new flow's first step: the raw answer of [`nat_mapping_join`]. A
-/// value below 2^48 is the probe mode for the allocator ([`PROBE_PORT`] or
-/// [`PROBE_NEW_MAPPING`]); one above carries the claim code of a session on
-/// the endpoint's mapping (bits 48 and up: [`CLAIM_WON`] or [`CLAIM_LOST`])
-/// with its external address (16..48) and port (0..16); a negative one is a
-/// failed insert's error. The mode reaches the allocator as a number the
-/// verifier does not know, so both modes share its states in nat_egress.
+/// A new flow's first step, under an endpoint-independent mode: its session
+/// on its endpoint's live mapping, or the probe mode for the allocator. A
+/// value below 2^48 is the mode ([`PROBE_PORT`] or [`PROBE_NEW_MAPPING`]);
+/// one above is the session's claim code (bits 48 and up: `CLAIM_WON` or
+/// `CLAIM_LOST`) with its external address (16..48) and port (0..16); a
+/// negative one a failed insert's error. The mode reaches the allocator as
+/// a number the verifier does not know, so both modes share its states in
+/// nat_egress.
 #[inline(always)]
 pub fn join(fwd: &FlowKey, tcp_flags: u8, now: u64) -> i64 {
     nat_mapping_join(fwd, tcp_flags as u64, now)
@@ -192,6 +178,19 @@ pub fn join(fwd: &FlowKey, tcp_flags: u8, now: u64) -> i64 {
 pub const PROBE_PORT: i64 = 0;
 /// Probe for a new mapping.
 pub const PROBE_NEW_MAPPING: i64 = 1;
+
+/// Claims a free candidate of the allocator's probe in `mode`: for a port of
+/// its own, unless another endpoint's mapping owns it; for a new mapping,
+/// after reserving the owner entry, then the mapping entry, which holds the
+/// session's reference. Returns what `claim_pair` returns; `CLAIM_TAKEN`
+/// also when the mapping rules refuse the candidate, or when the endpoint
+/// got a mapping on another CPU meanwhile (which costs this one packet its
+/// port rather than more code in the probe; the next packet joins it).
+#[inline(always)]
+pub fn claim(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, mode: u32, now: u64) -> i64 {
+    let flags_mode = tcp_flags as u64 | ((mode as u64) << 8);
+    nat_mapping_claim(fwd, ext_addr as u64, port as u64, flags_mode, now)
+}
 
 /// Whether `rev_key` is cooling at `now` (cooldowns on): `Some(true)`
 /// cooling, `Some(false)` an ended cooldown is there, `None` none.
@@ -205,55 +204,87 @@ fn cooling(cfg: &Config, rev_key: &FlowKey, now: u64) -> Option<bool> {
     Some(unsafe { read_volatile(until) } > now)
 }
 
-/// See [`join`]. Counts what it decided: `eim_conflict` when the
-/// mapping's key toward this destination is cooling or taken, and the
-/// session it opened on the mapping.
+/// See [`join`]. A dispatcher with a small frame of its own: the lookups
+/// and the claim are calls side by side, so their frames never stack up on
+/// top of nat_egress's (512 bytes for the whole chain).
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_mapping_join(fwd: *const FlowKey, tcp_flags: u64, now: u64) -> i64 {
+    let j = nat_mapping_find(fwd, now);
+    if j >> 48 == 0 {
+        return j;
+    }
+    let flags = tcp_flags | ((SESSION_MAPPED as u64) << 8);
+    let r = nat_claim_pair(fwd, (j >> 16) as u32 as u64, j as u16 as u64, flags, now);
+    nat_mapping_joined(fwd, j, r)
+}
+
+/// [`join`]'s lookup: the probe mode, or the mapping a reference was taken
+/// on (bits 48 and up: `JOINED`, or `JOINED_STALE` when an ended cooldown of
+/// its key toward the destination is left to remove) with its external
+/// address and port. Counts `eim_conflict` when that key is cooling.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_mapping_find(fwd: *const FlowKey, now: u64) -> i64 {
     if fwd.is_null() {
         return PROBE_PORT;
     }
-    // SAFETY: checked for null; the caller passes its stack key.
-    let fwd = unsafe { *fwd };
+    // SAFETY: checked for null; the caller's stack key, read in place.
+    let key = unsafe { &*fwd };
     let Some(cfg) = NAT_CONFIG.get(0) else {
         return PROBE_PORT;
     };
-    if !independent(cfg, fwd.proto) {
+    if !independent(cfg, key.proto) {
         return PROBE_PORT;
     }
-    let Some(m) = NAT_EIM.get_ptr_mut(EndpointKey::new(fwd.proto, fwd.saddr, fwd.sport)) else {
+    let Some(m) = NAT_EIM.get_ptr_mut(EndpointKey::new(key.proto, key.saddr, key.sport)) else {
         return PROBE_NEW_MAPPING;
     };
     // SAFETY: live map value pointer; a mapping's endpoint never changes.
-    let (ext_addr, ext_port, born) = unsafe { ((*m).addr, (*m).port, (*m).born) };
-    let rev_key = fwd.translated(ext_addr, ext_port);
-    let stale = match cooling(cfg, &rev_key, now) {
+    let (ext_addr, ext_port) = unsafe { ((*m).addr, (*m).port) };
+    let code = match cooling(cfg, &key.translated(ext_addr, ext_port), now) {
         Some(true) => {
+            // The TIME_WAIT rule wins: a port of its own.
             count(Counter::CooldownSkip);
             count(Counter::EimConflict);
             return PROBE_PORT;
         }
-        Some(false) => true,
-        None => false,
+        Some(false) => JOINED_STALE,
+        None => JOINED,
     };
     if !acquire(m) {
-        // Dying: its entries are about to go, so no new one can be made
-        // either until they have.
+        // Dying: its entries are about to go, and no new mapping can be
+        // made until they have.
         return PROBE_PORT;
     }
-    let r = claim_pair_marked(&fwd, ext_addr, ext_port, tcp_flags as u8, now);
-    let endpoint = ((ext_addr as i64) << 16) | ext_port as i64;
-    if r == CLAIM_WON {
-        if stale {
-            let _ = NAT_COOLDOWN.remove(rev_key);
-        }
-        note_peer(fwd.proto, ext_addr, ext_port, fwd.daddr, born);
-        count(Counter::Opened);
-        return (CLAIM_WON << 48) | endpoint;
+    (code << 48) | ((ext_addr as i64) << 16) | ext_port as i64
+}
+
+const JOINED: i64 = 1;
+const JOINED_STALE: i64 = 2;
+
+/// [`join`] after the claim of the session pair returned `r`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_mapping_joined(fwd: *const FlowKey, j: i64, r: i64) -> i64 {
+    if fwd.is_null() {
+        return PROBE_PORT;
     }
-    release(fwd.proto, fwd.saddr, fwd.sport);
+    // SAFETY: checked for null; the caller's stack key, read in place.
+    let key = unsafe { &*fwd };
+    let (ext_addr, ext_port) = ((j >> 16) as u32, j as u16);
+    if r == CLAIM_WON {
+        if j >> 48 == JOINED_STALE {
+            let _ = NAT_COOLDOWN.remove(key.translated(ext_addr, ext_port));
+        }
+        note_mapped_peer(key, ext_addr, ext_port);
+        count(Counter::Opened);
+        return (CLAIM_WON << 48) | ((ext_addr as i64) << 16) | ext_port as i64;
+    }
+    release(key.proto, key.saddr, key.sport);
     if r == CLAIM_TAKEN {
+        // Another endpoint's session holds the key toward this
+        // destination (only after a change of mode).
         count(Counter::EimConflict);
         return PROBE_PORT;
     }
@@ -263,45 +294,69 @@ extern "C" fn nat_mapping_join(fwd: *const FlowKey, tcp_flags: u64, now: u64) ->
     r
 }
 
-
-/// Claims (`ext_addr`, `port`) for `fwd`'s session and a new mapping of its
-/// source on it: the owner entry reserves the port, the mapping entry
-/// (holding the session's reference) follows, then the session pair. Returns
-/// a `CLAIM_*` code (the lost one with the winner's endpoint, as
-/// `claim_pair` does) or a failed insert's error: -EEXIST when the endpoint
-/// got a mapping on another CPU meanwhile, which drops this one packet (the
-/// next one joins that mapping) rather than walk every candidate again.
+/// [`note_peer`] for a session just won on `fwd`'s source's mapping (its
+/// reference keeps the mapping there).
 #[inline(always)]
-pub fn claim_new(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> i64 {
-    nat_mapping_claim_new(fwd, ext_addr as u64, port as u64, tcp_flags as u64, now)
+fn note_mapped_peer(fwd: &FlowKey, ext_addr: u32, ext_port: u16) {
+    // SAFETY: read-only copy of a map value.
+    if let Some(m) = unsafe { NAT_EIM.get(EndpointKey::new(fwd.proto, fwd.saddr, fwd.sport)) } {
+        note_peer(fwd.proto, ext_addr, ext_port, fwd.daddr, m.born);
+    }
 }
 
+/// See [`claim`]; a dispatcher like [`nat_mapping_join`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn nat_mapping_claim_new(
+extern "C" fn nat_mapping_claim(
     fwd: *const FlowKey,
     ext_addr: u64,
     port: u64,
-    tcp_flags: u64,
+    flags_mode: u64,
     now: u64,
 ) -> i64 {
-    if fwd.is_null() {
+    let mode = flags_mode >> 8;
+    if nat_mapping_reserve(fwd, ext_addr, port, mode, now) != 0 {
         return CLAIM_TAKEN;
     }
-    // SAFETY: checked for null; the caller passes its stack key.
-    let fwd = unsafe { *fwd };
+    // A new mapping's session holds its first reference.
+    let flags = (flags_mode & 0xff) | ((mode & SESSION_MAPPED as u64) << 8);
+    let r = nat_claim_pair(fwd, ext_addr, port, flags, now);
+    nat_mapping_claimed(fwd, mode, r);
+    r
+}
+
+/// Before a candidate's claim: 0 when the mapping rules allow it. For a
+/// port of its own, no other endpoint's mapping may own it; for a new
+/// mapping, the owner entry is reserved, then the mapping entry inserted
+/// with the session's reference.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_mapping_reserve(
+    fwd: *const FlowKey,
+    ext_addr: u64,
+    port: u64,
+    mode: u64,
+    now: u64,
+) -> i32 {
+    if fwd.is_null() {
+        return 1;
+    }
+    // SAFETY: checked for null; the caller's stack key, read in place.
+    let key = unsafe { &*fwd };
     let (ext_addr, port) = (ext_addr as u32, port as u16);
-    let ext = EndpointKey::new(fwd.proto, ext_addr, port);
+    if mode as i64 != PROBE_NEW_MAPPING {
+        return owned_by_other(key, ext_addr, port) as i32;
+    }
+    let ext = EndpointKey::new(key.proto, ext_addr, port);
     let owner = Owner {
-        addr: fwd.saddr,
-        port: fwd.sport,
+        addr: key.saddr,
+        port: key.sport,
         _pad: 0,
         born: now,
     };
     if NAT_EIM_OWNER.insert(ext, owner, BPF_NOEXIST as u64).is_err() {
-        return CLAIM_TAKEN;
+        return 1;
     }
-    let internal = EndpointKey::new(fwd.proto, fwd.saddr, fwd.sport);
     let mapping = Mapping {
         addr: ext_addr,
         port,
@@ -309,19 +364,37 @@ extern "C" fn nat_mapping_claim_new(
         refs: 1,
         born: now,
     };
+    let internal = EndpointKey::new(key.proto, key.saddr, key.sport);
     if NAT_EIM.insert(internal, mapping, BPF_NOEXIST as u64).is_err() {
         // Ours: nothing else removes an owner entry without its mapping.
         let _ = NAT_EIM_OWNER.remove(ext);
-        return -(EEXIST as i64);
+        return 1;
     }
-    let r = claim_pair_marked(&fwd, ext_addr, port, tcp_flags as u8, now);
+    0
+}
+
+/// After a new mapping's claim returned `r`: a won session records its
+/// first destination for the filter; otherwise the reference is released
+/// (another CPU may have joined meanwhile: release, never delete).
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_mapping_claimed(fwd: *const FlowKey, mode: u64, r: i64) -> i32 {
+    if fwd.is_null() || mode as i64 != PROBE_NEW_MAPPING {
+        return 0;
+    }
+    // SAFETY: checked for null; the caller's stack key, read in place.
+    let key = unsafe { &*fwd };
     if r == CLAIM_WON {
-        note_peer(fwd.proto, ext_addr, port, fwd.daddr, now);
+        // SAFETY: read-only copy of a map value; its reference keeps it.
+        let ext = unsafe { NAT_EIM.get(EndpointKey::new(key.proto, key.saddr, key.sport)) }
+            .map(|m| (m.addr, m.port));
+        if let Some((addr, port)) = ext {
+            note_mapped_peer(key, addr, port);
+        }
     } else {
-        // Another CPU may have joined meanwhile: release, never delete.
-        release(fwd.proto, fwd.saddr, fwd.sport);
+        release(key.proto, key.saddr, key.sport);
     }
-    r
+    0
 }
 
 /// What a packet from outside that matches no session meets.
@@ -403,7 +476,8 @@ extern "C" fn nat_mapping_admit(rev_key: *const FlowKey, now: u64) -> i64 {
         return ADMIT_FILTERED;
     }
     let fwd = FlowKey::new(key.proto, int_addr, int_port, key.daddr, key.dport);
-    let r = claim_pair_marked(&fwd, ext_addr, ext_port, 0, now);
+    let flags = (SESSION_MAPPED as u64) << 8;
+    let r = nat_claim_pair(&fwd, ext_addr as u64, ext_port as u64, flags, now);
     if r == CLAIM_WON {
         if stale {
             let _ = NAT_COOLDOWN.remove(key);
