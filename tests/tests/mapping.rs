@@ -387,17 +387,25 @@ fn stun_behaviour_discovery_reports_the_settings() {
     let report = stun_client(&topo, 42000);
     assert!(
         report.contains("Independent Mapping") && report.contains("Address Dependent Filter"),
-        "{report}"
+        "{report}\n{}\n{:#?}",
+        stats(&topo),
+        sessions(&topo)
     );
+    // Each run takes a fresh pair of client ports (the client sends from
+    // PORT and PORT + 1): a live mapping outlives a change of setting.
     set(&topo, "filtering-udp", "endpoint-independent");
-    let report = stun_client(&topo, 42001);
+    let report = stun_client(&topo, 42010);
     assert!(
         report.contains("Independent Mapping") && report.contains("Independent Filter"),
         "{report}"
     );
     set(&topo, "mapping-udp", "address-port-dependent");
-    let report = stun_client(&topo, 42002);
-    assert!(report.contains("Dependent Mapping"), "{report}");
+    let report = stun_client(&topo, 42020);
+    assert!(
+        report.contains("Dependent Mapping"),
+        "{report}\n{:#?}",
+        sessions(&topo)
+    );
     drop(nat);
 }
 
