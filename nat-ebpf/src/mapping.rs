@@ -55,7 +55,6 @@ use crate::{
 /// the mapping alive with no session, so it gets far more than it can need.
 const RELEASE_ATTEMPTS: u32 = 64;
 
-
 /// Whether new flows of `proto` get endpoint-independent mappings.
 #[inline(always)]
 pub fn independent(cfg: &Config, proto: u8) -> bool {
@@ -354,7 +353,10 @@ extern "C" fn nat_mapping_reserve(
         _pad: 0,
         born: now,
     };
-    if NAT_EIM_OWNER.insert(ext, owner, BPF_NOEXIST as u64).is_err() {
+    if NAT_EIM_OWNER
+        .insert(ext, owner, BPF_NOEXIST as u64)
+        .is_err()
+    {
         return 1;
     }
     let mapping = Mapping {
@@ -365,7 +367,10 @@ extern "C" fn nat_mapping_reserve(
         born: now,
     };
     let internal = EndpointKey::new(key.proto, key.saddr, key.sport);
-    if NAT_EIM.insert(internal, mapping, BPF_NOEXIST as u64).is_err() {
+    if NAT_EIM
+        .insert(internal, mapping, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // Ours: nothing else removes an owner entry without its mapping.
         let _ = NAT_EIM_OWNER.remove(ext);
         return 1;

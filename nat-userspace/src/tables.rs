@@ -155,6 +155,9 @@ impl Tables {
     /// Deletes a session: the forward entry first, so egress can no longer
     /// pick the pair up, then the reverse entry, which holds the external
     /// port claimed until that moment. Both are tried; the first error is returned.
+    /// For the benchmarks' sessions, which are on no endpoint-independent
+    /// mapping: the reference a marked forward entry holds is released only
+    /// by the datapath's own delete (`nat-ebpf` `mapping::remove_forward`).
     pub fn release_session(&mut self, key: &FlowKey, rev_key: &FlowKey) -> Result<(), MapError> {
         let fwd = self.fwd.remove(key);
         let rev = self.rev.remove(rev_key);

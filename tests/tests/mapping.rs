@@ -73,7 +73,8 @@ fn receive(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddrV4)> {
 fn seen_from(from: &UdpSocket, to: &UdpSocket, payload: &[u8]) -> SocketAddrV4 {
     let dst = to.local_addr().expect("local address");
     from.send_to(payload, dst).expect("send");
-    let (got, peer) = receive(to).unwrap_or_else(|| panic!("{dst} got nothing within {DELIVERY:?}"));
+    let (got, peer) =
+        receive(to).unwrap_or_else(|| panic!("{dst} got nothing within {DELIVERY:?}"));
     assert_eq!(got, payload);
     peer
 }
@@ -124,8 +125,8 @@ fn udp_endpoint_independent_by_default_and_port_dependent_on_request() {
     let list = sessions_of(&topo, client_at);
     assert_eq!(list.len(), 4, "{list:#?}");
     assert!(
-        list.iter()
-            .all(|s| s["mapping"] == "endpoint-independent" && s["external"] == external.to_string().as_str()),
+        list.iter().all(|s| s["mapping"] == "endpoint-independent"
+            && s["external"] == external.to_string().as_str()),
         "{list:#?}"
     );
     // The replies come back through the one mapping.
@@ -133,10 +134,15 @@ fn udp_endpoint_independent_by_default_and_port_dependent_on_request() {
         s.send_to(b"back", seen[0]).expect("reply");
         let (got, from) = receive(&client).expect("reply through the mapping");
         assert_eq!(got, b"back");
-        assert_eq!(from, s.local_addr().map(|a| match a {
-            SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        }).unwrap());
+        assert_eq!(
+            from,
+            s.local_addr()
+                .map(|a| match a {
+                    SocketAddr::V4(a) => a,
+                    _ => unreachable!(),
+                })
+                .unwrap()
+        );
     }
 
     // Live: new flows follow the new value, the existing mapping stays.
@@ -149,7 +155,8 @@ fn udp_endpoint_independent_by_default_and_port_dependent_on_request() {
     let list = sessions_of(&topo, other_at);
     assert_eq!(list.len(), 4, "{list:#?}");
     assert!(
-        list.iter().all(|s| s["mapping"] == "address-port-dependent"),
+        list.iter()
+            .all(|s| s["mapping"] == "address-port-dependent"),
         "{list:#?}"
     );
     assert_eq!(counter(&stats(&topo), "eim_conflict"), 0);
@@ -163,7 +170,12 @@ fn one_port_serves_two_hosts_only_without_endpoint_independence() {
     let topo = topology("map-share");
     let nat = NatProcess::start(
         &topo,
-        &["--ports", "20000-20000", "--mapping-udp", "address-port-dependent"],
+        &[
+            "--ports",
+            "20000-20000",
+            "--mapping-udp",
+            "address-port-dependent",
+        ],
     );
     let server_ns = topo.ns_name(Side::Server);
     let s1 = udp_socket(server_ns, v4(SERVER_IP, 7001));
@@ -186,7 +198,11 @@ fn one_port_serves_two_hosts_only_without_endpoint_independence() {
     let b = udp_socket(client_ns, v4(CLIENT_IP2, 40000));
     assert_eq!(seen_from(&a, &s1, b"a"), port);
     b.send_to(b"b", v4(SERVER_IP2, 7001)).expect("send");
-    assert_eq!(receive(&s2), None, "the mapping's port went to another host");
+    assert_eq!(
+        receive(&s2),
+        None,
+        "the mapping's port went to another host"
+    );
     assert_eq!(counter(&stats(&topo), "drop_alloc_failed"), 1);
     // Once the owner's mapping is the only thing toward that server, the
     // owner still reaches it on the same port.
@@ -295,7 +311,8 @@ fn tcp_address_port_dependent_by_default() {
     let list = sessions_of(&topo, src);
     assert_eq!(list.len(), 2, "{list:#?}");
     assert!(
-        list.iter().all(|s| s["mapping"] == "address-port-dependent"),
+        list.iter()
+            .all(|s| s["mapping"] == "address-port-dependent"),
         "{list:#?}"
     );
     complete(a, Close::ClientFirst);
@@ -337,13 +354,17 @@ fn tcp_endpoint_independent_yields_to_time_wait() {
     let mut closing_stream = closing;
     assert_eq!(announce(&mut closing_stream, Close::ServerFirst), external);
     complete(closing_stream, Close::ServerFirst);
-    let cooling = wait_for("the closed session to be reaped", Duration::from_secs(5), || {
-        let gone = sessions_of(&topo, src)
-            .iter()
-            .all(|s| s["remote"] != v4(SERVER_IP, 80).to_string().as_str());
-        let list = closing::cooldowns(&topo);
-        (gone && closing::left_ms(&list, "tcp", external, 80).is_some()).then_some(list)
-    });
+    let cooling = wait_for(
+        "the closed session to be reaped",
+        Duration::from_secs(5),
+        || {
+            let gone = sessions_of(&topo, src)
+                .iter()
+                .all(|s| s["remote"] != v4(SERVER_IP, 80).to_string().as_str());
+            let list = closing::cooldowns(&topo);
+            (gone && closing::left_ms(&list, "tcp", external, 80).is_some()).then_some(list)
+        },
+    );
     assert!(!cooling.is_empty());
     let list = sessions_of(&topo, src);
     assert!(
@@ -354,7 +375,10 @@ fn tcp_endpoint_independent_yields_to_time_wait() {
     let before = Instant::now();
     let mut again = connect_from(&topo, src, v4(SERVER_IP, 80));
     let second = assert_translated(SocketAddr::V4(announce(&mut again, Close::ClientFirst)));
-    assert!(before.elapsed() < Duration::from_secs(1), "the SYN was dropped");
+    assert!(
+        before.elapsed() < Duration::from_secs(1),
+        "the SYN was dropped"
+    );
     assert_ne!(
         second, external,
         "a cooling key ({external} -> {SERVER_IP}:80) was handed out"
@@ -444,8 +468,8 @@ fn stun_client(topo: &Topology, port: u16) -> String {
         .args(["-i", &CLIENT_IP.to_string(), "-p", &port.to_string()])
         .output()
         .expect("stun (Debian package stun-client) runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     text.lines()
         .find(|l| l.starts_with("Primary:"))
         .unwrap_or_else(|| panic!("no verdict from stun: {text}"))
