@@ -194,6 +194,9 @@ pub const CLAIM_LOST: i64 = 3;
 /// `tcp_flags` carries the forward entry's mapping mark in bits 8..16.
 #[unsafe(no_mangle)]
 #[inline(never)]
+// The entry is inserted by reference on purpose: by value it would be
+// copied onto this function's stack first.
+#[allow(clippy::needless_borrows_for_generic_args)]
 pub extern "C" fn nat_claim_pair(
     fwd: *const FlowKey,
     ext_addr: u64,
