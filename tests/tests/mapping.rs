@@ -35,7 +35,11 @@ const DELIVERY: Duration = Duration::from_millis(600);
 
 /// A topology whose server namespace also has [`SERVER_IP2`] and [`SERVER_IP3`].
 fn topology(tag: &str) -> Topology {
-    let topo = Topology::new(tag, TopologyOpts::default());
+    topology_with(tag, TopologyOpts::default())
+}
+
+fn topology_with(tag: &str, opts: TopologyOpts) -> Topology {
+    let topo = Topology::new(tag, opts);
     for ip in [SERVER_IP2, SERVER_IP3] {
         let status = Command::new("ip")
             .args(["-n", topo.ns_name(Side::Server), "addr", "add"])
@@ -61,11 +65,25 @@ fn udp_socket(ns: &str, at: SocketAddrV4) -> UdpSocket {
 /// The next datagram's payload and sender, or `None` within [`DELIVERY`].
 fn receive(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddrV4)> {
     let mut buf = [0; 256];
-    match socket.recv_from(&mut buf) {
-        Ok((n, SocketAddr::V4(from))) => Some((buf[..n].to_vec(), from)),
-        Ok((_, from)) => panic!("datagram from {from}"),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-        Err(e) => panic!("recv: {e}"),
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        socket
+            .set_read_timeout(Some(left))
+            .expect("set a read timeout");
+        match socket.recv_from(&mut buf) {
+            Ok((n, SocketAddr::V4(from))) => return Some((buf[..n].to_vec(), from)),
+            Ok((_, from)) => panic!("datagram from {from}"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return None;
+            }
+            // A signal to the test process (another test's daemon ending).
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => panic!("recv: {e}"),
+        }
     }
 }
 
@@ -210,10 +228,26 @@ fn one_port_serves_two_hosts_only_without_endpoint_independence() {
 }
 
 /// A mapping's endpoint sends to one server port; then a second port of that
-/// address and a third address send to the mapping.
-fn filtering(tag: &str, setting: &str, second_port: bool, third_address: bool) {
-    let topo = topology(tag);
-    let _nat = NatProcess::start(&topo, &["--ports", PORTS, "--filtering-udp", setting]);
+/// address and a third address send to the mapping. `ingress` picks the
+/// hook of the ingress program, whose miss path does the filtering.
+fn filtering(tag: &str, ingress: &str, setting: &str, second_port: bool, third_address: bool) {
+    // XDP needs hosts that send complete checksums.
+    let opts = TopologyOpts {
+        wire_hosts: ingress == "xdp",
+        ..TopologyOpts::default()
+    };
+    let topo = topology_with(tag, opts);
+    let _nat = NatProcess::start(
+        &topo,
+        &[
+            "--ports",
+            PORTS,
+            "--ingress",
+            ingress,
+            "--filtering-udp",
+            setting,
+        ],
+    );
     let server_ns = topo.ns_name(Side::Server);
     let known = udp_socket(server_ns, v4(SERVER_IP, 7001));
     let known_other_port = udp_socket(server_ns, v4(SERVER_IP, 7002));
@@ -252,17 +286,27 @@ fn filtering(tag: &str, setting: &str, second_port: bool, third_address: bool) {
 
 #[test]
 fn filtering_udp_endpoint_independent_admits_anyone() {
-    filtering("filt-eif", "endpoint-independent", true, true);
+    filtering("filt-eif", "tc", "endpoint-independent", true, true);
+}
+
+#[test]
+fn filtering_udp_endpoint_independent_admits_anyone_in_xdp() {
+    filtering("filt-eif-xdp", "xdp", "endpoint-independent", true, true);
+}
+
+#[test]
+fn filtering_udp_address_dependent_admits_known_addresses_in_xdp() {
+    filtering("filt-adf-xdp", "xdp", "address-dependent", true, false);
 }
 
 #[test]
 fn filtering_udp_address_dependent_admits_known_addresses() {
-    filtering("filt-adf", "address-dependent", true, false);
+    filtering("filt-adf", "tc", "address-dependent", true, false);
 }
 
 #[test]
 fn filtering_udp_address_port_dependent_admits_only_sessions() {
-    filtering("filt-apdf", "address-port-dependent", false, false);
+    filtering("filt-apdf", "tc", "address-port-dependent", false, false);
 }
 
 /// A TCP connection from `src` (bound with SO_REUSEADDR, so one internal
