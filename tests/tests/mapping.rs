@@ -519,3 +519,57 @@ fn stun_client(topo: &Topology, port: u16) -> String {
         .unwrap_or_else(|| panic!("no verdict from stun: {text}"))
         .to_owned()
 }
+
+/// A mapping lives exactly as long as its endpoint's sessions: the one its
+/// endpoint opened and the one a packet from outside opened both hold it,
+/// and once the sweep has expired both, its port goes to another host.
+#[test]
+fn mapping_ends_with_its_last_session() {
+    let topo = topology("map-life");
+    let _nat = NatProcess::start(
+        &topo,
+        &[
+            "--ports",
+            "20000-20000",
+            "--filtering-udp",
+            "endpoint-independent",
+            "--timeout-udp",
+            "1s",
+            "--reap-interval-ms",
+            "100",
+        ],
+    );
+    let server_ns = topo.ns_name(Side::Server);
+    let s1 = udp_socket(server_ns, v4(SERVER_IP, 7001));
+    let s2 = udp_socket(server_ns, v4(SERVER_IP2, 7001));
+    let client_ns = topo.ns_name(Side::Client);
+    let a_at = v4(CLIENT_IP, 40000);
+    let a = udp_socket(client_ns, a_at);
+    let b = udp_socket(client_ns, v4(CLIENT_IP2, 40000));
+    let port = v4(EXTERNAL_IP, 20000);
+    assert_eq!(seen_from(&a, &s1, b"a"), port);
+    // Admitted from outside: a second session on the mapping.
+    s2.send_to(b"hi", port).expect("send");
+    assert_eq!(receive(&a).map(|r| r.0), Some(b"hi".to_vec()));
+    let list = sessions_of(&topo, a_at);
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert!(
+        list.iter().all(|s| s["mapping"] == "endpoint-independent"),
+        "{list:#?}"
+    );
+    // While the mapping lives, its port is not another host's.
+    b.send_to(b"b", v4(SERVER_IP2, 7001)).expect("send");
+    assert_eq!(
+        receive(&s2),
+        None,
+        "the mapping's port went to another host"
+    );
+
+    wait_for("both sessions to expire", Duration::from_secs(5), || {
+        sessions(&topo).is_empty().then_some(())
+    });
+    assert_eq!(seen_from(&b, &s2, b"b"), port, "the port was not freed");
+    let list = sessions(&topo);
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0]["mapping"], "endpoint-independent", "{list:#?}");
+}
