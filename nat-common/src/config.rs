@@ -83,7 +83,12 @@ pub struct Config {
     /// Non-zero: rare drops (no port, malformed, refused rewrite) are logged
     /// through aya-log to the daemon's log.
     pub log_events: u32,
-    pub _pad: u32,
+    /// One of [`crate::mapping::mode`], for UDP flows.
+    pub mapping_udp: u32,
+    /// One of [`crate::mapping::mode`], for TCP flows.
+    pub mapping_tcp: u32,
+    /// One of [`crate::mapping::filtering`]: what reaches an endpoint-independent UDP mapping from outside.
+    pub filtering_udp: u32,
 }
 
 impl Default for Config {
@@ -106,7 +111,13 @@ impl Default for Config {
             timeout_icmp_ms: 60_000,
             cooldown_icmp_ms: 0,
             log_events: 0,
-            _pad: 0,
+            // Peer-to-peer lives on UDP, and cooldown-udp is 0, so UDP
+            // mappings cost no TIME_WAIT capacity; TCP keeps a whole port
+            // range per destination, which the TIME_WAIT cooldown needs
+            // under load.
+            mapping_udp: crate::mapping::mode::ENDPOINT_INDEPENDENT,
+            mapping_tcp: crate::mapping::mode::ADDRESS_PORT_DEPENDENT,
+            filtering_udp: crate::mapping::filtering::ADDRESS_DEPENDENT,
         }
     }
 }

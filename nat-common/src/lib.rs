@@ -14,6 +14,7 @@ pub mod expiry;
 pub mod flow;
 pub mod forward;
 pub mod headers;
+pub mod mapping;
 pub mod names;
 pub mod port_forward;
 pub mod probe;
@@ -26,6 +27,7 @@ mod pod {
         config::{Config, PoolAddr},
         expiry::SweepControl,
         flow::{FlowKey, Session},
+        mapping::{EndpointKey, Mapping, Owner, PeerKey},
         port_forward::{ForwardKey, ForwardTarget},
     };
 
@@ -38,4 +40,8 @@ mod pod {
     unsafe impl aya::Pod for SweepControl {}
     unsafe impl aya::Pod for ForwardKey {}
     unsafe impl aya::Pod for ForwardTarget {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Mapping {}
+    unsafe impl aya::Pod for Owner {}
+    unsafe impl aya::Pod for PeerKey {}
 }

@@ -9,6 +9,17 @@ pub const MAP_FWD: &str = "NAT_FWD";
 /// Reverse sessions: (external addr, external port, remote) -> internal address and port.
 /// Its key is also the cooldown key.
 pub const MAP_REV: &str = "NAT_REV";
+/// Endpoint-independent mappings: internal [`crate::mapping::EndpointKey`] ->
+/// [`crate::mapping::Mapping`] (its external address and port).
+pub const MAP_EIM: &str = "NAT_EIM";
+/// Owners of endpoint-independent mappings: external
+/// [`crate::mapping::EndpointKey`] -> [`crate::mapping::Owner`] (the internal
+/// endpoint). The ingress filter and hairpinning look up who owns a port here.
+pub const MAP_EIM_OWNER: &str = "NAT_EIM_OWNER";
+/// Remote addresses each mapping's endpoint has sent to, for
+/// address-dependent filtering (LRU): [`crate::mapping::PeerKey`] -> the
+/// mapping's `born`.
+pub const MAP_EIM_PEERS: &str = "NAT_EIM_PEERS";
 /// Live settings, one [`crate::config::Config`] at index 0.
 pub const MAP_CONFIG: &str = "NAT_CONFIG";
 /// External addresses and their port ranges.

@@ -540,7 +540,8 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     if moved {
         return false;
     }
-    let _ = NAT_FWD.remove(key);
+    // Releases the session's mapping reference with the forward entry.
+    crate::mapping::remove_forward(&key, fwd);
     if rev.is_some() {
         let _ = NAT_REV.remove(rev_key);
     }

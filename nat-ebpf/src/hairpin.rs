@@ -31,12 +31,13 @@ use nat_common::{
 use crate::{
     alloc::allocate,
     fast,
+    mapping::{self, Miss},
     maps::{NAT_FWD, NAT_HAIRPIN_PLAN, NAT_REV, ext_ifindex, is_external, is_internal},
     packet::{
         DropReason, Endpoint, HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns, read, tc_action,
         touch,
     },
-    port_forward::{hairpin_owner, open},
+    port_forward::{forward_owner, hairpin_owner, open},
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
     track,
@@ -65,6 +66,9 @@ pub struct Plan {
     dst_addr: u32,
     src_port: u16,
     dst_port: u16,
+    /// The route lookup's parameters: here rather than on the program's
+    /// stack, which with the mapping's admission under it is full.
+    fib: FibParams,
 }
 
 const GO: i64 = 0;
@@ -165,14 +169,20 @@ fn destination(p: &mut Plan) -> Result<bool, DropReason> {
     let entry = match NAT_REV.get_ptr_mut(rev_key) {
         Some(entry) => entry,
         None => {
-            let Some(to) = hairpin_owner(key.proto, key.daddr, key.dport) else {
-                return Ok(false);
-            };
-            if !opening(p) {
-                return Err(DropReason::NoSession);
+            if let Some(to) = forward_owner(key.proto, key.daddr, key.dport) {
+                if !opening(p) {
+                    return Err(DropReason::NoSession);
+                }
+                open(&rev_key, to, p.now)?;
+                NAT_REV.get_ptr_mut(rev_key).ok_or(DropReason::NoSession)?
+            } else {
+                // An endpoint-independent mapping's port: its filter
+                // decides, with the sender's external endpoint as the remote.
+                match mapping::inbound(&rev_key)? {
+                    Miss::Opened(entry) => entry,
+                    Miss::Pass(_) => return Ok(false),
+                }
             }
-            open(&rev_key, to, p.now)?;
-            NAT_REV.get_ptr_mut(rev_key).ok_or(DropReason::NoSession)?
         }
     };
     if key.proto == PROTO_TCP && !track::ingress(&rev_key, entry, p.flags, p.seq, p.now) {
@@ -189,9 +199,9 @@ fn destination(p: &mut Plan) -> Result<bool, DropReason> {
 /// The interface the stack would route `flow` out of, arriving on
 /// `ifindex`: known also while its neighbour is not resolved yet.
 #[inline(always)]
-fn route(ctx: &TcContext, ifindex: u32, flow: &FlowKey, tos: u8) -> Option<u32> {
+fn route(ctx: &TcContext, p: &mut FibParams, ifindex: u32, flow: &FlowKey, tos: u8) -> Option<u32> {
     // SAFETY: a plain C struct; all-zero is its neutral value.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    *p = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
     p.l4_protocol = flow.proto;
     p.sport = flow.sport;
@@ -201,7 +211,7 @@ fn route(ctx: &TcContext, ifindex: u32, flow: &FlowKey, tos: u8) -> Option<u32> 
     p.__bindgen_anon_3.ipv4_src = flow.saddr;
     p.__bindgen_anon_4.ipv4_dst = flow.daddr;
     // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
     if rc == 0 || rc == FIB_NO_NEIGH {
         Some(p.ifindex)
     } else {
@@ -248,22 +258,21 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
     let Some(slot) = NAT_HAIRPIN_PLAN.get_ptr_mut(0) else {
         return Ok(Counter::NotHairpin);
     };
-    let plan = Plan {
-        key: FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport),
-        now: now_ns(),
-        seq: l4.seq,
-        ack: l4.ack,
-        window: l4.window,
-        flags: l4.tcp_flags,
-        _pad: 0,
-        src_addr: 0,
-        dst_addr: 0,
-        src_port: 0,
-        dst_port: 0,
-    };
     // SAFETY: this CPU's own slot, used only for the length of this run;
-    // no reference to it lives across the calls that write it.
-    unsafe { slot.write(plan) };
+    // no reference to it lives across the calls that write it. Written
+    // field by field: a whole Plan built first would take its size of stack.
+    unsafe {
+        (*slot).key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
+        (*slot).now = now_ns();
+        (*slot).seq = l4.seq;
+        (*slot).ack = l4.ack;
+        (*slot).window = l4.window;
+        (*slot).flags = l4.tcp_flags;
+        (*slot).src_addr = 0;
+        (*slot).dst_addr = 0;
+        (*slot).src_port = 0;
+        (*slot).dst_port = 0;
+    }
     match nat_hairpin_source(slot) {
         GO => {}
         ALLOCATE => {
@@ -295,7 +304,9 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
     let toward = FlowKey::new(ip.proto, ip.saddr, l4.sport, new_dst.addr, new_dst.port);
     // SAFETY: reads a field of the program's own context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let out = match route(ctx, ingress, &toward, tos) {
+    // SAFETY: as above; this CPU's slot, nothing else holds a reference now.
+    let fib = unsafe { &mut (*slot).fib };
+    let out = match route(ctx, fib, ingress, &toward, tos) {
         Some(out) if out != ext_ifindex() => out,
         _ => return Err(DropReason::HairpinUnrouted),
     };

@@ -26,6 +26,7 @@ use nat_common::{
 use crate::{
     fast, frag,
     icmp::{self, Dir},
+    mapping::{self, Miss},
     maps::{NAT_REV, ext_ifindex, fast_path},
     packet::{
         DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, Side,
@@ -93,7 +94,12 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> 
         Some(entry) => entry,
         None => match port_forward::open_from_outside(&key, l4.tcp_flags)? {
             Some(entry) => entry,
-            None => return Ok(Class::Pass(Counter::NotOursIn)),
+            // To a port of an endpoint-independent mapping, filtering decides
+            // (no mapping holds a forwarded port: the claim skips them).
+            None => match mapping::inbound(&key)? {
+                Miss::Opened(entry) => entry,
+                Miss::Pass(counter) => return Ok(Class::Pass(counter)),
+            },
         },
     };
     let now = now_ns();

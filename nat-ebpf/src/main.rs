@@ -30,6 +30,8 @@ mod icmp;
 #[cfg(target_arch = "bpf")]
 mod ingress;
 #[cfg(target_arch = "bpf")]
+mod mapping;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;

@@ -12,6 +12,7 @@ use nat_common::{
     event_rate::EventRate,
     expiry::{SWEEP_TOTALS, SweepControl},
     flow::{FlowKey, FragEntry, FragKey, Session},
+    mapping::{EndpointKey, Mapping, Owner, PeerKey},
     port_forward::{ForwardKey, ForwardTarget, MAX_FORWARD_ENTRIES},
     probe::PROBE_BUCKETS,
 };
@@ -28,6 +29,24 @@ pub static NAT_REV: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAUL
 /// Cooling keys (reverse-map keys) -> boot-clock ns when the key may be reused.
 #[map(name = "NAT_COOLDOWN")]
 pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * DEFAULT_SESSIONS, 0);
+
+/// Endpoint-independent mappings, by internal endpoint ([`crate::mapping`]).
+/// At most one per forward session: the loader sizes it like the sessions.
+#[map(name = "NAT_EIM")]
+pub static NAT_EIM: HashMap<EndpointKey, Mapping> = HashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+
+/// The same mappings by external endpoint.
+#[map(name = "NAT_EIM_OWNER")]
+pub static NAT_EIM_OWNER: HashMap<EndpointKey, Owner> =
+    HashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+
+/// Remote addresses each mapping's endpoint sent to. LRU: an entry of a
+/// mapping that is gone is never read again (its `born` no longer
+/// matches), so eviction is all the cleanup it needs; an evicted live
+/// entry makes the filter refuse, never admit.
+#[map(name = "NAT_EIM_PEERS")]
+pub static NAT_EIM_PEERS: LruHashMap<PeerKey, u64> =
+    LruHashMap::with_max_entries(DEFAULT_SESSIONS, 0);
 
 /// One session entry per CPU, where a new session is put together before
 /// it is inserted; never pinned.

@@ -10,7 +10,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use nat_common::{
     counters::Counter,
-    flow::{FlowKey, HopCache, PROTO_TCP, Session},
+    flow::{FlowKey, HopCache, PROTO_TCP, PROTO_UDP, Session},
     headers::tcp_flags,
     port_forward::ForwardKey,
 };
@@ -62,10 +62,12 @@ pub fn hairpin_owner(proto: u8, addr: u32, port: u16) -> Option<Endpoint> {
     if let Some(to) = forward_owner(proto, addr, port) {
         return Some(to);
     }
-    // EIM: here the owner of an endpoint-independent mapping on (proto,
-    // addr, port) is asked next (the `eim` branch's lookup), so that an
-    // internal host reaches another one through its mapping (RFC 4787
-    // REQ-9); the session it opens has the same shape as a forward's.
+    // Else an endpoint-independent UDP mapping of another internal endpoint
+    // (RFC 4787 REQ-9); its session is opened through the mapping's filter,
+    // as one from outside would be ([`crate::mapping::inbound`]).
+    if proto == PROTO_UDP {
+        return crate::mapping::owner(proto, addr, port);
+    }
     None
 }
 
@@ -140,7 +142,7 @@ extern "C" fn nat_open_inbound(
     let mut entry = Session {
         addr: to_addr,
         port: to_port,
-        _pad: 0,
+        mapping: 0,
         seen: 0,
         acked: 0,
         window: 0,

@@ -289,7 +289,7 @@ pub fn expand_argv(argv: Vec<OsString>) -> Result<Vec<OsString>, FileError> {
             message: format!("missing key '{long}' (or give --{long})"),
         });
     }
-    let extra = doc.flags(&given);
+    let extra = doc.flags(given);
     let mut out = argv;
     out.extend(extra);
     Ok(out)
@@ -422,6 +422,9 @@ mod tests {
             "policy" => ("strict", "\"strict\""),
             "on-exhaustion" => ("reject", "\"reject\""),
             "log-events" => ("on", "true"),
+            "mapping-udp" => ("address-port-dependent", "\"address-port-dependent\""),
+            "mapping-tcp" => ("endpoint-independent", "\"endpoint-independent\""),
+            "filtering-udp" => ("endpoint-independent", "\"endpoint-independent\""),
             "metrics" => ("127.0.0.1:9109", "\"127.0.0.1:9109\""),
             "metrics-top" => ("7", "7"),
             "metrics-interval-ms" => ("3000", "3000"),

@@ -1,7 +1,10 @@
 //! Live settings: one table shared by the `nat load` flags and `nat set`/`nat get`,
 //! so a name parses and validates the same way everywhere.
 
-use nat_common::config::{Config, exhaustion, policy};
+use nat_common::{
+    config::{Config, exhaustion, policy},
+    mapping::{filtering, mode},
+};
 
 use crate::cli::{MAX_DURATION_MS, parse_duration_ms};
 
@@ -14,6 +17,24 @@ enum Kind {
     OnOff,
     Policy,
     Exhaustion,
+    /// One of these words, each standing for its value.
+    Choice(&'static [(&'static str, u32)]),
+}
+
+const MAPPING: &[(&str, u32)] = &[
+    ("endpoint-independent", mode::ENDPOINT_INDEPENDENT),
+    ("address-port-dependent", mode::ADDRESS_PORT_DEPENDENT),
+];
+
+const FILTERING: &[(&str, u32)] = &[
+    ("endpoint-independent", filtering::ENDPOINT_INDEPENDENT),
+    ("address-dependent", filtering::ADDRESS_DEPENDENT),
+    ("address-port-dependent", filtering::ADDRESS_PORT_DEPENDENT),
+];
+
+/// `a|b|c`, for a value name.
+fn words(choices: &[(&str, u32)]) -> String {
+    choices.iter().map(|c| c.0).collect::<Vec<_>>().join("|")
 }
 
 pub struct Setting {
@@ -107,6 +128,24 @@ pub const SETTINGS: &[Setting] = &[
         field!(log_events),
     ),
     setting(
+        "mapping-udp",
+        "external endpoint of new UDP flows: endpoint-independent gives every flow of an internal address and port the same external address and port, for any destination (peer-to-peer works); address-port-dependent picks a port per destination",
+        Kind::Choice(MAPPING),
+        field!(mapping_udp),
+    ),
+    setting(
+        "mapping-tcp",
+        "external endpoint of new TCP connections, as for mapping-udp; address-port-dependent gives a whole port range per destination, which the TIME_WAIT cooldown needs under load",
+        Kind::Choice(MAPPING),
+        field!(mapping_tcp),
+    ),
+    setting(
+        "filtering-udp",
+        "which UDP packets from outside reach an endpoint-independent mapping's internal endpoint: from anyone (endpoint-independent), from addresses it sent to (address-dependent), or only from addresses and ports it sent to (address-port-dependent)",
+        Kind::Choice(FILTERING),
+        field!(filtering_udp),
+    ),
+    setting(
         "timeout-tcp-established",
         "idle timeout of established TCP sessions",
         Kind::Duration { min: 1000 },
@@ -178,6 +217,17 @@ impl Setting {
                     self.name
                 )),
             },
+            Kind::Choice(choices) => choices
+                .iter()
+                .find(|c| c.0 == v)
+                .map(|c| c.1 as u64)
+                .ok_or_else(|| {
+                    format!(
+                        "{}: '{value}' is not one of {}",
+                        self.name,
+                        words(choices).replace('|', ", ")
+                    )
+                }),
         }
     }
 
@@ -207,6 +257,10 @@ impl Setting {
                 "drop"
             }
             .to_owned(),
+            Kind::Choice(choices) => choices
+                .iter()
+                .find(|c| c.1 as u64 == v)
+                .map_or_else(|| v.to_string(), |c| c.0.to_owned()),
         }
     }
 
@@ -229,6 +283,8 @@ impl Setting {
                 Kind::OnOff => "on|off",
                 Kind::Policy => "strict|fallback",
                 Kind::Exhaustion => "drop|reject",
+                // The words are in the help's range.
+                Kind::Choice(_) => "MODE",
             })
             .help(format!(
                 "{}{} [default: {}; {}]",
@@ -257,6 +313,7 @@ impl Setting {
             Kind::OnOff => "on or off".to_owned(),
             Kind::Policy => "strict or fallback".to_owned(),
             Kind::Exhaustion => "drop or reject".to_owned(),
+            Kind::Choice(choices) => words(choices).replace('|', ", "),
         }
     }
 }
@@ -346,5 +403,28 @@ mod tests {
         assert_eq!(get("timeout-tcp-established"), "7440000ms");
         assert_eq!(get("timeout-tcp-transitory"), "240000ms");
         assert_eq!(get("timeout-udp"), "300000ms");
+        assert_eq!(get("mapping-udp"), "endpoint-independent");
+        assert_eq!(get("mapping-tcp"), "address-port-dependent");
+        assert_eq!(get("filtering-udp"), "address-dependent");
+    }
+
+    #[test]
+    fn choices_parse_their_words_only() {
+        let m = find("mapping-tcp").unwrap();
+        assert_eq!(
+            m.parse("endpoint-independent"),
+            Ok(mode::ENDPOINT_INDEPENDENT as u64)
+        );
+        let err = m.parse("full-cone").unwrap_err();
+        assert_eq!(
+            err,
+            "mapping-tcp: 'full-cone' is not one of endpoint-independent, address-port-dependent"
+        );
+        let f = find("filtering-udp").unwrap();
+        assert_eq!(
+            f.parse("address-port-dependent"),
+            Ok(filtering::ADDRESS_PORT_DEPENDENT as u64)
+        );
+        assert!(f.parse("").is_err());
     }
 }

@@ -35,6 +35,7 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
                     "state": s.state.name(),
                     "idle_ms": now.saturating_sub(s.last_seen) / 1_000_000,
                     "paired": s.paired,
+                    "mapping": s.mapping_name(),
                 })
             })
             .collect();
@@ -43,20 +44,21 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<5} {:<21} {:<21} {:<21} {:<12} {:>8}",
+        "{:<5} {:<21} {:<21} {:<21} {:<12} {:>8}  MAPPING",
         "PROTO", "INTERNAL", "EXTERNAL", "REMOTE", "STATE", "IDLE"
     )?;
     for s in &list {
         let idle = now.saturating_sub(s.last_seen) as f64 / 1e9;
         writeln!(
             out,
-            "{:<5} {:<21} {:<21} {:<21} {:<12} {:>7.1}s",
+            "{:<5} {:<21} {:<21} {:<21} {:<12} {:>7.1}s  {}",
             s.proto_name(),
             s.internal.to_string(),
             s.external.to_string(),
             s.remote.to_string(),
             s.state.name(),
-            idle
+            idle,
+            s.mapping_name()
         )?;
     }
     writeln!(out, "{} session(s)", list.len())?;

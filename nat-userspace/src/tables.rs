@@ -8,6 +8,7 @@ use nat_common::{
     config::{Config, PoolAddr},
     counters::Counter,
     flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
+    mapping::SESSION_MAPPED,
     names::{MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS},
     probe::PROBE_BUCKETS,
     seen_word::{bits, current_rev_bits},
@@ -154,6 +155,9 @@ impl Tables {
     /// Deletes a session: the forward entry first, so egress can no longer
     /// pick the pair up, then the reverse entry, which holds the external
     /// port claimed until that moment. Both are tried; the first error is returned.
+    /// For the benchmarks' sessions, which are on no endpoint-independent
+    /// mapping: the reference a marked forward entry holds is released only
+    /// by the datapath's own delete (`nat-ebpf` `mapping::remove_forward`).
     pub fn release_session(&mut self, key: &FlowKey, rev_key: &FlowKey) -> Result<(), MapError> {
         let fwd = self.fwd.remove(key);
         let rev = self.rev.remove(rev_key);
@@ -204,6 +208,9 @@ pub struct SessionView {
     pub last_seen: u64,
     /// False when the reverse entry is missing (being created or reaped).
     pub paired: bool,
+    /// The session is on its internal endpoint's endpoint-independent
+    /// mapping (else its port was picked for this destination alone).
+    pub independent: bool,
 }
 
 impl SessionView {
@@ -221,6 +228,16 @@ impl SessionView {
             rev_seen,
             last_seen: fwd.last_seen.max(rev_last),
             paired: rev.is_some(),
+            independent: fwd.mapping == SESSION_MAPPED,
+        }
+    }
+
+    /// The mapping this session belongs to, as `mapping-udp` names its kind.
+    pub fn mapping_name(&self) -> &'static str {
+        if self.independent {
+            "endpoint-independent"
+        } else {
+            "address-port-dependent"
         }
     }
 

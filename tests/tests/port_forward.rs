@@ -356,6 +356,68 @@ fn hairpin(topo: Topology, ingress: &str) {
     assert!(nat.stop().success());
 }
 
+/// Hairpinning through another internal endpoint's endpoint-independent
+/// UDP mapping (RFC 4787 REQ-9): host B's socket has a mapping from talking
+/// to a server outside; host A sends to that mapping's external endpoint
+/// and B receives it from A's external endpoint, and B's answer reaches A
+/// from B's external endpoint.
+#[test]
+fn hairpin_reaches_another_hosts_udp_mapping() {
+    let topo = topology("pfhaireim");
+    let nat = NatProcess::start(
+        &topo,
+        &[
+            "--ports",
+            PORTS,
+            "--ingress",
+            "tc",
+            "--lan",
+            INT_IFACE,
+            "--filtering-udp",
+            "endpoint-independent",
+        ],
+    );
+    let outside = udp_echo_server(topo.ns_name(Side::Server), 3478);
+    let client = topo.ns_name(Side::Client).to_owned();
+    let (a, b) = nat_tests::run_in_ns(&client, || {
+        let bind = |ip: Ipv4Addr| {
+            let s = std::net::UdpSocket::bind((ip, 0)).expect("bind");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s
+        };
+        (bind(CLIENT_IP), bind(INTERNAL_HOST))
+    });
+    let mut buf = [0u8; 64];
+    b.send_to(b"hello", (SERVER_IP, 3478))
+        .expect("B to the server");
+    b.recv_from(&mut buf).expect("the server's echo to B");
+    let b_ext = match outside.last_peer().expect("the server saw B") {
+        SocketAddr::V4(p) => p,
+        SocketAddr::V6(p) => panic!("IPv6 peer {p}"),
+    };
+    assert_eq!(*b_ext.ip(), EXTERNAL_IP, "B is seen translated");
+    a.send_to(b"to B", b_ext).expect("A to B's mapping");
+    let (n, from) = b
+        .recv_from(&mut buf)
+        .expect("B receives A through its mapping");
+    assert_eq!(&buf[..n], b"to B");
+    let a_ext = assert_translated(from);
+    b.send_to(b"to A", a_ext)
+        .expect("B answers A's external endpoint");
+    let (n, from) = a.recv_from(&mut buf).expect("A receives B's answer");
+    assert_eq!(&buf[..n], b"to A");
+    assert_eq!(
+        from,
+        SocketAddr::V4(b_ext),
+        "B's answer comes from B's mapping"
+    );
+    let st = stats(&topo);
+    assert!(counter(&st, "hairpin") >= 2, "{st}");
+    assert!(counter(&st, "eim_inbound") >= 1, "{st}");
+    assert_clean(&topo, &st);
+    assert!(nat.stop().success());
+}
+
 /// The config file's `forward` list is loaded, and a reload makes the map
 /// the file's again (a forward added live and not in the file goes, as a
 /// setting changed with `nat set` returns to the file's); a file with

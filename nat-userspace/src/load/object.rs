@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use nat_common::names::{
     GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
-    MAP_COOLDOWN, MAP_FWD, MAP_REV,
+    MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS, MAP_FWD, MAP_REV,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
@@ -63,6 +63,10 @@ pub fn load_pinned(
         .map_max_entries(MAP_FWD, max_sessions)
         .map_max_entries(MAP_REV, max_sessions)
         .map_max_entries(MAP_COOLDOWN, max_cooldowns)
+        // Each mapping has a session, each remote it sent to one too.
+        .map_max_entries(MAP_EIM, max_sessions)
+        .map_max_entries(MAP_EIM_OWNER, max_sessions)
+        .map_max_entries(MAP_EIM_PEERS, max_sessions)
         .load(EBPF_OBJECT)
         .context("cannot load the kernel programs (root with CAP_BPF and CAP_NET_ADMIN and a kernel with BTF are needed)")
 }

@@ -16,8 +16,9 @@ use nat_common::{
     flow::{FlowKey, Session},
     names::{
         LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX, LINK_INGRESS, MAP_CONFIG,
-        MAP_COOLDOWN, MAP_FORWARD, MAP_FRAGS, MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV,
-        MAP_STATS, MAP_SWEEP_CTL, MAP_SWEEP_STATS, MAP_SWEEP_TIMER,
+        MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS, MAP_FORWARD, MAP_FRAGS, MAP_FWD,
+        MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, MAP_SWEEP_CTL, MAP_SWEEP_STATS,
+        MAP_SWEEP_TIMER,
     },
 };
 
@@ -28,10 +29,15 @@ use crate::{
 };
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 16] = [
     MAP_FWD,
     MAP_REV,
     MAP_COOLDOWN,
+    // Endpoint-independent mappings and their filter state live as long
+    // as their sessions do.
+    MAP_EIM,
+    MAP_EIM_OWNER,
+    MAP_EIM_PEERS,
     MAP_FRAGS,
     MAP_CONFIG,
     MAP_POOL,
