@@ -83,7 +83,9 @@ pub struct Config {
     /// Non-zero: rare drops (no port, malformed, refused rewrite) are logged
     /// through aya-log to the daemon's log.
     pub log_events: u32,
-    pub _pad: u32,
+    /// Live sessions one internal address may hold; a new flow past it is
+    /// refused (`drop_host_limit`). 0: no limit.
+    pub max_sessions_per_host: u32,
 }
 
 impl Default for Config {
@@ -106,7 +108,7 @@ impl Default for Config {
             timeout_icmp_ms: 60_000,
             cooldown_icmp_ms: 0,
             log_events: 0,
-            _pad: 0,
+            max_sessions_per_host: crate::hosts::DEFAULT_MAX_SESSIONS_PER_HOST,
         }
     }
 }

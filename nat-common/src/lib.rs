@@ -13,6 +13,7 @@ pub mod expiry;
 pub mod flow;
 pub mod forward;
 pub mod headers;
+pub mod hosts;
 pub mod names;
 pub mod probe;
 pub mod seen_word;
@@ -24,6 +25,7 @@ mod pod {
         config::{Config, PoolAddr},
         expiry::SweepControl,
         flow::{FlowKey, Session},
+        hosts::HostEntry,
     };
 
     // SAFETY: all of these are repr(C), Copy, made of integers only, with
@@ -33,4 +35,5 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PoolAddr {}
     unsafe impl aya::Pod for SweepControl {}
+    unsafe impl aya::Pod for HostEntry {}
 }

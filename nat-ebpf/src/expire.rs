@@ -360,7 +360,7 @@ fn add(total: SweepTotal, n: u64) -> u64 {
 /// recorded (the cooldown map is full). A longer cooldown already there
 /// stays: this only ever extends.
 #[inline(always)]
-fn cool(key: &FlowKey, until: u64) -> bool {
+pub(crate) fn cool(key: &FlowKey, until: u64) -> bool {
     // Most keys have no entry: one insert, no lookup.
     match NAT_COOLDOWN.insert(key, until, BPF_NOEXIST as u64) {
         Ok(()) => return true,
@@ -540,7 +540,10 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     if moved {
         return false;
     }
-    let _ = NAT_FWD.remove(key);
+    if NAT_FWD.remove(key).is_ok() {
+        // Only the run whose delete succeeded counts the session off.
+        crate::hosts::released(key.saddr);
+    }
     if rev.is_some() {
         let _ = NAT_REV.remove(rev_key);
     }

@@ -17,6 +17,8 @@ pub enum DropReason {
     RewriteError,
     StrictCooling,
     IcmpUnmatched,
+    /// The internal host holds `max-sessions-per-host` sessions.
+    HostLimit,
 }
 
 impl DropReason {
@@ -33,6 +35,7 @@ impl DropReason {
             DropReason::RewriteError => Counter::RewriteError,
             DropReason::StrictCooling => Counter::StrictCooling,
             DropReason::IcmpUnmatched => Counter::IcmpUnmatched,
+            DropReason::HostLimit => Counter::HostLimit,
         }
     }
 }
