@@ -50,6 +50,8 @@ const REFUSED: i64 = 0;
 const COUNTED: i64 = 1;
 /// No entry could hold it; only the total does.
 const UNCOUNTED: i64 = 2;
+/// Or-ed into COUNTED or UNCOUNTED: the session table is nearly full.
+const PRESSURE: i64 = 4;
 
 const MINUS_ONE: u64 = u64::MAX;
 
@@ -58,10 +60,16 @@ const MINUS_ONE: u64 = u64::MAX;
 /// own idle unanswered openings.
 #[inline(always)]
 pub fn admit(fwd: &FlowKey, now: u64) -> Result<u32, DropReason> {
-    match nat_host_admit(fwd.saddr as u64, now) {
-        REFUSED => Err(DropReason::HostLimit),
-        r => Ok(r as u32),
+    let r = nat_host_admit(fwd.saddr as u64);
+    if r == REFUSED {
+        return Err(DropReason::HostLimit);
     }
+    // Called from here, not from nat_host_admit: the BPF stack limit (512
+    // bytes) is for the deepest chain of calls, and nat_egress's frame is large.
+    if r & PRESSURE != 0 {
+        nat_host_evict(fwd.saddr as u64, now);
+    }
+    Ok((r & !PRESSURE) as u32)
 }
 
 /// Ends the reservation `admitted`: kept when the flow got a new session
@@ -176,11 +184,12 @@ fn release_host(saddr: u32) {
     }
 }
 
-/// Returns REFUSED, COUNTED or UNCOUNTED. A global function: the verifier
-/// checks it once, not once per path of nat_egress that reaches it.
+/// Returns REFUSED, or COUNTED or UNCOUNTED with PRESSURE when the table is
+/// nearly full. A global function: the verifier checks it once, not once
+/// per path of nat_egress that reaches it.
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn nat_host_admit(saddr: u64, now: u64) -> i64 {
+extern "C" fn nat_host_admit(saddr: u64) -> i64 {
     let saddr = saddr as u32;
     let limit = NAT_CONFIG.get(0).map_or(0, |c| c.max_sessions_per_host);
     let r = reserve(saddr, limit);
@@ -188,7 +197,7 @@ extern "C" fn nat_host_admit(saddr: u64, now: u64) -> i64 {
         return REFUSED;
     }
     if under_pressure(total_add(), session_capacity()) {
-        nat_host_evict(saddr as u64, now);
+        return r | PRESSURE;
     }
     r
 }
