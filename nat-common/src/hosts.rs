@@ -134,8 +134,14 @@ mod tests {
     fn only_idle_unanswered_openings_are_evictable() {
         let idle = OPENING_IDLE_NS;
         assert!(evictable(seen::SYN, 0, 10 * idle, 9 * idle));
-        assert!(!evictable(seen::SYN, 0, idle - 1, 0), "not idle long enough");
-        assert!(!evictable(seen::SYN, seen::SYN_ACK, 10 * idle, 0), "answered");
+        assert!(
+            !evictable(seen::SYN, 0, idle - 1, 0),
+            "not idle long enough"
+        );
+        assert!(
+            !evictable(seen::SYN, seen::SYN_ACK, 10 * idle, 0),
+            "answered"
+        );
         assert!(!evictable(seen::SYN, seen::RST, 10 * idle, 0), "refused");
         assert!(!evictable(seen::SYN | seen::FIN, 0, 10 * idle, 0));
         assert!(!evictable(0, 0, 10 * idle, 0), "UDP or no SYN");

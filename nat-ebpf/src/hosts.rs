@@ -179,7 +179,9 @@ fn release_host(saddr: u32) {
         word.fetch_add(1);
         return;
     }
-    if before == 1 && nat_common::seen_word::SharedWord::compare_exchange(&word, 0, HOST_DYING).is_ok() {
+    if before == 1
+        && nat_common::seen_word::SharedWord::compare_exchange(&word, 0, HOST_DYING).is_ok()
+    {
         let _ = NAT_HOSTS.remove(&saddr);
     }
 }

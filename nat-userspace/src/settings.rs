@@ -182,7 +182,10 @@ impl Setting {
             },
             Kind::Limit { max } => match v.parse::<u64>() {
                 Ok(n) if n <= max => Ok(n),
-                Ok(_) => Err(format!("{}: {value} is above the maximum of {max}", self.name)),
+                Ok(_) => Err(format!(
+                    "{}: {value} is above the maximum of {max}",
+                    self.name
+                )),
                 Err(_) => Err(format!("{}: '{value}' is not a whole number", self.name)),
             },
             Kind::Policy => match v {

@@ -276,7 +276,11 @@ pub fn top_hosts(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
-    writeln!(out, "{:<15} {:>9} {:>9} {:>6}", "HOST", "SESSIONS", "LIMIT", "USED")?;
+    writeln!(
+        out,
+        "{:<15} {:>9} {:>9} {:>6}",
+        "HOST", "SESSIONS", "LIMIT", "USED"
+    )?;
     for (host, n) in &rows {
         let (limit_text, used) = match cap {
             0 => ("none".to_owned(), "-".to_owned()),

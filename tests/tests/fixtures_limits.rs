@@ -82,7 +82,11 @@ fn fixture_limits_a_host_at_its_limit_is_refused_others_are_not() {
     let out = run(Prog::Egress, &maps, &syn);
     out.expect(Verdict::Drop, &syn, &[(Counter::HostLimit, 1)]);
     assert!(out.fwd.is_empty() && out.rev.is_empty());
-    assert_eq!(out.hosts[&be(CLIENT)].sessions, 2, "the refusal gave its slot back");
+    assert_eq!(
+        out.hosts[&be(CLIENT)].sessions,
+        2,
+        "the refusal gave its slot back"
+    );
     assert_eq!(out.live, 2);
     assert!(out.rejects.is_empty());
 
@@ -154,8 +158,10 @@ fn pressure(idle_s: u64, rev_seen: u8, live: u64) -> (Maps, Flow) {
     let flow = Flow::new(PROTO_TCP, ep(CLIENT, 1111), ep(EXTERNAL, PORT), web());
     let ago = boot_ns() - idle_s * 1_000_000_000;
     let mut maps = Maps::nat();
-    maps.fwd.push((flow.fwd_key(), flow.fwd_entry(seen::SYN, ago)));
-    maps.rev.push((flow.rev_key(), flow.rev_entry(rev_seen, ago)));
+    maps.fwd
+        .push((flow.fwd_key(), flow.fwd_entry(seen::SYN, ago)));
+    maps.rev
+        .push((flow.rev_key(), flow.rev_entry(rev_seen, ago)));
     maps.hosts.push(host(CLIENT, 1, &[ep(CLIENT, 1111)]));
     maps.live = live;
     (maps, flow)
