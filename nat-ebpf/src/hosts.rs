@@ -140,7 +140,7 @@ fn reserve_in(e: *mut HostEntry, saddr: u32, limit: u32) -> Option<i64> {
 
 #[inline(always)]
 fn reserve(saddr: u32, limit: u32) -> i64 {
-    if let Some(e) = NAT_HOSTS.get_ptr_mut(&saddr)
+    if let Some(e) = NAT_HOSTS.get_ptr_mut(saddr)
         && let Some(r) = reserve_in(e, saddr, limit)
     {
         return r;
@@ -151,11 +151,11 @@ fn reserve(saddr: u32, limit: u32) -> i64 {
         addr: saddr,
         openings: [0; HOST_OPENINGS],
     };
-    if NAT_HOSTS.insert(&saddr, &fresh, BPF_NOEXIST as u64).is_ok() {
+    if NAT_HOSTS.insert(saddr, fresh, BPF_NOEXIST as u64).is_ok() {
         return COUNTED;
     }
     // Another CPU's fresh entry, or a dying one not yet deleted.
-    if let Some(e) = NAT_HOSTS.get_ptr_mut(&saddr)
+    if let Some(e) = NAT_HOSTS.get_ptr_mut(saddr)
         && let Some(r) = reserve_in(e, saddr, limit)
     {
         return r;
@@ -166,7 +166,7 @@ fn reserve(saddr: u32, limit: u32) -> i64 {
 /// Gives one of `saddr`'s slots back; deletes its entry at zero.
 #[inline(always)]
 fn release_host(saddr: u32) {
-    let Some(e) = NAT_HOSTS.get_ptr_mut(&saddr) else {
+    let Some(e) = NAT_HOSTS.get_ptr_mut(saddr) else {
         return;
     };
     // SAFETY: live map value pointer.
@@ -182,7 +182,7 @@ fn release_host(saddr: u32) {
     if before == 1
         && nat_common::seen_word::SharedWord::compare_exchange(&word, 0, HOST_DYING).is_ok()
     {
-        let _ = NAT_HOSTS.remove(&saddr);
+        let _ = NAT_HOSTS.remove(saddr);
     }
 }
 
@@ -223,7 +223,7 @@ extern "C" fn nat_host_settle(fwd: *const FlowKey, how: u64) -> i64 {
     if how & (1 << 9) == 0 || admitted != COUNTED {
         return 0;
     }
-    let Some(e) = NAT_HOSTS.get_ptr_mut(&fwd.saddr) else {
+    let Some(e) = NAT_HOSTS.get_ptr_mut(fwd.saddr) else {
         return 0;
     };
     // Two CPUs may read the same cursor and fill one slot: one opening is
@@ -261,7 +261,7 @@ extern "C" fn nat_host_released(saddr: u64) -> i64 {
 #[inline(never)]
 extern "C" fn nat_host_evict(saddr: u64, now: u64) -> i64 {
     let saddr = saddr as u32;
-    let Some(e) = NAT_HOSTS.get_ptr_mut(&saddr) else {
+    let Some(e) = NAT_HOSTS.get_ptr_mut(saddr) else {
         return 0;
     };
     let mut best = HOST_OPENINGS;
@@ -301,10 +301,10 @@ fn session(saddr: u32, word: u64) -> Option<(FlowKey, FlowKey, u8, u8, u64, u64,
     let o = Opening::unpack(word)?;
     let key = FlowKey::new(PROTO_TCP, saddr, o.sport, o.daddr, o.dport);
     // SAFETY: read-only copy of a map value.
-    let f = unsafe { NAT_FWD.get(&key) }?;
+    let f = unsafe { NAT_FWD.get(key) }?;
     let rev_key = key.translated(f.addr, f.port);
     // SAFETY: as above.
-    let (r_seen, r_last, paired) = match unsafe { NAT_REV.get(&rev_key) } {
+    let (r_seen, r_last, paired) = match unsafe { NAT_REV.get(rev_key) } {
         Some(r) if r.addr == saddr && r.port == o.sport => {
             (current_rev_bits(f.seen, r.seen), r.last_seen, true)
         }
@@ -349,18 +349,18 @@ fn evict(saddr: u32, word: u64, now: u64) -> bool {
     }
     // An answer or a retransmission since the reads above: it stays.
     // SAFETY: read-only copies of map values.
-    let moved = unsafe { NAT_FWD.get(&key) }.is_none_or(|f| f.last_seen != f_last)
-        || (paired && unsafe { NAT_REV.get(&rev_key) }.is_none_or(|r| r.last_seen != r_last));
+    let moved = unsafe { NAT_FWD.get(key) }.is_none_or(|f| f.last_seen != f_last)
+        || (paired && unsafe { NAT_REV.get(rev_key) }.is_none_or(|r| r.last_seen != r_last));
     if moved {
         return false;
     }
-    if NAT_FWD.remove(&key).is_err() {
+    if NAT_FWD.remove(key).is_err() {
         return false;
     }
     release_host(saddr);
     total_take();
     if paired {
-        let _ = NAT_REV.remove(&rev_key);
+        let _ = NAT_REV.remove(rev_key);
     }
     true
 }
