@@ -457,7 +457,14 @@ fn hostile_traffic_leaks_nothing_and_loses_no_session() {
     }
     conn.roundtrip(100, Duration::from_secs(5))
         .expect("the connection is still there");
-    let _ = nat_cmd(&topo, &["stats"]);
+    let top = nat_cmd(&topo, &["top", "--hosts"]);
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(top.status.success(), "nat top --hosts failed");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&FLOODER.to_string()) && l.contains(&limit)),
+        "{text}"
+    );
     drop(conn);
     assert!(nat.stop().success());
     assert!(
