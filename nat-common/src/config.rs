@@ -89,6 +89,11 @@ pub struct Config {
     pub mapping_tcp: u32,
     /// One of [`crate::mapping::filtering`]: what reaches an endpoint-independent UDP mapping from outside.
     pub filtering_udp: u32,
+    /// Live sessions one internal address may hold; a new flow past it is
+    /// refused (`drop_host_limit`). 0: no limit.
+    pub max_sessions_per_host: u32,
+    /// Keeps the size a multiple of 8 with no implicit padding.
+    pub _pad: u32,
 }
 
 impl Default for Config {
@@ -118,6 +123,8 @@ impl Default for Config {
             mapping_udp: crate::mapping::mode::ENDPOINT_INDEPENDENT,
             mapping_tcp: crate::mapping::mode::ADDRESS_PORT_DEPENDENT,
             filtering_udp: crate::mapping::filtering::ADDRESS_DEPENDENT,
+            max_sessions_per_host: crate::hosts::DEFAULT_MAX_SESSIONS_PER_HOST,
+            _pad: 0,
         }
     }
 }

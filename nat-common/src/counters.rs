@@ -41,6 +41,8 @@ counters! {
     Spill = "alloc_other_address": "allocations on another external address because the host's own had no free port",
     StrictCooling = "drop_strict_cooling": "new flows dropped because every free port was cooling (policy strict)",
     Rejected = "rejected": "new TCP flows refused with ICMP administratively prohibited (on-exhaustion reject)",
+    HostLimit = "drop_host_limit": "new flows refused because their internal host held max-sessions-per-host live sessions (answered with ICMP administratively prohibited under on-exhaustion reject)",
+    Evicted = "evicted_openings": "unanswered openings (SYN sent, no answer, idle 3 s) removed to make room for a new flow of the same host while the session table was nearly full",
     RstOutOfWindow = "rst_out_of_window": "resets from outside whose sequence number lies outside the internal host's receive window (RFC 5961), dropped: the session is neither closed nor cooled",
     Collision = "collisions": "translated SYNs answered with an ACK instead of a SYN-ACK: a remote still holding the old connection on this key (TIME_WAIT or half-open)",
     SynRefused = "syn_refused": "translated SYNs answered with a reset: nothing listening at the destination, or a filter refusing it (not a key collision)",

@@ -14,6 +14,7 @@ pub mod expiry;
 pub mod flow;
 pub mod forward;
 pub mod headers;
+pub mod hosts;
 pub mod mapping;
 pub mod names;
 pub mod port_forward;
@@ -27,6 +28,7 @@ mod pod {
         config::{Config, PoolAddr},
         expiry::SweepControl,
         flow::{FlowKey, Session},
+        hosts::HostEntry,
         mapping::{EndpointKey, Mapping, Owner, PeerKey},
         port_forward::{ForwardKey, ForwardTarget},
     };
@@ -44,4 +46,5 @@ mod pod {
     unsafe impl aya::Pod for Mapping {}
     unsafe impl aya::Pod for Owner {}
     unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for HostEntry {}
 }

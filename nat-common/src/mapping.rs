@@ -38,6 +38,12 @@ pub mod filtering {
 /// mapping, to be released exactly once, when the forward entry is deleted.
 pub const SESSION_MAPPED: u16 = 1;
 
+/// Forward-entry mark: the session was opened from outside (a port
+/// forward, or a packet a mapping's filter admitted), not allocated for its
+/// internal host, so it is not in that host's session count
+/// ([`crate::hosts`]) and its end takes nothing off it.
+pub const SESSION_INBOUND: u16 = 2;
+
 /// An endpoint with its protocol: the internal one keys the mapping map,
 /// the external one the owner map.
 #[repr(C)]

@@ -62,6 +62,12 @@ pub const MAP_FORWARD_KEY: &str = "NAT_FORWARD_KEY";
 /// Per-CPU slot of the hairpin program's packet and translation (not pinned).
 pub const MAP_HAIRPIN_PLAN: &str = "NAT_HAIRPIN_PLAN";
 
+/// Live sessions per internal address: address -> [`crate::hosts::HostEntry`].
+pub const MAP_HOSTS: &str = "NAT_HOSTS";
+/// Live session pairs over all hosts (plus allocations in flight), one u64
+/// at index 0, changed only by atomic adds.
+pub const MAP_LIVE: &str = "NAT_LIVE";
+
 pub const PROG_EGRESS: &str = "nat_egress";
 /// XDP ingress, the default.
 pub const PROG_INGRESS: &str = "nat_ingress";
@@ -91,6 +97,9 @@ pub const GLOBAL_EXT_ADDR: &str = "EXT_ADDR";
 pub const GLOBAL_EXT_ADDRS: &str = "EXT_ADDRS";
 /// Load-time constant: non-zero when internal interfaces have the fast path.
 pub const GLOBAL_FAST_PATH: &str = "FAST_PATH";
+/// Load-time constant: the capacity of each session map (`--max-sessions`),
+/// against which the allocator measures table pressure.
+pub const GLOBAL_SESSION_CAPACITY: &str = "SESSION_CAPACITY";
 /// Load-time constant: the secret that keys the port-allocation hash.
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 

@@ -29,7 +29,7 @@ use nat_common::{
 };
 
 use crate::{
-    mapping,
+    hosts, mapping,
     maps::{
         NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, NAT_SCRATCH, count,
         hash_seed,
@@ -317,9 +317,26 @@ fn histogram(bucket: u32) {
     }
 }
 
-/// Finds an external address and port for `fwd` and inserts the session pair.
+/// Finds an external address and port for `fwd` and inserts the session
+/// pair, within the host's limit (`hosts.rs`: reserved before, kept or
+/// given back after).
 #[inline(always)]
 pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, DropReason> {
+    let admitted = hosts::admit(fwd, now)?;
+    let mut new = false;
+    let result = allocate_port(fwd, tcp_flags, now, &mut new);
+    hosts::settle(fwd, admitted, new, tcp_flags);
+    result
+}
+
+/// `new` is set when the pair inserted is this flow's own (not another CPU's).
+#[inline(always)]
+fn allocate_port(
+    fwd: &FlowKey,
+    tcp_flags: u8,
+    now: u64,
+    new: &mut bool,
+) -> Result<Endpoint, DropReason> {
     let cfg: &Config = NAT_CONFIG.get(0).ok_or(DropReason::AllocFail)?;
     let pool_len = cfg.pool_len;
     if pool_len == 0 || pool_len > MAX_POOL {
@@ -356,6 +373,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         best_until: u64::MAX,
     };
     if let Some(s) = probe_address(&mut p, own, MAX_PROBES, true)? {
+        *new = p.found == FOUND_WON;
         return Ok(s);
     }
     // The host's own address has no free port toward this destination: move
@@ -363,6 +381,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
     let mut other = 1;
     while other < MAX_POOL && other < pool_len {
         if let Some(s) = probe_address(&mut p, (own + other) % pool_len, SPILL_PROBES, false)? {
+            *new = p.found == FOUND_WON;
             count(Counter::Spill);
             return Ok(s);
         }
@@ -382,6 +401,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
     }
     match claim_pair(fwd, p.best_addr, port, tcp_flags, now) {
         Claim::Won(s) => {
+            *new = true;
             let _ = NAT_COOLDOWN.remove(fwd.translated(p.best_addr, port));
             count(Counter::Opened);
             count(Counter::Fallback);

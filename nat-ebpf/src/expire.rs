@@ -46,6 +46,7 @@ use nat_common::{
         TIMER_TAKEOVER_INTERVALS, cooldown_until, expired, phase, shortest_idle_ns,
     },
     flow::{FlowKey, PROTO_TCP, Session},
+    mapping::SESSION_INBOUND,
     seen_word::{bits, current_rev_bits},
     tcp_state::{close_kind, expiry_kind, idle_timeout_ms, state_of},
 };
@@ -360,7 +361,7 @@ fn add(total: SweepTotal, n: u64) -> u64 {
 /// recorded (the cooldown map is full). A longer cooldown already there
 /// stays: this only ever extends.
 #[inline(always)]
-fn cool(key: &FlowKey, until: u64) -> bool {
+pub(crate) fn cool(key: &FlowKey, until: u64) -> bool {
     // Most keys have no entry: one insert, no lookup.
     match NAT_COOLDOWN.insert(key, until, BPF_NOEXIST as u64) {
         Ok(()) => return true,
@@ -540,8 +541,13 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     if moved {
         return false;
     }
-    // Releases the session's mapping reference with the forward entry.
-    crate::mapping::remove_forward(&key, fwd);
+    // The forward entry goes with its mapping reference, and only the run
+    // whose delete succeeded counts the session off its host.
+    if let Some(marks) = crate::mapping::remove_forward(&key, fwd)
+        && marks & SESSION_INBOUND == 0
+    {
+        crate::hosts::released(key.saddr);
+    }
     if rev.is_some() {
         let _ = NAT_REV.remove(rev_key);
     }

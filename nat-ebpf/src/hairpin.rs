@@ -78,7 +78,7 @@ const NOT_OURS: i64 = 1;
 const ALLOCATE: i64 = 8;
 
 /// The drop reasons the session work can end in, as the global functions'
-/// return codes (2 to 7).
+/// return codes (2 to 7, and 9).
 #[inline(always)]
 const fn code(drop: DropReason) -> i64 {
     match drop {
@@ -87,6 +87,7 @@ const fn code(drop: DropReason) -> i64 {
         DropReason::StrictCooling => 4,
         DropReason::SessionTableFull => 5,
         DropReason::ForwardConflict => 6,
+        DropReason::HostLimit => 9,
         _ => 7,
     }
 }
@@ -99,6 +100,7 @@ const fn reason(code: i64) -> DropReason {
         4 => DropReason::StrictCooling,
         5 => DropReason::SessionTableFull,
         6 => DropReason::ForwardConflict,
+        9 => DropReason::HostLimit,
         _ => DropReason::AllocFail,
     }
 }

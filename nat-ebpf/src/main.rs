@@ -25,6 +25,7 @@ mod fast;
 mod frag;
 #[cfg(target_arch = "bpf")]
 mod hairpin;
+mod hosts;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]

@@ -36,7 +36,9 @@ use nat_common::{
     config::Config,
     counters::Counter,
     flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
-    mapping::{EndpointKey, Mapping, Owner, PeerKey, SESSION_MAPPED, admits, mode},
+    mapping::{
+        EndpointKey, Mapping, Owner, PeerKey, SESSION_INBOUND, SESSION_MAPPED, admits, mode,
+    },
     seen_word::{SharedWord, update},
 };
 
@@ -142,13 +144,15 @@ extern "C" fn nat_mapping_release(proto: u64, addr: u64, port: u64) -> i32 {
 /// mapping reference it holds. Every deletion of a forward entry goes
 /// through here.
 #[inline(always)]
-pub fn remove_forward(key: &FlowKey, fwd: *const Session) {
+pub fn remove_forward(key: &FlowKey, fwd: *const Session) -> Option<u16> {
     // SAFETY: the caller's live map value pointer, read before the delete.
-    let mapped = unsafe { read_volatile(&(*fwd).mapping) } == SESSION_MAPPED;
+    let marks = unsafe { read_volatile(&(*fwd).mapping) };
     // Only the CPU whose delete succeeded releases: one release per entry.
-    if NAT_FWD.remove(key).is_ok() && mapped {
+    NAT_FWD.remove(key).ok()?;
+    if marks & SESSION_MAPPED != 0 {
         release(key.proto, key.saddr, key.sport);
     }
+    Some(marks)
 }
 
 /// Records that the mapping (`born`) on external `ext` sent to `remote`,
@@ -461,7 +465,7 @@ extern "C" fn nat_mapping_admit(rev_key: *const FlowKey, now: u64) -> i64 {
         )
     };
     let fwd = FlowKey::new(proto, (j >> 16) as u32, j as u16, remote, remote_port);
-    let flags = (SESSION_MAPPED as u64) << 8;
+    let flags = ((SESSION_MAPPED | SESSION_INBOUND) as u64) << 8;
     let r = nat_claim_pair(&fwd, ext_addr as u64, ext_port as u64, flags, now);
     nat_mapping_admitted(rev_key, j, r)
 }

@@ -12,6 +12,7 @@ use nat_common::{
     event_rate::EventRate,
     expiry::{SWEEP_TOTALS, SweepControl},
     flow::{FlowKey, FragEntry, FragKey, Session},
+    hosts::HostEntry,
     mapping::{EndpointKey, Mapping, Owner, PeerKey},
     port_forward::{ForwardKey, ForwardTarget, MAX_FORWARD_ENTRIES},
     probe::PROBE_BUCKETS,
@@ -47,6 +48,17 @@ pub static NAT_EIM_OWNER: HashMap<EndpointKey, Owner> =
 #[map(name = "NAT_EIM_PEERS")]
 pub static NAT_EIM_PEERS: LruHashMap<PeerKey, u64> =
     LruHashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+/// Live sessions per internal address. Not preallocated: an entry the
+/// sweep deletes is freed only after every program run that may still hold
+/// a pointer to it has ended (see `hosts.rs`). The loader sizes it as the
+/// session maps: every entry but a dying one holds at least one session.
+#[map(name = "NAT_HOSTS")]
+pub static NAT_HOSTS: HashMap<u32, HostEntry> =
+    HashMap::with_max_entries(DEFAULT_SESSIONS, 1 /* BPF_F_NO_PREALLOC */);
+
+/// Live session pairs over all hosts, for the table-pressure check.
+#[map(name = "NAT_LIVE")]
+pub static NAT_LIVE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// One session entry per CPU, where a new session is put together before
 /// it is inserted; never pinned.
@@ -155,6 +167,16 @@ pub fn ext_ifindex() -> u32 {
 pub fn fast_path() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&FAST_PATH) != 0 }
+}
+
+/// Load-time: the capacity of each session map; the loader sets it.
+#[unsafe(no_mangle)]
+static SESSION_CAPACITY: u32 = 0;
+
+#[inline(always)]
+pub fn session_capacity() -> u64 {
+    // SAFETY: as for HASH_SEED below.
+    unsafe { core::ptr::read_volatile(&SESSION_CAPACITY) as u64 }
 }
 
 /// Load-time secret keying the port-allocation hash; the loader sets it.

@@ -21,6 +21,8 @@ pub enum DropReason {
     ForwardConflict,
     /// A hairpinned packet has no route to its internal host.
     HairpinUnrouted,
+    /// The internal host holds `max-sessions-per-host` sessions.
+    HostLimit,
 }
 
 impl DropReason {
@@ -39,6 +41,7 @@ impl DropReason {
             DropReason::IcmpUnmatched => Counter::IcmpUnmatched,
             DropReason::ForwardConflict => Counter::ForwardConflict,
             DropReason::HairpinUnrouted => Counter::HairpinUnrouted,
+            DropReason::HostLimit => Counter::HostLimit,
         }
     }
 }

@@ -12,6 +12,7 @@ use nat_common::{
     counters::Counter,
     flow::{FlowKey, HopCache, PROTO_TCP, PROTO_UDP, Session},
     headers::tcp_flags,
+    mapping::SESSION_INBOUND,
     port_forward::ForwardKey,
 };
 
@@ -142,7 +143,8 @@ extern "C" fn nat_open_inbound(
     let mut entry = Session {
         addr: to_addr,
         port: to_port,
-        mapping: 0,
+        // Not allocated for the internal host: outside its count.
+        mapping: SESSION_INBOUND,
         seen: 0,
         acked: 0,
         window: 0,

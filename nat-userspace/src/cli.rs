@@ -63,9 +63,13 @@ pub enum Command {
     Top {
         #[command(flatten)]
         show: ShowArgs,
-        /// How many destinations to list.
+        /// How many destinations (or hosts) to list.
         #[arg(long, default_value_t = 10)]
         limit: usize,
+        /// List the internal hosts with the most live sessions instead, against
+        /// max-sessions-per-host.
+        #[arg(long)]
+        hosts: bool,
     },
     /// Checks a config file for `nat load --config` with the rules of the flags; one line per error.
     CheckConfig {

@@ -417,6 +417,7 @@ mod tests {
             "fast-path" => ("veth1,veth2", "[\"veth1\", \"veth2\"]"),
             "max-sessions" => ("4096", "4096"),
             "max-cooldowns" => ("8192", "8192"),
+            "max-sessions-per-host" => ("500", "500"),
             "reap-interval-ms" => ("250", "250"),
             "cooldown-enabled" => ("off", "false"),
             "policy" => ("strict", "\"strict\""),

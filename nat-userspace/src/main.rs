@@ -84,8 +84,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Cooldowns(args) => {
             show::cooldowns(&open(netns, args.iface.as_deref())?, args.json)
         }
-        Command::Top { show: args, limit } => {
-            show::top(&open(netns, args.iface.as_deref())?, args.json, limit)
+        Command::Top {
+            show: args,
+            limit,
+            hosts,
+        } => {
+            let tables = open(netns, args.iface.as_deref())?;
+            if hosts {
+                show::top_hosts(&tables, args.json, limit)
+            } else {
+                show::top(&tables, args.json, limit)
+            }
         }
         Command::Get { key, iface, json } => {
             show::get(&open(netns, iface.as_deref())?, key.as_deref(), json)

@@ -19,6 +19,10 @@ enum Kind {
     Exhaustion,
     /// One of these words, each standing for its value.
     Choice(&'static [(&'static str, u32)]),
+    /// A count within [0, max]; 0 means no limit.
+    Limit {
+        max: u64,
+    },
 }
 
 const MAPPING: &[(&str, u32)] = &[
@@ -146,6 +150,12 @@ pub const SETTINGS: &[Setting] = &[
         field!(filtering_udp),
     ),
     setting(
+        "max-sessions-per-host",
+        "live sessions one internal address may hold; its new flows past it are refused (drop_host_limit; ICMP administratively prohibited under on-exhaustion reject), its existing flows and other hosts untouched; 0: no limit",
+        Kind::Limit { max: 16_777_216 },
+        field!(max_sessions_per_host),
+    ),
+    setting(
         "timeout-tcp-established",
         "idle timeout of established TCP sessions",
         Kind::Duration { min: 1000 },
@@ -209,6 +219,14 @@ impl Setting {
                 "reject" => Ok(exhaustion::REJECT as u64),
                 _ => Err(format!("{}: '{value}' is not drop or reject", self.name)),
             },
+            Kind::Limit { max } => match v.parse::<u64>() {
+                Ok(n) if n <= max => Ok(n),
+                Ok(_) => Err(format!(
+                    "{}: {value} is above the maximum of {max}",
+                    self.name
+                )),
+                Err(_) => Err(format!("{}: '{value}' is not a whole number", self.name)),
+            },
             Kind::Policy => match v {
                 "fallback" => Ok(policy::FALLBACK as u64),
                 "strict" => Ok(policy::STRICT as u64),
@@ -244,6 +262,7 @@ impl Setting {
         let v = self.get(cfg);
         match self.kind {
             Kind::Duration { .. } => format!("{v}ms"),
+            Kind::Limit { .. } => v.to_string(),
             Kind::OnOff => if v != 0 { "on" } else { "off" }.to_owned(),
             Kind::Policy => if v == policy::STRICT as u64 {
                 "strict"
@@ -267,7 +286,7 @@ impl Setting {
     /// The value for JSON output: milliseconds as numbers, the rest as words.
     pub fn json(&self, cfg: &Config) -> serde_json::Value {
         match self.kind {
-            Kind::Duration { .. } => serde_json::json!(self.get(cfg)),
+            Kind::Duration { .. } | Kind::Limit { .. } => serde_json::json!(self.get(cfg)),
             _ => serde_json::json!(self.format(cfg)),
         }
     }
@@ -280,6 +299,7 @@ impl Setting {
             .long(self.name)
             .value_name(match self.kind {
                 Kind::Duration { .. } => "DURATION",
+                Kind::Limit { .. } => "N",
                 Kind::OnOff => "on|off",
                 Kind::Policy => "strict|fallback",
                 Kind::Exhaustion => "drop|reject",
@@ -310,6 +330,7 @@ impl Setting {
             Kind::Duration { min } => {
                 format!("{} to {}", human_ms(min), human_ms(MAX_DURATION_MS))
             }
+            Kind::Limit { max } => format!("0 (no limit) to {max}"),
             Kind::OnOff => "on or off".to_owned(),
             Kind::Policy => "strict or fallback".to_owned(),
             Kind::Exhaustion => "drop or reject".to_owned(),
@@ -360,6 +381,12 @@ mod tests {
         assert!(find("policy").unwrap().parse("random").is_err());
         assert!(find("timeout-udp").unwrap().parse("10ms").is_err());
         assert!(find("no-such").is_err());
+        let limit = find("max-sessions-per-host").unwrap();
+        assert_eq!(limit.parse("0"), Ok(0));
+        assert_eq!(limit.parse("4096"), Ok(4096));
+        assert!(limit.parse("-1").is_err());
+        assert!(limit.parse("lots").is_err());
+        assert!(limit.parse("16777217").is_err());
     }
 
     #[test]
@@ -406,6 +433,7 @@ mod tests {
         assert_eq!(get("mapping-udp"), "endpoint-independent");
         assert_eq!(get("mapping-tcp"), "address-port-dependent");
         assert_eq!(get("filtering-udp"), "address-dependent");
+        assert_eq!(get("max-sessions-per-host"), "32768");
     }
 
     #[test]

@@ -257,6 +257,52 @@ pub fn top(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// `nat top --hosts`: the internal hosts holding the most sessions.
+pub fn top_hosts(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
+    let cap = tables.config()?.max_sessions_per_host;
+    let mut rows = tables.host_counts()?;
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    rows.truncate(limit);
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(host, n)| {
+                json!({
+                    "host": host.to_string(),
+                    "sessions": n,
+                    "limit": cap,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<15} {:>9} {:>9} {:>6}",
+        "HOST", "SESSIONS", "LIMIT", "USED"
+    )?;
+    for (host, n) in &rows {
+        let (limit_text, used) = match cap {
+            0 => ("none".to_owned(), "-".to_owned()),
+            c => (
+                c.to_string(),
+                format!("{:.1}%", *n as f64 * 100.0 / f64::from(c)),
+            ),
+        };
+        writeln!(
+            out,
+            "{:<15} {:>9} {:>9} {:>6}",
+            host.to_string(),
+            n,
+            limit_text,
+            used
+        )?;
+    }
+    Ok(())
+}
+
 pub fn get(tables: &Tables, key: Option<&str>, as_json: bool) -> Result<()> {
     let cfg = tables.config()?;
     let chosen: Vec<&Setting> = match key {

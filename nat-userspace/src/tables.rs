@@ -8,8 +8,11 @@ use nat_common::{
     config::{Config, PoolAddr},
     counters::Counter,
     flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
+    hosts::{HOST_DYING, HostEntry},
     mapping::SESSION_MAPPED,
-    names::{MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS},
+    names::{
+        MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_HOSTS, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
+    },
     probe::PROBE_BUCKETS,
     seen_word::{bits, current_rev_bits},
     tcp_state::{State, state_of},
@@ -28,6 +31,7 @@ pub struct Tables {
     pool: Array<MapData, PoolAddr>,
     stats: PerCpuArray<MapData, u64>,
     probes: PerCpuArray<MapData, u64>,
+    hosts: HashMap<MapData, u32, HostEntry>,
 }
 
 impl Tables {
@@ -60,6 +64,7 @@ impl Tables {
             probes: take(MAP_PROBES)?
                 .try_into()
                 .context("probe histogram map")?,
+            hosts: take(MAP_HOSTS)?.try_into().context("host count map")?,
         })
     }
 
@@ -125,6 +130,18 @@ impl Tables {
                 Ok((c, per_cpu.iter().sum()))
             })
             .collect()
+    }
+
+    /// Live sessions per internal address as the datapath counts them,
+    /// hosts being deleted (count reached zero) left out.
+    pub fn host_counts(&self) -> Result<Vec<(Ipv4Addr, u64)>> {
+        let all: Vec<(u32, HostEntry)> =
+            batch::lookup_all(self.hosts.map()).context("cannot read the host count map")?;
+        Ok(all
+            .into_iter()
+            .filter(|(_, e)| e.sessions < HOST_DYING)
+            .map(|(addr, e)| (Ipv4Addr::from(u32::from_be(addr)), e.sessions))
+            .collect())
     }
 
     /// Every forward entry, read in batches.
@@ -228,7 +245,7 @@ impl SessionView {
             rev_seen,
             last_seen: fwd.last_seen.max(rev_last),
             paired: rev.is_some(),
-            independent: fwd.mapping == SESSION_MAPPED,
+            independent: fwd.mapping & SESSION_MAPPED != 0,
         }
     }
 

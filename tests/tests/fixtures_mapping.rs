@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use fixture::*;
 use nat_common::{
     counters::Counter,
-    mapping::{SESSION_MAPPED, filtering},
+    mapping::{SESSION_INBOUND, SESSION_MAPPED, filtering},
 };
 
 const INGRESS: [Prog; 2] = [Prog::Ingress, Prog::IngressTc];
@@ -116,7 +116,7 @@ fn fixture_mapping_filter_admits_a_known_address() {
         let opened = Flow::new(PROTO_UDP, client(), ext, ep(REMOTE, 54));
         assert_eq!(
             out.fwd[&opened.fwd_key()].mapping,
-            SESSION_MAPPED,
+            SESSION_MAPPED | SESSION_INBOUND,
             "{prog:?}"
         );
         let rev = out.rev[&opened.rev_key()];
