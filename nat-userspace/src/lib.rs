@@ -27,3 +27,4 @@ pub mod show;
 pub mod tables;
 pub mod tc_attach;
 pub mod unload;
+pub mod verify;
