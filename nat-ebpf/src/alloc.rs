@@ -23,10 +23,10 @@ use nat_common::{
 
 use crate::{
     maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, NAT_SCRATCH, count,
-        hash_seed,
+        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBE_STATE, NAT_PROBES, NAT_REV,
+        NAT_SCRATCH, count, hash_seed,
     },
-    packet::{DropReason, Endpoint},
+    packet::{DropReason, Endpoint, decode_endpoint, encode_endpoint},
 };
 
 const FOUND_NONE: u32 = 0;
@@ -53,10 +53,15 @@ fn insert_failure(err: i32) -> DropReason {
     }
 }
 
-/// State of one probe walk over one external address; lives on the stack and
-/// is handed to the bpf_loop callback by pointer.
+/// State of one allocation's probe walks, in this CPU's slot of
+/// NAT_PROBE_STATE: on the stack it made the call chain nat_egress,
+/// nat_allocate, probe callback, nat_claim_pair overflow the 512 bytes the
+/// verifier allows a chain. The callback finds it there itself (bpf_loop
+/// gets no context): Linux 6.1 takes only a stack pointer as that context.
+/// A CPU runs one program at a time and nothing here sleeps, so the slot
+/// is this allocation's for the length of the call.
 #[repr(C)]
-struct Probe {
+pub struct Probe {
     fwd: FlowKey,
     pool: PoolAddr,
     now: u64,
@@ -120,9 +125,12 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
     }
 }
 
-extern "C" fn probe_step(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer to the caller's `Probe`.
-    let p = unsafe { &mut *(ctx as *mut Probe) };
+extern "C" fn probe_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(p) = NAT_PROBE_STATE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, which allocate filled before the loop.
+    let p = unsafe { &mut *p };
     let port = walk(&p.pool, p.start, i as u32);
     p.probes = i as u32 + 1;
     if try_candidate(p, port) { 1 } else { 0 }
@@ -199,7 +207,7 @@ extern "C" fn nat_claim_pair(
         last_seen: now,
         hop: HopCache::default(),
     };
-    if let Err(err) = NAT_REV.insert(rev_key, *entry, BPF_NOEXIST as u64) {
+    if let Err(err) = NAT_REV.insert(rev_key, &*entry, BPF_NOEXIST as u64) {
         return if err == -EEXIST {
             CLAIM_TAKEN
         } else {
@@ -210,7 +218,7 @@ extern "C" fn nat_claim_pair(
     entry.port = port;
     // Generation 0: the mapping's first connection.
     entry.seen = seen_bits(tcp_flags as u8) as u64;
-    let err = match NAT_FWD.insert(fwd, *entry, BPF_NOEXIST as u64) {
+    let err = match NAT_FWD.insert(fwd, &*entry, BPF_NOEXIST as u64) {
         Ok(()) => return CLAIM_WON,
         Err(err) => err,
     };
@@ -243,12 +251,12 @@ fn probe_address(
         try_candidate(p, src_port);
     }
     if p.found == FOUND_NONE {
-        // SAFETY: the callback only touches the `Probe` it is handed.
+        // SAFETY: the callback only touches this CPU's `Probe` slot.
         unsafe {
             bpf_loop(
                 probes,
                 probe_step as *mut c_void,
-                p as *mut Probe as *mut c_void,
+                core::ptr::null_mut(),
                 0,
             );
         }
@@ -279,6 +287,27 @@ fn histogram(bucket: u32) {
 /// Finds an external address and port for `fwd` and inserts the session pair.
 #[inline(always)]
 pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, DropReason> {
+    decode_endpoint(nat_allocate(fwd, tcp_flags as u64, now))
+}
+
+/// [`allocate`] as a global BPF function: verified once on its own, with
+/// the probe walks, spill loop and fallback it holds, instead of once for
+/// every path of nat_egress (and the ICMP translator) that reaches a new
+/// flow; Linux 6.1's verifier gave up on nat_egress with it inlined.
+/// Returns [`encode_endpoint`]'s code.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_allocate(fwd: *const FlowKey, tcp_flags: u64, now: u64) -> i64 {
+    if fwd.is_null() {
+        return encode_endpoint(Err(DropReason::AllocFail));
+    }
+    // SAFETY: checked for null; the callers pass their stack key.
+    let fwd = unsafe { *fwd };
+    encode_endpoint(find_and_claim(&fwd, tcp_flags as u8, now))
+}
+
+#[inline(always)]
+fn find_and_claim(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, DropReason> {
     let cfg: &Config = NAT_CONFIG.get(0).ok_or(DropReason::AllocFail)?;
     let pool_len = cfg.pool_len;
     if pool_len == 0 || pool_len > MAX_POOL {
@@ -286,7 +315,12 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
     }
     let seed = hash_seed();
     let own = pool_index(fwd.saddr, seed, pool_len);
-    let mut p = Probe {
+    let p = NAT_PROBE_STATE
+        .get_ptr_mut(0)
+        .ok_or(DropReason::AllocFail)?;
+    // SAFETY: this CPU's slot, used only for the length of this call.
+    let p = unsafe { &mut *p };
+    *p = Probe {
         fwd: *fwd,
         pool: PoolAddr::default(),
         now,
@@ -300,14 +334,14 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         best_addr: 0,
         best_until: u64::MAX,
     };
-    if let Some(s) = probe_address(&mut p, own, MAX_PROBES, true)? {
+    if let Some(s) = probe_address(p, own, MAX_PROBES, true)? {
         return Ok(s);
     }
     // The host's own address has no free port toward this destination: move
     // to the others before settling for a cooling port.
     let mut other = 1;
     while other < MAX_POOL && other < pool_len {
-        if let Some(s) = probe_address(&mut p, (own + other) % pool_len, SPILL_PROBES, false)? {
+        if let Some(s) = probe_address(p, (own + other) % pool_len, SPILL_PROBES, false)? {
             count(Counter::Spill);
             return Ok(s);
         }

@@ -34,12 +34,20 @@ pub fn rejection(err: &ProgramError) -> String {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log
+            let lines: Vec<&str> = log
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .collect();
-            let tail = &tail[tail.len().saturating_sub(LOG_TAIL)..];
+            // The statistics close every log; the reason comes before them.
+            let is_stat = |l: &&str| {
+                l.starts_with("verification time")
+                    || l.starts_with("stack depth")
+                    || l.starts_with("processed ")
+            };
+            let reason: Vec<&str> = lines.iter().filter(|l| !is_stat(l)).copied().collect();
+            let mut tail: Vec<&str> = reason[reason.len().saturating_sub(LOG_TAIL)..].to_vec();
+            tail.extend(lines.iter().filter(|l| l.starts_with("processed ")));
             if tail.is_empty() {
                 format!("{io_error} (the verifier gave no reason)")
             } else {
