@@ -186,8 +186,9 @@ extern "C" fn nat_claim_pair(
     if fwd.is_null() {
         return 0;
     }
-    // SAFETY: checked for null; the caller passes its stack key.
-    let fwd = unsafe { *fwd };
+    // SAFETY: checked for null; the caller passes its stack key. A copy,
+    // as in nat_allocate.
+    let fwd = unsafe { core::ptr::read_volatile(fwd) };
     let (ext_addr, port) = (ext_addr as u32, port as u16);
     let rev_key = fwd.translated(ext_addr, port);
     // One entry, filled for each direction in turn, in a per-CPU scratch
@@ -251,12 +252,16 @@ fn probe_address(
         try_candidate(p, src_port);
     }
     if p.found == FOUND_NONE {
+        // Linux 6.1 wants the callback's context to be a stack pointer
+        // (a null one fails its check of the callback's arguments); the
+        // callback ignores it and finds its state in NAT_PROBE_STATE.
+        let mut unused = 0u64;
         // SAFETY: the callback only touches this CPU's `Probe` slot.
         unsafe {
             bpf_loop(
                 probes,
                 probe_step as *mut c_void,
-                core::ptr::null_mut(),
+                core::ptr::addr_of_mut!(unused).cast(),
                 0,
             );
         }
@@ -301,8 +306,10 @@ extern "C" fn nat_allocate(fwd: *const FlowKey, tcp_flags: u64, now: u64) -> i64
     if fwd.is_null() {
         return encode_endpoint(Err(DropReason::AllocFail));
     }
+    // A copy on this function's stack: Linux 6.1 takes no pointer argument
+    // of a global function as a map key. Volatile, so that LLVM keeps it.
     // SAFETY: checked for null; the callers pass their stack key.
-    let fwd = unsafe { *fwd };
+    let fwd = unsafe { core::ptr::read_volatile(fwd) };
     encode_endpoint(find_and_claim(&fwd, tcp_flags as u8, now))
 }
 
