@@ -51,7 +51,7 @@ fn scenario(tag: &str, extra: &[&str]) -> Outcome {
     args.extend_from_slice(extra);
     let _nat = NatProcess::start(&topo, &args);
     let _server = short_connection_server(topo.ns_name(Side::Server), SERVER_PORT);
-    let paws_before = tcp_ext(topo.ns_name(Side::Server), "PAWSTimewait");
+    let paws_before = tcp_ext(topo.ns_name(Side::Server), nat_tests::PAWS_TIMEWAIT);
 
     let results = short_connection_burst(
         topo.ns_name(Side::Client),
@@ -68,7 +68,7 @@ fn scenario(tag: &str, extra: &[&str]) -> Outcome {
         errors: errors.into_iter().map(|e| e.unwrap_err()).collect(),
         collisions: counter(&st, "collisions"),
         reopened: counter(&st, "sessions_reopened"),
-        paws_timewait: tcp_ext(topo.ns_name(Side::Server), "PAWSTimewait") - paws_before,
+        paws_timewait: tcp_ext(topo.ns_name(Side::Server), nat_tests::PAWS_TIMEWAIT) - paws_before,
     }
 }
 

@@ -126,7 +126,10 @@ fn verify_programs(fast_path: bool, ext_addrs: u32) -> Result<()> {
         }
     }
     if rejected > 0 {
-        bail!("the verifier rejected {rejected} of {} programs", verdicts.len());
+        bail!(
+            "the verifier rejected {rejected} of {} programs",
+            verdicts.len()
+        );
     }
     Ok(())
 }
