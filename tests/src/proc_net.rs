@@ -47,5 +47,5 @@ pub fn tcp_ext(ns: &str, name: &'static str) -> u64 {
 /// SYNs a namespace's stack rejected because they hit a connection in
 /// TIME_WAIT with an older timestamp (PAWS): `PAWSTimewait`, or on kernels
 /// without that counter (Linux 6.1) `PAWSEstab`, under which they counted
-/// these rejections then.
+/// these rejections then, with the PAWS rejects of established sockets.
 pub const PAWS_TIMEWAIT: &str = "PAWSTimewait|PAWSEstab";

@@ -104,7 +104,22 @@ fn with_cooldown_no_connection_collides_stalls_or_fails() {
         "connects slower than {STALL:?}: {:?}",
         o.latencies
     );
-    assert_eq!(o.paws_timewait, 0, "{o:?}");
+    // Without PAWSTimewait (6.1) the count is PAWSEstab, which also counts
+    // PAWS rejects of established segments (a late duplicate under a slow
+    // VM); a TIME_WAIT hit there shows as a collision, checked below.
+    if paws_counter_is_exact() {
+        assert_eq!(o.paws_timewait, 0, "{o:?}");
+    }
     assert_eq!(o.collisions, 0, "{o:?}");
     assert_eq!(o.reopened, 0, "{o:?}");
+}
+
+/// Whether this kernel counts TIME_WAIT PAWS rejects on their own
+/// (`PAWSTimewait`, newer than 6.1); the set of counters is the kernel's,
+/// the same in every namespace.
+fn paws_counter_is_exact() -> bool {
+    std::fs::read_to_string("/proc/net/netstat")
+        .expect("/proc/net/netstat is readable")
+        .split_whitespace()
+        .any(|name| name == "PAWSTimewait")
 }
