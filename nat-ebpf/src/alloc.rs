@@ -23,7 +23,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
-    flow::{FlowKey, HopCache, Session},
+    flow::{FlowKey, Session},
     probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, span, walk},
     tcp_state::seen_bits,
 };
@@ -31,10 +31,10 @@ use nat_common::{
 use crate::{
     hosts, mapping,
     maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, NAT_SCRATCH, count,
-        hash_seed,
+        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBE_STATE, NAT_PROBES, NAT_REV,
+        NAT_SCRATCH, count, hash_seed,
     },
-    packet::{DropReason, Endpoint},
+    packet::{DropReason, Endpoint, decode_endpoint, encode_endpoint},
 };
 
 const FOUND_NONE: u32 = 0;
@@ -61,10 +61,15 @@ pub fn insert_failure(err: i32) -> DropReason {
     }
 }
 
-/// State of one probe walk over one external address; lives on the stack and
-/// is handed to the bpf_loop callback by pointer.
+/// State of one allocation's probe walks, in this CPU's slot of
+/// NAT_PROBE_STATE: on the stack it made the call chain nat_egress,
+/// nat_allocate, probe callback, nat_claim_pair overflow the 512 bytes the
+/// verifier allows a chain. The callback finds it there itself (bpf_loop
+/// gets no context): Linux 6.1 takes only a stack pointer as that context.
+/// A CPU runs one program at a time and nothing here sleeps, so the slot
+/// is this allocation's for the length of the call.
 #[repr(C)]
-struct Probe {
+pub struct Probe {
     fwd: FlowKey,
     pool: PoolAddr,
     now: u64,
@@ -140,9 +145,12 @@ fn claim_candidate(p: &mut Probe, port: u16) -> Claim {
     decode(r, p.pool.addr, port)
 }
 
-extern "C" fn probe_step(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer to the caller's `Probe`.
-    let p = unsafe { &mut *(ctx as *mut Probe) };
+extern "C" fn probe_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(p) = NAT_PROBE_STATE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, which allocate filled before the loop.
+    let p = unsafe { &mut *p };
     let port = walk(&p.pool, p.start, i as u32);
     p.probes = i as u32 + 1;
     if try_candidate(p, port) { 1 } else { 0 }
@@ -207,8 +215,10 @@ pub extern "C" fn nat_claim_pair(
     if fwd.is_null() {
         return 0;
     }
-    // SAFETY: checked for null; the caller passes its stack key.
-    let fwd = unsafe { *fwd };
+    // SAFETY: checked for null; the caller passes its stack key. A copy on
+    // this stack, volatile so that LLVM keeps it: Linux 6.1 takes no pointer
+    // argument of a global function as a map key.
+    let fwd = unsafe { core::ptr::read_volatile(fwd) };
     let (ext_addr, port) = (ext_addr as u32, port as u16);
     // A port forward owns the port toward every remote: never handed out.
     // Checked here, in the one function every candidate's claim goes
@@ -226,16 +236,7 @@ pub extern "C" fn nat_claim_pair(
     };
     // SAFETY: this CPU's own slot, used only for the length of this call.
     let entry = unsafe { &mut *entry };
-    *entry = Session {
-        addr: fwd.saddr,
-        port: fwd.sport,
-        mapping: 0,
-        seen: 0,
-        acked: 0,
-        window: 0,
-        last_seen: now,
-        hop: HopCache::default(),
-    };
+    fill_entry(entry, fwd.saddr, fwd.sport, now);
     if let Err(err) = NAT_REV.insert(rev_key, &*entry, BPF_NOEXIST as u64) {
         return if err == -EEXIST {
             CLAIM_TAKEN
@@ -258,6 +259,29 @@ pub extern "C" fn nat_claim_pair(
         Some(winner) => (CLAIM_LOST << 48) | ((winner.addr as i64) << 16) | winner.port as i64,
         // -EEXIST here: the winner's flow is already gone again.
         None => err as i64,
+    }
+}
+
+/// A fresh reverse entry, written field by field: a whole `Session` (or
+/// its zeroed parts) makes LLVM call memset, which the verifier counts as
+/// one more frame under this function, at the bottom of a call chain that
+/// is at Linux 6.1's 512-byte limit (every frame rounded up to 32).
+#[inline(always)]
+fn fill_entry(entry: &mut Session, addr: u32, port: u16, now: u64) {
+    use core::ptr::write_volatile;
+    // SAFETY: plain stores to the fields of a live map value.
+    unsafe {
+        write_volatile(&mut entry.addr, addr);
+        write_volatile(&mut entry.port, port);
+        write_volatile(&mut entry.mapping, 0);
+        write_volatile(&mut entry.seen, 0);
+        write_volatile(&mut entry.acked, 0);
+        write_volatile(&mut entry.window, 0);
+        write_volatile(&mut entry.last_seen, now);
+        write_volatile(&mut entry.hop.words[0], 0);
+        write_volatile(&mut entry.hop.words[1], 0);
+        write_volatile(&mut entry.hop.words[2], 0);
+        write_volatile(&mut entry.hop.words[3], 0);
     }
 }
 
@@ -284,12 +308,16 @@ fn probe_address(
         try_candidate(p, src_port);
     }
     if p.found == FOUND_NONE {
-        // SAFETY: the callback only touches the `Probe` it is handed.
+        // Linux 6.1 wants the callback's context to be a stack pointer
+        // (a null one fails its check of the callback's arguments); the
+        // callback ignores it and finds its state in NAT_PROBE_STATE.
+        let mut unused = 0u64;
+        // SAFETY: the callback only touches this CPU's `Probe` slot.
         unsafe {
             bpf_loop(
                 probes,
                 probe_step as *mut c_void,
-                p as *mut Probe as *mut c_void,
+                core::ptr::addr_of_mut!(unused).cast(),
                 0,
             );
         }
@@ -319,14 +347,41 @@ fn histogram(bucket: u32) {
 
 /// Finds an external address and port for `fwd` and inserts the session
 /// pair, within the host's limit (`hosts.rs`: reserved before, kept or
-/// given back after).
+/// given back after). The host's reservation is taken and settled here, in
+/// the caller's frame, around [`nat_allocate`]: inside it, its calls would
+/// add to the deepest chain (caller, nat_allocate, probe callback, claim),
+/// which Linux 6.1 holds to 512 bytes with every frame rounded up to 32.
 #[inline(always)]
 pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, DropReason> {
     let admitted = hosts::admit(fwd, now)?;
-    let mut new = false;
-    let result = allocate_port(fwd, tcp_flags, now, &mut new);
+    let r = nat_allocate(fwd, tcp_flags as u64, now);
+    let new = r >= 0 && r & NEW_PAIR != 0;
     hosts::settle(fwd, admitted, new, tcp_flags);
-    result
+    decode_endpoint(if r >= 0 { r & !NEW_PAIR } else { r })
+}
+
+/// Set in [`nat_allocate`]'s answer (above the endpoint's 48 bits) when the
+/// pair is this flow's own, not another CPU's.
+const NEW_PAIR: i64 = 1 << 48;
+
+/// The port search of [`allocate`] as a global BPF function: verified once
+/// on its own, with the probe walks, spill loop and fallback it holds,
+/// instead of once for every path of nat_egress (and the hairpin program)
+/// that reaches a new flow; Linux 6.1's verifier gave up on nat_egress with
+/// it inlined. Returns [`encode_endpoint`]'s code, with [`NEW_PAIR`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_allocate(fwd: *const FlowKey, tcp_flags: u64, now: u64) -> i64 {
+    if fwd.is_null() {
+        return encode_endpoint(Err(DropReason::AllocFail));
+    }
+    // A copy on this function's stack: Linux 6.1 takes no pointer argument
+    // of a global function as a map key. Volatile, so that LLVM keeps it.
+    // SAFETY: checked for null; the callers pass their stack key.
+    let fwd = unsafe { core::ptr::read_volatile(fwd) };
+    let mut new = false;
+    let r = encode_endpoint(allocate_port(&fwd, tcp_flags as u8, now, &mut new));
+    if r >= 0 && new { r | NEW_PAIR } else { r }
 }
 
 /// `new` is set when the pair inserted is this flow's own (not another CPU's).
@@ -357,7 +412,12 @@ fn allocate_port(
     let mode = (j & 1) as u32;
     let seed = hash_seed();
     let own = pool_index(fwd.saddr, seed, pool_len);
-    let mut p = Probe {
+    let p = NAT_PROBE_STATE
+        .get_ptr_mut(0)
+        .ok_or(DropReason::AllocFail)?;
+    // SAFETY: this CPU's slot, used only for the length of this call.
+    let p = unsafe { &mut *p };
+    *p = Probe {
         fwd: *fwd,
         pool: PoolAddr::default(),
         now,
@@ -372,7 +432,7 @@ fn allocate_port(
         mode,
         best_until: u64::MAX,
     };
-    if let Some(s) = probe_address(&mut p, own, MAX_PROBES, true)? {
+    if let Some(s) = probe_address(p, own, MAX_PROBES, true)? {
         *new = p.found == FOUND_WON;
         return Ok(s);
     }
@@ -380,7 +440,7 @@ fn allocate_port(
     // to the others before settling for a cooling port.
     let mut other = 1;
     while other < MAX_POOL && other < pool_len {
-        if let Some(s) = probe_address(&mut p, (own + other) % pool_len, SPILL_PROBES, false)? {
+        if let Some(s) = probe_address(p, (own + other) % pool_len, SPILL_PROBES, false)? {
             *new = p.found == FOUND_WON;
             count(Counter::Spill);
             return Ok(s);

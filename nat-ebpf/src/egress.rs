@@ -1,6 +1,6 @@
 //! TC egress on the external interface: source NAT.
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::__sk_buff, macros::classifier, programs::TcContext};
 use nat_common::{
     counters::Counter,
     flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
@@ -12,8 +12,8 @@ use crate::{
     frag, icmp,
     maps::{NAT_FWD, fast_path, is_external, is_internal},
     packet::{
-        DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns,
-        read, tc_action, touch,
+        DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Side, decode, encode, ipv4_fields,
+        l4_fields, now_ns, read, tc_action, touch,
     },
     reject,
     skb::linear_headers,
@@ -67,20 +67,10 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     }
     if ip.proto == PROTO_ICMP {
         let inside = is_internal(ip.saddr);
-        let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
-        let done = icmp::translate(
-            data,
-            end,
-            ETH_HLEN,
-            &ip,
-            ETH_HLEN + meta.hdr_len,
-            icmp::Dir::Out,
-            inside,
-        )?;
-        if meta.fragment {
-            frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_OUT, true);
+        if inside {
+            icmp::open_echo(data, end, &ip, ETH_HLEN + meta.hdr_len)?;
         }
-        return Ok(done);
+        return decode(nat_icmp_egress(ctx.skb.skb, inside as u64));
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return refuse(DropReason::Unsupported);
@@ -139,4 +129,45 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
         frag::remember(&ip, FRAG_OUT, session.addr);
     }
     Ok(Counter::XlateOut)
+}
+
+/// ICMP from the internal side (or from the host) as a global BPF function
+/// of its own: the verifier checks the translator's many bounds checks once,
+/// not once per path of nat_egress that reaches them (on Linux 6.1 the
+/// inlined translator made nat_egress "too complex"). It parses the IPv4
+/// header again from the context, which is all it takes: a global function
+/// gets scalars and the context, never packet pointers. `inside`: the
+/// source is internal. Returns [`encode`]'s code.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_icmp_egress(skb: *mut __sk_buff, inside: u64) -> i64 {
+    let ctx = TcContext::new(skb);
+    encode(icmp_egress(&ctx, inside != 0))
+}
+
+#[inline(always)]
+fn icmp_egress(ctx: &TcContext, inside: bool) -> Result<Counter, DropReason> {
+    let len = ctx.len() as usize;
+    let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
+    let ip = ipv4_fields(data, end, ETH_HLEN)?;
+    let meta = check_ipv4(
+        ip.ver_ihl,
+        ip.tot_len,
+        ip.frag,
+        ip.proto,
+        len.saturating_sub(ETH_HLEN),
+    )?;
+    let done = icmp::translate(
+        data,
+        end,
+        ETH_HLEN,
+        &ip,
+        ETH_HLEN + meta.hdr_len,
+        icmp::Dir::Out,
+        inside,
+    )?;
+    if meta.fragment {
+        frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_OUT, true);
+    }
+    Ok(done)
 }

@@ -75,6 +75,29 @@ impl Datagram {
     }
 }
 
+/// Gives an echo request from an internal host its session when it has
+/// none yet, before [`translate`] runs: the translator (a global function
+/// of nat_egress) then only looks sessions up, which keeps the allocator's
+/// stack out of its call chain (the verifier allows 512 bytes per chain).
+/// Anything else, and a header too short to read, is left to `translate`.
+#[inline(always)]
+pub fn open_echo(data: usize, end: usize, ip: &Ipv4Fields, l4: usize) -> Result<(), DropReason> {
+    let (Ok(kind), Ok(id)) = (
+        crate::packet::read::<u8>(data, end, l4 + off::ICMP_TYPE),
+        crate::packet::read::<u16>(data, end, l4 + off::ICMP_ID),
+    ) else {
+        return Ok(());
+    };
+    if kind != icmp_type::ECHO_REQUEST {
+        return Ok(());
+    }
+    let key = FlowKey::new(PROTO_ICMP, ip.saddr, id, ip.daddr, 0);
+    if NAT_FWD.get_ptr(key).is_none() {
+        allocate(&key, 0, now_ns())?;
+    }
+    Ok(())
+}
+
 /// Translates an ICMP packet whose IPv4 header starts at `l3` and whose ICMP
 /// header starts at `l4`. `inside`: on egress, whether the source is an
 /// internal host (errors from elsewhere, such as the NAT host's own about a
@@ -120,7 +143,8 @@ pub fn translate(
                     // SAFETY: live map value.
                     Endpoint::of(unsafe { &*entry })
                 }
-                None => allocate(&key, 0, now)?,
+                // open_echo made it, just before.
+                None => return Err(DropReason::AllocFail),
             };
             (ip.saddr, session, l3 + off::IP_SADDR)
         }

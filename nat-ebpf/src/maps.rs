@@ -84,6 +84,10 @@ pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 
 #[map(name = "NAT_EVENT_RATE")]
 pub static NAT_EVENT_RATE: PerCpuArray<EventRate> = PerCpuArray::with_max_entries(1, 0);
 
+/// The allocator's probe state, one per CPU ([`crate::alloc::Probe`]); never pinned.
+#[map(name = "NAT_PROBE_STATE")]
+pub static NAT_PROBE_STATE: PerCpuArray<crate::alloc::Probe> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "NAT_PROBES")]
 pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);
 

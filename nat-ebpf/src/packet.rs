@@ -3,6 +3,7 @@
 use nat_common::{counters::Counter, headers::HeaderError};
 
 /// Why a packet is dropped. Every variant has a counter.
+#[repr(u32)]
 #[derive(Clone, Copy)]
 pub enum DropReason {
     NoSession,
@@ -93,6 +94,66 @@ pub fn xdp_verdict(
             crate::events::dropped(ctx, drop, ctx.data(), ctx.data_end());
             XDP_DROP
         }
+    }
+}
+
+/// Drop reasons: their codes are 0..DROP_REASONS, in declaration order
+/// (named after the last variant: a new one goes after it, and here).
+const DROP_REASONS: u32 = DropReason::HostLimit as u32 + 1;
+
+/// An outcome as the one scalar a BPF global function may return: a
+/// counter's index, or a drop reason's code as -1 - code.
+#[inline(always)]
+pub fn encode(outcome: Result<Counter, DropReason>) -> i64 {
+    match outcome {
+        Ok(counter) => counter as i64,
+        Err(drop) => -1 - drop as i64,
+    }
+}
+
+/// [`encode`] undone. A code out of range (none is returned) reads as Malformed.
+/// A range check and a cast rather than a match, so the caller's verifier
+/// walk goes on with one state per sign, not one per variant.
+#[inline(always)]
+pub fn decode(code: i64) -> Result<Counter, DropReason> {
+    use nat_common::counters::COUNTER_COUNT;
+    if code >= 0 {
+        if code < COUNTER_COUNT as i64 {
+            // SAFETY: Counter is repr(u32) with the discriminants 0..COUNTER_COUNT.
+            return Ok(unsafe { core::mem::transmute::<u32, Counter>(code as u32) });
+        }
+        return Err(DropReason::Malformed);
+    }
+    let drop = (-1 - code) as u64;
+    if drop < DROP_REASONS as u64 {
+        // SAFETY: DropReason is repr(u32) with the discriminants 0..DROP_REASONS.
+        return Err(unsafe { core::mem::transmute::<u32, DropReason>(drop as u32) });
+    }
+    Err(DropReason::Malformed)
+}
+
+/// An endpoint (or a drop) as the scalar a BPF global function returns:
+/// address in bits 16..48, port in 0..16; a drop as in [`encode`].
+#[inline(always)]
+pub fn encode_endpoint(outcome: Result<Endpoint, DropReason>) -> i64 {
+    match outcome {
+        Ok(e) => ((e.addr as i64) << 16) | e.port as i64,
+        Err(drop) => -1 - drop as i64,
+    }
+}
+
+/// [`encode_endpoint`] undone.
+#[inline(always)]
+pub fn decode_endpoint(code: i64) -> Result<Endpoint, DropReason> {
+    if code >= 0 {
+        return Ok(Endpoint {
+            addr: (code >> 16) as u32,
+            port: code as u16,
+        });
+    }
+    match decode(code) {
+        Err(drop) => Err(drop),
+        Ok(_) => Err(DropReason::Malformed),
     }
 }
 

@@ -89,8 +89,11 @@ extern "C" fn nat_track_egress(
     if fwd_key.is_null() || fwd.is_null() {
         return 0;
     }
+    // A copy on this function's stack: Linux 6.1 takes no pointer argument
+    // of a global function as a map key. Volatile, so that LLVM keeps it.
     // SAFETY: checked for null; the caller passes its stack key.
-    track_egress(unsafe { &*fwd_key }, fwd, flags as u8, now);
+    let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
+    track_egress(&fwd_key, fwd, flags as u8, now);
     0
 }
 
@@ -105,9 +108,11 @@ extern "C" fn nat_track_ingress(
     if rev_key.is_null() || rev.is_null() {
         return 0;
     }
-    // SAFETY: checked for null; the caller passes its stack key.
+    // SAFETY: checked for null; the caller passes its stack key. A copy,
+    // as in nat_track_egress.
+    let rev_key = unsafe { core::ptr::read_volatile(rev_key) };
     if track_ingress(
-        unsafe { &*rev_key },
+        &rev_key,
         rev,
         flags_seq as u8,
         (flags_seq >> 32) as u32,

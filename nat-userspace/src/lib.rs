@@ -28,3 +28,4 @@ pub mod show;
 pub mod tables;
 pub mod tc_attach;
 pub mod unload;
+pub mod verify;

@@ -32,7 +32,7 @@ pub use nat_process::{
 };
 pub use netns::{run_in_ns, spawn_in_ns};
 pub use paced::{PacedFlows, PacedReport};
-pub use proc_net::{proc_net_counter, tcp_ext};
+pub use proc_net::{PAWS_TIMEWAIT, proc_net_counter, tcp_ext};
 pub use scale_out::{
     GROUP_BUCKETS, MAX_NODES, NEXTHOP_GROUP_ID, ROUTER_IP, ScaleOut, ScaleOutOpts,
 };

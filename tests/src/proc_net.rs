@@ -5,7 +5,8 @@ use crate::netns::run_in_ns;
 
 /// A counter of a namespace's /proc/net/`file`: the value under `name` in the
 /// pair of `row:` lines (names, then values), e.g. ("netstat", "TcpExt",
-/// "PAWSTimewait") or ("snmp", "Ip", "ForwDatagrams").
+/// "PAWSTimewait") or ("snmp", "Ip", "ForwDatagrams"). `name` may list
+/// alternatives, `A|B`: the first one the kernel has is read.
 pub fn proc_net_counter(
     ns: &str,
     file: &'static str,
@@ -24,9 +25,10 @@ pub fn proc_net_counter(
             rows.next()
                 .unwrap_or_else(|| panic!("no {row} value row in {path}")),
         );
-        let at = names
-            .split_whitespace()
-            .position(|n| n == name)
+        // The first of `name`'s alternatives (`A|B`) this kernel has.
+        let at = name
+            .split('|')
+            .find_map(|alt| names.split_whitespace().position(|n| n == alt))
             .unwrap_or_else(|| panic!("no {row} counter {name} in {path}"));
         values
             .split_whitespace()
@@ -41,3 +43,9 @@ pub fn proc_net_counter(
 pub fn tcp_ext(ns: &str, name: &'static str) -> u64 {
     proc_net_counter(ns, "netstat", "TcpExt", name)
 }
+
+/// SYNs a namespace's stack rejected because they hit a connection in
+/// TIME_WAIT with an older timestamp (PAWS): `PAWSTimewait`, or on kernels
+/// without that counter (Linux 6.1) `PAWSEstab`, under which they counted
+/// these rejections then, with the PAWS rejects of established sockets.
+pub const PAWS_TIMEWAIT: &str = "PAWSTimewait|PAWSEstab";

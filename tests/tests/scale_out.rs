@@ -243,7 +243,7 @@ fn scale_out_flows_spread_over_nodes_each_translated_by_one() {
     // The TIME_WAIT guarantee, per node: two rounds of 80 connections to a
     // server that closes first, the second while the first's are in
     // TIME_WAIT on the server and cooling (240 s) on their node.
-    let paws_before = tcp_ext(testbed.server_ns(), "PAWSTimewait");
+    let paws_before = tcp_ext(testbed.server_ns(), nat_tests::PAWS_TIMEWAIT);
     for round in 0..2 {
         let results =
             concurrent_tcp_server_closes(client, &sources, v4(SERVER_IP, 80), FLOWS / 2, 1024);
@@ -290,7 +290,7 @@ fn scale_out_flows_spread_over_nodes_each_translated_by_one() {
         }
     }
     assert_eq!(
-        tcp_ext(testbed.server_ns(), "PAWSTimewait") - paws_before,
+        tcp_ext(testbed.server_ns(), nat_tests::PAWS_TIMEWAIT) - paws_before,
         0,
         "a SYN hit one of the server's TIME_WAIT connections"
     );

@@ -51,7 +51,7 @@ fn scenario(tag: &str, extra: &[&str]) -> Outcome {
     args.extend_from_slice(extra);
     let _nat = NatProcess::start(&topo, &args);
     let _server = short_connection_server(topo.ns_name(Side::Server), SERVER_PORT);
-    let paws_before = tcp_ext(topo.ns_name(Side::Server), "PAWSTimewait");
+    let paws_before = tcp_ext(topo.ns_name(Side::Server), nat_tests::PAWS_TIMEWAIT);
 
     let results = short_connection_burst(
         topo.ns_name(Side::Client),
@@ -68,7 +68,7 @@ fn scenario(tag: &str, extra: &[&str]) -> Outcome {
         errors: errors.into_iter().map(|e| e.unwrap_err()).collect(),
         collisions: counter(&st, "collisions"),
         reopened: counter(&st, "sessions_reopened"),
-        paws_timewait: tcp_ext(topo.ns_name(Side::Server), "PAWSTimewait") - paws_before,
+        paws_timewait: tcp_ext(topo.ns_name(Side::Server), nat_tests::PAWS_TIMEWAIT) - paws_before,
     }
 }
 
@@ -104,7 +104,22 @@ fn with_cooldown_no_connection_collides_stalls_or_fails() {
         "connects slower than {STALL:?}: {:?}",
         o.latencies
     );
-    assert_eq!(o.paws_timewait, 0, "{o:?}");
+    // Without PAWSTimewait (6.1) the count is PAWSEstab, which also counts
+    // PAWS rejects of established segments (a late duplicate under a slow
+    // VM); a TIME_WAIT hit there shows as a collision, checked below.
+    if paws_counter_is_exact() {
+        assert_eq!(o.paws_timewait, 0, "{o:?}");
+    }
     assert_eq!(o.collisions, 0, "{o:?}");
     assert_eq!(o.reopened, 0, "{o:?}");
+}
+
+/// Whether this kernel counts TIME_WAIT PAWS rejects on their own
+/// (`PAWSTimewait`, newer than 6.1); the set of counters is the kernel's,
+/// the same in every namespace.
+fn paws_counter_is_exact() -> bool {
+    std::fs::read_to_string("/proc/net/netstat")
+        .expect("/proc/net/netstat is readable")
+        .split_whitespace()
+        .any(|name| name == "PAWSTimewait")
 }

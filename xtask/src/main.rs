@@ -52,6 +52,10 @@ enum Task {
         /// installed from Debian when missing) or the path of a kernel image
         #[arg(long, value_name = "VERSION|PATH")]
         kernel: Option<String>,
+        /// With --kernel: only load every program into that kernel's verifier
+        /// (`nat-bench verify`) and print the time and instructions per program
+        #[arg(long, requires = "kernel")]
+        verify_only: bool,
         /// Passed to the test binaries, e.g. `-- --test-threads 2` or `-- some_test_name`
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -106,11 +110,13 @@ fn main() -> ExitCode {
         Task::Dist => dist::run(),
         Task::Test {
             kernel: Some(kernel),
+            verify_only,
             test_args,
-        } => vm::run(&kernel, &test_args),
+        } => vm::run(&kernel, verify_only, &test_args),
         Task::Test {
             kernel: None,
             test_args,
+            ..
         } => run_tests::run(&test_args),
         Task::Demo => demo::run(),
         Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),

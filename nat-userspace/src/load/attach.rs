@@ -146,8 +146,13 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str, what: &str) -> Result<&'a mut 
         .with_context(|| format!("{what} program missing from the object"))?
         .try_into()?;
     if prog.fd().is_err() {
-        prog.load()
-            .with_context(|| format!("the kernel rejected the {what} program"))?;
+        // One line: the verifier's last words, not its whole log.
+        prog.load().map_err(|e| {
+            anyhow::anyhow!(
+                "the kernel rejected the {what} program: {}",
+                crate::verify::rejection(&e)
+            )
+        })?;
     }
     Ok(prog)
 }
@@ -159,8 +164,13 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str, what: &str) -> Result<&'a mut Xdp> {
         .with_context(|| format!("{what} program missing from the object"))?
         .try_into()?;
     if prog.fd().is_err() {
-        prog.load()
-            .with_context(|| format!("the kernel rejected the {what} program"))?;
+        // One line: the verifier's last words, not its whole log.
+        prog.load().map_err(|e| {
+            anyhow::anyhow!(
+                "the kernel rejected the {what} program: {}",
+                crate::verify::rejection(&e)
+            )
+        })?;
     }
     Ok(prog)
 }
