@@ -1,9 +1,8 @@
 //! Fixtures for `nat_egress`: byte-exact output, verdict, counters and map
 //! side effects of the real program for each way a packet can go.
 
-mod fixture;
 
-use fixture::*;
+use nat_tests::fixture::*;
 use nat_common::seen_word::bits;
 use nat_common::{
     config::{MAX_PROBES, exhaustion, policy},

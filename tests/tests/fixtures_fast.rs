@@ -4,11 +4,10 @@
 //! the expected frame has the translation, the TTL decrement and the next
 //! hop's link addresses.
 
-mod fixture;
 
 use std::net::SocketAddrV4;
 
-use fixture::*;
+use nat_tests::fixture::*;
 use nat_common::seen_word::bits;
 use nat_common::{counters::Counter, flow::seen};
 

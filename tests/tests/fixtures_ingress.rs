@@ -2,11 +2,10 @@
 //! (`nat_ingress_tc`): every case runs through both and must give the same
 //! bytes, verdict and counters.
 
-mod fixture;
 
 use std::net::SocketAddrV4;
 
-use fixture::*;
+use nat_tests::fixture::*;
 use nat_common::seen_word::bits;
 use nat_common::{
     config::Config,
