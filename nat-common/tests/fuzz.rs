@@ -18,7 +18,10 @@ fn headers_case(pkt: &[u8]) {
     if let Ok(p) = headers::parse_ipv4(pkt) {
         assert!(p.ip.hdr_len >= headers::IPV4_MIN_HLEN && p.ip.hdr_len <= p.ip.total_len);
         assert!(p.ip.total_len <= pkt.len(), "total length past the bytes");
-        assert!(p.l4_hdr_len <= p.ip.l4_len(), "transport header past the segment");
+        assert!(
+            p.l4_hdr_len <= p.ip.l4_len(),
+            "transport header past the segment"
+        );
         assert_eq!(pkt[0] >> 4, 4);
         if p.ip.later_fragment {
             assert!(p.ip.fragment);
@@ -62,7 +65,11 @@ fn state_case(b: &[u8]) {
     let cfg = Config::default();
 
     let rev_bits = seen_word::current_rev_bits(fwd, rev);
-    let st = tcp_state::state_of(b.get(26).copied().unwrap_or(6), seen_word::bits(fwd), rev_bits);
+    let st = tcp_state::state_of(
+        b.get(26).copied().unwrap_or(6),
+        seen_word::bits(fwd),
+        rev_bits,
+    );
     let _ = st.name();
     let _ = tcp_state::idle_timeout_ms(st, &cfg);
     if let Some(kind) = tcp_state::close_kind(seen_word::bits(fwd), rev_bits) {
@@ -76,16 +83,27 @@ fn state_case(b: &[u8]) {
     if let Some(next) = seen_word::forward_add(fwd, epoch, packet, other_fin) {
         if seen_word::generation(next) == seen_word::generation(fwd) {
             let kept = seen_word::bits(next) & seen_word::bits(fwd);
-            assert_eq!(kept, seen_word::bits(fwd), "a bit was lost within a generation");
+            assert_eq!(
+                kept,
+                seen_word::bits(fwd),
+                "a bit was lost within a generation"
+            );
         }
     }
     if let Some(next) = seen_word::reverse_add(rev, seen_word::generation(fwd), packet, other_fin) {
         assert_eq!(seen_word::generation(next), seen_word::generation(fwd));
-        assert_eq!(seen_word::bits(next) & packet & !seen::FIN_FIRST, packet & !seen::FIN_FIRST);
+        assert_eq!(
+            seen_word::bits(next) & packet & !seen::FIN_FIRST,
+            packet & !seen::FIN_FIRST
+        );
     }
     let _ = seen_word::forward_reopen(fwd, epoch, seen_word::bits(rev));
     let added = seen_word::new_bits(packet, seen_word::bits(fwd), other_fin);
-    assert_eq!(added & seen_word::bits(fwd) & !seen::FIN_FIRST, 0, "re-adds an own bit");
+    assert_eq!(
+        added & seen_word::bits(fwd) & !seen::FIN_FIRST,
+        0,
+        "re-adds an own bit"
+    );
     let _ = seen_word::ended(seen_word::bits(fwd), seen_word::bits(rev));
 
     let (seq, acked) = (word(b, 27) as u32, word(b, 31) as u32);
@@ -94,7 +112,10 @@ fn state_case(b: &[u8]) {
         assert!(tcp_state::rst_in_window(seq, acked, window));
     }
     if acked != 0 {
-        assert!(tcp_state::rst_in_window(acked, acked, window), "the acknowledged edge is in the window");
+        assert!(
+            tcp_state::rst_in_window(acked, acked, window),
+            "the acknowledged edge is in the window"
+        );
     }
 
     let words = [word(b, 40), word(b, 48), word(b, 56), word(b, 64)];
@@ -104,11 +125,14 @@ fn state_case(b: &[u8]) {
         assert_eq!(h2, hop);
     }
     let tag = (word(b, 80) as u16).max(1);
-    let routed = HopCache::route_words(tag, &nat_common::flow::NextHop {
-        ifindex: (word(b, 82) as u32).max(1),
-        mtu: word(b, 86) as u16,
-        macs: [b.get(88).copied().unwrap_or(0); 12],
-    });
+    let routed = HopCache::route_words(
+        tag,
+        &nat_common::flow::NextHop {
+            ifindex: (word(b, 82) as u32).max(1),
+            mtu: word(b, 86) as u16,
+            macs: [b.get(88).copied().unwrap_or(0); 12],
+        },
+    );
     let stamp = HopCache::stamp_word(tag, word(b, 72));
     assert!(HopCache::decode([stamp, routed[0], routed[1], routed[2]]).is_some());
 }
@@ -134,11 +158,20 @@ fn probe_case(b: &[u8]) {
     for i in [0, 1, word(b, 17) as u32, u32::MAX] {
         let p = probe::walk(&pool, start, i);
         if lo <= hi {
-            assert!((lo..=hi).contains(&p), "walk left the range: {p} of {lo}-{hi}");
+            assert!(
+                (lo..=hi).contains(&p),
+                "walk left the range: {p} of {lo}-{hi}"
+            );
         }
     }
     let _ = probe::preservable(&pool, word(b, 21) as u16);
-    let key = FlowKey::new(b.get(23).copied().unwrap_or(6), word(b, 24) as u32, word(b, 28) as u16, word(b, 30) as u32, word(b, 34) as u16);
+    let key = FlowKey::new(
+        b.get(23).copied().unwrap_or(6),
+        word(b, 24) as u32,
+        word(b, 28) as u16,
+        word(b, 30) as u32,
+        word(b, 34) as u16,
+    );
     let _ = probe::flow_hash(&key, word(b, 36) as u32);
     let len = word(b, 40) as u32 % 20;
     if len > 0 {
@@ -168,7 +201,9 @@ fn fuzz_common_regressions() {
         &[],
         &[0x45],
         &[0x4f, 0, 0, 0, 0, 0],
-        &[0x45, 0, 20, 0x3f, 0xff, 3, 0, 0, 0, 6, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+        &[
+            0x45, 0, 20, 0x3f, 0xff, 3, 0, 0, 0, 6, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8,
+        ],
     ];
     for c in cases {
         headers_case(c);

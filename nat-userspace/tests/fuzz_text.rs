@@ -15,15 +15,72 @@ use std::io::Write as _;
 use nat_userspace::{cli, config_file, settings};
 
 const TOKENS: &[&str] = &[
-    "iface", "external", "internal", "ports", "cooldown", "policy", "max-sessions",
-    "max-cooldowns", "timeout-udp", "cooldown-enabled", "on-exhaustion", "fast-path",
-    "ingress", "metrics", "reap-interval-ms", "colddown", " = ", "=", "\n", "\"", "'", "[", "]",
-    ",", "#", " ", "\"eth0\"", "\"veth-ext\"", "\"203.0.113.7\"", "[\"10.0.0.0/8\"]",
-    "\"10.0.0.0/8\"", "\"10.0.0.1/8\"", "\"16384-32767\"", "\"9-1\"", "\"0-5\"", "\"240s\"",
-    "\"4m\"", "\"2h\"", "\"1500ms\"", "\"99999999999999999999s\"", "240", "true", "false",
-    "\"on\"", "\"off\"", "\"strict\"", "\"fallback\"", "\"drop\"", "\"reject\"", "\"auto\"",
-    "\"tc\"", "\"xdp\"", "262144", "0", "-1", "1e9", "4294967296", "18446744073709551616",
-    "\"127.0.0.1:9109\"", "[table]", "{ a = 1 }", "\u{0}", "\u{feff}", "é", "\r\n", "\t",
+    "iface",
+    "external",
+    "internal",
+    "ports",
+    "cooldown",
+    "policy",
+    "max-sessions",
+    "max-cooldowns",
+    "timeout-udp",
+    "cooldown-enabled",
+    "on-exhaustion",
+    "fast-path",
+    "ingress",
+    "metrics",
+    "reap-interval-ms",
+    "colddown",
+    " = ",
+    "=",
+    "\n",
+    "\"",
+    "'",
+    "[",
+    "]",
+    ",",
+    "#",
+    " ",
+    "\"eth0\"",
+    "\"veth-ext\"",
+    "\"203.0.113.7\"",
+    "[\"10.0.0.0/8\"]",
+    "\"10.0.0.0/8\"",
+    "\"10.0.0.1/8\"",
+    "\"16384-32767\"",
+    "\"9-1\"",
+    "\"0-5\"",
+    "\"240s\"",
+    "\"4m\"",
+    "\"2h\"",
+    "\"1500ms\"",
+    "\"99999999999999999999s\"",
+    "240",
+    "true",
+    "false",
+    "\"on\"",
+    "\"off\"",
+    "\"strict\"",
+    "\"fallback\"",
+    "\"drop\"",
+    "\"reject\"",
+    "\"auto\"",
+    "\"tc\"",
+    "\"xdp\"",
+    "262144",
+    "0",
+    "-1",
+    "1e9",
+    "4294967296",
+    "18446744073709551616",
+    "\"127.0.0.1:9109\"",
+    "[table]",
+    "{ a = 1 }",
+    "\u{0}",
+    "\u{feff}",
+    "é",
+    "\r\n",
+    "\t",
 ];
 
 /// Text from the input bytes: a byte below 0xc0 picks a token, the rest
@@ -52,7 +109,9 @@ fn one_line(what: &str, input: &str, e: &str) {
 fn config_case(bytes: &[u8]) {
     let body = text(bytes);
     let mut file = tempfile();
-    file.1.write_all(body.as_bytes()).expect("write the config file");
+    file.1
+        .write_all(body.as_bytes())
+        .expect("write the config file");
     match config_file::check(&file.0) {
         Ok(_) => {}
         Err(e) => one_line("config file", &body, &e.to_string()),
@@ -121,7 +180,16 @@ fn fuzz_userspace_text() {
 /// Inputs worth keeping (findings go here too).
 #[test]
 fn fuzz_userspace_text_regressions() {
-    for v in ["", "-", "0-0", "65535-65535", "0/0", "255.255.255.255/32", "18446744073709551615s", "1h"] {
+    for v in [
+        "",
+        "-",
+        "0-0",
+        "65535-65535",
+        "0/0",
+        "255.255.255.255/32",
+        "18446744073709551615s",
+        "1h",
+    ] {
         values_case(v.as_bytes());
     }
     config_case(b"");

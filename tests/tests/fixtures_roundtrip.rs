@@ -5,11 +5,10 @@
 //! translated fields, so its checksums are a full recompute, and the answer
 //! must reach the client exactly as the mirror of what it sent.
 
-
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use nat_tests::fixture::*;
 use nat_common::counters::Counter;
+use nat_tests::fixture::*;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]

@@ -50,7 +50,11 @@ fn fuzz_datapath_regressions_replay_clean() {
         .filter(|p| p.extension().is_some_and(|x| x == "case"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no regression cases in {}", dir.display());
+    assert!(
+        !files.is_empty(),
+        "no regression cases in {}",
+        dir.display()
+    );
     let mut h = fuzz::harness();
     for path in files {
         let text = std::fs::read_to_string(&path).expect("case file");
@@ -87,7 +91,13 @@ fn outcome(verdict: Verdict, frame: Vec<u8>, counters: Vec<(Counter, u64)>) -> O
 fn fuzz_oracle_catches_violations() {
     let internal = [INTERNAL_NET];
     let syn = Pkt::tcp(ep(CLIENT, 1234), ep(REMOTE, 443), tcp_flags::SYN).frame();
-    let pass = |frame: &[u8]| outcome(Verdict::Pass, frame.to_vec(), vec![(Counter::NotOursOut, 1)]);
+    let pass = |frame: &[u8]| {
+        outcome(
+            Verdict::Pass,
+            frame.to_vec(),
+            vec![(Counter::NotOursOut, 1)],
+        )
+    };
     // An internal source passed by egress untranslated.
     let leak = oracle::check(Prog::Egress, &syn, &pass(&syn), &internal);
     assert!(leak.unwrap_err().contains("leave untranslated"));
@@ -107,7 +117,11 @@ fn fuzz_oracle_catches_violations() {
     assert!(oracle::check(Prog::Egress, &syn, &dropped(two), &internal).is_err());
     let redirect = outcome(Verdict::Redirect, syn.clone(), vec![(Counter::FastOut, 1)]);
     assert!(oracle::check(Prog::Egress, &syn, &redirect, &internal).is_err());
-    let odd = outcome(Verdict::Unexpected(9), syn.clone(), vec![(Counter::Malformed, 1)]);
+    let odd = outcome(
+        Verdict::Unexpected(9),
+        syn.clone(),
+        vec![(Counter::Malformed, 1)],
+    );
     assert!(oracle::check(Prog::Ingress, &syn, &odd, &internal).is_err());
     // A drop with one drop counter is fine.
     let ok = dropped(vec![(Counter::NoSession, 1)]);

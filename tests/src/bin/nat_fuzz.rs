@@ -47,7 +47,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        return if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        return if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     let seed = cli.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -65,7 +69,11 @@ fn main() -> ExitCode {
         },
     );
     for f in &report.findings {
-        let file = f.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let file = f
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         println!("finding: {} ({file})", f.violation);
     }
     println!("nat-fuzz: datapath: {report}");

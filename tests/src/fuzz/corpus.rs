@@ -161,7 +161,11 @@ fn sessions(mut maps: Maps) -> Maps {
         .session(&udp, 0, 0)
         .session(&echo, 0, 0)
         .session(&syn_sent, seen::SYN, 0)
-        .session(&closed, seen::SYN | seen::FIN | seen::FIN_FIRST, seen::SYN_ACK | seen::FIN);
+        .session(
+            &closed,
+            seen::SYN | seen::FIN | seen::FIN_FIRST,
+            seen::SYN_ACK | seen::FIN,
+        );
     for f in [&tcp, &udp] {
         maps = maps
             .route(f, true, next_hop(EXT_IF, NEXT_HOP_MAC, OWN_EXT_MAC, 1500))
@@ -188,8 +192,17 @@ pub fn seeds() -> Vec<(Dir, Vec<u8>)> {
             }
             p
         },
-        tcp(tcp_f.internal, tcp_f.remote, tcp_flags::ACK | tcp_flags::PSH).payload(b"GET / HTTP/1.1\r\n"),
-        tcp(tcp_f.internal, tcp_f.remote, tcp_flags::FIN | tcp_flags::ACK),
+        tcp(
+            tcp_f.internal,
+            tcp_f.remote,
+            tcp_flags::ACK | tcp_flags::PSH,
+        )
+        .payload(b"GET / HTTP/1.1\r\n"),
+        tcp(
+            tcp_f.internal,
+            tcp_f.remote,
+            tcp_flags::FIN | tcp_flags::ACK,
+        ),
         tcp(tcp_f.internal, tcp_f.remote, tcp_flags::RST),
         tcp(syn_f.internal, syn_f.remote, tcp_flags::ACK),
         Pkt::udp(udp_f.internal, udp_f.remote).payload(b"dns query"),
@@ -213,7 +226,14 @@ pub fn seeds() -> Vec<(Dir, Vec<u8>)> {
     // Errors from the internal host about a translated inbound packet.
     let inbound_udp = Pkt::udp(udp_f.remote, udp_f.internal).payload(b"answer");
     for len in [usize::MAX, 28] {
-        out.push(Pkt::icmp_error(CLIENT, REMOTE, ICMP_DEST_UNREACH, 3, &inbound_udp, len));
+        out.push(Pkt::icmp_error(
+            CLIENT,
+            REMOTE,
+            ICMP_DEST_UNREACH,
+            3,
+            &inbound_udp,
+            len,
+        ));
     }
     let mut frames: Vec<(Dir, Vec<u8>)> = out
         .iter()
@@ -250,10 +270,31 @@ pub fn seeds() -> Vec<(Dir, Vec<u8>)> {
     let outbound_echo = Pkt::echo(EXTERNAL, REMOTE, true, ext(&echo_f).port());
     let outbound_udp = Pkt::udp(ext(&udp_f), udp_f.remote).payload(b"q");
     for len in [usize::MAX, 28] {
-        inbound.push(Pkt::icmp_error(ROUTER, EXTERNAL, ICMP_TIME_EXCEEDED, 0, &outbound_tcp, len));
-        inbound.push(Pkt::icmp_error(ROUTER, EXTERNAL, ICMP_DEST_UNREACH, 4, &outbound_udp, len));
+        inbound.push(Pkt::icmp_error(
+            ROUTER,
+            EXTERNAL,
+            ICMP_TIME_EXCEEDED,
+            0,
+            &outbound_tcp,
+            len,
+        ));
+        inbound.push(Pkt::icmp_error(
+            ROUTER,
+            EXTERNAL,
+            ICMP_DEST_UNREACH,
+            4,
+            &outbound_udp,
+            len,
+        ));
     }
-    inbound.push(Pkt::icmp_error(ROUTER, EXTERNAL, ICMP_TIME_EXCEEDED, 0, &outbound_echo, usize::MAX));
+    inbound.push(Pkt::icmp_error(
+        ROUTER,
+        EXTERNAL,
+        ICMP_TIME_EXCEEDED,
+        0,
+        &outbound_echo,
+        usize::MAX,
+    ));
     frames.extend(
         inbound
             .iter()

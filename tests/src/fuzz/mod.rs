@@ -182,9 +182,9 @@ pub fn run(h: &mut Harness, opts: &Options) -> Report {
             let s = Step { prog, frame };
             report.runs += 1;
             report.per_prog[prog_index(prog)] += 1;
-            let checked = h.try_run_frame(prog, &s.frame).and_then(|out| {
-                oracle::check(prog, &s.frame, &out, &internal).map(|()| out)
-            });
+            let checked = h
+                .try_run_frame(prog, &s.frame)
+                .and_then(|out| oracle::check(prog, &s.frame, &out, &internal).map(|()| out));
             case.steps.push(s);
             match checked {
                 Ok(out) => {
@@ -196,7 +196,12 @@ pub fn run(h: &mut Harness, opts: &Options) -> Report {
                 }
                 Err(violation) => {
                     let file = opts.findings_dir.as_deref().map(|dir| {
-                        save(dir, &format!("{}-{}", opts.seed, report.findings.len()), &case, &violation)
+                        save(
+                            dir,
+                            &format!("{}-{}", opts.seed, report.findings.len()),
+                            &case,
+                            &violation,
+                        )
                     });
                     report.findings.push(Finding {
                         case: case.clone(),
@@ -253,7 +258,8 @@ pub fn parse_case(text: &str) -> Result<Case, String> {
         }
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         if word == "state" {
-            state = Some(State::parse(rest).ok_or(format!("line {}: unknown state {rest}", n + 1))?);
+            state =
+                Some(State::parse(rest).ok_or(format!("line {}: unknown state {rest}", n + 1))?);
             continue;
         }
         let prog = prog_by_name(word).ok_or(format!("line {}: unknown program {word}", n + 1))?;
@@ -274,8 +280,7 @@ pub fn parse_case(text: &str) -> Result<Case, String> {
 }
 
 fn save(dir: &Path, name: &str, case: &Case, violation: &str) -> PathBuf {
-    std::fs::create_dir_all(dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let path = dir.join(format!("{name}.case"));
     std::fs::write(&path, format_case(case, violation))
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));

@@ -89,15 +89,19 @@ fn mutate_field(rng: &mut StdRng, f: &mut [u8], ip: usize) {
         }
         3 => {
             let frag = match rng.random_range(0..5) {
-                0 => 0x2000,                              // MF, first fragment
-                1 => rng.random_range(1..0x2000),         // a later fragment
+                0 => 0x2000,                               // MF, first fragment
+                1 => rng.random_range(1..0x2000),          // a later fragment
                 2 => 0x2000 | rng.random_range(1..0x2000), // a middle one
-                3 => 0x4000,                              // DF
+                3 => 0x4000,                               // DF
                 _ => rng.random(),
             };
             put16(f, ip + 6, frag)
         }
-        4 => set(f, ip + 8, INTERESTING_U8[rng.random_range(0..INTERESTING_U8.len())]),
+        4 => set(
+            f,
+            ip + 8,
+            INTERESTING_U8[rng.random_range(0..INTERESTING_U8.len())],
+        ),
         5 => {
             let p = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, 0, 47, 255][rng.random_range(0..6)];
             set(f, ip + 9, p)
@@ -107,7 +111,11 @@ fn mutate_field(rng: &mut StdRng, f: &mut [u8], ip: usize) {
         8 => put16(f, l4, port(rng)),
         9 => put16(f, l4 + 2, port(rng)),
         // TCP flags, data offset, sequence and acknowledgment numbers.
-        10 => set(f, l4 + 13, FLAG_COMBOS[rng.random_range(0..FLAG_COMBOS.len())]),
+        10 => set(
+            f,
+            l4 + 13,
+            FLAG_COMBOS[rng.random_range(0..FLAG_COMBOS.len())],
+        ),
         11 => set(f, l4 + 12, rng.random_range(0..16u8) << 4),
         12 => {
             let at = l4 + if rng.random_bool(0.5) { 4 } else { 8 };

@@ -82,9 +82,9 @@ fn view(b: &[u8], ip: usize, outbound_travel: bool) -> Option<View> {
             PROTO_ICMP => {
                 icmp_type = b.get(l4).copied();
                 match icmp_type {
-                    Some(0 | 8) => be16(b, l4 + 4).map(|id| {
-                        if outbound_travel { (id, 0) } else { (0, id) }
-                    }),
+                    Some(0 | 8) => {
+                        be16(b, l4 + 4).map(|id| if outbound_travel { (id, 0) } else { (0, id) })
+                    }
                     _ => None,
                 }
             }
@@ -201,7 +201,11 @@ fn verdict(prog: Prog, out: &Outcome) -> Result<(), String> {
         [(c, 1)] => {
             let fast = matches!(c, Counter::FastIn | Counter::FastOut);
             if fast != (out.verdict == Verdict::Redirect) {
-                return Err(format!("verdict {:?} with outcome {}", out.verdict, c.name()));
+                return Err(format!(
+                    "verdict {:?} with outcome {}",
+                    out.verdict,
+                    c.name()
+                ));
             }
             Ok(())
         }
@@ -254,8 +258,10 @@ fn translation(prog: Prog, input: &[u8], out: &Outcome) -> Result<(), String> {
         return Err(format!("{} rewrote a frame that is not IPv4", prog.name()));
     }
     let outbound = matches!(prog, Prog::Egress | Prog::Fast | Prog::FastTc);
-    let (Some(i), Some(o)) = (view(input, L3_AT, outbound), view(&out.frame, L3_AT, outbound))
-    else {
+    let (Some(i), Some(o)) = (
+        view(input, L3_AT, outbound),
+        view(&out.frame, L3_AT, outbound),
+    ) else {
         return Ok(());
     };
     if (i.src, i.dst, i.ports) == (o.src, o.dst, o.ports) {
@@ -282,9 +288,27 @@ fn translation(prog: Prog, input: &[u8], out: &Outcome) -> Result<(), String> {
     }
     if i.later_fragment {
         let (k, new) = if outbound {
-            (FragKey { saddr: i.src.to_be(), daddr: i.dst.to_be(), id: i.id.to_be(), proto: i.proto, dir: FRAG_OUT }, o.src)
+            (
+                FragKey {
+                    saddr: i.src.to_be(),
+                    daddr: i.dst.to_be(),
+                    id: i.id.to_be(),
+                    proto: i.proto,
+                    dir: FRAG_OUT,
+                },
+                o.src,
+            )
         } else {
-            (FragKey { saddr: i.src.to_be(), daddr: i.dst.to_be(), id: i.id.to_be(), proto: i.proto, dir: FRAG_IN }, o.dst)
+            (
+                FragKey {
+                    saddr: i.src.to_be(),
+                    daddr: i.dst.to_be(),
+                    id: i.id.to_be(),
+                    proto: i.proto,
+                    dir: FRAG_IN,
+                },
+                o.dst,
+            )
         };
         return match out.frags.get(&k) {
             Some(e) if u32::from_be(e.addr) == new => Ok(()),
@@ -328,7 +352,16 @@ fn icmp_error(
     o: &View,
 ) -> Result<(), String> {
     let inner_at = L3_AT + usize::from(input[L3_AT] & 0x0f) * 4 + 8;
-    let err = |m: &str| Err(format!("{}: ICMP error {} -> {} rewritten to {} -> {}: {m}", prog.name(), a(i.src), a(i.dst), a(o.src), a(o.dst)));
+    let err = |m: &str| {
+        Err(format!(
+            "{}: ICMP error {} -> {} rewritten to {} -> {}: {m}",
+            prog.name(),
+            a(i.src),
+            a(i.dst),
+            a(o.src),
+            a(o.dst)
+        ))
+    };
     // The quote is of a packet that travelled the other way.
     let Some(q) = view(input, inner_at, !outbound) else {
         return err("translated without a readable quote");
@@ -376,7 +409,11 @@ pub fn pairs(
     for (k, f) in fwd {
         match rev.get(&k.translated(f.addr, f.port)) {
             Some(r) if (r.addr, r.port) == (k.saddr, k.sport) => {}
-            Some(_) => return Err(format!("forward entry {k:?}: its reverse entry points elsewhere")),
+            Some(_) => {
+                return Err(format!(
+                    "forward entry {k:?}: its reverse entry points elsewhere"
+                ));
+            }
             None => return Err(format!("forward entry {k:?} has no reverse entry")),
         }
     }
@@ -384,7 +421,11 @@ pub fn pairs(
         let fk = FlowKey::new(k.proto, r.addr, r.port, k.daddr, k.dport);
         match fwd.get(&fk) {
             Some(f) if (f.addr, f.port) == (k.saddr, k.sport) => {}
-            Some(_) => return Err(format!("reverse entry {k:?}: its forward entry points elsewhere")),
+            Some(_) => {
+                return Err(format!(
+                    "reverse entry {k:?}: its forward entry points elsewhere"
+                ));
+            }
             None => return Err(format!("reverse entry {k:?} has no forward entry")),
         }
     }
