@@ -80,15 +80,15 @@ fn state_case(b: &[u8]) {
 
     // A word only gains bits within its generation, and a reverse word
     // moved to the forward word's generation carries it.
-    if let Some(next) = seen_word::forward_add(fwd, epoch, packet, other_fin) {
-        if seen_word::generation(next) == seen_word::generation(fwd) {
-            let kept = seen_word::bits(next) & seen_word::bits(fwd);
-            assert_eq!(
-                kept,
-                seen_word::bits(fwd),
-                "a bit was lost within a generation"
-            );
-        }
+    if let Some(next) = seen_word::forward_add(fwd, epoch, packet, other_fin)
+        && seen_word::generation(next) == seen_word::generation(fwd)
+    {
+        let kept = seen_word::bits(next) & seen_word::bits(fwd);
+        assert_eq!(
+            kept,
+            seen_word::bits(fwd),
+            "a bit was lost within a generation"
+        );
     }
     if let Some(next) = seen_word::reverse_add(rev, seen_word::generation(fwd), packet, other_fin) {
         assert_eq!(seen_word::generation(next), seen_word::generation(fwd));
