@@ -226,6 +226,12 @@ fn error(
     let sport = d.read::<u16>(il4 + off::L4_SPORT)?;
     let dport = d.read::<u16>(il4 + off::L4_DPORT)?;
     let id = if iip.proto == PROTO_ICMP {
+        // Only an echo request of ours has a mapping by its identifier:
+        // any other quoted ICMP message is nobody's, whatever its bytes
+        // at the identifier's offset (found by the fuzzer).
+        if d.read::<u8>(il4 + off::ICMP_TYPE)? != icmp_type::ECHO_REQUEST {
+            return Ok(Counter::IcmpUnmatched);
+        }
         d.read::<u16>(il4 + off::ICMP_ID)?
     } else {
         0

@@ -5,7 +5,9 @@
 //! [`NatProcess`] runs the `nat` binary inside a nat namespace, and the
 //! server/traffic helpers move verifiable TCP and UDP payloads across it.
 //! [`packet`] builds frames with independently computed checksums for the
-//! datapath fixtures (`tests/tests/fixture/`).
+//! datapath fixtures; [`fixture`] runs the real programs on them through
+//! BPF_PROG_TEST_RUN and [`fuzz`] drives mutated frames through it with an
+//! oracle (both behind the default `datapath` feature).
 //!
 //! Everything here panics on setup failure: it is test infrastructure, and a
 //! panic with a clear message is the most useful report a test can give.
@@ -13,6 +15,10 @@
 //! transfer is the thing a test usually asserts on.
 
 mod command;
+#[cfg(feature = "datapath")]
+pub mod fixture;
+#[cfg(feature = "datapath")]
+pub mod fuzz;
 mod lock;
 mod nat_process;
 mod netns;

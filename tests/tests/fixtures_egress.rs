@@ -1,15 +1,13 @@
 //! Fixtures for `nat_egress`: byte-exact output, verdict, counters and map
 //! side effects of the real program for each way a packet can go.
 
-mod fixture;
-
-use fixture::*;
 use nat_common::seen_word::bits;
 use nat_common::{
     config::{exhaustion, policy},
     counters::Counter,
     flow::{FRAG_OUT, FragEntry, FragKey, seen},
 };
+use nat_tests::fixture::*;
 use nat_userspace::tables::boot_ns;
 
 const CLIENT_PORT: u16 = 33_333;

@@ -4,13 +4,11 @@
 //! the expected frame has the translation, the TTL decrement and the next
 //! hop's link addresses.
 
-mod fixture;
-
 use std::net::SocketAddrV4;
 
-use fixture::*;
 use nat_common::seen_word::bits;
 use nat_common::{counters::Counter, flow::seen};
+use nat_tests::fixture::*;
 
 const CLIENT_PORT: u16 = 33_333;
 

@@ -3,12 +3,10 @@
 //! expected quote is the packet as it was on the other side of the NAT,
 //! built independently, so every checksum inside it is a full recompute.
 
-mod fixture;
-
 use std::net::SocketAddrV4;
 
-use fixture::*;
 use nat_common::{counters::Counter, flow::seen};
+use nat_tests::fixture::*;
 
 const INGRESS: [Prog; 2] = [Prog::Ingress, Prog::IngressTc];
 const ECHO_ID: u16 = 777;

@@ -2,17 +2,15 @@
 //! (`nat_ingress_tc`): every case runs through both and must give the same
 //! bytes, verdict and counters.
 
-mod fixture;
-
 use std::net::SocketAddrV4;
 
-use fixture::*;
 use nat_common::seen_word::bits;
 use nat_common::{
     config::Config,
     counters::Counter,
     flow::{FRAG_IN, FragEntry, FragKey, seen},
 };
+use nat_tests::fixture::*;
 use nat_userspace::tables::boot_ns;
 
 const INGRESS: [Prog; 2] = [Prog::Ingress, Prog::IngressTc];

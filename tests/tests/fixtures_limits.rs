@@ -2,17 +2,15 @@
 //! host's count, the refusal at its limit, and the eviction of an idle
 //! unanswered opening of the same host when the session table is nearly full.
 
-mod fixture;
-
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use fixture::*;
 use nat_common::{
     config::exhaustion,
     counters::Counter,
     flow::seen,
     hosts::{HOST_OPENINGS, HostEntry, Opening},
 };
+use nat_tests::fixture::*;
 use nat_userspace::tables::boot_ns;
 
 fn be(addr: Ipv4Addr) -> u32 {

@@ -3,15 +3,13 @@
 //! over the mapping, and the ingress miss path filters as `filtering-udp`
 //! says, in XDP and TC alike.
 
-mod fixture;
-
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use fixture::*;
 use nat_common::{
     counters::Counter,
     mapping::{SESSION_INBOUND, SESSION_MAPPED, filtering},
 };
+use nat_tests::fixture::*;
 
 const INGRESS: [Prog; 2] = [Prog::Ingress, Prog::IngressTc];
 /// A second and a third host on the outside.

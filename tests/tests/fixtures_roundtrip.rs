@@ -5,12 +5,10 @@
 //! translated fields, so its checksums are a full recompute, and the answer
 //! must reach the client exactly as the mirror of what it sent.
 
-mod fixture;
-
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use fixture::*;
 use nat_common::counters::Counter;
+use nat_tests::fixture::*;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]

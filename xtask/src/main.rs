@@ -5,6 +5,7 @@ mod build_nat;
 mod cmd;
 mod demo;
 mod dist;
+mod fuzz;
 mod install;
 mod interrupt;
 mod lint;
@@ -60,6 +61,20 @@ enum Task {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// As root: fuzz the kernel programs (mutated frames through
+    /// BPF_PROG_TEST_RUN, checked by an oracle) and the host-side parsers
+    /// (bolero), one target after the other; findings go to target/fuzz-findings
+    Fuzz {
+        /// Minutes per target (fractions allowed)
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// Only this target: datapath, common-headers, common-state or userspace-text
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+        /// Seed of the generators, to repeat a run (default: a fresh one, printed)
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// As root: set up, build, and show the NAT translating traffic between
     /// namespaces, then the TIME_WAIT collisions it prevents (under a minute)
     Demo,
@@ -96,6 +111,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::everything(),
         Task::Build { .. } | Task::Lint | Task::Dist | Task::Install { .. } => setup::for_build(),
         Task::Test { .. } => setup::for_running("test"),
+        Task::Fuzz { .. } => setup::for_running("fuzz"),
         Task::Demo => setup::for_running("demo"),
         Task::Bench { .. } => setup::for_running("bench"),
     };
@@ -118,6 +134,15 @@ fn main() -> ExitCode {
             test_args,
             ..
         } => run_tests::run(&test_args),
+        Task::Fuzz {
+            minutes,
+            target,
+            seed,
+        } => fuzz::run(&fuzz::Options {
+            minutes,
+            target,
+            seed,
+        }),
         Task::Demo => demo::run(),
         Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),
         Task::Bench { quick, json, plot } => bench::run(bench::Options { quick, json, plot }),
