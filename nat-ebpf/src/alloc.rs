@@ -192,7 +192,7 @@ extern "C" fn nat_claim_pair(
     *entry = Session {
         addr: fwd.saddr,
         port: fwd.sport,
-        _pad: 0,
+        live_until: 0,
         seen: 0,
         acked: 0,
         window: 0,
