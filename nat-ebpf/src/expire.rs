@@ -323,7 +323,7 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
         sweep_scanned,
     };
     let orphans_due = if start == phase::DONE {
-        add(SweepTotal::Sweeps, 1) % ORPHAN_WALK_EVERY == 0
+        add(SweepTotal::Sweeps, 1).is_multiple_of(ORPHAN_WALK_EVERY)
     } else {
         resume & ORPHANS_DUE != 0
     };

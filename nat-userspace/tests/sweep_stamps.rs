@@ -31,8 +31,8 @@ struct Bench {
 impl Bench {
     fn new(cfg: Config, proto: u8) -> Self {
         let mut ebpf = load_object(1024, 2048, Globals::default()).expect("load the object");
-        let sweeper = KernelSweep::load(&mut ebpf, 0, DAEMON_BUDGET, DAEMON_SCAN)
-            .expect("load the sweep");
+        let sweeper =
+            KernelSweep::load(&mut ebpf, 0, DAEMON_BUDGET, DAEMON_SCAN).expect("load the sweep");
         let mut tables = Tables::from_ebpf(&mut ebpf).expect("tables");
         tables.set_config(cfg).expect("config");
         let last = boot_ns() - IDLE_S * 1_000_000_000;
@@ -102,8 +102,14 @@ fn a_quiet_live_session_is_stamped_and_stays() {
     );
     let again = b.sweep();
     assert_eq!((again.scanned, again.expired), (u64::from(SESSIONS), 0));
-    assert_eq!(b.tables.forward_entries().expect("fwd").len(), SESSIONS as usize);
-    assert_eq!(b.tables.reverse_entries().expect("rev").len(), SESSIONS as usize);
+    assert_eq!(
+        b.tables.forward_entries().expect("fwd").len(),
+        SESSIONS as usize
+    );
+    assert_eq!(
+        b.tables.reverse_entries().expect("rev").len(),
+        SESSIONS as usize
+    );
 }
 
 #[test]
