@@ -192,10 +192,11 @@ extern "C" fn nat_claim_pair(
     *entry = Session {
         addr: fwd.saddr,
         port: fwd.sport,
-        live_until: 0,
+        _pad: 0,
         seen: 0,
         acked: 0,
         window: 0,
+        live_until: 0,
         last_seen: now,
         hop: HopCache::default(),
     };
