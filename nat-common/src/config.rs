@@ -83,6 +83,16 @@ pub struct Config {
     /// Non-zero: rare drops (no port, malformed, refused rewrite) are logged
     /// through aya-log to the daemon's log.
     pub log_events: u32,
+    /// One of [`crate::mapping::mode`], for UDP flows.
+    pub mapping_udp: u32,
+    /// One of [`crate::mapping::mode`], for TCP flows.
+    pub mapping_tcp: u32,
+    /// One of [`crate::mapping::filtering`]: what reaches an endpoint-independent UDP mapping from outside.
+    pub filtering_udp: u32,
+    /// Live sessions one internal address may hold; a new flow past it is
+    /// refused (`drop_host_limit`). 0: no limit.
+    pub max_sessions_per_host: u32,
+    /// Keeps the size a multiple of 8 with no implicit padding.
     pub _pad: u32,
 }
 
@@ -106,6 +116,14 @@ impl Default for Config {
             timeout_icmp_ms: 60_000,
             cooldown_icmp_ms: 0,
             log_events: 0,
+            // Peer-to-peer lives on UDP, and cooldown-udp is 0, so UDP
+            // mappings cost no TIME_WAIT capacity; TCP keeps a whole port
+            // range per destination, which the TIME_WAIT cooldown needs
+            // under load.
+            mapping_udp: crate::mapping::mode::ENDPOINT_INDEPENDENT,
+            mapping_tcp: crate::mapping::mode::ADDRESS_PORT_DEPENDENT,
+            filtering_udp: crate::mapping::filtering::ADDRESS_DEPENDENT,
+            max_sessions_per_host: crate::hosts::DEFAULT_MAX_SESSIONS_PER_HOST,
             _pad: 0,
         }
     }

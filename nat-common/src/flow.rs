@@ -70,7 +70,12 @@ pub struct Session {
     pub addr: u32,
     /// Forward entry: the external port. Reverse entry: the internal port.
     pub port: u16,
-    pub _pad: u16,
+    /// Forward entry, a set of marks: [`crate::mapping::SESSION_MAPPED`]
+    /// when the session holds a reference on its endpoint's
+    /// endpoint-independent mapping (without it, its port was chosen for
+    /// this destination alone), [`crate::mapping::SESSION_INBOUND`] when it
+    /// was opened from outside. 0 in the reverse entry.
+    pub mapping: u16,
     /// Generation and [`seen`] bits of this entry's direction
     /// ([`crate::seen_word`]); changed only by compare-and-exchange.
     pub seen: u64,

@@ -9,11 +9,15 @@
 pub mod config;
 pub mod counters;
 pub mod csum;
+pub mod event_rate;
 pub mod expiry;
 pub mod flow;
 pub mod forward;
 pub mod headers;
+pub mod hosts;
+pub mod mapping;
 pub mod names;
+pub mod port_forward;
 pub mod probe;
 pub mod seen_word;
 pub mod tcp_state;
@@ -24,6 +28,9 @@ mod pod {
         config::{Config, PoolAddr},
         expiry::SweepControl,
         flow::{FlowKey, Session},
+        hosts::HostEntry,
+        mapping::{EndpointKey, Mapping, Owner, PeerKey},
+        port_forward::{ForwardKey, ForwardTarget},
     };
 
     // SAFETY: all of these are repr(C), Copy, made of integers only, with
@@ -33,4 +40,11 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PoolAddr {}
     unsafe impl aya::Pod for SweepControl {}
+    unsafe impl aya::Pod for ForwardKey {}
+    unsafe impl aya::Pod for ForwardTarget {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Mapping {}
+    unsafe impl aya::Pod for Owner {}
+    unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for HostEntry {}
 }

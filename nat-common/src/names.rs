@@ -9,6 +9,17 @@ pub const MAP_FWD: &str = "NAT_FWD";
 /// Reverse sessions: (external addr, external port, remote) -> internal address and port.
 /// Its key is also the cooldown key.
 pub const MAP_REV: &str = "NAT_REV";
+/// Endpoint-independent mappings: internal [`crate::mapping::EndpointKey`] ->
+/// [`crate::mapping::Mapping`] (its external address and port).
+pub const MAP_EIM: &str = "NAT_EIM";
+/// Owners of endpoint-independent mappings: external
+/// [`crate::mapping::EndpointKey`] -> [`crate::mapping::Owner`] (the internal
+/// endpoint). The ingress filter and hairpinning look up who owns a port here.
+pub const MAP_EIM_OWNER: &str = "NAT_EIM_OWNER";
+/// Remote addresses each mapping's endpoint has sent to, for
+/// address-dependent filtering (LRU): [`crate::mapping::PeerKey`] -> the
+/// mapping's `born`.
+pub const MAP_EIM_PEERS: &str = "NAT_EIM_PEERS";
 /// Live settings, one [`crate::config::Config`] at index 0.
 pub const MAP_CONFIG: &str = "NAT_CONFIG";
 /// External addresses and their port ranges.
@@ -32,6 +43,8 @@ pub const MAP_IF_MACS: &str = "NAT_IF_MACS";
 pub const MAP_FAST_DEVS: &str = "NAT_FAST_DEVS";
 /// Per-CPU scratch slot where egress assembles a new session entry (not pinned).
 pub const MAP_SCRATCH: &str = "NAT_SCRATCH";
+/// Per-CPU window of the event log's rate limit ([`crate::event_rate`]; not pinned).
+pub const MAP_EVENT_RATE: &str = "NAT_EVENT_RATE";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
 /// The expiry sweep's settings, one [`crate::expiry::SweepControl`] at index 0.
@@ -43,6 +56,19 @@ pub const MAP_SWEEP_STATS: &str = "NAT_SWEEP_STATS";
 pub const MAP_SWEEP_TIMER: &str = "NAT_SWEEP_TIMER";
 /// Set by a stopping daemon: its running sweep run ends at the next entry (not pinned).
 pub const MAP_SWEEP_STOP: &str = "NAT_SWEEP_STOP";
+/// Static port forwards: [`crate::port_forward::ForwardKey`] (protocol,
+/// external address, external port) -> [`crate::port_forward::ForwardTarget`].
+pub const MAP_FORWARD: &str = "NAT_FORWARD";
+/// Per-CPU slot where the allocator puts a forward-map key together (not pinned).
+pub const MAP_FORWARD_KEY: &str = "NAT_FORWARD_KEY";
+/// Per-CPU slot of the hairpin program's packet and translation (not pinned).
+pub const MAP_HAIRPIN_PLAN: &str = "NAT_HAIRPIN_PLAN";
+
+/// Live sessions per internal address: address -> [`crate::hosts::HostEntry`].
+pub const MAP_HOSTS: &str = "NAT_HOSTS";
+/// Live session pairs over all hosts (plus allocations in flight), one u64
+/// at index 0, changed only by atomic adds.
+pub const MAP_LIVE: &str = "NAT_LIVE";
 
 pub const PROG_EGRESS: &str = "nat_egress";
 /// XDP ingress, the default.
@@ -54,6 +80,11 @@ pub const PROG_INGRESS_TC: &str = "nat_ingress_tc";
 pub const PROG_FAST: &str = "nat_fast";
 /// Fast path on the internal interfaces, TC ingress (with `--ingress tc`).
 pub const PROG_FAST_TC: &str = "nat_fast_tc";
+
+/// Hairpinning on the internal interfaces (TC ingress): internal packets to
+/// an external address and port a forward owns, translated both ways and
+/// sent back inside.
+pub const PROG_HAIRPIN: &str = "nat_hairpin";
 
 /// The expiry sweep: walks the session and cooldown maps in the kernel. Run
 /// by the daemon through BPF_PROG_TEST_RUN (a TC program, so aya can run it)
@@ -68,11 +99,14 @@ pub const GLOBAL_EXT_ADDR: &str = "EXT_ADDR";
 pub const GLOBAL_EXT_ADDRS: &str = "EXT_ADDRS";
 /// Load-time constant: non-zero when internal interfaces have the fast path.
 pub const GLOBAL_FAST_PATH: &str = "FAST_PATH";
+/// Load-time constant: the capacity of each session map (`--max-sessions`),
+/// against which the allocator measures table pressure.
+pub const GLOBAL_SESSION_CAPACITY: &str = "SESSION_CAPACITY";
 /// Load-time constant: the secret that keys the port-allocation hash.
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 
 /// Layout version appended to every pinned name.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Root of everything this project pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";
@@ -82,3 +116,5 @@ pub const LINK_EGRESS: &str = "link_egress";
 pub const LINK_INGRESS: &str = "link_ingress";
 /// Pinned links of the fast path: this prefix plus the internal interface's name.
 pub const LINK_FAST_PREFIX: &str = "link_fast_";
+/// Pinned links of the hairpin program: this prefix plus the internal interface's name.
+pub const LINK_HAIRPIN_PREFIX: &str = "link_hairpin_";

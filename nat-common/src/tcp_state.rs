@@ -76,7 +76,9 @@ pub const fn state_of(proto: u8, fwd_seen: u8, rev_seen: u8) -> State {
                 State::FinInternal
             } else if rev_seen & seen::FIN != 0 {
                 State::FinExternal
-            } else if rev_seen & seen::SYN_ACK != 0 {
+            } else if (rev_seen | fwd_seen) & seen::SYN_ACK != 0 {
+                // A SYN-ACK from outside answers the internal host's SYN; one
+                // from the internal host answers a remote's SYN to a port forward.
                 State::Established
             } else {
                 State::SynSent

@@ -55,6 +55,19 @@ fn transitions() {
     assert_eq!(state_of(PROTO_UDP, 0, 0), State::Udp);
 }
 
+/// A session a port forward opened: the remote sends the SYN, the internal
+/// host answers; it must time out as established, not as a half-open one.
+#[test]
+fn forwarded_transitions() {
+    assert_eq!(run(&[(false, SYN)]), State::SynSent);
+    assert_eq!(run(&[(false, SYN), (true, SYN | ACK)]), State::Established);
+    assert_eq!(
+        run(&[(false, SYN), (true, SYN | ACK), (false, FIN | ACK)]),
+        State::FinExternal
+    );
+    assert_eq!(run(&[(false, SYN), (true, RST | ACK)]), State::Reset);
+}
+
 #[test]
 fn bits() {
     assert_eq!(seen_bits(SYN), seen::SYN);

@@ -9,6 +9,13 @@
 //! claim is rolled back and the winner's entry used.
 //!
 //! Probing runs under bpf_loop so the verifier checks one iteration, not 256.
+//!
+//! With an endpoint-independent mapping mode (`mapping-udp`, `mapping-tcp`)
+//! a flow first tries its endpoint's mapping ([`crate::mapping::join`]); without
+//! one, the probe claims a new mapping with each candidate
+//! ([`crate::mapping::claim`]). In every mode a candidate another
+//! endpoint's mapping owns is skipped. The cooldown
+//! check comes first in every case: a cooling key is never handed out.
 
 use core::ffi::c_void;
 
@@ -17,11 +24,12 @@ use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
     flow::{FlowKey, HopCache, Session},
-    probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, walk},
+    probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, span, walk},
     tcp_state::seen_bits,
 };
 
 use crate::{
+    hosts, mapping,
     maps::{
         NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBES, NAT_REV, NAT_SCRATCH, count,
         hash_seed,
@@ -45,7 +53,7 @@ const EEXIST: i32 = 17;
 /// and becomes a drop reason only here, at the exit, so that the verifier
 /// walks the probe loop with one state for every failure, as before.
 #[inline(always)]
-fn insert_failure(err: i32) -> DropReason {
+pub fn insert_failure(err: i32) -> DropReason {
     if err == -EEXIST || err >= 0 {
         DropReason::AllocFail
     } else {
@@ -71,6 +79,10 @@ struct Probe {
     /// The probed candidate, not live, whose cooldown ends soonest (0: none).
     best_port: u16,
     best_addr: u32,
+    /// What a free candidate is claimed as: [`mapping::PROBE_NEW_MAPPING`], a
+    /// session and a new endpoint-independent mapping with it, or else a
+    /// session for this destination alone.
+    mode: u32,
     best_until: u64,
 }
 
@@ -96,7 +108,7 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
         }
         stale = true;
     }
-    match claim_pair(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.now) {
+    match claim_candidate(p, port) {
         Claim::Won(s) => {
             if stale {
                 let _ = NAT_COOLDOWN.remove(rev_key);
@@ -120,6 +132,14 @@ fn try_candidate(p: &mut Probe, port_host: u16) -> bool {
     }
 }
 
+/// Claims a free candidate as the probe's mode asks: one global function
+/// call in either mode, so the probe has no branch on it.
+#[inline(always)]
+fn claim_candidate(p: &mut Probe, port: u16) -> Claim {
+    let r = mapping::claim(&p.fwd, p.pool.addr, port, p.tcp_flags as u8, p.mode, p.now);
+    decode(r, p.pool.addr, port)
+}
+
 extern "C" fn probe_step(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer to the caller's `Probe`.
     let p = unsafe { &mut *(ctx as *mut Probe) };
@@ -141,6 +161,11 @@ enum Claim {
 #[inline(always)]
 fn claim_pair(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) -> Claim {
     let r = nat_claim_pair(fwd, ext_addr as u64, port as u64, tcp_flags as u64, now);
+    decode(r, ext_addr, port)
+}
+
+#[inline(always)]
+fn decode(r: i64, ext_addr: u32, port: u16) -> Claim {
     if r < 0 {
         Claim::Failed(r as i32)
     } else if r == CLAIM_WON {
@@ -158,17 +183,21 @@ fn claim_pair(fwd: &FlowKey, ext_addr: u32, port: u16, tcp_flags: u8, now: u64) 
     }
 }
 
-const CLAIM_WON: i64 = 1;
-const CLAIM_TAKEN: i64 = 2;
+pub const CLAIM_WON: i64 = 1;
+pub const CLAIM_TAKEN: i64 = 2;
 /// In bits 48 and up, above the winner's address (16..48) and port (0..16).
-const CLAIM_LOST: i64 = 3;
+pub const CLAIM_LOST: i64 = 3;
 
 /// [`claim_pair`] as a global BPF function, which the verifier checks once
 /// on its own rather than once for every state of the probe walk that
 /// reaches it. Returns a `CLAIM_*` code, or the failed insert's error.
+/// `tcp_flags` carries the forward entry's mapping mark in bits 8..16.
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn nat_claim_pair(
+// The entry is inserted by reference on purpose: by value it would be
+// copied onto this function's stack first.
+#[allow(clippy::needless_borrows_for_generic_args)]
+pub extern "C" fn nat_claim_pair(
     fwd: *const FlowKey,
     ext_addr: u64,
     port: u64,
@@ -181,9 +210,17 @@ extern "C" fn nat_claim_pair(
     // SAFETY: checked for null; the caller passes its stack key.
     let fwd = unsafe { *fwd };
     let (ext_addr, port) = (ext_addr as u32, port as u16);
+    // A port forward owns the port toward every remote: never handed out.
+    // Checked here, in the one function every candidate's claim goes
+    // through, because the probe walk's stack has no byte to spare.
+    if crate::port_forward::forwarded(fwd.proto, ext_addr, port) {
+        return CLAIM_TAKEN;
+    }
     let rev_key = fwd.translated(ext_addr, port);
     // One entry, filled for each direction in turn, in a per-CPU scratch
     // slot: the stacks of nat_egress and the probe callback have no room.
+    // It is inserted from there, by reference, so no copy of it lands on
+    // this function's stack either (the mapping functions call this one).
     let Some(entry) = NAT_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -192,7 +229,7 @@ extern "C" fn nat_claim_pair(
     *entry = Session {
         addr: fwd.saddr,
         port: fwd.sport,
-        _pad: 0,
+        mapping: 0,
         seen: 0,
         acked: 0,
         window: 0,
@@ -200,7 +237,7 @@ extern "C" fn nat_claim_pair(
         last_seen: now,
         hop: HopCache::default(),
     };
-    if let Err(err) = NAT_REV.insert(rev_key, *entry, BPF_NOEXIST as u64) {
+    if let Err(err) = NAT_REV.insert(rev_key, &*entry, BPF_NOEXIST as u64) {
         return if err == -EEXIST {
             CLAIM_TAKEN
         } else {
@@ -209,9 +246,10 @@ extern "C" fn nat_claim_pair(
     }
     entry.addr = ext_addr;
     entry.port = port;
+    entry.mapping = (tcp_flags >> 8) as u16;
     // Generation 0: the mapping's first connection.
     entry.seen = seen_bits(tcp_flags as u8) as u64;
-    let err = match NAT_FWD.insert(fwd, *entry, BPF_NOEXIST as u64) {
+    let err = match NAT_FWD.insert(fwd, &*entry, BPF_NOEXIST as u64) {
         Ok(()) => return CLAIM_WON,
         Err(err) => err,
     };
@@ -238,6 +276,9 @@ fn probe_address(
     }
     p.pool = *pool;
     p.found = FOUND_NONE;
+    // One lap of the walk visits every port of the range once: a longer walk
+    // would only look at the same ports again (and count their cooldowns twice).
+    let probes = probes.min(span(pool.port_min, pool.port_max));
     let src_port = u16::from_be(p.fwd.sport);
     if preserve && preservable(pool, src_port) {
         p.probes = 1;
@@ -277,14 +318,44 @@ fn histogram(bucket: u32) {
     }
 }
 
-/// Finds an external address and port for `fwd` and inserts the session pair.
+/// Finds an external address and port for `fwd` and inserts the session
+/// pair, within the host's limit (`hosts.rs`: reserved before, kept or
+/// given back after).
 #[inline(always)]
 pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, DropReason> {
+    let admitted = hosts::admit(fwd, now)?;
+    let mut new = false;
+    let result = allocate_port(fwd, tcp_flags, now, &mut new);
+    hosts::settle(fwd, admitted, new, tcp_flags);
+    result
+}
+
+/// `new` is set when the pair inserted is this flow's own (not another CPU's).
+#[inline(always)]
+fn allocate_port(
+    fwd: &FlowKey,
+    tcp_flags: u8,
+    now: u64,
+    new: &mut bool,
+) -> Result<Endpoint, DropReason> {
     let cfg: &Config = NAT_CONFIG.get(0).ok_or(DropReason::AllocFail)?;
     let pool_len = cfg.pool_len;
     if pool_len == 0 || pool_len > MAX_POOL {
         return Err(DropReason::AllocFail);
     }
+    let j = mapping::join(fwd, tcp_flags, now);
+    if j < 0 {
+        return Err(insert_failure(j as i32));
+    }
+    if j >> 48 != 0 {
+        return Ok(Endpoint {
+            addr: (j >> 16) as u32,
+            port: j as u16,
+        });
+    }
+    // Below 2^48 and from a global function: 0 or 1, unknown to the
+    // verifier, which so keeps one state for both modes.
+    let mode = (j & 1) as u32;
     let seed = hash_seed();
     let own = pool_index(fwd.saddr, seed, pool_len);
     let mut p = Probe {
@@ -299,9 +370,11 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         session: Endpoint::default(),
         best_port: 0,
         best_addr: 0,
+        mode,
         best_until: u64::MAX,
     };
     if let Some(s) = probe_address(&mut p, own, MAX_PROBES, true)? {
+        *new = p.found == FOUND_WON;
         return Ok(s);
     }
     // The host's own address has no free port toward this destination: move
@@ -309,6 +382,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
     let mut other = 1;
     while other < MAX_POOL && other < pool_len {
         if let Some(s) = probe_address(&mut p, (own + other) % pool_len, SPILL_PROBES, false)? {
+            *new = p.found == FOUND_WON;
             count(Counter::Spill);
             return Ok(s);
         }
@@ -321,8 +395,14 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
         return Err(DropReason::StrictCooling);
     }
     let port = p.best_port.to_be();
+    // Never another endpoint's mapping's port (checked here, once, rather
+    // than for every cooling candidate in the probe).
+    if mapping::owned_by_other(fwd, p.best_addr, port) {
+        return Err(DropReason::AllocFail);
+    }
     match claim_pair(fwd, p.best_addr, port, tcp_flags, now) {
         Claim::Won(s) => {
+            *new = true;
             let _ = NAT_COOLDOWN.remove(fwd.translated(p.best_addr, port));
             count(Counter::Opened);
             count(Counter::Fallback);

@@ -2,16 +2,21 @@
 //! mean the NAT ran out of something (ports, cooled ports under `strict`) or
 //! was handed something it could not parse or rewrite. Off unless the
 //! `log-events` setting is on. This runs only on those drop paths, behind
-//! one config read, so every other packet pays nothing for it; a storm of
-//! such drops loses records when the log ring is full, never packets.
+//! one config read, so every other packet pays nothing for it. Each CPU
+//! writes at most [`EVENTS_PER_SECOND`] records a second and then says how
+//! many it held back ([`nat_common::event_rate`]), so a storm of such drops
+//! from outside cannot flood the log; it never costs packets.
 
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
-use nat_common::headers::{ETH_HLEN, ETH_P_IP, off};
+use nat_common::{
+    event_rate::{Admit, EVENTS_PER_SECOND},
+    headers::{ETH_HLEN, ETH_P_IP, off},
+};
 
 use crate::{
-    maps::NAT_CONFIG,
-    packet::{DropReason, read},
+    maps::{NAT_CONFIG, NAT_EVENT_RATE},
+    packet::{DropReason, now_ns, read},
 };
 
 /// Logs a dropped packet with its addresses when `reason` is one the
@@ -27,6 +32,20 @@ pub fn dropped<C: EbpfContext>(ctx: &C, reason: DropReason, data: usize, end: us
     );
     if !rare || NAT_CONFIG.get(0).is_none_or(|c| c.log_events == 0) {
         return;
+    }
+    let Some(rate) = NAT_EVENT_RATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a live per-CPU map value.
+    match unsafe { &mut *rate }.admit(now_ns()) {
+        Admit::Suppress => return,
+        Admit::Log { held_back: 0 } => {}
+        Admit::Log { held_back } => warn!(
+            ctx,
+            "nat: {} event records held back on this CPU in the last second (limit {} a second)",
+            held_back,
+            EVENTS_PER_SECOND
+        ),
     }
     let (src, dst) = addresses(data, end);
     match reason {

@@ -63,6 +63,7 @@ use nat_common::{
         sweep_pause_ns,
     },
     flow::{FlowKey, PROTO_TCP, Session},
+    mapping::SESSION_INBOUND,
     seen_word::{bits, current_rev_bits},
     tcp_state::{close_kind, expiry_kind, idle_timeout_ms, state_of},
 };
@@ -449,7 +450,7 @@ fn add(total: SweepTotal, n: u64) -> u64 {
 /// recorded (the cooldown map is full). A longer cooldown already there
 /// stays: this only ever extends.
 #[inline(always)]
-fn cool(key: &FlowKey, until: u64) -> bool {
+pub(crate) fn cool(key: &FlowKey, until: u64) -> bool {
     // Most keys have no entry: one insert, no lookup.
     match NAT_COOLDOWN.insert(key, until, BPF_NOEXIST as u64) {
         Ok(()) => return true,
@@ -680,7 +681,13 @@ fn free_session(
     if moved {
         return false;
     }
-    let _ = NAT_FWD.remove(key);
+    // The forward entry goes with its mapping reference, and only the run
+    // whose delete succeeded counts the session off its host.
+    if let Some(marks) = crate::mapping::remove_forward(key, fwd)
+        && marks & SESSION_INBOUND == 0
+    {
+        crate::hosts::released(key.saddr);
+    }
     if rev.is_some() {
         let _ = NAT_REV.remove(rev_key);
     }

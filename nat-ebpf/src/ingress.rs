@@ -26,11 +26,13 @@ use nat_common::{
 use crate::{
     fast, frag,
     icmp::{self, Dir},
+    mapping::{self, Miss},
     maps::{NAT_REV, ext_ifindex, fast_path},
     packet::{
         DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, Side,
         frame_ip_len, ipv4_fields, l4_fields, now_ns, read, tc_action, touch, xdp_verdict,
     },
+    port_forward,
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
     track, xdp_rewrite,
@@ -88,8 +90,17 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> 
 
     // The reverse key is oriented like egress: (external, remote).
     let key = FlowKey::new(ip.proto, ip.daddr, l4.dport, ip.saddr, l4.sport);
-    let Some(entry) = NAT_REV.get_ptr_mut(key) else {
-        return Ok(Class::Pass(Counter::NotOursIn));
+    let entry = match NAT_REV.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => match port_forward::open_from_outside(&key, l4.tcp_flags)? {
+            Some(entry) => entry,
+            // To a port of an endpoint-independent mapping, filtering decides
+            // (no mapping holds a forwarded port: the claim skips them).
+            None => match mapping::inbound(&key)? {
+                Miss::Opened(entry) => entry,
+                Miss::Pass(counter) => return Ok(Class::Pass(counter)),
+            },
+        },
     };
     let now = now_ns();
     if ip.proto == PROTO_TCP && !track::ingress(&key, entry, l4.tcp_flags, l4.seq, now) {

@@ -24,13 +24,20 @@ mod fast;
 #[cfg(target_arch = "bpf")]
 mod frag;
 #[cfg(target_arch = "bpf")]
+mod hairpin;
+mod hosts;
+#[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
 mod ingress;
 #[cfg(target_arch = "bpf")]
+mod mapping;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
+#[cfg(target_arch = "bpf")]
+mod port_forward;
 #[cfg(target_arch = "bpf")]
 mod reject;
 #[cfg(target_arch = "bpf")]

@@ -9,8 +9,12 @@ use aya_ebpf::{
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     counters::{COUNTER_COUNT, Counter},
+    event_rate::EventRate,
     expiry::{SWEEP_TOTALS, SweepControl},
     flow::{FlowKey, FragEntry, FragKey, Session},
+    hosts::HostEntry,
+    mapping::{EndpointKey, Mapping, Owner, PeerKey},
+    port_forward::{ForwardKey, ForwardTarget, MAX_FORWARD_ENTRIES},
     probe::PROBE_BUCKETS,
 };
 
@@ -27,10 +31,58 @@ pub static NAT_REV: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAUL
 #[map(name = "NAT_COOLDOWN")]
 pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * DEFAULT_SESSIONS, 0);
 
+/// Endpoint-independent mappings, by internal endpoint ([`crate::mapping`]).
+/// At most one per forward session: the loader sizes it like the sessions.
+#[map(name = "NAT_EIM")]
+pub static NAT_EIM: HashMap<EndpointKey, Mapping> = HashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+
+/// The same mappings by external endpoint.
+#[map(name = "NAT_EIM_OWNER")]
+pub static NAT_EIM_OWNER: HashMap<EndpointKey, Owner> =
+    HashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+
+/// Remote addresses each mapping's endpoint sent to. LRU: an entry of a
+/// mapping that is gone is never read again (its `born` no longer
+/// matches), so eviction is all the cleanup it needs; an evicted live
+/// entry makes the filter refuse, never admit.
+#[map(name = "NAT_EIM_PEERS")]
+pub static NAT_EIM_PEERS: LruHashMap<PeerKey, u64> =
+    LruHashMap::with_max_entries(DEFAULT_SESSIONS, 0);
+/// Live sessions per internal address. Not preallocated: an entry the
+/// sweep deletes is freed only after every program run that may still hold
+/// a pointer to it has ended (see `hosts.rs`). The loader sizes it as the
+/// session maps: every entry but a dying one holds at least one session.
+#[map(name = "NAT_HOSTS")]
+pub static NAT_HOSTS: HashMap<u32, HostEntry> =
+    HashMap::with_max_entries(DEFAULT_SESSIONS, 1 /* BPF_F_NO_PREALLOC */);
+
+/// Live session pairs over all hosts, for the table-pressure check.
+#[map(name = "NAT_LIVE")]
+pub static NAT_LIVE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// One session entry per CPU, where a new session is put together before
 /// it is inserted; never pinned.
+/// Static port forwards; written by the loader and `nat forward` only.
+#[map(name = "NAT_FORWARD")]
+pub static NAT_FORWARD: HashMap<ForwardKey, ForwardTarget> =
+    HashMap::with_max_entries(MAX_FORWARD_ENTRIES, 0);
+
+/// One forward-map key per CPU, for a lookup from a frame with no stack
+/// to spare ([`crate::port_forward::nat_port_forwarded`]); never pinned.
+#[map(name = "NAT_FORWARD_KEY")]
+pub static NAT_FORWARD_KEY: PerCpuArray<ForwardKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// The hairpin program's packet and translation, per CPU; never pinned.
+#[map(name = "NAT_HAIRPIN_PLAN")]
+pub static NAT_HAIRPIN_PLAN: PerCpuArray<crate::hairpin::Plan> =
+    PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "NAT_SCRATCH")]
 pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);
+
+/// The event log's rate limit, one window per CPU; never pinned.
+#[map(name = "NAT_EVENT_RATE")]
+pub static NAT_EVENT_RATE: PerCpuArray<EventRate> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NAT_PROBES")]
 pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);
@@ -124,6 +176,16 @@ pub fn ext_ifindex() -> u32 {
 pub fn fast_path() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&FAST_PATH) != 0 }
+}
+
+/// Load-time: the capacity of each session map; the loader sets it.
+#[unsafe(no_mangle)]
+static SESSION_CAPACITY: u32 = 0;
+
+#[inline(always)]
+pub fn session_capacity() -> u64 {
+    // SAFETY: as for HASH_SEED below.
+    unsafe { core::ptr::read_volatile(&SESSION_CAPACITY) as u64 }
 }
 
 /// Load-time secret keying the port-allocation hash; the loader sets it.

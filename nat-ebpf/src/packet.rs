@@ -17,6 +17,12 @@ pub enum DropReason {
     RewriteError,
     StrictCooling,
     IcmpUnmatched,
+    /// A port forward's internal host already has a session with the remote on that port.
+    ForwardConflict,
+    /// A hairpinned packet has no route to its internal host.
+    HairpinUnrouted,
+    /// The internal host holds `max-sessions-per-host` sessions.
+    HostLimit,
 }
 
 impl DropReason {
@@ -33,6 +39,9 @@ impl DropReason {
             DropReason::RewriteError => Counter::RewriteError,
             DropReason::StrictCooling => Counter::StrictCooling,
             DropReason::IcmpUnmatched => Counter::IcmpUnmatched,
+            DropReason::ForwardConflict => Counter::ForwardConflict,
+            DropReason::HairpinUnrouted => Counter::HairpinUnrouted,
+            DropReason::HostLimit => Counter::HostLimit,
         }
     }
 }
@@ -45,8 +54,8 @@ impl DropReason {
 pub fn tc_action(ctx: &aya_ebpf::programs::TcContext, outcome: Result<Counter, DropReason>) -> i32 {
     use aya_ebpf::bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
     match outcome {
-        // The fast path set up the redirect before it returned these.
-        Ok(c @ (Counter::FastIn | Counter::FastOut)) => {
+        // The fast path and the hairpin set up the redirect before they returned these.
+        Ok(c @ (Counter::FastIn | Counter::FastOut | Counter::Hairpin)) => {
             crate::maps::count(c);
             TC_ACT_REDIRECT
         }

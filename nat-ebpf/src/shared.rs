@@ -3,9 +3,9 @@
 //! compare-and-exchange (BPF_CMPXCHG, Linux 5.12 and later; the kernel's
 //! value-returning atomics are full barriers on every architecture).
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
-use nat_common::seen_word::SharedWord;
+use nat_common::seen_word::{ATTEMPTS, SharedWord};
 
 /// An aligned 64-bit word inside a live map value.
 #[derive(Clone, Copy)]
@@ -17,6 +17,35 @@ impl MapWord {
     pub fn store(self, v: u64) {
         // SAFETY: an aligned word of a live map value.
         unsafe { core::ptr::write_volatile(self.0, v) }
+    }
+
+    /// Adds `v` (wrapping: a negative number as its two's complement) and
+    /// returns the value before. The bpf target's CPU v1 has no
+    /// value-returning add, so this is a compare-and-exchange loop; past
+    /// [`ATTEMPTS`] lost races it adds with BPF_XADD, which returns nothing
+    /// but is never lost either, and returns the last value it read.
+    #[inline(always)]
+    pub fn fetch_add(self, v: u64) -> u64 {
+        let mut cur = self.load();
+        let mut i = 0;
+        while i < ATTEMPTS {
+            match self.compare_exchange(cur, cur.wrapping_add(v)) {
+                Ok(()) => return cur,
+                Err(found) => cur = found,
+            }
+            i += 1;
+        }
+        add(self.0, v);
+        cur
+    }
+}
+
+/// BPF_XADD: an atomic add whose result is not used.
+#[inline(always)]
+pub fn add<T: Copy>(word: *mut T, v: T) {
+    // SAFETY: an aligned word of a live map value.
+    unsafe {
+        let _ = atomic_xadd::<T, T, { AtomicOrdering::SeqCst }>(word, v);
     }
 }
 

@@ -172,8 +172,10 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now:
     // the one lookup it came with. Everything else reads the forward entry,
     // whose generation says whether these bits are the current
     // connection's: a SYN-ACK or a reset may answer a reopen.
+    // (A remote's own SYN, to a port forward, makes it answered too: the
+    // internal host answers it, there is no SYN of ours to collide with.)
     if flags & (SYN | FIN | RST) == 0
-        && bits(before) & (seen::SYN_ACK | seen::ODD_ANSWER) != 0
+        && bits(before) & (seen::SYN_ACK | seen::ODD_ANSWER | seen::SYN) != 0
         && !ended(bits(before), 0)
     {
         return true;

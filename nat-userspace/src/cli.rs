@@ -63,15 +63,25 @@ pub enum Command {
     Top {
         #[command(flatten)]
         show: ShowArgs,
-        /// How many destinations to list.
+        /// How many destinations (or hosts) to list.
         #[arg(long, default_value_t = 10)]
         limit: usize,
+        /// List the internal hosts with the most live sessions instead, against
+        /// max-sessions-per-host.
+        #[arg(long)]
+        hosts: bool,
     },
     /// Checks a config file for `nat load --config` with the rules of the flags; one line per error.
     CheckConfig {
         /// The TOML file to check.
         #[arg(value_name = "FILE")]
         file: std::path::PathBuf,
+    },
+    /// Static port forwards (DNAT) of a running NAT: new flows from outside to a forwarded
+    /// external port reach the internal endpoint; changes apply at once.
+    Forward {
+        #[command(subcommand)]
+        action: ForwardCommand,
     },
     /// Makes the running daemon re-read its config file and apply settings, external
     /// addresses and the port range live (sends it SIGHUP after checking the file).
@@ -80,6 +90,40 @@ pub enum Command {
         #[arg(long, value_name = "IFACE")]
         iface: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ForwardCommand {
+    /// Adds a forward: PROTO tcp or udp; a range maps port by port (at most 1024 ports).
+    /// The internal address must be inside the internal prefixes, the external one in the pool.
+    Add {
+        /// tcp or udp.
+        #[arg(value_name = "PROTO")]
+        proto: String,
+        /// External address of the pool and port or range, e.g. 203.0.113.7:8443 or 203.0.113.7:5000-5009.
+        #[arg(value_name = "EXTERNAL_IP:PORT[-PORT]")]
+        external: String,
+        /// Internal address and port or range (as many ports as the external side), e.g. 10.0.0.5:443.
+        #[arg(value_name = "INTERNAL_IP:PORT[-PORT]")]
+        internal: String,
+        /// Instance to change; may be left out when only one is loaded.
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+    },
+    /// Deletes the forward holding an external port (its whole range); open sessions run until they end.
+    Del {
+        /// tcp or udp.
+        #[arg(value_name = "PROTO")]
+        proto: String,
+        /// External address and a port of the forward, e.g. 203.0.113.7:8443.
+        #[arg(value_name = "EXTERNAL_IP:PORT")]
+        external: String,
+        /// Instance to change; may be left out when only one is loaded.
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+    },
+    /// Lists the forwards.
+    List(ShowArgs),
 }
 
 /// Flags of `nat load` that set live settings: one per entry of
@@ -167,17 +211,25 @@ pub struct LoadArgs {
     /// hook --ingress picks: XDP needs complete checksums from the internal side (a wire, or
     /// a veth peer with its transmit checksum offload off); TC works with any.
     /// Without this flag (and without --no-fast-path) the fast path runs on the interfaces
-    /// the internal prefixes are routed through (the main routing table at load).
+    /// the internal prefixes are routed through (the main routing table at load). These
+    /// internal (LAN) interfaces also run hairpinning for port forwards (TC ingress); --lan is
+    /// the same flag.
     #[arg(
         long,
         value_name = "IFACE[,IFACE...]",
         value_delimiter = ',',
-        conflicts_with = "no_fast_path"
+        conflicts_with = "no_fast_path",
+        visible_alias = "lan"
     )]
     pub fast_path: Vec<String>,
     /// Run no fast path: every packet crosses the stack.
     #[arg(long)]
     pub no_fast_path: bool,
+    /// A static port forward, PROTO,EXTERNAL_IP:PORT[-PORT],INTERNAL_IP:PORT[-PORT] (e.g.
+    /// tcp,203.0.113.7:8443,10.0.0.5:443); repeatable. New flows from outside to the external
+    /// port reach the internal one; the allocator never hands the port out. Live: `nat forward`.
+    #[arg(long = "forward", value_name = "PROTO,EXT,INT", value_parser = crate::port_forward::parse_flag)]
+    pub forward: Vec<crate::port_forward::Forward>,
     /// Set by `--ingress auto` when it chose XDP: a driver that refuses a native attach gets
     /// TC rather than generic XDP.
     #[arg(skip)]

@@ -45,6 +45,9 @@ struct Entry {
     /// A switch (`replace = true`): given as a bare flag when true, left
     /// out when false.
     switch: Option<bool>,
+    /// A list flag whose values may hold commas themselves (`forward`):
+    /// given once per value rather than joined.
+    repeated: bool,
 }
 
 /// A config file read and checked key by key.
@@ -120,6 +123,7 @@ impl Document {
                     line,
                     values: Vec::new(),
                     switch: Some(*on),
+                    repeated: false,
                 });
                 continue;
             }
@@ -152,6 +156,7 @@ impl Document {
                 line,
                 values,
                 switch: None,
+                repeated: list && arg.get_value_delimiter().is_none(),
             });
         }
         Ok(Self {
@@ -178,10 +183,15 @@ impl Document {
         self.entries
             .iter()
             .filter(|e| !given(&e.id))
-            .filter_map(|e| match e.switch {
-                Some(true) => Some(format!("--{}", e.key).into()),
-                Some(false) => None,
-                None => Some(format!("--{}={}", e.key, e.values.join(",")).into()),
+            .flat_map(|e| match e.switch {
+                Some(true) => vec![format!("--{}", e.key).into()],
+                Some(false) => Vec::new(),
+                None if e.repeated => e
+                    .values
+                    .iter()
+                    .map(|v| format!("--{}={v}", e.key).into())
+                    .collect(),
+                None => vec![format!("--{}={}", e.key, e.values.join(",")).into()],
             })
             .collect()
     }
@@ -243,7 +253,30 @@ pub fn expand_argv(argv: Vec<OsString>) -> Result<Vec<OsString>, FileError> {
         return Ok(argv);
     };
     let doc = Document::read(path)?;
-    let given = |id: &str| load.value_source(id) == Some(ValueSource::CommandLine);
+    let on_command_line = |id: &str| load.value_source(id) == Some(ValueSource::CommandLine);
+    let cmd = load_command();
+    // A file key yields to the command line both when the same flag is given
+    // there and when a flag it conflicts with is (`no-fast-path = true` in
+    // the file and `--fast-path lan0` on the command line): the flag wins.
+    // Clap keeps a conflict on the flag that declares it, so both sides are asked.
+    let conflict = |a: &clap::Arg, b: &clap::Arg| {
+        let declares = |x: &clap::Arg, y: &clap::Arg| {
+            cmd.get_arg_conflicts_with(x)
+                .iter()
+                .any(|c| c.get_id() == y.get_id())
+        };
+        declares(a, b) || declares(b, a)
+    };
+    let given = |id: &str| {
+        on_command_line(id)
+            || cmd
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == id)
+                .is_some_and(|a| {
+                    cmd.get_arguments()
+                        .any(|c| on_command_line(c.get_id().as_str()) && conflict(a, c))
+                })
+    };
     if let Some(long) = load_command()
         .get_arguments()
         .filter(|a| a.is_required_set() && !given(a.get_id().as_str()))
@@ -314,6 +347,8 @@ pub fn check(file: &Path) -> Result<LoadArgs, FileError> {
     };
     crate::pool::check_addresses(&args.external, &args.internal)
         .map_err(|m| doc.error("external", m))?;
+    crate::port_forward::check_all(&args.forward, &args.internal, &args.external)
+        .map_err(|m| doc.error("forward", m))?;
     Ok(args)
 }
 
@@ -382,14 +417,24 @@ mod tests {
             "fast-path" => ("veth1,veth2", "[\"veth1\", \"veth2\"]"),
             "max-sessions" => ("4096", "4096"),
             "max-cooldowns" => ("8192", "8192"),
+            "max-sessions-per-host" => ("500", "500"),
             "reap-interval-ms" => ("250", "250"),
             "cooldown-enabled" => ("off", "false"),
             "policy" => ("strict", "\"strict\""),
             "on-exhaustion" => ("reject", "\"reject\""),
             "log-events" => ("on", "true"),
+            "mapping-udp" => ("address-port-dependent", "\"address-port-dependent\""),
+            "mapping-tcp" => ("endpoint-independent", "\"endpoint-independent\""),
+            "filtering-udp" => ("endpoint-independent", "\"endpoint-independent\""),
             "metrics" => ("127.0.0.1:9109", "\"127.0.0.1:9109\""),
             "metrics-top" => ("7", "7"),
             "metrics-interval-ms" => ("3000", "3000"),
+            // Values with commas of their own: the file's list is one flag
+            // per value (the test adds the second flag).
+            "forward" => (
+                "tcp,192.0.2.1:8443,10.0.0.5:443",
+                "[\"tcp,192.0.2.1:8443,10.0.0.5:443\", \"udp,192.0.2.2:5000-5009,172.16.0.5:6000-6009\"]",
+            ),
             l if l.starts_with("cooldown") || l.starts_with("timeout") => ("123s", "\"123s\""),
             other => panic!("no sample value for --{other}: add one"),
         }
@@ -419,6 +464,9 @@ mod tests {
             }
             let (flag, toml) = sample(long);
             flags.push(format!("--{long}={flag}"));
+            if long == "forward" {
+                flags.push("--forward=udp,192.0.2.2:5000-5009,172.16.0.5:6000-6009".to_owned());
+            }
             text.push_str(&format!("{long} = {toml}\n"));
         }
         let f = file(&text);
@@ -465,6 +513,48 @@ mod tests {
         let given = args.settings.given();
         assert!(given.contains(&("cooldown", Some(5000))), "{given:?}");
         assert_eq!(args.iface, "eth0");
+    }
+
+    #[test]
+    fn a_flag_wins_over_a_file_key_it_conflicts_with() {
+        let f = file(
+            "iface = \"eth0\"\nexternal = [\"192.0.2.1\"]\ninternal = [\"10.0.0.0/8\"]\nno-fast-path = true\n",
+        );
+        let config = f.0.to_str().unwrap().to_owned();
+        let args = parse(
+            expand_argv(argv(&[
+                "nat",
+                "load",
+                "--config",
+                &config,
+                "--fast-path",
+                "lan0",
+            ]))
+            .unwrap(),
+        );
+        assert!(!args.no_fast_path);
+        assert_eq!(
+            format!("{:?}", args.fast_path),
+            format!(
+                "{:?}",
+                parse(argv(&[
+                    "nat",
+                    "load",
+                    "--iface",
+                    "eth0",
+                    "--external",
+                    "192.0.2.1",
+                    "--internal",
+                    "10.0.0.0/8",
+                    "--fast-path",
+                    "lan0"
+                ]))
+                .fast_path
+            )
+        );
+        // Without the flag the file's key holds.
+        let args = parse(expand_argv(argv(&["nat", "load", "--config", &config])).unwrap());
+        assert!(args.no_fast_path);
     }
 
     #[test]

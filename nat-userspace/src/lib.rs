@@ -19,6 +19,7 @@ pub mod ops;
 pub mod pidfile;
 pub mod pins;
 pub mod pool;
+pub mod port_forward;
 pub mod reaper;
 pub mod reaper_bench;
 pub mod reject;

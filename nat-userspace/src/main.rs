@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser as _, error::ErrorKind};
 
 use nat_userspace::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, ForwardCommand},
     load, netns, pins, show,
     tables::Tables,
     unload,
@@ -84,8 +84,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Cooldowns(args) => {
             show::cooldowns(&open(netns, args.iface.as_deref())?, args.json)
         }
-        Command::Top { show: args, limit } => {
-            show::top(&open(netns, args.iface.as_deref())?, args.json, limit)
+        Command::Top {
+            show: args,
+            limit,
+            hosts,
+        } => {
+            let tables = open(netns, args.iface.as_deref())?;
+            if hosts {
+                show::top_hosts(&tables, args.json, limit)
+            } else {
+                show::top(&tables, args.json, limit)
+            }
         }
         Command::Get { key, iface, json } => {
             show::get(&open(netns, iface.as_deref())?, key.as_deref(), json)
@@ -95,6 +104,38 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::CheckConfig { .. } => unreachable!("handled before the root check"),
         Command::Reload { iface } => nat_userspace::ops::request_reload(netns, &iface),
+        Command::Forward { action } => forward(netns, action),
+    }
+}
+
+/// `nat forward add|del|list` on the pins of the running NAT.
+fn forward(netns: Option<&str>, action: ForwardCommand) -> Result<()> {
+    use nat_userspace::port_forward as pf;
+    match action {
+        ForwardCommand::Add {
+            proto,
+            external,
+            internal,
+            iface,
+        } => {
+            let fwd = pf::parse(&proto, &external, &internal).map_err(anyhow::Error::msg)?;
+            pf::add(&pins::resolve(netns, iface.as_deref())?, &fwd)
+        }
+        ForwardCommand::Del {
+            proto,
+            external,
+            iface,
+        } => {
+            let proto = pf::parse_proto(&proto).map_err(anyhow::Error::msg)?;
+            let (ext, port, count) = pf::parse_endpoint(&external).map_err(anyhow::Error::msg)?;
+            if count != 1 {
+                bail!("give one port of the forward to delete ({external} is a range)");
+            }
+            pf::delete(&pins::resolve(netns, iface.as_deref())?, proto, ext, port)
+        }
+        ForwardCommand::List(args) => {
+            pf::list(&pins::resolve(netns, args.iface.as_deref())?, args.json)
+        }
     }
 }
 

@@ -122,6 +122,9 @@ pub fn request_reload(netns: Option<&str>, iface: &str) -> Result<()> {
         );
     };
     crate::pool::check_addresses(&args.external, &args.internal)
+        .and_then(|()| {
+            crate::port_forward::check_all(&args.forward, &args.internal, &args.external)
+        })
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

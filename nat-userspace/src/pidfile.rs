@@ -25,7 +25,9 @@ fn path(netns: Option<&str>, iface: &str) -> PathBuf {
 pub fn write(netns: Option<&str>, iface: &str) -> Result<()> {
     let p = path(netns, iface);
     crate::pins::create_private_dir(Path::new(RUN_DIR), Path::new(RUN_DIR))?;
-    std::fs::write(&p, format!("{}\n", std::process::id()))
+    let pid = std::process::id() as i32;
+    let start = start_time(pid).unwrap_or(0);
+    std::fs::write(&p, format!("{pid} {start}\n"))
         .with_context(|| format!("cannot write {}", p.display()))
 }
 
@@ -33,13 +35,39 @@ pub fn remove(netns: Option<&str>, iface: &str) {
     let _ = std::fs::remove_file(path(netns, iface));
 }
 
+/// What the file says: the daemon's pid and its start time (clock ticks
+/// since boot, field 22 of /proc/PID/stat), which tells the daemon from a
+/// later process that got the same pid. Files of older versions hold the pid
+/// alone.
+struct Record {
+    pid: i32,
+    start: Option<u64>,
+}
+
+fn record(netns: Option<&str>, iface: &str) -> Option<Record> {
+    let text = std::fs::read_to_string(path(netns, iface)).ok()?;
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse().ok()?;
+    let start = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .filter(|s| *s != 0);
+    Some(Record { pid, start })
+}
+
 /// The pid the file names, running or not.
 pub fn named(netns: Option<&str>, iface: &str) -> Option<i32> {
-    std::fs::read_to_string(path(netns, iface))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    record(netns, iface).map(|r| r.pid)
+}
+
+/// A process's start time, from the field after its name in /proc/PID/stat
+/// (the name is in parentheses and may hold spaces, so it is skipped up to
+/// the last one).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is the first after the name; start time is field 22.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 /// True while the file names this process.
@@ -49,8 +77,18 @@ pub fn is_mine(netns: Option<&str>, iface: &str) -> bool {
 
 /// The pid of a running `nat load` for this instance, if there is one.
 pub fn live(netns: Option<&str>, iface: &str) -> Option<i32> {
-    let pid = named(netns, iface)?;
-    (pid != std::process::id() as i32 && serves(pid, iface)).then_some(pid)
+    let r = record(netns, iface)?;
+    let ours = match r.start {
+        Some(start) => start_time(r.pid) == Some(start) && runs_load(r.pid),
+        None => serves(r.pid, iface),
+    };
+    (r.pid != std::process::id() as i32 && ours).then_some(r.pid)
+}
+
+/// Whether `pid` runs `nat load`.
+fn runs_load(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"load"))
 }
 
 /// Whether `pid` is a `nat load` for `iface` (a recycled pid belonging to
@@ -72,16 +110,49 @@ fn serves(pid: i32, iface: &str) -> bool {
 }
 
 /// SIGTERM to the daemon, then waits up to `timeout` for it to exit; false
-/// if it is still running.
+/// if it is still running. An exited daemon that its parent has not reaped
+/// yet has no command line left, so it counts as gone.
 pub fn stop(pid: i32, iface: &str, timeout: Duration) -> bool {
     use nix::{sys::signal::Signal, unistd::Pid};
+    let start = start_time(pid);
+    let alive = || match start {
+        Some(s) => start_time(pid) == Some(s) && runs_load(pid),
+        None => serves(pid, iface),
+    };
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = Instant::now() + timeout;
-    while serves(pid, iface) {
+    while alive() {
         if Instant::now() >= deadline {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_start_time_is_read_past_its_name() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).expect("this process has a start time");
+        assert!(start > 0);
+        assert_eq!(start_time(me), Some(start), "stable for one process");
+        assert_eq!(start_time(i32::MAX), None);
+    }
+
+    #[test]
+    fn only_the_recorded_process_is_the_daemon() {
+        // This test binary is not `nat load`, so even with its own start
+        // time it is not taken for the daemon; a wrong start time never is.
+        let me = std::process::id() as i32;
+        assert!(!runs_load(me));
+        let other = Record {
+            pid: me,
+            start: start_time(me).map(|s| s + 1),
+        };
+        assert_ne!(start_time(other.pid), other.start);
+    }
 }

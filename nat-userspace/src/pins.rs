@@ -27,6 +27,11 @@ impl PinDir {
 
     /// Names (without the version suffix) of the pinned fast-path links.
     pub fn fast_links(&self) -> Vec<String> {
+        self.links_with(LINK_FAST_PREFIX)
+    }
+
+    /// Names (without the version suffix) of the pinned links starting with `prefix`.
+    pub fn links_with(&self, prefix: &str) -> Vec<String> {
         let suffix = format!("_v{LAYOUT_VERSION}");
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -35,7 +40,7 @@ impl PinDir {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_prefix(LINK_FAST_PREFIX)?;
+                name.strip_prefix(prefix)?;
                 name.strip_suffix(&suffix).map(str::to_owned)
             })
             .collect()

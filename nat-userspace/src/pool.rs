@@ -108,6 +108,8 @@ pub struct Change {
     pub added: Vec<Ipv4Addr>,
     pub removed: Vec<Ipv4Addr>,
     pub ports: Option<(PortRange, PortRange)>,
+    /// Port forwards added and removed.
+    pub forwards: (usize, usize),
     /// Keys that changed but apply only on the next `nat load`.
     pub needs_restart: Vec<&'static str>,
 }
@@ -139,6 +141,12 @@ impl std::fmt::Display for Change {
                 old.lo, old.hi, new.lo, new.hi
             ));
         }
+        if self.forwards != (0, 0) {
+            parts.push(format!(
+                "forwards: {} added, {} removed",
+                self.forwards.0, self.forwards.1
+            ));
+        }
         if parts.is_empty() {
             parts.push("nothing changed".to_owned());
         }
@@ -155,6 +163,7 @@ impl std::fmt::Display for Change {
 /// Applies a changed config file to the running datapath.
 pub struct Reloader {
     tables: Tables,
+    forwards: crate::port_forward::ForwardTable,
     /// External addresses egress recognises as translated sources.
     ext_addrs: HashMap<MapData, u32, u32>,
     fixed: Vec<(&'static str, String)>,
@@ -168,6 +177,7 @@ impl Reloader {
     pub fn new(pins: &PinDir, ext_addrs: Map, args: &LoadArgs) -> Result<Self> {
         Ok(Self {
             tables: Tables::open(pins)?,
+            forwards: crate::port_forward::ForwardTable::open(pins)?,
             ext_addrs: ext_addrs.try_into().context("external address map")?,
             fixed: fixed(args),
             internal: args.internal.clone(),
@@ -179,6 +189,8 @@ impl Reloader {
     /// Applies what `args` set live; fails without a change when they are invalid.
     pub fn apply(&mut self, args: &LoadArgs) -> Result<Change> {
         check_addresses(&args.external, &self.internal).map_err(anyhow::Error::msg)?;
+        crate::port_forward::check_all(&args.forward, &self.internal, &args.external)
+            .map_err(anyhow::Error::msg)?;
         if args.external.is_empty() {
             anyhow::bail!("no external address left in the pool");
         }
@@ -229,6 +241,7 @@ impl Reloader {
         if !shrinking {
             self.tables.set_config(cfg)?;
         }
+        change.forwards = self.forwards.replace_all(&args.forward)?;
         self.external = args.external.clone();
         self.ports = args.ports;
         Ok(change)

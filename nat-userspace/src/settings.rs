@@ -1,7 +1,10 @@
 //! Live settings: one table shared by the `nat load` flags and `nat set`/`nat get`,
 //! so a name parses and validates the same way everywhere.
 
-use nat_common::config::{Config, exhaustion, policy};
+use nat_common::{
+    config::{Config, exhaustion, policy},
+    mapping::{filtering, mode},
+};
 
 use crate::cli::{MAX_DURATION_MS, parse_duration_ms};
 
@@ -14,6 +17,28 @@ enum Kind {
     OnOff,
     Policy,
     Exhaustion,
+    /// One of these words, each standing for its value.
+    Choice(&'static [(&'static str, u32)]),
+    /// A count within [0, max]; 0 means no limit.
+    Limit {
+        max: u64,
+    },
+}
+
+const MAPPING: &[(&str, u32)] = &[
+    ("endpoint-independent", mode::ENDPOINT_INDEPENDENT),
+    ("address-port-dependent", mode::ADDRESS_PORT_DEPENDENT),
+];
+
+const FILTERING: &[(&str, u32)] = &[
+    ("endpoint-independent", filtering::ENDPOINT_INDEPENDENT),
+    ("address-dependent", filtering::ADDRESS_DEPENDENT),
+    ("address-port-dependent", filtering::ADDRESS_PORT_DEPENDENT),
+];
+
+/// `a|b|c`, for a value name.
+fn words(choices: &[(&str, u32)]) -> String {
+    choices.iter().map(|c| c.0).collect::<Vec<_>>().join("|")
 }
 
 pub struct Setting {
@@ -107,6 +132,30 @@ pub const SETTINGS: &[Setting] = &[
         field!(log_events),
     ),
     setting(
+        "mapping-udp",
+        "external endpoint of new UDP flows: endpoint-independent gives every flow of an internal address and port the same external address and port, for any destination (peer-to-peer works); address-port-dependent picks a port per destination",
+        Kind::Choice(MAPPING),
+        field!(mapping_udp),
+    ),
+    setting(
+        "mapping-tcp",
+        "external endpoint of new TCP connections, as for mapping-udp; address-port-dependent gives a whole port range per destination, which the TIME_WAIT cooldown needs under load",
+        Kind::Choice(MAPPING),
+        field!(mapping_tcp),
+    ),
+    setting(
+        "filtering-udp",
+        "which UDP packets from outside reach an endpoint-independent mapping's internal endpoint: from anyone (endpoint-independent), from addresses it sent to (address-dependent), or only from addresses and ports it sent to (address-port-dependent)",
+        Kind::Choice(FILTERING),
+        field!(filtering_udp),
+    ),
+    setting(
+        "max-sessions-per-host",
+        "live sessions one internal address may hold; its new flows past it are refused (drop_host_limit; ICMP administratively prohibited under on-exhaustion reject), its existing flows and other hosts untouched; 0: no limit",
+        Kind::Limit { max: 16_777_216 },
+        field!(max_sessions_per_host),
+    ),
+    setting(
         "timeout-tcp-established",
         "idle timeout of established TCP sessions",
         Kind::Duration { min: 1000 },
@@ -170,6 +219,14 @@ impl Setting {
                 "reject" => Ok(exhaustion::REJECT as u64),
                 _ => Err(format!("{}: '{value}' is not drop or reject", self.name)),
             },
+            Kind::Limit { max } => match v.parse::<u64>() {
+                Ok(n) if n <= max => Ok(n),
+                Ok(_) => Err(format!(
+                    "{}: {value} is above the maximum of {max}",
+                    self.name
+                )),
+                Err(_) => Err(format!("{}: '{value}' is not a whole number", self.name)),
+            },
             Kind::Policy => match v {
                 "fallback" => Ok(policy::FALLBACK as u64),
                 "strict" => Ok(policy::STRICT as u64),
@@ -178,6 +235,17 @@ impl Setting {
                     self.name
                 )),
             },
+            Kind::Choice(choices) => choices
+                .iter()
+                .find(|c| c.0 == v)
+                .map(|c| c.1 as u64)
+                .ok_or_else(|| {
+                    format!(
+                        "{}: '{value}' is not one of {}",
+                        self.name,
+                        words(choices).replace('|', ", ")
+                    )
+                }),
         }
     }
 
@@ -194,6 +262,7 @@ impl Setting {
         let v = self.get(cfg);
         match self.kind {
             Kind::Duration { .. } => format!("{v}ms"),
+            Kind::Limit { .. } => v.to_string(),
             Kind::OnOff => if v != 0 { "on" } else { "off" }.to_owned(),
             Kind::Policy => if v == policy::STRICT as u64 {
                 "strict"
@@ -207,13 +276,17 @@ impl Setting {
                 "drop"
             }
             .to_owned(),
+            Kind::Choice(choices) => choices
+                .iter()
+                .find(|c| c.1 as u64 == v)
+                .map_or_else(|| v.to_string(), |c| c.0.to_owned()),
         }
     }
 
     /// The value for JSON output: milliseconds as numbers, the rest as words.
     pub fn json(&self, cfg: &Config) -> serde_json::Value {
         match self.kind {
-            Kind::Duration { .. } => serde_json::json!(self.get(cfg)),
+            Kind::Duration { .. } | Kind::Limit { .. } => serde_json::json!(self.get(cfg)),
             _ => serde_json::json!(self.format(cfg)),
         }
     }
@@ -226,9 +299,12 @@ impl Setting {
             .long(self.name)
             .value_name(match self.kind {
                 Kind::Duration { .. } => "DURATION",
+                Kind::Limit { .. } => "N",
                 Kind::OnOff => "on|off",
                 Kind::Policy => "strict|fallback",
                 Kind::Exhaustion => "drop|reject",
+                // The words are in the help's range.
+                Kind::Choice(_) => "MODE",
             })
             .help(format!(
                 "{}{} [default: {}; {}]",
@@ -254,9 +330,11 @@ impl Setting {
             Kind::Duration { min } => {
                 format!("{} to {}", human_ms(min), human_ms(MAX_DURATION_MS))
             }
+            Kind::Limit { max } => format!("0 (no limit) to {max}"),
             Kind::OnOff => "on or off".to_owned(),
             Kind::Policy => "strict or fallback".to_owned(),
             Kind::Exhaustion => "drop or reject".to_owned(),
+            Kind::Choice(choices) => words(choices).replace('|', ", "),
         }
     }
 }
@@ -303,6 +381,12 @@ mod tests {
         assert!(find("policy").unwrap().parse("random").is_err());
         assert!(find("timeout-udp").unwrap().parse("10ms").is_err());
         assert!(find("no-such").is_err());
+        let limit = find("max-sessions-per-host").unwrap();
+        assert_eq!(limit.parse("0"), Ok(0));
+        assert_eq!(limit.parse("4096"), Ok(4096));
+        assert!(limit.parse("-1").is_err());
+        assert!(limit.parse("lots").is_err());
+        assert!(limit.parse("16777217").is_err());
     }
 
     #[test]
@@ -346,5 +430,29 @@ mod tests {
         assert_eq!(get("timeout-tcp-established"), "7440000ms");
         assert_eq!(get("timeout-tcp-transitory"), "240000ms");
         assert_eq!(get("timeout-udp"), "300000ms");
+        assert_eq!(get("mapping-udp"), "endpoint-independent");
+        assert_eq!(get("mapping-tcp"), "address-port-dependent");
+        assert_eq!(get("filtering-udp"), "address-dependent");
+        assert_eq!(get("max-sessions-per-host"), "32768");
+    }
+
+    #[test]
+    fn choices_parse_their_words_only() {
+        let m = find("mapping-tcp").unwrap();
+        assert_eq!(
+            m.parse("endpoint-independent"),
+            Ok(mode::ENDPOINT_INDEPENDENT as u64)
+        );
+        let err = m.parse("full-cone").unwrap_err();
+        assert_eq!(
+            err,
+            "mapping-tcp: 'full-cone' is not one of endpoint-independent, address-port-dependent"
+        );
+        let f = find("filtering-udp").unwrap();
+        assert_eq!(
+            f.parse("address-port-dependent"),
+            Ok(filtering::ADDRESS_PORT_DEPENDENT as u64)
+        );
+        assert!(f.parse("").is_err());
     }
 }

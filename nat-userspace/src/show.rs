@@ -35,6 +35,7 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
                     "state": s.state.name(),
                     "idle_ms": now.saturating_sub(s.last_seen) / 1_000_000,
                     "paired": s.paired,
+                    "mapping": s.mapping_name(),
                 })
             })
             .collect();
@@ -43,20 +44,21 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<5} {:<21} {:<21} {:<21} {:<12} {:>8}",
+        "{:<5} {:<21} {:<21} {:<21} {:<12} {:>8}  MAPPING",
         "PROTO", "INTERNAL", "EXTERNAL", "REMOTE", "STATE", "IDLE"
     )?;
     for s in &list {
         let idle = now.saturating_sub(s.last_seen) as f64 / 1e9;
         writeln!(
             out,
-            "{:<5} {:<21} {:<21} {:<21} {:<12} {:>7.1}s",
+            "{:<5} {:<21} {:<21} {:<21} {:<12} {:>7.1}s  {}",
             s.proto_name(),
             s.internal.to_string(),
             s.external.to_string(),
             s.remote.to_string(),
             s.state.name(),
-            idle
+            idle,
+            s.mapping_name()
         )?;
     }
     writeln!(out, "{} session(s)", list.len())?;
@@ -250,6 +252,52 @@ pub fn top(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
             r.cooling,
             r.capacity.saturating_sub(r.in_use + r.cooling),
             r.used * 100.0
+        )?;
+    }
+    Ok(())
+}
+
+/// `nat top --hosts`: the internal hosts holding the most sessions.
+pub fn top_hosts(tables: &Tables, as_json: bool, limit: usize) -> Result<()> {
+    let cap = tables.config()?.max_sessions_per_host;
+    let mut rows = tables.host_counts()?;
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    rows.truncate(limit);
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(host, n)| {
+                json!({
+                    "host": host.to_string(),
+                    "sessions": n,
+                    "limit": cap,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<15} {:>9} {:>9} {:>6}",
+        "HOST", "SESSIONS", "LIMIT", "USED"
+    )?;
+    for (host, n) in &rows {
+        let (limit_text, used) = match cap {
+            0 => ("none".to_owned(), "-".to_owned()),
+            c => (
+                c.to_string(),
+                format!("{:.1}%", *n as f64 * 100.0 / f64::from(c)),
+            ),
+        };
+        writeln!(
+            out,
+            "{:<15} {:>9} {:>9} {:>6}",
+            host.to_string(),
+            n,
+            limit_text,
+            used
         )?;
     }
     Ok(())

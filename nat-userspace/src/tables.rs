@@ -8,7 +8,11 @@ use nat_common::{
     config::{Config, PoolAddr},
     counters::Counter,
     flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
-    names::{MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS},
+    hosts::{HOST_DYING, HostEntry},
+    mapping::SESSION_MAPPED,
+    names::{
+        MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_HOSTS, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
+    },
     probe::PROBE_BUCKETS,
     seen_word::{bits, current_rev_bits},
     tcp_state::{State, state_of},
@@ -27,6 +31,7 @@ pub struct Tables {
     pool: Array<MapData, PoolAddr>,
     stats: PerCpuArray<MapData, u64>,
     probes: PerCpuArray<MapData, u64>,
+    hosts: HashMap<MapData, u32, HostEntry>,
 }
 
 impl Tables {
@@ -59,6 +64,7 @@ impl Tables {
             probes: take(MAP_PROBES)?
                 .try_into()
                 .context("probe histogram map")?,
+            hosts: take(MAP_HOSTS)?.try_into().context("host count map")?,
         })
     }
 
@@ -126,6 +132,18 @@ impl Tables {
             .collect()
     }
 
+    /// Live sessions per internal address as the datapath counts them,
+    /// hosts being deleted (count reached zero) left out.
+    pub fn host_counts(&self) -> Result<Vec<(Ipv4Addr, u64)>> {
+        let all: Vec<(u32, HostEntry)> =
+            batch::lookup_all(self.hosts.map()).context("cannot read the host count map")?;
+        Ok(all
+            .into_iter()
+            .filter(|(_, e)| e.sessions < HOST_DYING)
+            .map(|(addr, e)| (Ipv4Addr::from(u32::from_be(addr)), e.sessions))
+            .collect())
+    }
+
     /// Every forward entry, read in batches.
     pub fn forward_entries(&self) -> Result<Vec<(FlowKey, Session)>> {
         batch::lookup_all(self.fwd.map()).context("cannot read the forward session map")
@@ -154,6 +172,9 @@ impl Tables {
     /// Deletes a session: the forward entry first, so egress can no longer
     /// pick the pair up, then the reverse entry, which holds the external
     /// port claimed until that moment. Both are tried; the first error is returned.
+    /// For the benchmarks' sessions, which are on no endpoint-independent
+    /// mapping: the reference a marked forward entry holds is released only
+    /// by the datapath's own delete (`nat-ebpf` `mapping::remove_forward`).
     pub fn release_session(&mut self, key: &FlowKey, rev_key: &FlowKey) -> Result<(), MapError> {
         let fwd = self.fwd.remove(key);
         let rev = self.rev.remove(rev_key);
@@ -204,6 +225,9 @@ pub struct SessionView {
     pub last_seen: u64,
     /// False when the reverse entry is missing (being created or reaped).
     pub paired: bool,
+    /// The session is on its internal endpoint's endpoint-independent
+    /// mapping (else its port was picked for this destination alone).
+    pub independent: bool,
 }
 
 impl SessionView {
@@ -221,6 +245,16 @@ impl SessionView {
             rev_seen,
             last_seen: fwd.last_seen.max(rev_last),
             paired: rev.is_some(),
+            independent: fwd.mapping & SESSION_MAPPED != 0,
+        }
+    }
+
+    /// The mapping this session belongs to, as `mapping-udp` names its kind.
+    pub fn mapping_name(&self) -> &'static str {
+        if self.independent {
+            "endpoint-independent"
+        } else {
+            "address-port-dependent"
         }
     }
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use closing::*;
 use common::*;
+use nat_common::event_rate::EVENTS_PER_SECOND;
 use nat_tests::{
     CLIENT_IP, EXT_IFACE, EXTERNAL_IP, INTERNAL_PREFIX, SERVER_IP, Side, Topology, TopologyOpts,
-    nat_bin, nat_cmd,
+    nat_bin, nat_cmd, run_in_ns,
 };
 
 /// The daemon with its stdout and stderr in files, so the test can read
@@ -28,7 +29,12 @@ struct LoggingNat<'a> {
 impl<'a> LoggingNat<'a> {
     fn start(topo: &'a Topology, extra: &[&str]) -> LoggingNat<'a> {
         let dir = std::env::temp_dir();
-        let tag = format!("nat-event-log-{}", std::process::id());
+        // Tests of this file run at once: each has its own files.
+        let tag = format!(
+            "nat-event-log-{}-{}",
+            std::process::id(),
+            topo.ns_name(Side::Nat)
+        );
         let stdout = dir.join(format!("{tag}.out"));
         let stderr = dir.join(format!("{tag}.err"));
         let child = Command::new(nat_bin())
@@ -109,4 +115,42 @@ fn exhaustion_is_logged_only_while_log_events_is_on() {
         nat.log()
     );
     drop(held);
+}
+
+#[test]
+fn a_storm_of_drops_is_cut_to_the_rate_limit() {
+    let topo = Topology::new("evstorm", TopologyOpts::default());
+    let nat = LoggingNat::start(&topo, &["--ports", "20000-20000", "--log-events", "on"]);
+    let server = std::net::SocketAddrV4::new(SERVER_IP, 53);
+    // The first datagram takes the only port toward the server; each of the
+    // next, from its own source port, finds none and is dropped.
+    const STORM: usize = 400;
+    run_in_ns(topo.ns_name(Side::Client), move || {
+        for _ in 0..=STORM {
+            let s = std::net::UdpSocket::bind((CLIENT_IP, 0)).expect("bind");
+            s.send_to(b"x", server).expect("send");
+        }
+    });
+    let line = format!("no free external port for {CLIENT_IP} -> {SERVER_IP}");
+    wait_for("the first record", Duration::from_secs(5), || {
+        nat.log().contains(&line).then_some(())
+    });
+    assert!(counter(&stats(&topo), "drop_alloc_failed") >= STORM as u64 - 5);
+    // Records reach the log within this second, and the window closes.
+    std::thread::sleep(Duration::from_millis(1100));
+    let cpus = std::thread::available_parallelism().map_or(64, |n| n.get());
+    let logged = nat.log().matches(&line).count();
+    assert!(
+        logged <= cpus * EVENTS_PER_SECOND as usize,
+        "{logged} records of {STORM} drops: the rate limit did not hold"
+    );
+    // A CPU's next record after the window says how many it held back (the
+    // datagrams may land on either CPU, so a few are sent).
+    wait_for("the held-back record", Duration::from_secs(5), || {
+        run_in_ns(topo.ns_name(Side::Client), move || {
+            let sock = std::net::UdpSocket::bind((CLIENT_IP, 0)).expect("bind");
+            sock.send_to(b"x", server).expect("send");
+        });
+        nat.log().contains("event records held back").then_some(())
+    });
 }

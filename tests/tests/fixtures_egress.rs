@@ -6,7 +6,7 @@ mod fixture;
 use fixture::*;
 use nat_common::seen_word::bits;
 use nat_common::{
-    config::{MAX_PROBES, exhaustion, policy},
+    config::{exhaustion, policy},
     counters::Counter,
     flow::{FRAG_OUT, FragEntry, FragKey, seen},
 };
@@ -158,17 +158,34 @@ fn fixture_egress_drop_strict_cooling() {
     maps.config.policy = policy::STRICT;
     let syn = Pkt::tcp(client(), https(), tcp_flags::SYN).frame();
     let out = run(Prog::Egress, &maps, &syn);
-    // A one-port range: every one of the walk's probes lands on the cooling port.
+    // A one-port range: the walk looks at its one port once.
     out.expect(
         Verdict::Drop,
         &syn,
-        &[
-            (Counter::CooldownSkip, u64::from(MAX_PROBES)),
-            (Counter::StrictCooling, 1),
-        ],
+        &[(Counter::CooldownSkip, 1), (Counter::StrictCooling, 1)],
     );
     assert!(out.fwd.is_empty() && out.rev.is_empty());
     assert!(out.cooldown.contains_key(&tcp_flow().rev_key()));
+}
+
+#[test]
+fn fixture_egress_a_small_range_is_walked_once() {
+    // Four ports, each cooling toward the destination: four probes, then the
+    // strict policy refuses, where a walk of MAX_PROBES would count 256.
+    let mut maps = Maps::nat();
+    maps.ports = (PORT, PORT + 3);
+    maps.config.policy = policy::STRICT;
+    for port in PORT..=PORT + 3 {
+        let cooled = Flow::new(PROTO_TCP, client(), ep(EXTERNAL, port), https());
+        maps = maps.cooling(&cooled);
+    }
+    let syn = Pkt::tcp(client(), https(), tcp_flags::SYN).frame();
+    let out = run(Prog::Egress, &maps, &syn);
+    out.expect(
+        Verdict::Drop,
+        &syn,
+        &[(Counter::CooldownSkip, 4), (Counter::StrictCooling, 1)],
+    );
 }
 
 #[test]
@@ -182,7 +199,7 @@ fn fixture_egress_fallback_takes_the_cooling_port() {
         &[
             (Counter::XlateOut, 1),
             (Counter::Opened, 1),
-            (Counter::CooldownSkip, u64::from(MAX_PROBES)),
+            (Counter::CooldownSkip, 1),
             (Counter::Fallback, 1),
         ],
     );
@@ -393,4 +410,22 @@ fn fixture_egress_syn_after_a_close_reopens_the_mapping() {
     let fwd = out.fwd[&flow.fwd_key()];
     assert_eq!(bits(fwd.seen), seen::SYN, "the state starts afresh");
     assert!(out.stamped_now(fwd.last_seen));
+}
+
+/// The only port of the range is forwarded for TCP: a new TCP flow gets
+/// none, a UDP flow still gets it (a forward is per protocol).
+#[test]
+fn fixture_egress_never_hands_out_a_forwarded_port() {
+    let maps = Maps::nat().forward(PROTO_TCP, ep(EXTERNAL, PORT), ep(CLIENT2, 80));
+    let syn = Pkt::tcp(client(), https(), tcp_flags::SYN).frame();
+    let out = run(Prog::Egress, &maps, &syn);
+    out.expect(Verdict::Drop, &syn, &[(Counter::AllocFail, 1)]);
+    assert!(out.fwd.is_empty() && out.rev.is_empty());
+    let datagram = Pkt::udp(client(), https()).payload(b"x");
+    let out = run(Prog::Egress, &maps, &datagram.frame());
+    out.expect(
+        Verdict::Pass,
+        &datagram.clone().with_source(ep(EXTERNAL, PORT)).frame(),
+        &[(Counter::XlateOut, 1), (Counter::Opened, 1)],
+    );
 }

@@ -269,3 +269,54 @@ fn fixture_ingress_later_fragment() {
         out.expect(Verdict::Pass, &later, &[(Counter::FragUnknown, 1)]);
     }
 }
+
+/// A SYN from outside to a port forward opens the pair toward the forward's
+/// internal endpoint and is translated there; a segment without SYN finds
+/// nothing and passes, as to any port without a session.
+#[test]
+fn fixture_ingress_port_forward_opens_a_session() {
+    let remote = ep(REMOTE, 5555);
+    let public = ep(EXTERNAL, 8443);
+    let server = ep(CLIENT, 443);
+    let maps = Maps::nat().forward(PROTO_TCP, public, server);
+    let flow = Flow::new(PROTO_TCP, server, public, remote);
+    let syn = Pkt::tcp(remote, public, tcp_flags::SYN);
+    let want = syn.clone().with_destination(server).frame();
+    for prog in INGRESS {
+        let out = run(prog, &maps, &syn.frame());
+        out.expect(
+            Verdict::Pass,
+            &want,
+            &[(Counter::XlateIn, 1), (Counter::ForwardOpened, 1)],
+        );
+        let rev = out.rev[&flow.rev_key()];
+        assert_eq!(
+            (rev.addr, rev.port),
+            (flow.rev_entry(0, 0).addr, 443u16.to_be())
+        );
+        assert_eq!(bits(rev.seen), seen::SYN, "{prog:?}");
+        let fwd = out.fwd[&flow.fwd_key()];
+        assert_eq!(
+            (fwd.addr, fwd.port),
+            (flow.fwd_entry(0, 0).addr, 8443u16.to_be())
+        );
+        assert_eq!(bits(fwd.seen), 0, "{prog:?}");
+        let ack = Pkt::tcp(remote, public, tcp_flags::ACK).frame();
+        let out = run(prog, &maps, &ack);
+        out.expect(Verdict::Pass, &ack, &[(Counter::NotOursIn, 1)]);
+        assert!(out.rev.is_empty() && out.fwd.is_empty(), "{prog:?}");
+    }
+    // UDP opens with any datagram.
+    let dns = ep(CLIENT, 53);
+    let maps = Maps::nat().forward(PROTO_UDP, public, dns);
+    let query = Pkt::udp(remote, public).payload(b"query");
+    for prog in INGRESS {
+        let out = run(prog, &maps, &query.frame());
+        out.expect(
+            Verdict::Pass,
+            &query.clone().with_destination(dns).frame(),
+            &[(Counter::XlateIn, 1), (Counter::ForwardOpened, 1)],
+        );
+        assert_eq!((out.rev.len(), out.fwd.len()), (1, 1), "{prog:?}");
+    }
+}

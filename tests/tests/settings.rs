@@ -194,6 +194,9 @@ fn get_shows_load_flags_and_bad_sets_change_nothing() {
         ("timeout-tcp-closed", 10_000.into()),
         ("timeout-udp", 300_000.into()),
         ("timeout-icmp", 60_000.into()),
+        ("mapping-udp", "endpoint-independent".into()),
+        ("mapping-tcp", "address-port-dependent".into()),
+        ("filtering-udp", "address-dependent".into()),
     ];
     assert_eq!(
         json.as_object().map(|o| o.len()),
@@ -226,6 +229,8 @@ fn get_shows_load_flags_and_bad_sets_change_nothing() {
         ["set", "cooldown-enabled", "maybe"],
         ["set", "timeout-udp", "10ms"],
         ["set", "cooldown", "soon"],
+        ["set", "mapping-udp", "full-cone"],
+        ["set", "filtering-udp", "address"],
     ] {
         let out = nat_cmd(&topo, &args);
         let err = String::from_utf8_lossy(&out.stderr);

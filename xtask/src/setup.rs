@@ -16,7 +16,8 @@ use nix::unistd::geteuid;
 use crate::cmd::{capture, describe, stream};
 use crate::paths;
 
-/// ip/tc, nft, iperf3, ethtool, bpftool, tcpdump, sysctl, and ping for ICMP checks.
+/// ip/tc, nft, iperf3, ethtool, bpftool, tcpdump, sysctl, ping for ICMP
+/// checks, and a STUN client and server for the NAT-behaviour test.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -27,6 +28,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "iputils-ping",
     "prometheus",
+    "stun-client",
+    "stun-server",
 ];
 /// What rustc needs from the system to link host binaries; checked, never
 /// installed, because installing it needs root and building must not.

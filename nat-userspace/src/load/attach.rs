@@ -17,8 +17,8 @@ use aya::{
 };
 use log::info;
 use nat_common::names::{
-    LINK_EGRESS, LINK_FAST_PREFIX, LINK_INGRESS, MAP_FAST_DEVS, PROG_EGRESS, PROG_FAST,
-    PROG_FAST_TC, PROG_INGRESS, PROG_INGRESS_TC,
+    LINK_EGRESS, LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX, LINK_INGRESS, MAP_FAST_DEVS, PROG_EGRESS,
+    PROG_FAST, PROG_FAST_TC, PROG_HAIRPIN, PROG_INGRESS, PROG_INGRESS_TC,
 };
 
 use super::pin::Instance;
@@ -125,6 +125,49 @@ fn leave_xdp_redirects(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(e).context("cannot update the fast path's redirect map"),
     }
+}
+
+/// Attaches hairpinning to each internal interface, in TC ingress whatever
+/// hook the fast path runs in, first on the hook: a hairpinned packet is
+/// addressed to the NAT itself, which the fast path would look up in vain.
+pub fn attach_hairpin(
+    ebpf: &mut Ebpf,
+    lan: &[(String, u32)],
+    instance: &mut Instance,
+) -> Result<()> {
+    if crate::kernel::tc_hooks() == crate::kernel::TcHooks::Netlink {
+        // One NAT filter per hook: the fast path's would be replaced.
+        if !lan.is_empty() {
+            info!("no hairpinning: it needs TCX links (Linux 6.6+)");
+        }
+        return Ok(());
+    }
+    instance.remove_stale_hairpin_links(lan)?;
+    for (name, _) in lan {
+        let link = format!("{LINK_HAIRPIN_PREFIX}{name}");
+        let prog = classifier(ebpf, PROG_HAIRPIN, "hairpin")?;
+        if let Some(pinned) = instance.pinned_link(&link)? {
+            let pinned = SchedClassifierLink::try_from(pinned)
+                .with_context(|| format!("the pinned {link} on {name} is not a TCX link"))?;
+            prog.attach_to_link(pinned)
+                .with_context(|| format!("cannot update the pinned {link} on {name}"))?;
+            continue;
+        }
+        let id = prog
+            .attach_with_options(
+                name,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .with_context(|| format!("cannot attach the hairpin program to {name}"))?;
+        let fd: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("TCX link is not a bpf link")?;
+        instance.pin_link(fd, &link)?;
+        info!("hairpinning on {name}");
+    }
+    Ok(())
 }
 
 /// A TC program of the object, loaded into the kernel (once).

@@ -51,9 +51,13 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
         args.ports,
         plan.config,
     )?;
+    // Checked in validate against the prefixes and the pool; an adopted
+    // instance's forwards become the ones given now, as its settings do.
+    crate::port_forward::ForwardTable::open(&instance.pins)?.replace_all(&args.forward)?;
     let (mode, ingress) = attach::attach(&mut ebpf, &args, &mut instance)?;
     populate::populate_fast_path(&mut ebpf, &args.iface, plan.ext_ifindex, &plan.fast)?;
     attach::attach_fast_path(&mut ebpf, &args, ingress, &plan.fast, &mut instance)?;
+    attach::attach_hairpin(&mut ebpf, &plan.fast, &mut instance)?;
     instance.started();
     handover::take_over(netns, &args.iface, replaced).await?;
     let sweeper = serve::first_sweep(&mut ebpf, args.reap_interval_ms)?;

@@ -9,7 +9,8 @@ use anyhow::{Context as _, Result};
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use nat_common::names::{
     GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
-    MAP_COOLDOWN, MAP_FWD, MAP_REV,
+    GLOBAL_SESSION_CAPACITY, MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS, MAP_FWD,
+    MAP_HOSTS, MAP_REV,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
@@ -62,7 +63,13 @@ pub fn load_pinned(
         .override_global(GLOBAL_EXT_ADDRS, &globals.ext_addrs, true)
         .map_max_entries(MAP_FWD, max_sessions)
         .map_max_entries(MAP_REV, max_sessions)
+        .map_max_entries(MAP_HOSTS, max_sessions)
+        .override_global(GLOBAL_SESSION_CAPACITY, &max_sessions, true)
         .map_max_entries(MAP_COOLDOWN, max_cooldowns)
+        // Each mapping has a session, each remote it sent to one too.
+        .map_max_entries(MAP_EIM, max_sessions)
+        .map_max_entries(MAP_EIM_OWNER, max_sessions)
+        .map_max_entries(MAP_EIM_PEERS, max_sessions)
         .load(EBPF_OBJECT)
         .context("cannot load the kernel programs (root with CAP_BPF and CAP_NET_ADMIN and a kernel with BTF are needed)")
 }

@@ -14,9 +14,11 @@ use log::warn;
 use nat_common::{
     config::Config,
     flow::{FlowKey, Session},
+    hosts::HostEntry,
     names::{
-        LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_INGRESS, MAP_CONFIG, MAP_COOLDOWN, MAP_FRAGS,
-        MAP_FWD, MAP_INTERNAL, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, MAP_SWEEP_CTL,
+        LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX, LINK_INGRESS, MAP_CONFIG,
+        MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS, MAP_FORWARD, MAP_FRAGS, MAP_FWD,
+        MAP_HOSTS, MAP_INTERNAL, MAP_LIVE, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, MAP_SWEEP_CTL,
         MAP_SWEEP_STATS, MAP_SWEEP_TIMER,
     },
 };
@@ -28,10 +30,18 @@ use crate::{
 };
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 18] = [
     MAP_FWD,
     MAP_REV,
+    // Per-host counts must survive a restart with the sessions they count.
+    MAP_HOSTS,
+    MAP_LIVE,
     MAP_COOLDOWN,
+    // Endpoint-independent mappings and their filter state live as long
+    // as their sessions do.
+    MAP_EIM,
+    MAP_EIM_OWNER,
+    MAP_EIM_PEERS,
     MAP_FRAGS,
     MAP_CONFIG,
     MAP_POOL,
@@ -43,6 +53,7 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_SWEEP_CTL,
     MAP_SWEEP_STATS,
     MAP_SWEEP_TIMER,
+    MAP_FORWARD,
 ];
 
 /// The instance's pin directory, fresh or adopted.
@@ -131,6 +142,18 @@ impl Instance {
         Ok(())
     }
 
+    /// Detaches hairpin links of interfaces no longer internal ones.
+    pub fn remove_stale_hairpin_links(&self, keep: &[(String, u32)]) -> Result<()> {
+        for name in self.pins.links_with(LINK_HAIRPIN_PREFIX) {
+            let iface = name.strip_prefix(LINK_HAIRPIN_PREFIX).unwrap_or(&name);
+            if !keep.iter().any(|(n, _)| n == iface) {
+                pins::remove_link(&self.pins.path(&name))?;
+                log::info!("hairpinning removed from {iface}");
+            }
+        }
+        Ok(())
+    }
+
     /// The datapath runs: the pins now outlive this process.
     pub fn started(&mut self) {
         self.started = true;
@@ -179,6 +202,12 @@ fn check_sizes(pins: &PinDir, args: &LoadArgs) -> Result<()> {
             Some(args.max_cooldowns),
             size_of::<u64>(),
         ),
+        (
+            MAP_HOSTS,
+            "--max-sessions",
+            Some(args.max_sessions),
+            size_of::<HostEntry>(),
+        ),
         (MAP_CONFIG, "", None, size_of::<Config>()),
     ] {
         let path = pins.path(name);
@@ -187,7 +216,11 @@ fn check_sizes(pins: &PinDir, args: &LoadArgs) -> Result<()> {
         }
         let info = MapInfo::from_pin(&path)
             .with_context(|| format!("cannot read pinned map {}", path.display()))?;
-        let key_want = if name == MAP_CONFIG { 4 } else { key };
+        let key_want = if name == MAP_CONFIG || name == MAP_HOSTS {
+            4
+        } else {
+            key
+        };
         if info.key_size() != key_want || info.value_size() != value as u32 {
             bail!(
                 "pinned map {} has entries of {}+{} bytes, this nat expects {}+{}: its layout changed without a version bump; run `nat unload --iface {}` first (its sessions are lost)",

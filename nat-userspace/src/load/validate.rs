@@ -57,7 +57,9 @@ pub fn check(args: &mut LoadArgs, netns: Option<&str>) -> Result<Plan> {
 
 /// The rules `nat check-config` and a reload use too.
 fn check_pool(args: &LoadArgs) -> Result<()> {
-    crate::pool::check_addresses(&args.external, &args.internal).map_err(anyhow::Error::msg)
+    crate::pool::check_addresses(&args.external, &args.internal).map_err(anyhow::Error::msg)?;
+    crate::port_forward::check_all(&args.forward, &args.internal, &args.external)
+        .map_err(anyhow::Error::msg)
 }
 
 /// The fast-path interfaces with their ifindexes, checked against the rest of the arguments.

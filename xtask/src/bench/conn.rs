@@ -482,28 +482,3 @@ fn one_connection(src: Ipv4Addr, dst: SocketAddrV4, server_first: bool) -> Resul
     }
     Ok(connected)
 }
-
-/// TcpExt PAWSTimewait of `ns`: SYNs (or segments) a TIME_WAIT socket dropped
-/// for an older timestamp: what a reused 4-tuple meets on the server.
-pub fn paws_timewait(ns: &str) -> Result<u64> {
-    let text = run_in_ns(ns, || {
-        std::fs::read_to_string("/proc/thread-self/net/netstat")
-    })
-    .context("cannot read /proc/thread-self/net/netstat")?;
-    let mut lines = text.lines();
-    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-        let (Some(("TcpExt", names)), Some(("TcpExt", values))) =
-            (names.split_once(':'), values.split_once(':'))
-        else {
-            continue;
-        };
-        if let Some(v) = names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find_map(|(n, v)| (n == "PAWSTimewait").then_some(v))
-        {
-            return v.parse().context("PAWSTimewait is not a number");
-        }
-    }
-    anyhow::bail!("no TcpExt PAWSTimewait in netstat")
-}

@@ -712,9 +712,15 @@ fn connections(
     let g = ctx.guard.measure(
         &label(rep, reps, mode, what),
         || {
-            let before = (nat_figures()?, conn::paws_timewait(&server_ns)?);
+            let before = (
+                nat_figures()?,
+                nat_tests::tcp_ext(&server_ns, "PAWSTimewait"),
+            );
             let run = conn::run(topology, conn_server, load, secs, load_cpu)?;
-            let after = (nat_figures()?, conn::paws_timewait(&server_ns)?);
+            let after = (
+                nat_figures()?,
+                nat_tests::tcp_ext(&server_ns, "PAWSTimewait"),
+            );
             let collided = after.0.zip(before.0).map(|(a, b)| a.0.saturating_sub(b.0));
             let cooling = after.0.map(|a| a.1);
             Ok((run, collided, after.1.saturating_sub(before.1), cooling))

@@ -1,0 +1,349 @@
+//! Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8) on the internal interfaces:
+//! an internal host that sends to an external address and port owned by a
+//! port forward reaches the forward's internal host, which sees the
+//! sender's external address and port as the source.
+//!
+//! The stack would deliver a packet to the NAT's own external address
+//! locally, so it is taken in TC ingress of the internal interface, before
+//! routing, and does there what egress and then ingress would: the source
+//! is translated by the sender's session (allocated like any outbound flow
+//! toward the external destination), the destination by the receiver's
+//! (opened through the forward as a packet from outside would open it),
+//! and the packet goes back out an internal interface. Replies are the
+//! mirror: the receiver's session translates their source, the sender's
+//! their destination. Both are ordinary sessions, so TCP tracking, the
+//! cooldowns and the sweep apply to them unchanged.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh},
+    macros::classifier,
+    programs::TcContext,
+};
+use nat_common::{
+    counters::Counter,
+    flow::{FlowKey, NextHop, PROTO_TCP},
+    forward::{AF_INET, eligible},
+    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, tcp_flags},
+};
+
+use crate::{
+    alloc::allocate,
+    fast,
+    mapping::{self, Miss},
+    maps::{NAT_FWD, NAT_HAIRPIN_PLAN, NAT_REV, ext_ifindex, is_external, is_internal},
+    packet::{
+        DropReason, Endpoint, HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns, read, tc_action,
+        touch,
+    },
+    port_forward::{forward_owner, hairpin_owner, open},
+    skb::linear_headers,
+    tc_rewrite::rewrite_endpoint,
+    track,
+};
+
+/// `bpf_fib_lookup`'s answer when the route is known and the neighbour
+/// not yet: the interface is set, and `bpf_redirect_neigh` resolves it.
+const FIB_NO_NEIGH: i64 = 7;
+
+/// What the packet is, and, once [`nat_hairpin_source`] and
+/// [`nat_hairpin_destination`] have run, where it goes.
+#[repr(C)]
+pub struct Plan {
+    /// The packet's flow as egress keys it (sender, external destination).
+    key: FlowKey,
+    now: u64,
+    /// TCP sequence and acknowledgment numbers, as loaded.
+    seq: u32,
+    ack: u32,
+    window: u16,
+    flags: u8,
+    _pad: u8,
+    /// Out: the sender's external endpoint, the new source.
+    src_addr: u32,
+    /// Out: the receiving internal endpoint, the new destination.
+    dst_addr: u32,
+    src_port: u16,
+    dst_port: u16,
+    /// The route lookup's parameters: here rather than on the program's
+    /// stack, which with the mapping's admission under it is full.
+    fib: FibParams,
+}
+
+const GO: i64 = 0;
+const NOT_OURS: i64 = 1;
+/// The sender has no session yet: the program allocates one, as egress
+/// does, on its own stack (the probe walk's callback needs what is left).
+const ALLOCATE: i64 = 8;
+
+/// The drop reasons the session work can end in, as the global functions'
+/// return codes (2 to 7, and 9).
+#[inline(always)]
+const fn code(drop: DropReason) -> i64 {
+    match drop {
+        DropReason::NoSession => 2,
+        DropReason::RstOutOfWindow => 3,
+        DropReason::StrictCooling => 4,
+        DropReason::SessionTableFull => 5,
+        DropReason::ForwardConflict => 6,
+        DropReason::HostLimit => 9,
+        _ => 7,
+    }
+}
+
+#[inline(always)]
+const fn reason(code: i64) -> DropReason {
+    match code {
+        2 => DropReason::NoSession,
+        3 => DropReason::RstOutOfWindow,
+        4 => DropReason::StrictCooling,
+        5 => DropReason::SessionTableFull,
+        6 => DropReason::ForwardConflict,
+        9 => DropReason::HostLimit,
+        _ => DropReason::AllocFail,
+    }
+}
+
+#[inline(always)]
+fn opening(p: &Plan) -> bool {
+    let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
+    p.key.proto != PROTO_TCP || p.flags & mask == tcp_flags::SYN
+}
+
+/// The sender's side, as egress translates it: `GO` with the plan's source
+/// set from its session, `ALLOCATE` when a new flow needs one, `NOT_OURS`
+/// for a packet no forward claims (the NAT host's own services on its
+/// external address), or a drop code. A global function, verified once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
+    if plan.is_null() {
+        return NOT_OURS;
+    }
+    // SAFETY: checked for null; the caller passes its per-CPU plan.
+    let p = unsafe { &mut *plan };
+    let key = p.key;
+    let Some(entry) = NAT_FWD.get_ptr_mut(key) else {
+        if hairpin_owner(key.proto, key.daddr, key.dport).is_none() {
+            return NOT_OURS;
+        }
+        return if opening(p) {
+            ALLOCATE
+        } else {
+            code(DropReason::NoSession)
+        };
+    };
+    touch(entry, p.now);
+    if key.proto == PROTO_TCP {
+        track::note_ack(entry, p.flags, p.ack, p.window);
+        track::egress(&key, entry, p.flags, p.now);
+    }
+    // SAFETY: live map value from the lookup above.
+    let src = Endpoint::of(unsafe { &*entry });
+    p.src_addr = src.addr;
+    p.src_port = src.port;
+    GO
+}
+
+/// The receiver's side, as ingress translates a packet from the plan's
+/// source: its session found or opened through the owner of the external
+/// destination, `GO` with the plan's destination set, else as above.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_hairpin_destination(plan: *mut Plan) -> i64 {
+    if plan.is_null() {
+        return NOT_OURS;
+    }
+    // SAFETY: checked for null; the caller passes its per-CPU plan.
+    let p = unsafe { &mut *plan };
+    match destination(p) {
+        Ok(true) => GO,
+        Ok(false) => NOT_OURS,
+        Err(drop) => code(drop),
+    }
+}
+
+#[inline(always)]
+fn destination(p: &mut Plan) -> Result<bool, DropReason> {
+    let key = p.key;
+    let rev_key = FlowKey::new(key.proto, key.daddr, key.dport, p.src_addr, p.src_port);
+    let entry = match NAT_REV.get_ptr_mut(rev_key) {
+        Some(entry) => entry,
+        None => {
+            if let Some(to) = forward_owner(key.proto, key.daddr, key.dport) {
+                if !opening(p) {
+                    return Err(DropReason::NoSession);
+                }
+                open(&rev_key, to, p.now)?;
+                NAT_REV.get_ptr_mut(rev_key).ok_or(DropReason::NoSession)?
+            } else {
+                // An endpoint-independent mapping's port: its filter
+                // decides, with the sender's external endpoint as the remote.
+                match mapping::inbound(&rev_key)? {
+                    Miss::Opened(entry) => entry,
+                    Miss::Pass(_) => return Ok(false),
+                }
+            }
+        }
+    };
+    if key.proto == PROTO_TCP && !track::ingress(&rev_key, entry, p.flags, p.seq, p.now) {
+        return Err(DropReason::RstOutOfWindow);
+    }
+    touch(entry, p.now);
+    // SAFETY: live map value from a lookup above.
+    let to = Endpoint::of(unsafe { &*entry });
+    p.dst_addr = to.addr;
+    p.dst_port = to.port;
+    Ok(true)
+}
+
+/// The interface the stack would route `flow` out of, arriving on
+/// `ifindex`: known also while its neighbour is not resolved yet.
+#[inline(always)]
+fn route(ctx: &TcContext, p: &mut FibParams, ifindex: u32, flow: &FlowKey, tos: u8) -> Option<u32> {
+    // SAFETY: a plain C struct; all-zero is its neutral value.
+    *p = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = flow.proto;
+    p.sport = flow.sport;
+    p.dport = flow.dport;
+    p.ifindex = ifindex;
+    p.__bindgen_anon_2.tos = tos;
+    p.__bindgen_anon_3.ipv4_src = flow.saddr;
+    p.__bindgen_anon_4.ipv4_dst = flow.daddr;
+    // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
+    if rc == 0 || rc == FIB_NO_NEIGH {
+        Some(p.ifindex)
+    } else {
+        None
+    }
+}
+
+#[classifier]
+pub fn nat_hairpin(ctx: TcContext) -> i32 {
+    tc_action(&ctx, try_hairpin(&ctx))
+}
+
+/// Everything that is not a hairpin leaves untouched, at the cost of two
+/// comparisons for a packet not addressed to an external address.
+#[inline(always)]
+fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
+    let (data, end) = linear_headers(ctx, HEADERS_MAX);
+    match read::<u16>(data, end, 12) {
+        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
+        _ => return Ok(Counter::NotHairpin),
+    }
+    let Ok(ip) = ipv4_fields(data, end, ETH_HLEN) else {
+        return Ok(Counter::NotHairpin);
+    };
+    if !is_external(ip.daddr) || !is_internal(ip.saddr) || !fast::skb_for_host(ctx) {
+        return Ok(Counter::NotHairpin);
+    }
+    let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    let Ok(meta) = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail) else {
+        return Ok(Counter::NotHairpin);
+    };
+    let (tos, ttl) = fast::tos_ttl(data, end)?;
+    // Fragments, ICMP and TTL 1 are the stack's (which delivers them to
+    // the NAT host itself).
+    if eligible(meta.fragment, ip.proto, ttl).is_err() {
+        return Ok(Counter::NotHairpin);
+    }
+    let l4_at = ETH_HLEN + meta.hdr_len;
+    let Ok(l4) = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true) else {
+        return Ok(Counter::NotHairpin);
+    };
+    // In a per-CPU slot, not on the stack: the probe walk's callback under
+    // an allocation needs all but what egress itself uses.
+    let Some(slot) = NAT_HAIRPIN_PLAN.get_ptr_mut(0) else {
+        return Ok(Counter::NotHairpin);
+    };
+    // SAFETY: this CPU's own slot, used only for the length of this run;
+    // no reference to it lives across the calls that write it. Written
+    // field by field: a whole Plan built first would take its size of stack.
+    unsafe {
+        (*slot).key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
+        (*slot).now = now_ns();
+        (*slot).seq = l4.seq;
+        (*slot).ack = l4.ack;
+        (*slot).window = l4.window;
+        (*slot).flags = l4.tcp_flags;
+        (*slot).src_addr = 0;
+        (*slot).dst_addr = 0;
+        (*slot).src_port = 0;
+        (*slot).dst_port = 0;
+    }
+    match nat_hairpin_source(slot) {
+        GO => {}
+        ALLOCATE => {
+            // SAFETY: as above.
+            let p = unsafe { &mut *slot };
+            let src = allocate(&p.key, p.flags, p.now)?;
+            p.src_addr = src.addr;
+            p.src_port = src.port;
+        }
+        NOT_OURS => return Ok(Counter::NotHairpin),
+        drop => return Err(reason(drop)),
+    }
+    match nat_hairpin_destination(slot) {
+        GO => {}
+        NOT_OURS => return Ok(Counter::NotHairpin),
+        drop => return Err(reason(drop)),
+    }
+    // SAFETY: as above; read only from here on.
+    let plan = unsafe { &*slot };
+    let new_src = Endpoint {
+        addr: plan.src_addr,
+        port: plan.src_port,
+    };
+    let new_dst = Endpoint {
+        addr: plan.dst_addr,
+        port: plan.dst_port,
+    };
+    // Routed as the stack routes before SNAT: from the internal sender.
+    let toward = FlowKey::new(ip.proto, ip.saddr, l4.sport, new_dst.addr, new_dst.port);
+    // SAFETY: reads a field of the program's own context.
+    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: as above; this CPU's slot, nothing else holds a reference now.
+    let fib = unsafe { &mut (*slot).fib };
+    let out = match route(ctx, fib, ingress, &toward, tos) {
+        Some(out) if out != ext_ifindex() => out,
+        _ => return Err(DropReason::HairpinUnrouted),
+    };
+    let old_src = Endpoint {
+        addr: ip.saddr,
+        port: l4.sport,
+    };
+    let old_dst = Endpoint {
+        addr: ip.daddr,
+        port: l4.dport,
+    };
+    rewrite_endpoint(ctx, &l4, ip.proto, Side::Source, l4_at, old_src, new_src)?;
+    rewrite_endpoint(
+        ctx,
+        &l4,
+        ip.proto,
+        Side::Destination,
+        l4_at,
+        old_dst,
+        new_dst,
+    )?;
+    // The rewrites may have moved the packet: fresh pointers. The link
+    // addresses stay as they are for bpf_redirect_neigh to fill in.
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let next = NextHop {
+        ifindex: out,
+        mtu: 0,
+        macs: read::<[u8; 12]>(data, end, 0)?,
+    };
+    fast::hop(data, end, &next, ttl, ip.proto, 0)?;
+    // SAFETY: plain helper call; no parameters: the kernel looks up the
+    // next hop of the rewritten packet and resolves its neighbour.
+    let rc = unsafe { bpf_redirect_neigh(out, core::ptr::null_mut(), 0, 0) };
+    if rc != TC_ACT_REDIRECT as i64 {
+        return Err(DropReason::HairpinUnrouted);
+    }
+    Ok(Counter::Hairpin)
+}

@@ -1,0 +1,175 @@
+//! Static port forwards in the datapath: who owns an external endpoint, and
+//! the session pair a new flow from outside opens toward it.
+//!
+//! A forward's session is an ordinary pair: its forward entry is keyed by
+//! the internal endpoint and the remote and maps to the forwarded external
+//! address and port, its reverse entry is the reverse key of that, so
+//! replies take the egress path (and the fast path), TCP tracking, the
+//! cooldowns and the sweep treat it like any outbound session.
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use nat_common::{
+    counters::Counter,
+    flow::{FlowKey, HopCache, PROTO_TCP, PROTO_UDP, Session},
+    headers::tcp_flags,
+    mapping::SESSION_INBOUND,
+    port_forward::ForwardKey,
+};
+
+use crate::{
+    maps::{NAT_FORWARD, NAT_FORWARD_KEY, NAT_FWD, NAT_REV, count},
+    packet::{DropReason, Endpoint, now_ns},
+};
+
+/// What a failed BPF_NOEXIST insert returns when the key exists.
+const EEXIST: i64 = 17;
+
+const OPENED: i64 = 0;
+/// Another CPU opened the same flow first; its pair is used.
+const RACED: i64 = 1;
+/// The internal host already has a session with this remote on that port.
+const CONFLICT: i64 = 2;
+
+/// The internal endpoint a port forward gives an external (protocol,
+/// address, port), all in network byte order.
+#[inline(always)]
+pub fn forward_owner(proto: u8, addr: u32, port: u16) -> Option<Endpoint> {
+    // SAFETY: read-only copy of a map value.
+    unsafe { NAT_FORWARD.get(ForwardKey::new(proto, addr, port)) }.map(|t| Endpoint {
+        addr: t.addr,
+        port: t.port,
+    })
+}
+
+/// Whether the allocator must skip (`proto`, `addr`, `port`): a forward owns it.
+#[inline(always)]
+pub fn forwarded(proto: u8, addr: u32, port: u16) -> bool {
+    // No stack: this runs under the probe walk's callback, which with
+    // nat_egress's frame uses the whole 512 bytes, so the key is put
+    // together in a per-CPU slot (a map value may serve as a key).
+    let Some(slot) = NAT_FORWARD_KEY.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's own slot, used only for the length of this call.
+    let key = unsafe { &mut *slot };
+    *key = ForwardKey::new(proto, addr, port);
+    NAT_FORWARD.get_ptr(key).is_some()
+}
+
+/// Who owns an external endpoint for a hairpinned packet: the internal
+/// endpoint a new flow from inside to (`proto`, `addr`, `port`) reaches.
+#[inline(always)]
+pub fn hairpin_owner(proto: u8, addr: u32, port: u16) -> Option<Endpoint> {
+    if let Some(to) = forward_owner(proto, addr, port) {
+        return Some(to);
+    }
+    // Else an endpoint-independent UDP mapping of another internal endpoint
+    // (RFC 4787 REQ-9); its session is opened through the mapping's filter,
+    // as one from outside would be ([`crate::mapping::inbound`]).
+    if proto == PROTO_UDP {
+        return crate::mapping::owner(proto, addr, port);
+    }
+    None
+}
+
+/// A packet from outside that matched no session: when its destination is
+/// a port forward and it may open a flow (a TCP SYN without ACK, any UDP
+/// datagram), the session pair is opened and its reverse entry returned;
+/// `None` leaves the packet to the stack as before. `rev_key` is the
+/// packet's reverse key (external endpoint, remote).
+#[inline(always)]
+pub fn open_from_outside(rev_key: &FlowKey, flags: u8) -> Result<Option<*mut Session>, DropReason> {
+    let Some(to) = forward_owner(rev_key.proto, rev_key.saddr, rev_key.sport) else {
+        return Ok(None);
+    };
+    let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
+    if rev_key.proto == PROTO_TCP && flags & mask != tcp_flags::SYN {
+        return Ok(None);
+    }
+    open(rev_key, to, now_ns())?;
+    Ok(NAT_REV.get_ptr_mut(rev_key))
+}
+
+/// Opens the pair for the flow whose reverse key is `rev_key` toward the
+/// internal endpoint `to`; counts it.
+#[inline(always)]
+pub fn open(rev_key: &FlowKey, to: Endpoint, now: u64) -> Result<(), DropReason> {
+    match nat_open_inbound(rev_key, to.addr as u64, to.port as u64, now) {
+        OPENED => {
+            count(Counter::ForwardOpened);
+            Ok(())
+        }
+        RACED => {
+            count(Counter::InsertRace);
+            Ok(())
+        }
+        CONFLICT => Err(DropReason::ForwardConflict),
+        _ => Err(DropReason::SessionTableFull),
+    }
+}
+
+/// [`open`]'s map work as a global function, verified once. Both entries
+/// are written whole before they are inserted, and both inserts are
+/// BPF_NOEXIST: of two CPUs opening the same flow, one creates the pair and
+/// the other finds the winner's reverse entry (`RACED`), so neither sees a
+/// half-written entry. The reverse entry goes first, as in the allocator's
+/// claim, and is removed again when the forward key is taken.
+#[unsafe(no_mangle)]
+#[inline(never)]
+// Keys and entries by reference: by value each would take a stack slot of
+// its own, and this frame sits under the hairpin program's.
+#[allow(clippy::needless_borrows_for_generic_args)]
+extern "C" fn nat_open_inbound(
+    rev_key: *const FlowKey,
+    to_addr: u64,
+    to_port: u64,
+    now: u64,
+) -> i64 {
+    if rev_key.is_null() {
+        return -1;
+    }
+    // SAFETY: checked for null; callers pass a key on their stack.
+    let rev_key = unsafe { *rev_key };
+    let (to_addr, to_port) = (to_addr as u32, to_port as u16);
+    let fwd_key = FlowKey::new(
+        rev_key.proto,
+        to_addr,
+        to_port,
+        rev_key.daddr,
+        rev_key.dport,
+    );
+    // The seen words start empty: the packet's own bits are recorded by
+    // the tracking that follows, as for any packet of the session.
+    let mut entry = Session {
+        addr: to_addr,
+        port: to_port,
+        // Not allocated for the internal host: outside its count.
+        mapping: SESSION_INBOUND,
+        seen: 0,
+        acked: 0,
+        window: 0,
+        live_until: 0,
+        last_seen: now,
+        hop: HopCache::default(),
+    };
+    if let Err(err) = NAT_REV.insert(&rev_key, &entry, BPF_NOEXIST as u64) {
+        return if err as i64 == -EEXIST {
+            RACED
+        } else {
+            err as i64
+        };
+    }
+    entry.addr = rev_key.saddr;
+    entry.port = rev_key.sport;
+    match NAT_FWD.insert(&fwd_key, &entry, BPF_NOEXIST as u64) {
+        Ok(()) => OPENED,
+        Err(err) => {
+            let _ = NAT_REV.remove(&rev_key);
+            if err as i64 == -EEXIST {
+                CONFLICT
+            } else {
+                err as i64
+            }
+        }
+    }
+}
