@@ -82,6 +82,9 @@ const STOP: u64 = 1;
 
 const CLOCK_BOOTTIME: u64 = 7;
 
+/// Added to the timer's takeover delay: longer than a daemon's run.
+const TAKEOVER_SLACK_NS: u64 = 1_000_000_000;
+
 /// State of one run. It lives in a per-CPU map slot, not on the stack:
 /// the verifier follows a callback until its state stops changing, and
 /// counters on the stack change with every element it simulates, while a
@@ -117,6 +120,8 @@ pub struct Walk {
     /// Forward entries looked at by this sweep's runs so far (on this CPU:
     /// a timer's runs stay on the CPU that started it); paces the timer.
     sweep_scanned: u64,
+    /// What the last complete sweep of this slot looked at, on this CPU.
+    last_scanned: u64,
 }
 
 impl Walk {
@@ -218,7 +223,15 @@ pub fn nat_sweep(ctx: TcContext) -> i32 {
         return phase::DONE as i32;
     };
     if ctl.interval_ns != 0 {
-        arm(ctl.interval_ns * TIMER_TAKEOVER_INTERVALS);
+        // The daemon sweeps a large table less often than every interval
+        // (sweep_pause_ns) and its runs are long: the timer must not fire
+        // in between, only once the daemon is gone.
+        let scanned = NAT_SWEEP_WALK
+            .get(0)
+            .map_or(0, |w| w.last_scanned.max(w.sweep_scanned));
+        arm(
+            sweep_pause_ns(ctl.interval_ns, scanned) * TIMER_TAKEOVER_INTERVALS + TAKEOVER_SLACK_NS,
+        );
     }
     let budget = if deletions != 0 {
         deletions
@@ -297,11 +310,14 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
     };
     // SAFETY: this CPU's slot for this kind of run; see [`Walk`].
     let w = unsafe { &mut *w };
-    let sweep_scanned = if start == phase::DONE {
-        0
-    } else {
-        w.sweep_scanned
-    };
+    let (sweep_scanned, last_scanned) = (
+        if start == phase::DONE {
+            0
+        } else {
+            w.sweep_scanned
+        },
+        w.last_scanned,
+    );
     *w = Walk {
         now,
         shortest: shortest_idle_ns(cfg),
@@ -322,6 +338,7 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
         kept: 0,
         orphans: 0,
         sweep_scanned,
+        last_scanned,
     };
     let orphans_due = if start == phase::DONE {
         add(SweepTotal::Sweeps, 1).is_multiple_of(ORPHAN_WALK_EVERY)
@@ -386,6 +403,7 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
     add(SweepTotal::Orphans, w.orphans);
     w.sweep_scanned += w.scanned;
     if w.stopped == 0 {
+        w.last_scanned = w.sweep_scanned;
         return phase::DONE as u32;
     }
     add(SweepTotal::Truncated, 1);
