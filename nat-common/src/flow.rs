@@ -93,7 +93,15 @@ pub struct Session {
     /// from outside are checked ([`crate::tcp_state::rst_in_window`]); 0:
     /// none yet in this connection. Unused in the reverse entry.
     pub acked: u32,
-    pub window: u32,
+    pub window: u16,
+    /// Forward entry: until when the expiry sweep's last full check proves
+    /// the session live, in [`crate::expiry::LIVE_UNIT_SHIFT`] units (0:
+    /// no proof), so later sweeps need not read the reverse entry
+    /// ([`crate::expiry::live_stamp`]). Written only by the sweep, with one
+    /// 16-bit store; no datapath program reads or writes it. (It was the
+    /// upper half of `window`, which only ever held 16 bits: the layout is
+    /// unchanged.) Unused in the reverse entry.
+    pub live_until: u16,
     /// Boot-clock nanoseconds of the last packet, refreshed at most every
     /// [`crate::config::TOUCH_GRANULARITY_NS`].
     pub last_seen: u64,

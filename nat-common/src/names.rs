@@ -54,6 +54,8 @@ pub const MAP_SWEEP_STATS: &str = "NAT_SWEEP_STATS";
 /// The one `bpf_timer` that runs the sweep while no daemon does (a BTF map:
 /// the kernel finds the timer in the value through BTF).
 pub const MAP_SWEEP_TIMER: &str = "NAT_SWEEP_TIMER";
+/// Set by a stopping daemon: its running sweep run ends at the next entry (not pinned).
+pub const MAP_SWEEP_STOP: &str = "NAT_SWEEP_STOP";
 /// Static port forwards: [`crate::port_forward::ForwardKey`] (protocol,
 /// external address, external port) -> [`crate::port_forward::ForwardTarget`].
 pub const MAP_FORWARD: &str = "NAT_FORWARD";

@@ -277,6 +277,7 @@ fn fill_entry(entry: &mut Session, addr: u32, port: u16, now: u64) {
         write_volatile(&mut entry.seen, 0);
         write_volatile(&mut entry.acked, 0);
         write_volatile(&mut entry.window, 0);
+        write_volatile(&mut entry.live_until, 0);
         write_volatile(&mut entry.last_seen, now);
         write_volatile(&mut entry.hop.words[0], 0);
         write_volatile(&mut entry.hop.words[1], 0);

@@ -29,8 +29,22 @@
 //! session keeps it (`last_seen` is read again right before the delete; an
 //! expired session's next packet always writes it, being older than the
 //! touch granularity).
+//!
+//! A quiet session (forward entry idle past the shortest timeout) needs its
+//! reverse entry read to be judged, a lookup that misses the cache. The run
+//! that reads both entries and finds the session live stamps the forward
+//! entry with how long that proof holds (`live_until`,
+//! nat_common::expiry::live_stamp: the session's own expiry, or the
+//! shortest timeout a packet could move it to, at most 17 s); later runs
+//! skip the reverse lookup until then. The proof is tied to the timeouts it
+//! was computed under: after they change, no stamp is trusted until every
+//! older one has run out (`config_seen` in the timer map). A stamp only
+//! ever delays a full check, never frees anything.
 
-use core::{ffi::c_void, ptr::read_volatile};
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_timer},
@@ -41,9 +55,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nat_common::{
+    config::TOUCH_GRANULARITY_NS,
     expiry::{
         ORPHAN_GRACE_NS, ORPHAN_WALK_EVERY, SWEEP_BUDGET, SweepTotal, TIMER_RESUME_NS,
-        TIMER_TAKEOVER_INTERVALS, cooldown_until, expired, phase, shortest_idle_ns,
+        TIMER_TAKEOVER_INTERVALS, cooldown_until, epoch_trusts, epoch_word, expired, expiry_sig,
+        first_epoch_word, live_at, live_stamp, live_window_ns, phase, shortest_idle_ns,
+        sweep_pause_ns,
     },
     flow::{FlowKey, PROTO_TCP, Session},
     mapping::SESSION_INBOUND,
@@ -53,7 +70,7 @@ use nat_common::{
 
 use crate::{
     maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_CTL, NAT_SWEEP_STATS,
+        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_CTL, NAT_SWEEP_STATS, NAT_SWEEP_STOP,
         NAT_SWEEP_TIMER, NAT_SWEEP_WALK, SweepTimer,
     },
     packet::{now_ns, read},
@@ -64,6 +81,9 @@ const NEXT: u64 = 0;
 const STOP: u64 = 1;
 
 const CLOCK_BOOTTIME: u64 = 7;
+
+/// Added to the timer's takeover delay: longer than a daemon's run.
+const TAKEOVER_SLACK_NS: u64 = 1_000_000_000;
 
 /// State of one run. It lives in a per-CPU map slot, not on the stack:
 /// the verifier follows a callback until its state stops changing, and
@@ -78,6 +98,10 @@ pub struct Walk {
     budget: u32,
     work: u32,
     stopped: u32,
+    /// 1: the forward entries' liveness stamps may be used this run.
+    trust: u32,
+    /// 1: a daemon's run, which ends early once the daemon is stopping.
+    watch_stop: u32,
     _pad: u32,
     /// Entries of this phase's map to pass over first: the previous run of
     /// this sweep looked at them already.
@@ -93,6 +117,11 @@ pub struct Walk {
     ended: u64,
     kept: u64,
     orphans: u64,
+    /// Forward entries looked at by this sweep's runs so far (on this CPU:
+    /// a timer's runs stay on the CPU that started it); paces the timer.
+    sweep_scanned: u64,
+    /// What the last complete sweep of this slot looked at, on this CPU.
+    last_scanned: u64,
 }
 
 impl Walk {
@@ -123,7 +152,7 @@ impl Walk {
                 false
             }
         };
-        if self.work >= self.budget || scanned_out {
+        if self.work >= self.budget || scanned_out || (self.watch_stop != 0 && stop_requested()) {
             self.stopped = 1;
             STOP
         } else {
@@ -150,31 +179,66 @@ impl Walk {
     }
 }
 
-/// A resume token: the phase in the low bits, the cursor above them (both
-/// fit: no map holds 2^29 entries).
+/// Whether the daemon running this sweep is stopping.
 #[inline(always)]
-const fn token(phase: u8, cursor: u64) -> u32 {
-    if cursor >= 1 << 29 {
-        return phase as u32;
-    }
-    ((cursor as u32) << 2) | phase as u32
+fn stop_requested() -> bool {
+    // SAFETY: the map's value, written whole by user space.
+    NAT_SWEEP_STOP
+        .get_ptr(0)
+        .is_some_and(|v| unsafe { read_volatile(v) } != 0)
 }
+
+/// A resume token: the phase in the low two bits, then whether this sweep
+/// walks the reverse map for orphans ([`ORPHANS_DUE`]), the cursor above
+/// them (all fit: no map holds 2^28 entries).
+#[inline(always)]
+const fn token(phase: u8, orphans_due: bool, cursor: u64) -> u32 {
+    let due = if orphans_due { ORPHANS_DUE } else { 0 };
+    if cursor >= 1 << 28 {
+        return due | phase as u32;
+    }
+    ((cursor as u32) << 3) | due | phase as u32
+}
+
+/// Token bit: the sweep being resumed walks the orphans too. Decided once
+/// per sweep, by its first run: a resumed run does not know the sweep's
+/// number, and walking the reverse map in every resumed sweep cost a
+/// forward lookup per quiet reverse entry each time.
+const ORPHANS_DUE: u32 = 4;
 
 /// One sweep run for the daemon. The first four bytes of the test frame
 /// are the resume token the previous run returned (0: a new sweep); the
 /// return value is the next run's token, 0 ([`phase::DONE`]) when the sweep
-/// is complete. It looks at every entry it needs to (it runs in process
-/// context): only its deletions are budgeted.
+/// is complete. The next four bytes are how many entries the run may look
+/// at (0: no limit), the four after them how many it may delete (0: the
+/// control map's budget, which the timer's runs use). A daemon's run also
+/// ends at the next entry once NAT_SWEEP_STOP is set, so a stopping daemon
+/// never waits for a run.
 #[classifier]
 pub fn nat_sweep(ctx: TcContext) -> i32 {
     let start = read::<u32>(ctx.data(), ctx.data_end(), 0).unwrap_or(0);
+    let scan = read::<u32>(ctx.data(), ctx.data_end(), 4).unwrap_or(0);
+    let deletions = read::<u32>(ctx.data(), ctx.data_end(), 8).unwrap_or(0);
     let Some(ctl) = NAT_SWEEP_CTL.get(0) else {
         return phase::DONE as i32;
     };
     if ctl.interval_ns != 0 {
-        arm(ctl.interval_ns * TIMER_TAKEOVER_INTERVALS);
+        // The daemon sweeps a large table less often than every interval
+        // (sweep_pause_ns) and its runs are long: the timer must not fire
+        // in between, only once the daemon is gone.
+        let scanned = NAT_SWEEP_WALK
+            .get(0)
+            .map_or(0, |w| w.last_scanned.max(w.sweep_scanned));
+        arm(
+            sweep_pause_ns(ctl.interval_ns, scanned) * TIMER_TAKEOVER_INTERVALS + TAKEOVER_SLACK_NS,
+        );
     }
-    sweep(now_ns(), ctl.budget, 0, false, start) as i32
+    let budget = if deletions != 0 {
+        deletions
+    } else {
+        ctl.budget
+    };
+    sweep(now_ns(), budget, scan as u64, false, start) as i32
 }
 
 /// Initialises the timer (once: later calls get -EBUSY and change nothing),
@@ -220,7 +284,9 @@ extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, value: *mut SweepTimer
         );
         (*value).resume = next;
         let delay = if next == phase::DONE as u32 {
-            ctl.interval_ns
+            // A large table is swept less often: see SWEEP_SCAN_RATE.
+            let scanned = NAT_SWEEP_WALK.get(1).map_or(0, |w| w.sweep_scanned);
+            sweep_pause_ns(ctl.interval_ns, scanned)
         } else {
             TIMER_RESUME_NS
         };
@@ -244,14 +310,24 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
     };
     // SAFETY: this CPU's slot for this kind of run; see [`Walk`].
     let w = unsafe { &mut *w };
+    let (sweep_scanned, last_scanned) = (
+        if start == phase::DONE {
+            0
+        } else {
+            w.sweep_scanned
+        },
+        w.last_scanned,
+    );
     *w = Walk {
         now,
         shortest: shortest_idle_ns(cfg),
         budget: if budget == 0 { SWEEP_BUDGET } else { budget },
         work: 0,
         stopped: 0,
+        trust: stamps_trusted(cfg, now) as u32,
+        watch_stop: !timer as u32,
         _pad: 0,
-        skip: (resume >> 2) as u64,
+        skip: (resume >> 3) as u64,
         passed: 0,
         visited: 0,
         removed: 0,
@@ -261,11 +337,13 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
         ended: 0,
         kept: 0,
         orphans: 0,
+        sweep_scanned,
+        last_scanned,
     };
-    let sweeps = if start == phase::DONE {
-        add(SweepTotal::Sweeps, 1)
+    let orphans_due = if start == phase::DONE {
+        add(SweepTotal::Sweeps, 1).is_multiple_of(ORPHAN_WALK_EVERY)
     } else {
-        0
+        resume & ORPHANS_DUE != 0
     };
     add(SweepTotal::Runs, 1);
     if timer {
@@ -305,7 +383,7 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
             );
             next = phase::SESSIONS;
         }
-        if w.stopped == 0 && (start == phase::ORPHANS || sweeps % ORPHAN_WALK_EVERY == 0) {
+        if w.stopped == 0 && orphans_due {
             if start < phase::ORPHANS {
                 w.next_phase();
             }
@@ -323,11 +401,40 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
     add(SweepTotal::CooldownsEnded, w.ended);
     add(SweepTotal::Kept, w.kept);
     add(SweepTotal::Orphans, w.orphans);
+    w.sweep_scanned += w.scanned;
     if w.stopped == 0 {
+        w.last_scanned = w.sweep_scanned;
         return phase::DONE as u32;
     }
     add(SweepTotal::Truncated, 1);
-    token(next, w.cursor())
+    token(next, orphans_due, w.cursor())
+}
+
+/// Whether the liveness stamps in the forward entries were written under
+/// the timeouts in force (and long enough ago that none from earlier
+/// timeouts is left); records the timeouts when they are new.
+#[inline(always)]
+fn stamps_trusted(cfg: &nat_common::config::Config, now: u64) -> bool {
+    let Some(t) = NAT_SWEEP_TIMER.get_ptr_mut(0) else {
+        return false;
+    };
+    let sig = expiry_sig(cfg);
+    // SAFETY: the timer map's value; `config_seen` is read and written
+    // whole (one 32-bit access each). Two runs that both see new timeouts
+    // write records of the same timeouts a moment apart: either will do.
+    unsafe {
+        let seen = read_volatile(&(*t).config_seen);
+        if seen == 0 {
+            // No sweep ran with this timer map: no stamp exists yet.
+            write_volatile(&mut (*t).config_seen, first_epoch_word(sig, now));
+            return true;
+        }
+        if (seen >> 16) as u16 != sig {
+            write_volatile(&mut (*t).config_seen, epoch_word(sig, now));
+            return false;
+        }
+        epoch_trusts(seen, sig, now)
+    }
 }
 
 /// The `Walk` of the run whose slot number `ctx` points to.
@@ -489,8 +596,22 @@ extern "C" fn expire_session(
 #[inline(always)]
 fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     // SAFETY: element value pointer.
-    let f_last = unsafe { read_volatile(&(*fwd).last_seen) };
+    let (f_last, stamp) = unsafe {
+        (
+            read_volatile(&(*fwd).last_seen),
+            read_volatile(&(*fwd).live_until),
+        )
+    };
     if w.now.saturating_sub(f_last) <= w.shortest {
+        // Busy. A stamp that ran out goes, so that one left over from long
+        // ago cannot come round again once the session turns quiet.
+        if stamp != 0 && !live_at(stamp, w.now) {
+            // SAFETY: element value pointer; only the sweep writes it.
+            unsafe { write_volatile(&mut (*fwd).live_until, 0) };
+        }
+        return false;
+    }
+    if w.trust != 0 && live_at(stamp, w.now) {
         return false;
     }
     let Some(cfg) = NAT_CONFIG.get(0) else {
@@ -515,16 +636,53 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
         )
     });
     let last = f_last.max(r_last);
-    if !expired(
-        w.now,
-        last,
-        idle_timeout_ms(state_of(key.proto, f_seen, r_seen), cfg),
-    ) {
+    let timeout_ms = idle_timeout_ms(state_of(key.proto, f_seen, r_seen), cfg);
+    if !expired(w.now, last, timeout_ms) {
+        if rev.is_some() {
+            let expires = last
+                .saturating_add(timeout_ms * 1_000_000)
+                .saturating_add(TOUCH_GRANULARITY_NS);
+            let next = live_stamp(w.now, expires, live_window_ns(key.proto, cfg));
+            if next != stamp {
+                // SAFETY: element value pointer; only the sweep writes it.
+                unsafe { write_volatile(&mut (*fwd).live_until, next) };
+            }
+        }
         return false;
     }
     let kind = expiry_kind(key.proto, f_seen, r_seen);
-    if let Some(until) = cooldown_until(kind, cfg, w.now, last)
-        && !cool(&rev_key, until)
+    free_session(
+        w,
+        &key,
+        fwd,
+        f_last,
+        &rev_key,
+        rev,
+        r_last,
+        cooldown_until(kind, cfg, w.now, last),
+    )
+}
+
+/// Frees an expired session: cools its key until `cool_until` (if it must
+/// cool), then deletes the forward entry and then the reverse one (`rev`,
+/// if it points back), so the key is never unclaimed and not cooling. A
+/// packet since the caller's reads (`f_last`, `r_last` moved) keeps the
+/// session. The one place a session is freed: what must happen when one
+/// goes belongs here.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn free_session(
+    w: &mut Walk,
+    key: &FlowKey,
+    fwd: *mut Session,
+    f_last: u64,
+    rev_key: &FlowKey,
+    rev: Option<*const Session>,
+    r_last: u64,
+    cool_until: Option<u64>,
+) -> bool {
+    if let Some(until) = cool_until
+        && !cool(rev_key, until)
     {
         // Never free a key without cooling it: the session and its port
         // stay until the cooldown map has room.
@@ -543,7 +701,7 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     }
     // The forward entry goes with its mapping reference, and only the run
     // whose delete succeeded counts the session off its host.
-    if let Some(marks) = crate::mapping::remove_forward(&key, fwd)
+    if let Some(marks) = crate::mapping::remove_forward(key, fwd)
         && marks & SESSION_INBOUND == 0
     {
         crate::hosts::released(key.saddr);

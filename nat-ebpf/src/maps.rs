@@ -118,6 +118,12 @@ pub static NAT_SWEEP_CTL: Array<SweepControl> = Array::with_max_entries(1, 0);
 #[map(name = "NAT_SWEEP_STATS")]
 pub static NAT_SWEEP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SWEEP_TOTALS, 0);
 
+/// Index 0 non-zero: the daemon that runs the sweep is stopping, and its
+/// run in progress ends at the next entry (the timer's runs ignore it). Not
+/// pinned: each daemon's program has its own.
+#[map(name = "NAT_SWEEP_STOP")]
+pub static NAT_SWEEP_STOP: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Scratch state of a sweep run: slot 0 for the daemon's runs, 1 for the timer's.
 #[map(name = "NAT_SWEEP_WALK")]
 pub static NAT_SWEEP_WALK: PerCpuArray<crate::expire::Walk> = PerCpuArray::with_max_entries(2, 0);
@@ -131,7 +137,10 @@ pub struct SweepTimer {
     /// Where the timer's next run resumes (a resume token, 0: a new
     /// sweep); written by the timer's callback only.
     pub resume: u32,
-    pub _pad: u32,
+    /// The timeouts the sweep's liveness stamps are written under and when
+    /// a run first saw them (nat_common::expiry::epoch_word); written by
+    /// any sweep run with one 32-bit store.
+    pub config_seen: u32,
 }
 
 #[btf_map(name = "NAT_SWEEP_TIMER")]

@@ -148,6 +148,7 @@ extern "C" fn nat_open_inbound(
         seen: 0,
         acked: 0,
         window: 0,
+        live_until: 0,
         last_seen: now,
         hop: HopCache::default(),
     };

@@ -68,7 +68,7 @@ pub fn note_ack(fwd: *mut Session, flags: u8, ack: u32, window: u16) {
     unsafe {
         if (*fwd).acked != ack {
             (*fwd).acked = ack;
-            (*fwd).window = window as u32;
+            (*fwd).window = window;
         }
     }
 }
@@ -194,11 +194,7 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now:
     {
         // SAFETY: live map value pointer.
         let (acked, window) = unsafe { ((*f).acked, (*f).window) };
-        if !rst_in_window(
-            u32::from_be(seq),
-            u32::from_be(acked),
-            u16::from_be(window as u16),
-        ) {
+        if !rst_in_window(u32::from_be(seq), u32::from_be(acked), u16::from_be(window)) {
             return false;
         }
     }

@@ -7,6 +7,7 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
+    maps::{DevMapHash, MapError},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::FdLink,
@@ -16,8 +17,8 @@ use aya::{
 };
 use log::info;
 use nat_common::names::{
-    LINK_EGRESS, LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX, LINK_INGRESS, PROG_EGRESS, PROG_FAST,
-    PROG_FAST_TC, PROG_HAIRPIN, PROG_INGRESS, PROG_INGRESS_TC,
+    LINK_EGRESS, LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX, LINK_INGRESS, MAP_FAST_DEVS, PROG_EGRESS,
+    PROG_FAST, PROG_FAST_TC, PROG_HAIRPIN, PROG_INGRESS, PROG_INGRESS_TC,
 };
 
 use super::pin::Instance;
@@ -69,7 +70,12 @@ pub fn attach(
 }
 
 /// Attaches the fast path to each internal interface, in the hook the
-/// replies are translated in.
+/// replies are translated in. Under `--ingress auto` with XDP chosen, an
+/// interface that refuses native XDP gets the TC fast path rather than
+/// generic XDP (slower than TC): its packets reach the external interface
+/// by a TC redirect, and it leaves the XDP redirect map, so replies toward
+/// it are handed to the stack instead of being redirected to a device that
+/// cannot take XDP frames.
 pub fn attach_fast_path(
     ebpf: &mut Ebpf,
     args: &LoadArgs,
@@ -78,9 +84,22 @@ pub fn attach_fast_path(
     instance: &mut Instance,
 ) -> Result<()> {
     instance.remove_stale_fast_links(fast)?;
-    for (name, _) in fast {
+    for (name, index) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");
         let mode = match ingress {
+            IngressArg::Auto | IngressArg::Xdp if args.tc_unless_native_xdp => {
+                let prog = xdp(ebpf, PROG_FAST, "fast-path")?;
+                match attach_xdp(prog, name, XdpModeArg::Native, &link, instance) {
+                    Ok(mode) => mode,
+                    Err(e) => {
+                        info!("{e:#}; the fast path on {name} runs in TC instead");
+                        leave_xdp_redirects(ebpf, *index)?;
+                        let prog = classifier(ebpf, PROG_FAST_TC, "TC fast-path")?;
+                        attach_tcx(prog, name, TcAttachType::Ingress, &link, instance)?;
+                        "tc, no native XDP"
+                    }
+                }
+            }
             IngressArg::Auto | IngressArg::Xdp => {
                 let prog = xdp(ebpf, PROG_FAST, "fast-path")?;
                 attach_xdp(prog, name, args.xdp_mode, &link, instance)?
@@ -94,6 +113,18 @@ pub fn attach_fast_path(
         info!("fast path on {name} ({mode})");
     }
     Ok(())
+}
+
+/// Takes `ifindex` out of the XDP fast path's redirect map.
+fn leave_xdp_redirects(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
+    let mut devs: DevMapHash<_> = ebpf
+        .map_mut(MAP_FAST_DEVS)
+        .context("map NAT_FAST_DEVS missing from the object")?
+        .try_into()?;
+    match devs.remove(ifindex) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e).context("cannot update the fast path's redirect map"),
+    }
 }
 
 /// Attaches hairpinning to each internal interface, in TC ingress whatever

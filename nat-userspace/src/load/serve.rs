@@ -5,7 +5,10 @@
 //! The sweep runs on a thread of its own: expiring 1,000,000 sessions takes
 //! over a second of BPF_PROG_TEST_RUN calls, and the runtime must answer
 //! signals meanwhile. A stop is seen between two runs of the sweep program,
-//! so the daemon exits within one run (tens of milliseconds).
+//! and ends the run in progress at its next entry (NAT_SWEEP_STOP), so the
+//! daemon exits at once however large the table. A large table is swept less often
+//! than every interval (nat_common::expiry::sweep_pause_ns), so the walk
+//! costs a bounded share of a core.
 
 use std::{
     sync::{
@@ -19,15 +22,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use log::{info, warn};
-use nat_common::names::MAP_REJECTS;
+use nat_common::{expiry::sweep_pause_ns, names::MAP_REJECTS};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::{expiry::KernelSweep, ops::Ops, reaper, reject};
-
-/// Deletions per run of the daemon's sweep: a run of 16,384 takes some
-/// 25 ms, which is how long a stop waits at most (the default of 65,536
-/// took about 100 ms with a million sessions expiring).
-const DAEMON_BUDGET: u32 = 16_384;
+use crate::{
+    expiry::{DAEMON_BUDGET, DAEMON_SCAN, KernelSweep},
+    ops::Ops,
+    reaper, reject,
+};
 
 /// SIGINT and SIGTERM, installed before anything is created so a signal
 /// during startup is handled by the serve loop.
@@ -49,7 +51,7 @@ impl StopSignals {
 /// sessions expire even if this process dies, so this comes before the
 /// daemon says it is attached.
 pub fn first_sweep(ebpf: &mut Ebpf, reap_interval_ms: u64) -> Result<KernelSweep> {
-    let sweeper = KernelSweep::load(ebpf, reap_interval_ms, DAEMON_BUDGET)?;
+    let sweeper = KernelSweep::load(ebpf, reap_interval_ms, DAEMON_BUDGET, DAEMON_SCAN)?;
     reaper::sweep(&sweeper, ebpf, &AtomicBool::new(false))
         .context("the first expiry sweep failed")?;
     Ok(sweeper)
@@ -59,7 +61,7 @@ pub fn first_sweep(ebpf: &mut Ebpf, reap_interval_ms: u64) -> Result<KernelSweep
 /// SYNs until stopped; hands the object back for the stop phase.
 pub async fn serve(
     mut ebpf: Ebpf,
-    sweeper: KernelSweep,
+    mut sweeper: KernelSweep,
     ops: &Ops,
     reap_interval_ms: u64,
     mut stop: StopSignals,
@@ -69,6 +71,7 @@ pub async fn serve(
         ebpf.take_map(MAP_REJECTS)
             .context("map NAT_REJECTS missing from the object")?,
     )?;
+    let mut stop_run = sweeper.stop_switch()?;
     let stopping = Arc::new(AtomicBool::new(false));
     let (took_tx, mut took) = tokio::sync::mpsc::unbounded_channel();
     let worker = {
@@ -87,9 +90,11 @@ pub async fn serve(
                         return ebpf;
                     }
                     let started = Instant::now();
-                    report(reaper::sweep(&sweeper, &ebpf, &stopping));
+                    let swept = reaper::sweep(&sweeper, &ebpf, &stopping);
+                    let scanned = swept.as_ref().map_or(0, |s| s.scanned);
+                    report(swept);
                     let _ = took_tx.send(started.elapsed());
-                    next = started + interval;
+                    next = started + pause(interval, scanned);
                 }
             })
             .context("cannot start the sweep thread")?
@@ -110,10 +115,19 @@ pub async fn serve(
         }
     }
     stopping.store(true, Ordering::Relaxed);
+    if let Err(e) = stop_run.pull() {
+        warn!("{e:#}; waiting for the sweep run in progress");
+    }
     worker.thread().unpark();
     worker
         .join()
         .map_err(|_| anyhow::anyhow!("the sweep thread panicked"))
+}
+
+/// How long after a sweep that looked at `scanned` sessions the next starts.
+fn pause(interval: Duration, scanned: u64) -> Duration {
+    let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(sweep_pause_ns(ns, scanned))
 }
 
 fn report(swept: Result<reaper::Sweep>) {

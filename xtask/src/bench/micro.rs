@@ -68,8 +68,14 @@ pub fn alloc(nat_bench: &Path, occupancy: u32, attempts: u32) -> Result<(Alloc, 
 }
 
 pub struct Reaper {
+    /// A sweep that expires none, every session busy (seen within the
+    /// shortest timeout).
     pub scan_wall_s: f64,
     pub scan_cpu_s: f64,
+    /// The first sweep that sees every session quiet (both entries read)
+    /// and a routine one after it (the forward entry's stamp suffices).
+    pub quiet_first_cpu_s: f64,
+    pub quiet_cpu_s: f64,
     pub expire_wall_s: f64,
     pub expire_cpu_s: f64,
     pub raw: Value,
@@ -84,6 +90,8 @@ pub fn reaper(nat_bench: &Path, sessions: u32) -> Result<(Reaper, Window)> {
     let reaper = Reaper {
         scan_wall_s: number(&raw, "/scan/wall_s")?,
         scan_cpu_s: number(&raw, "/scan/cpu_s")?,
+        quiet_first_cpu_s: number(&raw, "/scan_quiet_first/cpu_s")?,
+        quiet_cpu_s: number(&raw, "/scan_quiet/cpu_s")?,
         expire_wall_s: number(&raw, "/expire/wall_s")?,
         expire_cpu_s: number(&raw, "/expire/cpu_s")?,
         raw,

@@ -896,8 +896,8 @@ fn micro_figures(
                 |(_, w)| *w,
                 |(r, _)| {
                     format!(
-                        "sweep {:.3} s CPU, expire {:.3} s CPU",
-                        r.scan_cpu_s, r.expire_cpu_s
+                        "sweep {:.3} s CPU (quiet {:.3} s, first {:.3} s), expire {:.3} s CPU",
+                        r.scan_cpu_s, r.quiet_cpu_s, r.quiet_first_cpu_s, r.expire_cpu_s
                     )
                 },
             )?;
