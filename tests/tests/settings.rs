@@ -197,6 +197,7 @@ fn get_shows_load_flags_and_bad_sets_change_nothing() {
         ("mapping-udp", "endpoint-independent".into()),
         ("mapping-tcp", "address-port-dependent".into()),
         ("filtering-udp", "address-dependent".into()),
+        ("max-sessions-per-host", 32_768.into()),
     ];
     assert_eq!(
         json.as_object().map(|o| o.len()),
