@@ -403,6 +403,9 @@ fn allocate_port(
         return Err(insert_failure(j as i32));
     }
     if j >> 48 != 0 {
+        // Joined its endpoint's mapping: a pair of its own (counted for
+        // its host) unless another CPU created this very flow first.
+        *new = j >> 48 == CLAIM_WON;
         return Ok(Endpoint {
             addr: (j >> 16) as u32,
             port: j as u16,

@@ -71,6 +71,25 @@ fn fixture_limits_a_new_session_is_counted_and_remembered() {
 }
 
 #[test]
+fn fixture_limits_a_flow_joining_its_endpoints_mapping_is_counted() {
+    // UDP is endpoint-independent by default: the second destination's
+    // flow joins the first one's mapping, and is a session of the host
+    // like any other (its end takes one off the count).
+    let mut h = harness();
+    h.set(&Maps::nat());
+    for dst in [ep(REMOTE, 53), ep(REMOTE, 54)] {
+        let out = h.run_frame(Prog::Egress, &Pkt::udp(ep(CLIENT, 5353), dst).frame());
+        assert_eq!(out.verdict, Verdict::Pass, "{dst}");
+    }
+    let out = h.run_frame(
+        Prog::Egress,
+        &Pkt::udp(ep(CLIENT, 5353), ep(REMOTE, 53)).frame(),
+    );
+    assert_eq!(out.fwd.len(), 2, "{:?}", out.fwd);
+    assert_eq!(out.hosts[&be(CLIENT)].sessions, 2);
+}
+
+#[test]
 fn fixture_limits_a_host_at_its_limit_is_refused_others_are_not() {
     let mut maps = Maps::nat();
     maps.config.max_sessions_per_host = 2;
