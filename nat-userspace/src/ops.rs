@@ -14,7 +14,10 @@ use clap::Parser as _;
 use log::{info, warn};
 use signal_hook::{consts::SIGHUP, iterator::Signals};
 
-use crate::{cli::LoadArgs, config_file, metrics::Metrics, notify, pins::PinDir, pool::Reloader};
+use crate::{
+    cli::LoadArgs, config_file, load::FastPath, metrics::Metrics, notify, pins::PinDir,
+    pool::Reloader,
+};
 
 /// SIGHUP, caught from the start of `nat load` (its default action would
 /// end the daemon) and answered once [`Ops::start`] runs.
@@ -35,9 +38,17 @@ impl Ops {
     /// Starts the metrics server and the reload thread and tells systemd
     /// the NAT is ready; call it after the programs are attached.
     /// `ext_addrs` is the loaded object's NAT_EXT_ADDRS map.
-    pub fn start(args: &LoadArgs, pins: &PinDir, ext_addrs: Map, hangups: Hangups) -> Result<Self> {
+    /// `fixed` and `fast` are what [`Reloader::new`] takes.
+    pub fn start(
+        args: &LoadArgs,
+        pins: &PinDir,
+        ext_addrs: Map,
+        fixed: Vec<(&'static str, String)>,
+        fast: FastPath,
+        hangups: Hangups,
+    ) -> Result<Self> {
         let metrics = Metrics::start(&args.metrics, pins)?;
-        let mut reloader = Reloader::new(pins, ext_addrs, args)?;
+        let mut reloader = Reloader::new(pins, ext_addrs, args, fixed, fast)?;
         let has_config = args.config.config.is_some();
         let Hangups(mut signals) = hangups;
         let reloads = signals.handle();

@@ -20,6 +20,7 @@ use nat_common::{
 
 use crate::{
     cli::{Cidr, LoadArgs, PortRange},
+    load::{FastChange, FastPath},
     pins::PinDir,
     settings,
     tables::Tables,
@@ -82,13 +83,15 @@ pub fn config_for(args: &LoadArgs) -> Result<Config> {
 
 /// Flags a running datapath cannot change (map sizes, hooks, interfaces), by
 /// key name with their value as given at load.
-fn fixed(args: &LoadArgs) -> Vec<(&'static str, String)> {
+/// The keys a reload cannot apply, as given (before `nat load` settles its
+/// defaults), to tell the operator which changes wait for the next load.
+/// The fast path is not among them: a reload moves it ([`FastPath`]).
+pub fn fixed(args: &LoadArgs) -> Vec<(&'static str, String)> {
     vec![
         ("iface", args.iface.clone()),
         ("internal", format!("{:?}", args.internal)),
         ("ingress", format!("{:?}", args.ingress)),
         ("xdp-mode", format!("{:?}", args.xdp_mode)),
-        ("fast-path", format!("{:?}", args.fast_path)),
         ("max-sessions", args.max_sessions.to_string()),
         ("max-cooldowns", args.max_cooldowns.to_string()),
         ("reap-interval-ms", args.reap_interval_ms.to_string()),
@@ -110,6 +113,8 @@ pub struct Change {
     pub ports: Option<(PortRange, PortRange)>,
     /// Port forwards added and removed.
     pub forwards: (usize, usize),
+    /// Where the fast path went, when it moved.
+    pub fast_path: Option<FastChange>,
     /// Keys that changed but apply only on the next `nat load`.
     pub needs_restart: Vec<&'static str>,
 }
@@ -147,6 +152,9 @@ impl std::fmt::Display for Change {
                 self.forwards.0, self.forwards.1
             ));
         }
+        if let Some(fast) = &self.fast_path {
+            parts.push(fast.to_string());
+        }
         if parts.is_empty() {
             parts.push("nothing changed".to_owned());
         }
@@ -166,6 +174,7 @@ pub struct Reloader {
     forwards: crate::port_forward::ForwardTable,
     /// External addresses egress recognises as translated sources.
     ext_addrs: HashMap<MapData, u32, u32>,
+    fast: FastPath,
     fixed: Vec<(&'static str, String)>,
     internal: Vec<Cidr>,
     external: Vec<Ipv4Addr>,
@@ -173,13 +182,21 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// `ext_addrs` is the NAT_EXT_ADDRS map of the loaded object.
-    pub fn new(pins: &PinDir, ext_addrs: Map, args: &LoadArgs) -> Result<Self> {
+    /// `ext_addrs` is the NAT_EXT_ADDRS map of the loaded object; `fixed`
+    /// what [`fixed`] said of the command line as given.
+    pub fn new(
+        pins: &PinDir,
+        ext_addrs: Map,
+        args: &LoadArgs,
+        fixed: Vec<(&'static str, String)>,
+        fast: FastPath,
+    ) -> Result<Self> {
         Ok(Self {
             tables: Tables::open(pins)?,
             forwards: crate::port_forward::ForwardTable::open(pins)?,
             ext_addrs: ext_addrs.try_into().context("external address map")?,
-            fixed: fixed(args),
+            fast,
+            fixed,
             internal: args.internal.clone(),
             external: args.external.clone(),
             ports: args.ports,
@@ -194,6 +211,7 @@ impl Reloader {
         if args.external.is_empty() {
             anyhow::bail!("no external address left in the pool");
         }
+        let fast_path = self.fast.wanted(args)?;
         let mut change = Change {
             needs_restart: fixed(args)
                 .into_iter()
@@ -244,6 +262,8 @@ impl Reloader {
         change.forwards = self.forwards.replace_all(&args.forward)?;
         self.external = args.external.clone();
         self.ports = args.ports;
+        // Last: it may wait for a sweep run to end (the object is shared).
+        change.fast_path = self.fast.set(fast_path)?;
         Ok(change)
     }
 

@@ -110,6 +110,8 @@ pub fn nat_json_in(ns: &str, args: &[&str]) -> serde_json::Value {
 pub struct NatProcess {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
+    /// What it logged (stderr), echoed as it comes.
+    log: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
     /// The namespace and interface of the instance, for the unload on drop.
     netns: String,
@@ -155,10 +157,27 @@ impl NatProcess {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("stdout was piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            // Never joined: it ends with the last holder of the pipe, which
+            // may be a leftover grandchild.
+            let log = Arc::clone(&log);
+            let stderr = child.stderr.take().expect("stderr was piped");
+            thread::Builder::new()
+                .name("nat-stderr".to_owned())
+                .spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        eprintln!("{line}");
+                        lock(&log).push(line);
+                    }
+                })
+                .expect("cannot spawn the nat stderr reader");
+        }
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         // Keeps draining after startup too: a full pipe would block the NAT.
@@ -179,6 +198,7 @@ impl NatProcess {
         let mut process = NatProcess {
             child: Some(child),
             lines,
+            log,
             reader: Some(reader),
             netns: ns.to_owned(),
             iface: iface.to_owned(),
@@ -216,6 +236,11 @@ impl NatProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything the NAT logged (stderr) so far.
+    pub fn log(&self) -> Vec<String> {
+        lock(&self.log).clone()
     }
 
     /// Everything the NAT printed on stdout so far.

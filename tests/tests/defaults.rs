@@ -5,21 +5,9 @@ mod common;
 
 use common::*;
 use nat_tests::{
-    CLIENT_IP, EXTERNAL_IP, INT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts,
-    run_in_ns, tcp_sink_server, tcp_transfer,
+    CLIENT_IP, EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, tcp_sink_server,
+    tcp_transfer,
 };
-
-/// Whether a fast path runs on the internal interface: XDP, a TCX ingress
-/// program, or a cls_bpf ingress filter (kernels before 6.6).
-fn fast_path_on_internal(topo: &Topology) -> bool {
-    use aya::programs::{SchedClassifier, TcAttachType};
-    xdp_attached(topo, INT_IFACE)
-        || !bpf_filters(topo, INT_IFACE, "ingress").is_empty()
-        || run_in_ns(topo.ns_name(Side::Nat), || {
-            SchedClassifier::query_tcx(INT_IFACE, TcAttachType::Ingress)
-                .is_ok_and(|(_, progs)| !progs.is_empty())
-        })
-}
 
 #[test]
 fn no_flags_on_veth_choose_tc_and_the_routed_fast_path() {

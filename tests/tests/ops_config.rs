@@ -318,3 +318,87 @@ fn ops_reload_applies_cooldown_addresses_and_port_range_during_a_transfer() {
     let st = stats(&topo);
     assert_eq!(counter(&st, "drop_no_session"), 0, "{st}");
 }
+
+/// `ip route ...` in the NAT's namespace.
+fn route(topo: &Topology, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["-n", topo.ns_name(Side::Nat), "route"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip route {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `nat reload`, and the daemon's line saying what the reload did.
+fn reload_line(topo: &Topology, daemon: &NatProcess) -> String {
+    let reloads = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| l.contains("reload: "))
+            .collect()
+    };
+    let before = reloads(daemon.log()).len();
+    let (ok, _, err) = nat(topo, &["reload", "--iface", "veth-ext"]);
+    assert!(ok, "nat reload: {err}");
+    let asked = Instant::now();
+    loop {
+        if let Some(line) = reloads(daemon.log()).get(before) {
+            return line.clone();
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "no reload line within 5 s: {:?}",
+            daemon.log()
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// The fast path follows the routes: a reload re-reads the routing table,
+/// takes the fast path (and hairpinning) off an interface the internal
+/// prefixes no longer leave by, and puts them back once the route is back;
+/// a reload of the same file says that nothing changed (the defaults the
+/// load settled are not mistaken for changed keys).
+#[test]
+fn ops_reload_moves_the_fast_path_with_the_routes() {
+    let topo = Topology::new("ops-fastroute", TopologyOpts::default());
+    let dir = TempDir::new("fastroute");
+    let file = dir.file("nat.toml", &base(&[EXTERNAL_IP], PORTS, "100s"));
+    let daemon = NatProcess::start_load(&topo, &["--config", path_str(&file)], &[]);
+    assert!(fast_path_on_internal(&topo), "{:?}", daemon.output());
+
+    let line = reload_line(&topo, &daemon);
+    assert!(
+        line.contains("reload: nothing changed") && !line.contains("apply only"),
+        "{line}"
+    );
+
+    route(&topo, &["del", "10.200.1.0/24", "dev", "veth-in"]);
+    let line = reload_line(&topo, &daemon);
+    assert!(line.contains("fast path off veth-in"), "{line}");
+    assert!(!fast_path_on_internal(&topo), "{line}");
+
+    route(&topo, &["add", "10.200.1.0/24", "dev", "veth-in"]);
+    let line = reload_line(&topo, &daemon);
+    assert!(line.contains("fast path now on veth-in"), "{line}");
+    assert!(!line.contains("replies cross the stack"), "{line}");
+    assert!(fast_path_on_internal(&topo), "{line}");
+
+    // The fast path it put back translates.
+    let before = counter(&stats(&topo), "fast_out");
+    let server = tcp_sink_server(topo.ns_name(Side::Server), 8080);
+    nat_tests::tcp_transfer(
+        topo.ns_name(Side::Client),
+        Some(nat_tests::CLIENT_IP),
+        SocketAddrV4::new(SERVER_IP, 8080),
+        200_000,
+    )
+    .expect("a transfer over the fast path put back");
+    assert_translated(server.last_peer().expect("the server saw the connection"));
+    assert!(counter(&stats(&topo), "fast_out") > before);
+    assert!(daemon.stop().success());
+}

@@ -27,6 +27,17 @@ use ops::*;
 
 const METRICS: &str = "127.0.0.1:9109";
 
+/// The tests of a million sessions each keep both cores of the testbed busy
+/// (a daemon sweeping and snapshotting them); at once they would measure
+/// each other, so they take turns.
+static A_MILLION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn a_million_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    A_MILLION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn metrics_addr() -> SocketAddr {
     METRICS.parse().unwrap()
 }
@@ -319,6 +330,7 @@ impl Drop for UnloadOnDrop<'_> {
 #[test]
 fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
     const SESSIONS: u32 = 1_000_000;
+    let _turn = a_million_at_a_time();
     let topo = Topology::new("ops-promfast", TopologyOpts::default());
     // Dropped after the daemon: its pins go even if it had to be killed.
     let _pins = UnloadOnDrop(&topo);
@@ -427,10 +439,14 @@ fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
         sleep(Duration::from_millis(150));
     }
     println!("SIGHUP to applied, ms: {reloads:?}");
+    // A reload that waited for the daemon's loop or the snapshot thread
+    // would take a sweep or a snapshot (seconds, see above) each time; one
+    // that waited for a CPU on the shared 2-core testbed takes that once.
     let mut sorted = reloads.clone();
     sorted.sort_unstable();
+    let slow = reloads.iter().filter(|&&ms| ms >= 500).count();
     assert!(
-        sorted[sorted.len() / 2] < 100 && sorted[sorted.len() - 1] < 1000,
+        sorted[sorted.len() / 2] < 100 && slow <= 1,
         "reloads with {SESSIONS} sessions took {reloads:?} ms"
     );
 
@@ -463,6 +479,7 @@ fn sweep_total(topo: &Topology, total: SweepTotal) -> u64 {
 #[test]
 fn ops_sigterm_is_answered_while_a_million_sessions_expire() {
     const SESSIONS: u32 = 1_000_000;
+    let _turn = a_million_at_a_time();
     let topo = Topology::new("ops-termfast", TopologyOpts::default());
     let mut nat = NatProcess::start(
         &topo,

@@ -69,6 +69,34 @@ pub fn attach(
     Ok(("tc", IngressArg::Tc))
 }
 
+/// How the fast path attaches: in the hook that took the ingress program,
+/// settled at load (a reload attaches new interfaces the same way).
+#[derive(Clone, Copy, Debug)]
+pub struct FastHook {
+    pub ingress: IngressArg,
+    pub tc_unless_native_xdp: bool,
+    pub xdp_mode: XdpModeArg,
+}
+
+impl FastHook {
+    /// `ingress` is the hook [`attach`] returned.
+    pub fn new(args: &LoadArgs, ingress: IngressArg) -> Self {
+        Self {
+            ingress,
+            tc_unless_native_xdp: args.tc_unless_native_xdp,
+            xdp_mode: args.xdp_mode,
+        }
+    }
+
+    /// The hook the automatic fast path chooses its interfaces for.
+    pub fn hook(&self) -> crate::defaults::Hook {
+        match self.ingress {
+            IngressArg::Xdp => crate::defaults::Hook::Xdp,
+            IngressArg::Auto | IngressArg::Tc => crate::defaults::Hook::Tc,
+        }
+    }
+}
+
 /// Attaches the fast path to each internal interface, in the hook the
 /// replies are translated in. Under `--ingress auto` with XDP chosen, an
 /// interface that refuses native XDP gets the TC fast path rather than
@@ -78,16 +106,15 @@ pub fn attach(
 /// cannot take XDP frames.
 pub fn attach_fast_path(
     ebpf: &mut Ebpf,
-    args: &LoadArgs,
-    ingress: IngressArg,
+    hook: &FastHook,
     fast: &[(String, u32)],
     instance: &mut Instance,
 ) -> Result<()> {
     instance.remove_stale_fast_links(fast)?;
     for (name, index) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");
-        let mode = match ingress {
-            IngressArg::Auto | IngressArg::Xdp if args.tc_unless_native_xdp => {
+        let mode = match hook.ingress {
+            IngressArg::Auto | IngressArg::Xdp if hook.tc_unless_native_xdp => {
                 let prog = xdp(ebpf, PROG_FAST, "fast-path")?;
                 match attach_xdp(prog, name, XdpModeArg::Native, &link, instance) {
                     Ok(mode) => mode,
@@ -102,7 +129,7 @@ pub fn attach_fast_path(
             }
             IngressArg::Auto | IngressArg::Xdp => {
                 let prog = xdp(ebpf, PROG_FAST, "fast-path")?;
-                attach_xdp(prog, name, args.xdp_mode, &link, instance)?
+                attach_xdp(prog, name, hook.xdp_mode, &link, instance)?
             }
             IngressArg::Tc => {
                 let prog = classifier(ebpf, PROG_FAST_TC, "TC fast-path")?;

@@ -6,6 +6,7 @@
 //! a signal, stop the control plane.
 
 mod attach;
+mod fast_path;
 mod handover;
 mod object;
 mod pin;
@@ -18,6 +19,7 @@ use std::{io::Write as _, net::Ipv4Addr};
 use anyhow::{Context as _, Result};
 use log::info;
 
+pub use fast_path::{FastChange, FastPath};
 pub use object::{Globals, load_object, load_pinned};
 pub use pin::PINNED_MAPS;
 pub use populate::populate;
@@ -32,6 +34,9 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let hangups = crate::ops::catch_hangups()?;
     pins::require_bpffs()?;
     writeln!(std::io::stdout(), "{}", crate::kernel::probe()?.summary())?;
+    // What a reload compares its file with: the keys as given, before the
+    // defaults below settle the hook and the fast path.
+    let fixed = crate::pool::fixed(&args);
     let plan = validate::check(&mut args, netns)?;
     let replaced = handover::running_daemon(&args, netns, &plan.scope)?;
     let mut instance = pin::Instance::open(plan.pins.clone(), &plan.scope, &args)?;
@@ -55,21 +60,27 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     // instance's forwards become the ones given now, as its settings do.
     crate::port_forward::ForwardTable::open(&instance.pins)?.replace_all(&args.forward)?;
     let (mode, ingress) = attach::attach(&mut ebpf, &args, &mut instance)?;
+    let hook = attach::FastHook::new(&args, ingress);
     populate::populate_fast_path(&mut ebpf, &args.iface, plan.ext_ifindex, &plan.fast)?;
-    attach::attach_fast_path(&mut ebpf, &args, ingress, &plan.fast, &mut instance)?;
+    attach::attach_fast_path(&mut ebpf, &hook, &plan.fast, &mut instance)?;
     attach::attach_hairpin(&mut ebpf, &plan.fast, &mut instance)?;
     instance.started();
     handover::take_over(netns, &args.iface, replaced).await?;
     let sweeper = serve::first_sweep(&mut ebpf, args.reap_interval_ms)?;
     announce(&args, &plan, mode)?;
-    // Metrics, reloads and systemd readiness, once attached.
-    let ops = crate::ops::Ops::start(
+    let ext_addrs = ebpf
+        .take_map(MAP_EXT_ADDRS)
+        .context("map NAT_EXT_ADDRS missing from the object")?;
+    let ebpf = std::sync::Arc::new(std::sync::Mutex::new(ebpf));
+    let fast = FastPath::new(
+        std::sync::Arc::clone(&ebpf),
+        instance.pins.clone(),
+        &plan,
         &args,
-        &instance.pins,
-        ebpf.take_map(MAP_EXT_ADDRS)
-            .context("map NAT_EXT_ADDRS missing from the object")?,
-        hangups,
-    )?;
+        hook,
+    );
+    // Metrics, reloads and systemd readiness, once attached.
+    let ops = crate::ops::Ops::start(&args, &instance.pins, ext_addrs, fixed, fast, hangups)?;
 
     // The stop phase runs whatever serving ended with: it needs no object.
     let served = serve::serve(ebpf, sweeper, &ops, args.reap_interval_ms, stop).await;

@@ -101,6 +101,16 @@ impl Instance {
         })
     }
 
+    /// The instance of a daemon whose datapath runs, for attaching more of
+    /// it later (a reload): dropping it leaves the pins.
+    pub fn running(pins: PinDir) -> Self {
+        Self {
+            pins,
+            adopted: None,
+            started: true,
+        }
+    }
+
     /// Where the loader finds (or creates) each pinned map.
     pub fn map_paths(&self) -> Vec<(&'static str, PathBuf)> {
         PINNED_MAPS

@@ -25,6 +25,7 @@ use log::{info, warn};
 use nat_common::{expiry::sweep_pause_ns, names::MAP_REJECTS};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use super::fast_path::{SharedObject, lock};
 use crate::{
     expiry::{DAEMON_BUDGET, DAEMON_SCAN, KernelSweep},
     ops::Ops,
@@ -60,17 +61,22 @@ pub fn first_sweep(ebpf: &mut Ebpf, reap_interval_ms: u64) -> Result<KernelSweep
 /// Sweeps every `reap_interval_ms` on the sweep thread and answers refused
 /// SYNs until stopped; hands the object back for the stop phase.
 pub async fn serve(
-    mut ebpf: Ebpf,
+    ebpf: SharedObject,
     mut sweeper: KernelSweep,
     ops: &Ops,
     reap_interval_ms: u64,
     mut stop: StopSignals,
-) -> Result<Ebpf> {
-    let _event_log = crate::event_log::spawn(&mut ebpf)?;
-    let _responder = reject::spawn(
-        ebpf.take_map(MAP_REJECTS)
-            .context("map NAT_REJECTS missing from the object")?,
-    )?;
+) -> Result<SharedObject> {
+    let (_event_log, _responder) = {
+        let mut ebpf = lock(&ebpf);
+        (
+            crate::event_log::spawn(&mut ebpf)?,
+            reject::spawn(
+                ebpf.take_map(MAP_REJECTS)
+                    .context("map NAT_REJECTS missing from the object")?,
+            )?,
+        )
+    };
     let mut stop_run = sweeper.stop_switch()?;
     let stopping = Arc::new(AtomicBool::new(false));
     let (took_tx, mut took) = tokio::sync::mpsc::unbounded_channel();
@@ -90,7 +96,8 @@ pub async fn serve(
                         return ebpf;
                     }
                     let started = Instant::now();
-                    let swept = reaper::sweep(&sweeper, &ebpf, &stopping);
+                    // A reload that moves the fast path waits for this sweep.
+                    let swept = reaper::sweep(&sweeper, &lock(&ebpf), &stopping);
                     let scanned = swept.as_ref().map_or(0, |s| s.scanned);
                     report(swept);
                     let _ = took_tx.send(started.elapsed());

@@ -34,9 +34,9 @@ pub fn check(args: &mut LoadArgs, netns: Option<&str>) -> Result<Plan> {
     };
     let ext_ifindex = ifindex(&args.iface)?;
     // Explicit --fast-path names are checked before the defaults look at them.
-    fast_path_interfaces(args, ifindex)?;
+    fast_path_interfaces(&args.iface, &args.fast_path, ifindex)?;
     let choices = crate::defaults::resolve(args)?;
-    let fast = fast_path_interfaces(args, ifindex)?;
+    let fast = fast_path_interfaces(&args.iface, &args.fast_path, ifindex)?;
     check_pool(args)?;
     let globals = Globals {
         ext_ifindex,
@@ -62,14 +62,16 @@ fn check_pool(args: &LoadArgs) -> Result<()> {
         .map_err(anyhow::Error::msg)
 }
 
-/// The fast-path interfaces with their ifindexes, checked against the rest of the arguments.
-fn fast_path_interfaces(
-    args: &LoadArgs,
+/// The fast-path interfaces with their ifindexes, checked against the
+/// external interface `iface`.
+pub(super) fn fast_path_interfaces(
+    iface: &str,
+    names: &[String],
     ifindex: impl Fn(&str) -> Result<u32>,
 ) -> Result<Vec<(String, u32)>> {
     let mut out: Vec<(String, u32)> = Vec::new();
-    for name in &args.fast_path {
-        if name == &args.iface {
+    for name in names {
+        if name == iface {
             bail!("--fast-path names the external interface {name}; give the internal ones");
         }
         if out.iter().any(|(n, _)| n == name) {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use nat_tests::{EXT_IFACE, EXTERNAL_IP, Side, Topology, nat_json, serde_json::Value};
+use nat_tests::{EXT_IFACE, EXTERNAL_IP, INT_IFACE, Side, Topology, nat_json, serde_json::Value};
 
 /// The port range the tests hand the NAT, so "in range" is checked against a known value.
 pub const PORTS: &str = "20000-20999";
@@ -271,4 +271,15 @@ pub fn ping(topo: &Topology, dst: Ipv4Addr, args: &[&str]) -> String {
         .output()
         .expect("ping runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a fast path runs on the internal interface: XDP, a TCX ingress
+/// program, or a cls_bpf ingress filter (kernels before 6.6).
+pub fn fast_path_on_internal(topo: &Topology) -> bool {
+    xdp_attached(topo, INT_IFACE)
+        || !bpf_filters(topo, INT_IFACE, "ingress").is_empty()
+        || nat_tests::run_in_ns(topo.ns_name(Side::Nat), || {
+            SchedClassifier::query_tcx(INT_IFACE, TcAttachType::Ingress)
+                .is_ok_and(|(_, progs)| !progs.is_empty())
+        })
 }
