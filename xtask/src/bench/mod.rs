@@ -583,8 +583,15 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     check_interrupt()?;
     let topology = ctx.topology;
     let nat_ns = topology.ns_name(Side::Nat).to_owned();
+    // The fill comes from 8 client addresses: the default per-host limit
+    // (32,768) would stop it at 262,144 sessions, and conntrack has none.
     let extra = if mode.is_nat() {
-        vec!["--max-sessions".to_owned(), scale::CAPACITY.to_string()]
+        vec![
+            "--max-sessions".to_owned(),
+            scale::CAPACITY.to_string(),
+            "--max-sessions-per-host".to_owned(),
+            "0".to_owned(),
+        ]
     } else {
         Vec::new()
     };

@@ -674,7 +674,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     );
     let _ = writeln!(
         out,
-        "Scale: {} repetition(s) of each point; before the measurement, one UDP datagram per flow from a raw socket (8 client addresses x source ports -> 32 bound, unread server ports) leaves that many live entries; then the UDP 64 B run and a mission run. Both tables sized {}: nat-default gets --max-sessions {}, nf_conntrack_max is raised to it for the run (machine-wide; restored after), nf_conntrack_udp_timeout of the nat namespace set to {} s (the NAT's UDP timeout) so the entries outlive the point. conntrack's hash table keeps its size (nf_conntrack_buckets).",
+        "Scale: {} repetition(s) of each point; before the measurement, one UDP datagram per flow from a raw socket (8 client addresses x source ports -> 32 bound, unread server ports) leaves that many live entries; then the UDP 64 B run and a mission run. Both tables sized {}: nat-default gets --max-sessions {} and --max-sessions-per-host 0 (the fill's 8 client addresses would meet the default per-host limit; conntrack has none), nf_conntrack_max is raised to it for the run (machine-wide; restored after), nf_conntrack_udp_timeout of the nat namespace set to {} s (the NAT's UDP timeout) so the entries outlive the point. conntrack's hash table keeps its size (nf_conntrack_buckets).",
         cfg.scale_reps,
         cfg.scale_capacity,
         cfg.scale_capacity,
