@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use nat_common::names::LINK_FAST_PREFIX;
+use nat_common::names::{LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX};
 use nat_tests::INT_IFACE;
 
 use super::capture;
@@ -166,6 +166,9 @@ pub struct Programs {
     pub ingress: u64,
     /// The fast path on the internal interface, when the nat mode runs it.
     pub fast: Option<u64>,
+    /// Hairpinning on the internal interface, which every packet from the
+    /// internal side meets before the fast path.
+    pub hairpin: Option<u64>,
 }
 
 pub fn programs(dir: &Path) -> Result<Programs> {
@@ -175,14 +178,17 @@ pub fn programs(dir: &Path) -> Result<Programs> {
             .and_then(Value::as_u64)
             .with_context(|| format!("{link}: no prog_id in {info}"))
     };
-    let fast = format!("{LINK_FAST_PREFIX}{INT_IFACE}");
+    let optional = |link: String| -> Result<Option<u64>> {
+        pinned(dir, &link)
+            .is_ok()
+            .then(|| prog_of(&link))
+            .transpose()
+    };
     Ok(Programs {
         egress: prog_of("link_egress")?,
         ingress: prog_of("link_ingress")?,
-        fast: pinned(dir, &fast)
-            .is_ok()
-            .then(|| prog_of(&fast))
-            .transpose()?,
+        fast: optional(format!("{LINK_FAST_PREFIX}{INT_IFACE}"))?,
+        hairpin: optional(format!("{LINK_HAIRPIN_PREFIX}{INT_IFACE}"))?,
     })
 }
 

@@ -521,14 +521,16 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     if let Some(programs) = &programs {
         let run = bpf_run_time(ctx, programs)?;
         println!(
-            "  {:<48}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs)",
+            "  {:<48}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs), hairpin {:.0} ns/pkt ({} runs)",
             label(rep, plan.reps, mode, "BPF run time"),
             run.egress_ns,
             run.egress_runs,
             run.ingress_ns,
             run.ingress_runs,
             run.fast_ns,
-            run.fast_runs
+            run.fast_runs,
+            run.hairpin_ns,
+            run.hairpin_runs
         );
         ctx.results.bpf.push(run);
     }
@@ -822,6 +824,7 @@ fn bpf_run_time(ctx: &Ctx<'_>, programs: &micro::Programs) -> Result<BpfRun> {
         read(Some(programs.egress))?,
         read(Some(programs.ingress))?,
         read(programs.fast)?,
+        read(programs.hairpin)?,
     ];
     udp::blast(
         ctx.topology,
@@ -833,6 +836,7 @@ fn bpf_run_time(ctx: &Ctx<'_>, programs: &micro::Programs) -> Result<BpfRun> {
         read(Some(programs.egress))?,
         read(Some(programs.ingress))?,
         read(programs.fast)?,
+        read(programs.hairpin)?,
     ];
     drop(stats);
     drop(echo);
@@ -851,7 +855,10 @@ fn bpf_run_time(ctx: &Ctx<'_>, programs: &micro::Programs) -> Result<BpfRun> {
     let (egress_ns, egress_runs) = per_run(0);
     let (ingress_ns, ingress_runs) = per_run(1);
     let (fast_ns, fast_runs) = per_run(2);
+    let (hairpin_ns, hairpin_runs) = per_run(3);
     Ok(BpfRun {
+        hairpin_ns,
+        hairpin_runs,
         egress_ns,
         egress_runs,
         ingress_ns,

@@ -176,6 +176,9 @@ pub struct BpfRun {
     /// The fast path on the internal interface; NaN when it did not run.
     pub fast_ns: f64,
     pub fast_runs: u64,
+    /// Hairpinning on the internal interface; NaN when it did not run.
+    pub hairpin_ns: f64,
+    pub hairpin_runs: u64,
 }
 
 pub struct Config {
@@ -758,19 +761,21 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
         r.bpf_summary(|b| b.egress_ns),
         r.bpf_summary(|b| b.ingress_ns),
         r.bpf_summary(|b| b.fast_ns),
+        r.bpf_summary(|b| b.hairpin_ns),
     ) {
-        (Some(e), i, fast) => {
+        (Some(e), i, fast, hairpin) => {
             let f0 = |v: f64| format!("{v:.0}");
             let _ = writeln!(
                 out,
-                "  BPF run time per packet (kernel.bpf_stats_enabled, separate {:.0} s UDP echo runs, not the measured ones): nat_egress {} ns, nat_ingress {} ns, fast path {} ns",
+                "  BPF run time per packet (kernel.bpf_stats_enabled, separate {:.0} s UDP echo runs, not the measured ones): nat_egress {} ns, nat_ingress {} ns, fast path {} ns, hairpin {} ns",
                 cfg.stats_secs,
                 e.show(f0),
                 i.map_or("not measured".to_owned(), |i| i.show(f0)),
                 fast.map_or("not run".to_owned(), |f| f.show(f0)),
+                hairpin.map_or("not run".to_owned(), |h| h.show(f0)),
             );
         }
-        (None, _, _) => {
+        (None, _, _, _) => {
             let _ = writeln!(out, "  BPF run time per packet: not measured");
         }
     }
@@ -963,10 +968,12 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
                 "egress_ns_per_packet": r.bpf_summary(|b| b.egress_ns).map(Summary::to_json),
                 "ingress_ns_per_packet": r.bpf_summary(|b| b.ingress_ns).map(Summary::to_json),
                 "fast_path_ns_per_packet": r.bpf_summary(|b| b.fast_ns).map(Summary::to_json),
+                "hairpin_ns_per_packet": r.bpf_summary(|b| b.hairpin_ns).map(Summary::to_json),
                 "runs": r.bpf.iter().map(|b| json!({
                     "egress_ns": b.egress_ns, "egress_runs": b.egress_runs,
                     "ingress_ns": b.ingress_ns, "ingress_runs": b.ingress_runs,
                     "fast_ns": b.fast_ns, "fast_runs": b.fast_runs,
+                    "hairpin_ns": b.hairpin_ns, "hairpin_runs": b.hairpin_runs,
                 })).collect::<Vec<_>>(),
             },
         },
