@@ -61,7 +61,7 @@ counters! {
     IcmpUnmatched = "icmp_error_unmatched": "ICMP errors whose embedded packet matches no session (from outside passed untouched, from inside dropped)",
     PassExternal = "pass_external_source": "egress TCP/UDP packets from an external address, passed untouched: with --fast-path under --ingress tc, the ones the fast path translated",
     NotOursOut = "pass_not_internal": "egress packets not from an internal prefix, passed untouched",
-    Filtered = "pass_filtered": "ingress packets to an endpoint-independent mapping's port that filtering-udp does not admit, passed to the stack untouched",
+    Filtered = "pass_filtered": "packets to an endpoint-independent mapping's port that filtering-udp does not admit (from outside, or hairpinned from inside), passed to the stack untouched",
     NotOursIn = "pass_no_session": "ingress packets matching no session, passed to the stack untouched",
     NotIpv4 = "pass_not_ipv4": "packets that are not IPv4, passed untouched",
     ForwardOpened = "forward_opened": "sessions opened by a packet from outside (or a hairpinned one) to a port forward",

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use nat_common::{
     counters::Counter,
-    flow::{FlowKey, NextHop, PROTO_TCP},
+    flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP},
     forward::{AF_INET, eligible},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, tcp_flags},
 };
@@ -37,7 +37,7 @@ use crate::{
         DropReason, Endpoint, HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns, read, tc_action,
         touch,
     },
-    port_forward::{forward_owner, hairpin_owner, open},
+    port_forward::{forward_owner, open},
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
     track,
@@ -76,6 +76,8 @@ const NOT_OURS: i64 = 1;
 /// The sender has no session yet: the program allocates one, as egress
 /// does, on its own stack (the probe walk's callback needs what is left).
 const ALLOCATE: i64 = 8;
+/// An endpoint-independent mapping's filter refused the new flow.
+const FILTERED: i64 = 10;
 
 /// The drop reasons the session work can end in, as the global functions'
 /// return codes (2 to 7, and 9).
@@ -113,8 +115,8 @@ fn opening(p: &Plan) -> bool {
 
 /// The sender's side, as egress translates it: `GO` with the plan's source
 /// set from its session, `ALLOCATE` when a new flow needs one, `NOT_OURS`
-/// for a packet no forward claims (the NAT host's own services on its
-/// external address), or a drop code. A global function, verified once.
+/// for a packet no forward or mapping claims (the NAT host's own services
+/// on its external address), `FILTERED`, or a drop code. A global function, verified once.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
@@ -125,14 +127,7 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
     let p = unsafe { &mut *plan };
     let key = p.key;
     let Some(entry) = NAT_FWD.get_ptr_mut(key) else {
-        if hairpin_owner(key.proto, key.daddr, key.dport).is_none() {
-            return NOT_OURS;
-        }
-        return if opening(p) {
-            ALLOCATE
-        } else {
-            code(DropReason::NoSession)
-        };
+        return new_flow(p, &key);
     };
     touch(entry, p.now);
     if key.proto == PROTO_TCP {
@@ -144,6 +139,31 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
     p.src_addr = src.addr;
     p.src_port = src.port;
     GO
+}
+
+/// The sender's first packet toward (`key`'s) external destination: who
+/// owns it decides. A port forward's new flow is allocated; one to another
+/// internal endpoint's endpoint-independent UDP mapping (RFC 4787 REQ-9)
+/// only when the mapping's filter admits it, asked first so that a packet
+/// it refuses leaves no session behind (`FILTERED`: the stack has it, as
+/// one from outside).
+#[inline(always)]
+fn new_flow(p: &Plan, key: &FlowKey) -> i64 {
+    if forward_owner(key.proto, key.daddr, key.dport).is_some() {
+        return if opening(p) {
+            ALLOCATE
+        } else {
+            code(DropReason::NoSession)
+        };
+    }
+    if key.proto != PROTO_UDP {
+        return NOT_OURS;
+    }
+    match mapping::hairpin_filter(key) {
+        None => NOT_OURS,
+        Some(false) => FILTERED,
+        Some(true) => ALLOCATE,
+    }
 }
 
 /// The receiver's side, as ingress translates a packet from the plan's
@@ -285,6 +305,7 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
             p.src_port = src.port;
         }
         NOT_OURS => return Ok(Counter::NotHairpin),
+        FILTERED => return Ok(Counter::Filtered),
         drop => return Err(reason(drop)),
     }
     match nat_hairpin_destination(slot) {
