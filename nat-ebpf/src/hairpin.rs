@@ -34,8 +34,8 @@ use crate::{
     mapping::{self, Miss},
     maps::{NAT_FWD, NAT_HAIRPIN_PLAN, NAT_REV, ext_ifindex, is_external, is_internal},
     packet::{
-        DropReason, Endpoint, HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns, read, tc_action,
-        touch,
+        DropReason, Endpoint, HEADERS_MAX, Side, decode, encode, ipv4_fields, l4_fields, now_ns,
+        read, tc_action, touch,
     },
     port_forward::{forward_owner, open},
     skb::linear_headers,
@@ -71,41 +71,14 @@ pub struct Plan {
     fib: FibParams,
 }
 
-const GO: i64 = 0;
-const NOT_OURS: i64 = 1;
+/// The global functions' answers: `GO` and `ALLOCATE` above every code of
+/// [`encode`], which carries the rest (a pass counted in its counter, a drop).
+const GO: i64 = 1 << 32;
 /// The sender has no session yet: the program allocates one, as egress
 /// does, on its own stack (the probe walk's callback needs what is left).
-const ALLOCATE: i64 = 8;
-/// An endpoint-independent mapping's filter refused the new flow.
-const FILTERED: i64 = 10;
-
-/// The drop reasons the session work can end in, as the global functions'
-/// return codes (2 to 7, and 9).
-#[inline(always)]
-const fn code(drop: DropReason) -> i64 {
-    match drop {
-        DropReason::NoSession => 2,
-        DropReason::RstOutOfWindow => 3,
-        DropReason::StrictCooling => 4,
-        DropReason::SessionTableFull => 5,
-        DropReason::ForwardConflict => 6,
-        DropReason::HostLimit => 9,
-        _ => 7,
-    }
-}
-
-#[inline(always)]
-const fn reason(code: i64) -> DropReason {
-    match code {
-        2 => DropReason::NoSession,
-        3 => DropReason::RstOutOfWindow,
-        4 => DropReason::StrictCooling,
-        5 => DropReason::SessionTableFull,
-        6 => DropReason::ForwardConflict,
-        9 => DropReason::HostLimit,
-        _ => DropReason::AllocFail,
-    }
-}
+const ALLOCATE: i64 = GO + 1;
+/// Not hairpin traffic: the packet goes on as the stack would take it.
+const NOT_OURS: i64 = encode(Ok(Counter::NotHairpin));
 
 #[inline(always)]
 fn opening(p: &Plan) -> bool {
@@ -116,7 +89,7 @@ fn opening(p: &Plan) -> bool {
 /// The sender's side, as egress translates it: `GO` with the plan's source
 /// set from its session, `ALLOCATE` when a new flow needs one, `NOT_OURS`
 /// for a packet no forward or mapping claims (the NAT host's own services
-/// on its external address), `FILTERED`, or a drop code. A global function, verified once.
+/// on its external address), or [`encode`]'s code of another pass or a drop. A global function, verified once.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
@@ -145,15 +118,15 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
 /// owns it decides. A port forward's new flow is allocated; one to another
 /// internal endpoint's endpoint-independent UDP mapping (RFC 4787 REQ-9)
 /// only when the mapping's filter admits it, asked first so that a packet
-/// it refuses leaves no session behind (`FILTERED`: the stack has it, as
-/// one from outside).
+/// it refuses leaves no session behind (`pass_filtered`: the stack has it,
+/// as one from outside).
 #[inline(always)]
 fn new_flow(p: &Plan, key: &FlowKey) -> i64 {
     if forward_owner(key.proto, key.daddr, key.dport).is_some() {
         return if opening(p) {
             ALLOCATE
         } else {
-            code(DropReason::NoSession)
+            encode(Err(DropReason::NoSession))
         };
     }
     if key.proto != PROTO_UDP {
@@ -161,7 +134,7 @@ fn new_flow(p: &Plan, key: &FlowKey) -> i64 {
     }
     match mapping::hairpin_filter(key) {
         None => NOT_OURS,
-        Some(false) => FILTERED,
+        Some(false) => encode(Ok(Counter::Filtered)),
         Some(true) => ALLOCATE,
     }
 }
@@ -180,7 +153,7 @@ extern "C" fn nat_hairpin_destination(plan: *mut Plan) -> i64 {
     match destination(p) {
         Ok(true) => GO,
         Ok(false) => NOT_OURS,
-        Err(drop) => code(drop),
+        Err(drop) => encode(Err(drop)),
     }
 }
 
@@ -304,14 +277,11 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
             p.src_addr = src.addr;
             p.src_port = src.port;
         }
-        NOT_OURS => return Ok(Counter::NotHairpin),
-        FILTERED => return Ok(Counter::Filtered),
-        drop => return Err(reason(drop)),
+        other => return decode(other),
     }
     match nat_hairpin_destination(slot) {
         GO => {}
-        NOT_OURS => return Ok(Counter::NotHairpin),
-        drop => return Err(reason(drop)),
+        other => return decode(other),
     }
     // SAFETY: as above; read only from here on.
     let plan = unsafe { &*slot };

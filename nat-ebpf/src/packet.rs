@@ -104,7 +104,7 @@ const DROP_REASONS: u32 = DropReason::HostLimit as u32 + 1;
 /// An outcome as the one scalar a BPF global function may return: a
 /// counter's index, or a drop reason's code as -1 - code.
 #[inline(always)]
-pub fn encode(outcome: Result<Counter, DropReason>) -> i64 {
+pub const fn encode(outcome: Result<Counter, DropReason>) -> i64 {
     match outcome {
         Ok(counter) => counter as i64,
         Err(drop) => -1 - drop as i64,
