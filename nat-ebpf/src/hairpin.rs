@@ -35,7 +35,7 @@ use crate::{
     maps::{NAT_FWD, NAT_HAIRPIN_PLAN, NAT_REV, ext_ifindex, is_external, is_internal},
     packet::{
         DropReason, Endpoint, HEADERS_MAX, Side, decode, encode, ipv4_fields, l4_fields, now_ns,
-        read, tc_action, touch,
+        read, tc_action_or_next, touch,
     },
     port_forward::{forward_owner, open},
     skb::linear_headers,
@@ -216,42 +216,46 @@ fn route(ctx: &TcContext, p: &mut FibParams, ifindex: u32, flow: &FlowKey, tos: 
 
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
-    tc_action(&ctx, try_hairpin(&ctx))
+    tc_action_or_next(&ctx, try_hairpin(&ctx))
 }
 
-/// Everything that is not a hairpin leaves untouched, at the cost of two
-/// comparisons for a packet not addressed to an external address.
+/// Everything that is not a hairpin leaves untouched. A packet that is not
+/// from an internal address to an external one (nearly every packet, the
+/// fast path's) costs two comparisons and is not counted here (`None`):
+/// the fast path or egress counts it next. One to an external address the
+/// hairpin leaves to the stack is counted, `pass_not_hairpin`.
 #[inline(always)]
-fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
+fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
+    const PASS: Result<Option<Counter>, DropReason> = Ok(Some(Counter::NotHairpin));
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(Counter::NotHairpin),
+        _ => return Ok(None),
     }
     let Ok(ip) = ipv4_fields(data, end, ETH_HLEN) else {
-        return Ok(Counter::NotHairpin);
+        return Ok(None);
     };
     if !is_external(ip.daddr) || !is_internal(ip.saddr) || !fast::skb_for_host(ctx) {
-        return Ok(Counter::NotHairpin);
+        return Ok(None);
     }
     let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     let Ok(meta) = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail) else {
-        return Ok(Counter::NotHairpin);
+        return PASS;
     };
     let (tos, ttl) = fast::tos_ttl(data, end)?;
     // Fragments, ICMP and TTL 1 are the stack's (which delivers them to
     // the NAT host itself).
     if eligible(meta.fragment, ip.proto, ttl).is_err() {
-        return Ok(Counter::NotHairpin);
+        return PASS;
     }
     let l4_at = ETH_HLEN + meta.hdr_len;
     let Ok(l4) = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true) else {
-        return Ok(Counter::NotHairpin);
+        return PASS;
     };
     // In a per-CPU slot, not on the stack: the probe walk's callback under
     // an allocation needs all but what egress itself uses.
     let Some(slot) = NAT_HAIRPIN_PLAN.get_ptr_mut(0) else {
-        return Ok(Counter::NotHairpin);
+        return PASS;
     };
     // SAFETY: this CPU's own slot, used only for the length of this run;
     // no reference to it lives across the calls that write it. Written
@@ -277,11 +281,11 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
             p.src_addr = src.addr;
             p.src_port = src.port;
         }
-        other => return decode(other),
+        other => return decode(other).map(Some),
     }
     match nat_hairpin_destination(slot) {
         GO => {}
-        other => return decode(other),
+        other => return decode(other).map(Some),
     }
     // SAFETY: as above; read only from here on.
     let plan = unsafe { &*slot };
@@ -336,5 +340,5 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
     if rc != TC_ACT_REDIRECT as i64 {
         return Err(DropReason::HairpinUnrouted);
     }
-    Ok(Counter::Hairpin)
+    Ok(Some(Counter::Hairpin))
 }

@@ -72,6 +72,24 @@ pub fn tc_action(ctx: &aya_ebpf::programs::TcContext, outcome: Result<Counter, D
     }
 }
 
+/// [`tc_action`] for a program that most packets only pass by (the hairpin
+/// program on the internal interfaces): `Ok(None)` is a packet that is none
+/// of its business, which goes on (TC_ACT_UNSPEC) uncounted, so that the
+/// fast path's packets pay no counter write here. It is not a silent pass:
+/// the packet is on its normal path, whose programs (the fast path, egress)
+/// count it next.
+#[inline(always)]
+pub fn tc_action_or_next(
+    ctx: &aya_ebpf::programs::TcContext,
+    outcome: Result<Option<Counter>, DropReason>,
+) -> i32 {
+    match outcome {
+        Ok(None) => aya_ebpf::bindings::TC_ACT_UNSPEC,
+        Ok(Some(counter)) => tc_action(ctx, Ok(counter)),
+        Err(drop) => tc_action(ctx, Err(drop)),
+    }
+}
+
 /// An XDP program's outcome as its action, counted: the fast path's
 /// counters mean a redirect it set up, other outcomes pass, drops drop.
 #[inline(always)]
