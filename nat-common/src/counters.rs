@@ -61,14 +61,14 @@ counters! {
     IcmpUnmatched = "icmp_error_unmatched": "ICMP errors whose embedded packet matches no session (from outside passed untouched, from inside dropped)",
     PassExternal = "pass_external_source": "egress TCP/UDP packets from an external address, passed untouched: with --fast-path under --ingress tc, the ones the fast path translated",
     NotOursOut = "pass_not_internal": "egress packets not from an internal prefix, passed untouched",
-    Filtered = "pass_filtered": "ingress packets to an endpoint-independent mapping's port that filtering-udp does not admit, passed to the stack untouched",
+    Filtered = "pass_filtered": "packets to an endpoint-independent mapping's port that filtering-udp does not admit (from outside, or hairpinned from inside), passed to the stack untouched",
     NotOursIn = "pass_no_session": "ingress packets matching no session, passed to the stack untouched",
     NotIpv4 = "pass_not_ipv4": "packets that are not IPv4, passed untouched",
     ForwardOpened = "forward_opened": "sessions opened by a packet from outside (or a hairpinned one) to a port forward",
     ForwardConflict = "drop_forward_conflict": "packets to a port forward dropped because the internal host already has a session with that remote on the forwarded internal port",
     Hairpin = "hairpin": "internal packets to an external address and port owned by a port forward, translated both ways and sent back to an internal interface",
     HairpinUnrouted = "drop_hairpin_unrouted": "hairpinned packets dropped because no route leads to the internal host through an internal interface",
-    NotHairpin = "pass_not_hairpin": "packets on an internal interface that are not hairpinned (not to an external address and port a forward owns), left to the fast path and the stack (so such a packet also ends in one of their counters)",
+    NotHairpin = "pass_not_hairpin": "packets from inside to an external address that are not hairpinned (no forward or mapping owns the port: the NAT host's own services; fragments, ICMP, TTL 1), left to the stack; other packets on an internal interface are not counted here but by the fast path or egress next",
 }
 
 /// Number of counters, the size of the stats map.

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use nat_common::{
     counters::Counter,
-    flow::{FlowKey, NextHop, PROTO_TCP},
+    flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP},
     forward::{AF_INET, eligible},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4, tcp_flags},
 };
@@ -34,10 +34,10 @@ use crate::{
     mapping::{self, Miss},
     maps::{NAT_FWD, NAT_HAIRPIN_PLAN, NAT_REV, ext_ifindex, is_external, is_internal},
     packet::{
-        DropReason, Endpoint, HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns, read, tc_action,
-        touch,
+        DropReason, Endpoint, HEADERS_MAX, Side, decode, encode, ipv4_fields, l4_fields, now_ns,
+        read, tc_action_or_next, touch,
     },
-    port_forward::{forward_owner, hairpin_owner, open},
+    port_forward::{forward_owner, open},
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
     track,
@@ -71,39 +71,14 @@ pub struct Plan {
     fib: FibParams,
 }
 
-const GO: i64 = 0;
-const NOT_OURS: i64 = 1;
+/// The global functions' answers: `GO` and `ALLOCATE` above every code of
+/// [`encode`], which carries the rest (a pass counted in its counter, a drop).
+const GO: i64 = 1 << 32;
 /// The sender has no session yet: the program allocates one, as egress
 /// does, on its own stack (the probe walk's callback needs what is left).
-const ALLOCATE: i64 = 8;
-
-/// The drop reasons the session work can end in, as the global functions'
-/// return codes (2 to 7, and 9).
-#[inline(always)]
-const fn code(drop: DropReason) -> i64 {
-    match drop {
-        DropReason::NoSession => 2,
-        DropReason::RstOutOfWindow => 3,
-        DropReason::StrictCooling => 4,
-        DropReason::SessionTableFull => 5,
-        DropReason::ForwardConflict => 6,
-        DropReason::HostLimit => 9,
-        _ => 7,
-    }
-}
-
-#[inline(always)]
-const fn reason(code: i64) -> DropReason {
-    match code {
-        2 => DropReason::NoSession,
-        3 => DropReason::RstOutOfWindow,
-        4 => DropReason::StrictCooling,
-        5 => DropReason::SessionTableFull,
-        6 => DropReason::ForwardConflict,
-        9 => DropReason::HostLimit,
-        _ => DropReason::AllocFail,
-    }
-}
+const ALLOCATE: i64 = GO + 1;
+/// Not hairpin traffic: the packet goes on as the stack would take it.
+const NOT_OURS: i64 = encode(Ok(Counter::NotHairpin));
 
 #[inline(always)]
 fn opening(p: &Plan) -> bool {
@@ -113,8 +88,8 @@ fn opening(p: &Plan) -> bool {
 
 /// The sender's side, as egress translates it: `GO` with the plan's source
 /// set from its session, `ALLOCATE` when a new flow needs one, `NOT_OURS`
-/// for a packet no forward claims (the NAT host's own services on its
-/// external address), or a drop code. A global function, verified once.
+/// for a packet no forward or mapping claims (the NAT host's own services
+/// on its external address), or [`encode`]'s code of another pass or a drop. A global function, verified once.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
@@ -125,14 +100,7 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
     let p = unsafe { &mut *plan };
     let key = p.key;
     let Some(entry) = NAT_FWD.get_ptr_mut(key) else {
-        if hairpin_owner(key.proto, key.daddr, key.dport).is_none() {
-            return NOT_OURS;
-        }
-        return if opening(p) {
-            ALLOCATE
-        } else {
-            code(DropReason::NoSession)
-        };
+        return new_flow(p, &key);
     };
     touch(entry, p.now);
     if key.proto == PROTO_TCP {
@@ -144,6 +112,31 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
     p.src_addr = src.addr;
     p.src_port = src.port;
     GO
+}
+
+/// The sender's first packet toward (`key`'s) external destination: who
+/// owns it decides. A port forward's new flow is allocated; one to another
+/// internal endpoint's endpoint-independent UDP mapping (RFC 4787 REQ-9)
+/// only when the mapping's filter admits it, asked first so that a packet
+/// it refuses leaves no session behind (`pass_filtered`: the stack has it,
+/// as one from outside).
+#[inline(always)]
+fn new_flow(p: &Plan, key: &FlowKey) -> i64 {
+    if forward_owner(key.proto, key.daddr, key.dport).is_some() {
+        return if opening(p) {
+            ALLOCATE
+        } else {
+            encode(Err(DropReason::NoSession))
+        };
+    }
+    if key.proto != PROTO_UDP {
+        return NOT_OURS;
+    }
+    match mapping::hairpin_filter(key) {
+        None => NOT_OURS,
+        Some(false) => encode(Ok(Counter::Filtered)),
+        Some(true) => ALLOCATE,
+    }
 }
 
 /// The receiver's side, as ingress translates a packet from the plan's
@@ -160,7 +153,7 @@ extern "C" fn nat_hairpin_destination(plan: *mut Plan) -> i64 {
     match destination(p) {
         Ok(true) => GO,
         Ok(false) => NOT_OURS,
-        Err(drop) => code(drop),
+        Err(drop) => encode(Err(drop)),
     }
 }
 
@@ -223,42 +216,46 @@ fn route(ctx: &TcContext, p: &mut FibParams, ifindex: u32, flow: &FlowKey, tos: 
 
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
-    tc_action(&ctx, try_hairpin(&ctx))
+    tc_action_or_next(&ctx, try_hairpin(&ctx))
 }
 
-/// Everything that is not a hairpin leaves untouched, at the cost of two
-/// comparisons for a packet not addressed to an external address.
+/// Everything that is not a hairpin leaves untouched. A packet that is not
+/// from an internal address to an external one (nearly every packet, the
+/// fast path's) costs two comparisons and is not counted here (`None`):
+/// the fast path or egress counts it next. One to an external address the
+/// hairpin leaves to the stack is counted, `pass_not_hairpin`.
 #[inline(always)]
-fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
+fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
+    const PASS: Result<Option<Counter>, DropReason> = Ok(Some(Counter::NotHairpin));
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(Counter::NotHairpin),
+        _ => return Ok(None),
     }
     let Ok(ip) = ipv4_fields(data, end, ETH_HLEN) else {
-        return Ok(Counter::NotHairpin);
+        return Ok(None);
     };
     if !is_external(ip.daddr) || !is_internal(ip.saddr) || !fast::skb_for_host(ctx) {
-        return Ok(Counter::NotHairpin);
+        return Ok(None);
     }
     let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     let Ok(meta) = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail) else {
-        return Ok(Counter::NotHairpin);
+        return PASS;
     };
     let (tos, ttl) = fast::tos_ttl(data, end)?;
     // Fragments, ICMP and TTL 1 are the stack's (which delivers them to
     // the NAT host itself).
     if eligible(meta.fragment, ip.proto, ttl).is_err() {
-        return Ok(Counter::NotHairpin);
+        return PASS;
     }
     let l4_at = ETH_HLEN + meta.hdr_len;
     let Ok(l4) = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true) else {
-        return Ok(Counter::NotHairpin);
+        return PASS;
     };
     // In a per-CPU slot, not on the stack: the probe walk's callback under
     // an allocation needs all but what egress itself uses.
     let Some(slot) = NAT_HAIRPIN_PLAN.get_ptr_mut(0) else {
-        return Ok(Counter::NotHairpin);
+        return PASS;
     };
     // SAFETY: this CPU's own slot, used only for the length of this run;
     // no reference to it lives across the calls that write it. Written
@@ -284,13 +281,11 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
             p.src_addr = src.addr;
             p.src_port = src.port;
         }
-        NOT_OURS => return Ok(Counter::NotHairpin),
-        drop => return Err(reason(drop)),
+        other => return decode(other).map(Some),
     }
     match nat_hairpin_destination(slot) {
         GO => {}
-        NOT_OURS => return Ok(Counter::NotHairpin),
-        drop => return Err(reason(drop)),
+        other => return decode(other).map(Some),
     }
     // SAFETY: as above; read only from here on.
     let plan = unsafe { &*slot };
@@ -345,5 +340,5 @@ fn try_hairpin(ctx: &TcContext) -> Result<Counter, DropReason> {
     if rc != TC_ACT_REDIRECT as i64 {
         return Err(DropReason::HairpinUnrouted);
     }
-    Ok(Counter::Hairpin)
+    Ok(Some(Counter::Hairpin))
 }

@@ -39,13 +39,15 @@ use nat_common::{
     mapping::{
         EndpointKey, Mapping, Owner, PeerKey, SESSION_INBOUND, SESSION_MAPPED, admits, mode,
     },
+    probe::pool_index,
     seen_word::{SharedWord, update},
 };
 
 use crate::{
     alloc::{CLAIM_LOST, CLAIM_TAKEN, CLAIM_WON, nat_claim_pair},
     maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_EIM, NAT_EIM_OWNER, NAT_EIM_PEERS, NAT_FWD, NAT_REV, count,
+        NAT_CONFIG, NAT_COOLDOWN, NAT_EIM, NAT_EIM_OWNER, NAT_EIM_PEERS, NAT_FWD, NAT_POOL,
+        NAT_REV, count, hash_seed,
     },
     packet::{DropReason, Endpoint, now_ns},
     shared::MapWord,
@@ -524,6 +526,78 @@ extern "C" fn nat_mapping_admit_check(rev_key: *const FlowKey, now: u64) -> i64 
         return ADMIT_FILTERED;
     }
     ((ADMIT_GO | stale) << 48) | ((int_addr as i64) << 16) | int_port as i64
+}
+
+/// The filter's answer for a hairpinned flow from inside to the mapping's
+/// external endpoint (`fwd`'s destination), asked before the sender's
+/// session is allocated, so that a packet it refuses leaves no session
+/// behind: `None` when no mapping owns the endpoint, else whether it admits
+/// the sender as it will be seen, from its mapping's external address, or
+/// else its host's address in the pool (paired pooling). A flow whose
+/// allocation ends on another address meets the filter again when its
+/// receiver's session is opened ([`inbound`]).
+#[inline(always)]
+pub fn hairpin_filter(fwd: &FlowKey) -> Option<bool> {
+    match nat_mapping_hairpin_filter(fwd) {
+        ADMIT_NOT_MAPPED => None,
+        ADMIT_FILTERED => Some(false),
+        _ => Some(true),
+    }
+}
+
+/// See [`hairpin_filter`]: `ADMIT_NOT_MAPPED`, `ADMIT_FILTERED`, or
+/// `ADMIT_OPENED` for "admits". Lookups only: the reference and the claim
+/// are [`nat_mapping_admit`]'s, once the sender's endpoint is known.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_mapping_hairpin_filter(fwd: *const FlowKey) -> i64 {
+    if fwd.is_null() {
+        return ADMIT_NOT_MAPPED;
+    }
+    // SAFETY: checked for null; the caller passes its plan's key.
+    let key = unsafe { *fwd };
+    // SAFETY: read-only copy of a map value.
+    let Some(o) = (unsafe { NAT_EIM_OWNER.get(EndpointKey::new(key.proto, key.daddr, key.dport)) })
+    else {
+        return ADMIT_NOT_MAPPED;
+    };
+    let (born, int_addr, int_port) = (o.born, o.addr, o.port);
+    let Some(cfg) = NAT_CONFIG.get(0) else {
+        return ADMIT_NOT_MAPPED;
+    };
+    // Being created or deleted: nothing to deliver to, as in the filter.
+    // SAFETY: read-only copy of a map value.
+    match unsafe { NAT_EIM.get(EndpointKey::new(key.proto, int_addr, int_port)) } {
+        Some(m) if m.addr == key.daddr && m.port == key.dport => {}
+        _ => return ADMIT_FILTERED,
+    }
+    // The settings that do not ask who the sender is.
+    if !admits(cfg.filtering_udp, true) {
+        return ADMIT_FILTERED;
+    }
+    if admits(cfg.filtering_udp, false) {
+        return ADMIT_OPENED;
+    }
+    // SAFETY: read-only copy of a map value.
+    let own = unsafe { NAT_EIM.get(EndpointKey::new(key.proto, key.saddr, key.sport)) };
+    let remote = match own {
+        Some(m) if independent(cfg, key.proto) => m.addr,
+        _ => {
+            let idx = pool_index(key.saddr, hash_seed(), cfg.pool_len);
+            match NAT_POOL.get(idx) {
+                Some(a) => a.addr,
+                None => return ADMIT_FILTERED,
+            }
+        }
+    };
+    let peer = PeerKey::new(key.proto, key.daddr, key.dport, remote);
+    // SAFETY: read-only copy of a map value.
+    let known = unsafe { NAT_EIM_PEERS.get(peer) }.is_some_and(|b| *b == born);
+    if admits(cfg.filtering_udp, known) {
+        ADMIT_OPENED
+    } else {
+        ADMIT_FILTERED
+    }
 }
 
 /// The outcome of [`nat_mapping_admit`]'s claim `r` for the admission `j`:

@@ -72,6 +72,24 @@ pub fn tc_action(ctx: &aya_ebpf::programs::TcContext, outcome: Result<Counter, D
     }
 }
 
+/// [`tc_action`] for a program that most packets only pass by (the hairpin
+/// program on the internal interfaces): `Ok(None)` is a packet that is none
+/// of its business, which goes on (TC_ACT_UNSPEC) uncounted, so that the
+/// fast path's packets pay no counter write here. It is not a silent pass:
+/// the packet is on its normal path, whose programs (the fast path, egress)
+/// count it next.
+#[inline(always)]
+pub fn tc_action_or_next(
+    ctx: &aya_ebpf::programs::TcContext,
+    outcome: Result<Option<Counter>, DropReason>,
+) -> i32 {
+    match outcome {
+        Ok(None) => aya_ebpf::bindings::TC_ACT_UNSPEC,
+        Ok(Some(counter)) => tc_action(ctx, Ok(counter)),
+        Err(drop) => tc_action(ctx, Err(drop)),
+    }
+}
+
 /// An XDP program's outcome as its action, counted: the fast path's
 /// counters mean a redirect it set up, other outcomes pass, drops drop.
 #[inline(always)]
@@ -104,7 +122,7 @@ const DROP_REASONS: u32 = DropReason::HostLimit as u32 + 1;
 /// An outcome as the one scalar a BPF global function may return: a
 /// counter's index, or a drop reason's code as -1 - code.
 #[inline(always)]
-pub fn encode(outcome: Result<Counter, DropReason>) -> i64 {
+pub const fn encode(outcome: Result<Counter, DropReason>) -> i64 {
     match outcome {
         Ok(counter) => counter as i64,
         Err(drop) => -1 - drop as i64,

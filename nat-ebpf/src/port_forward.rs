@@ -10,7 +10,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use nat_common::{
     counters::Counter,
-    flow::{FlowKey, HopCache, PROTO_TCP, PROTO_UDP, Session},
+    flow::{FlowKey, HopCache, PROTO_TCP, Session},
     headers::tcp_flags,
     mapping::SESSION_INBOUND,
     port_forward::ForwardKey,
@@ -54,22 +54,6 @@ pub fn forwarded(proto: u8, addr: u32, port: u16) -> bool {
     let key = unsafe { &mut *slot };
     *key = ForwardKey::new(proto, addr, port);
     NAT_FORWARD.get_ptr(key).is_some()
-}
-
-/// Who owns an external endpoint for a hairpinned packet: the internal
-/// endpoint a new flow from inside to (`proto`, `addr`, `port`) reaches.
-#[inline(always)]
-pub fn hairpin_owner(proto: u8, addr: u32, port: u16) -> Option<Endpoint> {
-    if let Some(to) = forward_owner(proto, addr, port) {
-        return Some(to);
-    }
-    // Else an endpoint-independent UDP mapping of another internal endpoint
-    // (RFC 4787 REQ-9); its session is opened through the mapping's filter,
-    // as one from outside would be ([`crate::mapping::inbound`]).
-    if proto == PROTO_UDP {
-        return crate::mapping::owner(proto, addr, port);
-    }
-    None
 }
 
 /// A packet from outside that matched no session: when its destination is

@@ -365,19 +365,21 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A port, 1 to 65535, written as part of `within` (which the error names).
+pub fn parse_port(p: &str, within: &str) -> Result<u16, String> {
+    p.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("'{p}' in '{within}' is not a port (1 to 65535)"))
+}
+
 pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
     let (lo, hi) = s
         .trim()
         .split_once('-')
         .ok_or_else(|| format!("'{s}' is not a port range (expected LO-HI, e.g. 16384-32767)"))?;
-    let port = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("'{p}' in '{s}' is not a port (1 to 65535)"))
-    };
-    let (lo, hi) = (port(lo)?, port(hi)?);
+    let (lo, hi) = (parse_port(lo, s)?, parse_port(hi, s)?);
     if lo > hi {
         return Err(format!(
             "port range '{s}' is inverted (low end above high end)"

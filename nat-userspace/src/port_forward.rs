@@ -103,13 +103,7 @@ pub fn parse_endpoint(s: &str) -> Result<(Ipv4Addr, u16, u16), String> {
         .rsplit_once(':')
         .ok_or_else(|| format!("'{s}' is not IP:PORT or IP:PORT-PORT"))?;
     let ip = crate::cli::parse_ipv4(ip)?;
-    let port = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("'{p}' in '{s}' is not a port (1 to 65535)"))
-    };
+    let port = |p: &str| crate::cli::parse_port(p, s);
     let (lo, hi) = match range.split_once('-') {
         Some((lo, hi)) => (port(lo)?, port(hi)?),
         None => {

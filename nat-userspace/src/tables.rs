@@ -9,9 +9,10 @@ use nat_common::{
     counters::Counter,
     flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     hosts::{HOST_DYING, HostEntry},
-    mapping::SESSION_MAPPED,
+    mapping::{EndpointKey, Mapping, Owner, SESSION_INBOUND, SESSION_MAPPED},
     names::{
-        MAP_CONFIG, MAP_COOLDOWN, MAP_FWD, MAP_HOSTS, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
+        MAP_CONFIG, MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_FWD, MAP_HOSTS, MAP_LIVE, MAP_POOL,
+        MAP_PROBES, MAP_REV, MAP_STATS,
     },
     probe::PROBE_BUCKETS,
     seen_word::{bits, current_rev_bits},
@@ -32,6 +33,10 @@ pub struct Tables {
     stats: PerCpuArray<MapData, u64>,
     probes: PerCpuArray<MapData, u64>,
     hosts: HashMap<MapData, u32, HostEntry>,
+    /// Live sessions over all hosts.
+    live: Array<MapData, u64>,
+    eim: HashMap<MapData, EndpointKey, Mapping>,
+    eim_owner: HashMap<MapData, EndpointKey, Owner>,
 }
 
 impl Tables {
@@ -53,7 +58,9 @@ impl Tables {
         })
     }
 
-    fn build(mut take: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+    /// From maps handed over one by one, by name (the fixture harness hands
+    /// over duplicates of its object's).
+    pub fn build(mut take: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
             fwd: take(MAP_FWD)?.try_into().context("forward session map")?,
             rev: take(MAP_REV)?.try_into().context("reverse session map")?,
@@ -65,6 +72,13 @@ impl Tables {
                 .try_into()
                 .context("probe histogram map")?,
             hosts: take(MAP_HOSTS)?.try_into().context("host count map")?,
+            live: take(MAP_LIVE)?
+                .try_into()
+                .context("live session count map")?,
+            eim: take(MAP_EIM)?.try_into().context("mapping map")?,
+            eim_owner: take(MAP_EIM_OWNER)?
+                .try_into()
+                .context("mapping owner map")?,
         })
     }
 
@@ -169,16 +183,93 @@ impl Tables {
         self.cooldown.insert(key, until, 0)
     }
 
-    /// Deletes a session: the forward entry first, so egress can no longer
-    /// pick the pair up, then the reverse entry, which holds the external
-    /// port claimed until that moment. Both are tried; the first error is returned.
-    /// For the benchmarks' sessions, which are on no endpoint-independent
-    /// mapping: the reference a marked forward entry holds is released only
-    /// by the datapath's own delete (`nat-ebpf` `mapping::remove_forward`).
+    /// Frees a session as the datapath's sweep does (`free_session` in
+    /// `nat-ebpf/src/expire.rs`), less the cooldown, which is the caller's
+    /// ([`Tables::cool`] first): the forward entry goes first, so egress can
+    /// no longer pick the pair up; only if that delete found it, the
+    /// reference it holds on its endpoint-independent mapping and its
+    /// host's count are given back (a session opened from outside through a
+    /// mapping's filter is counted for no host); then the reverse entry,
+    /// which holds the external port claimed until that moment. Both deletes
+    /// are tried; the first error is returned. The counts are read and
+    /// written back, not changed atomically as the datapath changes them:
+    /// for sessions of hosts no packet reaches meanwhile (the benchmarks').
     pub fn release_session(&mut self, key: &FlowKey, rev_key: &FlowKey) -> Result<(), MapError> {
+        let marks = self.fwd.get(key, 0).map(|f| f.mapping);
         let fwd = self.fwd.remove(key);
+        let counts = match (&fwd, marks) {
+            (Ok(()), Ok(marks)) => {
+                let mapping = if marks & SESSION_MAPPED != 0 {
+                    self.release_mapping(key)
+                } else {
+                    Ok(())
+                };
+                let host = if marks & SESSION_INBOUND == 0 {
+                    self.release_host(key.saddr)
+                } else {
+                    Ok(())
+                };
+                mapping.and(host)
+            }
+            _ => Ok(()),
+        };
         let rev = self.rev.remove(rev_key);
-        fwd.and(rev)
+        fwd.and(counts).and(rev)
+    }
+
+    /// One reference of the mapping of `key`'s internal endpoint given back;
+    /// the last one deletes it, its mapping entry first and its owner entry,
+    /// which reserves the external port, last (`nat-ebpf` `mapping.rs`).
+    fn release_mapping(&mut self, key: &FlowKey) -> Result<(), MapError> {
+        let internal = EndpointKey::new(key.proto, key.saddr, key.sport);
+        let m = match self.eim.get(&internal, 0) {
+            Ok(m) => m,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match m.refs {
+            0 => Ok(()),
+            1 => {
+                self.eim.remove(&internal)?;
+                self.eim_owner
+                    .remove(&EndpointKey::new(key.proto, m.addr, m.port))
+            }
+            refs => self.eim.insert(
+                internal,
+                Mapping {
+                    refs: refs - 1,
+                    ..m
+                },
+                0,
+            ),
+        }
+    }
+
+    /// One of `saddr`'s sessions given back, and one of the total: the host
+    /// entry deleted when it reaches zero, a dying one left alone, the total
+    /// never below zero (`nat-ebpf` `hosts.rs`).
+    fn release_host(&mut self, saddr: u32) -> Result<(), MapError> {
+        let host = match self.hosts.get(&saddr, 0) {
+            Ok(e) if e.addr == saddr && (1..HOST_DYING).contains(&e.sessions) => {
+                if e.sessions == 1 {
+                    self.hosts.remove(&saddr)
+                } else {
+                    self.hosts.insert(
+                        saddr,
+                        HostEntry {
+                            sessions: e.sessions - 1,
+                            ..e
+                        },
+                        0,
+                    )
+                }
+            }
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let live = self.live.get(&0, 0)?;
+        self.live.set(0, live.saturating_sub(1), 0)?;
+        host
     }
 
     /// Claims a reverse key with a holder entry, as the datapath's

@@ -137,6 +137,20 @@ impl Topology {
         &self.tag
     }
 
+    /// Gives `side` one more address in the /24 of its interface (the
+    /// NAT's external one): a second pool address, another server.
+    pub fn add_address(&self, side: Side, addr: Ipv4Addr) {
+        let iface = match side {
+            Side::Client => CLIENT_IFACE,
+            Side::Nat => EXT_IFACE,
+            Side::Server => SERVER_IFACE,
+        };
+        ip_batch(
+            self.ns_name(side),
+            &[format!("addr add {addr}/24 dev {iface}")],
+        );
+    }
+
     /// The client's addresses inside the internal prefix, [`CLIENT_IP`] first.
     pub fn client_ips(&self) -> Vec<Ipv4Addr> {
         (0..self.client_addrs)

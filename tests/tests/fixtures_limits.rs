@@ -7,8 +7,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use nat_common::{
     config::exhaustion,
     counters::Counter,
-    flow::seen,
+    flow::{FlowKey, PROTO_UDP, Session, seen},
     hosts::{HOST_OPENINGS, HostEntry, Opening},
+    mapping::{EndpointKey, Mapping, Owner},
+    names::{MAP_EIM, MAP_EIM_OWNER, MAP_FWD, MAP_HOSTS, MAP_REV},
 };
 use nat_tests::fixture::*;
 use nat_userspace::tables::boot_ns;
@@ -238,4 +240,55 @@ fn fixture_limits_pressure_never_evicts_answered_recent_or_other_hosts_sessions(
     assert_eq!(out.verdict, Verdict::Pass);
     assert!(out.fwd.contains_key(&old.fwd_key()));
     assert!(!out.counters.iter().any(|(c, _)| *c == Counter::Evicted));
+}
+
+#[test]
+fn fixture_limits_a_session_released_from_user_space_is_counted_off() {
+    // Two UDP flows of one endpoint: one mapping (two references), two
+    // sessions of the host. User space frees them as the sweep would.
+    let mut h = harness();
+    h.set(&Maps {
+        live: 0,
+        ..Maps::nat()
+    });
+    let from = ep(CLIENT, 5353);
+    let mut keys = Vec::new();
+    for dst in [ep(REMOTE, 53), ep(REMOTE, 54)] {
+        let out = h.run_frame(Prog::Egress, &Pkt::udp(from, dst).frame());
+        assert_eq!(out.verdict, Verdict::Pass, "{dst}");
+        let key = FlowKey::new(
+            PROTO_UDP,
+            be(CLIENT),
+            from.port().to_be(),
+            be(REMOTE),
+            dst.port().to_be(),
+        );
+        let s = out.fwd[&key];
+        keys.push((key, key.translated(s.addr, s.port)));
+    }
+    let mut tables = h.tables();
+    let counts = |h: &Harness| {
+        let hosts: std::collections::HashMap<u32, HostEntry> = h.snapshot(MAP_HOSTS);
+        let eim: std::collections::HashMap<EndpointKey, Mapping> = h.snapshot(MAP_EIM);
+        let owners: std::collections::HashMap<EndpointKey, Owner> = h.snapshot(MAP_EIM_OWNER);
+        (
+            hosts.get(&be(CLIENT)).map(|e| e.sessions),
+            eim.values().map(|m| m.refs).collect::<Vec<_>>(),
+            owners.len(),
+            h.live(),
+        )
+    };
+    assert_eq!(counts(&h), (Some(2), vec![2], 1, 2));
+    let (key, rev_key) = keys[0];
+    tables.release_session(&key, &rev_key).expect("release");
+    assert_eq!(counts(&h), (Some(1), vec![1], 1, 1));
+    // A second release of the same session finds nothing and counts nothing.
+    assert!(tables.release_session(&key, &rev_key).is_err());
+    assert_eq!(counts(&h), (Some(1), vec![1], 1, 1));
+    let (key, rev_key) = keys[1];
+    tables.release_session(&key, &rev_key).expect("release");
+    assert_eq!(counts(&h), (None, vec![], 0, 0));
+    let fwd: std::collections::HashMap<FlowKey, Session> = h.snapshot(MAP_FWD);
+    let rev: std::collections::HashMap<FlowKey, Session> = h.snapshot(MAP_REV);
+    assert!(fwd.is_empty() && rev.is_empty(), "{fwd:?} {rev:?}");
 }

@@ -129,3 +129,49 @@ fn fuzz_oracle_catches_violations() {
     let ok = dropped(vec![(Counter::NoSession, 1)]);
     assert_eq!(oracle::check(Prog::Egress, &syn, &ok, &internal), Ok(()));
 }
+
+/// The seeded states reach the port forwards, the endpoint-independent
+/// mapping's filter both ways, a join of the mapping and the host limit:
+/// the seeds, unmutated, on the sessions state, each from a fresh state.
+#[test]
+fn fuzz_datapath_states_reach_forwards_mappings_and_host_limits() {
+    use nat_tests::fuzz::corpus::{Dir, State, seeds};
+    let mut h = fuzz::harness();
+    let maps = State::Sessions.maps();
+    let mut seen: Vec<Counter> = Vec::new();
+    for (dir, frame) in seeds() {
+        let prog = match dir {
+            Dir::Out => Prog::Egress,
+            Dir::In => Prog::IngressTc,
+        };
+        if !fuzz::runnable(prog, &frame) {
+            continue;
+        }
+        let out = h.run(prog, &maps, &frame);
+        oracle::check(prog, &frame, &out, &maps.internal).expect("the oracle holds");
+        seen.extend(out.counters.iter().map(|(c, _)| *c));
+    }
+    for c in [
+        Counter::ForwardOpened,
+        Counter::EimInbound,
+        Counter::Filtered,
+    ] {
+        assert!(seen.contains(&c), "no seed reached {}", c.name());
+    }
+    // CLIENT is one below its limit: its second new flow is refused.
+    h.set(&maps);
+    let out = h.run_frame(
+        Prog::Egress,
+        &Pkt::tcp(ep(CLIENT, 1), ep(REMOTE, 9), tcp_flags::SYN).frame(),
+    );
+    assert_eq!(out.verdict, Verdict::Pass, "{:?}", out.counters);
+    let out = h.run_frame(
+        Prog::Egress,
+        &Pkt::tcp(ep(CLIENT, 2), ep(REMOTE, 9), tcp_flags::SYN).frame(),
+    );
+    assert!(
+        out.counters.contains(&(Counter::HostLimit, 1)),
+        "{:?}",
+        out.counters
+    );
+}

@@ -12,11 +12,11 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use closing::{Close, CloseServer, announce, complete, wait_for};
+use closing::{Close, CloseServer, announce, complete, set, wait_for};
 use common::*;
 use nat_tests::{
-    CLIENT_IP, EXTERNAL_IP, NatProcess, SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts,
-    nat_cmd, run_in_ns, serde_json::Value,
+    CLIENT_IP, EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns,
+    serde_json::Value,
 };
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -41,13 +41,7 @@ fn topology(tag: &str) -> Topology {
 fn topology_with(tag: &str, opts: TopologyOpts) -> Topology {
     let topo = Topology::new(tag, opts);
     for ip in [SERVER_IP2, SERVER_IP3] {
-        let status = Command::new("ip")
-            .args(["-n", topo.ns_name(Side::Server), "addr", "add"])
-            .arg(format!("{ip}/24"))
-            .args(["dev", SERVER_IFACE])
-            .status()
-            .expect("run ip");
-        assert!(status.success(), "cannot add {ip} to the server namespace");
+        topo.add_address(Side::Server, ip);
     }
     topo
 }
@@ -103,15 +97,6 @@ fn sessions_of(topo: &Topology, internal: SocketAddrV4) -> Vec<Value> {
         .into_iter()
         .filter(|s| s["internal"] == internal.as_str())
         .collect()
-}
-
-fn set(topo: &Topology, name: &str, value: &str) {
-    let out = nat_cmd(topo, &["set", name, value]);
-    assert!(
-        out.status.success(),
-        "nat set {name} {value}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -178,23 +178,7 @@ fn ops_reload_applies_cooldown_addresses_and_port_range_during_a_transfer() {
             ..Default::default()
         },
     );
-    let out = Command::new("ip")
-        .args([
-            "-n",
-            topo.ns_name(Side::Nat),
-            "addr",
-            "add",
-            "198.18.0.3/24",
-            "dev",
-            "veth-ext",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    topo.add_address(Side::Nat, SECOND);
     let dir = TempDir::new("reload");
     let file = dir.file("nat.toml", &base(&[EXTERNAL_IP], PORTS, "100s"));
     let daemon = NatProcess::start_load(&topo, &["--config", path_str(&file)], &[]);

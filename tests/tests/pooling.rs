@@ -7,7 +7,6 @@ mod common;
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
-    process::Command,
 };
 
 use common::*;
@@ -18,26 +17,6 @@ use nat_tests::{
 
 const SECOND: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 
-fn with_second_address(topo: &Topology) {
-    let out = Command::new("ip")
-        .args([
-            "-n",
-            topo.ns_name(Side::Nat),
-            "addr",
-            "add",
-            "198.18.0.3/24",
-            "dev",
-            "veth-ext",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn each_internal_host_keeps_one_external_address() {
     let topo = Topology::new(
@@ -47,7 +26,7 @@ fn each_internal_host_keeps_one_external_address() {
             ..Default::default()
         },
     );
-    with_second_address(&topo);
+    topo.add_address(Side::Nat, SECOND);
     let _nat = NatProcess::start(&topo, &["--ports", PORTS, "--external", "198.18.0.3"]);
     let server = tcp_sink_server(topo.ns_name(Side::Server), 8080);
     let sources = topo.client_ips();
@@ -95,7 +74,7 @@ fn each_internal_host_keeps_one_external_address() {
 #[test]
 fn a_host_moves_to_another_address_only_when_its_own_is_full() {
     let topo = Topology::new("pool-spill", TopologyOpts::default());
-    with_second_address(&topo);
+    topo.add_address(Side::Nat, SECOND);
     let _nat = NatProcess::start(
         &topo,
         &[

@@ -6,7 +6,7 @@
 mod common;
 mod ops;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -356,16 +356,21 @@ fn hairpin(topo: Topology, ingress: &str) {
     assert!(nat.stop().success());
 }
 
-/// Hairpinning through another internal endpoint's endpoint-independent
-/// UDP mapping (RFC 4787 REQ-9): host B's socket has a mapping from talking
-/// to a server outside; host A sends to that mapping's external endpoint
-/// and B receives it from A's external endpoint, and B's answer reaches A
-/// from B's external endpoint.
-#[test]
-fn hairpin_reaches_another_hosts_udp_mapping() {
-    let topo = topology("pfhaireim");
+/// A NAT hairpinning on the LAN with `filtering-udp` at `filtering`, and
+/// two hosts inside: A (the client address) and B (a second address), whose
+/// UDP socket has a mapping from talking to a server outside. Returns the
+/// daemon, A's and B's sockets and B's external endpoint.
+fn mapped_pair(
+    topo: &Topology,
+    filtering: &str,
+) -> (
+    NatProcess,
+    std::net::UdpSocket,
+    std::net::UdpSocket,
+    SocketAddrV4,
+) {
     let nat = NatProcess::start(
-        &topo,
+        topo,
         &[
             "--ports",
             PORTS,
@@ -374,7 +379,7 @@ fn hairpin_reaches_another_hosts_udp_mapping() {
             "--lan",
             INT_IFACE,
             "--filtering-udp",
-            "endpoint-independent",
+            filtering,
         ],
     );
     let outside = udp_echo_server(topo.ns_name(Side::Server), 3478);
@@ -396,6 +401,51 @@ fn hairpin_reaches_another_hosts_udp_mapping() {
         SocketAddr::V6(p) => panic!("IPv6 peer {p}"),
     };
     assert_eq!(*b_ext.ip(), EXTERNAL_IP, "B is seen translated");
+    (nat, a, b, b_ext)
+}
+
+/// A hairpinned packet the mapping's filter refuses (B's mapping has sent
+/// only to the server's address, not to the NAT's own) goes to the stack
+/// untouched and leaves no session of its sender behind: the filter answers
+/// before the sender's session is allocated.
+#[test]
+fn hairpin_refused_by_a_mappings_filter_leaves_no_session() {
+    let topo = topology("pfhairflt");
+    let (nat, a, b, b_ext) = mapped_pair(&topo, "address-dependent");
+    b.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let a_at = match a.local_addr().expect("A's address") {
+        SocketAddr::V4(p) => p,
+        SocketAddr::V6(p) => panic!("IPv6 socket {p}"),
+    };
+    for _ in 0..3 {
+        a.send_to(b"to B", b_ext).expect("A to B's mapping");
+    }
+    let mut buf = [0u8; 64];
+    assert!(b.recv_from(&mut buf).is_err(), "the filter admitted A");
+    let a_at = a_at.to_string();
+    let left: Vec<_> = sessions(&topo)
+        .into_iter()
+        .filter(|s| s["internal"] == a_at.as_str())
+        .collect();
+    assert!(left.is_empty(), "A's refused packets left {left:?}");
+    let st = stats(&topo);
+    assert_eq!(counter(&st, "hairpin"), 0, "{st}");
+    assert!(counter(&st, "pass_filtered") >= 3, "{st}");
+    assert_clean(&topo, &st);
+    assert!(nat.stop().success());
+}
+
+/// Hairpinning through another internal endpoint's endpoint-independent
+/// UDP mapping (RFC 4787 REQ-9): host B's socket has a mapping from talking
+/// to a server outside; host A sends to that mapping's external endpoint
+/// and B receives it from A's external endpoint, and B's answer reaches A
+/// from B's external endpoint.
+#[test]
+fn hairpin_reaches_another_hosts_udp_mapping() {
+    let topo = topology("pfhaireim");
+    let (nat, a, b, b_ext) = mapped_pair(&topo, "endpoint-independent");
+    let mut buf = [0u8; 64];
     a.send_to(b"to B", b_ext).expect("A to B's mapping");
     let (n, from) = b
         .recv_from(&mut buf)
@@ -414,6 +464,10 @@ fn hairpin_reaches_another_hosts_udp_mapping() {
     let st = stats(&topo);
     assert!(counter(&st, "hairpin") >= 2, "{st}");
     assert!(counter(&st, "eim_inbound") >= 1, "{st}");
+    // B's exchange with the server crossed the hairpin program on the LAN
+    // interface uncounted by it: only a packet to an external address that
+    // it leaves to the stack is.
+    assert_eq!(counter(&st, "pass_not_hairpin"), 0, "{st}");
     assert_clean(&topo, &st);
     assert!(nat.stop().success());
 }

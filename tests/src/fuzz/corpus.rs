@@ -5,11 +5,17 @@
 //! and a truncated packet, both fragments of a datagram, IPv4 options, and
 //! frames the NAT only passes (foreign sources, not IPv4). Outbound seeds
 //! come from the internal hosts, inbound ones from outside toward the
-//! external address; most of them belong to a session of the seeded state.
+//! external address; most of them belong to a session of the seeded state,
+//! and some reach its endpoint-independent mapping and port forwards.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use nat_common::{config::Config, flow::seen};
+use nat_common::{
+    config::Config,
+    flow::seen,
+    hosts::{HOST_OPENINGS, HostEntry},
+    mapping::SESSION_MAPPED,
+};
 
 use crate::fixture::{
     CLIENT, CLIENT_MAC, CLIENT2, EXT_IF, EXTERNAL, Flow, INT_IF, INTERNAL_NET, Maps, NEXT_HOP_MAC,
@@ -94,6 +100,8 @@ impl State {
         maps.ports = PORTS;
         maps.config = Config {
             pool_len: 1,
+            // CLIENT's seeded sessions leave it one below the limit.
+            max_sessions_per_host: 5,
             ..Config::default()
         };
         maps.internal = vec![INTERNAL_NET];
@@ -146,14 +154,25 @@ impl State {
                     maps = maps.cooling(&f);
                     j += 1;
                 }
+                // The fillers' hosts go uncounted (a count may fall short,
+                // never exceed); the total is the table's: under pressure.
+                maps.live = maps.fwd.len() as u64;
                 maps
             }
         }
     }
 }
 
+/// A TCP port forward outside the pool, and a UDP one on the pool's last
+/// port (which the allocator must then skip), both to [`CLIENT2`].
+pub const FORWARD_TCP: u16 = 8080;
+pub const FORWARD_UDP: u16 = PORTS.1;
+
 /// The five sessions of [`flows`], in different TCP states, the first two
-/// with a fresh route cached both ways so the fast path can take them.
+/// with a fresh route cached both ways so the fast path can take them; the
+/// UDP one on its endpoint's endpoint-independent mapping, which has sent
+/// to [`REMOTE`] only; the hosts' counts as the datapath keeps them; and
+/// the port forwards.
 fn sessions(mut maps: Maps) -> Maps {
     let [tcp, udp, echo, syn_sent, closed] = flows();
     maps = maps
@@ -171,8 +190,35 @@ fn sessions(mut maps: Maps) -> Maps {
             .route(f, true, next_hop(EXT_IF, NEXT_HOP_MAC, OWN_EXT_MAC, 1500))
             .route(f, false, next_hop(INT_IF, CLIENT_MAC, OWN_INT_MAC, 1500));
     }
+    let udp_key = udp.fwd_key();
+    for (k, e) in &mut maps.fwd {
+        if *k == udp_key {
+            e.mapping = SESSION_MAPPED;
+        }
+    }
+    maps = maps
+        .mapping(&udp, 1, MAPPING_BORN, &[REMOTE])
+        .forward(PROTO_TCP, ep(EXTERNAL, FORWARD_TCP), ep(CLIENT2, 80))
+        .forward(PROTO_UDP, ep(EXTERNAL, FORWARD_UDP), ep(CLIENT2, 5000));
+    // CLIENT holds four of the sessions, CLIENT2 one.
+    for (host, n) in [(CLIENT, 4), (CLIENT2, 1)] {
+        let addr = u32::from(host).to_be();
+        maps.hosts.push((
+            addr,
+            HostEntry {
+                sessions: n,
+                next: 0,
+                addr,
+                openings: [0; HOST_OPENINGS],
+            },
+        ));
+    }
+    maps.live = maps.fwd.len() as u64;
     maps
 }
+
+/// Any boot-clock time: what ties the mapping's owner and peer entries.
+const MAPPING_BORN: u64 = 1_000_000_000;
 
 fn tcp(from: SocketAddrV4, to: SocketAddrV4, flags: u8) -> Pkt {
     Pkt::tcp(from, to, flags)
@@ -206,6 +252,8 @@ pub fn seeds() -> Vec<(Dir, Vec<u8>)> {
         tcp(tcp_f.internal, tcp_f.remote, tcp_flags::RST),
         tcp(syn_f.internal, syn_f.remote, tcp_flags::ACK),
         Pkt::udp(udp_f.internal, udp_f.remote).payload(b"dns query"),
+        // Joins the UDP session's mapping toward another remote.
+        Pkt::udp(udp_f.internal, ep(REMOTE2, 53)).payload(b"same mapping"),
         {
             let mut p = Pkt::udp(ep(CLIENT2, 6000), ep(REMOTE2, 53)).payload(b"no checksum");
             p.l4 = crate::packet::L4::Udp {
@@ -260,6 +308,13 @@ pub fn seeds() -> Vec<(Dir, Vec<u8>)> {
         tcp(syn_f.remote, ext(&syn_f), tcp_flags::SYN | tcp_flags::ACK),
         tcp(ep(REMOTE2, 443), ep(EXTERNAL, PORTS.0 + 5), tcp_flags::SYN),
         Pkt::udp(udp_f.remote, ext(&udp_f)).payload(b"dns answer"),
+        // To the mapping from a known address's other port (admitted) and
+        // from an address it never sent to (filtered).
+        Pkt::udp(ep(REMOTE, 5353), ext(&udp_f)).payload(b"known address"),
+        Pkt::udp(ep(REMOTE2, 53), ext(&udp_f)).payload(b"stranger"),
+        // To the port forwards.
+        tcp(ep(REMOTE2, 5555), ep(EXTERNAL, FORWARD_TCP), tcp_flags::SYN),
+        Pkt::udp(ep(REMOTE2, 6666), ep(EXTERNAL, FORWARD_UDP)).payload(b"forwarded"),
         Pkt::echo(REMOTE, EXTERNAL, false, ext(&echo_f).port()),
         Pkt::udp(udp_f.remote, ext(&udp_f))
             .payload(b"options")
