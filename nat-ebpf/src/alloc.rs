@@ -24,7 +24,9 @@ use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
     flow::{FlowKey, Session},
-    probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, span, walk},
+    probe::{
+        PROBE_BUCKETS, flow_hash, for_flow, pool_index, preservable, probe_bucket, span, walk,
+    },
     tcp_state::seen_bits,
 };
 
@@ -298,7 +300,9 @@ fn probe_address(
     if pool.step == 0 {
         return Err(DropReason::AllocFail);
     }
-    p.pool = *pool;
+    // The flow's own stride: one for all flows clusters the taken ports
+    // (see nat_common::probe).
+    p.pool = for_flow(pool, p.start);
     p.found = FOUND_NONE;
     // One lap of the walk visits every port of the range once: a longer walk
     // would only look at the same ports again (and count their cooldowns twice).
