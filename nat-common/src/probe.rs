@@ -56,8 +56,9 @@ pub const fn stride_for(span: u32) -> u32 {
 /// the flow's walk still visits every port once per lap; the powers of the
 /// pool's stride are many (768 distinct ones for the 64,512 ports of
 /// 1024-65535, 4,096 for the default 16,384), which is what breaks the
-/// runs up. Sixteen fixed squarings: the same cost for every flow, and a
-/// loop the verifier sees unrolled.
+/// runs up. Sixteen square-and-multiply steps written out, without a loop
+/// or a branch: the same cost for every flow, and nothing for the verifier
+/// to iterate (Linux 6.1 took a loop here for an infinite one).
 #[inline(always)]
 pub const fn for_flow(pool: &PoolAddr, start: u32) -> PoolAddr {
     let span = span(pool.port_min, pool.port_max) as u64;
@@ -65,20 +66,45 @@ pub const fn for_flow(pool: &PoolAddr, start: u32) -> PoolAddr {
     if span <= 2 {
         return flow;
     }
-    let mut base = pool.step as u64 % span;
-    let mut exp = mix(start ^ STRIDE_SALT) >> 16;
-    let mut stride = 1u64;
-    let mut bit = 0;
-    while bit < 16 {
-        if exp & 1 != 0 {
-            stride = stride * base % span;
-        }
-        base = base * base % span;
-        exp >>= 1;
-        bit += 1;
-    }
-    flow.step = stride as u32;
+    let exp = (mix(start ^ STRIDE_SALT) >> 16) as u64;
+    // The pool's stride is coprime to the size, so never 0 modulo it.
+    let base = pool.step as u64 % span;
+    let s = (1, base);
+    let s = power_step(s, exp, 0, span);
+    let s = power_step(s, exp, 1, span);
+    let s = power_step(s, exp, 2, span);
+    let s = power_step(s, exp, 3, span);
+    let s = power_step(s, exp, 4, span);
+    let s = power_step(s, exp, 5, span);
+    let s = power_step(s, exp, 6, span);
+    let s = power_step(s, exp, 7, span);
+    let s = power_step(s, exp, 8, span);
+    let s = power_step(s, exp, 9, span);
+    let s = power_step(s, exp, 10, span);
+    let s = power_step(s, exp, 11, span);
+    let s = power_step(s, exp, 12, span);
+    let s = power_step(s, exp, 13, span);
+    let s = power_step(s, exp, 14, span);
+    let s = power_step(s, exp, 15, span);
+    flow.step = s.0 as u32;
     flow
+}
+
+/// One square-and-multiply step on (power so far, base^(2^bit)): the power
+/// takes the base when bit `bit` of `exp` is set, by arithmetic rather than
+/// a branch. The base is a unit modulo `span`, so at least 1, and every
+/// product stays below 2^32. Wrapping operations all the same: an overflow
+/// check is a branch to the panic handler, an endless loop the verifier
+/// refuses, and a pool whose stride is not coprime (never written by the
+/// loader) must not make the host tests panic.
+#[inline(always)]
+const fn power_step((power, base): (u64, u64), exp: u64, bit: u32, span: u64) -> (u64, u64) {
+    let set = (exp >> bit) & 1;
+    let factor = base.wrapping_sub(1).wrapping_mul(set).wrapping_add(1);
+    (
+        power.wrapping_mul(factor) % span,
+        base.wrapping_mul(base) % span,
+    )
 }
 
 /// Keeps the exponent's hash apart from the start point's.
