@@ -24,7 +24,9 @@ use nat_common::{
     config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
     counters::Counter,
     flow::{FlowKey, Session},
-    probe::{PROBE_BUCKETS, flow_hash, pool_index, preservable, probe_bucket, span, walk},
+    probe::{
+        PROBE_BUCKETS, flow_hash, for_flow, pool_index, preservable, probe_bucket, span, walk,
+    },
     tcp_state::seen_bits,
 };
 
@@ -286,6 +288,25 @@ fn fill_entry(entry: &mut Session, addr: u32, port: u16, now: u64) {
     }
 }
 
+/// The stride of the flow whose walk starts at `start` on a range
+/// `port_min..=port_max` with the pool's stride `step` ([`for_flow`]), as a
+/// global BPF function: inlined, its sixteen multiplications were walked by
+/// the verifier on every path into the spill loop, and Linux 6.1 took that
+/// loop for an endless one; as a call it returns one unknown number, as the
+/// pool map's stride did. It uses no stack, so no call chain gets deeper.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_flow_stride(port_min: u64, port_max: u64, step: u64, start: u64) -> u64 {
+    let pool = PoolAddr {
+        addr: 0,
+        port_min: port_min as u16,
+        port_max: port_max as u16,
+        step: step as u32,
+        _pad: 0,
+    };
+    for_flow(&pool, start as u32).step as u64
+}
+
 /// Walks one external address; `Some` once the flow has a session.
 #[inline(always)]
 fn probe_address(
@@ -299,6 +320,14 @@ fn probe_address(
         return Err(DropReason::AllocFail);
     }
     p.pool = *pool;
+    // The flow's own stride: one for all flows clusters the taken ports
+    // (see nat_common::probe).
+    p.pool.step = nat_flow_stride(
+        pool.port_min as u64,
+        pool.port_max as u64,
+        pool.step as u64,
+        p.start as u64,
+    ) as u32;
     p.found = FOUND_NONE;
     // One lap of the walk visits every port of the range once: a longer walk
     // would only look at the same ports again (and count their cooldowns twice).

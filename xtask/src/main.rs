@@ -102,6 +102,14 @@ enum Task {
         /// Also draw the ratio table and the scale curves to FILE (SVG)
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
+        /// Development aid: run only this part of every mode's repetition (`mission`: the
+        /// mission load alone, with the NAT's counters over each run), no scale runs and
+        /// no micro-figures; the report then lacks the other figures
+        #[arg(long, value_name = "PART", hide_short_help = true)]
+        only: Option<bench::Part>,
+        /// Development aid: this many repetitions instead of the plan's (5, or 1 with --quick)
+        #[arg(long, value_name = "N", hide_short_help = true)]
+        reps: Option<usize>,
     },
 }
 
@@ -145,7 +153,19 @@ fn main() -> ExitCode {
         }),
         Task::Demo => demo::run(),
         Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),
-        Task::Bench { quick, json, plot } => bench::run(bench::Options { quick, json, plot }),
+        Task::Bench {
+            quick,
+            json,
+            plot,
+            only,
+            reps,
+        } => bench::run(bench::Options {
+            quick,
+            json,
+            plot,
+            only,
+            reps,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

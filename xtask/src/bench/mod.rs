@@ -17,6 +17,7 @@ mod report;
 mod scale;
 mod udp;
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -47,11 +48,22 @@ pub struct Options {
     pub quick: bool,
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
+    pub only: Option<Part>,
+    pub reps: Option<usize>,
+}
+
+/// A part of the bench that `--only` runs alone (a development aid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The mission load alone, every mode, every repetition.
+    Mission,
 }
 
 /// How long and how often; `--quick` shrinks it to fit in 2 minutes.
 struct Plan {
     quick: bool,
+    /// Only this part of each mode's repetition, nothing else (`--only`).
+    only: Option<Part>,
     reps: usize,
     tcp_secs: u32,
     udp_secs: f64,
@@ -79,10 +91,25 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(quick: bool) -> Plan {
+    fn new(opts: &Options) -> Plan {
+        let mut plan = Plan::standard(opts.quick);
+        if let Some(reps) = opts.reps {
+            plan.reps = reps.max(1);
+        }
+        if opts.only.is_some() {
+            plan.only = opts.only;
+            plan.reaper_sessions = &[];
+            plan.scale_points = &[];
+            plan.micro_reps = 0;
+        }
+        plan
+    }
+
+    fn standard(quick: bool) -> Plan {
         if quick {
             Plan {
                 quick,
+                only: None,
                 reps: 1,
                 tcp_secs: 2,
                 udp_secs: 2.0,
@@ -103,6 +130,7 @@ impl Plan {
         } else {
             Plan {
                 quick,
+                only: None,
                 reps: 5,
                 tcp_secs: 5,
                 udp_secs: 5.0,
@@ -307,7 +335,7 @@ fn bench(
     started: Instant,
     build_s: f64,
 ) -> Result<()> {
-    let plan = Plan::new(opts.quick);
+    let plan = Plan::new(opts);
     let cpus = cpu::cpu_count()?;
     let load_cpu = cpus - 1;
     let server_cpu = 0;
@@ -484,9 +512,24 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     check_interrupt()?;
     let plan = ctx.plan;
     let topology = ctx.topology;
-    let client_ns = topology.ns_name(Side::Client);
     let active = Active::enter(mode, topology, &[])
         .with_context(|| format!("cannot set up the {} mode", mode.name()))?;
+    if plan.only != Some(Part::Mission) {
+        run_all_but_mission(ctx, mode, rep)?;
+    }
+    mission_run(ctx, mode, rep)?;
+    active
+        .leave()
+        .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
+    thread::sleep(plan.settle);
+    Ok(())
+}
+
+/// Every measurement of a mode's repetition before its mission run.
+fn run_all_but_mission(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+    let plan = ctx.plan;
+    let topology = ctx.topology;
+    let client_ns = topology.ns_name(Side::Client);
     let programs = if mode == Mode::Nat {
         let dir = micro::pin_dir(topology.ns_name(Side::Nat));
         if ctx.results.map_memory.is_none() {
@@ -556,9 +599,12 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     for (figure, s) in spread.samples {
         ctx.results.add(mode, figure, s);
     }
+    Ok(())
+}
 
+fn mission_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+    let plan = ctx.plan;
     let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
-    ctx.mission_runs += 1;
     let mission = connections(ctx, mode, rep, plan.reps, load, "server-first, 1 dest")?;
     let tally = ctx.results.mission.entry(mode).or_default();
     for (kind, n) in &mission.failures {
@@ -568,14 +614,12 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     if let Some(c) = mission.collisions {
         *tally.collisions.get_or_insert(0) += c;
     }
+    for (name, n) in mission.nat_counters.iter().flatten() {
+        *tally.nat_counters.entry(name.clone()).or_default() += n;
+    }
     for (figure, s) in mission.samples {
         ctx.results.add(mode, figure, s);
     }
-
-    active
-        .leave()
-        .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
-    thread::sleep(plan.settle);
     Ok(())
 }
 
@@ -629,7 +673,6 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     pps.detail["fill"] = fill.clone();
     ctx.results.add_scale(mode, Figure::UdpPps, sessions, pps);
     let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
-    ctx.mission_runs += 1;
     let mission = connections(ctx, mode, rep, reps, load, &format!("{what}: server-first"))?;
     let stop = active
         .leave()
@@ -686,14 +729,18 @@ fn udp_pps(
 /// A connection run's samples (rate, connect p50, connect p99) and tallies.
 struct Connections {
     samples: Vec<(Figure, Sample)>,
-    failures: std::collections::BTreeMap<String, u64>,
+    failures: BTreeMap<String, u64>,
     slow: u64,
     /// The NAT's `collisions` counter over the run (None: not a NAT mode).
     collisions: Option<u64>,
+    /// Every NAT counter that moved over the run (None: not a NAT mode).
+    nat_counters: Option<BTreeMap<String, u64>>,
     /// TcpExt PAWSTimewait of the server namespace over the run.
     paws_timewait: u64,
 }
 
+/// A connection run under the noise guard. A mission `load`'s port is
+/// ignored: each attempt takes the next of the mission ports.
 fn connections(
     ctx: &mut Ctx<'_>,
     mode: Mode,
@@ -707,20 +754,29 @@ fn connections(
     let nat_ns = topology.ns_name(Side::Nat).to_owned();
     let server_ns = topology.ns_name(Side::Server).to_owned();
     let nat_bin = ctx.nat_bin;
-    // The NAT's (collisions counter, cooling keys); None outside the NAT modes.
-    let nat_figures = || -> Result<Option<(u64, u64)>> {
+    // `nat stats --json`; None outside the NAT modes.
+    let nat_figures = || -> Result<Option<Value>> {
         if !mode.is_nat() {
             return Ok(None);
         }
-        let stats = nat_stats(nat_bin, &nat_ns)?;
-        let collisions = stats["counters"]["collisions"]
-            .as_u64()
-            .context("nat stats --json has no collisions counter")?;
-        Ok(Some((collisions, stats["cooling"].as_u64().unwrap_or(0))))
+        nat_stats(nat_bin, &nat_ns).map(Some)
     };
+    let mission_runs = &mut ctx.mission_runs;
     let g = ctx.guard.measure(
         &label(rep, reps, mode, what),
         || {
+            // Every attempt of a mission run gets a server port of its own:
+            // a second attempt on the first one's port would meet the keys
+            // that attempt left cooling in the NAT (and its TIME_WAIT on
+            // the server), and take cooling ports or fail for want of any.
+            let load = match load {
+                Load::Mission { budget, .. } => {
+                    let fresh = Load::mission(*mission_runs, budget);
+                    *mission_runs += 1;
+                    fresh
+                }
+                Load::Spread => Load::Spread,
+            };
             let before = (
                 nat_figures()?,
                 nat_tests::tcp_ext(&server_ns, "PAWSTimewait"),
@@ -730,19 +786,31 @@ fn connections(
                 nat_figures()?,
                 nat_tests::tcp_ext(&server_ns, "PAWSTimewait"),
             );
-            let collided = after.0.zip(before.0).map(|(a, b)| a.0.saturating_sub(b.0));
-            let cooling = after.0.map(|a| a.1);
-            Ok((run, collided, after.1.saturating_sub(before.1), cooling))
+            let counters = match (&before.0, &after.0) {
+                (Some(b), Some(a)) => Some(counter_deltas(b, a)?),
+                _ => None,
+            };
+            let cooling = after.0.map(|a| a["cooling"].as_u64().unwrap_or(0));
+            Ok((
+                run,
+                counters,
+                after.1.saturating_sub(before.1),
+                cooling,
+                load,
+            ))
         },
-        |(c, _, _, _)| c.window,
-        |(c, collided, paws, _)| {
+        |(c, ..)| c.window,
+        |(c, counters, paws, ..)| {
             format!(
                 "{:.0} conn/s, connect p50 {:.2} ms p99 {:.2} ms, {} failed{}{}",
                 c.rate(),
                 c.connect_ms(0.5),
                 c.connect_ms(0.99),
                 c.failed,
-                collided.map_or(String::new(), |n| format!(", {n} collisions")),
+                counters.as_ref().map_or(String::new(), |d| format!(
+                    ", {} collisions",
+                    d.get("collisions").copied().unwrap_or(0)
+                )),
                 if paws > &0 {
                     format!(", PAWSTimewait {paws}")
                 } else {
@@ -751,7 +819,20 @@ fn connections(
             )
         },
     )?;
-    let (c, collided, paws, cooling_after) = &g.value;
+    let (c, counters, paws, cooling_after, load) = &g.value;
+    let load = *load;
+    if let (Some(d), Load::Mission { .. }) = (counters, load) {
+        // Next to the run's failures, so that a NAT drop that coincides
+        // with a connect timeout shows.
+        println!(
+            "  {:<48}{}",
+            "    NAT counters over the kept attempt",
+            describe_deltas(d)
+        );
+    }
+    let collided = counters
+        .as_ref()
+        .map(|d| d.get("collisions").copied().unwrap_or(0));
     let translated = match mode {
         Mode::Routing => c.peers.external == 0 && c.peers.other == 0,
         _ => c.peers.internal == 0 && c.peers.other == 0,
@@ -777,6 +858,8 @@ fn connections(
         "secs": c.secs,
         "connect_ms": { "p50": c.connect_ms(0.5), "p90": c.connect_ms(0.9), "p99": c.connect_ms(0.99), "max": c.connect_ms(1.0) },
         "nat_collisions": collided,
+        // Every NAT counter and probe bucket that moved during the run.
+        "nat_counter_deltas": counters,
         // Keys cooling right after the run: with the server closing first,
         // about one per connection made since the NAT started.
         "nat_cooling_keys_after": cooling_after,
@@ -796,9 +879,51 @@ fn connections(
         ],
         failures: c.failures.clone(),
         slow: c.slow,
-        collisions: *collided,
+        collisions: collided,
+        nat_counters: counters.clone(),
         paws_timewait: *paws,
     })
+}
+
+/// Counters (by name) and probe buckets (as `probes NAME`) of `nat stats
+/// --json` that moved from `before` to `after`.
+fn counter_deltas(before: &Value, after: &Value) -> Result<BTreeMap<String, u64>> {
+    let mut deltas = BTreeMap::new();
+    for (section, prefix) in [("counters", ""), ("probes", "probes ")] {
+        let (Some(b), Some(a)) = (before[section].as_object(), after[section].as_object()) else {
+            bail!("nat stats --json has no {section}");
+        };
+        for (name, value) in a {
+            let was = b.get(name).and_then(Value::as_u64).unwrap_or(0);
+            let delta = value.as_u64().unwrap_or(0).saturating_sub(was);
+            if delta != 0 {
+                deltas.insert(format!("{prefix}{name}"), delta);
+            }
+        }
+    }
+    Ok(deltas)
+}
+
+/// Counters that count every packet: left out of the printed deltas.
+const PER_PACKET: [&str; 5] = [
+    "translated_out",
+    "translated_in",
+    "fast_out",
+    "fast_in",
+    "pass_external_source",
+];
+
+fn describe_deltas(deltas: &BTreeMap<String, u64>) -> String {
+    let shown: Vec<String> = deltas
+        .iter()
+        .filter(|(name, _)| !PER_PACKET.contains(&name.as_str()))
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if shown.is_empty() {
+        "none moved".to_owned()
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// `nat stats --json` of the instance in `nat_ns`.

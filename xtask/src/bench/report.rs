@@ -208,11 +208,24 @@ pub struct MissionTally {
     /// The NAT's `collisions` counter; None for the modes without one.
     pub collisions: Option<u64>,
     pub paws_timewait: u64,
+    /// The NAT's counters and probe buckets that moved, summed over the runs.
+    pub nat_counters: BTreeMap<String, u64>,
 }
 
 impl MissionTally {
     pub fn failed(&self) -> u64 {
         self.failures.values().sum()
+    }
+
+    /// The NAT's drop counters summed (`drop_*`, `evicted_openings`, `rejected`).
+    pub fn nat_drops(&self) -> u64 {
+        self.nat_counters
+            .iter()
+            .filter(|(name, _)| {
+                name.starts_with("drop_") || *name == "evicted_openings" || *name == "rejected"
+            })
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -625,6 +638,11 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             .and_then(|t| t.collisions)
             .map_or("-".to_owned(), |c| c.to_string())
     });
+    row("  NAT drops (mission)", &|m| {
+        mission(m)
+            .filter(|_| m.is_nat())
+            .map_or("-".to_owned(), |t| t.nat_drops().to_string())
+    });
     row("  server PAWSTimewait (m.)", &|m| {
         mission(m).map_or("-".to_owned(), |t| t.paws_timewait.to_string())
     });
@@ -847,6 +865,7 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
                 json!({
                     "failures": { "total": t.failed(), "by_kind": t.failures },
                     "nat_collisions": t.collisions,
+                    "nat_counter_deltas": t.nat_counters,
                     "server_paws_timewait": t.paws_timewait,
                 })
             }),
