@@ -872,15 +872,19 @@ extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
         }
         return 0;
     }
-    let rev = if c.paired != 0 {
+    // A pointer set on every path (null: unpaired), not an Option built
+    // in two branches: LLVM then re-read `paired` to pick the branch, and
+    // Linux 6.1's verifier followed a path on which the pointer was never
+    // written.
+    let mut rev: *const Session = core::ptr::null();
+    if c.paired != 0 {
         match NAT_REV.get_ptr(&c.rev_key) {
             // SAFETY: map value pointer from the lookup.
-            Some(r) if unsafe { (*r).addr == c.key.saddr && (*r).port == c.key.sport } => Some(r),
+            Some(r) if unsafe { (*r).addr == c.key.saddr && (*r).port == c.key.sport } => rev = r,
             _ => return 0,
         }
-    } else {
-        None
-    };
+    }
+    let rev = (!rev.is_null()).then_some(rev);
     let Some(w) = NAT_SWEEP_WALK.get_ptr_mut(slot) else {
         return 1;
     };
