@@ -13,9 +13,11 @@
 //! fail with -ENOMEM under load and cost a timer per session).
 //!
 //! Each map is walked with bpf_for_each_map_elem. A callback may delete the
-//! element it was handed: the hash map walk (kernel/bpf/hashtab.c
-//! `bpf_for_each_hash_elem`) holds the RCU read lock per bucket and steps on
-//! through the element's `next`, which a delete leaves intact; an element of
+//! element it was handed, and (a batch's frees) elements handed before it:
+//! the hash map walk (kernel/bpf/hashtab.c `bpf_for_each_hash_elem`) holds
+//! the RCU read lock per bucket and steps on through the current element's
+//! `next`, which a delete of it or of an element before it leaves intact;
+//! no callback deletes an element the walk has not reached. An element of
 //! a preallocated map that another CPU reuses meanwhile can at worst end that
 //! bucket's walk early or show an element twice, and the next sweep sees
 //! what this one missed. Work per run is bounded by a budget of deletions
@@ -775,8 +777,8 @@ fn candidate<'a>(i: u32, ctx: *mut c_void) -> Option<(u32, &'a mut Candidate)> {
     // SAFETY: `ctx` is [`flush`]'s slot number on its stack.
     let slot = unsafe { *(ctx as *const u32) };
     let b = NAT_SWEEP_BATCH.get_ptr_mut(slot)?;
-    // SAFETY: this CPU's batch slot.
     // Masked (see [`look_at`]): `i` is below the batch's count anyway.
+    // SAFETY: this CPU's batch slot.
     let c = unsafe { (*b).c.get_mut(i as usize & (BATCH - 1)) }?;
     Some((slot, c))
 }
