@@ -790,7 +790,7 @@ extern "C" fn pair_step(i: u32, ctx: *mut c_void) -> u64 {
     let Some((_, c)) = candidate(i, ctx) else {
         return 1;
     };
-    if let Some(r) = NAT_REV.get_ptr(&c.rev_key) {
+    if let Some(r) = NAT_REV.get_ptr(c.rev_key) {
         // SAFETY: map value pointer from the lookup.
         unsafe {
             if (*r).addr == c.key.saddr && (*r).port == c.key.sport {
@@ -846,7 +846,7 @@ extern "C" fn warm_step(i: u32, ctx: *mut c_void) -> u64 {
         return 1;
     };
     if c.verdict == FREE_COOLED {
-        let _ = NAT_COOLDOWN.get_ptr(&c.rev_key);
+        let _ = NAT_COOLDOWN.get_ptr(c.rev_key);
     }
     0
 }
@@ -860,7 +860,7 @@ extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
     let Some((slot, c)) = candidate(i, ctx) else {
         return 1;
     };
-    let Some(fwd) = NAT_FWD.get_ptr_mut(&c.key) else {
+    let Some(fwd) = NAT_FWD.get_ptr_mut(c.key) else {
         return 0;
     };
     // SAFETY: map value pointer from the lookup.
@@ -880,7 +880,7 @@ extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
     // written.
     let mut rev: *const Session = core::ptr::null();
     if c.paired != 0 {
-        match NAT_REV.get_ptr(&c.rev_key) {
+        match NAT_REV.get_ptr(c.rev_key) {
             // SAFETY: map value pointer from the lookup.
             Some(r) if unsafe { (*r).addr == c.key.saddr && (*r).port == c.key.sport } => rev = r,
             _ => return 0,
