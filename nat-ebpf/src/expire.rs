@@ -13,9 +13,11 @@
 //! fail with -ENOMEM under load and cost a timer per session).
 //!
 //! Each map is walked with bpf_for_each_map_elem. A callback may delete the
-//! element it was handed: the hash map walk (kernel/bpf/hashtab.c
-//! `bpf_for_each_hash_elem`) holds the RCU read lock per bucket and steps on
-//! through the element's `next`, which a delete leaves intact; an element of
+//! element it was handed, and (a batch's frees) elements handed before it:
+//! the hash map walk (kernel/bpf/hashtab.c `bpf_for_each_hash_elem`) holds
+//! the RCU read lock per bucket and steps on through the current element's
+//! `next`, which a delete of it or of an element before it leaves intact;
+//! no callback deletes an element the walk has not reached. An element of
 //! a preallocated map that another CPU reuses meanwhile can at worst end that
 //! bucket's walk early or show an element twice, and the next sweep sees
 //! what this one missed. Work per run is bounded by a budget of deletions
@@ -29,6 +31,17 @@
 //! session keeps it (`last_seen` is read again right before the delete; an
 //! expired session's next packet always writes it, being older than the
 //! touch granularity).
+//!
+//! Quiet sessions are judged in batches of [`BATCH`]: the walk's callback
+//! only records one, and once the batch is full four passes over it do
+//! the reverse lookups, the verdicts, the cooldown lookups of the sessions
+//! to free, and the frees. The lookups of a pass take no lock,
+//! so their cache misses (the cost of an expiry in tables of a million
+//! entries) overlap instead of queueing behind each other and behind the
+//! deletes' locks; the frees then find every bucket they need cached. The
+//! frees look the entries up again (a walk's element pointer does not
+//! outlive its callback) and free nothing whose `last_seen` moved since
+//! the walk read it: the packet-keeps-its-session guarantee is unchanged.
 //!
 //! A quiet session (forward entry idle past the shortest timeout) needs its
 //! reverse entry read to be judged, a lookup that misses the cache. The run
@@ -49,7 +62,7 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_timer},
     helpers::generated::{
-        bpf_for_each_map_elem, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start,
+        bpf_for_each_map_elem, bpf_loop, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start,
     },
     macros::classifier,
     programs::TcContext,
@@ -70,8 +83,8 @@ use nat_common::{
 
 use crate::{
     maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_CTL, NAT_SWEEP_STATS, NAT_SWEEP_STOP,
-        NAT_SWEEP_TIMER, NAT_SWEEP_WALK, SweepTimer,
+        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_BATCH, NAT_SWEEP_CTL,
+        NAT_SWEEP_STATS, NAT_SWEEP_STOP, NAT_SWEEP_TIMER, NAT_SWEEP_WALK, SweepTimer,
     },
     packet::{now_ns, read},
 };
@@ -102,7 +115,8 @@ pub struct Walk {
     trust: u32,
     /// 1: a daemon's run, which ends early once the daemon is stopping.
     watch_stop: u32,
-    _pad: u32,
+    /// This run's slot in NAT_SWEEP_WALK and NAT_SWEEP_BATCH.
+    slot: u32,
     /// Entries of this phase's map to pass over first: the previous run of
     /// this sweep looked at them already.
     skip: u64,
@@ -139,11 +153,9 @@ impl Walk {
     /// Ends one element's visit; `STOP` once the budget of deletions or of
     /// entries looked at is spent.
     #[inline(always)]
-    fn leave(&mut self, removed: bool) -> u64 {
-        if removed {
-            self.removed += 1;
-            self.work += 1;
-        }
+    fn leave(&mut self, removed: u32) -> u64 {
+        self.removed += removed as u64;
+        self.work += removed;
         let scanned_out = match self.scan_left {
             0 => false,
             1 => true,
@@ -326,7 +338,7 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
         stopped: 0,
         trust: stamps_trusted(cfg, now) as u32,
         watch_stop: !timer as u32,
-        _pad: 0,
+        slot,
         skip: (resume >> 3) as u64,
         passed: 0,
         visited: 0,
@@ -340,6 +352,12 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
         sweep_scanned,
         last_scanned,
     };
+    // A run always ends with its batch flushed; a slot left otherwise
+    // (never) must not carry candidates into another run.
+    if let Some(b) = NAT_SWEEP_BATCH.get_ptr_mut(slot) {
+        // SAFETY: this CPU's batch slot.
+        unsafe { (*b).n = 0 };
+    }
     let orphans_due = if start == phase::DONE {
         add(SweepTotal::Sweeps, 1).is_multiple_of(ORPHAN_WALK_EVERY)
     } else {
@@ -381,6 +399,11 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
                 ctx,
                 0,
             );
+            // The candidates the walk left in the batch, before the cursor
+            // is taken: what they free counts as removed from this map.
+            let freed = flush(slot);
+            w.removed += freed as u64;
+            w.work += freed;
             next = phase::SESSIONS;
         }
         if w.stopped == 0 && orphans_due {
@@ -516,7 +539,7 @@ extern "C" fn end_cooldown(
         return NEXT;
     }
     let removed = end_one(w, key, until);
-    w.leave(removed)
+    w.leave(removed as u32)
 }
 
 #[inline(always)]
@@ -575,7 +598,10 @@ fn restore(key: &FlowKey, rev: *const Session, now: u64) {
     }
 }
 
-/// A session idle past its state's timeout is cooled, then freed.
+/// A session idle past its state's timeout is cooled, then freed. The
+/// forward entry alone clears a busy or stamped session here; a quiet one
+/// becomes a candidate of this run's batch ([`Batch`]), judged and freed
+/// once the batch is full (or the walk ends).
 extern "C" fn expire_session(
     _map: *mut c_void,
     key: *const FlowKey,
@@ -589,12 +615,81 @@ extern "C" fn expire_session(
         return NEXT;
     }
     w.scanned += 1;
-    let removed = expire_one(w, key, fwd);
-    w.leave(removed)
+    let slot = w.slot;
+    if !look_at(w, slot, key, fwd) {
+        return w.leave(0);
+    }
+    // Full at BATCH, or at what the run may still delete: each candidate
+    // frees one session at most, so a run never deletes past its budget.
+    let room = (BATCH as u32).min(deletions_left(slot));
+    let removed = match NAT_SWEEP_BATCH.get(slot) {
+        Some(b) if b.n >= room => flush(slot),
+        _ => 0,
+    };
+    match walk(ctx) {
+        Some(w) => w.leave(removed),
+        None => STOP,
+    }
 }
 
+/// How many more sessions the run of slot `slot` may delete.
 #[inline(always)]
-fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
+fn deletions_left(slot: u32) -> u32 {
+    NAT_SWEEP_WALK
+        .get(slot)
+        .map_or(0, |w| w.budget.saturating_sub(w.work))
+}
+
+/// Candidates judged together: how many a batch holds. The reverse
+/// lookups of a batch run back to back with no lock between them, and so
+/// do the cooldown lookups, so the processor has several of their cache
+/// misses in flight at once instead of one after the other (a lock's
+/// atomic instruction waits for the loads before it); the deletes and
+/// inserts after them find their buckets in the cache. Small enough that
+/// the batch's entries are still cached when it is freed.
+const BATCH: usize = 64;
+const _: () = assert!(BATCH.is_power_of_two());
+
+/// A quiet session of the walk, and what the batch found out about it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Candidate {
+    key: FlowKey,
+    rev_key: FlowKey,
+    /// The forward entry's `last_seen` and `seen` word as the walk read them.
+    f_last: u64,
+    f_word: u64,
+    /// The reverse entry's, if it points back (`paired`).
+    r_last: u64,
+    r_word: u64,
+    /// Until when the key cools, if the verdict is [`FREE_COOLED`].
+    until: u64,
+    paired: u8,
+    /// [`LIVE`], [`FREE`] or [`FREE_COOLED`].
+    verdict: u8,
+    /// The stamp the walk found, and the one to write if live.
+    stamp: u16,
+    next_stamp: u16,
+    _pad: u16,
+}
+
+const LIVE: u8 = 0;
+const FREE: u8 = 1;
+const FREE_COOLED: u8 = 2;
+
+/// One batch of candidates; lives in a per-CPU map slot, as [`Walk`].
+#[repr(C)]
+pub struct Batch {
+    n: u32,
+    _pad: u32,
+    c: [Candidate; BATCH],
+}
+
+/// Whether the session at `fwd` must be judged with its reverse entry:
+/// it is then added to the batch. A busy session, or one its stamp proves
+/// live, is cleared from its forward entry alone.
+#[inline(always)]
+fn look_at(w: &mut Walk, slot: u32, key: *const FlowKey, fwd: *mut Session) -> bool {
     // SAFETY: element value pointer.
     let (f_last, stamp) = unsafe {
         (
@@ -614,53 +709,197 @@ fn expire_one(w: &mut Walk, key: *const FlowKey, fwd: *mut Session) -> bool {
     if w.trust != 0 && live_at(stamp, w.now) {
         return false;
     }
-    let Some(cfg) = NAT_CONFIG.get(0) else {
+    let Some(b) = NAT_SWEEP_BATCH.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: this CPU's batch slot for this kind of run, see [`Walk`].
+    let b = unsafe { &mut *b };
+    // Masked, not compared: the verifier loses a comparison's bound when
+    // LLVM checks one copy of the index and adds another. The batch is
+    // flushed as soon as it is full, so the mask never wraps.
+    let Some(c) = b.c.get_mut(b.n as usize & (BATCH - 1)) else {
         return false;
     };
     // SAFETY: element key and value pointers.
     let (key, addr, port, f_word) = unsafe { (*key, (*fwd).addr, (*fwd).port, (*fwd).seen) };
-    let f_seen = bits(f_word);
-    let rev_key = key.translated(addr, port);
-    // The reverse entry counts only if it points back: one that belongs to
-    // another flow (this forward entry lost its own) is not ours to free.
-    let rev = match NAT_REV.get_ptr(rev_key) {
-        // SAFETY: map value pointer from the lookup.
-        Some(r) if unsafe { (*r).addr == key.saddr && (*r).port == key.sport } => Some(r),
-        _ => None,
+    *c = Candidate {
+        key,
+        rev_key: key.translated(addr, port),
+        f_last,
+        f_word,
+        r_last: 0,
+        r_word: 0,
+        until: 0,
+        paired: 0,
+        verdict: LIVE,
+        stamp,
+        next_stamp: stamp,
+        _pad: 0,
     };
-    // SAFETY: as above.
-    let (r_seen, r_last) = rev.map_or((0, 0), |r| unsafe {
-        (
-            current_rev_bits(f_word, (*r).seen),
-            read_volatile(&(*r).last_seen),
-        )
-    });
-    let last = f_last.max(r_last);
-    let timeout_ms = idle_timeout_ms(state_of(key.proto, f_seen, r_seen), cfg);
+    b.n += 1;
+    true
+}
+
+/// Judges and frees the batch of slot `slot`, in four passes over it
+/// (each a bpf_loop: the verifier checks one iteration): the reverse
+/// lookups, the verdicts, the cooldown lookups of the sessions to free,
+/// and the frees and stamps. Returns how many sessions it freed.
+#[inline(always)]
+fn flush(slot: u32) -> u32 {
+    let n = match NAT_SWEEP_BATCH.get(slot) {
+        Some(b) if b.n > 0 => b.n.min(BATCH as u32),
+        _ => return 0,
+    };
+    let before = NAT_SWEEP_WALK.get(slot).map_or(0, |w| w.expired);
+    // Linux 6.1 wants a callback's context on this frame's stack.
+    let mut ctx = slot;
+    let ctx = &mut ctx as *mut u32 as *mut c_void;
+    // SAFETY: each callback touches only this slot's batch and walk, and
+    // the map entries it looks up.
+    unsafe {
+        bpf_loop(n, pair_step as *mut c_void, ctx, 0);
+        bpf_loop(n, judge_step as *mut c_void, ctx, 0);
+        bpf_loop(n, warm_step as *mut c_void, ctx, 0);
+        bpf_loop(n, free_step as *mut c_void, ctx, 0);
+    }
+    if let Some(b) = NAT_SWEEP_BATCH.get_ptr_mut(slot) {
+        // SAFETY: this CPU's batch slot.
+        unsafe { (*b).n = 0 };
+    }
+    NAT_SWEEP_WALK
+        .get(slot)
+        .map_or(0, |w| w.expired.saturating_sub(before)) as u32
+}
+
+/// The slot number a batch pass's `ctx` points to, and its candidate `i`.
+#[inline(always)]
+fn candidate<'a>(i: u32, ctx: *mut c_void) -> Option<(u32, &'a mut Candidate)> {
+    // SAFETY: `ctx` is [`flush`]'s slot number on its stack.
+    let slot = unsafe { *(ctx as *const u32) };
+    let b = NAT_SWEEP_BATCH.get_ptr_mut(slot)?;
+    // Masked (see [`look_at`]): `i` is below the batch's count anyway.
+    // SAFETY: this CPU's batch slot.
+    let c = unsafe { (*b).c.get_mut(i as usize & (BATCH - 1)) }?;
+    Some((slot, c))
+}
+
+/// Pass 1: the reverse entry, which counts only if it points back: one
+/// that belongs to another flow (this forward entry lost its own) is not
+/// ours to free.
+extern "C" fn pair_step(i: u32, ctx: *mut c_void) -> u64 {
+    let Some((_, c)) = candidate(i, ctx) else {
+        return 1;
+    };
+    if let Some(r) = NAT_REV.get_ptr(c.rev_key) {
+        // SAFETY: map value pointer from the lookup.
+        unsafe {
+            if (*r).addr == c.key.saddr && (*r).port == c.key.sport {
+                c.paired = 1;
+                c.r_word = (*r).seen;
+                c.r_last = read_volatile(&(*r).last_seen);
+            }
+        }
+    }
+    0
+}
+
+/// Pass 2: the verdict, and for a live session the stamp that proves it.
+extern "C" fn judge_step(i: u32, ctx: *mut c_void) -> u64 {
+    let Some((slot, c)) = candidate(i, ctx) else {
+        return 1;
+    };
+    let (Some(cfg), Some(w)) = (NAT_CONFIG.get(0), NAT_SWEEP_WALK.get(slot)) else {
+        return 1;
+    };
+    let f_seen = bits(c.f_word);
+    let r_seen = if c.paired != 0 {
+        current_rev_bits(c.f_word, c.r_word)
+    } else {
+        0
+    };
+    let last = c.f_last.max(c.r_last);
+    let timeout_ms = idle_timeout_ms(state_of(c.key.proto, f_seen, r_seen), cfg);
     if !expired(w.now, last, timeout_ms) {
-        if rev.is_some() {
+        if c.paired != 0 {
             let expires = last
                 .saturating_add(timeout_ms * 1_000_000)
                 .saturating_add(TOUCH_GRANULARITY_NS);
-            let next = live_stamp(w.now, expires, live_window_ns(key.proto, cfg));
-            if next != stamp {
-                // SAFETY: element value pointer; only the sweep writes it.
-                unsafe { write_volatile(&mut (*fwd).live_until, next) };
-            }
+            c.next_stamp = live_stamp(w.now, expires, live_window_ns(c.key.proto, cfg));
         }
-        return false;
+        return 0;
     }
-    let kind = expiry_kind(key.proto, f_seen, r_seen);
-    free_session(
-        w,
-        &key,
-        fwd,
-        f_last,
-        &rev_key,
-        rev,
-        r_last,
-        cooldown_until(kind, cfg, w.now, last),
-    )
+    let kind = expiry_kind(c.key.proto, f_seen, r_seen);
+    match cooldown_until(kind, cfg, w.now, last) {
+        Some(until) => {
+            c.until = until;
+            c.verdict = FREE_COOLED;
+        }
+        None => c.verdict = FREE,
+    }
+    0
+}
+
+/// Pass 3: the cooldown lookups of the sessions to free and cool, so that
+/// pass 4's inserts find their buckets cached.
+extern "C" fn warm_step(i: u32, ctx: *mut c_void) -> u64 {
+    let Some((_, c)) = candidate(i, ctx) else {
+        return 1;
+    };
+    if c.verdict == FREE_COOLED {
+        let _ = NAT_COOLDOWN.get_ptr(c.rev_key);
+    }
+    0
+}
+
+/// Pass 4: frees the sessions judged expired and stamps the live ones,
+/// each through a fresh lookup of its entries (the walk's pointers do not
+/// outlive its callback): a forward or reverse entry whose `last_seen`
+/// moved since the walk read it saw a packet meanwhile, or is another
+/// session's, and the session stays.
+extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
+    let Some((slot, c)) = candidate(i, ctx) else {
+        return 1;
+    };
+    let Some(fwd) = NAT_FWD.get_ptr_mut(c.key) else {
+        return 0;
+    };
+    // SAFETY: map value pointer from the lookup.
+    if unsafe { read_volatile(&(*fwd).last_seen) } != c.f_last {
+        return 0;
+    }
+    if c.verdict == LIVE {
+        if c.next_stamp != c.stamp {
+            // SAFETY: as above; only the sweep writes it.
+            unsafe { write_volatile(&mut (*fwd).live_until, c.next_stamp) };
+        }
+        return 0;
+    }
+    // A pointer set on every path (null: unpaired), not an Option built
+    // in two branches: LLVM then re-read `paired` to pick the branch, and
+    // Linux 6.1's verifier followed a path on which the pointer was never
+    // written.
+    let mut rev: *const Session = core::ptr::null();
+    if c.paired != 0 {
+        match NAT_REV.get_ptr(c.rev_key) {
+            // SAFETY: map value pointer from the lookup.
+            Some(r) if unsafe { (*r).addr == c.key.saddr && (*r).port == c.key.sport } => rev = r,
+            _ => return 0,
+        }
+    }
+    let rev = (!rev.is_null()).then_some(rev);
+    let Some(w) = NAT_SWEEP_WALK.get_ptr_mut(slot) else {
+        return 1;
+    };
+    // SAFETY: this CPU's walk slot, see [`Walk`].
+    let w = unsafe { &mut *w };
+    let until = if c.verdict == FREE_COOLED {
+        Some(c.until)
+    } else {
+        None
+    };
+    let (key, rev_key, f_last, r_last) = (c.key, c.rev_key, c.f_last, c.r_last);
+    free_session(w, &key, fwd, f_last, &rev_key, rev, r_last, until);
+    0
 }
 
 /// Frees an expired session: cools its key until `cool_until` (if it must
@@ -729,7 +968,7 @@ extern "C" fn reap_orphan(
         return NEXT;
     }
     let removed = reap_one(w, key, rev);
-    w.leave(removed)
+    w.leave(removed as u32)
 }
 
 #[inline(always)]

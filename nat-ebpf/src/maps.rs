@@ -128,6 +128,11 @@ pub static NAT_SWEEP_STOP: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "NAT_SWEEP_WALK")]
 pub static NAT_SWEEP_WALK: PerCpuArray<crate::expire::Walk> = PerCpuArray::with_max_entries(2, 0);
 
+/// The sweep's batch of quiet sessions to judge (`crate::expire::Batch`):
+/// slot 0 for the daemon's runs, 1 for the timer's; never pinned.
+#[map(name = "NAT_SWEEP_BATCH")]
+pub static NAT_SWEEP_BATCH: PerCpuArray<crate::expire::Batch> = PerCpuArray::with_max_entries(2, 0);
+
 /// The value of the sweep timer map. The kernel finds the `bpf_timer` in it
 /// through the map's BTF, which is why this one map is a BTF map (`.maps`)
 /// while the others keep the legacy definitions the loader sizes at load.

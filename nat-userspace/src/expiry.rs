@@ -2,7 +2,10 @@
 //! the program, sets its interval and budget, runs it through
 //! BPF_PROG_TEST_RUN and reads what it did from its per-CPU totals.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -148,18 +151,21 @@ impl KernelSweep {
     /// CPU meanwhile is counted too). `stop` ends it early between two runs
     /// (each is bounded by its budget), so a stopping daemon waits for one
     /// run at most; the next sweep, or the timer, walks everything again.
-    pub fn run(&self, ebpf: &Ebpf, stop: &AtomicBool) -> Result<Totals> {
+    /// Also returns how long the program itself ran (the kernel's own
+    /// clock around each BPF_PROG_TEST_RUN, without the system calls).
+    pub fn run(&self, ebpf: &Ebpf, stop: &AtomicBool) -> Result<(Totals, Duration)> {
         let prog: &SchedClassifier = ebpf
             .program(PROG_SWEEP)
             .context("sweep program missing from the object")?
             .try_into()?;
         let before = self.totals()?;
+        let mut program = Duration::ZERO;
         let mut frame = [0u8; FRAME_LEN];
         frame[4..8].copy_from_slice(&self.scan.to_ne_bytes());
         frame[8..12].copy_from_slice(&self.budget.to_ne_bytes());
         for _ in 0..MAX_RUNS {
             if stop.load(Ordering::Relaxed) {
-                return Ok(self.totals()?.since(&before));
+                return Ok((self.totals()?.since(&before), program));
             }
             let result = prog
                 .test_run(TestRunOptions {
@@ -168,10 +174,13 @@ impl KernelSweep {
                     ..Default::default()
                 })
                 .context("cannot run the expiry sweep (BPF_PROG_TEST_RUN)")?;
+            program += result.duration;
             // The token the next run resumes from: a phase in the low bits.
             let token = result.return_value;
             match (token & 3) as u8 {
-                phase::DONE if token == 0 => return Ok(self.totals()?.since(&before)),
+                phase::DONE if token == 0 => {
+                    return Ok((self.totals()?.since(&before), program));
+                }
                 phase::COOLDOWNS | phase::SESSIONS | phase::ORPHANS => {
                     frame[..4].copy_from_slice(&token.to_ne_bytes());
                 }

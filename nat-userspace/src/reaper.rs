@@ -9,7 +9,7 @@
 //! and not cooling. The same program keeps running from its timer when no
 //! daemon drives it.
 
-use std::sync::atomic::AtomicBool;
+use std::{sync::atomic::AtomicBool, time::Duration};
 
 use anyhow::Result;
 use aya::Ebpf;
@@ -29,11 +29,13 @@ pub struct Sweep {
     pub orphans: u64,
     /// Program runs it took (more than one when a run hit its budget).
     pub runs: u64,
+    /// How long the sweep program ran, by the kernel's clock.
+    pub program: Duration,
 }
 
 /// One full sweep, or what of it ran before `stop` was set.
 pub fn sweep(kernel: &KernelSweep, ebpf: &Ebpf, stop: &AtomicBool) -> Result<Sweep> {
-    let t = kernel.run(ebpf, stop)?;
+    let (t, program) = kernel.run(ebpf, stop)?;
     Ok(Sweep {
         scanned: t.get(SweepTotal::Scanned),
         expired: t.get(SweepTotal::Expired),
@@ -41,5 +43,6 @@ pub fn sweep(kernel: &KernelSweep, ebpf: &Ebpf, stop: &AtomicBool) -> Result<Swe
         kept: t.get(SweepTotal::Kept),
         orphans: t.get(SweepTotal::Orphans),
         runs: t.get(SweepTotal::Runs),
+        program,
     })
 }
