@@ -68,7 +68,7 @@ counters! {
     ForwardConflict = "drop_forward_conflict": "packets to a port forward dropped because the internal host already has a session with that remote on the forwarded internal port",
     Hairpin = "hairpin": "internal packets to an external address and port owned by a port forward, translated both ways and sent back to an internal interface",
     HairpinUnrouted = "drop_hairpin_unrouted": "hairpinned packets dropped because no route leads to the internal host through an internal interface",
-    NotHairpin = "pass_not_hairpin": "packets from inside to an external address that are not hairpinned (no forward or mapping owns the port: the NAT host's own services; fragments, ICMP, TTL 1), left to the stack; other packets on an internal interface are not counted here but by the fast path or egress next",
+    NotHairpin = "pass_not_hairpin": "packets from inside to an external address that are not hairpinned (no forward or mapping owns the port: the NAT host's own services; fragments, ICMP, TTL 1), left to what runs next (the fast path, then the stack); other packets on an internal interface are not counted here but by the fast path or egress next",
 }
 
 /// Number of counters, the size of the stats map.

@@ -89,7 +89,8 @@ fn opening(p: &Plan) -> bool {
 /// The sender's side, as egress translates it: `GO` with the plan's source
 /// set from its session, `ALLOCATE` when a new flow needs one, `NOT_OURS`
 /// for a packet no forward or mapping claims (the NAT host's own services
-/// on its external address), or [`encode`]'s code of another pass or a drop. A global function, verified once.
+/// on its external address), or [`encode`]'s code of another pass or a
+/// drop. A global function, verified once.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {

@@ -32,6 +32,7 @@ pub fn catch_hangups() -> Result<Hangups> {
 pub struct Ops {
     metrics: Option<Metrics>,
     reloads: signal_hook::iterator::Handle,
+    reloader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Ops {
@@ -52,7 +53,7 @@ impl Ops {
         let has_config = args.config.config.is_some();
         let Hangups(mut signals) = hangups;
         let reloads = signals.handle();
-        std::thread::Builder::new()
+        let reloader = std::thread::Builder::new()
             .name("nat-reload".into())
             .spawn(move || {
                 for _ in signals.forever() {
@@ -61,7 +62,11 @@ impl Ops {
             })
             .context("cannot start the reload thread")?;
         notify::ready(&format!("translating on {}", args.iface));
-        Ok(Self { metrics, reloads })
+        Ok(Self {
+            metrics,
+            reloads,
+            reloader: Some(reloader),
+        })
     }
 
     /// Feeds the metrics with how long an expiry sweep took.
@@ -77,8 +82,13 @@ impl Ops {
 }
 
 impl Drop for Ops {
+    /// Waits for a reload in progress: it may be moving the fast path's
+    /// links, which the stop phase (or a successor) must find settled.
     fn drop(&mut self) {
         self.reloads.close();
+        if let Some(thread) = self.reloader.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -81,8 +81,6 @@ pub fn config_for(args: &LoadArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Flags a running datapath cannot change (map sizes, hooks, interfaces), by
-/// key name with their value as given at load.
 /// The keys a reload cannot apply, as given (before `nat load` settles its
 /// defaults), to tell the operator which changes wait for the next load.
 /// The fast path is not among them: a reload moves it ([`FastPath`]).
@@ -211,7 +209,9 @@ impl Reloader {
         if args.external.is_empty() {
             anyhow::bail!("no external address left in the pool");
         }
-        let fast_path = self.fast.wanted(args)?;
+        // The prefixes the datapath holds, not the file's: a changed
+        // `internal` applies on the next load, with the fast path it implies.
+        let fast_path = self.fast.wanted(args, &self.internal)?;
         let mut change = Change {
             needs_restart: fixed(args)
                 .into_iter()
@@ -263,7 +263,12 @@ impl Reloader {
         self.external = args.external.clone();
         self.ports = args.ports;
         // Last: it may wait for a sweep run to end (the object is shared).
-        change.fast_path = self.fast.set(fast_path)?;
+        // The rest is applied by now, so a failure here is reported as
+        // what did not move rather than as a reload that changed nothing.
+        change.fast_path = self
+            .fast
+            .set(fast_path)
+            .unwrap_or_else(|e| Some(FastChange::failed(&e)));
         Ok(change)
     }
 

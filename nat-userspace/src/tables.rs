@@ -229,10 +229,13 @@ impl Tables {
         };
         match m.refs {
             0 => Ok(()),
+            // Gone already (the datapath released it meanwhile): released.
             1 => {
-                self.eim.remove(&internal)?;
-                self.eim_owner
-                    .remove(&EndpointKey::new(key.proto, m.addr, m.port))
+                gone_is_ok(self.eim.remove(&internal))?;
+                gone_is_ok(
+                    self.eim_owner
+                        .remove(&EndpointKey::new(key.proto, m.addr, m.port)),
+                )
             }
             refs => self.eim.insert(
                 internal,
@@ -373,4 +376,11 @@ pub fn boot_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .expect("CLOCK_BOOTTIME is always available");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+fn gone_is_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        r => r,
+    }
 }

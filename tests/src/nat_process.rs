@@ -170,11 +170,11 @@ impl NatProcess {
             thread::Builder::new()
                 .name("nat-stderr".to_owned())
                 .spawn(move || {
-                    for line in BufReader::new(stderr).lines() {
-                        let Ok(line) = line else { break };
+                    drain(stderr, |line| {
+                        // The test harness captures eprintln!, not io::stderr().
                         eprintln!("{line}");
                         lock(&log).push(line);
-                    }
+                    })
                 })
                 .expect("cannot spawn the nat stderr reader");
         }
@@ -186,12 +186,11 @@ impl NatProcess {
             thread::Builder::new()
                 .name("nat-stdout".to_owned())
                 .spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        let Ok(line) = line else { break };
+                    drain(stdout, |line| {
                         println!("[nat] {line}");
                         lock(&lines).push(line.clone());
                         let _ = tx.send(line);
-                    }
+                    })
                 })
                 .expect("cannot spawn the nat stdout reader")
         };
@@ -216,8 +215,9 @@ impl NatProcess {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "nat did not print `{ATTACHED_PREFIX}` within {timeout:?}; killed it. stdout so far: {:#?}",
-                        process.output()
+                        "nat did not print `{ATTACHED_PREFIX}` within {timeout:?}; killed it. stdout so far: {:#?}, stderr: {:#?}",
+                        process.output(),
+                        process.log()
                     );
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -225,9 +225,12 @@ impl NatProcess {
                         Ok(status) => status.to_string(),
                         Err(e) => format!("cannot wait for it: {e}"),
                     };
+                    // Its last words on stderr may still be in the pipe.
+                    thread::sleep(Duration::from_millis(200));
                     panic!(
-                        "nat exited ({status}) before printing `{ATTACHED_PREFIX}`. stdout: {:#?}",
-                        process.output()
+                        "nat exited ({status}) before printing `{ATTACHED_PREFIX}`. stdout: {:#?}, stderr: {:#?}",
+                        process.output(),
+                        process.log()
                     );
                 }
             }
@@ -378,5 +381,14 @@ fn terminate(child: &mut Child) -> io::Result<Option<ExitStatus>> {
             return Ok(None);
         }
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads `pipe` to its end, a line at a time (invalid UTF-8 replaced, never
+/// a reason to stop: a pipe nobody drains blocks the daemon's writes).
+fn drain(pipe: impl io::Read, mut each: impl FnMut(String)) {
+    for line in BufReader::new(pipe).split(b'\n') {
+        let Ok(line) = line else { break };
+        each(String::from_utf8_lossy(&line).into_owned());
     }
 }

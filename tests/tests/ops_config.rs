@@ -361,16 +361,39 @@ fn ops_reload_moves_the_fast_path_with_the_routes() {
         "{line}"
     );
 
+    let pins = format!(
+        "{}/{}/veth-ext",
+        nat_common::names::PIN_ROOT,
+        topo.ns_name(Side::Nat)
+    );
+    let pinned = |prefix: &str| {
+        std::path::Path::new(&format!(
+            "{pins}/{prefix}veth-in_v{}",
+            nat_common::names::LAYOUT_VERSION
+        ))
+        .exists()
+    };
+    let links = || {
+        [
+            nat_common::names::LINK_FAST_PREFIX,
+            nat_common::names::LINK_HAIRPIN_PREFIX,
+        ]
+        .map(pinned)
+    };
+    assert_eq!(links(), [true, true], "fast path and hairpin links pinned");
+
     route(&topo, &["del", "10.200.1.0/24", "dev", "veth-in"]);
     let line = reload_line(&topo, &daemon);
     assert!(line.contains("fast path off veth-in"), "{line}");
     assert!(!fast_path_on_internal(&topo), "{line}");
+    assert_eq!(links(), [false, false], "{line}");
 
     route(&topo, &["add", "10.200.1.0/24", "dev", "veth-in"]);
     let line = reload_line(&topo, &daemon);
     assert!(line.contains("fast path now on veth-in"), "{line}");
     assert!(!line.contains("replies cross the stack"), "{line}");
     assert!(fast_path_on_internal(&topo), "{line}");
+    assert_eq!(links(), [true, true], "{line}");
 
     // The fast path it put back translates.
     let before = counter(&stats(&topo), "fast_out");

@@ -446,7 +446,7 @@ fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
     sorted.sort_unstable();
     let slow = reloads.iter().filter(|&&ms| ms >= 500).count();
     assert!(
-        sorted[sorted.len() / 2] < 100 && slow <= 1,
+        sorted[sorted.len() / 2] < 100 && slow <= 1 && sorted[sorted.len() - 1] < 2000,
         "reloads with {SESSIONS} sessions took {reloads:?} ms"
     );
 

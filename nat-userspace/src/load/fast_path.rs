@@ -11,6 +11,7 @@ use aya::{
     Ebpf,
     maps::{DevMapHash, HashMap, MapError},
 };
+use log::info;
 use nat_common::names::{LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX, MAP_FAST_DEVS, MAP_IF_MACS};
 
 use super::{
@@ -18,7 +19,10 @@ use super::{
     pin::Instance,
     populate, validate,
 };
-use crate::{cli::LoadArgs, pins::PinDir};
+use crate::{
+    cli::{Cidr, LoadArgs},
+    pins::PinDir,
+};
 
 /// The loaded object, shared by the sweep thread (which runs the sweep
 /// program through it) and the reload thread (which attaches its programs).
@@ -52,6 +56,18 @@ pub struct FastChange {
     /// The object was loaded without a fast path: replies keep crossing the
     /// stack until the next `nat load`.
     pub replies_by_stack: bool,
+    /// Why it did not move (all or part of it), when it did not.
+    pub not_moved: Option<String>,
+}
+
+impl FastChange {
+    /// A move that failed part-way.
+    pub fn failed(e: &anyhow::Error) -> Self {
+        Self {
+            not_moved: Some(format!("{e:#}")),
+            ..Self::default()
+        }
+    }
 }
 
 impl std::fmt::Display for FastChange {
@@ -62,6 +78,14 @@ impl std::fmt::Display for FastChange {
         }
         if !self.left.is_empty() {
             parts.push(format!("fast path off {}", self.left.join(",")));
+        }
+        if let Some(why) = &self.not_moved {
+            let what = if parts.is_empty() {
+                "fast path".to_owned()
+            } else {
+                parts.join(", ")
+            };
+            return write!(f, "{what}: not moved ({why})");
         }
         write!(f, "{}", parts.join(", "))?;
         if self.replies_by_stack {
@@ -95,13 +119,19 @@ impl FastPath {
 
     /// The interfaces `args` (as a reload re-read them) put the fast path
     /// on: none under `--no-fast-path`, the `--fast-path` list, or the
-    /// interfaces the internal prefixes are routed through now.
-    pub fn wanted(&self, args: &LoadArgs) -> Result<Vec<(String, u32)>> {
+    /// interfaces the datapath's `internal` prefixes are routed through now.
+    pub fn wanted(&self, args: &LoadArgs, internal: &[Cidr]) -> Result<Vec<(String, u32)>> {
         if args.no_fast_path {
             return Ok(Vec::new());
         }
         let names = if args.fast_path.is_empty() {
-            crate::defaults::fast_path_auto(&args.internal, &self.iface, self.hook.hook())?.0
+            let (names, why) =
+                crate::defaults::fast_path_auto(internal, &self.iface, self.hook.hook())?;
+            if why.contains("; not on ") {
+                // Left out under XDP ingress (virtual): say so, as the load did.
+                info!("reload: {why}");
+            }
+            names
         } else {
             args.fast_path.clone()
         };
@@ -117,11 +147,38 @@ impl FastPath {
         let mut change = FastChange {
             joined: names_not_in(&wanted, &self.on),
             left: names_not_in(&self.on, &wanted),
-            replies_by_stack: false,
+            ..FastChange::default()
         };
         if change.joined.is_empty() && change.left.is_empty() {
             return Ok(None);
         }
+        if crate::kernel::tc_hooks() == crate::kernel::TcHooks::Netlink {
+            // Its TC fast path is a recorded cls_bpf filter per interface,
+            // which the load replaces as a whole.
+            change.not_moved =
+                Some("kernels without TCX links move it on the next `nat load`".to_owned());
+            return Ok(Some(change));
+        }
+        let joined: Vec<(String, u32)> = wanted
+            .iter()
+            .filter(|w| !self.on.contains(w))
+            .cloned()
+            .collect();
+        let moved = self.move_to(&wanted, &joined);
+        if moved.is_err() {
+            // Part of it may have moved: the next reload tidies up what is
+            // left on either side.
+            for w in joined {
+                self.on.push(w);
+            }
+        }
+        moved?;
+        change.replies_by_stack = !self.replies && !wanted.is_empty();
+        self.on = wanted;
+        Ok(Some(change))
+    }
+
+    fn move_to(&mut self, wanted: &[(String, u32)], joined: &[(String, u32)]) -> Result<()> {
         // An interface made again under its old name has a new ifindex: its
         // pinned links went with the old device and must not be updated.
         for (name, _) in self.on.iter().filter(|on| !wanted.contains(on)) {
@@ -133,21 +190,19 @@ impl FastPath {
             }
         }
         let mut ebpf = lock(&self.ebpf);
-        // Redirect entries first, so the first packet of a joined interface
-        // finds its device; links next; the left ones' entries last.
-        populate::populate_fast_path(&mut ebpf, &self.iface, self.ext_ifindex, &wanted)?;
-        attach::attach_fast_path(&mut ebpf, &self.hook, &wanted, &mut self.instance)?;
-        attach::attach_hairpin(&mut ebpf, &wanted, &mut self.instance)?;
+        // The joined interfaces' redirect and MAC entries go in before their
+        // links, as at load (a fast path that refuses native XDP takes its
+        // entry out again); those already on keep theirs untouched.
+        populate::populate_fast_path(&mut ebpf, &self.iface, self.ext_ifindex, joined)?;
+        attach::attach_fast_path(&mut ebpf, &self.hook, wanted, &mut self.instance)?;
+        attach::attach_hairpin(&mut ebpf, wanted, &mut self.instance)?;
         let gone: Vec<u32> = self
             .on
             .iter()
             .filter(|(_, i)| !wanted.iter().any(|(_, w)| w == i))
             .map(|(_, i)| *i)
             .collect();
-        forget(&mut ebpf, &gone)?;
-        change.replies_by_stack = !self.replies && !wanted.is_empty();
-        self.on = wanted;
-        Ok(Some(change))
+        forget(&mut ebpf, &gone)
     }
 }
 
