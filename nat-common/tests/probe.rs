@@ -19,35 +19,33 @@ fn pool(lo: u16, hi: u16) -> PoolAddr {
     }
 }
 
+/// One lap of the walk from `start` stays in `p`'s range and visits each
+/// of its ports once.
+fn one_lap(p: &PoolAddr, start: u32) -> Result<(), TestCaseError> {
+    let (lo, hi) = (p.port_min, p.port_max);
+    let n = span(lo, hi) as usize;
+    let mut seen = vec![false; n];
+    for i in 0..n as u32 {
+        let port = walk(p, start, i);
+        prop_assert!(port >= lo && port <= hi);
+        let slot = (port - lo) as usize;
+        prop_assert!(!seen[slot], "port {} visited twice", port);
+        seen[slot] = true;
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn one_lap_visits_each_port_once(lo in 1u16..=65535, len in 1u32..3000, start in any::<u32>()) {
         let hi = (lo as u32 + len - 1).min(65535) as u16;
-        let p = pool(lo, hi);
-        let n = span(lo, hi) as usize;
-        let mut seen = vec![false; n];
-        for i in 0..n as u32 {
-            let port = walk(&p, start, i);
-            prop_assert!(port >= lo && port <= hi);
-            let slot = (port - lo) as usize;
-            prop_assert!(!seen[slot], "port {} visited twice", port);
-            seen[slot] = true;
-        }
+        one_lap(&pool(lo, hi), start)?;
     }
 
     #[test]
     fn one_lap_of_a_flows_own_walk_visits_each_port_once(lo in 1u16..=65535, len in 1u32..3000, start in any::<u32>()) {
         let hi = (lo as u32 + len - 1).min(65535) as u16;
-        let p = for_flow(&pool(lo, hi), start);
-        let n = span(lo, hi) as usize;
-        let mut seen = vec![false; n];
-        for i in 0..n as u32 {
-            let port = walk(&p, start, i);
-            prop_assert!(port >= lo && port <= hi);
-            let slot = (port - lo) as usize;
-            prop_assert!(!seen[slot], "port {} visited twice", port);
-            seen[slot] = true;
-        }
+        one_lap(&for_flow(&pool(lo, hi), start), start)?;
     }
 
     #[test]
