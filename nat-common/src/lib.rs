@@ -30,7 +30,7 @@ mod pod {
         flow::{FlowKey, Session},
         hosts::HostEntry,
         mapping::{EndpointKey, Mapping, Owner, PeerKey},
-        port_forward::{ForwardKey, ForwardTarget},
+        port_forward::ForwardTarget,
     };
 
     // SAFETY: all of these are repr(C), Copy, made of integers only, with
@@ -40,7 +40,6 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PoolAddr {}
     unsafe impl aya::Pod for SweepControl {}
-    unsafe impl aya::Pod for ForwardKey {}
     unsafe impl aya::Pod for ForwardTarget {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for Mapping {}

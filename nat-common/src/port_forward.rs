@@ -12,26 +12,9 @@ pub const MAX_FORWARD_RANGE: u32 = 1024;
 /// Entries of the forward map: [`MAX_FORWARD_RANGE`] times eight full ranges.
 pub const MAX_FORWARD_ENTRIES: u32 = 8192;
 
-/// Key of the forward map. Address and port in network byte order.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ForwardKey {
-    pub addr: u32,
-    pub port: u16,
-    pub proto: u8,
-    pub _pad: u8,
-}
-
-impl ForwardKey {
-    pub const fn new(proto: u8, addr: u32, port: u16) -> Self {
-        Self {
-            addr,
-            port,
-            proto,
-            _pad: 0,
-        }
-    }
-}
+/// Key of the forward map: the external endpoint (protocol, address, port
+/// in network byte order), the same key the mapping owner map uses.
+pub type ForwardKey = crate::mapping::EndpointKey;
 
 /// Value of the forward map: where the port leads, and the range it was
 /// added with (host order, for listing and deleting it whole).

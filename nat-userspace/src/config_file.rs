@@ -391,6 +391,13 @@ mod tests {
         args.iter().map(OsString::from).collect()
     }
 
+    /// `nat load --config FILE EXTRA...` as the daemon reads it.
+    fn load_with(f: &tempfile_path::TempFile, extra: &[&str]) -> LoadArgs {
+        let mut args = vec!["nat", "load", "--config", f.0.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        parse(expand_argv(argv(&args)).unwrap())
+    }
+
     fn parse(args: Vec<OsString>) -> LoadArgs {
         match Cli::try_parse_from(args)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -471,8 +478,7 @@ mod tests {
         }
         let f = file(&text);
         let from_flags = parse(flags.iter().map(OsString::from).collect());
-        let config = f.0.to_str().unwrap().to_owned();
-        let from_file = parse(expand_argv(argv(&["nat", "load", "--config", &config])).unwrap());
+        let from_file = load_with(&f, &[]);
         // Same arguments apart from the config path itself.
         let mut expected = from_flags;
         expected.config.config = Some(f.0.clone());
@@ -491,20 +497,7 @@ mod tests {
         let f = file(
             "iface = \"eth0\"\nexternal = [\"192.0.2.1\"]\ninternal = [\"10.0.0.0/8\"]\nports = \"20000-20999\"\ncooldown = \"5s\"\n",
         );
-        let config = f.0.to_str().unwrap().to_owned();
-        let args = parse(
-            expand_argv(argv(&[
-                "nat",
-                "load",
-                "--config",
-                &config,
-                "--ports",
-                "30000-30099",
-                "--external",
-                "192.0.2.9",
-            ]))
-            .unwrap(),
-        );
+        let args = load_with(&f, &["--ports", "30000-30099", "--external", "192.0.2.9"]);
         assert_eq!((args.ports.lo, args.ports.hi), (30000, 30099));
         assert_eq!(
             args.external,
@@ -520,18 +513,7 @@ mod tests {
         let f = file(
             "iface = \"eth0\"\nexternal = [\"192.0.2.1\"]\ninternal = [\"10.0.0.0/8\"]\nno-fast-path = true\n",
         );
-        let config = f.0.to_str().unwrap().to_owned();
-        let args = parse(
-            expand_argv(argv(&[
-                "nat",
-                "load",
-                "--config",
-                &config,
-                "--fast-path",
-                "lan0",
-            ]))
-            .unwrap(),
-        );
+        let args = load_with(&f, &["--fast-path", "lan0"]);
         assert!(!args.no_fast_path);
         assert_eq!(
             format!("{:?}", args.fast_path),
@@ -553,7 +535,7 @@ mod tests {
             )
         );
         // Without the flag the file's key holds.
-        let args = parse(expand_argv(argv(&["nat", "load", "--config", &config])).unwrap());
+        let args = load_with(&f, &[]);
         assert!(args.no_fast_path);
     }
 

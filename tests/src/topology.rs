@@ -151,6 +151,12 @@ impl Topology {
         );
     }
 
+    /// `ip route ROUTE` in `side`'s namespace (for example `del
+    /// 10.200.1.0/24 dev veth-in`).
+    pub fn route(&self, side: Side, route: &str) {
+        ip_batch(self.ns_name(side), &[format!("route {route}")]);
+    }
+
     /// The client's addresses inside the internal prefix, [`CLIENT_IP`] first.
     pub fn client_ips(&self) -> Vec<Ipv4Addr> {
         (0..self.client_addrs)

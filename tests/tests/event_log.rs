@@ -4,115 +4,45 @@
 mod closing;
 mod common;
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use closing::*;
 use common::*;
 use nat_common::event_rate::EVENTS_PER_SECOND;
-use nat_tests::{
-    CLIENT_IP, EXT_IFACE, EXTERNAL_IP, INTERNAL_PREFIX, SERVER_IP, Side, Topology, TopologyOpts,
-    nat_bin, nat_cmd, run_in_ns,
-};
+use nat_tests::{CLIENT_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns};
 
-/// The daemon with its stdout and stderr in files, so the test can read
-/// what the datapath logged; killed and unloaded on drop.
-struct LoggingNat<'a> {
-    topo: &'a Topology,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl<'a> LoggingNat<'a> {
-    fn start(topo: &'a Topology, extra: &[&str]) -> LoggingNat<'a> {
-        let dir = std::env::temp_dir();
-        // Tests of this file run at once: each has its own files.
-        let tag = format!(
-            "nat-event-log-{}-{}",
-            std::process::id(),
-            topo.ns_name(Side::Nat)
-        );
-        let stdout = dir.join(format!("{tag}.out"));
-        let stderr = dir.join(format!("{tag}.err"));
-        let child = Command::new(nat_bin())
-            .args([
-                "--netns",
-                topo.ns_name(Side::Nat),
-                "load",
-                "--iface",
-                EXT_IFACE,
-            ])
-            .args(["--external", &EXTERNAL_IP.to_string()])
-            .args(["--internal", INTERNAL_PREFIX])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("stdout file"))
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("nat starts");
-        let nat = LoggingNat {
-            topo,
-            child,
-            stdout,
-            stderr,
-        };
-        wait_for("nat: attached", Duration::from_secs(30), || {
-            nat.read(&nat.stdout)
-                .contains("nat: attached")
-                .then_some(())
-        });
-        nat
-    }
-
-    fn read(&self, path: &PathBuf) -> String {
-        std::fs::read_to_string(path).unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        self.read(&self.stderr)
-    }
-}
-
-impl Drop for LoggingNat<'_> {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = nat_cmd(self.topo, &["unload", "--iface", EXT_IFACE]);
-        let _ = std::fs::remove_file(&self.stdout);
-        let _ = std::fs::remove_file(&self.stderr);
-    }
+/// What the daemon logged so far, as one text.
+fn log(nat: &NatProcess) -> String {
+    nat.log().join("\n")
 }
 
 #[test]
 fn exhaustion_is_logged_only_while_log_events_is_on() {
     let topo = Topology::new("evlog", TopologyOpts::default());
     // One external port: a second connection to the same server finds none.
-    let nat = LoggingNat::start(&topo, &["--ports", "20000-20000", "--log-events", "on"]);
+    let nat = NatProcess::start(&topo, &["--ports", "20000-20000", "--log-events", "on"]);
     let _server = CloseServer::start(&topo, 80);
     let (held, _) = connect(&topo, 80, Duration::from_secs(5)).expect("first connection");
     let line = format!("no free external port for {CLIENT_IP} -> {SERVER_IP}");
 
     connect(&topo, 80, Duration::from_millis(300)).expect_err("no port is free");
     wait_for("the exhaustion in the log", Duration::from_secs(5), || {
-        nat.log().contains(&line).then_some(())
+        log(&nat).contains(&line).then_some(())
     });
     assert!(counter(&stats(&topo), "drop_alloc_failed") >= 1);
 
     set(&topo, "log-events", "off");
-    let logged = nat.log().matches(&line).count();
+    let logged = log(&nat).matches(&line).count();
     let dropped = counter(&stats(&topo), "drop_alloc_failed");
     connect(&topo, 80, Duration::from_millis(300)).expect_err("still no port");
     // Time for a record to reach the log, as it did above.
     std::thread::sleep(Duration::from_secs(1));
     assert!(counter(&stats(&topo), "drop_alloc_failed") > dropped);
     assert_eq!(
-        nat.log().matches(&line).count(),
+        log(&nat).matches(&line).count(),
         logged,
         "logged with log-events off: {}",
-        nat.log()
+        log(&nat)
     );
     drop(held);
 }
@@ -120,7 +50,7 @@ fn exhaustion_is_logged_only_while_log_events_is_on() {
 #[test]
 fn a_storm_of_drops_is_cut_to_the_rate_limit() {
     let topo = Topology::new("evstorm", TopologyOpts::default());
-    let nat = LoggingNat::start(&topo, &["--ports", "20000-20000", "--log-events", "on"]);
+    let nat = NatProcess::start(&topo, &["--ports", "20000-20000", "--log-events", "on"]);
     let server = std::net::SocketAddrV4::new(SERVER_IP, 53);
     // The first datagram takes the only port toward the server; each of the
     // next, from its own source port, finds none and is dropped.
@@ -133,13 +63,13 @@ fn a_storm_of_drops_is_cut_to_the_rate_limit() {
     });
     let line = format!("no free external port for {CLIENT_IP} -> {SERVER_IP}");
     wait_for("the first record", Duration::from_secs(5), || {
-        nat.log().contains(&line).then_some(())
+        log(&nat).contains(&line).then_some(())
     });
     assert!(counter(&stats(&topo), "drop_alloc_failed") >= STORM as u64 - 5);
     // Records reach the log within this second, and the window closes.
     std::thread::sleep(Duration::from_millis(1100));
     let cpus = std::thread::available_parallelism().map_or(64, |n| n.get());
-    let logged = nat.log().matches(&line).count();
+    let logged = log(&nat).matches(&line).count();
     assert!(
         logged <= cpus * EVENTS_PER_SECOND as usize,
         "{logged} records of {STORM} drops: the rate limit did not hold"
@@ -151,6 +81,6 @@ fn a_storm_of_drops_is_cut_to_the_rate_limit() {
             let sock = std::net::UdpSocket::bind((CLIENT_IP, 0)).expect("bind");
             sock.send_to(b"x", server).expect("send");
         });
-        nat.log().contains("event records held back").then_some(())
+        log(&nat).contains("event records held back").then_some(())
     });
 }

@@ -303,20 +303,6 @@ fn ops_reload_applies_cooldown_addresses_and_port_range_during_a_transfer() {
     assert_eq!(counter(&st, "drop_no_session"), 0, "{st}");
 }
 
-/// `ip route ...` in the NAT's namespace.
-fn route(topo: &Topology, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["-n", topo.ns_name(Side::Nat), "route"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip route {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `nat reload`, and the daemon's line saying what the reload did.
 fn reload_line(topo: &Topology, daemon: &NatProcess) -> String {
     let reloads = |lines: Vec<String>| -> Vec<String> {
@@ -382,13 +368,13 @@ fn ops_reload_moves_the_fast_path_with_the_routes() {
     };
     assert_eq!(links(), [true, true], "fast path and hairpin links pinned");
 
-    route(&topo, &["del", "10.200.1.0/24", "dev", "veth-in"]);
+    topo.route(Side::Nat, "del 10.200.1.0/24 dev veth-in");
     let line = reload_line(&topo, &daemon);
     assert!(line.contains("fast path off veth-in"), "{line}");
     assert!(!fast_path_on_internal(&topo), "{line}");
     assert_eq!(links(), [false, false], "{line}");
 
-    route(&topo, &["add", "10.200.1.0/24", "dev", "veth-in"]);
+    topo.route(Side::Nat, "add 10.200.1.0/24 dev veth-in");
     let line = reload_line(&topo, &daemon);
     assert!(line.contains("fast path now on veth-in"), "{line}");
     assert!(!line.contains("replies cross the stack"), "{line}");
