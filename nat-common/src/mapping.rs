@@ -90,8 +90,8 @@ pub struct Owner {
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
-    /// The owning mapping's [`Mapping::born`]; 0 while a new mapping is
-    /// being created (the port is reserved, nothing is admitted to it yet).
+    /// The owning mapping's [`Mapping::born`]: a filter answer is trusted
+    /// only for the mapping it was recorded for.
     pub born: u64,
 }
 

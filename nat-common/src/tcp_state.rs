@@ -6,6 +6,13 @@ use crate::{
     headers::tcp_flags,
 };
 
+/// Whether a packet of protocol `proto` with TCP flags `flags` may open a
+/// flow: a TCP SYN without ACK or RST, or any datagram of another protocol.
+pub const fn opens_flow(proto: u8, flags: u8) -> bool {
+    let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
+    proto != PROTO_TCP || flags & mask == tcp_flags::SYN
+}
+
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {

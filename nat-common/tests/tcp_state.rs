@@ -4,7 +4,7 @@ use nat_common::{
     config::Config,
     flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, seen},
     headers::tcp_flags::{ACK, FIN, RST, SYN},
-    tcp_state::{CloseKind, close_kind, cooldown_ms, expiry_kind},
+    tcp_state::{CloseKind, close_kind, cooldown_ms, expiry_kind, opens_flow},
     tcp_state::{RST_SLACK, State, idle_timeout_ms, rst_in_window, seen_bits, state_of},
 };
 
@@ -204,4 +204,16 @@ fn resets_count_only_inside_the_receivers_window() {
     assert!(!rst_in_window(acked.wrapping_add(1 << 31), acked, 502));
     // Across the wrap of the sequence space.
     assert!(rst_in_window(5, u32::MAX - 5, 10));
+}
+
+#[test]
+fn only_a_bare_syn_opens_a_tcp_flow() {
+    assert!(opens_flow(PROTO_TCP, SYN));
+    assert!(opens_flow(PROTO_TCP, SYN | FIN));
+    assert!(!opens_flow(PROTO_TCP, SYN | ACK));
+    assert!(!opens_flow(PROTO_TCP, SYN | RST));
+    assert!(!opens_flow(PROTO_TCP, ACK));
+    assert!(!opens_flow(PROTO_TCP, 0));
+    assert!(opens_flow(PROTO_UDP, 0));
+    assert!(opens_flow(PROTO_ICMP, ACK));
 }

@@ -4,7 +4,8 @@ use aya_ebpf::{bindings::__sk_buff, macros::classifier, programs::TcContext};
 use nat_common::{
     counters::Counter,
     flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, tcp_flags},
+    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
+    tcp_state::opens_flow,
 };
 
 use crate::{
@@ -103,9 +104,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
             if !is_internal(ip.saddr) {
                 return Ok(Counter::NotOursOut);
             }
-            let opening = tcp_flags::SYN;
-            let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
-            if ip.proto == PROTO_TCP && l4.tcp_flags & mask != opening {
+            if !opens_flow(ip.proto, l4.tcp_flags) {
                 return Err(DropReason::NoSession);
             }
             match allocate(&key, l4.tcp_flags, now) {

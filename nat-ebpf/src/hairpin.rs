@@ -25,7 +25,8 @@ use nat_common::{
     counters::Counter,
     flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP},
     forward::{AF_INET, eligible},
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, tcp_flags},
+    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
+    tcp_state::opens_flow,
 };
 
 use crate::{
@@ -82,8 +83,7 @@ const NOT_OURS: i64 = encode(Ok(Counter::NotHairpin));
 
 #[inline(always)]
 fn opening(p: &Plan) -> bool {
-    let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
-    p.key.proto != PROTO_TCP || p.flags & mask == tcp_flags::SYN
+    opens_flow(p.key.proto, p.flags)
 }
 
 /// The sender's side, as egress translates it: `GO` with the plan's source

@@ -347,16 +347,16 @@ fn evict(saddr: u32, word: u64, now: u64) -> bool {
     {
         return false;
     }
+    let Some(fwd) = NAT_FWD.get_ptr(key) else {
+        return false;
+    };
     // An answer or a retransmission since the reads above: it stays.
-    // SAFETY: read-only copies of map values.
-    let moved = unsafe { NAT_FWD.get(key) }.is_none_or(|f| f.last_seen != f_last)
+    // SAFETY: a map value pointer from the lookup above; read-only copies.
+    let moved = unsafe { read_volatile(&(*fwd).last_seen) } != f_last
         || (paired && unsafe { NAT_REV.get(rev_key) }.is_none_or(|r| r.last_seen != r_last));
     if moved {
         return false;
     }
-    let Some(fwd) = NAT_FWD.get_ptr(key) else {
-        return false;
-    };
     // With its mapping reference, if it is on one (mapping-tcp endpoint-independent).
     if crate::mapping::remove_forward(&key, fwd).is_none() {
         return false;

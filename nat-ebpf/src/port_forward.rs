@@ -10,10 +10,10 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use nat_common::{
     counters::Counter,
-    flow::{FlowKey, HopCache, PROTO_TCP, Session},
-    headers::tcp_flags,
+    flow::{FlowKey, HopCache, Session},
     mapping::SESSION_INBOUND,
     port_forward::ForwardKey,
+    tcp_state::opens_flow,
 };
 
 use crate::{
@@ -63,13 +63,14 @@ pub fn forwarded(proto: u8, addr: u32, port: u16) -> bool {
 /// packet's reverse key (external endpoint, remote).
 #[inline(always)]
 pub fn open_from_outside(rev_key: &FlowKey, flags: u8) -> Result<Option<*mut Session>, DropReason> {
+    // The flags first: the packets of the NAT host's own connections (no
+    // SYN) never pay the forward lookup.
+    if !opens_flow(rev_key.proto, flags) {
+        return Ok(None);
+    }
     let Some(to) = forward_owner(rev_key.proto, rev_key.saddr, rev_key.sport) else {
         return Ok(None);
     };
-    let mask = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST;
-    if rev_key.proto == PROTO_TCP && flags & mask != tcp_flags::SYN {
-        return Ok(None);
-    }
     open(rev_key, to, now_ns())?;
     Ok(NAT_REV.get_ptr_mut(rev_key))
 }
