@@ -14,7 +14,10 @@
 //! dropped, and so were their SYN retransmissions, which walk the same
 //! candidates. With a stride per flow, walks that meet part again at once.
 
-use crate::{config::PoolAddr, flow::FlowKey};
+use crate::{
+    config::{MAX_PROBES, PoolAddr, SPILL_PROBES},
+    flow::FlowKey,
+};
 
 /// Number of ports in `[min, max]`; 0 for an inverted range.
 #[inline(always)]
@@ -119,6 +122,68 @@ pub fn walk(pool: &PoolAddr, start: u32, i: u32) -> u16 {
     }
     let off = (start as u64 + i as u64 * pool.step as u64) % span;
     pool.port_min + off as u16
+}
+
+/// The order in which one allocation visits the pool: up to [`MAX_PROBES`]
+/// candidates of the host's own address, then up to [`SPILL_PROBES`] of
+/// each other address in turn, none past one lap of a range. Numbered as one
+/// sequence, so that a single loop (one bpf_loop, one callback the verifier
+/// checks once) walks it all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tour {
+    /// Candidates on the host's own address.
+    pub own: u32,
+    /// Candidates on each other address.
+    pub other: u32,
+    /// Addresses in the pool.
+    pub addresses: u32,
+}
+
+impl Tour {
+    /// The tour of a pool of `addresses` whose addresses share a range of `span` ports.
+    pub const fn new(span: u32, addresses: u32) -> Self {
+        Self {
+            own: if span < MAX_PROBES { span } else { MAX_PROBES },
+            other: if span < SPILL_PROBES {
+                span
+            } else {
+                SPILL_PROBES
+            },
+            addresses,
+        }
+    }
+
+    /// Candidates in the whole tour.
+    pub const fn len(&self) -> u32 {
+        if self.addresses == 0 {
+            return 0;
+        }
+        self.own + (self.addresses - 1) * self.other
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Candidate `i` of the tour: the address it is on (0 the host's own, k
+    /// the k-th after it in the pool) and its index in that address's walk.
+    pub const fn at(&self, i: u32) -> Option<(u32, u32)> {
+        if self.addresses == 0 {
+            return None;
+        }
+        if i < self.own {
+            return Some((0, i));
+        }
+        if self.other == 0 {
+            return None;
+        }
+        let k = i - self.own;
+        let address = 1 + k / self.other;
+        if address >= self.addresses {
+            return None;
+        }
+        Some((address, k % self.other))
+    }
 }
 
 /// Whether the internal port (host order) can be kept as the external one.

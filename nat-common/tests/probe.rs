@@ -3,9 +3,9 @@
 //! free port in a nearly full range within its bound.
 
 use nat_common::{
-    config::{MAX_PROBES, PoolAddr},
+    config::{MAX_PROBES, PoolAddr, SPILL_PROBES},
     flow::FlowKey,
-    probe::{flow_hash, for_flow, pool_index, preservable, span, stride_for, walk},
+    probe::{Tour, flow_hash, for_flow, pool_index, preservable, span, stride_for, walk},
 };
 use proptest::prelude::*;
 
@@ -160,4 +160,22 @@ fn ninety_percent_of_one_destinations_range_leaves_every_flow_a_port_within_its_
         longest < MAX_PROBES / 2,
         "the longest walk took {longest} candidates"
     );
+}
+
+proptest! {
+    /// The tour numbers every (address, index) it visits once: the host's
+    /// own address for min(256, span) candidates, each other one for
+    /// min(64, span), in pool order, and nothing past its length.
+    #[test]
+    fn the_tour_visits_each_candidate_once(span in 0u32..70_000, addresses in 0u32..=16) {
+        let tour = Tour::new(span, addresses);
+        let mut expected = Vec::new();
+        for a in 0..addresses {
+            let window = if a == 0 { span.min(MAX_PROBES) } else { span.min(SPILL_PROBES) };
+            expected.extend((0..window).map(|j| (a, j)));
+        }
+        let visited: Vec<(u32, u32)> = (0..tour.len()).map(|i| tour.at(i).expect("inside the tour")).collect();
+        prop_assert_eq!(visited, expected);
+        prop_assert_eq!(tour.at(tour.len()), None);
+    }
 }

@@ -8,7 +8,13 @@
 //! follows with BPF_NOEXIST too; if another CPU created the flow first, the
 //! claim is rolled back and the winner's entry used.
 //!
-//! Probing runs under bpf_loop so the verifier checks one iteration, not 256.
+//! The whole search, the host's own address and then the others
+//! ([`Tour`]), is one bpf_loop whose callback works from the index it is
+//! passed and from state in map memory, which the verifier does not track:
+//! it checks the callback once, as one step with an unknown index. A loop
+//! around the walk (once per address) would have the verifier walk the
+//! callback again for every address, and on kernels whose bpf_loop checks
+//! carry precision across iterations that no longer fits its limit.
 //!
 //! With an endpoint-independent mapping mode (`mapping-udp`, `mapping-tcp`)
 //! a flow first tries its endpoint's mapping ([`crate::mapping::join`]); without
@@ -21,11 +27,11 @@ use core::ffi::c_void;
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use nat_common::{
-    config::{Config, MAX_POOL, MAX_PROBES, PoolAddr, SPILL_PROBES, policy},
+    config::{Config, MAX_POOL, PoolAddr, policy},
     counters::Counter,
     flow::{FlowKey, Session},
     probe::{
-        PROBE_BUCKETS, flow_hash, for_flow, pool_index, preservable, probe_bucket, span, walk,
+        PROBE_BUCKETS, Tour, flow_hash, for_flow, pool_index, preservable, probe_bucket, span, walk,
     },
     tcp_state::seen_bits,
 };
@@ -63,34 +69,97 @@ pub fn insert_failure(err: i32) -> DropReason {
     }
 }
 
-/// State of one allocation's probe walks, in this CPU's slot of
-/// NAT_PROBE_STATE: on the stack it made the call chain nat_egress,
-/// nat_allocate, probe callback, nat_claim_pair overflow the 512 bytes the
-/// verifier allows a chain. The callback finds it there itself (bpf_loop
-/// gets no context): Linux 6.1 takes only a stack pointer as that context.
-/// A CPU runs one program at a time and nothing here sleeps, so the slot
-/// is this allocation's for the length of the call.
+/// State of one allocation's walk, in this CPU's slot of NAT_PROBE_STATE:
+/// on the stack it made the call chain nat_egress, nat_allocate, probe
+/// callback, nat_claim_pair overflow the 512 bytes the verifier allows a
+/// chain. The callback finds it there itself (bpf_loop gets no context):
+/// Linux 6.1 takes only a stack pointer as that context. A CPU runs one
+/// program at a time and nothing here sleeps, so the slot is this
+/// allocation's for the length of the call. Everything the callback
+/// carries from one candidate to the next lives here, in map memory, where
+/// the verifier knows none of it: the callback is verified as one step
+/// with an unknown index, never once per value of a counter.
 #[repr(C)]
 pub struct Probe {
     fwd: FlowKey,
+    /// The address being walked, with the flow's own stride.
     pool: PoolAddr,
     now: u64,
+    /// The probed candidate, not live, whose cooldown ends soonest (u64::MAX: none).
+    best_until: u64,
     start: u32,
     tcp_flags: u32,
     /// Honour cooldowns (setting `cooldown-enabled`).
     cooling: u32,
     found: u32,
-    /// 1-based index of the candidate that was claimed.
+    /// 1-based index, in its address's walk, of the candidate that was claimed.
     probes: u32,
-    session: Endpoint,
-    /// The probed candidate, not live, whose cooldown ends soonest (0: none).
-    best_port: u16,
-    best_addr: u32,
     /// What a free candidate is claimed as: [`mapping::PROBE_NEW_MAPPING`], a
     /// session and a new endpoint-independent mapping with it, or else a
     /// session for this destination alone.
     mode: u32,
-    best_until: u64,
+    /// The pool index of the host's own address, and the pool's length.
+    own: u32,
+    pool_len: u32,
+    /// The order of the walk over the pool's addresses.
+    tour: Tour,
+    /// Which address of the walk `pool` holds: 0 the host's own, k the k-th
+    /// after it in the pool; [`NO_SLOT`] before the first.
+    slot: u32,
+    best_addr: u32,
+    session: Endpoint,
+    best_port: u16,
+    _pad: [u8; 2],
+}
+
+/// [`Probe::slot`] before the walk has loaded an address.
+const NO_SLOT: u32 = u32::MAX;
+
+/// Loads address `slot` of the walk into this CPU's probe state, with the
+/// flow's own stride; false when the pool has no usable entry there.
+#[inline(always)]
+fn enter(slot: u32) -> bool {
+    nat_probe_enter(slot as u64) != 0
+}
+
+/// [`enter`] as a global BPF function: inlined, its copy of the pool entry
+/// and the stride's arguments took a frame that pushed the deepest call
+/// chain (program, nat_allocate, probe callback, claim) past the 512 bytes
+/// Linux 6.1 allows. Returns 1 when the address was loaded.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_probe_enter(slot: u64) -> i64 {
+    let Some(p) = NAT_PROBE_STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, filled by nat_allocate before the walk.
+    let p = unsafe { &mut *p };
+    let slot = slot as u32;
+    if p.own >= p.pool_len || slot >= p.pool_len {
+        return 0;
+    }
+    // own < pool_len and slot < pool_len: one subtraction wraps it.
+    let mut idx = p.own + slot;
+    if idx >= p.pool_len {
+        idx -= p.pool_len;
+    }
+    let Some(pool) = NAT_POOL.get(idx) else {
+        return 0;
+    };
+    if pool.step == 0 {
+        return 0;
+    }
+    p.pool = *pool;
+    // The flow's own stride: one for all flows clusters the taken ports
+    // (see nat_common::probe).
+    p.pool.step = nat_flow_stride(
+        pool.port_min as u64,
+        pool.port_max as u64,
+        pool.step as u64,
+        p.start as u64,
+    ) as u32;
+    p.slot = slot;
+    1
 }
 
 #[inline(always)]
@@ -147,14 +216,26 @@ fn claim_candidate(p: &mut Probe, port: u16) -> Claim {
     decode(r, p.pool.addr, port)
 }
 
+/// Candidate `i` of the allocation's [`Tour`]; 1 ends the walk.
 extern "C" fn probe_step(i: u64, _ctx: *mut c_void) -> i64 {
     let Some(p) = NAT_PROBE_STATE.get_ptr_mut(0) else {
         return 1;
     };
-    // SAFETY: this CPU's slot, which allocate filled before the loop.
+    // SAFETY: this CPU's slot, which nat_allocate filled before the loop.
     let p = unsafe { &mut *p };
-    let port = walk(&p.pool, p.start, i as u32);
-    p.probes = i as u32 + 1;
+    let Some((slot, j)) = p.tour.at(i as u32) else {
+        return 1;
+    };
+    if slot != p.slot && !enter(slot) {
+        return 1;
+    }
+    // The tour stops short of a second lap on the host's address's range;
+    // an address whose range is shorter skips the rest of its share.
+    if j >= span(p.pool.port_min, p.pool.port_max) {
+        return 0;
+    }
+    let port = walk(&p.pool, p.start, j);
+    p.probes = j + 1;
     if try_candidate(p, port) { 1 } else { 0 }
 }
 
@@ -307,66 +388,6 @@ pub extern "C" fn nat_flow_stride(port_min: u64, port_max: u64, step: u64, start
     for_flow(&pool, start as u32).step as u64
 }
 
-/// Walks one external address; `Some` once the flow has a session.
-#[inline(always)]
-fn probe_address(
-    p: &mut Probe,
-    pool_idx: u32,
-    probes: u32,
-    preserve: bool,
-) -> Result<Option<Endpoint>, DropReason> {
-    let pool = NAT_POOL.get(pool_idx).ok_or(DropReason::AllocFail)?;
-    if pool.step == 0 {
-        return Err(DropReason::AllocFail);
-    }
-    p.pool = *pool;
-    // The flow's own stride: one for all flows clusters the taken ports
-    // (see nat_common::probe).
-    p.pool.step = nat_flow_stride(
-        pool.port_min as u64,
-        pool.port_max as u64,
-        pool.step as u64,
-        p.start as u64,
-    ) as u32;
-    p.found = FOUND_NONE;
-    // One lap of the walk visits every port of the range once: a longer walk
-    // would only look at the same ports again (and count their cooldowns twice).
-    let probes = probes.min(span(pool.port_min, pool.port_max));
-    let src_port = u16::from_be(p.fwd.sport);
-    if preserve && preservable(pool, src_port) {
-        p.probes = 1;
-        try_candidate(p, src_port);
-    }
-    if p.found == FOUND_NONE {
-        // Linux 6.1 wants the callback's context to be a stack pointer
-        // (a null one fails its check of the callback's arguments); the
-        // callback ignores it and finds its state in NAT_PROBE_STATE.
-        let mut unused = 0u64;
-        // SAFETY: the callback only touches this CPU's `Probe` slot.
-        unsafe {
-            bpf_loop(
-                probes,
-                probe_step as *mut c_void,
-                core::ptr::addr_of_mut!(unused).cast(),
-                0,
-            );
-        }
-    }
-    match p.found {
-        FOUND_WON => {
-            count(Counter::Opened);
-            histogram(probe_bucket(p.probes));
-            Ok(Some(p.session))
-        }
-        FOUND_LOST => {
-            count(Counter::InsertRace);
-            Ok(Some(p.session))
-        }
-        FOUND_ERROR => Err(insert_failure(p.session.addr as i32)),
-        _ => Ok(None),
-    }
-}
-
 #[inline(always)]
 fn histogram(bucket: u32) {
     if let Some(slot) = NAT_PROBES.get_ptr_mut(bucket) {
@@ -444,7 +465,6 @@ fn allocate_port(
     // verifier, which so keeps one state for both modes.
     let mode = (j & 1) as u32;
     let seed = hash_seed();
-    let own = pool_index(fwd.saddr, seed, pool_len);
     let p = NAT_PROBE_STATE
         .get_ptr_mut(0)
         .ok_or(DropReason::AllocFail)?;
@@ -454,31 +474,71 @@ fn allocate_port(
         fwd: *fwd,
         pool: PoolAddr::default(),
         now,
+        best_until: u64::MAX,
         start: flow_hash(fwd, seed),
         tcp_flags: tcp_flags as u32,
         cooling: cfg.cooldown_enabled,
         found: FOUND_NONE,
         probes: 0,
+        mode,
+        own: pool_index(fwd.saddr, seed, pool_len),
+        pool_len,
+        tour: Tour::new(0, 0),
+        slot: NO_SLOT,
+        best_addr: 0,
         session: Endpoint::default(),
         best_port: 0,
-        best_addr: 0,
-        mode,
-        best_until: u64::MAX,
+        _pad: [0; 2],
     };
-    if let Some(s) = probe_address(p, own, MAX_PROBES, true)? {
-        *new = p.found == FOUND_WON;
-        return Ok(s);
+    // The internal port first, where the host's own address can keep it.
+    if !enter(0) {
+        return Err(DropReason::AllocFail);
     }
-    // The host's own address has no free port toward this destination: move
-    // to the others before settling for a cooling port.
-    let mut other = 1;
-    while other < MAX_POOL && other < pool_len {
-        if let Some(s) = probe_address(p, (own + other) % pool_len, SPILL_PROBES, false)? {
-            *new = p.found == FOUND_WON;
-            count(Counter::Spill);
-            return Ok(s);
+    let src_port = u16::from_be(fwd.sport);
+    if preservable(&p.pool, src_port) {
+        p.probes = 1;
+        try_candidate(p, src_port);
+    }
+    // Then one walk over the host's own address and, when it has no free
+    // port toward the destination, the others before settling for a
+    // cooling port: one bpf_loop, so the verifier checks its callback once
+    // rather than once per address.
+    if p.found == FOUND_NONE {
+        // One lap of an address's walk visits each of its ports once: a
+        // longer walk would only look at the same ports again (and count
+        // their cooldowns twice).
+        p.tour = Tour::new(span(p.pool.port_min, p.pool.port_max), pool_len);
+        let candidates = p.tour.len();
+        // Linux 6.1 wants the callback's context to be a stack pointer
+        // (a null one fails its check of the callback's arguments); the
+        // callback ignores it and finds its state in NAT_PROBE_STATE.
+        let mut unused = 0u64;
+        // SAFETY: the callback only touches this CPU's `Probe` slot.
+        unsafe {
+            bpf_loop(
+                candidates,
+                probe_step as *mut c_void,
+                core::ptr::addr_of_mut!(unused).cast(),
+                0,
+            );
         }
-        other += 1;
+    }
+    match p.found {
+        FOUND_WON => {
+            *new = true;
+            count(Counter::Opened);
+            if p.slot != 0 {
+                count(Counter::Spill);
+            }
+            histogram(probe_bucket(p.probes));
+            return Ok(p.session);
+        }
+        FOUND_LOST => {
+            count(Counter::InsertRace);
+            return Ok(p.session);
+        }
+        FOUND_ERROR => return Err(insert_failure(p.session.addr as i32)),
+        _ => {}
     }
     if p.best_port == 0 {
         return Err(DropReason::AllocFail);

@@ -8,12 +8,14 @@ mod dist;
 mod fuzz;
 mod install;
 mod interrupt;
+mod kernels;
 mod lint;
 mod paths;
 mod run_tests;
 mod setup;
 mod setup_vm;
 mod test_summary;
+mod verify;
 mod vm;
 
 use std::path::PathBuf;
@@ -50,16 +52,34 @@ enum Task {
     /// As root: set up, build `nat`, then run the test suite against it
     Test {
         /// Run the suite in a VM on this kernel instead: a version (e.g. 6.1,
-        /// installed from Debian when missing) or the path of a kernel image
-        #[arg(long, value_name = "VERSION|PATH")]
+        /// Debian's newest build of it), `newest` (Debian's newest kernel), or
+        /// the path of a kernel image; Debian's are fetched into the tools cache
+        #[arg(long, value_name = "VERSION|newest|PATH")]
         kernel: Option<String>,
-        /// With --kernel: only load every program into that kernel's verifier
-        /// (`nat-bench verify`) and print the time and instructions per program
-        #[arg(long, requires = "kernel")]
-        verify_only: bool,
         /// Passed to the test binaries, e.g. `-- --test-threads 2` or `-- some_test_name`
         #[arg(last = true)]
         test_args: Vec<String>,
+    },
+    /// As root: load every kernel program into the verifier of each kernel (this
+    /// machine's, and in VMs Debian's 6.1, 6.12 and newest) and print instructions
+    /// processed, peak states, stack and time per program and kernel; fails when a
+    /// program is rejected or over the budget
+    Verify {
+        /// Only these kernels (repeatable): `host`, a version (6.1, 6.12, ...), `newest`
+        /// or an image path
+        #[arg(long, value_name = "host|VERSION|newest|PATH")]
+        kernel: Vec<String>,
+        /// Instructions processed a program may take on any kernel (default 250,000, a
+        /// quarter of the verifier's limit; also NAT_VERIFY_BUDGET)
+        #[arg(long)]
+        budget: Option<u64>,
+        /// Also write every kernel's figures to FILE as JSON
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Also keep each program's whole verifier log (every instruction it walked) in
+        /// target/verify/logs-N-KERNEL/PROGRAM.log
+        #[arg(long)]
+        logs: bool,
     },
     /// As root: fuzz the kernel programs (mutated frames through
     /// BPF_PROG_TEST_RUN, checked by an oracle) and the host-side parsers
@@ -119,6 +139,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::everything(),
         Task::Build { .. } | Task::Lint | Task::Dist | Task::Install { .. } => setup::for_build(),
         Task::Test { .. } => setup::for_running("test"),
+        Task::Verify { .. } => setup::for_running("verify"),
         Task::Fuzz { .. } => setup::for_running("fuzz"),
         Task::Demo => setup::for_running("demo"),
         Task::Bench { .. } => setup::for_running("bench"),
@@ -134,9 +155,23 @@ fn main() -> ExitCode {
         Task::Dist => dist::run(),
         Task::Test {
             kernel: Some(kernel),
-            verify_only,
             test_args,
-        } => vm::run(&kernel, verify_only, &test_args),
+        } => vm::run(&kernel, &test_args),
+        Task::Verify {
+            kernel,
+            budget,
+            json,
+            logs,
+        } => budget
+            .map_or_else(verify::budget_from_env, Ok)
+            .and_then(|budget| {
+                verify::run(&verify::Options {
+                    kernels: kernel,
+                    budget,
+                    json,
+                    logs,
+                })
+            }),
         Task::Test {
             kernel: None,
             test_args,

@@ -33,19 +33,15 @@ const MEMORY: &str = "4G";
 const UP_MARK: &str = "nat-vm: up on ";
 const EXIT_MARK: &str = "nat-vm: exit ";
 
-/// Boots `kernel` (a version or an image path) and runs the test binaries
-/// in it against the `nat` built here; `test_args` go to every binary.
-/// `verify_only`: the guest only runs `nat-bench verify` (minutes, not the suite's half hour).
-pub fn run(kernel: &str, verify_only: bool, test_args: &[String]) -> Result<()> {
+/// Boots `kernel` (what `kernels::resolve` takes) and runs the test
+/// binaries in it against the `nat` built here; `test_args` go to every binary.
+pub fn run(kernel: &str, test_args: &[String]) -> Result<()> {
     let tools = setup_vm::run(kernel)?;
     let bins = build_nat::build(false)?;
-    let binaries = if verify_only {
-        Vec::new()
-    } else {
-        test_binaries()?
-    };
-    let script = write_script(&bins.nat, &bins.nat_bench, &binaries, test_args)?;
-    boot(&tools, &script)
+    let binaries = test_binaries()?;
+    let suite = suite_script(&binaries, test_args)?;
+    let script = write_script(&bins.nat, &bins.nat_bench, &suite)?;
+    boot(&tools, &script, &[])
 }
 
 /// A test executable and the package directory cargo would run it in.
@@ -100,26 +96,12 @@ fn test_binaries() -> Result<Vec<TestBinary>> {
     Ok(binaries)
 }
 
-/// The guest's side: mount bpffs (the guest starts without one), run every
-/// binary under one deadline, and say how it ended on the console, which is
-/// all the host sees. Two files: `timeout` runs the second.
-fn write_script(
-    nat: &Path,
-    nat_bench: &Path,
-    binaries: &[TestBinary],
-    test_args: &[String],
-) -> Result<PathBuf> {
+/// The suite's part of the guest's script: every binary, its failures summed.
+fn suite_script(binaries: &[TestBinary], test_args: &[String]) -> Result<PathBuf> {
     let dir = paths::target_dir().join("vm");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let args: Vec<String> = test_args.iter().map(|a| quote(a)).collect();
     let mut suite = String::from("#!/bin/sh\n# Written by `cargo xtask test --kernel`.\nrc=0\n");
-    if binaries.is_empty() {
-        let _ = writeln!(
-            suite,
-            "{} verify || rc=1",
-            quote(&nat_bench.to_string_lossy())
-        );
-    }
     for binary in binaries {
         let _ = writeln!(
             suite,
@@ -133,7 +115,16 @@ fn write_script(
     let suite_path = dir.join("suite.sh");
     fs::write(&suite_path, suite)
         .with_context(|| format!("cannot write {}", suite_path.display()))?;
+    Ok(suite_path)
+}
 
+/// The guest's side: mount bpffs (the guest starts without one), run
+/// `inner` (a shell script) under one deadline, and say how it ended on the
+/// console, which is all the host sees. Two files: `timeout` runs the second.
+pub fn write_script(nat: &Path, nat_bench: &Path, inner: &Path) -> Result<PathBuf> {
+    let dir = inner
+        .parent()
+        .context("a guest script outside any directory")?;
     let mut text = String::from("#!/bin/sh\n# Written by `cargo xtask test --kernel`.\n");
     let _ = writeln!(
         text,
@@ -154,7 +145,7 @@ fn write_script(
     let _ = writeln!(
         text,
         "timeout --kill-after=10 {SUITE_DEADLINE_S} sh {}\nrc=$?",
-        quote(&suite_path.to_string_lossy())
+        quote(&inner.to_string_lossy())
     );
     let _ = writeln!(
         text,
@@ -171,13 +162,18 @@ fn quote(text: &str) -> String {
 }
 
 /// Boots the VM on the script, streams its console and totals the results.
-fn boot(tools: &VmTools, script: &Path) -> Result<()> {
+/// `rwdirs`: directories of this machine the guest may write (the rest of
+/// the file system it sees is read-only, or an overlay it loses at exit).
+pub fn boot(tools: &VmTools, script: &Path, rwdirs: &[PathBuf]) -> Result<()> {
     let mut cmd = Command::new(tools.virtme_bin.join("vng"));
     cmd.current_dir(paths::workspace_root())
         .arg("--run")
-        .arg(&tools.kernel_image)
-        .args(["--disable-kvm", "--cpus", CPUS, "--memory", MEMORY])
-        .arg("--exec")
+        .arg(&tools.kernel.image)
+        .args(["--disable-kvm", "--cpus", CPUS, "--memory", MEMORY]);
+    for dir in rwdirs {
+        cmd.arg(format!("--rwdir={}", dir.display()));
+    }
+    cmd.arg("--exec")
         .arg(format!("sh {}", script.display()))
         // vng calls virtme-run from PATH.
         .env("PATH", prepend_path(&tools.virtme_bin)?)
@@ -186,7 +182,7 @@ fn boot(tools: &VmTools, script: &Path) -> Result<()> {
         // Not inherited: virtme-run reopens its stderr with truncation,
         // which would wipe a log file this command's output goes to.
         .stderr(Stdio::piped());
-    println!("xtask: booting {} under TCG", tools.kernel_image.display());
+    println!("xtask: booting {} under TCG", tools.kernel.label);
     let started = Instant::now();
     let mut child = cmd
         .spawn()
@@ -216,7 +212,7 @@ fn boot(tools: &VmTools, script: &Path) -> Result<()> {
     let _ = relay.join();
     println!(
         "xtask: {totals} on {} in {:.0} s",
-        tools.kernel_image.display(),
+        tools.kernel.label,
         started.elapsed().as_secs_f64()
     );
     match guest_exit {

@@ -15,7 +15,7 @@ use clap_complete::Shell;
 use nat_userspace::{
     alloc_bench::{self, AllocBenchArgs},
     cli,
-    load::{Globals, load_object},
+    load::{Globals, load_object, object_bytes},
     reaper_bench, verify,
 };
 
@@ -45,7 +45,8 @@ enum Command {
         json: bool,
     },
     /// Loads every kernel program into this kernel's verifier (nothing is attached) and prints,
-    /// per program, the time it took and the instructions verified, or the rejection (root).
+    /// per program, the instructions it processed, its peak states, stack and time, or the
+    /// rejection; fails when one is rejected or over the budget (root).
     Verify {
         /// Verify with the fast path off (the verifier skips what a load-time switch disables).
         #[arg(long)]
@@ -53,6 +54,15 @@ enum Command {
         /// External addresses the programs are told of (2 or more: the multi-address paths).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
         ext_addrs: u32,
+        /// Instructions processed a program may take at most; 0: no budget.
+        #[arg(long, default_value_t = 0)]
+        budget: u64,
+        /// Also write the reports as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write each program's whole verifier log (every instruction walked) to DIR/PROGRAM.log.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
     },
     /// Writes `nat`'s shell completions (bash, zsh, fish) and its man pages
     /// (nat.1 and one per subcommand) into DIR.
@@ -89,47 +99,90 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify {
             no_fast_path,
             ext_addrs,
+            budget,
+            json,
+            log_dir,
         } => {
             need_root()?;
-            verify_programs(!no_fast_path, ext_addrs)
+            verify_programs(
+                !no_fast_path,
+                ext_addrs,
+                budget,
+                json.as_deref(),
+                log_dir.as_deref(),
+            )
         }
         Command::Docs { out } => docs(&out),
     }
 }
 
-fn verify_programs(fast_path: bool, ext_addrs: u32) -> Result<()> {
+fn verify_programs(
+    fast_path: bool,
+    ext_addrs: u32,
+    budget: u64,
+    json: Option<&Path>,
+    log_dir: Option<&Path>,
+) -> Result<()> {
     let globals = Globals {
         ext_ifindex: 1,
         fast_path,
         ext_addr: u32::from_ne_bytes([192, 0, 2, 1]),
         ext_addrs,
     };
-    let mut ebpf = load_object(65_536, 65_536, globals)?;
-    let verdicts = verify::verify_all(&mut ebpf);
-    let mut rejected = 0;
-    for v in &verdicts {
-        let verified = v.verified.map_or("-".to_string(), |n| n.to_string());
-        match &v.rejected {
-            None => println!(
-                "{:<16} ok        {:>8.1}s  {verified:>8} insns verified",
-                v.name,
-                v.elapsed.as_secs_f64()
-            ),
-            Some(why) => {
-                rejected += 1;
-                println!(
-                    "{:<16} REJECTED  {:>8.1}s  {why}",
-                    v.name,
-                    v.elapsed.as_secs_f64()
-                );
-            }
+    let ebpf = load_object(65_536, 65_536, globals)?;
+    let detail = if log_dir.is_some() {
+        verify::LogDetail::Instructions
+    } else {
+        verify::LogDetail::Stats
+    };
+    if let Some(dir) = log_dir {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let reports = verify::report_all(&ebpf, object_bytes(), detail, log_dir)?;
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!("kernel {kernel}");
+    let show = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+    let mut failed = Vec::new();
+    for r in &reports {
+        if let Some(why) = &r.rejected {
+            println!("{:<16} REJECTED  {why}", r.program);
+            failed.push(format!("{} rejected", r.program));
+            continue;
+        }
+        let time = r
+            .verification_us
+            .map_or(format!("{} ms", r.elapsed_ms), |us| {
+                format!("{:.1} ms", us as f64 / 1000.0)
+            });
+        let stack = match (r.stack.first(), r.stack_max) {
+            (Some(own), Some(max)) => format!("{own} (chain {max})"),
+            (Some(own), None) => own.to_string(),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{:<16} ok  {:>8} insns verified  peak states {:>6}  stack {stack}  {time}  static subprograms {}",
+            r.program,
+            show(r.processed),
+            show(r.peak_states),
+            r.static_subprograms.len()
+        );
+        if budget > 0 && r.processed.is_some_and(|n| n > budget) {
+            failed.push(format!(
+                "{} processed {} instructions, over the budget of {budget}",
+                r.program,
+                show(r.processed)
+            ));
         }
     }
-    if rejected > 0 {
-        bail!(
-            "the verifier rejected {rejected} of {} programs",
-            verdicts.len()
-        );
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "kernel": kernel, "budget": budget, "programs": reports });
+        fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
     }
     Ok(())
 }

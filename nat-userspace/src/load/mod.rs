@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result};
 use log::info;
 
 pub use fast_path::{FastChange, FastPath};
-pub use object::{Globals, load_object, load_pinned};
+pub use object::{Globals, load_object, load_pinned, object_bytes};
 pub use pin::PINNED_MAPS;
 pub use populate::populate;
 

@@ -15,6 +15,11 @@ use nat_common::names::{
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
 
+/// The kernel object this binary carries, as the linker wrote it.
+pub fn object_bytes() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 /// Load-time constants of the programs besides the hash seed.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Globals {
