@@ -62,6 +62,12 @@ pub mod seen {
     /// something other than a SYN-ACK (counted once: `collisions` for an
     /// ACK, `syn_refused` for a reset).
     pub const ODD_ANSWER: u8 = 32;
+    /// A segment with ACK (a SYN-ACK too): the entry's `acked` and
+    /// `window` hold this connection's numbers, so a reset toward this
+    /// direction's host is judged by its window
+    /// ([`crate::tcp_state::rst_verdict`]). Without it the host has
+    /// acknowledged nothing yet, at most sent its SYN.
+    pub const ACK: u8 = 64;
 }
 
 /// One direction of a session.
@@ -72,6 +78,26 @@ pub mod seen {
 /// both entries' `seen` words ([`crate::seen_word::current_rev_bits`],
 /// [`crate::tcp_state::state_of`]) and its idle time from the later of the
 /// two `last_seen`.
+///
+/// TCP fields (`acked`, `window`, `sent_end`, `wscale`): what this
+/// direction's host last sent, for judging resets
+/// ([`crate::tcp_state::rst_verdict`]): the forward entry holds the
+/// internal host's, the reverse entry the remote's, each written only by
+/// the programs of its direction, with plain stores of one field each
+/// (single-copy atomic), before the segment's seen bits are exchanged.
+/// Packets of one direction on several CPUs may interleave their stores,
+/// so a reader may pair one segment's acknowledgment with a window or end
+/// of another segment of the same host, a few microseconds apart. That is
+/// harmless: every value alone is one the host sent; the exact tests
+/// compare one field each with the reset's sequence number (the train's
+/// end must lie inside the window besides, which a window of the same
+/// host's next segment holds as well); and a window edge off by what two
+/// such segments differ in can only turn a reset at that very edge from
+/// passed to dropped or back, neither of which changes the session. The
+/// fields are valid only while the seen bits of the connection say so:
+/// [`seen::ACK`] for `acked` and `window`, any bit for `sent_end`, the SYN
+/// bits for `wscale`; a reopen starts the bits afresh, so numbers of the
+/// connection before are never read as this one's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Session {
@@ -88,26 +114,39 @@ pub struct Session {
     /// Generation and [`seen`] bits of this entry's direction
     /// ([`crate::seen_word`]); changed only by compare-and-exchange.
     pub seen: u64,
-    /// Forward entry: the internal host's latest TCP acknowledgment number
-    /// and window field (network byte order, as sent), against which resets
-    /// from outside are checked ([`crate::tcp_state::rst_in_window`]); 0:
-    /// none yet in this connection. Unused in the reverse entry.
+    /// The latest TCP acknowledgment number this direction's host sent
+    /// (host order).
     pub acked: u32,
+    /// The window field of that segment (host order, unscaled; from a
+    /// SYN-ACK, whose window is never scaled, divided by the scale,
+    /// rounded up: [`crate::tcp_state::recorded_window`]).
     pub window: u16,
     /// Forward entry: until when the expiry sweep's last full check proves
     /// the session live, in [`crate::expiry::LIVE_UNIT_SHIFT`] units (0:
     /// no proof), so later sweeps need not read the reverse entry
     /// ([`crate::expiry::live_stamp`]). Written only by the sweep, with one
-    /// 16-bit store; no datapath program reads or writes it. (It was the
-    /// upper half of `window`, which only ever held 16 bits: the layout is
-    /// unchanged.) Unused in the reverse entry.
+    /// 16-bit store; no datapath program reads or writes it. Unused in the
+    /// reverse entry.
     pub live_until: u16,
     /// Boot-clock nanoseconds of the last packet, refreshed at most every
     /// [`crate::config::TOUCH_GRANULARITY_NS`].
     pub last_seen: u64,
     /// Where the fast path sends this direction's packets.
     pub hop: HopCache,
+    /// The end of the last segment this direction's host sent, in sequence
+    /// space: its sequence number plus its payload length, plus 1 for SYN
+    /// and for FIN ([`crate::tcp_state::segment_end`]; host order). A
+    /// reset carrying exactly this number ends a train of the sender's own
+    /// segments. Resets, and SYNs once the host has sent an ACK, leave it.
+    pub sent_end: u32,
+    /// The window scale option of this direction's SYN: its shift, at most
+    /// [`crate::tcp_state::WSCALE_MAX`], with [`crate::tcp_state::WSCALE_SENT`];
+    /// 0 when the SYN had none.
+    pub wscale: u8,
+    pub _pad: [u8; 3],
 }
+
+const _: () = assert!(size_of::<Session>() == 72 && size_of::<Session>().is_multiple_of(8));
 
 /// Where the fast path sends a packet: the kernel's route and neighbour
 /// lookup, or a session's cached copy of it ([`HopCache`]).

@@ -106,7 +106,7 @@ pub const GLOBAL_SESSION_CAPACITY: &str = "SESSION_CAPACITY";
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 
 /// Layout version appended to every pinned name.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Root of everything this project pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";

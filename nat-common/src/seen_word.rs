@@ -87,6 +87,22 @@ pub const fn forward_reopen(word: u64, epoch: u64, other: u8) -> Option<u64> {
     Some(pack(epoch + 1, seen::SYN))
 }
 
+/// The forward word once a remote's SYN reopens a port forward's session
+/// whose connection of generation `epoch` has ended (`rev`: the reverse's
+/// current bits): a new generation in which the internal host has sent
+/// nothing yet; `None` when it has not ended or the word has already moved
+/// on. The one change ingress makes to the forward word, by the same
+/// exchange as every other: the generation lives there, and the reverse
+/// word then follows it with the SYN's bit ([`reverse_add`]). Egress
+/// packets of the old connection computed for `epoch` are refused from
+/// then on ([`forward_add`]).
+pub const fn inbound_reopen(word: u64, epoch: u64, rev: u8) -> Option<u64> {
+    if generation(word) != epoch || !ended(bits(word), rev) {
+        return None;
+    }
+    Some(pack(epoch + 1, 0))
+}
+
 /// The reverse word once an inbound packet adds its `packet` bits, the
 /// forward entry being at generation `fwd_gen`. A word of an earlier
 /// generation starts afresh at `fwd_gen` (even with nothing to add, so that
@@ -181,6 +197,32 @@ mod tests {
         assert_eq!(forward_reopen(w, 1, RST), Some(pack(2, SYN)));
         assert_eq!(forward_reopen(pack(1, SYN | FIN), 1, 0), Some(pack(2, SYN)));
         assert_eq!(forward_reopen(pack(2, SYN), 1, RST), None);
+    }
+
+    #[test]
+    fn a_remote_reopens_an_ended_forwarded_session() {
+        // Reset from either side, or a FIN each way: a new generation in
+        // which the internal host has sent nothing.
+        assert_eq!(
+            inbound_reopen(pack(4, SYN_ACK | RST), 4, SYN),
+            Some(pack(5, 0))
+        );
+        assert_eq!(
+            inbound_reopen(pack(4, SYN_ACK), 4, SYN | RST),
+            Some(pack(5, 0))
+        );
+        assert_eq!(
+            inbound_reopen(pack(4, SYN_ACK | FIN), 4, SYN | FIN),
+            Some(pack(5, 0))
+        );
+        // Open, or moved on since the packet's CPU read it: nothing.
+        assert_eq!(inbound_reopen(pack(4, SYN_ACK), 4, SYN), None);
+        assert_eq!(inbound_reopen(pack(5, 0), 4, RST), None);
+        // The reverse word follows with the SYN.
+        assert_eq!(
+            reverse_add(pack(4, SYN | RST), 5, SYN, false),
+            Some(pack(5, SYN))
+        );
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub const fn seen_bits(flags: u8) -> u8 {
     if flags & tcp_flags::RST != 0 {
         bits |= seen::RST;
     }
+    if flags & tcp_flags::ACK != 0 {
+        bits |= seen::ACK;
+    }
     bits
 }
 
@@ -95,27 +98,260 @@ pub const fn state_of(proto: u8, fwd_seen: u8, rev_seen: u8) -> State {
     }
 }
 
-/// How far a reset's sequence number may lie from the internal host's last
-/// acknowledgment the NAT saw, either way: acknowledgments on their way,
-/// and resets answering an older segment (RFC 793 takes their sequence
-/// number from that segment's acknowledgment).
-pub const RST_SLACK: u32 = 1 << 20;
+/// TCP option kind of the window scale (RFC 7323 2.2), 3 bytes long.
+pub const WSCALE_KIND: u8 = 3;
+/// The largest shift (RFC 7323 2.3): a larger one is taken as this.
+pub const WSCALE_MAX: u8 = 14;
+/// In a recorded window scale: the direction's SYN carried the option
+/// (its shift in the bits below).
+pub const WSCALE_SENT: u8 = 0x80;
+/// Bytes of TCP options at most: a 60-byte header less its fixed 20.
+pub const TCP_OPTIONS_MAX: usize = 40;
 
-/// RFC 5961 section 3.2 as a middlebox can apply it: a reset from outside
-/// counts only when its sequence number lies in the internal host's
-/// receive window, from its last acknowledgment `acked` over its window
-/// field scaled by the largest shift there is (14, RFC 7323: the scale the
-/// SYN negotiated is not parsed, so a valid reset is never refused), give
-/// or take [`RST_SLACK`]. A blind reset then has to hit that range, one
-/// in 4096 of the sequence space or less for windows below 2^16 << 14 / 4.
-/// `acked` 0: the internal host has acknowledged nothing in this
-/// connection yet (a reset answering its SYN), anything goes. Host order.
-pub const fn rst_in_window(seq: u32, acked: u32, window: u16) -> bool {
-    if acked == 0 {
-        return true;
+/// The window scale option among `len` bytes of TCP options, read one at a
+/// time through `byte` (`None`: not in the packet), as Linux parses them
+/// (tcp_parse_options): end of list, no-operation, then kind and length,
+/// stopping at a length below 2 or past the options; an option of kind 3
+/// counts only with length 3, and of several the last counts. Returns
+/// [`WSCALE_SENT`] with the shift capped at [`WSCALE_MAX`], or 0 when there
+/// is none. At most [`TCP_OPTIONS_MAX`] bytes are looked at.
+#[inline(always)]
+pub fn wscale_option(len: usize, byte: impl Fn(usize) -> Option<u8>) -> u8 {
+    let len = if len > TCP_OPTIONS_MAX {
+        TCP_OPTIONS_MAX
+    } else {
+        len
+    };
+    let mut found = 0;
+    let mut i = 0;
+    while i < len {
+        let Some(kind) = byte(i) else { break };
+        if kind == 0 {
+            break;
+        }
+        if kind == 1 {
+            i += 1;
+            continue;
+        }
+        if i + 2 > len {
+            break;
+        }
+        let Some(size) = byte(i + 1) else { break };
+        let size = size as usize;
+        if size < 2 || i + size > len {
+            break;
+        }
+        if kind == WSCALE_KIND && size == 3 {
+            let Some(shift) = byte(i + 2) else { break };
+            found = WSCALE_SENT
+                | if shift > WSCALE_MAX {
+                    WSCALE_MAX
+                } else {
+                    shift
+                };
+        }
+        i += size;
     }
-    let width = ((window as u32) << 14) + 2 * RST_SLACK;
-    seq.wrapping_sub(acked.wrapping_sub(RST_SLACK)) <= width
+    found
+}
+
+/// The shift that scales the window fields `own` sends, given the window
+/// scale options both directions' SYNs carried (recorded as by
+/// [`wscale_option`]): windows are scaled only when both sent the option
+/// (RFC 7323 2.2).
+#[inline(always)]
+pub const fn window_shift(own: u8, other: u8) -> u32 {
+    if own & other & WSCALE_SENT != 0 {
+        let shift = own & !WSCALE_SENT;
+        (if shift > WSCALE_MAX {
+            WSCALE_MAX
+        } else {
+            shift
+        }) as u32
+    } else {
+        0
+    }
+}
+
+/// The window field to record for a segment with `flags` and window
+/// `field` whose sender's SYN carried `wscale`: a SYN-ACK's window is
+/// never scaled (RFC 7323 2.2), so it is kept divided by the shift its
+/// later windows will use, rounded up, and [`rst_verdict`] scales every
+/// recorded window alike. A SYN-ACK carries the option only when the SYN
+/// did, so its own option says whether the shift applies.
+#[inline(always)]
+pub const fn recorded_window(flags: u8, field: u16, wscale: u8) -> u16 {
+    if flags & tcp_flags::SYN == 0 {
+        return field;
+    }
+    let shift = window_shift(wscale, WSCALE_SENT);
+    (((field as u32) + (1 << shift) - 1) >> shift) as u16
+}
+
+/// Where a segment ends in sequence space: `seq` plus `payload` bytes, plus
+/// 1 for SYN and for FIN, which take a sequence number each.
+#[inline(always)]
+pub const fn segment_end(seq: u32, flags: u8, payload: u16) -> u32 {
+    let mut end = seq.wrapping_add(payload as u32);
+    if flags & tcp_flags::SYN != 0 {
+        end = end.wrapping_add(1);
+    }
+    if flags & tcp_flags::FIN != 0 {
+        end = end.wrapping_add(1);
+    }
+    end
+}
+
+/// Whether a segment with `flags` from a host whose seen bits of this
+/// connection were `own` before it is recorded in its entry's TCP fields:
+/// every segment but a reset (an exact one ends the session anyway, and
+/// one that is not must leave it as it was, or a blind host could make
+/// its next reset end a "train" it made up), and a SYN only while the host
+/// has acknowledged nothing (its opening SYN or SYN-ACK, or their
+/// retransmissions; a SYN on an open connection changes nothing).
+#[inline(always)]
+pub const fn records(flags: u8, own: u8) -> bool {
+    flags & tcp_flags::RST == 0 && (flags & tcp_flags::SYN == 0 || own & seen::ACK == 0)
+}
+
+/// A TCP segment as the tracking records and judges it, host order. The
+/// datapath hands it to its global tracking functions (scalar arguments
+/// only) as the two words of [`Segment::pack`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    /// A SYN's window scale option ([`wscale_option`]); 0 otherwise.
+    pub wscale: u8,
+    pub window: u16,
+    /// Payload bytes.
+    pub payload: u16,
+}
+
+impl Segment {
+    #[inline(always)]
+    pub const fn pack(&self) -> [u64; 2] {
+        [
+            self.seq as u64 | (self.ack as u64) << 32,
+            self.flags as u64
+                | (self.wscale as u64) << 8
+                | (self.window as u64) << 16
+                | (self.payload as u64) << 32,
+        ]
+    }
+
+    #[inline(always)]
+    pub const fn unpack(words: [u64; 2]) -> Self {
+        Self {
+            seq: words[0] as u32,
+            ack: (words[0] >> 32) as u32,
+            flags: words[1] as u8,
+            wscale: (words[1] >> 8) as u8,
+            window: (words[1] >> 16) as u16,
+            payload: (words[1] >> 32) as u16,
+        }
+    }
+
+    /// [`segment_end`] of this segment.
+    #[inline(always)]
+    pub const fn end(&self) -> u32 {
+        segment_end(self.seq, self.flags, self.payload)
+    }
+}
+
+/// What the NAT saw one direction's host send in the session's current
+/// connection, from its entry (host order): its seen bits of this
+/// connection (0: nothing yet) and the TCP fields of [`crate::flow::Session`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub seen: u8,
+    pub acked: u32,
+    pub window: u16,
+    pub wscale: u8,
+    pub sent_end: u32,
+}
+
+impl Sent {
+    /// The window scale option of the host's SYN, when this connection's
+    /// SYN (or SYN-ACK) was seen; 0 otherwise.
+    #[inline(always)]
+    pub const fn syn_wscale(&self) -> u8 {
+        if self.seen & (seen::SYN | seen::SYN_ACK) != 0 {
+            self.wscale
+        } else {
+            0
+        }
+    }
+}
+
+/// What a reset does ([`rst_verdict`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RstVerdict {
+    /// Its sequence number is exact: it resets the session (state reset,
+    /// the reset cooldown) and passes.
+    Exact,
+    /// In the receiver's window, or toward a host the NAT has seen nothing
+    /// of: it passes untouched and the session stays as it was; the
+    /// endpoint judges it (a challenge ACK, RFC 5961 3.2), and that answer
+    /// passes as any segment does.
+    InWindow,
+    /// Outside the receiver's window: dropped and counted
+    /// (`rst_out_of_window`), the session as it was.
+    OutOfWindow,
+}
+
+/// RFC 5961 section 3.2 as a middlebox applies it (netfilter's conntrack
+/// does the same): a reset with sequence number `seq` (and, with ACK in
+/// `flags`, acknowledgment number `ack`) from `sender` toward `receiver`
+/// is exact when `seq` equals the receiver's last acknowledgment, or ends
+/// the train of the sender's own segments (equals its last segment's end,
+/// which itself lies in the receiver's window: a blind host that injected
+/// a segment of its own must have hit the window with it). Any other
+/// reset inside the receiver's window [acked, acked + (window << shift))
+/// is [`RstVerdict::InWindow`], outside it [`RstVerdict::OutOfWindow`].
+/// No slack widens the window: the receiver's real left edge is at or
+/// past the acknowledgment the NAT saw last (acknowledgments still on
+/// their way only move it on), and the sender knows of no right edge the
+/// NAT has not seen, since every window reaches it through the NAT; a
+/// reset left of the NAT's edge is left of the endpoint's too, which would
+/// ignore it.
+///
+/// A receiver that has acknowledged nothing yet (it sent only its SYN)
+/// has no window: a reset answering its SYN is exact when it carries ACK
+/// acknowledging exactly that SYN (RFC 793, SYN-SENT), otherwise out of
+/// window. A receiver the NAT has seen nothing of in this connection (a
+/// port forward's internal host before it answered the remote's SYN) has
+/// no window the NAT could judge by: the reset is in window, passed to
+/// the endpoint, which checks it itself, and it changes nothing.
+#[inline(always)]
+pub const fn rst_verdict(
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    sender: &Sent,
+    receiver: &Sent,
+) -> RstVerdict {
+    if receiver.seen == 0 {
+        return RstVerdict::InWindow;
+    }
+    if receiver.seen & seen::ACK == 0 {
+        return if flags & tcp_flags::ACK != 0 && ack == receiver.sent_end {
+            RstVerdict::Exact
+        } else {
+            RstVerdict::OutOfWindow
+        };
+    }
+    let shift = window_shift(receiver.syn_wscale(), sender.syn_wscale());
+    let size = (receiver.window as u32) << shift;
+    let from_edge = seq.wrapping_sub(receiver.acked);
+    if from_edge == 0 || (sender.seen != 0 && seq == sender.sent_end && from_edge <= size) {
+        RstVerdict::Exact
+    } else if from_edge < size {
+        RstVerdict::InWindow
+    } else {
+        RstVerdict::OutOfWindow
+    }
 }
 
 /// How long a session in `state` may stay idle before the reaper removes it.

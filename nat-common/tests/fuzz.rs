@@ -46,6 +46,10 @@ fn headers_case(pkt: &[u8]) {
     }
 }
 
+fn byte(b: &[u8], at: usize) -> u8 {
+    b.get(at).copied().unwrap_or(0)
+}
+
 fn word(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     for (i, x) in w.iter_mut().enumerate() {
@@ -108,15 +112,38 @@ fn state_case(b: &[u8]) {
 
     let (seq, acked) = (word(b, 27) as u32, word(b, 31) as u32);
     let window = word(b, 35) as u16;
-    if acked == 0 {
-        assert!(tcp_state::rst_in_window(seq, acked, window));
-    }
-    if acked != 0 {
-        assert!(
-            tcp_state::rst_in_window(acked, acked, window),
-            "the acknowledged edge is in the window"
+    let receiver = tcp_state::Sent {
+        seen: byte(b, 37),
+        acked,
+        window,
+        wscale: byte(b, 38),
+        sent_end: word(b, 8) as u32,
+    };
+    let sender = tcp_state::Sent {
+        seen: byte(b, 39),
+        acked: seq,
+        window,
+        wscale: byte(b, 36),
+        sent_end: word(b, 12) as u32,
+    };
+    let flags = byte(b, 26);
+    let verdict = tcp_state::rst_verdict(seq, acked, flags, &sender, &receiver);
+    if receiver.seen & seen::ACK != 0 {
+        assert_eq!(
+            tcp_state::rst_verdict(acked, seq, flags, &sender, &receiver),
+            tcp_state::RstVerdict::Exact,
+            "the acknowledged edge is exact"
         );
     }
+    if verdict == tcp_state::RstVerdict::Exact {
+        assert!(
+            seq == acked || seq == sender.sent_end || receiver.seen & seen::ACK == 0,
+            "exact only at a number a host sent"
+        );
+    }
+    let options = &b[..(byte(b, 40) as usize % 48).min(b.len())];
+    let ws = tcp_state::wscale_option(options.len(), |i| options.get(i).copied());
+    assert!(ws == 0 || ws & !tcp_state::WSCALE_SENT <= tcp_state::WSCALE_MAX);
 
     let words = [word(b, 40), word(b, 48), word(b, 56), word(b, 64)];
     if let Some(hop) = HopCache::fresh(words, word(b, 72)) {

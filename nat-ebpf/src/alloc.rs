@@ -366,6 +366,8 @@ fn fill_entry(entry: &mut Session, addr: u32, port: u16, now: u64) {
         write_volatile(&mut entry.hop.words[1], 0);
         write_volatile(&mut entry.hop.words[2], 0);
         write_volatile(&mut entry.hop.words[3], 0);
+        write_volatile(&mut entry.sent_end, 0);
+        write_volatile(&mut entry.wscale, 0);
     }
 }
 

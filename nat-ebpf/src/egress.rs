@@ -19,7 +19,7 @@ use crate::{
     reject,
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
-    track,
+    track::{self, SynOptions},
 };
 
 #[classifier]
@@ -92,11 +92,14 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     let now = now_ns();
     let session = match NAT_FWD.get_ptr_mut(key) {
         Some(entry) => {
-            touch(entry, now);
             if ip.proto == PROTO_TCP {
-                track::note_ack(entry, l4.tcp_flags, l4.ack, l4.window);
-                track::egress(&key, entry, l4.tcp_flags, now);
+                let seg = track::segment(&l4, ctx.syn_wscale(&l4, l4_at));
+                if !track::egress(&key, entry, &seg, now) {
+                    // It neither refreshes, closes nor cools the session.
+                    return Err(DropReason::RstOutOfWindow);
+                }
             }
+            touch(entry, now);
             // SAFETY: live map value from the lookup above.
             Endpoint::of(unsafe { &*entry })
         }
@@ -108,7 +111,13 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
                 return Err(DropReason::NoSession);
             }
             match allocate(&key, l4.tcp_flags, now) {
-                Ok(session) => session,
+                Ok(session) => {
+                    if ip.proto == PROTO_TCP {
+                        let seg = track::segment(&l4, ctx.syn_wscale(&l4, l4_at));
+                        track::opened(&key, &seg, now);
+                    }
+                    session
+                }
                 Err(drop) => {
                     if ip.proto == PROTO_TCP {
                         reject::refuse(ctx, meta.hdr_len);

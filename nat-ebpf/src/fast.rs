@@ -36,7 +36,8 @@ use crate::{
     shared::MapWord,
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
-    track, xdp_rewrite,
+    track::{self, SynOptions},
+    xdp_rewrite,
 };
 
 /// `skb->pkt_type` of a frame addressed to this host.
@@ -295,17 +296,20 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
     })
 }
 
-/// Touches the session and tracks its TCP state, as `nat_egress` does;
-/// returns the external endpoint.
+/// Tracks the session's TCP state and touches it, as `nat_egress` does;
+/// returns the external endpoint, or the drop of a reset outside the
+/// remote's window.
 #[inline(always)]
-fn track_session(c: &Candidate, now: u64) -> Endpoint {
-    touch(c.entry, now);
+fn track_session<C: SynOptions>(ctx: &C, c: &Candidate, now: u64) -> Result<Endpoint, DropReason> {
     if c.ip.proto == PROTO_TCP {
-        track::note_ack(c.entry, c.l4.tcp_flags, c.l4.ack, c.l4.window);
-        track::egress(&c.key, c.entry, c.l4.tcp_flags, now);
+        let seg = track::segment(&c.l4, ctx.syn_wscale(&c.l4, c.l4_at));
+        if !track::egress(&c.key, c.entry, &seg, now) {
+            return Err(DropReason::RstOutOfWindow);
+        }
     }
+    touch(c.entry, now);
     // SAFETY: live map value from the lookup in `candidate`.
-    Endpoint::of(unsafe { &*c.entry })
+    Ok(Endpoint::of(unsafe { &*c.entry }))
 }
 
 #[xdp]
@@ -334,7 +338,7 @@ fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     if next.ifindex != ext_ifindex() || !xdp_redirect(next.ifindex) {
         return Ok(Counter::FastRoute);
     }
-    let to = track_session(&c, now);
+    let to = track_session(ctx, &c, now)?;
     let old = Endpoint {
         addr: c.ip.saddr,
         port: c.l4.sport,
@@ -382,7 +386,7 @@ fn try_fast_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
     if next.ifindex != ext_ifindex() || !tc_redirect_egress(next.ifindex) {
         return Ok(Counter::FastRoute);
     }
-    let new = track_session(&c, now);
+    let new = track_session(ctx, &c, now)?;
     let old = Endpoint {
         addr: c.ip.saddr,
         port: c.l4.sport,

@@ -26,7 +26,7 @@ use nat_common::{
     flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP},
     forward::{AF_INET, eligible},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
-    tcp_state::opens_flow,
+    tcp_state::{Segment, opens_flow},
 };
 
 use crate::{
@@ -41,7 +41,7 @@ use crate::{
     port_forward::{forward_owner, open},
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
-    track,
+    track::{self, SynOptions},
 };
 
 /// `bpf_fib_lookup`'s answer when the route is known and the neighbour
@@ -60,13 +60,17 @@ pub struct Plan {
     ack: u32,
     window: u16,
     flags: u8,
-    _pad: u8,
+    /// A SYN's window scale option ([`SynOptions`]).
+    wscale: u8,
     /// Out: the sender's external endpoint, the new source.
     src_addr: u32,
     /// Out: the receiving internal endpoint, the new destination.
     dst_addr: u32,
     src_port: u16,
     dst_port: u16,
+    /// TCP payload bytes.
+    payload: u16,
+    _pad: u16,
     /// The route lookup's parameters: here rather than on the program's
     /// stack, which with the mapping's admission under it is full.
     fib: FibParams,
@@ -86,6 +90,19 @@ fn opening(p: &Plan) -> bool {
     opens_flow(p.key.proto, p.flags)
 }
 
+/// The plan's TCP segment as the tracking takes it.
+#[inline(always)]
+fn segment(p: &Plan) -> Segment {
+    Segment {
+        seq: u32::from_be(p.seq),
+        ack: u32::from_be(p.ack),
+        flags: p.flags,
+        wscale: p.wscale,
+        window: u16::from_be(p.window),
+        payload: p.payload,
+    }
+}
+
 /// The sender's side, as egress translates it: `GO` with the plan's source
 /// set from its session, `ALLOCATE` when a new flow needs one, `NOT_OURS`
 /// for a packet no forward or mapping claims (the NAT host's own services
@@ -103,11 +120,10 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
     let Some(entry) = NAT_FWD.get_ptr_mut(key) else {
         return new_flow(p, &key);
     };
-    touch(entry, p.now);
-    if key.proto == PROTO_TCP {
-        track::note_ack(entry, p.flags, p.ack, p.window);
-        track::egress(&key, entry, p.flags, p.now);
+    if key.proto == PROTO_TCP && !track::egress(&key, entry, &segment(p), p.now) {
+        return encode(Err(DropReason::RstOutOfWindow));
     }
+    touch(entry, p.now);
     // SAFETY: live map value from the lookup above.
     let src = Endpoint::of(unsafe { &*entry });
     p.src_addr = src.addr;
@@ -181,7 +197,7 @@ fn destination(p: &mut Plan) -> Result<bool, DropReason> {
             }
         }
     };
-    if key.proto == PROTO_TCP && !track::ingress(&rev_key, entry, p.flags, p.seq, p.now) {
+    if key.proto == PROTO_TCP && !track::ingress(&rev_key, entry, &segment(p), p.now) {
         return Err(DropReason::RstOutOfWindow);
     }
     touch(entry, p.now);
@@ -268,6 +284,8 @@ fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
         (*slot).ack = l4.ack;
         (*slot).window = l4.window;
         (*slot).flags = l4.tcp_flags;
+        (*slot).wscale = ctx.syn_wscale(&l4, l4_at);
+        (*slot).payload = l4.payload;
         (*slot).src_addr = 0;
         (*slot).dst_addr = 0;
         (*slot).src_port = 0;
@@ -279,6 +297,9 @@ fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
             // SAFETY: as above.
             let p = unsafe { &mut *slot };
             let src = allocate(&p.key, p.flags, p.now)?;
+            if p.key.proto == PROTO_TCP {
+                track::opened(&p.key, &segment(p), p.now);
+            }
             p.src_addr = src.addr;
             p.src_port = src.port;
         }

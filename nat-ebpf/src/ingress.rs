@@ -35,7 +35,8 @@ use crate::{
     port_forward,
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
-    track, xdp_rewrite,
+    track::{self, SynOptions},
+    xdp_rewrite,
 };
 
 /// An inbound packet that belongs to a session.
@@ -65,7 +66,12 @@ enum Class {
 /// Only packets that match a session are translated; everything else goes to
 /// the stack as it came, so the host's own traffic keeps working.
 #[inline(always)]
-fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> {
+fn classify<C: SynOptions>(
+    ctx: &C,
+    data: usize,
+    end: usize,
+    avail: usize,
+) -> Result<Class, DropReason> {
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
         _ => return Ok(Class::Pass(Counter::NotIpv4)),
@@ -103,9 +109,12 @@ fn classify(data: usize, end: usize, avail: usize) -> Result<Class, DropReason> 
         },
     };
     let now = now_ns();
-    if ip.proto == PROTO_TCP && !track::ingress(&key, entry, l4.tcp_flags, l4.seq, now) {
-        // A blind reset: it neither refreshes, closes nor cools the session.
-        return Err(DropReason::RstOutOfWindow);
+    if ip.proto == PROTO_TCP {
+        let seg = track::segment(&l4, ctx.syn_wscale(&l4, l4_at));
+        if !track::ingress(&key, entry, &seg, now) {
+            // A blind reset: it neither refreshes, closes nor cools the session.
+            return Err(DropReason::RstOutOfWindow);
+        }
     }
     touch(entry, now);
     // SAFETY: live map value from the lookup above.
@@ -129,7 +138,7 @@ pub fn nat_ingress(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let pkt = match classify(data, end, frame_ip_len(data, end))? {
+    let pkt = match classify(ctx, data, end, frame_ip_len(data, end))? {
         Class::Session(pkt) => pkt,
         Class::Icmp(ip, l4_at, first_fragment) => {
             let done = icmp::translate(data, end, ETH_HLEN, &ip, l4_at, Dir::In, true)?;
@@ -226,7 +235,7 @@ pub fn nat_ingress_tc(ctx: TcContext) -> i32 {
 fn try_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
-    let pkt = match classify(data, end, avail)? {
+    let pkt = match classify(ctx, data, end, avail)? {
         Class::Session(pkt) => pkt,
         Class::Icmp(ip, l4_at, first_fragment) => {
             let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);

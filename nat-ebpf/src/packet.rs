@@ -8,7 +8,7 @@ use nat_common::{counters::Counter, headers::HeaderError};
 pub enum DropReason {
     NoSession,
     AllocFail,
-    /// A reset from outside outside the internal host's window.
+    /// A reset, either way, outside its receiver's window.
     RstOutOfWindow,
     /// A session map is full: no candidate can be claimed.
     SessionTableFull,
@@ -307,6 +307,9 @@ pub struct L4Fields {
     pub ack: u32,
     /// Length of the transport header (TCP data offset, or 8 for UDP).
     pub hdr_len: u16,
+    /// TCP payload bytes (the segment the IPv4 header claims, less the
+    /// TCP header); 0 for UDP.
+    pub payload: u16,
     /// Offset of the checksum field from the start of the packet.
     pub check_off: usize,
 }
@@ -344,6 +347,7 @@ pub fn l4_fields(
                 seq: u32::from_ne_bytes([h[0], h[1], h[2], h[3]]),
                 ack: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
                 hdr_len: hdr_len as u16,
+                payload: (l4_len - hdr_len) as u16,
                 check_off: at + off::TCP_CHECK,
             })
         }
@@ -363,6 +367,7 @@ pub fn l4_fields(
                 seq: 0,
                 ack: 0,
                 hdr_len: nat_common::headers::UDP_HLEN as u16,
+                payload: 0,
                 check_off: at + off::UDP_CHECK,
             })
         }

@@ -136,6 +136,9 @@ extern "C" fn nat_open_inbound(
         live_until: 0,
         last_seen: now,
         hop: HopCache::default(),
+        sent_end: 0,
+        wscale: 0,
+        _pad: [0; 3],
     };
     if let Err(err) = NAT_REV.insert(&rev_key, &entry, BPF_NOEXIST as u64) {
         return if err as i64 == -EEXIST {

@@ -1,28 +1,45 @@
 //! TCP state of existing sessions: seen words, close detection, cooldowns,
-//! collisions and reopening. Everything here past the first check runs only
-//! for packets that change a session's state (SYN, FIN, RST, the first
-//! answer), so the established path costs one comparison.
+//! collisions, reopening and the judgement of resets (RFC 5961). Every
+//! segment records its sender's acknowledgment, window and end in the
+//! sender's own entry; everything past that runs only for packets that
+//! change a session's state (SYN, FIN, RST, the first answer and the first
+//! ACK), so the established path costs those stores and one comparison.
 //!
 //! Each direction's seen word is written only by the programs of that
 //! direction, and only by compare-and-exchange ([`nat_common::seen_word`]):
 //! packets of one direction on several CPUs cannot lose each other's bits,
-//! and a reopen never touches the reverse entry, whose bits of the closed
-//! connection simply stop counting once the forward entry is a generation
-//! ahead.
+//! and an internal host's reopen never touches the reverse entry, whose
+//! bits of the closed connection simply stop counting once the forward
+//! entry is a generation ahead. The one exception is a remote reopening a
+//! port forward's session: the generation lives in the forward word, so
+//! ingress moves it on, by the same exchange
+//! ([`nat_common::seen_word::inbound_reopen`]).
 
+use aya_ebpf::{
+    bindings::{__sk_buff, xdp_md},
+    programs::{TcContext, XdpContext},
+};
 use nat_common::{
     counters::Counter,
     flow::{FlowKey, PROTO_TCP, Session, seen},
-    headers::tcp_flags::{ACK, FIN, RST, SYN},
-    seen_word::{
-        SharedWord, bits, current_rev_bits, ended, forward_add, forward_reopen, generation, pack,
-        reverse_add, update,
+    headers::{
+        ETH_HLEN, TCP_MIN_HLEN,
+        tcp_flags::{ACK, FIN, RST, SYN},
     },
-    tcp_state::{CloseKind, close_kind, cooldown_ms, rst_in_window, seen_bits},
+    mapping::SESSION_INBOUND,
+    seen_word::{
+        SharedWord, bits, current_rev_bits, ended, forward_add, forward_reopen, generation,
+        inbound_reopen, pack, reverse_add, update,
+    },
+    tcp_state::{
+        CloseKind, RstVerdict, Segment, Sent, close_kind, cooldown_ms, recorded_window, records,
+        rst_verdict, seen_bits, wscale_option,
+    },
 };
 
 use crate::{
     maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, count},
+    packet::{L4Fields, read},
     shared::MapWord,
 };
 
@@ -40,35 +57,146 @@ fn stamp(entry: *mut Session, now: u64) {
     unsafe { (*entry).last_seen = now };
 }
 
-/// Egress packet of an existing session.
+/// The TCP segment of `l4` as the tracking takes it, host order, with the
+/// window scale option of a SYN (`wscale`, from [`SynOptions`]).
 #[inline(always)]
-pub fn egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
-    nat_track_egress(fwd_key, fwd, flags as u64, now);
-}
-
-/// Ingress packet of an existing session, with its sequence number as
-/// loaded; `false` for a reset outside the internal host's window, which
-/// must be dropped (it has changed nothing).
-#[inline(always)]
-pub fn ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now: u64) -> bool {
-    nat_track_ingress(rev_key, rev, flags as u64 | ((seq as u64) << 32), now) == 0
-}
-
-/// Records the internal host's acknowledgment and window from an egress
-/// segment that carries one, for checking resets from outside. Every ACK
-/// that moves the number writes it, on the forward entry only; two CPUs'
-/// writes may interleave, leaving a slightly older number, which the
-/// check's slack covers.
-#[inline(always)]
-pub fn note_ack(fwd: *mut Session, flags: u8, ack: u32, window: u16) {
-    if flags & ACK == 0 {
-        return;
+pub fn segment(l4: &L4Fields, wscale: u8) -> Segment {
+    Segment {
+        seq: u32::from_be(l4.seq),
+        ack: u32::from_be(l4.ack),
+        flags: l4.tcp_flags,
+        wscale,
+        window: u16::from_be(l4.window),
+        payload: l4.payload,
     }
-    // SAFETY: live map value pointer.
+}
+
+/// Egress packet of an existing session; `false` for a reset outside the
+/// remote's window, which must be dropped (it has changed nothing).
+#[inline(always)]
+pub fn egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment, now: u64) -> bool {
+    let [a, b] = seg.pack();
+    nat_track_egress(fwd_key, fwd, a, b, now) == KEEP
+}
+
+/// Ingress packet of an existing session; `false` for a reset outside the
+/// internal host's window, which must be dropped (it has changed nothing).
+#[inline(always)]
+pub fn ingress(rev_key: &FlowKey, rev: *mut Session, seg: &Segment, now: u64) -> bool {
+    let [a, b] = seg.pack();
+    nat_track_ingress(rev_key, rev, a, b, now) == KEEP
+}
+
+/// A new flow's SYN, once the allocation inserted its session: its numbers
+/// go into the forward entry as any opening SYN's do.
+#[inline(always)]
+pub fn opened(fwd_key: &FlowKey, seg: &Segment, now: u64) {
+    if let Some(fwd) = NAT_FWD.get_ptr_mut(fwd_key) {
+        egress(fwd_key, fwd, seg, now);
+    }
+}
+
+/// The tracking functions' answers: the packet goes on, or is dropped.
+const KEEP: i32 = 0;
+const DROP: i32 = 1;
+
+/// A program's way to the window scale option of a SYN: a global BPF
+/// function of the program's context type reads the options, so the
+/// verifier checks their walk once per program, and only SYNs pay for it.
+pub trait SynOptions {
+    /// [`wscale_option`] of the TCP header `l4` at `l4_at`, for a SYN; 0
+    /// for any other segment.
+    fn syn_wscale(&self, l4: &L4Fields, l4_at: usize) -> u8;
+}
+
+impl SynOptions for TcContext {
+    #[inline(always)]
+    fn syn_wscale(&self, l4: &L4Fields, l4_at: usize) -> u8 {
+        if l4.tcp_flags & SYN == 0 {
+            return 0;
+        }
+        nat_syn_wscale_tc(self.skb.skb, l4_at as u64, l4.hdr_len as u64) as u8
+    }
+}
+
+impl SynOptions for XdpContext {
+    #[inline(always)]
+    fn syn_wscale(&self, l4: &L4Fields, l4_at: usize) -> u8 {
+        if l4.tcp_flags & SYN == 0 {
+            return 0;
+        }
+        nat_syn_wscale_xdp(self.ctx, l4_at as u64, l4.hdr_len as u64) as u8
+    }
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_syn_wscale_tc(skb: *mut __sk_buff, l4_at: u64, hdr_len: u64) -> u64 {
+    let ctx = TcContext::new(skb);
+    // The caller made the headers linear (the options of a SYN with up to
+    // 20 bytes of IPv4 options are within them); an option past the
+    // linear part reads as absent.
+    syn_wscale(ctx.data(), ctx.data_end(), l4_at, hdr_len)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_syn_wscale_xdp(xdp: *mut xdp_md, l4_at: u64, hdr_len: u64) -> u64 {
+    let ctx = XdpContext::new(xdp);
+    syn_wscale(ctx.data(), ctx.data_end(), l4_at, hdr_len)
+}
+
+#[inline(always)]
+fn syn_wscale(data: usize, end: usize, l4_at: u64, hdr_len: u64) -> u64 {
+    // Bounds the verifier can add to a packet pointer: the TCP header
+    // starts at most an Ethernet and a 60-byte IPv4 header in.
+    if l4_at > (ETH_HLEN + 60) as u64 || hdr_len > 60 || hdr_len < TCP_MIN_HLEN as u64 {
+        return 0;
+    }
+    let at = l4_at as usize + TCP_MIN_HLEN;
+    let len = hdr_len as usize - TCP_MIN_HLEN;
+    wscale_option(len, |i| read::<u8>(data, end, at + i).ok()) as u64
+}
+
+/// Records what a segment says of its sender in the sender's own entry
+/// (the forward entry for the internal host, the reverse for the remote),
+/// each field with a store of its own, only when it changed; see
+/// [`Session`] for why concurrent writers of one direction are harmless.
+#[inline(always)]
+fn note(entry: *mut Session, seg: &Segment) {
+    let end = seg.end();
+    // SAFETY: live map value pointer from this program run.
     unsafe {
-        if (*fwd).acked != ack {
-            (*fwd).acked = ack;
-            (*fwd).window = window;
+        if seg.flags & ACK != 0 {
+            let window = recorded_window(seg.flags, seg.window, seg.wscale);
+            if (*entry).acked != seg.ack {
+                (*entry).acked = seg.ack;
+            }
+            if (*entry).window != window {
+                (*entry).window = window;
+            }
+        }
+        if (*entry).sent_end != end {
+            (*entry).sent_end = end;
+        }
+        if seg.flags & SYN != 0 {
+            (*entry).wscale = seg.wscale;
+        }
+    }
+}
+
+/// What the NAT saw of an entry's host in this connection: `seen`, its
+/// seen bits of this connection, and the entry's TCP fields.
+#[inline(always)]
+fn sent(entry: *const Session, seen: u8) -> Sent {
+    // SAFETY: live map value pointer from this program run.
+    unsafe {
+        Sent {
+            seen,
+            acked: (*entry).acked,
+            window: (*entry).window,
+            wscale: (*entry).wscale,
+            sent_end: (*entry).sent_end,
         }
     }
 }
@@ -76,25 +204,26 @@ pub fn note_ack(fwd: *mut Session, flags: u8, ack: u32, window: u16) {
 // Global BPF functions: the verifier checks each once, on its own, instead
 // of once for every path of every program that reaches it (the exchange
 // loops would otherwise multiply nat_egress's paths past the verifier's
-// limit). It hands them their pointer arguments as possibly null.
+// limit). It hands them their pointer arguments as possibly null. The
+// segment comes as [`Segment::pack`]'s two words.
 
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_track_egress(
     fwd_key: *const FlowKey,
     fwd: *mut Session,
-    flags: u64,
+    seg_a: u64,
+    seg_b: u64,
     now: u64,
 ) -> i32 {
     if fwd_key.is_null() || fwd.is_null() {
-        return 0;
+        return KEEP;
     }
     // A copy on this function's stack: Linux 6.1 takes no pointer argument
     // of a global function as a map key. Volatile, so that LLVM keeps it.
     // SAFETY: checked for null; the caller passes its stack key.
     let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
-    track_egress(&fwd_key, fwd, flags as u8, now);
-    0
+    track_egress(&fwd_key, fwd, &Segment::unpack([seg_a, seg_b]), now)
 }
 
 #[unsafe(no_mangle)]
@@ -102,42 +231,51 @@ extern "C" fn nat_track_egress(
 extern "C" fn nat_track_ingress(
     rev_key: *const FlowKey,
     rev: *mut Session,
-    flags_seq: u64,
+    seg_a: u64,
+    seg_b: u64,
     now: u64,
 ) -> i32 {
     if rev_key.is_null() || rev.is_null() {
-        return 0;
+        return KEEP;
     }
     // SAFETY: checked for null; the caller passes its stack key. A copy,
     // as in nat_track_egress.
     let rev_key = unsafe { core::ptr::read_volatile(rev_key) };
-    if track_ingress(
-        &rev_key,
-        rev,
-        flags_seq as u8,
-        (flags_seq >> 32) as u32,
-        now,
-    ) {
-        0
-    } else {
-        1
-    }
+    track_ingress(&rev_key, rev, &Segment::unpack([seg_a, seg_b]), now)
 }
 
 #[inline(always)]
-fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
+fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment, now: u64) -> i32 {
+    let flags = seg.flags;
     let own_seen = seen_of(fwd);
     let before = own_seen.load();
+    if records(flags, bits(before)) {
+        note(fwd, seg);
+    }
     let packet = seen_bits(flags);
     let new_syn = flags & (SYN | ACK) == SYN;
     if packet & !bits(before) == 0 && !new_syn {
-        return;
+        return KEEP;
     }
     // SAFETY: live map value pointer.
     let (addr, port) = unsafe { ((*fwd).addr, (*fwd).port) };
     let rev_key = fwd_key.translated(addr, port);
-    let rev_seen = NAT_REV.get_ptr_mut(rev_key).map(seen_of);
+    let rev = NAT_REV.get_ptr_mut(rev_key);
+    let rev_seen = rev.map(seen_of);
     let other = rev_seen.map_or(0, |r| current_rev_bits(before, r.load()));
+    if flags & RST != 0 {
+        // Judged against the remote's window, as resets from outside are
+        // against the internal host's.
+        let remote = rev.map_or(Sent::default(), |r| sent(r, other));
+        match rst_verdict(seg.seq, seg.ack, flags, &sent(fwd, bits(before)), &remote) {
+            RstVerdict::Exact => {}
+            RstVerdict::InWindow => {
+                count(Counter::RstInexact);
+                return KEEP;
+            }
+            RstVerdict::OutOfWindow => return DROP,
+        }
+    }
     let epoch = generation(before);
     if new_syn {
         // The internal socket opens the same 5-tuple again (the SYN retry
@@ -147,16 +285,16 @@ fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
         // removing the old session at this very moment.
         if update(&own_seen, |w| forward_reopen(w, epoch, other)).is_some() {
             stamp(fwd, now);
-            // Nothing of the new connection is acknowledged yet.
-            // SAFETY: live map value pointer.
-            unsafe { (*fwd).acked = 0 };
+            // The new connection's opening SYN: its numbers replace the
+            // old connection's, whose seen bits no longer count.
+            note(fwd, seg);
             count(Counter::Reopened);
         }
-        return;
+        return KEEP;
     }
     let other_fin = other & seen::FIN != 0;
     let Some((old, new)) = update(&own_seen, |w| forward_add(w, epoch, packet, other_fin)) else {
-        return;
+        return KEEP;
     };
     stamp(fwd, now);
     if bits(new) & !bits(old) & (seen::FIN | seen::RST) != 0 {
@@ -167,12 +305,17 @@ fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, flags: u8, now: u64) {
             start_cooldown(&rev_key, kind, now);
         }
     }
+    KEEP
 }
 
 #[inline(always)]
-fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now: u64) -> bool {
+fn track_ingress(rev_key: &FlowKey, rev: *mut Session, seg: &Segment, now: u64) -> i32 {
+    let flags = seg.flags;
     let own_seen = seen_of(rev);
     let before = own_seen.load();
+    if flags & (SYN | RST) == 0 {
+        note(rev, seg);
+    }
     // Answered, open, and nothing new: established traffic ends here with
     // the one lookup it came with. Everything else reads the forward entry,
     // whose generation says whether these bits are the current
@@ -181,29 +324,51 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now:
     // internal host answers it, there is no SYN of ours to collide with.)
     if flags & (SYN | FIN | RST) == 0
         && bits(before) & (seen::SYN_ACK | seen::ODD_ANSWER | seen::SYN) != 0
+        && (flags & ACK == 0 || bits(before) & seen::ACK != 0)
         && !ended(bits(before), 0)
     {
-        return true;
+        return KEEP;
     }
     // SAFETY: live map value pointer.
     let (addr, port) = unsafe { ((*rev).addr, (*rev).port) };
     let fwd_key = FlowKey::new(PROTO_TCP, addr, port, rev_key.daddr, rev_key.dport);
     let fwd = NAT_FWD.get_ptr_mut(fwd_key);
-    if flags & RST != 0
-        && let Some(f) = fwd
-    {
-        // SAFETY: live map value pointer.
-        let (acked, window) = unsafe { ((*f).acked, (*f).window) };
-        if !rst_in_window(u32::from_be(seq), u32::from_be(acked), u16::from_be(window)) {
-            return false;
-        }
-    }
     let fwd_seen = fwd.map(seen_of);
     // Without a forward entry (being reaped) the reverse keeps its own generation.
     let fwd_word = fwd_seen.map_or(pack(generation(before), 0), |f| f.load());
-    let epoch = generation(fwd_word);
-    let other = bits(fwd_word);
-    let own = current_rev_bits(fwd_word, before);
+    let mut epoch = generation(fwd_word);
+    let mut other = bits(fwd_word);
+    let mut own = current_rev_bits(fwd_word, before);
+    if flags & RST != 0 {
+        // RFC 5961: only an exact reset changes the session.
+        let internal = fwd.map_or(Sent::default(), |f| sent(f, other));
+        match rst_verdict(seg.seq, seg.ack, flags, &sent(rev, own), &internal) {
+            RstVerdict::Exact => {}
+            RstVerdict::InWindow => {
+                count(Counter::RstInexact);
+                return KEEP;
+            }
+            RstVerdict::OutOfWindow => return DROP,
+        }
+    }
+    if flags & (SYN | ACK) == SYN
+        && ended(own, other)
+        && let (Some(f), Some(f_seen)) = (fwd, fwd_seen)
+        // SAFETY: live map value pointer; the mark is written at creation only.
+        && unsafe { (*f).mapping } & SESSION_INBOUND != 0
+        && update(&f_seen, |w| inbound_reopen(w, epoch, own)).is_some()
+    {
+        // The remote of a port forward connects again from the same port
+        // after the last connection closed: a new connection, as egress
+        // reopens for the internal host. The reverse word follows below.
+        epoch += 1;
+        other = 0;
+        own = 0;
+        count(Counter::Reopened);
+    }
+    if flags & SYN != 0 && records(flags, own) {
+        note(rev, seg);
+    }
     let mut packet = seen_bits(flags);
     // Until the remote answered with a SYN-ACK, any other answer may be a
     // remote that still holds the previous connection on this key (an
@@ -215,11 +380,11 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now:
     }
     let other_fin = other & seen::FIN != 0;
     let Some((old, new)) = update(&own_seen, |w| reverse_add(w, epoch, packet, other_fin)) else {
-        return true;
+        return KEEP;
     };
     let added = bits(new) & !current_rev_bits(new, old);
     if added == 0 {
-        return true;
+        return KEEP;
     }
     // Counted by the one CPU whose exchange added the mark.
     if added & seen::ODD_ANSWER != 0 {
@@ -240,7 +405,7 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, flags: u8, seq: u32, now:
             start_cooldown(rev_key, kind, now);
         }
     }
-    true
+    KEEP
 }
 
 /// Records when `rev_key` may be handed out again after a close of `kind`.

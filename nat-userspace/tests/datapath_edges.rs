@@ -344,9 +344,20 @@ fn a_reopen_leaves_the_reverse_entry_to_ingress() {
         .0
     };
     assert_eq!(reply(&mut dp, syn | ack), XDP_PASS);
-    assert_eq!(reply(&mut dp, rst), XDP_PASS);
+    // The internal host acknowledged nothing yet: a reset counts when it
+    // acknowledges the SYN (sequence number 0, so it ends at 1).
+    let refusal = tcp_seq(
+        REMOTE,
+        REMOTE_PORT,
+        EXTERNAL,
+        ext_port,
+        rst | ack,
+        [0, 1],
+        0,
+    );
+    assert_eq!(run(dp.xdp(PROG_INGRESS), &refusal).0, XDP_PASS);
     let rev_reset = dp.rev(&rev_key).seen;
-    assert_eq!(bits(rev_reset), seen::SYN_ACK | seen::RST);
+    assert_eq!(bits(rev_reset), seen::SYN_ACK | seen::ACK | seen::RST);
 
     // The client's new SYN on the same 5-tuple.
     assert_eq!(out(&mut dp, syn), TC_NEXT);
@@ -366,7 +377,7 @@ fn a_reopen_leaves_the_reverse_entry_to_ingress() {
     assert_eq!(reply(&mut dp, syn | ack), XDP_PASS);
     let rev = dp.rev(&rev_key).seen;
     assert_eq!(generation(rev), generation(fwd));
-    assert_eq!(bits(rev), seen::SYN_ACK);
+    assert_eq!(bits(rev), seen::SYN_ACK | seen::ACK);
     assert_eq!(state(fwd, rev), State::Established);
 }
 

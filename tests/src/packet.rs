@@ -41,6 +41,8 @@ pub enum L4 {
         flags: u8,
         seq: u32,
         ack: u32,
+        /// The window field.
+        window: u16,
         /// TCP options, a multiple of 4 bytes.
         options: Vec<u8>,
     },
@@ -108,9 +110,35 @@ impl Pkt {
                 } else {
                     0
                 },
+                window: 64240,
                 options: Vec::new(),
             },
         )
+    }
+
+    /// A TCP packet with these sequence and acknowledgment numbers.
+    pub fn seq_ack(mut self, to_seq: u32, to_ack: u32) -> Self {
+        if let L4::Tcp { seq, ack, .. } = &mut self.l4 {
+            (*seq, *ack) = (to_seq, to_ack);
+        }
+        self
+    }
+
+    /// A TCP packet with this window field.
+    pub fn window(mut self, to: u16) -> Self {
+        if let L4::Tcp { window, .. } = &mut self.l4 {
+            *window = to;
+        }
+        self
+    }
+
+    /// A TCP packet with these options (a multiple of 4 bytes, at most 40).
+    pub fn tcp_options(mut self, to: &[u8]) -> Self {
+        assert!(to.len().is_multiple_of(4) && to.len() <= 40);
+        if let L4::Tcp { options, .. } = &mut self.l4 {
+            *options = to.to_vec();
+        }
+        self
     }
 
     pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
@@ -254,6 +282,7 @@ impl Pkt {
                 flags,
                 seq,
                 ack,
+                window,
                 options,
             } => {
                 assert!(options.len().is_multiple_of(4) && options.len() <= 40);
@@ -263,7 +292,7 @@ impl Pkt {
                 s.extend_from_slice(&ack.to_be_bytes());
                 s.push((((20 + options.len()) / 4) as u8) << 4);
                 s.push(*flags);
-                s.extend_from_slice(&64240u16.to_be_bytes());
+                s.extend_from_slice(&window.to_be_bytes());
                 s.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
                 s.extend_from_slice(options);
                 s.extend_from_slice(&self.payload);

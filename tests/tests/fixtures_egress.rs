@@ -52,7 +52,7 @@ fn fixture_egress_syn_opens_a_session() {
 #[test]
 fn fixture_egress_established_segment_with_ip_options() {
     let flow = tcp_flow();
-    let maps = Maps::nat().session(&flow, seen::SYN, seen::SYN_ACK);
+    let maps = Maps::nat().session(&flow, seen::SYN | seen::ACK, seen::SYN_ACK | seen::ACK);
     // Router alert and a NOP-padded timestamp-style option: 12 bytes.
     let opts = [
         0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x44, 0x06, 0x05, 0x00, 0x00, 0x00,
@@ -64,7 +64,15 @@ fn fixture_egress_established_segment_with_ip_options() {
     let want = seg.clone().with_source(ep(EXTERNAL, PORT));
     out.expect(Verdict::Pass, &want.frame(), &[(Counter::XlateOut, 1)]);
     let fwd = out.fwd[&flow.fwd_key()];
-    assert_eq!(bits(fwd.seen), seen::SYN, "an ACK adds no state bit");
+    assert_eq!(
+        bits(fwd.seen),
+        seen::SYN | seen::ACK,
+        "an established segment adds no state bit"
+    );
+    // What the internal host sent is recorded, host order: its last
+    // acknowledgment and window, and where its segment ended.
+    assert_eq!((fwd.acked, fwd.window), (0x0a0b_0c0d, 64240));
+    assert_eq!(fwd.sent_end, 0x0102_0304 + 18);
     assert!(
         out.stamped_now(fwd.last_seen),
         "the 5 s old entry is touched"
@@ -104,7 +112,12 @@ fn fixture_egress_internal_fin_marks_the_session() {
     );
     assert_eq!(
         bits(out.fwd[&flow.fwd_key()].seen),
-        seen::SYN | seen::FIN | seen::FIN_FIRST
+        seen::SYN | seen::ACK | seen::FIN | seen::FIN_FIRST
+    );
+    assert_eq!(
+        out.fwd[&flow.fwd_key()].sent_end,
+        0x0102_0304 + 1,
+        "a FIN takes a number"
     );
     assert!(out.cooldown.is_empty(), "half a close starts no cooldown");
 }

@@ -94,7 +94,7 @@ fn fixture_fast_tracks_tcp_state() {
     out.expect(Verdict::Redirect, &forwarded(&p), &[(Counter::FastOut, 1)]);
     assert_eq!(
         bits(out.fwd[&flow(PROTO_TCP).fwd_key()].seen),
-        seen::SYN | seen::FIN | seen::FIN_FIRST
+        seen::SYN | seen::ACK | seen::FIN | seen::FIN_FIRST
     );
 }
 

@@ -35,7 +35,7 @@ fn tcp_flow() -> Flow {
 #[test]
 fn fixture_ingress_reply_is_translated_back() {
     let flow = tcp_flow();
-    let maps = Maps::nat().session(&flow, seen::SYN, seen::SYN_ACK);
+    let maps = Maps::nat().session(&flow, seen::SYN | seen::ACK, seen::SYN_ACK | seen::ACK);
     let reply =
         Pkt::tcp(https(), ext(), tcp_flags::ACK | tcp_flags::PSH).payload(b"HTTP/1.1 200 OK");
     let want = reply.clone().with_destination(client()).frame();
@@ -43,8 +43,14 @@ fn fixture_ingress_reply_is_translated_back() {
         let out = run(prog, &maps, &reply.frame());
         out.expect(Verdict::Pass, &want, &[(Counter::XlateIn, 1)]);
         let rev = out.rev[&flow.rev_key()];
-        assert_eq!(bits(rev.seen), seen::SYN_ACK, "{prog:?}");
+        assert_eq!(bits(rev.seen), seen::SYN_ACK | seen::ACK, "{prog:?}");
         assert!(out.stamped_now(rev.last_seen), "{prog:?}: touched");
+        // The remote's numbers, host order, in its own entry.
+        assert_eq!(
+            (rev.acked, rev.window, rev.sent_end),
+            (0x0a0b_0c0d, 64240, 0x0102_0304 + 15),
+            "{prog:?}"
+        );
     }
 }
 
@@ -60,10 +66,12 @@ fn fixture_ingress_syn_ack_establishes() {
             &synack.clone().with_destination(client()).frame(),
             &[(Counter::XlateIn, 1)],
         );
+        let rev = out.rev[&flow.rev_key()];
+        assert_eq!(bits(rev.seen), seen::SYN_ACK | seen::ACK, "{prog:?}");
         assert_eq!(
-            bits(out.rev[&flow.rev_key()].seen),
-            seen::SYN_ACK,
-            "{prog:?}"
+            (rev.acked, rev.window, rev.sent_end, rev.wscale),
+            (0x0a0b_0c0d, 64240, 0x0102_0304 + 1, 0),
+            "{prog:?}: a SYN-ACK without options"
         );
     }
 }
@@ -135,8 +143,8 @@ fn fixture_ingress_close_starts_the_cooldown() {
     let flow = tcp_flow();
     let maps = Maps::nat().session(
         &flow,
-        seen::SYN | seen::FIN | seen::FIN_FIRST,
-        seen::SYN_ACK,
+        seen::SYN | seen::ACK | seen::FIN | seen::FIN_FIRST,
+        seen::SYN_ACK | seen::ACK,
     );
     let fin = Pkt::tcp(https(), ext(), tcp_flags::FIN | tcp_flags::ACK);
     let ms = Config::default().cooldown_local_close_ms * 1_000_000;
@@ -149,7 +157,7 @@ fn fixture_ingress_close_starts_the_cooldown() {
         );
         assert_eq!(
             bits(out.rev[&flow.rev_key()].seen),
-            seen::SYN_ACK | seen::FIN
+            seen::SYN_ACK | seen::ACK | seen::FIN
         );
         let until = out.cooldown[&flow.rev_key()];
         assert!(
@@ -162,7 +170,15 @@ fn fixture_ingress_close_starts_the_cooldown() {
 #[test]
 fn fixture_ingress_reset_starts_the_reset_cooldown() {
     let flow = tcp_flow();
-    let maps = Maps::nat().session(&flow, seen::SYN, seen::SYN_ACK);
+    let client_sent = Sent {
+        acked: 0x0102_0304,
+        window: 1000,
+        ..Sent::default()
+    };
+    let maps = Maps::nat()
+        .session(&flow, seen::SYN | seen::ACK, seen::SYN_ACK | seen::ACK)
+        .sent(&flow, true, client_sent);
+    // Exact: its sequence number is the internal host's acknowledgment.
     let rst = Pkt::tcp(https(), ext(), tcp_flags::RST);
     let ms = Config::default().cooldown_rst_ms * 1_000_000;
     for prog in INGRESS {
@@ -180,7 +196,14 @@ fn fixture_ingress_reset_starts_the_reset_cooldown() {
 #[test]
 fn fixture_ingress_ack_to_a_syn_is_a_collision() {
     let flow = tcp_flow();
-    let maps = Maps::nat().session(&flow, seen::SYN, 0);
+    // The SYN ended one before what the answers acknowledge.
+    let syn = Sent {
+        sent_end: 0x0a0b_0c0d,
+        ..Sent::default()
+    };
+    let maps = Maps::nat()
+        .session(&flow, seen::SYN, 0)
+        .sent(&flow, true, syn);
     let ack = Pkt::tcp(https(), ext(), tcp_flags::ACK);
     let rst = Pkt::tcp(https(), ext(), tcp_flags::RST | tcp_flags::ACK);
     for prog in INGRESS {
@@ -190,7 +213,10 @@ fn fixture_ingress_ack_to_a_syn_is_a_collision() {
             &ack.clone().with_destination(client()).frame(),
             &[(Counter::XlateIn, 1), (Counter::Collision, 1)],
         );
-        assert_eq!(bits(out.rev[&flow.rev_key()].seen), seen::ODD_ANSWER);
+        assert_eq!(
+            bits(out.rev[&flow.rev_key()].seen),
+            seen::ODD_ANSWER | seen::ACK
+        );
         let out = run(prog, &maps, &rst.frame());
         out.expect(
             Verdict::Pass,
@@ -199,7 +225,7 @@ fn fixture_ingress_ack_to_a_syn_is_a_collision() {
         );
         assert_eq!(
             bits(out.rev[&flow.rev_key()].seen),
-            seen::ODD_ANSWER | seen::RST
+            seen::ODD_ANSWER | seen::RST | seen::ACK
         );
     }
 }

@@ -25,7 +25,7 @@ use crate::packet::{L3_AT, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// Counters that record an event along the way, not how a packet ended.
 /// A counter added to nat-common is taken for an outcome unless listed here.
-pub const EVENTS: [Counter; 13] = [
+pub const EVENTS: [Counter; 14] = [
     Counter::Opened,
     Counter::Evicted,
     Counter::EimConflict,
@@ -36,6 +36,7 @@ pub const EVENTS: [Counter; 13] = [
     Counter::Spill,
     Counter::Collision,
     Counter::SynRefused,
+    Counter::RstInexact,
     Counter::Reopened,
     Counter::CooldownFull,
     Counter::InsertRace,
