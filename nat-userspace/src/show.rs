@@ -15,7 +15,7 @@ use nat_common::{
 
 use crate::{
     settings::{self, SETTINGS, Setting},
-    tables::{Tables, boot_ns, endpoint, proto_name},
+    tables::{Tables, TcpSide, boot_ns, endpoint, proto_name},
 };
 
 pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
@@ -27,7 +27,7 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
         let rows: Vec<_> = list
             .iter()
             .map(|s| {
-                json!({
+                let mut row = json!({
                     "proto": s.proto_name(),
                     "internal": s.internal.to_string(),
                     "external": s.external.to_string(),
@@ -36,7 +36,12 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
                     "idle_ms": now.saturating_sub(s.last_seen) / 1_000_000,
                     "paired": s.paired,
                     "mapping": s.mapping_name(),
-                })
+                });
+                if let Some([internal, remote]) = &s.tcp {
+                    row["tcp"] =
+                        json!({ "internal": tcp_side(internal), "remote": tcp_side(remote) });
+                }
+                row
             })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
@@ -63,6 +68,18 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
     }
     writeln!(out, "{} session(s)", list.len())?;
     Ok(())
+}
+
+/// What one TCP host of a session sent (`null` for what it has not sent
+/// in this connection).
+fn tcp_side(side: &TcpSide) -> serde_json::Value {
+    json!({
+        "acked": side.acked.map(|(a, _)| a),
+        "window": side.acked.map(|(_, w)| w),
+        "window_bytes": side.window_bytes,
+        "wscale": side.wscale,
+        "sent_end": side.sent_end,
+    })
 }
 
 pub fn stats(tables: &Tables, as_json: bool) -> Result<()> {

@@ -16,7 +16,7 @@ use nat_common::{
     },
     probe::PROBE_BUCKETS,
     seen_word::{bits, current_rev_bits},
-    tcp_state::{State, state_of},
+    tcp_state::{Sent, State, state_of, window_shift},
 };
 
 use crate::{batch, pins::PinDir};
@@ -322,6 +322,48 @@ pub struct SessionView {
     /// The session is on its internal endpoint's endpoint-independent
     /// mapping (else its port was picked for this destination alone).
     pub independent: bool,
+    /// TCP: what the NAT saw the internal host and the remote send in this
+    /// connection, which resets are judged by.
+    pub tcp: Option<[TcpSide; 2]>,
+}
+
+/// What one TCP host of a session sent, as its entry records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSide {
+    /// Its latest acknowledgment number and window field (unscaled), once
+    /// it acknowledged anything in this connection.
+    pub acked: Option<(u32, u16)>,
+    /// Its window in bytes: the field scaled as both SYNs agreed.
+    pub window_bytes: Option<u64>,
+    /// The shift its SYN's window scale option announced (capped at 14).
+    pub wscale: Option<u8>,
+    /// Where its last segment ended, once it sent any in this connection.
+    pub sent_end: Option<u32>,
+}
+
+impl TcpSide {
+    fn new(own: &Sent, other: &Sent) -> Self {
+        use nat_common::{flow::seen, tcp_state::WSCALE_SENT};
+        let wscale = own.syn_wscale();
+        let acked = (own.seen & seen::ACK != 0).then_some((own.acked, own.window));
+        Self {
+            acked,
+            window_bytes: acked
+                .map(|(_, w)| u64::from(w) << window_shift(wscale, other.syn_wscale())),
+            wscale: (wscale & WSCALE_SENT != 0).then_some(wscale & !WSCALE_SENT),
+            sent_end: (own.seen != 0).then_some(own.sent_end),
+        }
+    }
+}
+
+fn sent(s: &Session, seen: u8) -> Sent {
+    Sent {
+        seen,
+        acked: s.acked,
+        window: s.window,
+        wscale: s.wscale,
+        sent_end: s.sent_end,
+    }
 }
 
 impl SessionView {
@@ -340,6 +382,14 @@ impl SessionView {
             last_seen: fwd.last_seen.max(rev_last),
             paired: rev.is_some(),
             independent: fwd.mapping & SESSION_MAPPED != 0,
+            tcp: (key.proto == PROTO_TCP).then(|| {
+                let internal = sent(fwd, bits(fwd.seen));
+                let remote = rev.map_or(Sent::default(), |r| sent(r, rev_seen));
+                [
+                    TcpSide::new(&internal, &remote),
+                    TcpSide::new(&remote, &internal),
+                ]
+            }),
         }
     }
 
