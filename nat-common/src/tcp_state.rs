@@ -108,51 +108,97 @@ pub const WSCALE_SENT: u8 = 0x80;
 /// Bytes of TCP options at most: a 60-byte header less its fixed 20.
 pub const TCP_OPTIONS_MAX: usize = 40;
 
-/// The window scale option among `len` bytes of TCP options, read one at a
-/// time through `byte` (`None`: not in the packet), as Linux parses them
-/// (tcp_parse_options): end of list, no-operation, then kind and length,
-/// stopping at a length below 2 or past the options; an option of kind 3
-/// counts only with length 3, and of several the last counts. Returns
-/// [`WSCALE_SENT`] with the shift capped at [`WSCALE_MAX`], or 0 when there
-/// is none. At most [`TCP_OPTIONS_MAX`] bytes are looked at.
-#[inline(always)]
-pub fn wscale_option(len: usize, byte: impl Fn(usize) -> Option<u8>) -> u8 {
-    let len = if len > TCP_OPTIONS_MAX {
-        TCP_OPTIONS_MAX
-    } else {
-        len
-    };
-    let mut found = 0;
-    let mut i = 0;
-    while i < len {
-        let Some(kind) = byte(i) else { break };
+/// A walk over a SYN's TCP options in search of the window scale option,
+/// as Linux parses them (tcp_parse_options): end of list, no-operation,
+/// then kind and length, stopping at a length below 2 or past the options;
+/// an option of kind 3 counts only with length 3, and of several the last
+/// counts. The walk takes one step per byte ([`OptionWalk::step`]), so the
+/// datapath runs it as a `bpf_loop` whose callback the verifier checks
+/// once, with its state in map memory, rather than walking every path of
+/// a loop whose steps depend on the bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionWalk {
+    pub bytes: [u8; TCP_OPTIONS_MAX],
+    /// How many of `bytes` are the options (at most [`TCP_OPTIONS_MAX`]).
+    pub len: u32,
+    /// Where the next option starts.
+    pub next: u32,
+    /// [`WSCALE_SENT`] with the shift capped at [`WSCALE_MAX`], or 0 while
+    /// none was found.
+    pub found: u32,
+    pub _pad: u32,
+}
+
+impl OptionWalk {
+    /// A walk over the first `len` of `bytes`.
+    pub const fn new(bytes: [u8; TCP_OPTIONS_MAX], len: u32) -> Self {
+        Self {
+            bytes,
+            len,
+            next: 0,
+            found: 0,
+            _pad: 0,
+        }
+    }
+
+    /// Step `j` of the walk, at byte `j`: a byte is an option's kind only
+    /// where the option before it ended. `false` once the walk is over.
+    #[inline(always)]
+    pub fn step(&mut self, j: usize) -> bool {
+        let len = self.len as usize;
+        if j >= len || j >= TCP_OPTIONS_MAX {
+            return false;
+        }
+        if j != self.next as usize {
+            return true;
+        }
+        let Some(&kind) = self.bytes.get(j) else {
+            return false;
+        };
         if kind == 0 {
-            break;
+            return false;
         }
         if kind == 1 {
-            i += 1;
-            continue;
+            self.next = j as u32 + 1;
+            return true;
         }
-        if i + 2 > len {
-            break;
-        }
-        let Some(size) = byte(i + 1) else { break };
+        let Some(&size) = self.bytes.get(j + 1) else {
+            return false;
+        };
         let size = size as usize;
-        if size < 2 || i + size > len {
-            break;
+        if j + 2 > len || size < 2 || j + size > len {
+            return false;
         }
         if kind == WSCALE_KIND && size == 3 {
-            let Some(shift) = byte(i + 2) else { break };
-            found = WSCALE_SENT
-                | if shift > WSCALE_MAX {
-                    WSCALE_MAX
-                } else {
-                    shift
-                };
+            let Some(&shift) = self.bytes.get(j + 2) else {
+                return false;
+            };
+            let shift = if shift > WSCALE_MAX {
+                WSCALE_MAX
+            } else {
+                shift
+            };
+            self.found = (WSCALE_SENT | shift) as u32;
         }
-        i += size;
+        self.next = (j + size) as u32;
+        true
     }
-    found
+}
+
+/// [`OptionWalk`] over `options` (at most [`TCP_OPTIONS_MAX`] bytes of them
+/// are looked at): [`WSCALE_SENT`] with the shift, or 0 when the SYN
+/// carries no window scale option.
+pub fn wscale_option(options: &[u8]) -> u8 {
+    let len = options.len().min(TCP_OPTIONS_MAX);
+    let mut bytes = [0; TCP_OPTIONS_MAX];
+    bytes[..len].copy_from_slice(&options[..len]);
+    let mut walk = OptionWalk::new(bytes, len as u32);
+    let mut j = 0;
+    while walk.step(j) {
+        j += 1;
+    }
+    walk.found as u8
 }
 
 /// The shift that scales the window fields `own` sends, given the window
@@ -214,9 +260,7 @@ pub const fn records(flags: u8, own: u8) -> bool {
     flags & tcp_flags::RST == 0 && (flags & tcp_flags::SYN == 0 || own & seen::ACK == 0)
 }
 
-/// A TCP segment as the tracking records and judges it, host order. The
-/// datapath hands it to its global tracking functions (scalar arguments
-/// only) as the two words of [`Segment::pack`].
+/// A TCP segment as the tracking records and judges it, host order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Segment {
     pub seq: u32,
@@ -230,29 +274,6 @@ pub struct Segment {
 }
 
 impl Segment {
-    #[inline(always)]
-    pub const fn pack(&self) -> [u64; 2] {
-        [
-            self.seq as u64 | (self.ack as u64) << 32,
-            self.flags as u64
-                | (self.wscale as u64) << 8
-                | (self.window as u64) << 16
-                | (self.payload as u64) << 32,
-        ]
-    }
-
-    #[inline(always)]
-    pub const fn unpack(words: [u64; 2]) -> Self {
-        Self {
-            seq: words[0] as u32,
-            ack: (words[0] >> 32) as u32,
-            flags: words[1] as u8,
-            wscale: (words[1] >> 8) as u8,
-            window: (words[1] >> 16) as u16,
-            payload: (words[1] >> 32) as u16,
-        }
-    }
-
     /// [`segment_end`] of this segment.
     #[inline(always)]
     pub const fn end(&self) -> u32 {

@@ -19,7 +19,7 @@ use crate::{
     reject,
     skb::linear_headers,
     tc_rewrite::rewrite_endpoint,
-    track::{self, SynOptions},
+    track,
 };
 
 #[classifier]
@@ -92,14 +92,12 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     let now = now_ns();
     let session = match NAT_FWD.get_ptr_mut(key) {
         Some(entry) => {
-            if ip.proto == PROTO_TCP {
-                let seg = track::segment(&l4, ctx.syn_wscale(&l4, l4_at));
-                if !track::egress(&key, entry, &seg, now) {
-                    // It neither refreshes, closes nor cools the session.
-                    return Err(DropReason::RstOutOfWindow);
-                }
+            let refresh = ip.proto != PROTO_TCP || {
+                track::egress_tc(ctx, &key, entry, l4.tcp_flags, l4_at)?
+            };
+            if refresh {
+                touch(entry, now);
             }
-            touch(entry, now);
             // SAFETY: live map value from the lookup above.
             Endpoint::of(unsafe { &*entry })
         }
@@ -113,8 +111,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
             match allocate(&key, l4.tcp_flags, now) {
                 Ok(session) => {
                     if ip.proto == PROTO_TCP {
-                        let seg = track::segment(&l4, ctx.syn_wscale(&l4, l4_at));
-                        track::opened(&key, &seg, now);
+                        track::opened_tc(ctx, &key, l4_at);
                     }
                     session
                 }

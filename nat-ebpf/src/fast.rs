@@ -272,7 +272,7 @@ struct Candidate {
 /// `None` leaves the packet to the stack untouched (malformed ones too:
 /// TC egress counts and drops them there).
 #[inline(always)]
-fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
+fn candidate<C: SynOptions>(ctx: &C, data: usize, end: usize, avail: usize) -> Option<Candidate> {
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
         _ => return None,
@@ -282,9 +282,10 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
     let (tos, ttl) = tos_ttl(data, end).ok()?;
     eligible(meta.fragment, ip.proto, ttl).ok()?;
     let l4_at = ETH_HLEN + meta.hdr_len;
-    let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true).ok()?;
+    let mut l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true).ok()?;
     let key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
     let entry = NAT_FWD.get_ptr_mut(key)?;
+    l4.wscale = ctx.syn_wscale(&l4, l4_at);
     Some(Candidate {
         ip,
         l4,
@@ -300,14 +301,11 @@ fn candidate(data: usize, end: usize, avail: usize) -> Option<Candidate> {
 /// returns the external endpoint, or the drop of a reset outside the
 /// remote's window.
 #[inline(always)]
-fn track_session<C: SynOptions>(ctx: &C, c: &Candidate, now: u64) -> Result<Endpoint, DropReason> {
-    if c.ip.proto == PROTO_TCP {
-        let seg = track::segment(&c.l4, ctx.syn_wscale(&c.l4, c.l4_at));
-        if !track::egress(&c.key, c.entry, &seg, now) {
-            return Err(DropReason::RstOutOfWindow);
-        }
+fn track_session(c: &Candidate, now: u64) -> Result<Endpoint, DropReason> {
+    let refresh = c.ip.proto != PROTO_TCP || track::egress(&c.key, c.entry, &c.l4, now)?;
+    if refresh {
+        touch(c.entry, now);
     }
-    touch(c.entry, now);
     // SAFETY: live map value from the lookup in `candidate`.
     Ok(Endpoint::of(unsafe { &*c.entry }))
 }
@@ -321,7 +319,7 @@ pub fn nat_fast(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let Some(c) = candidate(data, end, frame_ip_len(data, end)) else {
+    let Some(c) = candidate(ctx, data, end, frame_ip_len(data, end)) else {
         return Ok(Counter::FastMiss);
     };
     let ingress = ctx.ingress_ifindex() as u32;
@@ -338,7 +336,7 @@ fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     if next.ifindex != ext_ifindex() || !xdp_redirect(next.ifindex) {
         return Ok(Counter::FastRoute);
     }
-    let to = track_session(ctx, &c, now)?;
+    let to = track_session(&c, now)?;
     let old = Endpoint {
         addr: c.ip.saddr,
         port: c.l4.sport,
@@ -369,7 +367,7 @@ pub fn nat_fast_tc(ctx: TcContext) -> i32 {
 fn try_fast_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     let len = ctx.len() as usize;
-    let Some(c) = candidate(data, end, len.saturating_sub(ETH_HLEN)) else {
+    let Some(c) = candidate(ctx, data, end, len.saturating_sub(ETH_HLEN)) else {
         return Ok(Counter::FastMiss);
     };
     if !skb_for_host(ctx) {
@@ -386,7 +384,7 @@ fn try_fast_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
     if next.ifindex != ext_ifindex() || !tc_redirect_egress(next.ifindex) {
         return Ok(Counter::FastRoute);
     }
-    let new = track_session(ctx, &c, now)?;
+    let new = track_session(&c, now)?;
     let old = Endpoint {
         addr: c.ip.saddr,
         port: c.l4.sport,

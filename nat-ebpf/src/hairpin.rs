@@ -26,7 +26,7 @@ use nat_common::{
     flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP},
     forward::{AF_INET, eligible},
     headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
-    tcp_state::{Segment, opens_flow},
+    tcp_state::opens_flow,
 };
 
 use crate::{
@@ -35,8 +35,8 @@ use crate::{
     mapping::{self, Miss},
     maps::{NAT_FWD, NAT_HAIRPIN_PLAN, NAT_REV, ext_ifindex, is_external, is_internal},
     packet::{
-        DropReason, Endpoint, HEADERS_MAX, Side, decode, encode, ipv4_fields, l4_fields, now_ns,
-        read, tc_action_or_next, touch,
+        DropReason, Endpoint, HEADERS_MAX, L4Fields, Side, decode, encode, ipv4_fields, l4_fields,
+        now_ns, read, tc_action_or_next, touch,
     },
     port_forward::{forward_owner, open},
     skb::linear_headers,
@@ -55,22 +55,14 @@ pub struct Plan {
     /// The packet's flow as egress keys it (sender, external destination).
     key: FlowKey,
     now: u64,
-    /// TCP sequence and acknowledgment numbers, as loaded.
-    seq: u32,
-    ack: u32,
-    window: u16,
-    flags: u8,
-    /// A SYN's window scale option ([`SynOptions`]).
-    wscale: u8,
+    /// The transport header, with a SYN's window scale option ([`SynOptions`]).
+    l4: L4Fields,
     /// Out: the sender's external endpoint, the new source.
     src_addr: u32,
     /// Out: the receiving internal endpoint, the new destination.
     dst_addr: u32,
     src_port: u16,
     dst_port: u16,
-    /// TCP payload bytes.
-    payload: u16,
-    _pad: u16,
     /// The route lookup's parameters: here rather than on the program's
     /// stack, which with the mapping's admission under it is full.
     fib: FibParams,
@@ -87,20 +79,7 @@ const NOT_OURS: i64 = encode(Ok(Counter::NotHairpin));
 
 #[inline(always)]
 fn opening(p: &Plan) -> bool {
-    opens_flow(p.key.proto, p.flags)
-}
-
-/// The plan's TCP segment as the tracking takes it.
-#[inline(always)]
-fn segment(p: &Plan) -> Segment {
-    Segment {
-        seq: u32::from_be(p.seq),
-        ack: u32::from_be(p.ack),
-        flags: p.flags,
-        wscale: p.wscale,
-        window: u16::from_be(p.window),
-        payload: p.payload,
-    }
+    opens_flow(p.key.proto, p.l4.tcp_flags)
 }
 
 /// The sender's side, as egress translates it: `GO` with the plan's source
@@ -120,10 +99,15 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
     let Some(entry) = NAT_FWD.get_ptr_mut(key) else {
         return new_flow(p, &key);
     };
-    if key.proto == PROTO_TCP && !track::egress(&key, entry, &segment(p), p.now) {
-        return encode(Err(DropReason::RstOutOfWindow));
+    let refresh = key.proto != PROTO_TCP || {
+        match track::egress(&key, entry, &p.l4, p.now) {
+            Ok(refresh) => refresh,
+            Err(drop) => return encode(Err(drop)),
+        }
+    };
+    if refresh {
+        touch(entry, p.now);
     }
-    touch(entry, p.now);
     // SAFETY: live map value from the lookup above.
     let src = Endpoint::of(unsafe { &*entry });
     p.src_addr = src.addr;
@@ -197,10 +181,10 @@ fn destination(p: &mut Plan) -> Result<bool, DropReason> {
             }
         }
     };
-    if key.proto == PROTO_TCP && !track::ingress(&rev_key, entry, &segment(p), p.now) {
-        return Err(DropReason::RstOutOfWindow);
+    let refresh = key.proto != PROTO_TCP || track::ingress(&rev_key, entry, &p.l4, p.now)?;
+    if refresh {
+        touch(entry, p.now);
     }
-    touch(entry, p.now);
     // SAFETY: live map value from a lookup above.
     let to = Endpoint::of(unsafe { &*entry });
     p.dst_addr = to.addr;
@@ -280,12 +264,8 @@ fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
     unsafe {
         (*slot).key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
         (*slot).now = now_ns();
-        (*slot).seq = l4.seq;
-        (*slot).ack = l4.ack;
-        (*slot).window = l4.window;
-        (*slot).flags = l4.tcp_flags;
-        (*slot).wscale = ctx.syn_wscale(&l4, l4_at);
-        (*slot).payload = l4.payload;
+        (*slot).l4 = l4;
+        (*slot).l4.wscale = ctx.syn_wscale(&l4, l4_at);
         (*slot).src_addr = 0;
         (*slot).dst_addr = 0;
         (*slot).src_port = 0;
@@ -296,9 +276,9 @@ fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
         ALLOCATE => {
             // SAFETY: as above.
             let p = unsafe { &mut *slot };
-            let src = allocate(&p.key, p.flags, p.now)?;
+            let src = allocate(&p.key, p.l4.tcp_flags, p.now)?;
             if p.key.proto == PROTO_TCP {
-                track::opened(&p.key, &segment(p), p.now);
+                track::opened_tc(ctx, &p.key, l4_at);
             }
             p.src_addr = src.addr;
             p.src_port = src.port;

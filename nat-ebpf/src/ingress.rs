@@ -92,7 +92,7 @@ fn classify<C: SynOptions>(
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Ok(Class::Pass(Counter::NotOursIn));
     }
-    let l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), !meta.fragment)?;
+    let mut l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), !meta.fragment)?;
 
     // The reverse key is oriented like egress: (external, remote).
     let key = FlowKey::new(ip.proto, ip.daddr, l4.dport, ip.saddr, l4.sport);
@@ -109,14 +109,15 @@ fn classify<C: SynOptions>(
         },
     };
     let now = now_ns();
-    if ip.proto == PROTO_TCP {
-        let seg = track::segment(&l4, ctx.syn_wscale(&l4, l4_at));
-        if !track::ingress(&key, entry, &seg, now) {
-            // A blind reset: it neither refreshes, closes nor cools the session.
-            return Err(DropReason::RstOutOfWindow);
-        }
+    // A reset that is not exact neither refreshes, closes nor cools the
+    // session: dropped outside the window, passed untouched inside it.
+    let refresh = ip.proto != PROTO_TCP || {
+        l4.wscale = ctx.syn_wscale(&l4, l4_at);
+        track::ingress(&key, entry, &l4, now)?
+    };
+    if refresh {
+        touch(entry, now);
     }
-    touch(entry, now);
     // SAFETY: live map value from the lookup above.
     let to = Endpoint::of(unsafe { &*entry });
     Ok(Class::Session(Inbound {

@@ -84,6 +84,12 @@ pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 
 #[map(name = "NAT_EVENT_RATE")]
 pub static NAT_EVENT_RATE: PerCpuArray<EventRate> = PerCpuArray::with_max_entries(1, 0);
 
+/// The walk over a SYN's TCP options, one per CPU
+/// ([`nat_common::tcp_state::OptionWalk`]); never pinned.
+#[map(name = "NAT_TCP_OPTIONS")]
+pub static NAT_TCP_OPTIONS: PerCpuArray<nat_common::tcp_state::OptionWalk> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// The allocator's probe state, one per CPU ([`crate::alloc::Probe`]); never pinned.
 #[map(name = "NAT_PROBE_STATE")]
 pub static NAT_PROBE_STATE: PerCpuArray<crate::alloc::Probe> = PerCpuArray::with_max_entries(1, 0);

@@ -310,6 +310,9 @@ pub struct L4Fields {
     /// TCP payload bytes (the segment the IPv4 header claims, less the
     /// TCP header); 0 for UDP.
     pub payload: u16,
+    /// A SYN's window scale option, once the program read it
+    /// ([`crate::track::SynOptions`]); 0 otherwise.
+    pub wscale: u8,
     /// Offset of the checksum field from the start of the packet.
     pub check_off: usize,
 }
@@ -348,6 +351,7 @@ pub fn l4_fields(
                 ack: u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
                 hdr_len: hdr_len as u16,
                 payload: (l4_len - hdr_len) as u16,
+                wscale: 0,
                 check_off: at + off::TCP_CHECK,
             })
         }
@@ -368,6 +372,7 @@ pub fn l4_fields(
                 ack: 0,
                 hdr_len: nat_common::headers::UDP_HLEN as u16,
                 payload: 0,
+                wscale: 0,
                 check_off: at + off::UDP_CHECK,
             })
         }

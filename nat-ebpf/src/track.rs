@@ -15,15 +15,21 @@
 //! ingress moves it on, by the same exchange
 //! ([`nat_common::seen_word::inbound_reopen`]).
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
+    helpers::{
+        bpf_loop,
+        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    },
     programs::{TcContext, XdpContext},
 };
 use nat_common::{
     counters::Counter,
     flow::{FlowKey, PROTO_TCP, Session, seen},
     headers::{
-        ETH_HLEN, TCP_MIN_HLEN,
+        TCP_MIN_HLEN,
         tcp_flags::{ACK, FIN, RST, SYN},
     },
     mapping::SESSION_INBOUND,
@@ -32,14 +38,14 @@ use nat_common::{
         inbound_reopen, pack, reverse_add, update,
     },
     tcp_state::{
-        CloseKind, RstVerdict, Segment, Sent, close_kind, cooldown_ms, recorded_window, records,
-        rst_verdict, seen_bits, wscale_option,
+        CloseKind, OptionWalk, RstVerdict, Segment, Sent, TCP_OPTIONS_MAX, close_kind, cooldown_ms,
+        recorded_window, records, rst_verdict, seen_bits,
     },
 };
 
 use crate::{
-    maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, count},
-    packet::{L4Fields, read},
+    maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_TCP_OPTIONS, count},
+    packet::{DropReason, L4Fields, now_ns, read},
     shared::MapWord,
 };
 
@@ -57,54 +63,131 @@ fn stamp(entry: *mut Session, now: u64) {
     unsafe { (*entry).last_seen = now };
 }
 
-/// The TCP segment of `l4` as the tracking takes it, host order, with the
-/// window scale option of a SYN (`wscale`, from [`SynOptions`]).
+/// Egress packet of an existing session: `Ok(true)` when the session is
+/// to be refreshed ([`crate::packet::touch`]), `Ok(false)` for a reset
+/// that passes but leaves the session as it was, not even refreshed, and
+/// the drop of a reset outside the remote's window (it has changed
+/// nothing either). A reset is judged first, by a global function of its
+/// own: its frame then sits beside the tracking's, not under it, on a
+/// chain (the fast path's) at the 512 bytes Linux 6.1 allows.
 #[inline(always)]
-pub fn segment(l4: &L4Fields, wscale: u8) -> Segment {
+pub fn egress(
+    fwd_key: &FlowKey,
+    fwd: *mut Session,
+    l4: &L4Fields,
+    now: u64,
+) -> Result<bool, DropReason> {
+    let [a, b] = words(l4);
+    if l4.tcp_flags & RST != 0 {
+        let judged = nat_judge_egress(fwd_key, fwd, a, b);
+        if judged != KEEP {
+            return outcome(judged);
+        }
+    }
+    outcome(nat_track_egress(fwd_key, fwd, a, b, now))
+}
+
+/// Ingress packet of an existing session, as [`egress`]: the drop is of a
+/// reset outside the internal host's window.
+#[inline(always)]
+pub fn ingress(
+    rev_key: &FlowKey,
+    rev: *mut Session,
+    l4: &L4Fields,
+    now: u64,
+) -> Result<bool, DropReason> {
+    let [a, b] = words(l4);
+    if l4.tcp_flags & RST != 0 {
+        let judged = nat_judge_ingress(rev_key, rev, a, b);
+        if judged != KEEP {
+            return outcome(judged);
+        }
+    }
+    outcome(nat_track_ingress(rev_key, rev, a, b, now))
+}
+
+/// [`egress`] for `nat_egress`, whose frame is on a chain (through the
+/// allocation) at the 512 bytes Linux 6.1 allows: the global functions
+/// read the TCP header at `l4_at` (and a SYN's window scale option) from
+/// the packet themselves, in their own frames, so that nothing of it stays
+/// live in the program's.
+#[inline(always)]
+pub fn egress_tc(
+    ctx: &TcContext,
+    fwd_key: &FlowKey,
+    fwd: *mut Session,
+    flags: u8,
+    l4_at: usize,
+) -> Result<bool, DropReason> {
+    if flags & RST != 0 {
+        let judged = nat_judge_egress_tc(ctx.skb.skb, fwd_key, fwd, l4_at as u64);
+        if judged != KEEP {
+            return outcome(judged);
+        }
+    }
+    outcome(nat_track_egress_tc(ctx.skb.skb, fwd_key, fwd, l4_at as u64))
+}
+
+/// A new flow's SYN in `nat_egress` (or the hairpin), once the allocation
+/// inserted its session: its numbers go into the forward entry as any
+/// opening SYN's do, read as in [`egress_tc`].
+#[inline(always)]
+pub fn opened_tc(ctx: &TcContext, fwd_key: &FlowKey, l4_at: usize) {
+    nat_track_opened_tc(ctx.skb.skb, fwd_key, l4_at as u64);
+}
+
+/// The TCP header `l4` in the two words the global functions take: its
+/// pointer would do, but a global function may write through it, so the
+/// verifier forgets what it knew of the caller's copy (the checksum's
+/// offset, which the rewrite after it needs bounded).
+#[inline(always)]
+fn words(l4: &L4Fields) -> [u64; 2] {
+    [
+        l4.seq as u64 | (l4.ack as u64) << 32,
+        l4.tcp_flags as u64
+            | (l4.wscale as u64) << 8
+            | (l4.window as u64) << 16
+            | (l4.payload as u64) << 32,
+    ]
+}
+
+/// The TCP segment of [`words`], host order, as the tracking records and
+/// judges it.
+#[inline(always)]
+fn segment(a: u64, b: u64) -> Segment {
     Segment {
-        seq: u32::from_be(l4.seq),
-        ack: u32::from_be(l4.ack),
-        flags: l4.tcp_flags,
-        wscale,
-        window: u16::from_be(l4.window),
-        payload: l4.payload,
+        seq: u32::from_be(a as u32),
+        ack: u32::from_be((a >> 32) as u32),
+        flags: b as u8,
+        wscale: (b >> 8) as u8,
+        window: u16::from_be((b >> 16) as u16),
+        payload: (b >> 32) as u16,
     }
 }
 
-/// Egress packet of an existing session; `false` for a reset outside the
-/// remote's window, which must be dropped (it has changed nothing).
-#[inline(always)]
-pub fn egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment, now: u64) -> bool {
-    let [a, b] = seg.pack();
-    nat_track_egress(fwd_key, fwd, a, b, now) == KEEP
-}
-
-/// Ingress packet of an existing session; `false` for a reset outside the
-/// internal host's window, which must be dropped (it has changed nothing).
-#[inline(always)]
-pub fn ingress(rev_key: &FlowKey, rev: *mut Session, seg: &Segment, now: u64) -> bool {
-    let [a, b] = seg.pack();
-    nat_track_ingress(rev_key, rev, a, b, now) == KEEP
-}
-
-/// A new flow's SYN, once the allocation inserted its session: its numbers
-/// go into the forward entry as any opening SYN's do.
-#[inline(always)]
-pub fn opened(fwd_key: &FlowKey, seg: &Segment, now: u64) {
-    if let Some(fwd) = NAT_FWD.get_ptr_mut(fwd_key) {
-        egress(fwd_key, fwd, seg, now);
-    }
-}
-
-/// The tracking functions' answers: the packet goes on, or is dropped.
+/// The answers of the judging and tracking functions: the packet goes on
+/// (for a reset: it is exact, and tracked), goes on leaving the session
+/// untouched (an inexact reset), or is dropped.
 const KEEP: i32 = 0;
-const DROP: i32 = 1;
+const UNTOUCHED: i32 = 1;
+const DROP: i32 = 2;
+
+#[inline(always)]
+fn outcome(code: i32) -> Result<bool, DropReason> {
+    match code {
+        KEEP => Ok(true),
+        UNTOUCHED => Ok(false),
+        _ => Err(DropReason::RstOutOfWindow),
+    }
+}
 
 /// A program's way to the window scale option of a SYN: a global BPF
-/// function of the program's context type reads the options, so the
-/// verifier checks their walk once per program, and only SYNs pay for it.
+/// function of the program's context type copies the options (with the
+/// helper of its context type, which reads past the linear part of an skb
+/// too) and walks them, so the verifier checks the walk once per program,
+/// and only SYNs pay for it.
 pub trait SynOptions {
-    /// [`wscale_option`] of the TCP header `l4` at `l4_at`, for a SYN; 0
+    /// [`nat_common::tcp_state::wscale_option`] of the TCP header `l4` at `l4_at`, for a SYN; 0
     /// for any other segment.
     fn syn_wscale(&self, l4: &L4Fields, l4_at: usize) -> u8;
 }
@@ -132,30 +215,89 @@ impl SynOptions for XdpContext {
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_syn_wscale_tc(skb: *mut __sk_buff, l4_at: u64, hdr_len: u64) -> u64 {
-    let ctx = TcContext::new(skb);
-    // The caller made the headers linear (the options of a SYN with up to
-    // 20 bytes of IPv4 options are within them); an option past the
-    // linear part reads as absent.
-    syn_wscale(ctx.data(), ctx.data_end(), l4_at, hdr_len)
+    let Some((walk, at, len)) = options_walk(l4_at, hdr_len) else {
+        return 0;
+    };
+    // SAFETY: the helper copies `len` bytes (1 to 40, checked) of the
+    // packet, linear or not, into this CPU's walk, which has room for 40.
+    let copied = unsafe {
+        bpf_skb_load_bytes(
+            skb as *const c_void,
+            at,
+            (*walk).bytes.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    if copied != 0 {
+        0
+    } else {
+        walk_options(walk, len)
+    }
 }
 
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_syn_wscale_xdp(xdp: *mut xdp_md, l4_at: u64, hdr_len: u64) -> u64 {
-    let ctx = XdpContext::new(xdp);
-    syn_wscale(ctx.data(), ctx.data_end(), l4_at, hdr_len)
+    let Some((walk, at, len)) = options_walk(l4_at, hdr_len) else {
+        return 0;
+    };
+    // SAFETY: as in nat_syn_wscale_tc.
+    let copied = unsafe { bpf_xdp_load_bytes(xdp, at, (*walk).bytes.as_mut_ptr().cast(), len) };
+    if copied != 0 {
+        0
+    } else {
+        walk_options(walk, len)
+    }
 }
 
+/// This CPU's option walk, where the options of the TCP header at `l4_at`
+/// of `hdr_len` bytes start, and how many bytes they are; `None` for a
+/// header without options.
 #[inline(always)]
-fn syn_wscale(data: usize, end: usize, l4_at: u64, hdr_len: u64) -> u64 {
-    // Bounds the verifier can add to a packet pointer: the TCP header
-    // starts at most an Ethernet and a 60-byte IPv4 header in.
-    if l4_at > (ETH_HLEN + 60) as u64 || hdr_len > 60 || hdr_len < TCP_MIN_HLEN as u64 {
-        return 0;
+fn options_walk(l4_at: u64, hdr_len: u64) -> Option<(*mut OptionWalk, u32, u32)> {
+    if hdr_len <= TCP_MIN_HLEN as u64 || hdr_len > (TCP_MIN_HLEN + TCP_OPTIONS_MAX) as u64 {
+        return None;
     }
-    let at = l4_at as usize + TCP_MIN_HLEN;
-    let len = hdr_len as usize - TCP_MIN_HLEN;
-    wscale_option(len, |i| read::<u8>(data, end, at + i).ok()) as u64
+    let walk = NAT_TCP_OPTIONS.get_ptr_mut(0)?;
+    let at = l4_at as u32 + TCP_MIN_HLEN as u32;
+    Some((walk, at, hdr_len as u32 - TCP_MIN_HLEN as u32))
+}
+
+/// The walk over `len` copied bytes, one `bpf_loop` step per byte.
+#[inline(always)]
+fn walk_options(walk: *mut OptionWalk, len: u32) -> u64 {
+    // SAFETY: this CPU's slot, used only for the length of this call.
+    unsafe {
+        (*walk).len = len;
+        (*walk).next = 0;
+        (*walk).found = 0;
+    }
+    // Linux 6.1 wants the callback's context to be a stack pointer; the
+    // callback finds the walk in its map instead.
+    let mut unused = 0u64;
+    // SAFETY: the callback only touches this CPU's walk.
+    unsafe {
+        bpf_loop(
+            TCP_OPTIONS_MAX as u32,
+            option_step as *mut c_void,
+            core::ptr::addr_of_mut!(unused).cast(),
+            0,
+        );
+        (*walk).found as u64
+    }
+}
+
+/// Step `j` of the option walk; 1 ends the loop.
+extern "C" fn option_step(j: u64, _ctx: *mut c_void) -> i64 {
+    let Some(walk) = NAT_TCP_OPTIONS.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's walk, filled by walk_options before the loop.
+    if unsafe { (*walk).step(j as usize) } {
+        0
+    } else {
+        1
+    }
 }
 
 /// Records what a segment says of its sender in the sender's own entry
@@ -204,8 +346,115 @@ fn sent(entry: *const Session, seen: u8) -> Sent {
 // Global BPF functions: the verifier checks each once, on its own, instead
 // of once for every path of every program that reaches it (the exchange
 // loops would otherwise multiply nat_egress's paths past the verifier's
-// limit). It hands them their pointer arguments as possibly null. The
-// segment comes as [`Segment::pack`]'s two words.
+// limit). It hands them their pointer arguments as possibly null. A reset
+// reaches the tracking only once judged exact.
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_judge_egress(
+    fwd_key: *const FlowKey,
+    fwd: *mut Session,
+    seg_a: u64,
+    seg_b: u64,
+) -> i32 {
+    if fwd_key.is_null() || fwd.is_null() {
+        return KEEP;
+    }
+    // SAFETY: checked for null; the caller passes its stack key. A copy,
+    // as in nat_track_egress.
+    let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
+    judge_egress(&fwd_key, fwd, &segment(seg_a, seg_b))
+}
+
+/// [`nat_judge_egress`] of the segment at `l4_at` of `skb` ([`egress_tc`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_judge_egress_tc(
+    skb: *mut __sk_buff,
+    fwd_key: *const FlowKey,
+    fwd: *mut Session,
+    l4_at: u64,
+) -> i32 {
+    if skb.is_null() || fwd_key.is_null() || fwd.is_null() {
+        return KEEP;
+    }
+    // SAFETY: as in nat_judge_egress.
+    let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
+    match skb_segment(skb, l4_at, false) {
+        Some(seg) => judge_egress(&fwd_key, fwd, &seg),
+        None => KEEP,
+    }
+}
+
+#[inline(always)]
+fn judge_egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment) -> i32 {
+    let before = seen_of(fwd).load();
+    // SAFETY: live map value pointer.
+    let (addr, port) = unsafe { ((*fwd).addr, (*fwd).port) };
+    // Judged against the remote's window, as resets from outside are
+    // against the internal host's.
+    let remote = match NAT_REV.get_ptr_mut(fwd_key.translated(addr, port)) {
+        Some(r) => sent(r, current_rev_bits(before, seen_of(r).load())),
+        None => Sent::default(),
+    };
+    judged(rst_verdict(
+        seg.seq,
+        seg.ack,
+        seg.flags,
+        &sent(fwd, bits(before)),
+        &remote,
+    ))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_judge_ingress(
+    rev_key: *const FlowKey,
+    rev: *mut Session,
+    seg_a: u64,
+    seg_b: u64,
+) -> i32 {
+    if rev_key.is_null() || rev.is_null() {
+        return KEEP;
+    }
+    // SAFETY: checked for null; the caller passes its stack key. A copy,
+    // as in nat_track_egress.
+    let rev_key = unsafe { core::ptr::read_volatile(rev_key) };
+    let seg = segment(seg_a, seg_b);
+    let before = seen_of(rev).load();
+    // SAFETY: live map value pointer.
+    let (addr, port) = unsafe { ((*rev).addr, (*rev).port) };
+    let fwd_key = FlowKey::new(PROTO_TCP, addr, port, rev_key.daddr, rev_key.dport);
+    // Without a forward entry (being reaped) nothing is known of the
+    // internal host: the reset changes nothing.
+    let (own, internal) = match NAT_FWD.get_ptr_mut(fwd_key) {
+        Some(f) => {
+            let word = seen_of(f).load();
+            (current_rev_bits(word, before), sent(f, bits(word)))
+        }
+        None => (bits(before), Sent::default()),
+    };
+    judged(rst_verdict(
+        seg.seq,
+        seg.ack,
+        seg.flags,
+        &sent(rev, own),
+        &internal,
+    ))
+}
+
+/// RFC 5961: only an exact reset goes on to change the session.
+#[inline(always)]
+fn judged(verdict: RstVerdict) -> i32 {
+    match verdict {
+        RstVerdict::Exact => KEEP,
+        RstVerdict::InWindow => {
+            count(Counter::RstInexact);
+            UNTOUCHED
+        }
+        RstVerdict::OutOfWindow => DROP,
+    }
+}
 
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -223,7 +472,80 @@ extern "C" fn nat_track_egress(
     // of a global function as a map key. Volatile, so that LLVM keeps it.
     // SAFETY: checked for null; the caller passes its stack key.
     let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
-    track_egress(&fwd_key, fwd, &Segment::unpack([seg_a, seg_b]), now)
+    track_egress(&fwd_key, fwd, &segment(seg_a, seg_b), now)
+}
+
+/// [`egress_tc`] past the judgement: [`nat_track_egress`] of the segment
+/// at `l4_at` of `skb`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_track_egress_tc(
+    skb: *mut __sk_buff,
+    fwd_key: *const FlowKey,
+    fwd: *mut Session,
+    l4_at: u64,
+) -> i32 {
+    if skb.is_null() || fwd_key.is_null() || fwd.is_null() {
+        return KEEP;
+    }
+    // SAFETY: checked for null; the caller passes its stack key. A copy,
+    // as in nat_track_egress.
+    let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
+    match skb_segment(skb, l4_at, true) {
+        Some(seg) => track_egress(&fwd_key, fwd, &seg, now_ns()),
+        None => KEEP,
+    }
+}
+
+/// [`opened_tc`]: its own global function, so that the lookup and the
+/// tracking take no room in the frame of `nat_egress`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_track_opened_tc(skb: *mut __sk_buff, fwd_key: *const FlowKey, l4_at: u64) -> i32 {
+    if skb.is_null() || fwd_key.is_null() {
+        return KEEP;
+    }
+    // SAFETY: checked for null; the caller passes its stack key. A copy,
+    // as in nat_track_egress.
+    let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
+    match (skb_segment(skb, l4_at, true), NAT_FWD.get_ptr_mut(fwd_key)) {
+        // A SYN: never a reset to judge.
+        (Some(seg), Some(fwd)) => track_egress(&fwd_key, fwd, &seg, now_ns()),
+        _ => KEEP,
+    }
+}
+
+/// The TCP segment at `l4_at` of `skb`, which the program checked already
+/// (`l4_fields`), read again from the packet, with a SYN's window scale
+/// option when `options`; `None` when it is not there (it is).
+#[inline(always)]
+fn skb_segment(skb: *mut __sk_buff, l4_at: u64, options: bool) -> Option<Segment> {
+    use nat_common::headers::{ETH_HLEN, off};
+    let ctx = TcContext::new(skb);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // Bounds the verifier can add to a packet pointer.
+    if l4_at > (ETH_HLEN + 60) as u64 {
+        return None;
+    }
+    let at = l4_at as usize;
+    let tot_len = u16::from_be(read::<u16>(data, end, ETH_HLEN + off::IP_TOT_LEN).ok()?);
+    let h = read::<[u8; 12]>(data, end, at + off::TCP_SEQ).ok()?;
+    let hdr_len = ((h[off::TCP_DOFF - off::TCP_SEQ] >> 4) as usize) * 4;
+    let flags = h[off::TCP_FLAGS - off::TCP_SEQ];
+    let payload = (tot_len as usize).saturating_sub(at - ETH_HLEN + hdr_len) as u16;
+    let wscale = if options && flags & SYN != 0 {
+        nat_syn_wscale_tc(skb, l4_at, hdr_len as u64) as u8
+    } else {
+        0
+    };
+    Some(Segment {
+        seq: u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
+        ack: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+        flags,
+        wscale,
+        window: u16::from_be_bytes([h[10], h[11]]),
+        payload,
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -241,7 +563,7 @@ extern "C" fn nat_track_ingress(
     // SAFETY: checked for null; the caller passes its stack key. A copy,
     // as in nat_track_egress.
     let rev_key = unsafe { core::ptr::read_volatile(rev_key) };
-    track_ingress(&rev_key, rev, &Segment::unpack([seg_a, seg_b]), now)
+    track_ingress(&rev_key, rev, &segment(seg_a, seg_b), now)
 }
 
 #[inline(always)]
@@ -260,22 +582,8 @@ fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment, now: u64) -
     // SAFETY: live map value pointer.
     let (addr, port) = unsafe { ((*fwd).addr, (*fwd).port) };
     let rev_key = fwd_key.translated(addr, port);
-    let rev = NAT_REV.get_ptr_mut(rev_key);
-    let rev_seen = rev.map(seen_of);
+    let rev_seen = NAT_REV.get_ptr_mut(rev_key).map(seen_of);
     let other = rev_seen.map_or(0, |r| current_rev_bits(before, r.load()));
-    if flags & RST != 0 {
-        // Judged against the remote's window, as resets from outside are
-        // against the internal host's.
-        let remote = rev.map_or(Sent::default(), |r| sent(r, other));
-        match rst_verdict(seg.seq, seg.ack, flags, &sent(fwd, bits(before)), &remote) {
-            RstVerdict::Exact => {}
-            RstVerdict::InWindow => {
-                count(Counter::RstInexact);
-                return KEEP;
-            }
-            RstVerdict::OutOfWindow => return DROP,
-        }
-    }
     let epoch = generation(before);
     if new_syn {
         // The internal socket opens the same 5-tuple again (the SYN retry
@@ -339,18 +647,6 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, seg: &Segment, now: u64) 
     let mut epoch = generation(fwd_word);
     let mut other = bits(fwd_word);
     let mut own = current_rev_bits(fwd_word, before);
-    if flags & RST != 0 {
-        // RFC 5961: only an exact reset changes the session.
-        let internal = fwd.map_or(Sent::default(), |f| sent(f, other));
-        match rst_verdict(seg.seq, seg.ack, flags, &sent(rev, own), &internal) {
-            RstVerdict::Exact => {}
-            RstVerdict::InWindow => {
-                count(Counter::RstInexact);
-                return KEEP;
-            }
-            RstVerdict::OutOfWindow => return DROP,
-        }
-    }
     if flags & (SYN | ACK) == SYN
         && ended(own, other)
         && let (Some(f), Some(f_seen)) = (fwd, fwd_seen)
