@@ -344,3 +344,85 @@ fn fixture_ingress_port_forward_opens_a_session() {
         assert_eq!((out.rev.len(), out.fwd.len()), (1, 1), "{prog:?}");
     }
 }
+
+/// A port forward's remote connects again from the same port while its
+/// last connection is closed or reset (the session still lingers for
+/// `timeout-tcp-closed`): its SYN reopens the session in a new
+/// generation, as a SYN from inside reopens an outbound one, instead of
+/// counting as a segment of the dead connection, whose state would expire
+/// the new one. The internal server's SYN-ACK then establishes it.
+#[test]
+fn fixture_ingress_port_forward_reopens_a_closed_session() {
+    use nat_common::{
+        mapping::SESSION_INBOUND,
+        seen_word::{current_rev_bits, generation},
+        tcp_state::{State, state_of},
+    };
+    let remote = ep(REMOTE, 5555);
+    let public = ep(EXTERNAL, 8443);
+    let server = ep(CLIENT, 443);
+    let flow = Flow::new(PROTO_TCP, server, public, remote);
+    let ended = [
+        // A FIN each way, the remote's first.
+        (
+            seen::SYN_ACK | seen::ACK | seen::FIN,
+            seen::SYN | seen::ACK | seen::FIN | seen::FIN_FIRST,
+        ),
+        // Reset by the internal server.
+        (seen::SYN_ACK | seen::ACK | seen::RST, seen::SYN | seen::ACK),
+        // Reset by the remote.
+        (seen::SYN_ACK | seen::ACK, seen::SYN | seen::ACK | seen::RST),
+    ];
+    let state = |fwd: u64, rev: u64| state_of(PROTO_TCP, bits(fwd), current_rev_bits(fwd, rev));
+    for (fwd_seen, rev_seen) in ended {
+        let mut maps = Maps::nat()
+            .forward(PROTO_TCP, public, server)
+            .session(&flow, fwd_seen, rev_seen);
+        maps.fwd[0].1.mapping = SESSION_INBOUND;
+        let syn = Pkt::tcp(remote, public, tcp_flags::SYN).seq_ack(0x3000, 0);
+        for prog in INGRESS {
+            let out = run(prog, &maps, &syn.frame());
+            out.expect(
+                Verdict::Pass,
+                &syn.clone().with_destination(server).frame(),
+                &[(Counter::XlateIn, 1), (Counter::Reopened, 1)],
+            );
+            let (fwd, rev) = (out.fwd[&flow.fwd_key()], out.rev[&flow.rev_key()]);
+            assert_eq!(generation(fwd.seen), 1, "{prog:?}: a new generation");
+            assert_eq!(
+                (bits(fwd.seen), generation(rev.seen), bits(rev.seen)),
+                (0, 1, seen::SYN)
+            );
+            assert_eq!(state(fwd.seen, rev.seen), State::SynSent, "{prog:?}");
+            assert_eq!(rev.sent_end, 0x3001, "{prog:?}: the new SYN's end");
+            assert!(out.stamped_now(rev.last_seen), "{prog:?}");
+        }
+        // The server's answer through egress establishes the new connection.
+        let mut harness = harness();
+        harness.run(Prog::Ingress, &maps, &syn.frame());
+        let synack =
+            Pkt::tcp(server, remote, tcp_flags::SYN | tcp_flags::ACK).seq_ack(0x8000, 0x3001);
+        let out = harness.run_frame(Prog::Egress, &synack.frame());
+        out.expect(
+            Verdict::Pass,
+            &synack.clone().with_source(public).frame(),
+            &[(Counter::XlateOut, 1)],
+        );
+        let (fwd, rev) = (out.fwd[&flow.fwd_key()], out.rev[&flow.rev_key()]);
+        assert_eq!(state(fwd.seen, rev.seen), State::Established);
+        assert_eq!((fwd.acked, fwd.sent_end), (0x3001, 0x8001));
+    }
+    // An outbound session is the internal host's to reopen: a remote's SYN
+    // on it when closed is a segment of the closed connection.
+    let (fwd_seen, rev_seen) = ended[1];
+    let maps = Maps::nat().session(&tcp_flow(), fwd_seen, rev_seen);
+    let syn = Pkt::tcp(https(), ext(), tcp_flags::SYN);
+    for prog in INGRESS {
+        let out = run(prog, &maps, &syn.frame());
+        assert!(
+            !out.counters.iter().any(|(c, _)| *c == Counter::Reopened),
+            "{prog:?}"
+        );
+        assert_eq!(generation(out.fwd[&tcp_flow().fwd_key()].seen), 0);
+    }
+}
