@@ -26,6 +26,7 @@ mod paced;
 pub mod packet;
 mod proc_net;
 mod protocol;
+pub mod raw;
 mod scale_out;
 mod servers;
 mod sockets;

@@ -14,7 +14,6 @@ mod common;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,6 +27,7 @@ use nat_tests::{
     CLIENT_IFACE, CLIENT_IP, EXT_IFACE, EXTERNAL_IP, EchoConnection, INT_IFACE, NatProcess,
     SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts, nat_cmd, nat_json,
     packet::{L3_AT, Pkt, checksum, tcp_flags},
+    raw::{Capture, link_address, send_frames},
     run_in_ns, serde_json, spawn_in_ns, tcp_echo_server, tcp_sink_server, tcp_transfer,
 };
 
@@ -41,61 +41,6 @@ const TRANSFER: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 3);
 const MALFORMED: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 4);
 /// A port nothing listens on at the server: it answers with resets.
 const CLOSED_PORT: u16 = 7;
-
-fn mac(ns: &str, dev: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "link", "show", "dev", dev])
-        .output()
-        .expect("ip runs");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
-    let text = v[0]["address"].as_str().expect("a link address");
-    let mut m = [0u8; 6];
-    for (b, part) in m.iter_mut().zip(text.split(':')) {
-        *b = u8::from_str_radix(part, 16).expect("hex octet");
-    }
-    m
-}
-
-/// Sends whole Ethernet frames out of `dev` in the calling thread's
-/// namespace, past the stack: the NAT sees exactly these bytes.
-fn send_frames(dev: &str, frames: &[Vec<u8>]) {
-    let name = std::ffi::CString::new(dev).expect("interface name");
-    // SAFETY: plain libc calls on values we own; the fd is closed below.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr());
-        assert!(ifindex != 0, "no interface {dev}");
-        let fd = libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            (libc::ETH_P_ALL as u16).to_be() as i32,
-        );
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        for f in frames {
-            let mut to: libc::sockaddr_ll = std::mem::zeroed();
-            to.sll_family = libc::AF_PACKET as u16;
-            to.sll_ifindex = ifindex as i32;
-            to.sll_halen = 6;
-            to.sll_addr[..6].copy_from_slice(&f[..6]);
-            let n = libc::sendto(
-                fd,
-                f.as_ptr().cast(),
-                f.len(),
-                0,
-                (&to as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            );
-            // A full device queue drops a frame, as a wire would.
-            if n < 0 {
-                thread::sleep(Duration::from_millis(1));
-            }
-        }
-        libc::close(fd);
-    }
-}
 
 fn linked(mut p: Pkt, dst: [u8; 6], src: [u8; 6]) -> Pkt {
     p.eth_dst = dst;
@@ -227,67 +172,6 @@ fn outside_storm(server_ns: &str, dst: [u8; 6], src: [u8; 6]) {
     });
 }
 
-/// tcpdump on the server's side of the wire, writing to a file.
-struct Capture {
-    child: Child,
-    file: String,
-}
-
-impl Capture {
-    fn start(ns: &str, file: &str) -> Self {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "tcpdump",
-                "-n",
-                "-U",
-                "-i",
-                SERVER_IFACE,
-            ])
-            .args(["-w", file])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tcpdump runs");
-        // tcpdump needs a moment before it captures.
-        thread::sleep(Duration::from_millis(1500));
-        Self {
-            child,
-            file: file.to_owned(),
-        }
-    }
-
-    /// Stops the capture and returns the lines tcpdump reads back with `filter`.
-    fn stop_and_read(&mut self, filter: &str) -> (usize, Vec<String>) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.child.wait();
-        let read = |f: &str| {
-            let out = Command::new("tcpdump")
-                .args(["-n", "-r", &self.file, f])
-                .output()
-                .expect("tcpdump -r runs");
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        (read("ip").len(), read(filter))
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
-
 /// (host, sessions) from `nat top --hosts --json`.
 fn host_counts(topo: &Topology) -> Vec<(String, u64)> {
     nat_json(topo, &["top", "--hosts", "--json", "--limit", "1000"])
@@ -334,10 +218,16 @@ fn hostile_traffic_leaks_nothing_and_loses_no_session() {
     let nat_ns = topo.ns_name(Side::Nat);
     let _echo = tcp_echo_server(&server_ns, 9000);
     let _sink = tcp_sink_server(&server_ns, 8080);
-    let to_nat = (mac(nat_ns, INT_IFACE), mac(&client_ns, CLIENT_IFACE));
-    let from_outside = (mac(nat_ns, EXT_IFACE), mac(&server_ns, SERVER_IFACE));
+    let to_nat = (
+        link_address(nat_ns, INT_IFACE),
+        link_address(&client_ns, CLIENT_IFACE),
+    );
+    let from_outside = (
+        link_address(nat_ns, EXT_IFACE),
+        link_address(&server_ns, SERVER_IFACE),
+    );
     let pcap = format!("/tmp/nat-hostile-{}.pcap", std::process::id());
-    let mut capture = Capture::start(&server_ns, &pcap);
+    let mut capture = Capture::start(&server_ns, SERVER_IFACE, &pcap);
 
     // The flooding host's established connection, opened before the storm.
     let mut conn = EchoConnection::open(&client_ns, Some(FLOODER), v4(SERVER_IP, 9000))
