@@ -134,9 +134,9 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
 /// A frame whose tag is in its bytes (802.1Q, 802.1ad, or both: QinQ) is
 /// not translated: the NAT is on the untagged external interface, and a
 /// tagged frame on it is a VLAN sub-interface's (one with `reorder_hdr
-/// off`, or a raw socket's), whose replies come back tagged, which ingress
-/// does not translate. Its inner IPv4 source decides: an internal one must
-/// not leave, so the frame is dropped; any other passes.
+/// off`, or a raw socket's), whose replies belong to that VLAN, not to the
+/// interface the NAT translates for. Its inner IPv4 source decides: an
+/// internal one must not leave, so the frame is dropped; any other passes.
 #[inline(always)]
 fn tagged(data: usize, end: usize, ethertype: u16) -> Result<Counter, DropReason> {
     let Some(ip_at) = tagged_ipv4_at(ethertype, |at| {
