@@ -70,6 +70,7 @@ counters! {
     Hairpin = "hairpin": "internal packets to an external address and port owned by a port forward, translated both ways and sent back to an internal interface",
     HairpinUnrouted = "drop_hairpin_unrouted": "hairpinned packets dropped because no route leads to the internal host through an internal interface",
     NotHairpin = "pass_not_hairpin": "packets from inside to an external address that are not hairpinned (no forward or mapping owns the port: the NAT host's own services; fragments, ICMP, TTL 1), left to what runs next (the fast path, then the stack); other packets on an internal interface are not counted here but by the fast path or egress next",
+    TaggedInternal = "drop_tagged_internal": "egress frames tagged for a VLAN (802.1Q or 802.1ad, one tag or two) whose inner IPv4 source is internal, dropped: the NAT translates untagged frames of the external interface only",
 }
 
 /// Number of counters, the size of the stats map.

@@ -3,6 +3,14 @@
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+/// VLAN tags: 802.1Q (C-tag) and 802.1ad (S-tag, the outer one of QinQ).
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const VLAN_HLEN: usize = 4;
+/// Tags the datapath looks through to find a tagged frame's IPv4 header:
+/// one, or two stacked (QinQ), what a VLAN sub-interface (on another one)
+/// of the external interface sends.
+pub const VLAN_MAX_TAGS: usize = 2;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const TCP_MIN_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
@@ -20,6 +28,29 @@ pub mod icmp_type {
     pub const fn is_error(t: u8) -> bool {
         matches!(t, DEST_UNREACH | TIME_EXCEEDED | PARAM_PROBLEM)
     }
+}
+
+pub const fn is_vlan(ethertype: u16) -> bool {
+    matches!(ethertype, ETH_P_8021Q | ETH_P_8021AD)
+}
+
+/// Where the IPv4 header of a frame tagged for a VLAN starts: `outer` is
+/// the frame's ethertype (offset 12), `type_at(off)` reads the ethertype
+/// (host order) at `off` of the frame, `None` past its end. `None`: not
+/// tagged, not IPv4 inside, or more than [`VLAN_MAX_TAGS`] tags.
+#[inline(always)]
+pub fn tagged_ipv4_at(outer: u16, type_at: impl Fn(usize) -> Option<u16>) -> Option<usize> {
+    if !is_vlan(outer) {
+        return None;
+    }
+    // Each tag is 2 bytes of TCI and the 2-byte type of what follows it.
+    let mut at = ETH_HLEN + VLAN_HLEN;
+    let mut inner = type_at(at - 2)?;
+    if is_vlan(inner) {
+        at += VLAN_HLEN;
+        inner = type_at(at - 2)?;
+    }
+    if inner == ETH_P_IP { Some(at) } else { None }
 }
 
 /// Offsets of fields inside the headers.

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod counters;
 pub mod csum;
+pub mod deterministic;
 pub mod event_rate;
 pub mod expiry;
 pub mod flow;

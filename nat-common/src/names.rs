@@ -105,8 +105,10 @@ pub const GLOBAL_SESSION_CAPACITY: &str = "SESSION_CAPACITY";
 /// Load-time constant: the secret that keys the port-allocation hash.
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 
-/// Layout version appended to every pinned name.
-pub const LAYOUT_VERSION: u32 = 6;
+/// Layout version appended to every pinned name. Also a new counter makes
+/// a new layout: the pinned stats array holds one entry per counter, and a
+/// program counting past the end of an older one would lose its count.
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Root of everything this project pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";

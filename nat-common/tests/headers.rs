@@ -103,3 +103,43 @@ proptest! {
         let _ = parse_ipv4(&bytes);
     }
 }
+
+/// The ethertype at `off` of `frame`, as the datapath reads it.
+fn type_in(frame: &[u8]) -> impl Fn(usize) -> Option<u16> + '_ {
+    |off| Some(u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]))
+}
+
+fn frame_with(types: &[u16]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    for (i, t) in types.iter().enumerate() {
+        f.extend_from_slice(&t.to_be_bytes());
+        if i + 1 < types.len() {
+            f.extend_from_slice(&[0x00, 0x64]);
+        }
+    }
+    f.extend_from_slice(&[0x45; 20]);
+    f
+}
+
+#[test]
+fn tagged_ipv4_is_found_under_one_or_two_tags() {
+    use nat_common::headers::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, tagged_ipv4_at};
+    let at = |types: &[u16]| {
+        let f = frame_with(types);
+        tagged_ipv4_at(types[0], type_in(&f))
+    };
+    assert_eq!(at(&[ETH_P_IP]), None, "untagged is not this function's");
+    assert_eq!(at(&[ETH_P_8021Q, ETH_P_IP]), Some(18));
+    assert_eq!(at(&[ETH_P_8021AD, ETH_P_IP]), Some(18));
+    assert_eq!(at(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP]), Some(22));
+    assert_eq!(at(&[ETH_P_8021Q, ETH_P_8021Q, ETH_P_IP]), Some(22));
+    assert_eq!(at(&[ETH_P_8021Q, 0x86dd]), None);
+    assert_eq!(
+        at(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q, ETH_P_IP]),
+        None,
+        "a third tag is past what is looked through"
+    );
+    // Cut inside the tags: nothing to read.
+    let f = frame_with(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP]);
+    assert_eq!(tagged_ipv4_at(ETH_P_8021AD, type_in(&f[..19])), None);
+}

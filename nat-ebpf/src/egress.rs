@@ -4,7 +4,7 @@ use aya_ebpf::{bindings::__sk_buff, macros::classifier, programs::TcContext};
 use nat_common::{
     counters::Counter,
     flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
+    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off, tagged_ipv4_at},
     tcp_state::opens_flow,
 };
 
@@ -35,7 +35,8 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     match read::<u16>(data, end, 12) {
         Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(Counter::NotIpv4),
+        Ok(t) => return tagged(data, end, u16::from_be(t)),
+        Err(_) => return Ok(Counter::NotIpv4),
     }
     let ip = ipv4_fields(data, end, ETH_HLEN)?;
     // Anything we cannot translate is dropped only when it comes from inside.
@@ -134,6 +135,27 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
         frag::remember(&ip, FRAG_OUT, session.addr);
     }
     Ok(Counter::XlateOut)
+}
+
+/// A frame whose tag is in its bytes (802.1Q, 802.1ad, or both: QinQ) is
+/// not translated: the NAT is on the untagged external interface, and a
+/// tagged frame on it is a VLAN sub-interface's (one with `reorder_hdr
+/// off`, or a raw socket's), whose replies belong to that VLAN, not to the
+/// interface the NAT translates for. Its inner IPv4 source decides: an
+/// internal one must not leave, so the frame is dropped; any other passes.
+#[inline(always)]
+fn tagged(data: usize, end: usize, ethertype: u16) -> Result<Counter, DropReason> {
+    let Some(ip_at) = tagged_ipv4_at(ethertype, |at| {
+        read::<u16>(data, end, at).ok().map(u16::from_be)
+    }) else {
+        return Ok(Counter::NotIpv4);
+    };
+    match read::<u32>(data, end, ip_at + off::IP_SADDR) {
+        Ok(saddr) if is_internal(saddr) => Err(DropReason::TaggedInternal),
+        Ok(_) => Ok(Counter::NotOursOut),
+        // Cut before its source: no address in it to leak.
+        Err(_) => Ok(Counter::NotIpv4),
+    }
 }
 
 /// ICMP from the internal side (or from the host) as a global BPF function

@@ -21,8 +21,13 @@
 //! a preallocated map that another CPU reuses meanwhile can at worst end that
 //! bucket's walk early or show an element twice, and the next sweep sees
 //! what this one missed. Work per run is bounded by a budget of deletions
-//! (and, for the timer's runs, of entries looked at); a run that stops early
-//! returns a resume token, and the next run passes over what it looked at.
+//! and one of entries looked at (the daemon's runs and the timer's have
+//! their own); a run that stops early returns a resume token, and the next
+//! run passes over what earlier ones looked at. Passing over is the part no
+//! budget bounds (bpf_for_each_map_elem always starts at the first bucket):
+//! a resumed run costs a cache miss per element before its resume point,
+//! so the daemon's runs look at many entries each (few runs a sweep), and
+//! its stop switch is checked while passing over too.
 //!
 //! The guarantees of the user-space reaper stay: a key is cooled before its
 //! session is freed (cooldown first, then the forward entry, then the reverse
@@ -139,15 +144,26 @@ pub struct Walk {
 }
 
 impl Walk {
-    /// Whether the callback looks at this element (false: passed over).
+    /// `None` when the callback looks at this element; else what it
+    /// returns at once: `NEXT` past an element an earlier run of this
+    /// sweep looked at, `STOP` when the daemon is stopping. Passing over
+    /// costs a cache miss an element too, and a run deep into a large
+    /// table passes over millions, so a stop is seen here as well: it
+    /// ends the run within one element wherever it is. The cursor then
+    /// stays where it was (nothing of this phase was visited), so the
+    /// next run passes over the same elements.
     #[inline(always)]
-    fn enter(&mut self) -> bool {
+    fn enter(&mut self) -> Option<u64> {
         if self.passed < self.skip {
+            if self.watch_stop != 0 && stop_requested() {
+                self.stopped = 1;
+                return Some(STOP);
+            }
             self.passed += 1;
-            return false;
+            return Some(NEXT);
         }
         self.visited += 1;
-        true
+        None
     }
 
     /// Ends one element's visit; `STOP` once the budget of deletions or of
@@ -535,8 +551,8 @@ extern "C" fn end_cooldown(
     let Some(w) = walk(ctx) else {
         return STOP;
     };
-    if !w.enter() {
-        return NEXT;
+    if let Some(code) = w.enter() {
+        return code;
     }
     let removed = end_one(w, key, until);
     w.leave(removed as u32)
@@ -611,8 +627,8 @@ extern "C" fn expire_session(
     let Some(w) = walk(ctx) else {
         return STOP;
     };
-    if !w.enter() {
-        return NEXT;
+    if let Some(code) = w.enter() {
+        return code;
     }
     w.scanned += 1;
     let slot = w.slot;
@@ -964,8 +980,8 @@ extern "C" fn reap_orphan(
     let Some(w) = walk(ctx) else {
         return STOP;
     };
-    if !w.enter() {
-        return NEXT;
+    if let Some(code) = w.enter() {
+        return code;
     }
     let removed = reap_one(w, key, rev);
     w.leave(removed as u32)

@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
+    bindings::{__sk_buff, TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -28,10 +28,11 @@ use nat_common::{
 };
 
 use crate::{
+    hairpin,
     maps::{NAT_FAST_DEVS, NAT_FWD, NAT_IF_MACS, ext_ifindex},
     packet::{
-        DropReason, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, Side, frame_ip_len, ipv4_fields,
-        l4_fields, now_ns, ptr_at, read, tc_action, touch, xdp_verdict,
+        DropReason, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, Side, decode, encode,
+        frame_ip_len, ipv4_fields, l4_fields, now_ns, ptr_at, read, tc_action, touch, xdp_verdict,
     },
     shared::MapWord,
     skb::linear_headers,
@@ -355,9 +356,35 @@ fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     Ok(Counter::FastOut)
 }
 
+/// The internal interfaces' TC program: hairpinning for packets to the
+/// NAT's own external addresses, the fast path for the rest. One program
+/// rather than two on the hook: one run per packet, and one filter where
+/// the kernel has no TCX links (a second netlink filter of the NAT's would
+/// replace the first).
 #[classifier]
 pub fn nat_fast_tc(ctx: TcContext) -> i32 {
-    tc_action(&ctx, try_fast_tc(&ctx))
+    tc_action(&ctx, try_internal_tc(&ctx))
+}
+
+#[inline(always)]
+fn try_internal_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
+    let (data, end) = linear_headers(ctx, HEADERS_MAX);
+    if hairpin::to_external(data, end)
+        && let Some(done) = hairpin::outcome(hairpin::nat_hairpin_tc(ctx.skb.skb)).transpose()
+    {
+        return done;
+    }
+    decode(nat_fast_tc_path(ctx.skb.skb))
+}
+
+/// [`try_fast_tc`] as a global BPF function: its frame (the route lookup's
+/// parameters among it) and the hairpin's are side by side under
+/// `nat_fast_tc`, not one on the other (512 bytes for a whole call chain).
+/// Returns [`encode`]'s code.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_fast_tc_path(skb: *mut __sk_buff) -> i64 {
+    encode(try_fast_tc(&TcContext::new(skb)))
 }
 
 /// Translates with the skb-aware helpers of `nat_egress`, so partial

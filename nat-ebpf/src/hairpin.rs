@@ -16,7 +16,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
+    bindings::{__sk_buff, TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
     helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
@@ -215,9 +215,50 @@ fn route(ctx: &TcContext, p: &mut FibParams, ifindex: u32, flow: &FlowKey, tos: 
     }
 }
 
+/// Hairpinning alone, on internal interfaces whose fast path runs in XDP;
+/// where it runs in TC, `nat_fast_tc` does both in one program.
 #[classifier]
 pub fn nat_hairpin(ctx: TcContext) -> i32 {
-    tc_action_or_next(&ctx, try_hairpin(&ctx))
+    tc_action_or_next(&ctx, outcome(nat_hairpin_tc(ctx.skb.skb)))
+}
+
+/// [`nat_hairpin_tc`]'s code for a packet that is none of the hairpin's
+/// business; every other code is [`encode`]'s.
+const NOT_MINE: i64 = i64::MIN;
+
+/// [`nat_hairpin_tc`]'s code undone: `Ok(None)` for a packet the hairpin
+/// leaves to what runs next, uncounted.
+#[inline(always)]
+pub fn outcome(code: i64) -> Result<Option<Counter>, DropReason> {
+    if code == NOT_MINE {
+        Ok(None)
+    } else {
+        decode(code).map(Some)
+    }
+}
+
+/// Whether the packet goes to one of the NAT's external addresses: only
+/// then is it the hairpin's to judge ([`nat_hairpin_tc`]).
+#[inline(always)]
+pub fn to_external(data: usize, end: usize) -> bool {
+    matches!(read::<u16>(data, end, 12), Ok(t) if u16::from_be(t) == ETH_P_IP)
+        && read::<u32>(data, end, ETH_HLEN + nat_common::headers::off::IP_DADDR)
+            .is_ok_and(is_external)
+}
+
+/// The hairpin as a global BPF function, shared by `nat_hairpin` and
+/// `nat_fast_tc`: verified once, and its frame (with the allocation chain
+/// under it) apart from the fast path's, so neither adds to the other's
+/// stack chain (512 bytes). Returns [`NOT_MINE`] or [`encode`]'s code.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_hairpin_tc(skb: *mut __sk_buff) -> i64 {
+    let ctx = TcContext::new(skb);
+    match try_hairpin(&ctx) {
+        Ok(None) => NOT_MINE,
+        Ok(Some(counter)) => encode(Ok(counter)),
+        Err(drop) => encode(Err(drop)),
+    }
 }
 
 /// Everything that is not a hairpin leaves untouched. A packet that is not

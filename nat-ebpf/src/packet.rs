@@ -24,6 +24,8 @@ pub enum DropReason {
     HairpinUnrouted,
     /// The internal host holds `max-sessions-per-host` sessions.
     HostLimit,
+    /// A frame tagged for a VLAN with an internal IPv4 source, at egress.
+    TaggedInternal,
 }
 
 impl DropReason {
@@ -43,6 +45,7 @@ impl DropReason {
             DropReason::ForwardConflict => Counter::ForwardConflict,
             DropReason::HairpinUnrouted => Counter::HairpinUnrouted,
             DropReason::HostLimit => Counter::HostLimit,
+            DropReason::TaggedInternal => Counter::TaggedInternal,
         }
     }
 }
@@ -117,7 +120,7 @@ pub fn xdp_verdict(
 
 /// Drop reasons: their codes are 0..DROP_REASONS, in declaration order
 /// (named after the last variant: a new one goes after it, and here).
-const DROP_REASONS: u32 = DropReason::HostLimit as u32 + 1;
+const DROP_REASONS: u32 = DropReason::TaggedInternal as u32 + 1;
 
 /// An outcome as the one scalar a BPF global function may return: a
 /// counter's index, or a drop reason's code as -1 - code.

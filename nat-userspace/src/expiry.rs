@@ -62,6 +62,18 @@ impl Totals {
     }
 }
 
+/// What one run of the sweep program did.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    /// The token the next run resumes from; 0 ([`phase::DONE`]): the sweep
+    /// is complete.
+    pub next: u32,
+    /// What it did (a timer run on another CPU meanwhile is counted too).
+    pub totals: Totals,
+    /// How long the program ran, by the kernel's clock.
+    pub program: Duration,
+}
+
 pub struct KernelSweep {
     stats: PerCpuArray<MapData, u64>,
     stop: Option<Array<MapData, u32>>,
@@ -149,44 +161,59 @@ impl KernelSweep {
     /// One full sweep: runs the program until it reports that it walked
     /// everything, and returns what it did meanwhile (a timer run on another
     /// CPU meanwhile is counted too). `stop` ends it early between two runs
-    /// (each is bounded by its budget), so a stopping daemon waits for one
-    /// run at most; the next sweep, or the timer, walks everything again.
+    /// (each is bounded by its budgets, and the stop switch ends the one in
+    /// progress), so a stopping daemon waits for one entry of one run at
+    /// most; the next sweep, or the timer, walks everything again.
     /// Also returns how long the program itself ran (the kernel's own
     /// clock around each BPF_PROG_TEST_RUN, without the system calls).
     pub fn run(&self, ebpf: &Ebpf, stop: &AtomicBool) -> Result<(Totals, Duration)> {
+        let before = self.totals()?;
+        let mut program = Duration::ZERO;
+        let mut token = phase::DONE as u32;
+        for _ in 0..MAX_RUNS {
+            if stop.load(Ordering::Relaxed) {
+                return Ok((self.totals()?.since(&before), program));
+            }
+            let run = self.run_once(ebpf, token)?;
+            program += run.program;
+            token = run.next;
+            if token == phase::DONE as u32 {
+                return Ok((self.totals()?.since(&before), program));
+            }
+        }
+        bail!("the expiry sweep did not finish in {MAX_RUNS} runs")
+    }
+
+    /// One run of the sweep program from the resume token `token` (0: a
+    /// new sweep), with this sweep's budgets.
+    pub fn run_once(&self, ebpf: &Ebpf, token: u32) -> Result<Run> {
         let prog: &SchedClassifier = ebpf
             .program(PROG_SWEEP)
             .context("sweep program missing from the object")?
             .try_into()?;
         let before = self.totals()?;
-        let mut program = Duration::ZERO;
         let mut frame = [0u8; FRAME_LEN];
+        frame[..4].copy_from_slice(&token.to_ne_bytes());
         frame[4..8].copy_from_slice(&self.scan.to_ne_bytes());
         frame[8..12].copy_from_slice(&self.budget.to_ne_bytes());
-        for _ in 0..MAX_RUNS {
-            if stop.load(Ordering::Relaxed) {
-                return Ok((self.totals()?.since(&before), program));
-            }
-            let result = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    repeat: 1,
-                    ..Default::default()
-                })
-                .context("cannot run the expiry sweep (BPF_PROG_TEST_RUN)")?;
-            program += result.duration;
-            // The token the next run resumes from: a phase in the low bits.
-            let token = result.return_value;
-            match (token & 3) as u8 {
-                phase::DONE if token == 0 => {
-                    return Ok((self.totals()?.since(&before), program));
-                }
-                phase::COOLDOWNS | phase::SESSIONS | phase::ORPHANS => {
-                    frame[..4].copy_from_slice(&token.to_ne_bytes());
-                }
-                _ => bail!("the expiry sweep returned {token}, not a resume token"),
-            }
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                repeat: 1,
+                ..Default::default()
+            })
+            .context("cannot run the expiry sweep (BPF_PROG_TEST_RUN)")?;
+        // The token the next run resumes from: a phase in the low bits.
+        let next = result.return_value;
+        match (next & 3) as u8 {
+            phase::DONE if next == 0 => {}
+            phase::COOLDOWNS | phase::SESSIONS | phase::ORPHANS => {}
+            _ => bail!("the expiry sweep returned {next}, not a resume token"),
         }
-        bail!("the expiry sweep did not finish in {MAX_RUNS} runs")
+        Ok(Run {
+            next,
+            totals: self.totals()?.since(&before),
+            program: result.duration,
+        })
     }
 }

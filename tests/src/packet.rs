@@ -15,6 +15,9 @@ pub const PROTO_UDP: u8 = 17;
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// VLAN tag protocol identifiers: 802.1Q and 802.1ad (QinQ's outer tag).
+pub const ETHERTYPE_8021Q: u16 = 0x8100;
+pub const ETHERTYPE_8021AD: u16 = 0x88a8;
 
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
@@ -406,6 +409,17 @@ impl Pkt {
         later.extend_from_slice(&seg[first_len..]);
         [self.link(&first), self.link(&later)]
     }
+}
+
+/// `frame` with a VLAN tag (`tpid`, VLAN id `vid`) inserted after its MAC
+/// addresses, outside any tag it already has: tag twice for QinQ.
+pub fn vlan_tagged(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(frame.len() + 4);
+    f.extend_from_slice(&frame[..12]);
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
 }
 
 /// The Internet checksum (RFC 1071) of the concatenation of `parts`, each

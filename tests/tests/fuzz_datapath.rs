@@ -8,7 +8,7 @@ use std::time::Duration;
 use nat_common::counters::Counter;
 use nat_tests::fixture::{CLIENT, EXTERNAL, INTERNAL_NET, Outcome, Prog, REMOTE, Verdict, ep};
 use nat_tests::fuzz::{self, Options, oracle};
-use nat_tests::packet::{Pkt, tcp_flags};
+use nat_tests::packet::{ETHERTYPE_8021AD, ETHERTYPE_8021Q, Pkt, tcp_flags, vlan_tagged};
 
 /// Seconds of the smoke run (`NAT_FUZZ_SMOKE_SECS` overrides).
 const SMOKE_SECS: f64 = 5.0;
@@ -130,6 +130,50 @@ fn fuzz_oracle_catches_violations() {
     assert_eq!(oracle::check(Prog::Egress, &syn, &ok, &internal), Ok(()));
 }
 
+/// The leak rule looks behind VLAN tags: an internal source under an
+/// 802.1Q, an 802.1ad or both tags (QinQ) that egress passes or the fast
+/// path redirects is a leak; under a third tag, or from outside the
+/// internal prefixes, it is not the rule's.
+#[test]
+fn fuzz_oracle_catches_tagged_leaks() {
+    let internal = [INTERNAL_NET];
+    let syn = Pkt::tcp(ep(CLIENT, 1234), ep(REMOTE, 443), tcp_flags::SYN).frame();
+    let q = vlan_tagged(&syn, ETHERTYPE_8021Q, 100);
+    let ad = vlan_tagged(&syn, ETHERTYPE_8021AD, 100);
+    let qinq = vlan_tagged(&q, ETHERTYPE_8021AD, 20);
+    let passed = |f: &[u8]| outcome(Verdict::Pass, f.to_vec(), vec![(Counter::NotIpv4, 1)]);
+    for (form, f) in [("802.1Q", &q), ("802.1ad", &ad), ("QinQ", &qinq)] {
+        let e = oracle::check(Prog::Egress, f, &passed(f), &internal).unwrap_err();
+        assert!(
+            e.contains("leave untranslated") && e.contains("VLAN"),
+            "{form}: {e}"
+        );
+        let redirect = outcome(Verdict::Redirect, f.clone(), vec![(Counter::FastOut, 1)]);
+        for prog in [Prog::Fast, Prog::FastTc] {
+            let e = oracle::check(prog, f, &redirect, &internal).unwrap_err();
+            assert!(e.contains("leave untranslated"), "{prog:?} {form}: {e}");
+        }
+        // Dropped, or toward the inside: no leak.
+        let dropped = outcome(Verdict::Drop, f.clone(), vec![(Counter::TaggedInternal, 1)]);
+        assert_eq!(oracle::check(Prog::Egress, f, &dropped, &internal), Ok(()));
+        assert_eq!(
+            oracle::check(Prog::Ingress, f, &passed(f), &internal),
+            Ok(())
+        );
+    }
+    let deep = vlan_tagged(&qinq, ETHERTYPE_8021Q, 3);
+    assert_eq!(
+        oracle::check(Prog::Egress, &deep, &passed(&deep), &internal),
+        Ok(())
+    );
+    let own = Pkt::tcp(ep(EXTERNAL, 1234), ep(REMOTE, 443), tcp_flags::SYN).frame();
+    let own = vlan_tagged(&own, ETHERTYPE_8021Q, 100);
+    assert_eq!(
+        oracle::check(Prog::Egress, &own, &passed(&own), &internal),
+        Ok(())
+    );
+}
+
 /// The seeded states reach the port forwards, the endpoint-independent
 /// mapping's filter both ways, a join of the mapping and the host limit:
 /// the seeds, unmutated, on the sessions state, each from a fresh state.
@@ -155,6 +199,7 @@ fn fuzz_datapath_states_reach_forwards_mappings_and_host_limits() {
         Counter::ForwardOpened,
         Counter::EimInbound,
         Counter::Filtered,
+        Counter::TaggedInternal,
     ] {
         assert!(seen.contains(&c), "no seed reached {}", c.name());
     }

@@ -275,16 +275,16 @@ fn the_allocator_never_hands_out_a_forwarded_port() {
 }
 
 /// An internal client reaches the internal server through the forward's
-/// external address, and the server sees the client's external address.
-/// (Named without `_tc`: CI's netlink pass, whose filters leave no room for
-/// hairpinning, runs the tests whose names have it.)
+/// external address, and the server sees the client's external address:
+/// the TC fast path's program hairpins, also through the netlink filter of
+/// kernels without TCX links (CI's netlink pass runs the `_tc` tests).
 #[test]
-fn hairpin_reaches_forwarded_servers_from_inside() {
+fn hairpin_reaches_forwarded_servers_from_inside_tc() {
     hairpin(topology("pfhair"), "tc");
 }
 
 /// The same beside the XDP fast path (hosts with complete checksums, as
-/// XDP needs): the hairpin program runs in TC after it.
+/// XDP needs): the hairpin program runs in TC, on its own.
 #[test]
 fn hairpin_reaches_forwarded_servers_beside_the_xdp_fast_path() {
     let topo = Topology::new(

@@ -103,14 +103,17 @@ impl FastHook {
 /// generic XDP (slower than TC): its packets reach the external interface
 /// by a TC redirect, and it leaves the XDP redirect map, so replies toward
 /// it are handed to the stack instead of being redirected to a device that
-/// cannot take XDP frames.
+/// cannot take XDP frames. Returns the interfaces whose fast path runs in
+/// XDP: the TC fast path hairpins too, these need the hairpin program
+/// ([`attach_hairpin`]).
 pub fn attach_fast_path(
     ebpf: &mut Ebpf,
     hook: &FastHook,
     fast: &[(String, u32)],
     instance: &mut Instance,
-) -> Result<()> {
+) -> Result<Vec<(String, u32)>> {
     instance.remove_stale_fast_links(fast)?;
+    let mut in_xdp = Vec::new();
     for (name, index) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");
         let mode = match hook.ingress {
@@ -137,9 +140,12 @@ pub fn attach_fast_path(
                 "tc"
             }
         };
+        if mode.starts_with("xdp") {
+            in_xdp.push((name.clone(), *index));
+        }
         info!("fast path on {name} ({mode})");
     }
-    Ok(())
+    Ok(in_xdp)
 }
 
 /// Takes `ifindex` out of the XDP fast path's redirect map.
@@ -154,18 +160,21 @@ fn leave_xdp_redirects(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
     }
 }
 
-/// Attaches hairpinning to each internal interface, in TC ingress whatever
-/// hook the fast path runs in, first on the hook: a hairpinned packet is
-/// addressed to the NAT itself, which the fast path would look up in vain.
+/// Attaches hairpinning to the internal interfaces whose fast path runs in
+/// XDP (`lan`), in TC ingress, first on the hook: a hairpinned packet is
+/// addressed to the NAT itself, which the XDP fast path would look up in
+/// vain and hand to the stack. Where the fast path runs in TC its program
+/// hairpins too, and a hairpin link left there by an earlier load goes.
 pub fn attach_hairpin(
     ebpf: &mut Ebpf,
     lan: &[(String, u32)],
     instance: &mut Instance,
 ) -> Result<()> {
     if crate::kernel::tc_hooks() == crate::kernel::TcHooks::Netlink {
-        // One NAT filter per hook: the fast path's would be replaced.
         if !lan.is_empty() {
-            info!("no hairpinning: it needs TCX links (Linux 6.6+)");
+            info!(
+                "no hairpinning beside the XDP fast path: it needs TCX links (Linux 6.6+); the TC fast path (--ingress tc) hairpins"
+            );
         }
         return Ok(());
     }

@@ -194,8 +194,8 @@ impl FastPath {
         // links, as at load (a fast path that refuses native XDP takes its
         // entry out again); those already on keep theirs untouched.
         populate::populate_fast_path(&mut ebpf, &self.iface, self.ext_ifindex, joined)?;
-        attach::attach_fast_path(&mut ebpf, &self.hook, wanted, &mut self.instance)?;
-        attach::attach_hairpin(&mut ebpf, wanted, &mut self.instance)?;
+        let in_xdp = attach::attach_fast_path(&mut ebpf, &self.hook, wanted, &mut self.instance)?;
+        attach::attach_hairpin(&mut ebpf, &in_xdp, &mut self.instance)?;
         let gone: Vec<u32> = self
             .on
             .iter()

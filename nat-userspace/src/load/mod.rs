@@ -62,8 +62,8 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let (mode, ingress) = attach::attach(&mut ebpf, &args, &mut instance)?;
     let hook = attach::FastHook::new(&args, ingress);
     populate::populate_fast_path(&mut ebpf, &args.iface, plan.ext_ifindex, &plan.fast)?;
-    attach::attach_fast_path(&mut ebpf, &hook, &plan.fast, &mut instance)?;
-    attach::attach_hairpin(&mut ebpf, &plan.fast, &mut instance)?;
+    let in_xdp = attach::attach_fast_path(&mut ebpf, &hook, &plan.fast, &mut instance)?;
+    attach::attach_hairpin(&mut ebpf, &in_xdp, &mut instance)?;
     instance.started();
     handover::take_over(netns, &args.iface, replaced).await?;
     let sweeper = serve::first_sweep(&mut ebpf, args.reap_interval_ms)?;

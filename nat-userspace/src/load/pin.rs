@@ -152,13 +152,14 @@ impl Instance {
         Ok(())
     }
 
-    /// Detaches hairpin links of interfaces no longer internal ones.
+    /// Detaches hairpin links of interfaces that no longer take the hairpin
+    /// program: no longer internal ones, or ones whose TC fast path hairpins.
     pub fn remove_stale_hairpin_links(&self, keep: &[(String, u32)]) -> Result<()> {
         for name in self.pins.links_with(LINK_HAIRPIN_PREFIX) {
             let iface = name.strip_prefix(LINK_HAIRPIN_PREFIX).unwrap_or(&name);
             if !keep.iter().any(|(n, _)| n == iface) {
                 pins::remove_link(&self.pins.path(&name))?;
-                log::info!("hairpinning removed from {iface}");
+                log::info!("hairpin program removed from {iface}");
             }
         }
         Ok(())

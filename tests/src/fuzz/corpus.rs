@@ -3,7 +3,8 @@
 //! Seeds are valid frames built with [`crate::packet`]: TCP (with options),
 //! UDP (with and without checksum), ICMP echo, ICMP errors quoting a whole
 //! and a truncated packet, both fragments of a datagram, IPv4 options, and
-//! frames the NAT only passes (foreign sources, not IPv4). Outbound seeds
+//! frames the NAT only passes (foreign sources, not IPv4), and IPv4 under
+//! VLAN tags (802.1Q, 802.1ad, QinQ) both ways. Outbound seeds
 //! come from the internal hosts, inbound ones from outside toward the
 //! external address; most of them belong to a session of the seeded state,
 //! and some reach its endpoint-independent mapping and port forwards.
@@ -22,7 +23,8 @@ use crate::fixture::{
     OWN_EXT_MAC, OWN_INT_MAC, REMOTE, ROUTER, ep, next_hop,
 };
 use crate::packet::{
-    ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt, tcp_flags,
+    ETHERTYPE_8021AD, ETHERTYPE_8021Q, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, Pkt, tcp_flags, vlan_tagged,
 };
 
 /// Which way a seed crosses the NAT.
@@ -298,6 +300,23 @@ pub fn seeds() -> Vec<(Dir, Vec<u8>)> {
         f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
         f
     }));
+    // Tagged for a VLAN: a session's segment, a new flow, the host's own.
+    for p in [
+        tcp(
+            tcp_f.internal,
+            tcp_f.remote,
+            tcp_flags::ACK | tcp_flags::PSH,
+        )
+        .payload(b"tagged"),
+        tcp(ep(CLIENT2, 51_000), ep(REMOTE2, 443), tcp_flags::SYN),
+        Pkt::udp(ep(EXTERNAL, 7002), ep(REMOTE, 53)).payload(b"own, tagged"),
+    ] {
+        frames.extend(
+            tagged(&p.macs(OWN_INT_MAC, CLIENT_MAC).frame())
+                .into_iter()
+                .map(|f| (Dir::Out, f)),
+        );
+    }
 
     let ext = |f: &Flow| f.external;
     let mut inbound: Vec<Pkt> = vec![
@@ -361,5 +380,24 @@ pub fn seeds() -> Vec<(Dir, Vec<u8>)> {
     {
         frames.push((Dir::In, f));
     }
+    let reply = Pkt::udp(udp_f.remote, ext(&udp_f)).payload(b"tagged answer");
+    frames.extend(
+        tagged(&reply.macs(OWN_INT_MAC, NEXT_HOP_MAC).frame())
+            .into_iter()
+            .map(|f| (Dir::In, f)),
+    );
     frames
+}
+
+/// `frame` under one 802.1Q tag, one 802.1ad tag, and both (QinQ).
+fn tagged(frame: &[u8]) -> [Vec<u8>; 3] {
+    [
+        vlan_tagged(frame, ETHERTYPE_8021Q, 100),
+        vlan_tagged(frame, ETHERTYPE_8021AD, 200),
+        vlan_tagged(
+            &vlan_tagged(frame, ETHERTYPE_8021Q, 100),
+            ETHERTYPE_8021AD,
+            200,
+        ),
+    ]
 }

@@ -6,7 +6,9 @@
 //! ports, TCP flags and data offset, UDP length, ICMP type, the quoted
 //! header of an ICMP error) and sets them to the values that matter (the
 //! session's, the pool's, boundaries), besides blind bit flips, truncation,
-//! padding and splicing. Half the frames get their checksums recomputed
+//! padding and splicing; it also tags frames for a VLAN (802.1Q, 802.1ad,
+//! QinQ) and takes tags off, and finds the fields of a tagged frame's
+//! IPv4 header behind its tags. Half the frames get their checksums recomputed
 //! afterwards, so that the checksum oracle sees many valid inputs.
 
 use std::net::Ipv4Addr;
@@ -59,6 +61,22 @@ fn put_addr(f: &mut [u8], at: usize, a: Ipv4Addr) {
     if at + 4 <= f.len() {
         f[at..at + 4].copy_from_slice(&a.octets());
     }
+}
+
+/// VLAN tag protocol identifiers the datapath looks through.
+const TPIDS: [u16; 2] = [0x8100, 0x88a8];
+
+/// Where the frame's IPv4 header is: behind up to two VLAN tags, else
+/// where an untagged frame has it.
+fn ip_at(f: &[u8]) -> usize {
+    let mut at = L3_AT;
+    for _ in 0..2 {
+        match f.get(at - 2..at) {
+            Some(t) if TPIDS.contains(&u16::from_be_bytes([t[0], t[1]])) => at += 4,
+            _ => break,
+        }
+    }
+    at
 }
 
 fn ihl(f: &[u8], at: usize) -> usize {
@@ -145,11 +163,15 @@ pub fn mutate(rng: &mut StdRng, seed: &[u8], other: &[u8]) -> Vec<u8> {
         if f.is_empty() {
             f.push(rng.random());
         }
-        match rng.random_range(0..20) {
-            0..=7 => mutate_field(rng, &mut f, L3_AT),
+        match rng.random_range(0..21) {
+            0..=7 => {
+                let ip = ip_at(&f);
+                mutate_field(rng, &mut f, ip)
+            }
             // The header an ICMP error quotes starts 8 bytes into the ICMP message.
             8 | 9 => {
-                let at = L3_AT + ihl(&f, L3_AT) + 8;
+                let ip = ip_at(&f);
+                let at = ip + ihl(&f, ip) + 8;
                 mutate_field(rng, &mut f, at)
             }
             10 => {
@@ -191,9 +213,21 @@ pub fn mutate(rng: &mut StdRng, seed: &[u8], other: &[u8]) -> Vec<u8> {
                 f.truncate(at);
                 f.extend_from_slice(&other[at..]);
             }
-            _ => {
-                let t = [0x0800, 0x86dd, 0x8100, 0x0806, rng.random()][rng.random_range(0..5)];
+            19 => {
+                let t =
+                    [0x0800, 0x86dd, 0x8100, 0x88a8, 0x0806, rng.random()][rng.random_range(0..6)];
                 put16(&mut f, 12, t);
+            }
+            _ => {
+                // A tag more (outside the others) or one less (the outer one).
+                if f.len() >= 16 && ip_at(&f) > L3_AT && rng.random_bool(0.4) {
+                    f.drain(12..16);
+                } else if f.len() >= 12 {
+                    let tpid = TPIDS[rng.random_range(0..TPIDS.len())];
+                    let tci: u16 = rng.random();
+                    let tag = [tpid.to_be_bytes(), tci.to_be_bytes()].concat();
+                    f.splice(12..12, tag);
+                }
             }
         }
     }
@@ -203,14 +237,15 @@ pub fn mutate(rng: &mut StdRng, seed: &[u8], other: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Recomputes what checksums the frame's lengths allow: the quoted IPv4
-/// header of an ICMP error, then the transport checksum (TCP, UDP unless it
-/// is zero, ICMP) of an unfragmented packet, then the IPv4 header. Uses the
+/// Recomputes what checksums the frame's lengths allow (behind its VLAN
+/// tags, if it has any): the quoted IPv4 header of an ICMP error, then the
+/// transport checksum (TCP, UDP unless it is zero, ICMP) of an unfragmented
+/// packet, then the IPv4 header. Uses the
 /// packet builder's full recompute, not the nat-common arithmetic that the
 /// oracle checks the outputs with.
 pub fn fix_checksums(f: &mut [u8]) {
-    let ip = L3_AT;
-    if f.len() < ip + 20 || f[12..14] != [0x08, 0x00] {
+    let ip = ip_at(f);
+    if f.len() < ip + 20 || f[ip - 2..ip] != [0x08, 0x00] {
         return;
     }
     let hl = ihl(f, ip);
