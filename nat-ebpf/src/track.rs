@@ -187,8 +187,8 @@ fn outcome(code: i32) -> Result<bool, DropReason> {
 /// too) and walks them, so the verifier checks the walk once per program,
 /// and only SYNs pay for it.
 pub trait SynOptions {
-    /// [`nat_common::tcp_state::wscale_option`] of the TCP header `l4` at `l4_at`, for a SYN; 0
-    /// for any other segment.
+    /// The window scale option ([`nat_common::tcp_state::OptionWalk`]) of
+    /// the TCP header `l4` at `l4_at`, for a SYN; 0 for any other segment.
     fn syn_wscale(&self, l4: &L4Fields, l4_at: usize) -> u8;
 }
 
