@@ -21,14 +21,53 @@ fn path(netns: Option<&str>, iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(name)
 }
 
-/// Names this process as the instance's daemon.
-pub fn write(netns: Option<&str>, iface: &str) -> Result<()> {
+/// Names this process as the instance's daemon; until [`Claim::keep`], the
+/// claim is undone when dropped (a load that fails after naming itself).
+pub fn claim(netns: Option<&str>, iface: &str) -> Result<Claim> {
     let p = path(netns, iface);
     crate::pins::create_private_dir(Path::new(RUN_DIR), Path::new(RUN_DIR))?;
+    let before = std::fs::read(&p).ok();
     let pid = std::process::id() as i32;
     let start = start_time(pid).unwrap_or(0);
     std::fs::write(&p, format!("{pid} {start}\n"))
-        .with_context(|| format!("cannot write {}", p.display()))
+        .with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(Claim {
+        netns: netns.map(str::to_owned),
+        iface: iface.to_owned(),
+        before,
+        kept: false,
+    })
+}
+
+/// The pid file naming this process, see [`claim`].
+pub struct Claim {
+    netns: Option<String>,
+    iface: String,
+    /// What the file said before: a replaced daemon's pid, or nothing.
+    before: Option<Vec<u8>>,
+    kept: bool,
+}
+
+impl Claim {
+    /// The load succeeded: the file names this daemon until it stops.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Claim {
+    /// Puts back what the file said, unless another daemon claimed it since.
+    fn drop(&mut self) {
+        let netns = self.netns.as_deref();
+        if self.kept || !is_mine(netns, &self.iface) {
+            return;
+        }
+        let p = path(netns, &self.iface);
+        let _ = match &self.before {
+            Some(text) => std::fs::write(&p, text),
+            None => std::fs::remove_file(&p),
+        };
+    }
 }
 
 pub fn remove(netns: Option<&str>, iface: &str) {

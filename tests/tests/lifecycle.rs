@@ -237,3 +237,120 @@ fn adoption_applies_the_new_prefixes() {
         "the prefix no longer given was removed"
     );
 }
+
+/// What the instance's pin directory holds, by name (nothing when absent).
+fn pinned_names(topo: &Topology) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(pin_dir(topo))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A listener on `addr` in the nat namespace, so that a load's `--metrics`
+/// on it fails: the last step of a load, after everything is pinned.
+fn occupy(topo: &Topology, addr: &'static str) -> std::net::TcpListener {
+    nat_tests::run_in_ns(topo.ns_name(Side::Nat), move || {
+        std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+    })
+}
+
+/// `nat load` with `extra`, which must fail naming `words`.
+fn failed_load(topo: &Topology, extra: &[&str], words: &str) {
+    let out = try_load(topo, extra);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{extra:?} loaded");
+    assert!(err.contains(words), "{extra:?}: {err}");
+}
+
+/// A load that fails after it pinned something removes exactly what it
+/// pinned: a new instance leaves no trace, an adopted one is left with what
+/// it had (and keeps translating), whether the load failed at its last step
+/// (a metrics address in use) or at an attach the kernel refused.
+#[test]
+fn a_failed_load_removes_what_it_pinned_and_nothing_else() {
+    let topo = Topology::new("failpin", TopologyOpts::default());
+    let ns_dir = format!("/sys/fs/bpf/nat/{}", topo.ns_name(Side::Nat));
+    let pid_file = format!("/run/nat/{}.{EXT_IFACE}.pid", topo.ns_name(Side::Nat));
+    let _busy = occupy(&topo, "127.0.0.1:9911");
+    let metrics = ["--ports", PORTS, "--metrics", "127.0.0.1:9911"];
+
+    failed_load(&topo, &metrics, "127.0.0.1:9911");
+    assert!(
+        !Path::new(&ns_dir).exists(),
+        "a new instance's failed load left {ns_dir}: {:?}",
+        pinned_names(&topo)
+    );
+    assert_nothing_left(&topo);
+    assert!(!fast_path_on_internal(&topo), "fast path left on veth-in");
+    assert!(!Path::new(&pid_file).exists(), "pid file left: {pid_file}");
+
+    // Adopted, without a fast path: the failing load puts one (and
+    // hairpinning) on veth-in, pins their links, then fails.
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS, "--no-fast-path"]);
+    translated_transfer(&topo, "before the failed load");
+    assert!(nat.stop_daemon(Signal::SIGTERM).success());
+    let before = pinned_names(&topo);
+    assert!(!before.is_empty());
+    failed_load(&topo, &metrics, "127.0.0.1:9911");
+    assert_eq!(pinned_names(&topo), before, "the adopted instance's pins");
+    assert!(!fast_path_on_internal(&topo), "fast path left on veth-in");
+    assert_eq!(
+        attached_programs(&topo),
+        ["nat_egress", "nat_ingress_tc"],
+        "the adopted instance stays attached"
+    );
+    translated_transfer(&topo, "the adopted instance after the failed load");
+    assert_eq!(sessions(&topo).len(), 2, "its sessions are kept");
+    assert!(!Path::new(&pid_file).exists(), "pid file left: {pid_file}");
+    unload(&topo);
+
+    // An attach the kernel refuses: a bridge has no native XDP. The fast
+    // path's link on veth-in, attached just before, goes again.
+    let mut nat = NatProcess::start(
+        &topo,
+        &[
+            "--ports",
+            PORTS,
+            "--ingress",
+            "xdp",
+            "--xdp-mode",
+            "native",
+            "--no-fast-path",
+        ],
+    );
+    assert!(nat.stop_daemon(Signal::SIGTERM).success());
+    let before = pinned_names(&topo);
+    Command::new("ip")
+        .args([
+            "-n",
+            topo.ns_name(Side::Nat),
+            "link",
+            "add",
+            "br-x",
+            "type",
+            "bridge",
+        ])
+        .status()
+        .expect("ip runs");
+    let refused = [
+        "--ports",
+        PORTS,
+        "--ingress",
+        "xdp",
+        "--xdp-mode",
+        "native",
+        "--fast-path",
+        "veth-in,br-x",
+    ];
+    failed_load(&topo, &refused, "native XDP attach to br-x failed");
+    assert_eq!(pinned_names(&topo), before, "the adopted instance's pins");
+    assert!(!xdp_attached(&topo, "veth-in"), "fast path left on veth-in");
+    assert_eq!(attached_programs(&topo), ["nat_egress", "xdp"]);
+    unload(&topo);
+    assert_nothing_left(&topo);
+}

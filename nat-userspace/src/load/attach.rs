@@ -103,14 +103,15 @@ impl FastHook {
 /// generic XDP (slower than TC): its packets reach the external interface
 /// by a TC redirect, and it leaves the XDP redirect map, so replies toward
 /// it are handed to the stack instead of being redirected to a device that
-/// cannot take XDP frames.
+/// cannot take XDP frames. Links of interfaces left out stay until the
+/// caller removes them ([`Instance::remove_stale_links`]), so a load that
+/// fails leaves an adopted instance as it found it.
 pub fn attach_fast_path(
     ebpf: &mut Ebpf,
     hook: &FastHook,
     fast: &[(String, u32)],
     instance: &mut Instance,
 ) -> Result<()> {
-    instance.remove_stale_fast_links(fast)?;
     for (name, index) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");
         let mode = match hook.ingress {
@@ -169,7 +170,6 @@ pub fn attach_hairpin(
         }
         return Ok(());
     }
-    instance.remove_stale_hairpin_links(lan)?;
     for (name, _) in lan {
         let link = format!("{LINK_HAIRPIN_PREFIX}{name}");
         let prog = classifier(ebpf, PROG_HAIRPIN, "hairpin")?;
@@ -244,7 +244,10 @@ fn attach_tcx(
 ) -> Result<()> {
     if crate::kernel::tc_hooks() == crate::kernel::TcHooks::Netlink {
         // A filter outlives the daemon; the attach replaces the recorded one.
-        return crate::tc_attach::attach(prog, iface, hook, &instance.pins);
+        if let Some(record) = crate::tc_attach::attach(prog, iface, hook, &instance.pins)? {
+            instance.filter_added(record);
+        }
+        return Ok(());
     }
     if let Some(pinned) = instance.pinned_link(link_name)? {
         let link = SchedClassifierLink::try_from(pinned)

@@ -29,11 +29,16 @@ pub fn running_daemon(args: &LoadArgs, netns: Option<&str>, scope: &str) -> Resu
     Ok(Some(pid))
 }
 
-/// Names this process in the pid file, then stops the daemon it replaces.
-pub async fn take_over(netns: Option<&str>, iface: &str, old: Option<i32>) -> Result<()> {
-    pidfile::write(netns, iface)?;
+/// Names this process in the pid file, then stops the daemon it replaces;
+/// the pid file says what it said before if the claim is dropped unkept.
+pub async fn take_over(
+    netns: Option<&str>,
+    iface: &str,
+    old: Option<i32>,
+) -> Result<pidfile::Claim> {
+    let claim = pidfile::claim(netns, iface)?;
     let Some(pid) = old else {
-        return Ok(());
+        return Ok(claim);
     };
     info!("taking over from the daemon with pid {pid}");
     let name = iface.to_owned();
@@ -45,5 +50,5 @@ pub async fn take_over(netns: Option<&str>, iface: &str, old: Option<i32>) -> Re
             "the replaced daemon (pid {pid}) did not exit within {EXIT_TIMEOUT:?}; the new programs run, stop it by hand"
         );
     }
-    Ok(())
+    Ok(claim)
 }
