@@ -113,9 +113,10 @@ fn reload(reloader: &mut Reloader, has_config: bool) {
 pub fn request_reload(netns: Option<&str>, iface: &str) -> Result<()> {
     use std::os::unix::ffi::OsStringExt as _;
 
-    let Some(pid) = crate::pidfile::live(netns, iface) else {
+    let Some(daemon) = crate::pidfile::live(netns, iface) else {
         anyhow::bail!("no `nat load` is running for {iface} (no live pid in /run/nat)");
     };
+    let pid = daemon.pid();
     let argv: Vec<std::ffi::OsString> = std::fs::read(format!("/proc/{pid}/cmdline"))
         .with_context(|| format!("cannot read the command line of pid {pid}"))?
         .split(|b| *b == 0)
@@ -147,11 +148,9 @@ pub fn request_reload(netns: Option<&str>, iface: &str) -> Result<()> {
             crate::port_forward::check_all(&args.forward, &args.internal, &args.external)
         })
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .with_context(|| format!("cannot signal pid {pid}"))?;
+    if !daemon.signal(nix::sys::signal::Signal::SIGHUP)? {
+        anyhow::bail!("the daemon for {iface} (pid {pid}) exited meanwhile");
+    }
     println!("nat: pid {pid} re-reads {}", file.display());
     Ok(())
 }

@@ -354,3 +354,108 @@ fn a_failed_load_removes_what_it_pinned_and_nothing_else() {
     unload(&topo);
     assert_nothing_left(&topo);
 }
+
+/// A process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Killed {
+    fn running(&mut self) -> bool {
+        self.0.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes the instance's pid file as a daemon would have, dated `written`.
+fn write_pid_file(topo: &Topology, text: &str, written: std::time::SystemTime) {
+    let path = format!("/run/nat/{}.{EXT_IFACE}.pid", topo.ns_name(Side::Nat));
+    std::fs::create_dir_all("/run/nat").expect("mkdir /run/nat");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {path}: {e}"));
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(written))
+        .unwrap_or_else(|e| panic!("date {path}: {e}"));
+}
+
+/// A pid file whose daemon is gone and whose pid went to another process
+/// that looks like one (`nat load --config` on its command line, as under
+/// the unit) never gets that process signalled, in this version's format
+/// (a start time that is not the process's) or an old version's (the pid
+/// alone, written before the process started); a file of the old format
+/// that names a running daemon still counts.
+#[test]
+fn a_pid_that_went_to_another_process_is_never_signalled() {
+    use std::time::{Duration, SystemTime};
+    let topo = Topology::new("pidreuse", TopologyOpts::default());
+    let mut other = Killed(
+        Command::new("sh")
+            .args([
+                "-c",
+                "sleep 60; :",
+                "nat",
+                "load",
+                "--config",
+                "/etc/nat/veth-ext.toml",
+            ])
+            .args(["--iface", EXT_IFACE])
+            .spawn()
+            .expect("sh runs"),
+    );
+    let pid = other.0.id();
+    // The spawn returns while exec is still setting up the command line.
+    let cmdline = format!("/proc/{pid}/cmdline");
+    while !std::fs::read(&cmdline).is_ok_and(|c| c.windows(4).any(|w| w == b"load")) {
+        sleep_a_little();
+    }
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    for (text, written) in [
+        (format!("{pid}\n"), an_hour_ago),
+        (format!("{pid} 1\n"), SystemTime::now()),
+    ] {
+        write_pid_file(&topo, &text, written);
+        let out = nat_cmd(&topo, &["unload", "--iface", EXT_IFACE]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("not loaded"),
+            "{text:?}: {said}"
+        );
+        sleep_a_little();
+        assert!(other.running(), "{text:?}: nat unload signalled pid {pid}");
+        write_pid_file(&topo, &text, written);
+        let out = nat_cmd(&topo, &["reload", "--iface", EXT_IFACE]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("no `nat load` is running"),
+            "{text:?}: {err}"
+        );
+        assert!(other.running(), "{text:?}: nat reload signalled pid {pid}");
+    }
+    // Nor does it stand in the way of a load.
+    write_pid_file(&topo, &format!("{pid}\n"), an_hour_ago);
+    let mut nat = NatProcess::start(&topo, &["--ports", PORTS]);
+    assert!(other.running());
+
+    // An old version's file naming a daemon that runs: still found.
+    write_pid_file(&topo, &format!("{}\n", nat.pid()), SystemTime::now());
+    let out = try_load(&topo, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already loaded"),
+        "{err}"
+    );
+    unload(&topo);
+    assert!(nat.wait_for_exit().success(), "unload stopped the daemon");
+    assert_nothing_left(&topo);
+    assert!(other.running());
+}
+
+/// Long enough for a signal sent to have been delivered and acted on.
+fn sleep_a_little() {
+    std::thread::sleep(std::time::Duration::from_millis(200));
+}
