@@ -100,7 +100,14 @@ fn reload(reloader: &mut Reloader, has_config: bool) {
         return;
     }
     notify::reloading();
-    match config_file::reread().and_then(|args| reloader.apply(&args)) {
+    let applied = config_file::reread().and_then(|(args, overrides)| {
+        // Every time: an edit of such a key in the file is not applied.
+        for o in overrides {
+            info!("reload: {o}");
+        }
+        reloader.apply(&args)
+    });
+    match applied {
         Ok(change) => info!("reload: {change}"),
         Err(e) => warn!("reload failed, nothing changed: {e:#}"),
     }
@@ -127,7 +134,7 @@ pub fn request_reload(netns: Option<&str>, iface: &str) -> Result<()> {
     std::env::set_current_dir(format!("/proc/{pid}/cwd"))
         .with_context(|| format!("cannot enter the directory of pid {pid}"))?;
     let expanded = config_file::expand_argv(argv)?;
-    let args = match crate::cli::Cli::try_parse_from(expanded) {
+    let args = match crate::cli::Cli::try_parse_from(expanded.argv) {
         Ok(crate::cli::Cli {
             command: crate::cli::Command::Load(args),
             ..
@@ -152,5 +159,8 @@ pub fn request_reload(netns: Option<&str>, iface: &str) -> Result<()> {
         anyhow::bail!("the daemon for {iface} (pid {pid}) exited meanwhile");
     }
     println!("nat: pid {pid} re-reads {}", file.display());
+    for o in expanded.overrides {
+        println!("nat: {o} (the daemon's command line wins)");
+    }
     Ok(())
 }
