@@ -69,6 +69,7 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     attach::attach_hairpin(&mut ebpf, &plan.fast, &mut instance)?;
     let claim = handover::take_over(netns, &args.iface, replaced).await?;
     let sweeper = serve::first_sweep(&mut ebpf, args.reap_interval_ms)?;
+    let workers = serve::start_workers(&mut ebpf)?;
     let ext_addrs = ebpf
         .take_map(MAP_EXT_ADDRS)
         .context("map NAT_EXT_ADDRS missing from the object")?;
@@ -92,7 +93,7 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     }
 
     // The stop phase runs whatever serving ended with: it needs no object.
-    let served = serve::serve(ebpf, sweeper, &ops, args.reap_interval_ms, stop).await;
+    let served = serve::serve(ebpf, sweeper, workers, &ops, args.reap_interval_ms, stop).await;
     ops.stopping();
     drop(ops);
 
