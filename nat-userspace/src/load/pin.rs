@@ -6,8 +6,8 @@
 //! Until the load succeeds, [`Instance`] is also its guard: it notes every
 //! directory, map, link and filter record this load creates, and a load
 //! that fails removes exactly those, whatever phase it failed in. What an
-//! adopted instance had, and what another instance (or another load running
-//! at the same time) pinned, is never touched.
+//! adopted instance had, and what another instance pinned, is never
+//! touched.
 
 use std::path::{Path, PathBuf};
 
