@@ -7,7 +7,6 @@ mod demo;
 mod dist;
 mod fuzz;
 mod install;
-mod interrupt;
 mod kernels;
 mod lint;
 mod paths;

@@ -26,15 +26,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nat_tests::{Side, Topology, TopologyOpts};
+use nat_tests::{Side, Topology, TopologyOpts, interrupt};
 use serde_json::{Value, json};
 
 use self::conn::Load;
 use self::cpu::Window;
 use self::modes::{Active, MODES, Mode, NAT_PORTS};
 use self::report::{BpfRun, Config, Figure, Kept, Results, Sample};
+use crate::build_nat;
 use crate::cmd::describe;
-use crate::{build_nat, interrupt};
 
 const TAG: &str = "bench";
 /// Client addresses of the topology (the UDP flows and TCP connections use them all).

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nat_tests::{
-    EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NatProcess, Side, Topology, run_in_ns,
+    EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NatProcess, Side, Topology, interrupt,
+    run_in_ns,
 };
 
 use super::capture;
-use crate::interrupt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
