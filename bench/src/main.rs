@@ -4,6 +4,9 @@
 //! `cargo xtask dist` ships (generated from `nat`'s own clap definition, so
 //! they cannot drift from it).
 
+mod alloc;
+mod reaper;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,11 +16,12 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
 
 use nat_userspace::{
-    alloc_bench::{self, AllocBenchArgs},
     cli,
     load::{Globals, load_object, object_bytes},
-    reaper_bench, verify,
+    verify,
 };
+
+use crate::alloc::AllocArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,7 +38,7 @@ struct Cli {
 enum Command {
     /// Measures allocation in the real egress program (BPF_PROG_TEST_RUN) with one
     /// destination's range filled to a given share; no interface is touched (root).
-    Alloc(AllocBenchArgs),
+    Alloc(AllocArgs),
     /// Measures one reaper sweep over N sessions in real BPF maps; nothing is attached (root).
     Reaper {
         /// Sessions to fill the maps with before the sweep.
@@ -90,11 +94,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Alloc(args) => {
             need_root()?;
-            alloc_bench::run(&args)
+            alloc::run(&args)
         }
         Command::Reaper { sessions, json } => {
             need_root()?;
-            reaper_bench::run(sessions, json)
+            reaper::run(sessions, json)
         }
         Command::Verify {
             no_fast_path,
