@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: this NAT against plain routing and nftables
-//! masquerade on one netns topology, plus the datapath micro-figures.
+//! `nat-bench suite`, which `cargo xtask bench` runs: this NAT against plain
+//! routing and nftables masquerade on one netns topology, plus the datapath
+//! micro-figures.
 //!
 //! Every repetition runs every mode, in a rotating order, so drift in the
 //! machine's speed hits all modes alike. Every measurement is watched by the
@@ -25,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use nat_tests::{Side, Topology, TopologyOpts, interrupt};
 use serde_json::{Value, json};
 
@@ -33,8 +34,6 @@ use self::conn::Load;
 use self::cpu::Window;
 use self::modes::{Active, MODES, Mode, NAT_PORTS};
 use self::report::{BpfRun, Config, Figure, Kept, Results, Sample};
-use crate::build_nat;
-use crate::cmd::describe;
 
 const TAG: &str = "bench";
 /// Client addresses of the topology (the UDP flows and TCP connections use them all).
@@ -44,12 +43,32 @@ const SCALE_MODES: [Mode; 2] = [Mode::Nftables, Mode::NatDefault];
 const ALLOC_OCCUPANCIES: [u32; 3] = [50, 90, 95];
 const ALLOC_ATTEMPTS: u32 = 10_000;
 
-pub struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// One repetition with short runs, without the 1M-session reaper and scale runs (under 2 minutes)
+    #[arg(long)]
     pub quick: bool,
+    /// Also write every figure, sample and target to FILE as JSON
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also draw the ratio table and the scale curves to FILE (SVG)
+    #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Development aid: run only this part of every mode's repetition (`mission`: the
+    /// mission load alone, with the NAT's counters over each run), no scale runs and
+    /// no micro-figures; the report then lacks the other figures
+    #[arg(long, value_name = "PART", hide_short_help = true)]
     pub only: Option<Part>,
+    /// Development aid: this many repetitions instead of the plan's (5, or 1 with --quick)
+    #[arg(long, value_name = "N", hide_short_help = true)]
     pub reps: Option<usize>,
+    /// The `nat` binary to measure (default: the `nat` beside this nat-bench, where a build puts it)
+    #[arg(long, value_name = "PATH")]
+    pub nat: Option<PathBuf>,
+    /// Seconds a build took right before the run, counted in the wall time it reports
+    /// (`cargo xtask bench` passes its build's)
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, hide = true)]
+    pub build_secs: f64,
 }
 
 /// A part of the bench that `--only` runs alone (a development aid).
@@ -91,7 +110,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(opts: &Options) -> Plan {
+    fn new(opts: &Args) -> Plan {
         let mut plan = Plan::standard(opts.quick);
         if let Some(reps) = opts.reps {
             plan.reps = reps.max(1);
@@ -152,11 +171,19 @@ impl Plan {
     }
 }
 
-pub fn run(opts: Options) -> Result<()> {
+pub fn run(opts: &Args) -> Result<()> {
     let started = Instant::now();
-    let bins = build_nat::build(true)?;
-    let nat_bin = bins.nat;
-    let build_s = started.elapsed().as_secs_f64();
+    // The micro-figures run this binary's own `alloc` and `reaper`.
+    let nat_bench = std::env::current_exe().context("cannot find the nat-bench executable")?;
+    let nat_bin = opts
+        .nat
+        .clone()
+        .unwrap_or_else(|| nat_bench.with_file_name("nat"));
+    ensure!(
+        nat_bin.is_file(),
+        "{} does not exist: build it (`cargo xtask build --release`) or name it with --nat",
+        nat_bin.display()
+    );
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // workers have been started), so nobody can read the environment concurrently.
     unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
@@ -166,7 +193,7 @@ pub fn run(opts: Options) -> Result<()> {
     // Caught so that, after a signal, the cleanup thread and not a panic
     // decides how the process ends.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        bench(&opts, &nat_bin, &bins.nat_bench, started, build_s)
+        bench(opts, &nat_bin, &nat_bench, started)
     }));
     micro::restore_bpf_stats();
     scale::restore_conntrack_max();
@@ -182,6 +209,16 @@ pub fn run(opts: Options) -> Result<()> {
             bail!("the bench failed: {message}")
         }
     }
+}
+
+/// `cmd` as one line, for messages.
+fn describe(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    format!("`{line}`")
 }
 
 /// Runs `cmd` to completion (started under the interrupt guard) and returns its stdout.
@@ -328,13 +365,7 @@ struct Ctx<'a> {
     results: Results,
 }
 
-fn bench(
-    opts: &Options,
-    nat_bin: &Path,
-    nat_bench: &Path,
-    started: Instant,
-    build_s: f64,
-) -> Result<()> {
+fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Result<()> {
     let plan = Plan::new(opts);
     let cpus = cpu::cpu_count()?;
     let load_cpu = cpus - 1;
@@ -460,9 +491,9 @@ fn bench(
         scale_reps: plan.scale_reps,
         mission_budget,
         alloc_attempts: ALLOC_ATTEMPTS,
-        build_s,
+        build_s: opts.build_secs,
     };
-    let wall_s = started.elapsed().as_secs_f64();
+    let wall_s = opts.build_secs + started.elapsed().as_secs_f64();
     print!("{}", report::render(&config, &results, wall_s));
     if let Some(path) = &opts.json {
         let machine = json!({

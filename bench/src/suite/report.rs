@@ -197,7 +197,7 @@ pub struct Config {
     pub scale_reps: usize,
     pub mission_budget: u64,
     pub alloc_attempts: u32,
-    /// Seconds the release build took at the start of the run.
+    /// Seconds the release build right before the run took (0: none was timed).
     pub build_s: f64,
 }
 
@@ -824,11 +824,12 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             let _ = writeln!(out, "  - {note}");
         }
     }
-    let _ = writeln!(
-        out,
-        "\nbench: wall time {wall_s:.0} s ({:.0} s after the build)",
-        wall_s - cfg.build_s
-    );
+    let after_build = if cfg.build_s > 0.0 {
+        format!(" ({:.0} s after the build)", wall_s - cfg.build_s)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "\nbench: wall time {wall_s:.0} s{after_build}");
     out
 }
 

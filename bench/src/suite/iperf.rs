@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use super::cpu::{Snapshot, Window};
-use crate::cmd::describe;
+use super::describe;
 
 pub const PORT: u16 = 5201;
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
