@@ -39,9 +39,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Measures this NAT against plain routing and nftables masquerade on a netns testbed
-    /// (throughput, packet rate, connection rate and connect time, the mission's server-first
-    /// load, cost as the tables grow, CPU per packet) plus its datapath micro-figures; reports,
-    /// never fails on a missed target (root; `cargo xtask bench` builds and runs it).
+    /// (throughput, packet rate, connection rate and connect time, server-first connections
+    /// to one destination, cost as the tables grow, CPU per packet) plus its datapath
+    /// micro-figures; reports, never fails on a missed target (root; `cargo xtask bench`
+    /// builds and runs it).
     Suite(suite::Args),
     /// Measures allocation in the real egress program (BPF_PROG_TEST_RUN) with one
     /// destination's range filled to a given share; no interface is touched (root).

@@ -109,9 +109,9 @@ enum Task {
     },
     /// As root: set up, build the release `nat` and `nat-bench`, and run `nat-bench suite`:
     /// this NAT against plain routing and nftables masquerade (throughput, packet rate,
-    /// connection rate and connect time, the mission's server-first load, cost as the tables
-    /// grow, CPU per packet) plus its datapath micro-figures; reports, never fails on a missed
-    /// target
+    /// connection rate and connect time, server-first connections to one destination, cost
+    /// as the tables grow, CPU per packet) plus its datapath micro-figures; reports, never
+    /// fails on a missed target
     Bench {
         /// Passed to `nat-bench suite`: --quick (one repetition of short runs, under 2
         /// minutes), --json FILE, --plot FILE.svg, ... (`nat-bench suite --help` lists them)

@@ -54,9 +54,9 @@ pub struct Args {
     /// Also draw the ratio table and the scale curves to FILE (SVG)
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    /// Development aid: run only this part of every mode's repetition (`mission`: the
-    /// mission load alone, with the NAT's counters over each run), no scale runs and
-    /// no micro-figures; the report then lacks the other figures
+    /// Development aid: run only this part of every mode's repetition (`server-first`: the
+    /// server-first connections to one destination alone, with the NAT's counters over each
+    /// run), no scale runs and no micro-figures; the report then lacks the other figures
     #[arg(long, value_name = "PART", hide_short_help = true)]
     pub only: Option<Part>,
     /// Development aid: this many repetitions instead of the plan's (5, or 1 with --quick)
@@ -74,8 +74,8 @@ pub struct Args {
 /// A part of the bench that `--only` runs alone (a development aid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// The mission load alone, every mode, every repetition.
-    Mission,
+    /// The server-first connections to one destination alone, every mode, every repetition.
+    ServerFirst,
 }
 
 /// How long and how often; `--quick` shrinks it to fit in 2 minutes.
@@ -356,11 +356,11 @@ struct Ctx<'a> {
     load_cpu: usize,
     server_cpu: usize,
     conn_server: &'a conn::Server,
-    /// Mission runs so far: each gets the next server port.
-    mission_runs: usize,
-    /// Connections a mission run may make: 90% of the external ports toward
+    /// Server-first runs so far: each gets the next server port.
+    server_first_runs: usize,
+    /// Connections a server-first run may make: 90% of the external ports toward
     /// its one destination, so the 240 s cooldown cannot run the range dry.
-    mission_budget: u64,
+    server_first_budget: u64,
     guard: Guard,
     results: Results,
 }
@@ -375,7 +375,7 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
         plan.reps,
         MODES.map(Mode::name).join(", ")
     );
-    let mission_budget = mission_budget()?;
+    let server_first_budget = server_first_budget()?;
     let (mut results, mut guard) = {
         let topology = {
             let _setup = interrupt::namespace_setup();
@@ -413,8 +413,8 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
             load_cpu,
             server_cpu,
             conn_server: &conn_server,
-            mission_runs: 0,
-            mission_budget,
+            server_first_runs: 0,
+            server_first_budget,
             guard: Guard {
                 retries: plan.retries,
                 budget: plan.retry_budget,
@@ -489,7 +489,7 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
             .collect(),
         scale_capacity: scale::CAPACITY,
         scale_reps: plan.scale_reps,
-        mission_budget,
+        server_first_budget,
         alloc_attempts: ALLOC_ATTEMPTS,
         build_s: opts.build_secs,
     };
@@ -515,7 +515,7 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
 
 /// 90% of the keys toward one destination: the ports of [`NAT_PORTS`] on the
 /// one external address.
-fn mission_budget() -> Result<u64> {
+fn server_first_budget() -> Result<u64> {
     let (lo, hi) = NAT_PORTS
         .split_once('-')
         .and_then(|(lo, hi)| Some((lo.parse::<u64>().ok()?, hi.parse::<u64>().ok()?)))
@@ -545,10 +545,10 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let topology = ctx.topology;
     let active = Active::enter(mode, topology, &[])
         .with_context(|| format!("cannot set up the {} mode", mode.name()))?;
-    if plan.only != Some(Part::Mission) {
-        run_all_but_mission(ctx, mode, rep)?;
+    if plan.only != Some(Part::ServerFirst) {
+        run_all_but_server_first(ctx, mode, rep)?;
     }
-    mission_run(ctx, mode, rep)?;
+    server_first_run(ctx, mode, rep)?;
     active
         .leave()
         .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
@@ -556,8 +556,8 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Every measurement of a mode's repetition before its mission run.
-fn run_all_but_mission(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+/// Every measurement of a mode's repetition before its server-first run.
+fn run_all_but_server_first(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let plan = ctx.plan;
     let topology = ctx.topology;
     let client_ns = topology.ns_name(Side::Client);
@@ -633,29 +633,29 @@ fn run_all_but_mission(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> 
     Ok(())
 }
 
-fn mission_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+fn server_first_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let plan = ctx.plan;
-    let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
-    let mission = connections(ctx, mode, rep, plan.reps, load, "server-first, 1 dest")?;
-    let tally = ctx.results.mission.entry(mode).or_default();
-    for (kind, n) in &mission.failures {
+    let load = Load::server_first(ctx.server_first_runs, ctx.server_first_budget);
+    let run = connections(ctx, mode, rep, plan.reps, load, "server-first, 1 dest")?;
+    let tally = ctx.results.server_first.entry(mode).or_default();
+    for (kind, n) in &run.failures {
         *tally.failures.entry(kind.clone()).or_default() += n;
     }
-    tally.paws_timewait += mission.paws_timewait;
-    if let Some(c) = mission.collisions {
+    tally.paws_timewait += run.paws_timewait;
+    if let Some(c) = run.collisions {
         *tally.collisions.get_or_insert(0) += c;
     }
-    for (name, n) in mission.nat_counters.iter().flatten() {
+    for (name, n) in run.nat_counters.iter().flatten() {
         *tally.nat_counters.entry(name.clone()).or_default() += n;
     }
-    for (figure, s) in mission.samples {
+    for (figure, s) in run.samples {
         ctx.results.add(mode, figure, s);
     }
     Ok(())
 }
 
 /// One scale point: `mode` afresh, `sessions` live UDP flows, then the UDP
-/// rate and the mission load's connection rate.
+/// rate and the server-first load's connection rate.
 fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result<()> {
     check_interrupt()?;
     let topology = ctx.topology;
@@ -703,8 +703,8 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     let (mut pps, _) = udp_pps(ctx, mode, rep, reps, &format!("{what}: UDP 64 B"))?;
     pps.detail["fill"] = fill.clone();
     ctx.results.add_scale(mode, Figure::UdpPps, sessions, pps);
-    let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
-    let mission = connections(ctx, mode, rep, reps, load, &format!("{what}: server-first"))?;
+    let load = Load::server_first(ctx.server_first_runs, ctx.server_first_budget);
+    let server_first = connections(ctx, mode, rep, reps, load, &format!("{what}: server-first"))?;
     let stop = active
         .leave()
         .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
@@ -715,7 +715,7 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
             stop.as_secs_f64()
         );
     }
-    for (figure, mut s) in mission.samples {
+    for (figure, mut s) in server_first.samples {
         s.detail["fill"] = fill.clone();
         s.detail["daemon_stop_secs"] = json!(stop.map(|d| d.as_secs_f64()));
         ctx.results.add_scale(mode, figure, sessions, s);
@@ -770,8 +770,8 @@ struct Connections {
     paws_timewait: u64,
 }
 
-/// A connection run under the noise guard. A mission `load`'s port is
-/// ignored: each attempt takes the next of the mission ports.
+/// A connection run under the noise guard. A server-first `load`'s port is
+/// ignored: each attempt takes the next of the server-first ports.
 fn connections(
     ctx: &mut Ctx<'_>,
     mode: Mode,
@@ -792,18 +792,18 @@ fn connections(
         }
         nat_stats(nat_bin, &nat_ns).map(Some)
     };
-    let mission_runs = &mut ctx.mission_runs;
+    let server_first_runs = &mut ctx.server_first_runs;
     let g = ctx.guard.measure(
         &label(rep, reps, mode, what),
         || {
-            // Every attempt of a mission run gets a server port of its own:
+            // Every attempt of a server-first run gets a server port of its own:
             // a second attempt on the first one's port would meet the keys
             // that attempt left cooling in the NAT (and its TIME_WAIT on
             // the server), and take cooling ports or fail for want of any.
             let load = match load {
-                Load::Mission { budget, .. } => {
-                    let fresh = Load::mission(*mission_runs, budget);
-                    *mission_runs += 1;
+                Load::ServerFirst { budget, .. } => {
+                    let fresh = Load::server_first(*server_first_runs, budget);
+                    *server_first_runs += 1;
                     fresh
                 }
                 Load::Spread => Load::Spread,
@@ -852,7 +852,7 @@ fn connections(
     )?;
     let (c, counters, paws, cooling_after, load) = &g.value;
     let load = *load;
-    if let (Some(d), Load::Mission { .. }) = (counters, load) {
+    if let (Some(d), Load::ServerFirst { .. }) = (counters, load) {
         // Next to the run's failures, so that a NAT drop that coincides
         // with a connect timeout shows.
         println!(
@@ -880,7 +880,7 @@ fn connections(
     let detail = json!({
         "load": match load {
             Load::Spread => json!("spread: 32 server ports, client closes first"),
-            Load::Mission { port, budget } => json!({ "server_port": port, "budget": budget, "close": "server first" }),
+            Load::ServerFirst { port, budget } => json!({ "server_port": port, "budget": budget, "close": "server first" }),
         },
         "ok": c.ok,
         "failed": c.failed,
@@ -900,7 +900,11 @@ fn connections(
     });
     let (rate, p50, p99) = match load {
         Load::Spread => (Figure::ConnRate, Figure::ConnP50, Figure::ConnP99),
-        Load::Mission { .. } => (Figure::MissionRate, Figure::MissionP50, Figure::MissionP99),
+        Load::ServerFirst { .. } => (
+            Figure::ServerFirstRate,
+            Figure::ServerFirstP50,
+            Figure::ServerFirstP99,
+        ),
     };
     Ok(Connections {
         samples: vec![

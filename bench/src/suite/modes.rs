@@ -37,7 +37,7 @@ pub const MODES: [Mode; 5] = [
 ];
 
 /// The port range every NAT mode gets: the default (16384-32767) holds 16,384
-/// keys per destination, which the mission load (one destination, each key
+/// keys per destination, which the server-first load (one destination, each key
 /// cooling 240 s after a server-first close) would use up in about two
 /// seconds at the rates this testbed reaches; 1024-65535 holds 64,512.
 pub const NAT_PORTS: &str = "1024-65535";
