@@ -14,9 +14,13 @@ use nat_common::{
     probe::{probe_bucket_label, span},
 };
 use nat_userspace::{
-    cli::{Cidr, PortRange, parse_port_range},
-    load::{Globals, load_object, populate},
-    tables::{Tables, boot_ns},
+    cli::parse_port_range,
+    datapath::{
+        object::{Globals, load_object},
+        pool::{Cidr, PortRange},
+        populate::populate,
+        tables::{Tables, boot_ns},
+    },
 };
 use serde_json::json;
 

@@ -19,8 +19,10 @@ use clap_complete::Shell;
 
 use nat_userspace::{
     cli,
-    load::{Globals, load_object, object_bytes},
-    verify,
+    datapath::{
+        object::{Globals, load_object, object_bytes},
+        verify,
+    },
 };
 
 use crate::alloc::AllocArgs;

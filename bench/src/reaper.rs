@@ -15,10 +15,12 @@ use nat_common::{
     flow::{FlowKey, PROTO_TCP, Session, seen},
 };
 use nat_userspace::{
-    expiry::{DAEMON_BUDGET, DAEMON_SCAN, KernelSweep},
-    load::{Globals, load_object},
-    reaper::{self, Sweep},
-    tables::{Tables, boot_ns},
+    daemon::sweep::{self, Sweep},
+    datapath::{
+        object::{Globals, load_object},
+        sweep::{DAEMON_BUDGET, DAEMON_SCAN, KernelSweep},
+        tables::{Tables, boot_ns},
+    },
 };
 use serde_json::json;
 
@@ -38,7 +40,7 @@ fn cpu_seconds() -> f64 {
 /// One full sweep with its wall and CPU seconds.
 fn timed(sweeper: &KernelSweep, ebpf: &aya::Ebpf) -> Result<(Sweep, f64, f64)> {
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
-    let s = reaper::sweep(sweeper, ebpf, &std::sync::atomic::AtomicBool::new(false))?;
+    let s = sweep::sweep(sweeper, ebpf, &std::sync::atomic::AtomicBool::new(false))?;
     Ok((s, wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
 }
 

@@ -49,6 +49,11 @@ impl FlowKey {
     }
 }
 
+/// How long the fast path uses a session's cached route lookup
+/// ([`HopCache`]) before it asks the kernel again: route and
+/// neighbour changes reach established flows within this time.
+pub const ROUTE_TTL_NS: u64 = 1_000_000_000;
+
 /// What a packet of this direction has shown, one bit each.
 pub mod seen {
     pub const SYN: u8 = 1;
@@ -162,7 +167,7 @@ pub struct NextHop {
 
 /// The fast path's cached route lookup for one direction of a session, so
 /// that an established flow pays for the kernel's route and neighbour lookup
-/// once per [`crate::forward::ROUTE_TTL_NS`] and not per packet.
+/// once per [`ROUTE_TTL_NS`] and not per packet.
 ///
 /// Readers on other CPUs must see one lookup whole, never a fresh stamp with
 /// stale MACs, and BPF on Linux 6.1 has no load-acquire to order a sequence
@@ -173,7 +178,7 @@ pub struct NextHop {
 /// tag: a writer first advances word 0's tag by compare-and-exchange, and
 /// only the winner writes the other words, so no two writes share a tag
 /// until 65535 writes later (a write happens at most once per stale
-/// [`crate::forward::ROUTE_TTL_NS`] per waiting packet). Two winners in a
+/// [`ROUTE_TTL_NS`] per waiting packet). Two winners in a
 /// row may interleave their last three words; the tags then disagree, and
 /// readers look the route up again and rewrite it, as for a stale entry.
 #[repr(C)]
@@ -254,7 +259,7 @@ impl HopCache {
     pub const fn fresh(words: [u64; 4], now: u64) -> Option<NextHop> {
         match Self::decode(words) {
             Some((hop, checked))
-                if hop.ifindex != 0 && now.wrapping_sub(checked) < crate::forward::ROUTE_TTL_NS =>
+                if hop.ifindex != 0 && now.wrapping_sub(checked) < ROUTE_TTL_NS =>
             {
                 Some(hop)
             }

@@ -7,10 +7,7 @@ use crate::csum::diff16;
 /// expires at this hop, and only the stack sends the ICMP time exceeded.
 pub const MIN_FORWARD_TTL: u8 = 2;
 
-/// How long the fast path uses a session's cached route lookup
-/// ([`crate::flow::HopCache`]) before it asks the kernel again: route and
-/// neighbour changes reach established flows within this time.
-pub const ROUTE_TTL_NS: u64 = 1_000_000_000;
+pub use crate::flow::ROUTE_TTL_NS;
 
 /// `AF_INET`, the address family of a route lookup.
 pub const AF_INET: u8 = 2;

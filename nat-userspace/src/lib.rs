@@ -1,29 +1,12 @@
-//! The `nat` daemon and CLI as a library: the `nat` binary, the bench
-//! crate's `nat-bench` and the test suite's datapath fixtures share the
-//! embedded kernel object, the map handles and the loader.
+//! The `nat` daemon and CLI as a library, in four rooms that import only
+//! downward: `datapath` (the kernel side: object, maps, pins, attachment),
+//! `cli` (what the operator says: arguments, config file, settings,
+//! defaults), `daemon` (`nat load`: its phases and what it serves) and
+//! `commands` (one module per subcommand). The `nat` binary only
+//! dispatches; the bench crate's `nat-bench` and the test suite's fixtures
+//! use the datapath room.
 
-pub mod batch;
 pub mod cli;
-pub mod config_file;
-pub mod defaults;
-pub mod event_log;
-pub mod expiry;
-pub mod iface;
-pub mod kernel;
-pub mod load;
-pub mod metrics;
-pub mod netns;
-pub mod notify;
-pub mod ops;
-pub mod pidfile;
-pub mod pins;
-pub mod pool;
-pub mod port_forward;
-pub mod reaper;
-pub mod reject;
-pub mod settings;
-pub mod show;
-pub mod tables;
-pub mod tc_attach;
-pub mod unload;
-pub mod verify;
+pub mod commands;
+pub mod daemon;
+pub mod datapath;

@@ -22,9 +22,10 @@ use nat_common::{
     seen_word::{bits, generation},
     tcp_state::{State, state_of},
 };
-use nat_userspace::{
-    cli::{Cidr, PortRange},
-    load::{Globals, load_object, populate},
+use nat_userspace::datapath::{
+    object::{Globals, load_object},
+    pool::{Cidr, PortRange},
+    populate::populate,
     tables::boot_ns,
 };
 

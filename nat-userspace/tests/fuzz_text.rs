@@ -12,7 +12,7 @@
 
 use std::io::Write as _;
 
-use nat_userspace::{cli, config_file, settings};
+use nat_userspace::cli::{self, config_file, settings};
 
 const TOKENS: &[&str] = &[
     "iface",

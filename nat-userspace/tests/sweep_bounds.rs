@@ -11,9 +11,9 @@ use nat_common::{
     expiry::{SweepTotal, phase},
     flow::{FlowKey, PROTO_TCP, Session, seen},
 };
-use nat_userspace::{
-    expiry::{DAEMON_BUDGET, KernelSweep},
-    load::{Globals, load_object},
+use nat_userspace::datapath::{
+    object::{Globals, load_object},
+    sweep::{DAEMON_BUDGET, KernelSweep},
     tables::{Tables, boot_ns},
 };
 

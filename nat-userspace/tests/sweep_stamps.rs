@@ -11,10 +11,12 @@ use nat_common::{
     flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session, seen},
 };
 use nat_userspace::{
-    expiry::{DAEMON_BUDGET, DAEMON_SCAN, KernelSweep},
-    load::{Globals, load_object},
-    reaper::{self, Sweep},
-    tables::{Tables, boot_ns},
+    daemon::sweep::{self, Sweep},
+    datapath::{
+        object::{Globals, load_object},
+        sweep::{DAEMON_BUDGET, DAEMON_SCAN, KernelSweep},
+        tables::{Tables, boot_ns},
+    },
 };
 
 const SESSIONS: u32 = 64;
@@ -73,7 +75,7 @@ impl Bench {
     }
 
     fn sweep(&self) -> Sweep {
-        reaper::sweep(&self.sweeper, &self.ebpf, &AtomicBool::new(false)).expect("sweep")
+        sweep::sweep(&self.sweeper, &self.ebpf, &AtomicBool::new(false)).expect("sweep")
     }
 
     fn stamps(&self) -> Vec<u16> {

@@ -8,7 +8,7 @@ use nat_common::{
     flow::{FRAG_OUT, FragEntry, FragKey, seen},
 };
 use nat_tests::fixture::*;
-use nat_userspace::tables::boot_ns;
+use nat_userspace::datapath::tables::boot_ns;
 
 const CLIENT_PORT: u16 = 33_333;
 

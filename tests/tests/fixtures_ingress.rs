@@ -11,7 +11,7 @@ use nat_common::{
     flow::{FRAG_IN, FragEntry, FragKey, seen},
 };
 use nat_tests::fixture::*;
-use nat_userspace::tables::boot_ns;
+use nat_userspace::datapath::tables::boot_ns;
 
 const INGRESS: [Prog; 2] = [Prog::Ingress, Prog::IngressTc];
 const CLIENT_PORT: u16 = 33_333;

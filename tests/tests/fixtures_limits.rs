@@ -13,7 +13,7 @@ use nat_common::{
     names::{MAP_EIM, MAP_EIM_OWNER, MAP_FWD, MAP_HOSTS, MAP_REV},
 };
 use nat_tests::fixture::*;
-use nat_userspace::tables::boot_ns;
+use nat_userspace::datapath::tables::boot_ns;
 
 fn be(addr: Ipv4Addr) -> u32 {
     u32::from(addr).to_be()

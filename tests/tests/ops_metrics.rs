@@ -279,7 +279,7 @@ fn ops_prometheus_scrapes_the_session_count_nat_stats_shows() {
 /// Writes all pairs into the pinned map at `path` with BPF_MAP_UPDATE_BATCH.
 fn update_batch<K: aya::Pod, V: aya::Pod>(path: &str, pairs: &[(K, V)]) {
     let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    nat_userspace::batch::update_all(&data, pairs)
+    nat_userspace::datapath::batch::update_all(&data, pairs)
         .unwrap_or_else(|e| panic!("BPF_MAP_UPDATE_BATCH on {path}: {e}"));
 }
 
