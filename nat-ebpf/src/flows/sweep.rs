@@ -65,43 +65,66 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, bpf_timer},
-    helpers::generated::{
-        bpf_for_each_map_elem, bpf_loop, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start,
-    },
-    macros::classifier,
-    programs::TcContext,
+    bindings::bpf_timer,
+    btf_maps,
+    helpers::generated::{bpf_for_each_map_elem, bpf_loop},
+    macros::{btf_map, map},
+    maps::PerCpuArray,
 };
 use nat_common::{
     config::TOUCH_GRANULARITY_NS,
     expiry::{
-        ORPHAN_GRACE_NS, ORPHAN_WALK_EVERY, SWEEP_BUDGET, SweepTotal, TIMER_RESUME_NS,
-        TIMER_TAKEOVER_INTERVALS, cooldown_until, epoch_trusts, epoch_word, expired, expiry_sig,
-        first_epoch_word, live_at, live_stamp, live_window_ns, phase, shortest_idle_ns,
-        sweep_pause_ns,
+        ORPHAN_GRACE_NS, ORPHAN_WALK_EVERY, SWEEP_BUDGET, SweepTotal, cooldown_until, epoch_trusts,
+        epoch_word, expired, expiry_sig, first_epoch_word, live_at, live_stamp, live_window_ns,
+        phase, shortest_idle_ns,
     },
     flow::{FlowKey, PROTO_TCP, Session},
-    mapping::SESSION_INBOUND,
     seen_word::{bits, current_rev_bits},
     tcp_state::{close_kind, expiry_kind, idle_timeout_ms, state_of},
 };
 
 use crate::{
-    maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_BATCH, NAT_SWEEP_CTL,
-        NAT_SWEEP_STATS, NAT_SWEEP_STOP, NAT_SWEEP_TIMER, NAT_SWEEP_WALK, SweepTimer,
-    },
-    packet::{now_ns, read},
+    base::maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_STATS, NAT_SWEEP_STOP},
+    session::free::{Fate, cool, free_session},
 };
+
+/// Scratch state of a sweep run: slot 0 for the daemon's runs, 1 for the
+/// timer's ([`Walk`]); never pinned.
+#[map(name = "NAT_SWEEP_WALK")]
+static NAT_SWEEP_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(2, 0);
+
+/// The sweep's batch of quiet sessions to judge ([`Batch`]): slot 0 for the
+/// daemon's runs, 1 for the timer's; never pinned.
+#[map(name = "NAT_SWEEP_BATCH")]
+static NAT_SWEEP_BATCH: PerCpuArray<Batch> = PerCpuArray::with_max_entries(2, 0);
+
+/// The value of the sweep timer map. The kernel finds the `bpf_timer` in it
+/// through the map's BTF, which is why this one map is a BTF map (`.maps`)
+/// while the others keep the legacy definitions the loader sizes at load.
+#[repr(C)]
+pub struct SweepTimer {
+    pub timer: bpf_timer,
+    /// Where the timer's next run resumes (a resume token, 0: a new
+    /// sweep); written by the timer's callback only.
+    pub resume: u32,
+    /// The timeouts the sweep's liveness stamps are written under and when
+    /// a run first saw them (nat_common::expiry::epoch_word); written by
+    /// any sweep run with one 32-bit store.
+    pub config_seen: u32,
+}
+
+/// The one timer that runs the sweep while no daemon does
+/// (`programs::sweep` arms it); pinned, so it outlives the daemon.
+#[btf_map(name = "NAT_SWEEP_TIMER")]
+pub static NAT_SWEEP_TIMER: btf_maps::Array<SweepTimer, 1, 0> = btf_maps::Array::new();
+
+/// The slots of a daemon's run and of a timer's run.
+const DAEMON: u32 = 0;
+const TIMER: u32 = 1;
 
 /// bpf_for_each_map_elem callbacks: go on, or stop the walk.
 const NEXT: u64 = 0;
 const STOP: u64 = 1;
-
-const CLOCK_BOOTTIME: u64 = 7;
-
-/// Added to the timer's takeover delay: longer than a daemon's run.
-const TAKEOVER_SLACK_NS: u64 = 1_000_000_000;
 
 /// State of one run. It lives in a per-CPU map slot, not on the stack:
 /// the verifier follows a callback until its state stops changing, and
@@ -110,7 +133,7 @@ const TAKEOVER_SLACK_NS: u64 = 1_000_000_000;
 /// the timer's: the timer's softirq may interrupt a daemon run on the same
 /// CPU, nothing else nests.
 #[repr(C)]
-pub struct Walk {
+struct Walk {
     now: u64,
     shortest: u64,
     budget: u32,
@@ -234,100 +257,28 @@ const fn token(phase: u8, orphans_due: bool, cursor: u64) -> u32 {
 /// forward lookup per quiet reverse entry each time.
 const ORPHANS_DUE: u32 = 4;
 
-/// One sweep run for the daemon. The first four bytes of the test frame
-/// are the resume token the previous run returned (0: a new sweep); the
-/// return value is the next run's token, 0 ([`phase::DONE`]) when the sweep
-/// is complete. The next four bytes are how many entries the run may look
-/// at (0: no limit), the four after them how many it may delete (0: the
-/// control map's budget, which the timer's runs use). A daemon's run also
-/// ends at the next entry once NAT_SWEEP_STOP is set, so a stopping daemon
-/// never waits for a run.
-#[classifier]
-pub fn nat_sweep(ctx: TcContext) -> i32 {
-    let start = read::<u32>(ctx.data(), ctx.data_end(), 0).unwrap_or(0);
-    let scan = read::<u32>(ctx.data(), ctx.data_end(), 4).unwrap_or(0);
-    let deletions = read::<u32>(ctx.data(), ctx.data_end(), 8).unwrap_or(0);
-    let Some(ctl) = NAT_SWEEP_CTL.get(0) else {
-        return phase::DONE as i32;
-    };
-    if ctl.interval_ns != 0 {
-        // The daemon sweeps a large table less often than every interval
-        // (sweep_pause_ns) and its runs are long: the timer must not fire
-        // in between, only once the daemon is gone.
-        let scanned = NAT_SWEEP_WALK
-            .get(0)
-            .map_or(0, |w| w.last_scanned.max(w.sweep_scanned));
-        arm(
-            sweep_pause_ns(ctl.interval_ns, scanned) * TIMER_TAKEOVER_INTERVALS + TAKEOVER_SLACK_NS,
-        );
-    }
-    let budget = if deletions != 0 {
-        deletions
-    } else {
-        ctl.budget
-    };
-    sweep(now_ns(), budget, scan as u64, false, start) as i32
-}
-
-/// Initialises the timer (once: later calls get -EBUSY and change nothing),
-/// points it at this program's callback, so that after an upgrade it runs
-/// the new binary's sweep, and starts it `delay` from now, replacing any
-/// earlier start.
+/// Forward entries the daemon's sweeps looked at lately (the sweep in
+/// progress, or the last whole one if it looked at more): how long the
+/// timer must wait before it takes over.
 #[inline(always)]
-fn arm(delay: u64) {
-    let Some(slot) = NAT_SWEEP_TIMER.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: `slot` is the map value; the helpers take the timer inside it.
-    unsafe {
-        let timer: *mut bpf_timer = &raw mut (*slot).timer;
-        bpf_timer_init(
-            timer,
-            &NAT_SWEEP_TIMER as *const _ as *mut c_void,
-            CLOCK_BOOTTIME,
-        );
-        bpf_timer_set_callback(timer, on_timer as *mut c_void);
-        bpf_timer_start(timer, delay, 0);
-    }
+pub fn daemon_scanned() -> u64 {
+    NAT_SWEEP_WALK
+        .get(DAEMON)
+        .map_or(0, |w| w.last_scanned.max(w.sweep_scanned))
 }
 
-/// The timer's callback: no daemon has swept for a while.
-extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, value: *mut SweepTimer) -> i32 {
-    let Some(ctl) = NAT_SWEEP_CTL.get(0) else {
-        return 0;
-    };
-    if ctl.interval_ns == 0 {
-        return 0;
-    }
-    // SAFETY: `value` is the timer's own map value; only this callback
-    // writes its token, and the kernel never runs it on two CPUs at once.
-    unsafe {
-        // In softirq context: the entries one run looks at are bounded too.
-        let next = sweep(
-            now_ns(),
-            ctl.budget,
-            ctl.timer_scan as u64,
-            true,
-            (*value).resume,
-        );
-        (*value).resume = next;
-        let delay = if next == phase::DONE as u32 {
-            // A large table is swept less often: see SWEEP_SCAN_RATE.
-            let scanned = NAT_SWEEP_WALK.get(1).map_or(0, |w| w.sweep_scanned);
-            sweep_pause_ns(ctl.interval_ns, scanned)
-        } else {
-            TIMER_RESUME_NS
-        };
-        bpf_timer_start(&raw mut (*value).timer, delay, 0);
-    }
-    0
+/// Forward entries the timer's sweep in progress looked at so far.
+#[inline(always)]
+pub fn timer_scanned() -> u64 {
+    NAT_SWEEP_WALK.get(TIMER).map_or(0, |w| w.sweep_scanned)
 }
 
-/// Walks the cooldowns, the forward sessions and, every
+/// One run: walks the cooldowns, the forward sessions and, every
 /// [`ORPHAN_WALK_EVERY`] sweeps, the reverse entries, from the resume token
 /// `resume` on; returns the next run's token, 0 when it walked everything.
+/// `timer`: the timer's run, not a daemon's.
 #[inline(always)]
-fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u32 {
+pub fn run(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u32 {
     let Some(cfg) = NAT_CONFIG.get(0) else {
         return phase::DONE as u32;
     };
@@ -503,28 +454,6 @@ fn add(total: SweepTotal, n: u64) -> u64 {
     }
 }
 
-/// Makes `key` cool until at least `until`; false if it could not be
-/// recorded (the cooldown map is full). A longer cooldown already there
-/// stays: this only ever extends.
-#[inline(always)]
-pub(crate) fn cool(key: &FlowKey, until: u64) -> bool {
-    // Most keys have no entry: one insert, no lookup.
-    match NAT_COOLDOWN.insert(key, until, BPF_NOEXIST as u64) {
-        Ok(()) => return true,
-        Err(e) if e != -EEXIST => return false,
-        Err(_) => {}
-    }
-    if let Some(cur) = NAT_COOLDOWN.get_ptr(key)
-        // SAFETY: map value pointer from the lookup.
-        && unsafe { read_volatile(cur) } >= until
-    {
-        return true;
-    }
-    NAT_COOLDOWN.insert(key, until, 0).is_ok()
-}
-
-const EEXIST: i32 = 17;
-
 /// An ended cooldown goes, unless the key is claimed.
 ///
 /// A cooldown is written for a key only by a close or an expiry of a
@@ -669,7 +598,7 @@ const _: () = assert!(BATCH.is_power_of_two());
 /// A quiet session of the walk, and what the batch found out about it.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Candidate {
+struct Candidate {
     key: FlowKey,
     rev_key: FlowKey,
     /// The forward entry's `last_seen` and `seen` word as the walk read them.
@@ -695,7 +624,7 @@ const FREE_COOLED: u8 = 2;
 
 /// One batch of candidates; lives in a per-CPU map slot, as [`Walk`].
 #[repr(C)]
-pub struct Batch {
+struct Batch {
     n: u32,
     _pad: u32,
     c: [Candidate; BATCH],
@@ -914,58 +843,12 @@ extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
         None
     };
     let (key, rev_key, f_last, r_last) = (c.key, c.rev_key, c.f_last, c.r_last);
-    free_session(w, &key, fwd, f_last, &rev_key, rev, r_last, until);
+    match free_session(&key, fwd, f_last, &rev_key, rev, r_last, until) {
+        Fate::Freed => w.expired += 1,
+        Fate::Kept => w.kept += 1,
+        Fate::Spared => {}
+    }
     0
-}
-
-/// Frees an expired session: cools its key until `cool_until` (if it must
-/// cool), then deletes the forward entry and then the reverse one (`rev`,
-/// if it points back), so the key is never unclaimed and not cooling. A
-/// packet since the caller's reads (`f_last`, `r_last` moved) keeps the
-/// session. The one place a session is freed: what must happen when one
-/// goes belongs here.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn free_session(
-    w: &mut Walk,
-    key: &FlowKey,
-    fwd: *mut Session,
-    f_last: u64,
-    rev_key: &FlowKey,
-    rev: Option<*const Session>,
-    r_last: u64,
-    cool_until: Option<u64>,
-) -> bool {
-    if let Some(until) = cool_until
-        && !cool(rev_key, until)
-    {
-        // Never free a key without cooling it: the session and its port
-        // stay until the cooldown map has room.
-        w.kept += 1;
-        return false;
-    }
-    // A packet since the reads above: the session lives on (the cooldown
-    // just written does no harm while the key is claimed).
-    // SAFETY: element and lookup value pointers, still mapped.
-    let moved = unsafe {
-        read_volatile(&(*fwd).last_seen) != f_last
-            || rev.is_some_and(|r| read_volatile(&(*r).last_seen) != r_last)
-    };
-    if moved {
-        return false;
-    }
-    // The forward entry goes with its mapping reference, and only the run
-    // whose delete succeeded counts the session off its host.
-    if let Some(marks) = crate::mapping::remove_forward(key, fwd)
-        && marks & SESSION_INBOUND == 0
-    {
-        crate::hosts::released(key.saddr);
-    }
-    if rev.is_some() {
-        let _ = NAT_REV.remove(rev_key);
-    }
-    w.expired += 1;
-    true
 }
 
 /// A reverse entry whose forward entry is gone (or points elsewhere) keeps

@@ -1,6 +1,9 @@
-//! TC egress on the external interface: source NAT.
+//! TC egress on the external interface, `nat_egress`, in the programs
+//! layer: source NAT. A packet of a session is tracked and translated; a
+//! new flow from inside gets its session from the allocator; anything it
+//! cannot translate from an internal source is dropped.
 
-use aya_ebpf::{bindings::__sk_buff, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use nat_common::{
     counters::Counter,
     flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
@@ -9,17 +12,15 @@ use nat_common::{
 };
 
 use crate::{
-    alloc::allocate,
-    frag, icmp,
-    maps::{NAT_FWD, fast_path, is_external, is_internal},
-    packet::{
-        DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Side, decode, encode, ipv4_fields,
-        l4_fields, now_ns, read, tc_action, touch,
+    base::{
+        maps::{NAT_FWD, fast_path, is_external, is_internal},
+        outcome::DropReason,
+        packet::{Endpoint, HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns, read, touch},
+        skb::linear_headers,
     },
-    reject,
-    skb::linear_headers,
-    tc_rewrite::rewrite_endpoint,
-    track,
+    flows::{alloc::allocate, icmp},
+    net::{frag, reject, tc_rewrite::rewrite_endpoint, verdict::tc_action},
+    session::track,
 };
 
 #[classifier]
@@ -72,7 +73,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
         if inside {
             icmp::open_echo(data, end, &ip, ETH_HLEN + meta.hdr_len)?;
         }
-        return decode(nat_icmp_egress(ctx.skb.skb, inside as u64));
+        return icmp::translate_out_tc(ctx, inside);
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return refuse(DropReason::Unsupported);
@@ -156,45 +157,4 @@ fn tagged(data: usize, end: usize, ethertype: u16) -> Result<Counter, DropReason
         // Cut before its source: no address in it to leak.
         Err(_) => Ok(Counter::NotIpv4),
     }
-}
-
-/// ICMP from the internal side (or from the host) as a global BPF function
-/// of its own: the verifier checks the translator's many bounds checks once,
-/// not once per path of nat_egress that reaches them (on Linux 6.1 the
-/// inlined translator made nat_egress "too complex"). It parses the IPv4
-/// header again from the context, which is all it takes: a global function
-/// gets scalars and the context, never packet pointers. `inside`: the
-/// source is internal. Returns [`encode`]'s code.
-#[unsafe(no_mangle)]
-#[inline(never)]
-extern "C" fn nat_icmp_egress(skb: *mut __sk_buff, inside: u64) -> i64 {
-    let ctx = TcContext::new(skb);
-    encode(icmp_egress(&ctx, inside != 0))
-}
-
-#[inline(always)]
-fn icmp_egress(ctx: &TcContext, inside: bool) -> Result<Counter, DropReason> {
-    let len = ctx.len() as usize;
-    let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
-    let ip = ipv4_fields(data, end, ETH_HLEN)?;
-    let meta = check_ipv4(
-        ip.ver_ihl,
-        ip.tot_len,
-        ip.frag,
-        ip.proto,
-        len.saturating_sub(ETH_HLEN),
-    )?;
-    let done = icmp::translate(
-        data,
-        end,
-        ETH_HLEN,
-        &ip,
-        ETH_HLEN + meta.hdr_len,
-        icmp::Dir::Out,
-        inside,
-    )?;
-    if meta.fragment {
-        frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_OUT, true);
-    }
-    Ok(done)
 }

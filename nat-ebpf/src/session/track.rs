@@ -1,9 +1,10 @@
-//! TCP state of existing sessions: seen words, close detection, cooldowns,
-//! collisions, reopening and the judgement of resets (RFC 5961). Every
-//! segment records its sender's acknowledgment, window and end in the
-//! sender's own entry; everything past that runs only for packets that
-//! change a session's state (SYN, FIN, RST, the first answer and the first
-//! ACK), so the established path costs those stores and one comparison.
+//! TCP state of existing sessions, in the session layer: seen words, close
+//! detection, cooldowns, collisions, reopening and the judgement of resets
+//! (RFC 5961). Every segment records its sender's acknowledgment, window
+//! and end in the sender's own entry; everything past that runs only for
+//! packets that change a session's state (SYN, FIN, RST, the first answer
+//! and the first ACK), so the established path costs those stores and one
+//! comparison.
 //!
 //! Each direction's seen word is written only by the programs of that
 //! direction, and only by compare-and-exchange ([`nat_common::seen_word`]):
@@ -43,9 +44,10 @@ use nat_common::{
     },
 };
 
-use crate::{
+use crate::base::{
     maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_TCP_OPTIONS, count},
-    packet::{DropReason, L4Fields, now_ns, read},
+    outcome::DropReason,
+    packet::{L4Fields, now_ns, read},
     shared::MapWord,
 };
 
@@ -64,7 +66,7 @@ fn stamp(entry: *mut Session, now: u64) {
 }
 
 /// Egress packet of an existing session: `Ok(true)` when the session is
-/// to be refreshed ([`crate::packet::touch`]), `Ok(false)` for a reset
+/// to be refreshed ([`touch`](crate::base::packet::touch)), `Ok(false)` for a reset
 /// that passes but leaves the session as it was, not even refreshed, and
 /// the drop of a reset outside the remote's window (it has changed
 /// nothing either). A reset is judged first, by a global function of its

@@ -1,4 +1,5 @@
-//! Rare datapath events for the operator's log, through aya-log: drops that
+//! The drop log, in the net layer (called by `verdict` alone): rare
+//! datapath events for the operator's log, through aya-log: drops that
 //! mean the NAT ran out of something (ports, cooled ports under `strict`) or
 //! was handed something it could not parse or rewrite. Off unless the
 //! `log-events` setting is on. This runs only on those drop paths, behind
@@ -14,9 +15,10 @@ use nat_common::{
     headers::{ETH_HLEN, ETH_P_IP, off},
 };
 
-use crate::{
+use crate::base::{
     maps::{NAT_CONFIG, NAT_EVENT_RATE},
-    packet::{DropReason, now_ns, read},
+    outcome::DropReason,
+    packet::{now_ns, read},
 };
 
 /// Logs a dropped packet with its addresses when `reason` is one the
