@@ -1,7 +1,10 @@
 //! Bounds-checked packet access, in the bottom layer: the one way the
-//! programs touch packet memory ([`ptr_at`], [`read`]), the IPv4 and
-//! transport fields they parse, the endpoints they rewrite, and the
-//! refresh of a session entry's `last_seen`.
+//! programs touch packet memory ([`ptr_at`], [`read`]), the Ethernet and
+//! IPv4 parse every program starts with ([`ethernet`]), the transport
+//! fields they parse, the endpoints they rewrite, and the refresh of a
+//! session entry's `last_seen`.
+
+use nat_common::headers::{ETH_HLEN, ETH_P_IP, is_vlan};
 
 use super::outcome::{DropReason, decode};
 
@@ -33,8 +36,7 @@ pub fn pinned_ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut
 /// instead of wrapping around to a huge length.
 #[inline(always)]
 pub fn frame_ip_len(data: usize, end: usize) -> usize {
-    end.saturating_sub(data)
-        .saturating_sub(nat_common::headers::ETH_HLEN)
+    end.saturating_sub(data).saturating_sub(ETH_HLEN)
 }
 
 #[inline(always)]
@@ -74,6 +76,38 @@ pub fn ipv4_fields(data: usize, data_end: usize, at: usize) -> Result<Ipv4Fields
         saddr: read::<u32>(data, data_end, at + off::IP_SADDR)?,
         daddr: read::<u32>(data, data_end, at + off::IP_DADDR)?,
     })
+}
+
+/// Offset of the ethertype in an Ethernet header.
+const ETH_TYPE: usize = 12;
+
+/// What a frame holds, as its Ethernet header tells.
+pub enum Ether {
+    /// An untagged IPv4 packet, with the fields of its header.
+    Ipv4(Ipv4Fields),
+    /// A frame tagged for a VLAN in its bytes (802.1Q or 802.1ad): its
+    /// outer ethertype, host order.
+    Tagged(u16),
+    /// Anything else, or a frame too short for an Ethernet header.
+    Other,
+}
+
+/// The frame's ethertype, host order; `None` for a runt.
+#[inline(always)]
+pub fn ethertype(data: usize, end: usize) -> Option<u16> {
+    read::<u16>(data, end, ETH_TYPE).ok().map(u16::from_be)
+}
+
+/// The one Ethernet/IPv4 parse every program starts with. `Malformed`
+/// for an IPv4 frame too short for its header's fixed fields; what the
+/// header says is checked by `check_ipv4` after it.
+#[inline(always)]
+pub fn ethernet(data: usize, end: usize) -> Result<Ether, DropReason> {
+    match ethertype(data, end) {
+        Some(ETH_P_IP) => ipv4_fields(data, end, ETH_HLEN).map(Ether::Ipv4),
+        Some(t) if is_vlan(t) => Ok(Ether::Tagged(t)),
+        _ => Ok(Ether::Other),
+    }
 }
 
 /// An address and port in network byte order.

@@ -26,7 +26,7 @@ use nat_common::{
     counters::Counter,
     flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP},
     forward::eligible,
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
+    headers::{ETH_HLEN, check_ipv4},
     tcp_state::opens_flow,
 };
 
@@ -40,7 +40,7 @@ use crate::{
         maps::{NAT_FWD, NAT_REV, ext_ifindex, is_external, is_internal},
         outcome::{DropReason, decode, encode},
         packet::{
-            Endpoint, HEADERS_MAX, L4Fields, Side, ipv4_fields, l4_fields, now_ns, read, touch,
+            Endpoint, Ether, HEADERS_MAX, L4Fields, Side, ethernet, l4_fields, now_ns, read, touch,
         },
         skb::linear_headers,
     },
@@ -218,9 +218,7 @@ pub fn outcome(code: i64) -> Result<Option<Counter>, DropReason> {
 /// then is it the hairpin's to judge ([`nat_hairpin_tc`]).
 #[inline(always)]
 pub fn to_external(data: usize, end: usize) -> bool {
-    matches!(read::<u16>(data, end, 12), Ok(t) if u16::from_be(t) == ETH_P_IP)
-        && read::<u32>(data, end, ETH_HLEN + nat_common::headers::off::IP_DADDR)
-            .is_ok_and(is_external)
+    matches!(ethernet(data, end), Ok(Ether::Ipv4(ip)) if is_external(ip.daddr))
 }
 
 /// The hairpin as a global BPF function, shared by `nat_hairpin` and
@@ -247,11 +245,7 @@ pub extern "C" fn nat_hairpin_tc(skb: *mut __sk_buff) -> i64 {
 fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
     const PASS: Result<Option<Counter>, DropReason> = Ok(Some(Counter::NotHairpin));
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(None),
-    }
-    let Ok(ip) = ipv4_fields(data, end, ETH_HLEN) else {
+    let Ok(Ether::Ipv4(ip)) = ethernet(data, end) else {
         return Ok(None);
     };
     if !is_external(ip.daddr) || !is_internal(ip.saddr) || !skb_for_host(ctx) {

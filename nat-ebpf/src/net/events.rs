@@ -18,7 +18,7 @@ use nat_common::{
 use crate::base::{
     maps::{NAT_CONFIG, NAT_EVENT_RATE},
     outcome::DropReason,
-    packet::{now_ns, read},
+    packet::{ethertype, now_ns, read},
 };
 
 /// Logs a dropped packet with its addresses when `reason` is one the
@@ -80,9 +80,8 @@ pub fn dropped<C: EbpfContext>(ctx: &C, reason: DropReason, data: usize, end: us
 /// frame is not IPv4 or too short to hold them.
 #[inline(always)]
 fn addresses(data: usize, end: usize) -> (u32, u32) {
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return (0, 0),
+    if ethertype(data, end) != Some(ETH_P_IP) {
+        return (0, 0);
     }
     let at = |o: usize| read::<u32>(data, end, ETH_HLEN + o).map_or(0, u32::from_be);
     (at(off::IP_SADDR), at(off::IP_DADDR))

@@ -7,7 +7,7 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use nat_common::{
     counters::Counter,
     flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off, tagged_ipv4_at},
+    headers::{ETH_HLEN, check_ipv4, off, tagged_ipv4_at},
     tcp_state::opens_flow,
 };
 
@@ -15,7 +15,7 @@ use crate::{
     base::{
         maps::{NAT_FWD, fast_path, is_external, is_internal},
         outcome::DropReason,
-        packet::{Endpoint, HEADERS_MAX, Side, ipv4_fields, l4_fields, now_ns, read, touch},
+        packet::{Endpoint, Ether, HEADERS_MAX, Side, ethernet, l4_fields, now_ns, read, touch},
         skb::linear_headers,
     },
     flows::{alloc::allocate, icmp},
@@ -34,12 +34,11 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     let len = ctx.len() as usize;
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        Ok(t) => return tagged(data, end, u16::from_be(t)),
-        Err(_) => return Ok(Counter::NotIpv4),
-    }
-    let ip = ipv4_fields(data, end, ETH_HLEN)?;
+    let ip = match ethernet(data, end)? {
+        Ether::Ipv4(ip) => ip,
+        Ether::Tagged(ethertype) => return tagged(data, end, ethertype),
+        Ether::Other => return Ok(Counter::NotIpv4),
+    };
     // Anything we cannot translate is dropped only when it comes from inside.
     let refuse = |drop: DropReason| {
         if is_internal(ip.saddr) {

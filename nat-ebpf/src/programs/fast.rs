@@ -22,7 +22,7 @@ use nat_common::{
     counters::Counter,
     flow::{FlowKey, PROTO_TCP, Session},
     forward::eligible,
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
+    headers::{ETH_HLEN, check_ipv4},
 };
 
 use crate::{
@@ -30,8 +30,8 @@ use crate::{
         maps::{NAT_FWD, ext_ifindex},
         outcome::{DropReason, decode, encode},
         packet::{
-            Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, Side, frame_ip_len, ipv4_fields,
-            l4_fields, now_ns, read, touch,
+            Endpoint, Ether, HEADERS_MAX, Ipv4Fields, L4Fields, Side, ethernet, frame_ip_len,
+            l4_fields, now_ns, touch,
         },
         skb::linear_headers,
     },
@@ -65,11 +65,9 @@ struct Candidate {
 /// TC egress counts and drops them there).
 #[inline(always)]
 fn candidate<C: SynOptions>(ctx: &C, data: usize, end: usize, avail: usize) -> Option<Candidate> {
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return None,
-    }
-    let ip = ipv4_fields(data, end, ETH_HLEN).ok()?;
+    let Ok(Ether::Ipv4(ip)) = ethernet(data, end) else {
+        return None;
+    };
     let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail).ok()?;
     let (tos, ttl) = tos_ttl(data, end).ok()?;
     eligible(meta.fragment, ip.proto, ttl).ok()?;

@@ -22,7 +22,7 @@ use nat_common::{
     counters::Counter,
     flow::{FRAG_IN, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     forward::eligible,
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
+    headers::{ETH_HLEN, check_ipv4},
 };
 
 use crate::{
@@ -30,8 +30,8 @@ use crate::{
         maps::{NAT_REV, ext_ifindex, fast_path},
         outcome::DropReason,
         packet::{
-            Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, Side, frame_ip_len,
-            ipv4_fields, l4_fields, now_ns, read, touch,
+            Endpoint, Ether, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, Side, ethernet,
+            frame_ip_len, l4_fields, now_ns, touch,
         },
         skb::linear_headers,
     },
@@ -86,11 +86,9 @@ fn classify<C: SynOptions>(
     end: usize,
     avail: usize,
 ) -> Result<Class, DropReason> {
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(Class::Pass(Counter::NotIpv4)),
-    }
-    let ip = ipv4_fields(data, end, ETH_HLEN)?;
+    let Ether::Ipv4(ip) = ethernet(data, end)? else {
+        return Ok(Class::Pass(Counter::NotIpv4));
+    };
     let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail)?;
     let l4_at = ETH_HLEN + meta.hdr_len;
     if meta.later_fragment {
