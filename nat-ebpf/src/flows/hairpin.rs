@@ -107,7 +107,7 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
         return new_flow(p, &key);
     };
     let refresh = key.proto != PROTO_TCP || {
-        match track::egress(&key, entry, &p.l4, p.now) {
+        match track::from_inside(&key, entry, &p.l4, p.now) {
             Ok(refresh) => refresh,
             Err(drop) => return encode(Err(drop)),
         }
@@ -188,7 +188,7 @@ fn destination(p: &mut Plan) -> Result<bool, DropReason> {
             }
         }
     };
-    let refresh = key.proto != PROTO_TCP || track::ingress(&rev_key, entry, &p.l4, p.now)?;
+    let refresh = key.proto != PROTO_TCP || track::from_outside(&rev_key, entry, &p.l4, p.now)?;
     if refresh {
         touch(entry, p.now);
     }

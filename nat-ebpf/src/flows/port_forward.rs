@@ -47,7 +47,7 @@ pub fn forward_owner(proto: u8, addr: u32, port: u16) -> Option<Endpoint> {
 /// A packet from outside that matched no session: when its destination is
 /// a port forward and it may open a flow (a TCP SYN without ACK, any UDP
 /// datagram), the session pair is opened and its reverse entry returned;
-/// `None` leaves the packet to the stack as before. `rev_key` is the
+/// `None` leaves the packet to the stack as it came. `rev_key` is the
 /// packet's reverse key (external endpoint, remote).
 #[inline(always)]
 pub fn open_from_outside(rev_key: &FlowKey, flags: u8) -> Result<Option<*mut Session>, DropReason> {

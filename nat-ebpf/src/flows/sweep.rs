@@ -1,7 +1,10 @@
-//! The expiry sweep: removes idle sessions, ended cooldowns and orphaned
-//! reverse entries, in the kernel, with no system call per entry.
+//! The sweep, in the flows layer: removes idle sessions, ended cooldowns
+//! and orphaned reverse entries, in the kernel, with no system call per
+//! entry. Each session goes through the session layer's one free
+//! (`session::free`); the program and the timer that run it are
+//! `programs::sweep`.
 //!
-//! One program, two triggers. The daemon runs `nat_sweep` through
+//! One walk, two triggers. The daemon runs `nat_sweep` through
 //! BPF_PROG_TEST_RUN every `--reap-interval-ms` (it is a TC program only so
 //! that aya can run it; it is never attached). Each run also (re)arms one
 //! `bpf_timer` for [`TIMER_TAKEOVER_INTERVALS`] intervals later, so while a
@@ -29,24 +32,24 @@
 //! so the daemon's runs look at many entries each (few runs a sweep), and
 //! its stop switch is checked while passing over too.
 //!
-//! The guarantees of the user-space reaper stay: a key is cooled before its
-//! session is freed (cooldown first, then the forward entry, then the reverse
-//! one, which keeps the port claimed until the last moment: never unclaimed
-//! and not cooling), and a packet that arrives while the sweep looks at a
-//! session keeps it (`last_seen` is read again right before the delete; an
-//! expired session's next packet always writes it, being older than the
-//! touch granularity).
+//! Two guarantees hold for every session it frees: its key is cooled
+//! before the session is freed (cooldown first, then the forward entry,
+//! then the reverse one, which keeps the port claimed until the last
+//! moment: never unclaimed and not cooling), and a packet that arrives
+//! while the sweep looks at a session keeps it (`last_seen` is read again
+//! right before the delete; an expired session's next packet always
+//! writes it, being older than the touch granularity).
 //!
 //! Quiet sessions are judged in batches of [`BATCH`]: the walk's callback
 //! only records one, and once the batch is full four passes over it do
 //! the reverse lookups, the verdicts, the cooldown lookups of the sessions
-//! to free, and the frees. The lookups of a pass take no lock,
-//! so their cache misses (the cost of an expiry in tables of a million
+//! to free, and the frees. The lookups of a pass take no lock, so their
+//! cache misses (the cost of freeing a session in tables of a million
 //! entries) overlap instead of queueing behind each other and behind the
 //! deletes' locks; the frees then find every bucket they need cached. The
 //! frees look the entries up again (a walk's element pointer does not
 //! outlive its callback) and free nothing whose `last_seen` moved since
-//! the walk read it: the packet-keeps-its-session guarantee is unchanged.
+//! the walk read it: a packet keeps its session in a batch too.
 //!
 //! A quiet session (forward entry idle past the shortest timeout) needs its
 //! reverse entry read to be judged, a lookup that misses the cache. The run
@@ -320,7 +323,7 @@ pub fn run(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) ->
         last_scanned,
     };
     // A run always ends with its batch flushed; a slot left otherwise
-    // (never) must not carry candidates into another run.
+    // (never) must not carry sessions into another run.
     if let Some(b) = NAT_SWEEP_BATCH.get_ptr_mut(slot) {
         // SAFETY: this CPU's batch slot.
         unsafe { (*b).n = 0 };
@@ -350,7 +353,7 @@ pub fn run(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) ->
         if start <= phase::COOLDOWNS {
             bpf_for_each_map_elem(
                 &NAT_COOLDOWN as *const _ as *mut c_void,
-                end_cooldown as *mut c_void,
+                on_cooldown as *mut c_void,
                 ctx,
                 0,
             );
@@ -362,11 +365,11 @@ pub fn run(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) ->
             }
             bpf_for_each_map_elem(
                 &NAT_FWD as *const _ as *mut c_void,
-                expire_session as *mut c_void,
+                on_session as *mut c_void,
                 ctx,
                 0,
             );
-            // The candidates the walk left in the batch, before the cursor
+            // The sessions the walk left in the batch, before the cursor
             // is taken: what they free counts as removed from this map.
             let freed = flush(slot);
             w.removed += freed as u64;
@@ -379,7 +382,7 @@ pub fn run(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) ->
             }
             bpf_for_each_map_elem(
                 &NAT_REV as *const _ as *mut c_void,
-                reap_orphan as *mut c_void,
+                on_orphan as *mut c_void,
                 ctx,
                 0,
             );
@@ -456,12 +459,12 @@ fn add(total: SweepTotal, n: u64) -> u64 {
 
 /// An ended cooldown goes, unless the key is claimed.
 ///
-/// A cooldown is written for a key only by a close or an expiry of a
-/// session that holds the key in NAT_REV (track.rs `start_cooldown`, this
-/// sweep); the allocator only removes cooldowns. So:
+/// A cooldown is written for a key only by a close or a free of a session
+/// that holds the key in NAT_REV (`session::track`'s `start_cooldown`,
+/// `session::free`); the allocator only removes cooldowns. So:
 /// - while a session holds the key, the ended entry stays (harmless: the
 ///   key is claimed anyway) and goes in a later run, after the session;
-/// - the value is read again after NAT_REV was found empty: an expiry or
+/// - the value is read again after NAT_REV was found empty: a free or a
 ///   close that wrote a fresh cooldown before its session was freed wrote
 ///   it before that check, so the re-read sees it and the entry stays;
 /// - a session that claims the key after the check (the allocator takes an
@@ -470,8 +473,9 @@ fn add(total: SweepTotal, n: u64) -> u64 {
 ///   delete and the cooldown re-derived from that session's close, from
 ///   its `last_seen`, which ends no earlier than the lost one (the close
 ///   stamped it). Such a session cannot also have expired and been freed
-///   in that window: it is younger than the one-second expiry slack.
-extern "C" fn end_cooldown(
+///   in that window: it is younger than the one-second slack every idle
+///   timeout is given.
+extern "C" fn on_cooldown(
     _map: *mut c_void,
     key: *const FlowKey,
     until: *const u64,
@@ -483,12 +487,12 @@ extern "C" fn end_cooldown(
     if let Some(code) = w.enter() {
         return code;
     }
-    let removed = end_one(w, key, until);
+    let removed = end_cooldown(w, key, until);
     w.leave(removed as u32)
 }
 
 #[inline(always)]
-fn end_one(w: &mut Walk, key: *const FlowKey, until: *const u64) -> bool {
+fn end_cooldown(w: &mut Walk, key: *const FlowKey, until: *const u64) -> bool {
     // SAFETY: element key and value pointers.
     let (key, until) = unsafe { (*key, read_volatile(until)) };
     if until > w.now {
@@ -545,9 +549,9 @@ fn restore(key: &FlowKey, rev: *const Session, now: u64) {
 
 /// A session idle past its state's timeout is cooled, then freed. The
 /// forward entry alone clears a busy or stamped session here; a quiet one
-/// becomes a candidate of this run's batch ([`Batch`]), judged and freed
+/// joins this run's batch ([`Batch`]), judged and freed
 /// once the batch is full (or the walk ends).
-extern "C" fn expire_session(
+extern "C" fn on_session(
     _map: *mut c_void,
     key: *const FlowKey,
     fwd: *mut Session,
@@ -564,8 +568,9 @@ extern "C" fn expire_session(
     if !look_at(w, slot, key, fwd) {
         return w.leave(0);
     }
-    // Full at BATCH, or at what the run may still delete: each candidate
-    // frees one session at most, so a run never deletes past its budget.
+    // Full at BATCH, or at what the run may still delete: each batched
+    // session is one deletion at most, so a run never deletes past its
+    // budget.
     let room = (BATCH as u32).min(deletions_left(slot));
     let removed = match NAT_SWEEP_BATCH.get(slot) {
         Some(b) if b.n >= room => flush(slot),
@@ -585,7 +590,7 @@ fn deletions_left(slot: u32) -> u32 {
         .map_or(0, |w| w.budget.saturating_sub(w.work))
 }
 
-/// Candidates judged together: how many a batch holds. The reverse
+/// Quiet sessions judged together: how many a batch holds. The reverse
 /// lookups of a batch run back to back with no lock between them, and so
 /// do the cooldown lookups, so the processor has several of their cache
 /// misses in flight at once instead of one after the other (a lock's
@@ -598,7 +603,7 @@ const _: () = assert!(BATCH.is_power_of_two());
 /// A quiet session of the walk, and what the batch found out about it.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Candidate {
+struct Quiet {
     key: FlowKey,
     rev_key: FlowKey,
     /// The forward entry's `last_seen` and `seen` word as the walk read them.
@@ -622,12 +627,12 @@ const LIVE: u8 = 0;
 const FREE: u8 = 1;
 const FREE_COOLED: u8 = 2;
 
-/// One batch of candidates; lives in a per-CPU map slot, as [`Walk`].
+/// One batch of quiet sessions; lives in a per-CPU map slot, as [`Walk`].
 #[repr(C)]
 struct Batch {
     n: u32,
     _pad: u32,
-    c: [Candidate; BATCH],
+    c: [Quiet; BATCH],
 }
 
 /// Whether the session at `fwd` must be judged with its reverse entry:
@@ -667,7 +672,7 @@ fn look_at(w: &mut Walk, slot: u32, key: *const FlowKey, fwd: *mut Session) -> b
     };
     // SAFETY: element key and value pointers.
     let (key, addr, port, f_word) = unsafe { (*key, (*fwd).addr, (*fwd).port, (*fwd).seen) };
-    *c = Candidate {
+    *c = Quiet {
         key,
         rev_key: key.translated(addr, port),
         f_last,
@@ -716,9 +721,9 @@ fn flush(slot: u32) -> u32 {
         .map_or(0, |w| w.expired.saturating_sub(before)) as u32
 }
 
-/// The slot number a batch pass's `ctx` points to, and its candidate `i`.
+/// The slot number a batch pass's `ctx` points to, and its session `i`.
 #[inline(always)]
-fn candidate<'a>(i: u32, ctx: *mut c_void) -> Option<(u32, &'a mut Candidate)> {
+fn batched<'a>(i: u32, ctx: *mut c_void) -> Option<(u32, &'a mut Quiet)> {
     // SAFETY: `ctx` is [`flush`]'s slot number on its stack.
     let slot = unsafe { *(ctx as *const u32) };
     let b = NAT_SWEEP_BATCH.get_ptr_mut(slot)?;
@@ -732,7 +737,7 @@ fn candidate<'a>(i: u32, ctx: *mut c_void) -> Option<(u32, &'a mut Candidate)> {
 /// that belongs to another flow (this forward entry lost its own) is not
 /// ours to free.
 extern "C" fn pair_step(i: u32, ctx: *mut c_void) -> u64 {
-    let Some((_, c)) = candidate(i, ctx) else {
+    let Some((_, c)) = batched(i, ctx) else {
         return 1;
     };
     if let Some(r) = NAT_REV.get_ptr(c.rev_key) {
@@ -750,7 +755,7 @@ extern "C" fn pair_step(i: u32, ctx: *mut c_void) -> u64 {
 
 /// Pass 2: the verdict, and for a live session the stamp that proves it.
 extern "C" fn judge_step(i: u32, ctx: *mut c_void) -> u64 {
-    let Some((slot, c)) = candidate(i, ctx) else {
+    let Some((slot, c)) = batched(i, ctx) else {
         return 1;
     };
     let (Some(cfg), Some(w)) = (NAT_CONFIG.get(0), NAT_SWEEP_WALK.get(slot)) else {
@@ -787,7 +792,7 @@ extern "C" fn judge_step(i: u32, ctx: *mut c_void) -> u64 {
 /// Pass 3: the cooldown lookups of the sessions to free and cool, so that
 /// pass 4's inserts find their buckets cached.
 extern "C" fn warm_step(i: u32, ctx: *mut c_void) -> u64 {
-    let Some((_, c)) = candidate(i, ctx) else {
+    let Some((_, c)) = batched(i, ctx) else {
         return 1;
     };
     if c.verdict == FREE_COOLED {
@@ -802,7 +807,7 @@ extern "C" fn warm_step(i: u32, ctx: *mut c_void) -> u64 {
 /// moved since the walk read it saw a packet meanwhile, or is another
 /// session's, and the session stays.
 extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
-    let Some((slot, c)) = candidate(i, ctx) else {
+    let Some((slot, c)) = batched(i, ctx) else {
         return 1;
     };
     let Some(fwd) = NAT_FWD.get_ptr_mut(c.key) else {
@@ -854,7 +859,7 @@ extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
 /// A reverse entry whose forward entry is gone (or points elsewhere) keeps
 /// its port toward that destination claimed for nothing: cool the key, then
 /// free it.
-extern "C" fn reap_orphan(
+extern "C" fn on_orphan(
     _map: *mut c_void,
     key: *const FlowKey,
     rev: *mut Session,
@@ -866,12 +871,12 @@ extern "C" fn reap_orphan(
     if let Some(code) = w.enter() {
         return code;
     }
-    let removed = reap_one(w, key, rev);
+    let removed = free_orphan(w, key, rev);
     w.leave(removed as u32)
 }
 
 #[inline(always)]
-fn reap_one(w: &mut Walk, key: *const FlowKey, rev: *mut Session) -> bool {
+fn free_orphan(w: &mut Walk, key: *const FlowKey, rev: *mut Session) -> bool {
     // SAFETY: element value pointer.
     let r_last = unsafe { read_volatile(&(*rev).last_seen) };
     if w.now.saturating_sub(r_last) <= ORPHAN_GRACE_NS.max(w.shortest) {

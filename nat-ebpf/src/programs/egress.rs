@@ -94,7 +94,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     let session = match NAT_FWD.get_ptr_mut(key) {
         Some(entry) => {
             let refresh = ip.proto != PROTO_TCP || {
-                track::egress_tc(ctx, &key, entry, l4.tcp_flags, l4_at)?
+                track::from_inside_tc(ctx, &key, entry, l4.tcp_flags, l4_at)?
             };
             if refresh {
                 touch(entry, now);

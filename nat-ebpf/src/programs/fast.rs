@@ -49,7 +49,7 @@ use crate::{
 };
 
 /// A packet on an internal interface that belongs to a session and may take the fast path.
-struct Candidate {
+struct Outbound {
     ip: Ipv4Fields,
     l4: L4Fields,
     l4_at: usize,
@@ -64,7 +64,7 @@ struct Candidate {
 /// `None` leaves the packet to the stack untouched (malformed ones too:
 /// TC egress counts and drops them there).
 #[inline(always)]
-fn candidate<C: SynOptions>(ctx: &C, data: usize, end: usize, avail: usize) -> Option<Candidate> {
+fn outbound<C: SynOptions>(ctx: &C, data: usize, end: usize, avail: usize) -> Option<Outbound> {
     let Ok(Ether::Ipv4(ip)) = ethernet(data, end) else {
         return None;
     };
@@ -76,7 +76,7 @@ fn candidate<C: SynOptions>(ctx: &C, data: usize, end: usize, avail: usize) -> O
     let key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
     let entry = NAT_FWD.get_ptr_mut(key)?;
     l4.wscale = ctx.syn_wscale(&l4, l4_at);
-    Some(Candidate {
+    Some(Outbound {
         ip,
         l4,
         l4_at,
@@ -91,12 +91,12 @@ fn candidate<C: SynOptions>(ctx: &C, data: usize, end: usize, avail: usize) -> O
 /// returns the external endpoint, or the drop of a reset outside the
 /// remote's window.
 #[inline(always)]
-fn track_session(c: &Candidate, now: u64) -> Result<Endpoint, DropReason> {
-    let refresh = c.ip.proto != PROTO_TCP || track::egress(&c.key, c.entry, &c.l4, now)?;
+fn track_session(c: &Outbound, now: u64) -> Result<Endpoint, DropReason> {
+    let refresh = c.ip.proto != PROTO_TCP || track::from_inside(&c.key, c.entry, &c.l4, now)?;
     if refresh {
         touch(c.entry, now);
     }
-    // SAFETY: live map value from the lookup in `candidate`.
+    // SAFETY: live map value from the lookup in `outbound`.
     Ok(Endpoint::of(unsafe { &*c.entry }))
 }
 
@@ -109,7 +109,7 @@ pub fn nat_fast(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let Some(c) = candidate(ctx, data, end, frame_ip_len(data, end)) else {
+    let Some(c) = outbound(ctx, data, end, frame_ip_len(data, end)) else {
         return Ok(Counter::FastMiss);
     };
     let ingress = ctx.ingress_ifindex() as u32;
@@ -183,7 +183,7 @@ extern "C" fn nat_fast_tc_path(skb: *mut __sk_buff) -> i64 {
 fn try_fast_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
     let len = ctx.len() as usize;
-    let Some(c) = candidate(ctx, data, end, len.saturating_sub(ETH_HLEN)) else {
+    let Some(c) = outbound(ctx, data, end, len.saturating_sub(ETH_HLEN)) else {
         return Ok(Counter::FastMiss);
     };
     if !skb_for_host(ctx) {

@@ -125,7 +125,7 @@ fn classify<C: SynOptions>(
     // session: dropped outside the window, passed untouched inside it.
     let refresh = ip.proto != PROTO_TCP || {
         l4.wscale = ctx.syn_wscale(&l4, l4_at);
-        track::ingress(&key, entry, &l4, now)?
+        track::from_outside(&key, entry, &l4, now)?
     };
     if refresh {
         touch(entry, now);
