@@ -21,6 +21,13 @@ use crate::base::{
     packet::{ethertype, now_ns, read},
 };
 
+/// The records' target, which the operator's log filters name (`RUST_LOG`):
+/// the datapath's crate, not this module's path (each record names its
+/// module and file as well). Every record carries its target, copied in
+/// byte by byte by instructions the verifier walks for each caller, so it
+/// is kept short.
+const TARGET: &str = "nat_ebpf";
+
 /// Logs a dropped packet with its addresses when `reason` is one the
 /// operator should hear about. A subprogram of its own: its log records'
 /// locals stay out of the programs' own frames, which sit at the top of
@@ -46,6 +53,7 @@ pub fn dropped<C: EbpfContext>(ctx: &C, reason: DropReason, data: usize, end: us
         Admit::Log { held_back: 0 } => {}
         Admit::Log { held_back } => warn!(
             ctx,
+            target: TARGET,
             "nat: {} event records held back on this CPU in the last second (limit {} a second)",
             held_back,
             EVENTS_PER_SECOND
@@ -55,22 +63,26 @@ pub fn dropped<C: EbpfContext>(ctx: &C, reason: DropReason, data: usize, end: us
     match reason {
         DropReason::AllocFail => warn!(
             ctx,
+            target: TARGET,
             "nat: no free external port for {:i} -> {:i}: dropped (drop_alloc_failed)", src, dst
         ),
         DropReason::StrictCooling => warn!(
             ctx,
+            target: TARGET,
             "nat: every free port toward {:i} is cooling, {:i} dropped (drop_strict_cooling)",
             dst,
             src
         ),
         DropReason::RewriteError => warn!(
             ctx,
+            target: TARGET,
             "nat: the kernel refused to rewrite {:i} -> {:i}: dropped (drop_rewrite_error)",
             src,
             dst
         ),
         _ => warn!(
             ctx,
+            target: TARGET,
             "nat: malformed packet {:i} -> {:i} dropped (drop_malformed)", src, dst
         ),
     }

@@ -2,12 +2,12 @@
 //! counts and the free: when the session table is nearly full, a host's
 //! new flow may first evict one of the host's own openings (a TCP session
 //! whose internal side sent a SYN and nothing else, whose remote sent
-//! nothing, idle long enough that an answer would have come), chosen
-//! among the last openings its host entry remembers
-//! ([`HostEntry`](nat_common::hosts::HostEntry)),
-//! checked from the session maps themselves, never from that hint. The
-//! allocator asks for it (`flows::alloc`), between the host's admission
-//! and the probe.
+//! nothing, idle long enough that an answer would have come). It is chosen
+//! among the last openings the host's entry remembers
+//! ([`HostEntry`](nat_common::hosts::HostEntry)), checked from the session
+//! maps themselves, never from that hint, and freed as any session is
+//! ([`free_session`]). The allocator asks for it (`flows::alloc`), between
+//! the host's admission and the probe.
 
 use core::ptr::{addr_of_mut, read_volatile};
 
