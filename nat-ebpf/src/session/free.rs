@@ -47,7 +47,8 @@ pub fn cool(key: &FlowKey, until: u64) -> bool {
 /// What became of a session [`free_session`] was asked to free.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
-    /// Freed: its key cooling, both entries gone, its host counted.
+    /// Freed: its key cooling, both entries gone, its host's count given
+    /// back (unless it was opened from outside).
     Freed,
     /// Kept, with its port: its key could not be cooled (the cooldown map
     /// is full), and a key is never freed without cooling.
