@@ -1,7 +1,10 @@
 //! `nat load --config FILE`: a TOML file whose keys are the long names of the
 //! `nat load` flags. The file is turned into flags before the command line is
 //! parsed, so every value goes through the flag's own parser and range check,
-//! and a flag given on the command line wins over the file.
+//! and a flag given on the command line wins over the file: over the key of
+//! the same name and over a key it conflicts with, at load and on every
+//! reload (which re-reads the file against the daemon's own command line),
+//! each time saying so in one line per key whose value it sets aside.
 
 use std::{
     collections::BTreeMap,
@@ -17,8 +20,9 @@ use crate::cli::{Cli, Command, LoadArgs};
 #[derive(Parser, Debug, Default, Clone)]
 pub struct ConfigFlag {
     /// TOML file with `nat load` settings, keyed by flag name without the dashes (e.g.
-    /// `ports = "20000-29999"`); flags given on the command line override it. SIGHUP and
-    /// `nat reload` re-read it and apply the settings, external addresses and port range live.
+    /// `ports = "20000-29999"`); flags given on the command line override it, at load and on
+    /// reloads, and each key they set aside is named in one line. SIGHUP and `nat reload`
+    /// re-read it and apply the settings, external addresses and port range live.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -48,6 +52,39 @@ struct Entry {
     /// A list flag whose values may hold commas themselves (`forward`):
     /// given once per value rather than joined.
     repeated: bool,
+    /// The value as the file writes it (`"1000-1999"`, `["a", "b"]`, `true`).
+    shown: String,
+}
+
+/// A file key set aside for the command line's flag, for the line saying so:
+/// `--ports 2000-2999 overrides ports = "1000-1999" from /etc/nat/nat.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The winning flag as the command line gives it.
+    pub flag: String,
+    /// `key = value` as the file has it.
+    pub key: String,
+    pub file: PathBuf,
+}
+
+impl std::fmt::Display for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} overrides {} from {}",
+            self.flag,
+            self.key,
+            self.file.display()
+        )
+    }
+}
+
+/// A command line with its config file's keys added as flags.
+#[derive(Debug, Clone)]
+pub struct Expanded {
+    pub argv: Vec<OsString>,
+    /// The file's keys whose value the command line set aside, in file order.
+    pub overrides: Vec<Override>,
 }
 
 /// A config file read and checked key by key.
@@ -124,6 +161,7 @@ impl Document {
                     values: Vec::new(),
                     switch: Some(*on),
                     repeated: false,
+                    shown: value.get_ref().to_string(),
                 });
                 continue;
             }
@@ -157,6 +195,7 @@ impl Document {
                 values,
                 switch: None,
                 repeated: list && arg.get_value_delimiter().is_none(),
+                shown: value.get_ref().to_string(),
             });
         }
         Ok(Self {
@@ -240,17 +279,23 @@ fn check_value(relaxed: &clap::Command, long: &str, value: &str) -> Result<(), S
 /// The command line with the config file's keys added as flags, for the keys
 /// the command line does not set itself. Unchanged without `load --config`;
 /// a command line that does not parse is left for the real parse to report.
-pub fn expand_argv(argv: Vec<OsString>) -> Result<Vec<OsString>, FileError> {
+pub fn expand_argv(argv: Vec<OsString>) -> Result<Expanded, FileError> {
+    let unchanged = |argv| {
+        Ok(Expanded {
+            argv,
+            overrides: Vec::new(),
+        })
+    };
     // Required flags may come from the file, so the first look is without them.
     let relaxed = Cli::command().mut_subcommand("load", |s| s.mut_args(|a| a.required(false)));
     let Ok(matches) = relaxed.try_get_matches_from(&argv) else {
-        return Ok(argv);
+        return unchanged(argv);
     };
     let Some(("load", load)) = matches.subcommand() else {
-        return Ok(argv);
+        return unchanged(argv);
     };
     let Some(path) = load.get_one::<PathBuf>("config") else {
-        return Ok(argv);
+        return unchanged(argv);
     };
     let doc = Document::read(path)?;
     let on_command_line = |id: &str| load.value_source(id) == Some(ValueSource::CommandLine);
@@ -267,16 +312,17 @@ pub fn expand_argv(argv: Vec<OsString>) -> Result<Vec<OsString>, FileError> {
         };
         declares(a, b) || declares(b, a)
     };
-    let given = |id: &str| {
-        on_command_line(id)
-            || cmd
-                .get_arguments()
-                .find(|a| a.get_id().as_str() == id)
-                .is_some_and(|a| {
-                    cmd.get_arguments()
-                        .any(|c| on_command_line(c.get_id().as_str()) && conflict(a, c))
-                })
+    // The command-line flags that win over the file's key `id`.
+    let winners = |id: &str| -> Vec<&clap::Arg> {
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_id().as_str() == id) else {
+            return Vec::new();
+        };
+        cmd.get_arguments()
+            .filter(|c| on_command_line(c.get_id().as_str()))
+            .filter(|c| c.get_id() == arg.get_id() || conflict(arg, c))
+            .collect()
     };
+    let given = |id: &str| !winners(id).is_empty();
     if let Some(long) = load_command()
         .get_arguments()
         .filter(|a| a.is_required_set() && !given(a.get_id().as_str()))
@@ -289,21 +335,78 @@ pub fn expand_argv(argv: Vec<OsString>) -> Result<Vec<OsString>, FileError> {
             message: format!("missing key '{long}' (or give --{long})"),
         });
     }
+    let overrides = doc
+        .entries
+        .iter()
+        .flat_map(|e| {
+            winners(&e.id)
+                .into_iter()
+                .filter(move |w| w.get_id() != e.id.as_str() || as_given(load, w) != e.as_flag())
+                .map(move |w| Override {
+                    flag: as_given(load, w),
+                    key: format!("{} = {}", e.key, e.shown),
+                    file: path.clone(),
+                })
+        })
+        .collect();
     let extra = doc.flags(given);
     let mut out = argv;
     out.extend(extra);
-    Ok(out)
+    Ok(Expanded {
+        argv: out,
+        overrides,
+    })
+}
+
+impl Entry {
+    /// The flag this key stands for, written as [`as_given`] writes a flag
+    /// of the command line, to tell an override from the same value twice.
+    fn as_flag(&self) -> String {
+        match self.switch {
+            Some(true) => format!("--{}", self.key),
+            Some(false) => String::new(),
+            None if self.repeated => self
+                .values
+                .iter()
+                .map(|v| format!("--{} {v}", self.key))
+                .collect::<Vec<_>>()
+                .join(" "),
+            None => format!("--{} {}", self.key, self.values.join(",")),
+        }
+    }
+}
+
+/// A flag of the command line with its values, as the operator gave them
+/// (under its own name, not an alias).
+fn as_given(load: &clap::ArgMatches, arg: &clap::Arg) -> String {
+    let long = arg.get_long().unwrap_or_else(|| arg.get_id().as_str());
+    if matches!(arg.get_action(), ArgAction::SetTrue) {
+        return format!("--{long}");
+    }
+    let values: Vec<String> = load
+        .get_raw(arg.get_id().as_str())
+        .map(|raw| raw.map(|v| v.to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    if matches!(arg.get_action(), ArgAction::Append) && arg.get_value_delimiter().is_none() {
+        return values
+            .iter()
+            .map(|v| format!("--{long} {v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    format!("--{long} {}", values.join(","))
 }
 
 /// The `nat load` arguments this process would have from its own command
-/// line and the config file as it is now: what a reload applies.
-pub fn reread() -> anyhow::Result<LoadArgs> {
-    let argv = expand_argv(std::env::args_os().collect())?;
+/// line and the config file as it is now: what a reload applies, with the
+/// file's keys its command line sets aside.
+pub fn reread() -> anyhow::Result<(LoadArgs, Vec<Override>)> {
+    let Expanded { argv, overrides } = expand_argv(std::env::args_os().collect())?;
     match Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!(first_line(&e)))? {
         Cli {
             command: Command::Load(args),
             ..
-        } => Ok(*args),
+        } => Ok((*args, overrides)),
         _ => anyhow::bail!("this process was not started as `nat load`"),
     }
 }
@@ -395,7 +498,7 @@ mod tests {
     fn load_with(f: &tempfile_path::TempFile, extra: &[&str]) -> LoadArgs {
         let mut args = vec!["nat", "load", "--config", f.0.to_str().unwrap()];
         args.extend_from_slice(extra);
-        parse(expand_argv(argv(&args)).unwrap())
+        parse(expand_argv(argv(&args)).unwrap().argv)
     }
 
     fn parse(args: Vec<OsString>) -> LoadArgs {
@@ -537,6 +640,52 @@ mod tests {
         // Without the flag the file's key holds.
         let args = load_with(&f, &[]);
         assert!(args.no_fast_path);
+    }
+
+    #[test]
+    fn each_key_a_flag_sets_aside_is_named_in_one_line() {
+        let f = file(
+            "iface = \"eth0\"\nexternal = [\"192.0.2.1\"]\ninternal = [\"10.0.0.0/8\"]\nports = \"1000-1999\"\ncooldown = \"5s\"\nno-fast-path = true\ncooldown-enabled = false\n",
+        );
+        let config = f.0.to_str().unwrap().to_owned();
+        let overrides = |extra: &[&str]| -> Vec<String> {
+            let mut args = vec!["nat", "load", "--config", &config];
+            args.extend_from_slice(extra);
+            let expanded = expand_argv(argv(&args)).unwrap();
+            expanded.overrides.iter().map(ToString::to_string).collect()
+        };
+        assert!(overrides(&[]).is_empty());
+        // The same value twice sets nothing aside.
+        assert_eq!(
+            overrides(&[
+                "--ports",
+                "2000-2999",
+                "--cooldown",
+                "5s",
+                "--iface=eth0",
+                "--no-fast-path",
+                "--cooldown-enabled",
+                "off"
+            ]),
+            [format!(
+                "--ports 2000-2999 overrides ports = \"1000-1999\" from {config}"
+            )]
+        );
+        assert_eq!(
+            overrides(&["--lan", "lan0,lan1", "--external", "192.0.2.7,192.0.2.8"]),
+            [
+                format!(
+                    "--external 192.0.2.7,192.0.2.8 overrides external = [\"192.0.2.1\"] from {config}"
+                ),
+                format!("--fast-path lan0,lan1 overrides no-fast-path = true from {config}"),
+            ]
+        );
+        assert_eq!(
+            overrides(&["--cooldown-enabled=on"]),
+            [format!(
+                "--cooldown-enabled on overrides cooldown-enabled = false from {config}"
+            )]
+        );
     }
 
     #[test]

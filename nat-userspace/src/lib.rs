@@ -1,8 +1,7 @@
-//! The `nat` daemon and CLI as a library: the binaries (`nat`, and the
-//! benchmarks' `nat-bench`) and the test suite's datapath fixtures share the
+//! The `nat` daemon and CLI as a library: the `nat` binary, the bench
+//! crate's `nat-bench` and the test suite's datapath fixtures share the
 //! embedded kernel object, the map handles and the loader.
 
-pub mod alloc_bench;
 pub mod batch;
 pub mod cli;
 pub mod config_file;
@@ -21,7 +20,6 @@ pub mod pins;
 pub mod pool;
 pub mod port_forward;
 pub mod reaper;
-pub mod reaper_bench;
 pub mod reject;
 pub mod settings;
 pub mod show;

@@ -1,12 +1,13 @@
 //! `nat`: loader daemon and CLI of the in-kernel NAT.
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser as _, error::ErrorKind};
 
 use nat_userspace::{
     cli::{Cli, Command, ForwardCommand},
+    config_file::Override,
     load, netns, pins, show,
     tables::Tables,
     unload,
@@ -17,13 +18,14 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     // A config file's keys become flags the command line does not give itself.
-    let argv = match nat_userspace::config_file::expand_argv(std::env::args_os().collect()) {
-        Ok(argv) => argv,
-        Err(e) => {
-            eprintln!("nat: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (argv, overrides) =
+        match nat_userspace::config_file::expand_argv(std::env::args_os().collect()) {
+            Ok(expanded) => (expanded.argv, expanded.overrides),
+            Err(e) => {
+                eprintln!("nat: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
+    match run(cli, &overrides) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nat: {e:#}");
@@ -46,7 +48,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// `overrides`: the config file's keys the command line set aside, which
+/// `nat load` names before it starts.
+fn run(cli: Cli, overrides: &[Override]) -> Result<()> {
     // Checking a file needs no privileges.
     if let Command::CheckConfig { file } = &cli.command {
         let args = nat_userspace::config_file::check(file)?;
@@ -72,6 +76,12 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     let netns = cli.netns.as_deref();
+    if let Command::Load(_) = cli.command {
+        let mut stdout = std::io::stdout();
+        for o in overrides {
+            writeln!(stdout, "nat: {o}")?;
+        }
+    }
     match cli.command {
         Command::Load(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

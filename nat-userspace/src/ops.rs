@@ -100,7 +100,14 @@ fn reload(reloader: &mut Reloader, has_config: bool) {
         return;
     }
     notify::reloading();
-    match config_file::reread().and_then(|args| reloader.apply(&args)) {
+    let applied = config_file::reread().and_then(|(args, overrides)| {
+        // Every time: an edit of such a key in the file is not applied.
+        for o in overrides {
+            info!("reload: {o}");
+        }
+        reloader.apply(&args)
+    });
+    match applied {
         Ok(change) => info!("reload: {change}"),
         Err(e) => warn!("reload failed, nothing changed: {e:#}"),
     }
@@ -113,9 +120,10 @@ fn reload(reloader: &mut Reloader, has_config: bool) {
 pub fn request_reload(netns: Option<&str>, iface: &str) -> Result<()> {
     use std::os::unix::ffi::OsStringExt as _;
 
-    let Some(pid) = crate::pidfile::live(netns, iface) else {
+    let Some(daemon) = crate::pidfile::live(netns, iface) else {
         anyhow::bail!("no `nat load` is running for {iface} (no live pid in /run/nat)");
     };
+    let pid = daemon.pid();
     let argv: Vec<std::ffi::OsString> = std::fs::read(format!("/proc/{pid}/cmdline"))
         .with_context(|| format!("cannot read the command line of pid {pid}"))?
         .split(|b| *b == 0)
@@ -126,7 +134,7 @@ pub fn request_reload(netns: Option<&str>, iface: &str) -> Result<()> {
     std::env::set_current_dir(format!("/proc/{pid}/cwd"))
         .with_context(|| format!("cannot enter the directory of pid {pid}"))?;
     let expanded = config_file::expand_argv(argv)?;
-    let args = match crate::cli::Cli::try_parse_from(expanded) {
+    let args = match crate::cli::Cli::try_parse_from(expanded.argv) {
         Ok(crate::cli::Cli {
             command: crate::cli::Command::Load(args),
             ..
@@ -147,11 +155,12 @@ pub fn request_reload(netns: Option<&str>, iface: &str) -> Result<()> {
             crate::port_forward::check_all(&args.forward, &args.internal, &args.external)
         })
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .with_context(|| format!("cannot signal pid {pid}"))?;
+    if !daemon.signal(nix::sys::signal::Signal::SIGHUP)? {
+        anyhow::bail!("the daemon for {iface} (pid {pid}) exited meanwhile");
+    }
     println!("nat: pid {pid} re-reads {}", file.display());
+    for o in expanded.overrides {
+        println!("nat: {o} (the daemon's command line wins)");
+    }
     Ok(())
 }

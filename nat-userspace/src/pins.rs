@@ -133,7 +133,7 @@ pub fn remove_link(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn remove_pin(path: &Path) -> Result<()> {
+pub fn remove_pin(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -245,7 +245,8 @@ pub fn remove_dir(pins: &PinDir) -> Result<()> {
     Ok(())
 }
 
-fn remove_if_empty(dir: &Path) -> Result<()> {
+/// Removes `dir` unless something is in it (or it is gone already).
+pub fn remove_if_empty(dir: &Path) -> Result<()> {
     match std::fs::remove_dir(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

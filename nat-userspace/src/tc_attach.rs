@@ -100,13 +100,14 @@ fn record_path(pins: &PinDir, filter: &Filter) -> PathBuf {
 }
 
 /// Attaches a loaded TC program as the NAT's filter on `hook` of `iface`
-/// (replacing a leftover one) and records it in `pins`.
+/// (replacing a leftover one) and records it in `pins`; returns the name of
+/// the record when this call made it (for [`detach`]).
 pub fn attach(
     prog: &mut SchedClassifier,
     iface: &str,
     hook: TcAttachType,
     pins: &PinDir,
-) -> Result<()> {
+) -> Result<Option<String>> {
     // EEXIST means the interface already has a clsact qdisc, which is fine.
     if let Err(e) = tc::qdisc_add_clsact(iface) {
         log::debug!("clsact on {iface}: {e}");
@@ -152,36 +153,50 @@ pub fn attach(
     // link would detach it. It holds no file descriptor, so nothing leaks.
     std::mem::forget(prog.take_link(id)?);
     let path = record_path(pins, &filter);
-    if let Err(e) = std::fs::create_dir(&path)
-        && e.kind() != std::io::ErrorKind::AlreadyExists
-    {
-        let _ = filter.link().map(SchedClassifierLink::detach);
-        return Err(e).with_context(|| format!("cannot record the filter at {}", path.display()));
+    match std::fs::create_dir(&path) {
+        Ok(()) => Ok(Some(filter.record_name())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => {
+            let _ = filter.link().map(SchedClassifierLink::detach);
+            Err(e).with_context(|| format!("cannot record the filter at {}", path.display()))
+        }
     }
-    Ok(())
+}
+
+/// Detaches the filter recorded as `record` (a name [`attach`] returned)
+/// and removes the record.
+pub fn detach(pins: &PinDir, record: &str) -> Result<()> {
+    let filter = Filter::parse(record)
+        .with_context(|| format!("'{record}' is not the record of a filter"))?;
+    detach_filter(pins, record, &filter)
 }
 
 /// Detaches every filter recorded in `pins` and removes the records. A
 /// filter already gone (its interface deleted, say) counts as detached.
 pub fn detach_recorded(pins: &PinDir) -> Result<()> {
     for (name, filter) in recorded(pins) {
-        let path = pins.path(&name);
-        if let Ok(link) = filter.link()
-            && let Err(e) = link.detach()
-        {
-            log::debug!(
-                "detaching the {} filter on ifindex {}: {e} (taken as already gone)",
-                hook_name(filter.hook),
-                filter.ifindex
-            );
-        }
-        match std::fs::remove_dir(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
-        }
+        detach_filter(pins, &name, &filter)?;
     }
     Ok(())
+}
+
+/// A filter already gone (its interface deleted, say) counts as detached.
+fn detach_filter(pins: &PinDir, name: &str, filter: &Filter) -> Result<()> {
+    let path = pins.path(name);
+    if let Ok(link) = filter.link()
+        && let Err(e) = link.detach()
+    {
+        log::debug!(
+            "detaching the {} filter on ifindex {}: {e} (taken as already gone)",
+            hook_name(filter.hook),
+            filter.ifindex
+        );
+    }
+    match std::fs::remove_dir(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
 }
 
 /// The recorded filters, with their record names (without the version suffix).

@@ -15,9 +15,9 @@ use crate::{
 pub fn run(netns: Option<&str>, iface: &str, netns_gone: bool) -> Result<()> {
     pins::require_bpffs()?;
     let pins = PinDir::new(netns, iface);
-    let daemon = pidfile::live(netns, iface);
-    if let Some(pid) = daemon
-        && !pidfile::stop(pid, iface, Duration::from_secs(10))
+    let daemon = pidfile::live(netns, iface).map(|d| (d.pid(), d));
+    if let Some((pid, d)) = &daemon
+        && !d.stop(Duration::from_secs(10))
     {
         bail!("the daemon (pid {pid}) did not exit within 10 s of SIGTERM; nothing removed");
     }
@@ -27,7 +27,7 @@ pub fn run(netns: Option<&str>, iface: &str, netns_gone: bool) -> Result<()> {
         _ => String::new(),
     };
     if !pins.dir.exists() {
-        if let Some(pid) = daemon {
+        if let Some((pid, _)) = daemon {
             // It was started with --unload-on-exit and removed everything itself.
             println!("nat: unloaded from {iface} (its daemon, pid {pid}, removed the pins)");
             return Ok(());

@@ -51,7 +51,7 @@ pub(crate) fn run_ignoring_failure(cmd: &mut Command) {
         .status();
 }
 
-fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let mut line = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         line.push(' ');

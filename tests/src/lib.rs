@@ -7,7 +7,9 @@
 //! [`packet`] builds frames with independently computed checksums for the
 //! datapath fixtures; [`fixture`] runs the real programs on them through
 //! BPF_PROG_TEST_RUN and [`fuzz`] drives mutated frames through it with an
-//! oracle (both behind the default `datapath` feature).
+//! oracle (both behind the default `datapath` feature). [`interrupt`] removes
+//! a testbed when the program that built it (the demo, the bench) gets a
+//! termination signal.
 //!
 //! Everything here panics on setup failure: it is test infrastructure, and a
 //! panic with a clear message is the most useful report a test can give.
@@ -19,6 +21,7 @@ mod command;
 pub mod fixture;
 #[cfg(feature = "datapath")]
 pub mod fuzz;
+pub mod interrupt;
 mod lock;
 mod nat_process;
 mod netns;

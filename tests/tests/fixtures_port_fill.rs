@@ -1,6 +1,6 @@
 //! Fixture for the allocator's probe walk on a nearly full range: many
-//! flows toward ONE remote port (the bench's mission load), every key they
-//! took still claimed, until 90% of the range is in use. Each of them must
+//! flows toward ONE remote port (the bench's server-first load), every key
+//! they took still claimed, until 90% of the range is in use. Each of them must
 //! find one of the free ports within its probes: a flow that does not is
 //! dropped (`drop_alloc_failed`), and so are its SYN retransmissions, which
 //! walk the same candidates, so the client's connect times out.
@@ -13,7 +13,7 @@ use nat_tests::fixture::*;
 /// The bench's range: 64,512 ports toward one destination.
 const LO: u16 = 1024;
 const HI: u16 = 65535;
-/// The bench's mission budget: 90% of the range.
+/// The bench's server-first budget: 90% of the range.
 const FLOWS: u32 = 58_060;
 /// Source ports below the range, so that no flow keeps its own port
 /// (preservation) and every one of them walks.

@@ -397,3 +397,122 @@ fn ops_reload_moves_the_fast_path_with_the_routes() {
     assert!(counter(&stats(&topo), "fast_out") > before);
     assert!(daemon.stop().success());
 }
+
+/// Lines of the daemon's log from index `from` on, once one of them says
+/// what a reload did (its last line).
+fn reload_lines(daemon: &NatProcess, from: usize) -> Vec<String> {
+    let asked = Instant::now();
+    loop {
+        let lines: Vec<String> = daemon.log().into_iter().skip(from).collect();
+        if lines
+            .iter()
+            .any(|l| l.contains("reload: settings") || l.contains("reload: nothing changed"))
+        {
+            return lines;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "no reload line within 5 s: {lines:?}"
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// A flag on the command line wins over the file's key (also over one it
+/// conflicts with), at load and on every reload, and each time one line per
+/// key says so; the file's other keys apply as usual.
+#[test]
+fn ops_command_line_flags_win_over_the_file_at_load_and_on_reload() {
+    let topo = Topology::new("ops-override", TopologyOpts::default());
+    let dir = TempDir::new("override");
+    let file = dir.file(
+        "nat.toml",
+        &format!(
+            "{}no-fast-path = true\n",
+            base(&[EXTERNAL_IP], "20000-20099", "100s")
+        ),
+    );
+    let f = path_str(&file);
+    let daemon = NatProcess::start_load(
+        &topo,
+        &[
+            "--config",
+            f,
+            "--ports",
+            "20500-20599",
+            "--cooldown",
+            "100s",
+            "--fast-path",
+            "veth-in",
+        ],
+        &[],
+    );
+    let said: Vec<String> = daemon
+        .output()
+        .into_iter()
+        .filter(|l| l.contains(" overrides "))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            format!("nat: --ports 20500-20599 overrides ports = \"20000-20099\" from {f}"),
+            format!("nat: --fast-path veth-in overrides no-fast-path = true from {f}"),
+        ],
+        "one line per key set aside (not cooldown: the same value)"
+    );
+    assert!(fast_path_on_internal(&topo));
+    let in_range = |peers: &[SocketAddrV4], what: &str| {
+        assert!(
+            peers.iter().all(|p| (20500..=20599).contains(&p.port())),
+            "{what}: ports outside the command line's 20500-20599: {peers:?}"
+        );
+    };
+    in_range(&new_flows(&topo, 8080, 8), "at load");
+
+    // The file now asks for another range and cooldown, and a setting of
+    // its own: that one applies, the command line's keys stay.
+    std::fs::write(
+        &file,
+        format!(
+            "{}no-fast-path = true\ncooldown-rst = \"9s\"\n",
+            base(&[EXTERNAL_IP], "20100-20199", "50s")
+        ),
+    )
+    .unwrap();
+    let from = daemon.log().len();
+    let (ok, out, err) = nat(&topo, &["reload", "--iface", "veth-ext"]);
+    assert!(ok, "nat reload: {err}");
+    let wins = [
+        format!("--ports 20500-20599 overrides ports = \"20100-20199\" from {f}"),
+        format!("--cooldown 100s overrides cooldown = \"50s\" from {f}"),
+        format!("--fast-path veth-in overrides no-fast-path = true from {f}"),
+    ];
+    for w in &wins {
+        assert!(
+            out.lines()
+                .any(|l| l == format!("nat: {w} (the daemon's command line wins)")),
+            "nat reload does not say {w:?}: {out}"
+        );
+    }
+    let lines = reload_lines(&daemon, from);
+    for w in &wins {
+        assert!(
+            lines.iter().any(|l| l.ends_with(&format!("reload: {w}"))),
+            "the daemon does not say {w:?}: {lines:#?}"
+        );
+    }
+    let change = lines.last().unwrap();
+    assert!(
+        change.contains("reload: settings cooldown-rst") && !change.contains("ports"),
+        "{change}"
+    );
+    assert_eq!(get(&topo, "cooldown-rst"), "9000ms");
+    assert_eq!(
+        get(&topo, "cooldown"),
+        "100000ms",
+        "the flag's, not the file's"
+    );
+    assert!(fast_path_on_internal(&topo), "the flag's fast path stays");
+    in_range(&new_flows(&topo, 8081, 8), "after the reload");
+    assert!(daemon.stop().success());
+}

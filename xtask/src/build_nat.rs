@@ -10,21 +10,22 @@ use anyhow::{Result, ensure};
 use crate::cmd::cargo_quietly;
 use crate::paths;
 
-/// The binaries of one build of nat-userspace.
+/// The binaries of one build: the product and the bench's.
 pub struct Binaries {
     pub nat: PathBuf,
     pub nat_bench: PathBuf,
 }
 
-/// `cargo build -p nat-userspace`, quietly: one line when it is done, the
-/// compiler's diagnostics if there are any, everything on failure.
+/// `cargo build -p nat-userspace -p nat-bench --bins`, quietly: one line when
+/// it is done, the compiler's diagnostics if there are any, everything on
+/// failure.
 pub fn build(release: bool) -> Result<Binaries> {
     let profile = if release { "release" } else { "debug" };
     println!("xtask: building nat ({profile}; the first build takes a few minutes)");
     let started = Instant::now();
     let mut cmd = Command::new(paths::cargo());
     cmd.current_dir(paths::workspace_root())
-        .args(["build", "-p", "nat-userspace", "--bins"])
+        .args(["build", "-p", "nat-userspace", "-p", "nat-bench", "--bins"])
         // nat-userspace's build script compiles nat-ebpf via aya-build, which
         // links it with the bpf-linker from the tools cache.
         .env("PATH", paths::path_with_tools()?);

@@ -13,10 +13,11 @@ use anyhow::{Result, bail};
 use nat_tests::{
     CLIENT_IFACE, EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NAT_INTERNAL_IP, NatProcess,
     OUTSIDE_CLIENT_IP, SERVER_IFACE, SERVER_IP, ServerHandle, Side, Topology, TopologyOpts,
-    in_internal_prefix, nat_cmd, tcp_exchange, tcp_sink_server, udp_echo_server, udp_exchange,
+    in_internal_prefix, interrupt, nat_cmd, tcp_exchange, tcp_sink_server, udp_echo_server,
+    udp_exchange,
 };
 
-use crate::{build_nat, interrupt};
+use crate::build_nat;
 
 mod time_wait;
 

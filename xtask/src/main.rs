@@ -7,7 +7,6 @@ mod demo;
 mod dist;
 mod fuzz;
 mod install;
-mod interrupt;
 mod kernels;
 mod lint;
 mod paths;
@@ -108,28 +107,20 @@ enum Task {
         #[arg(long, value_name = "DIR", default_value = "/usr/local")]
         prefix: PathBuf,
     },
-    /// As root: set up, build the release `nat`, and measure it against plain routing
-    /// and nftables masquerade (throughput, packet rate, connection rate and connect
-    /// time, the mission's server-first load, cost as the tables grow, CPU per packet)
-    /// plus its datapath micro-figures; reports, never fails on a missed target
+    /// As root: set up, build the release `nat` and `nat-bench`, and run `nat-bench suite`:
+    /// this NAT against plain routing and nftables masquerade (throughput, packet rate,
+    /// connection rate and connect time, server-first connections to one destination, cost
+    /// as the tables grow, CPU per packet) plus its datapath micro-figures; reports, never
+    /// fails on a missed target
     Bench {
-        /// One repetition with short runs, without the 1M-session reaper and scale runs (under 2 minutes)
-        #[arg(long)]
-        quick: bool,
-        /// Also write every figure, sample and target to FILE as JSON
-        #[arg(long, value_name = "FILE")]
-        json: Option<PathBuf>,
-        /// Also draw the ratio table and the scale curves to FILE (SVG)
-        #[arg(long, value_name = "FILE.svg")]
-        plot: Option<PathBuf>,
-        /// Development aid: run only this part of every mode's repetition (`mission`: the
-        /// mission load alone, with the NAT's counters over each run), no scale runs and
-        /// no micro-figures; the report then lacks the other figures
-        #[arg(long, value_name = "PART", hide_short_help = true)]
-        only: Option<bench::Part>,
-        /// Development aid: this many repetitions instead of the plan's (5, or 1 with --quick)
-        #[arg(long, value_name = "N", hide_short_help = true)]
-        reps: Option<usize>,
+        /// Passed to `nat-bench suite`: --quick (one repetition of short runs, under 2
+        /// minutes), --json FILE, --plot FILE.svg, ... (`nat-bench suite --help` lists them)
+        #[arg(
+            value_name = "ARGS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
     },
 }
 
@@ -188,19 +179,7 @@ fn main() -> ExitCode {
         }),
         Task::Demo => demo::run(),
         Task::Install { root, prefix } => install::run(&install::Options { root, prefix }),
-        Task::Bench {
-            quick,
-            json,
-            plot,
-            only,
-            reps,
-        } => bench::run(bench::Options {
-            quick,
-            json,
-            plot,
-            only,
-            reps,
-        }),
+        Task::Bench { args } => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,9 +17,13 @@ use crate::cmd::{capture, describe, stream};
 use crate::paths;
 
 /// ip/tc, nft, iperf3, ethtool, bpftool, tcpdump, sysctl, ping for ICMP
-/// checks, and a STUN client and server for the NAT-behaviour test.
+/// checks, a STUN client and server for the NAT-behaviour test,
+/// systemd-analyze to rate the shipped unit, and setpriv and nsenter to run
+/// the daemon with the unit's capabilities.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
+    "systemd",
+    "util-linux",
     "nftables",
     "iperf3",
     "ethtool",

@@ -105,14 +105,15 @@ impl FastHook {
 /// it are handed to the stack instead of being redirected to a device that
 /// cannot take XDP frames. Returns the interfaces whose fast path runs in
 /// XDP: the TC fast path hairpins too, these need the hairpin program
-/// ([`attach_hairpin`]).
+/// ([`attach_hairpin`]). Links of interfaces left out stay until the
+/// caller removes them ([`Instance::remove_stale_links`]), so a load that
+/// fails leaves an adopted instance as it found it.
 pub fn attach_fast_path(
     ebpf: &mut Ebpf,
     hook: &FastHook,
     fast: &[(String, u32)],
     instance: &mut Instance,
 ) -> Result<Vec<(String, u32)>> {
-    instance.remove_stale_fast_links(fast)?;
     let mut in_xdp = Vec::new();
     for (name, index) in fast {
         let link = format!("{LINK_FAST_PREFIX}{name}");
@@ -164,7 +165,8 @@ fn leave_xdp_redirects(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
 /// XDP (`lan`), in TC ingress, first on the hook: a hairpinned packet is
 /// addressed to the NAT itself, which the XDP fast path would look up in
 /// vain and hand to the stack. Where the fast path runs in TC its program
-/// hairpins too, and a hairpin link left there by an earlier load goes.
+/// hairpins too; a hairpin link an earlier load left there goes once this
+/// load succeeds ([`Instance::remove_stale_links`]).
 pub fn attach_hairpin(
     ebpf: &mut Ebpf,
     lan: &[(String, u32)],
@@ -178,7 +180,6 @@ pub fn attach_hairpin(
         }
         return Ok(());
     }
-    instance.remove_stale_hairpin_links(lan)?;
     for (name, _) in lan {
         let link = format!("{LINK_HAIRPIN_PREFIX}{name}");
         let prog = classifier(ebpf, PROG_HAIRPIN, "hairpin")?;
@@ -253,7 +254,10 @@ fn attach_tcx(
 ) -> Result<()> {
     if crate::kernel::tc_hooks() == crate::kernel::TcHooks::Netlink {
         // A filter outlives the daemon; the attach replaces the recorded one.
-        return crate::tc_attach::attach(prog, iface, hook, &instance.pins);
+        if let Some(record) = crate::tc_attach::attach(prog, iface, hook, &instance.pins)? {
+            instance.filter_added(record);
+        }
+        return Ok(());
     }
     if let Some(pinned) = instance.pinned_link(link_name)? {
         let link = SchedClassifierLink::try_from(pinned)

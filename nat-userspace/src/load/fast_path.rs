@@ -196,6 +196,8 @@ impl FastPath {
         populate::populate_fast_path(&mut ebpf, &self.iface, self.ext_ifindex, joined)?;
         let in_xdp = attach::attach_fast_path(&mut ebpf, &self.hook, wanted, &mut self.instance)?;
         attach::attach_hairpin(&mut ebpf, &in_xdp, &mut self.instance)?;
+        // Leftovers of a move that failed part-way.
+        self.instance.remove_stale_links(wanted, &in_xdp)?;
         let gone: Vec<u32> = self
             .on
             .iter()

@@ -17,7 +17,7 @@ mod validate;
 use std::{io::Write as _, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
-use log::info;
+use log::{info, warn};
 
 pub use fast_path::{FastChange, FastPath};
 pub use object::{Globals, load_object, load_pinned, object_bytes};
@@ -43,12 +43,15 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     report_found(&instance)?;
     validate::warn_ephemeral_overlap(args.ports.lo, args.ports.hi);
 
-    let mut ebpf = load_pinned(
+    let map_paths = instance.map_paths();
+    let loaded = load_pinned(
         args.max_sessions,
         args.max_cooldowns,
         plan.globals,
-        &instance.map_paths(),
-    )?;
+        &map_paths,
+    );
+    instance.maps_loaded();
+    let mut ebpf = loaded?;
     populate(
         &mut ebpf,
         &args.internal,
@@ -64,10 +67,9 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     populate::populate_fast_path(&mut ebpf, &args.iface, plan.ext_ifindex, &plan.fast)?;
     let in_xdp = attach::attach_fast_path(&mut ebpf, &hook, &plan.fast, &mut instance)?;
     attach::attach_hairpin(&mut ebpf, &in_xdp, &mut instance)?;
-    instance.started();
-    handover::take_over(netns, &args.iface, replaced).await?;
+    let claim = handover::take_over(netns, &args.iface, replaced).await?;
     let sweeper = serve::first_sweep(&mut ebpf, args.reap_interval_ms)?;
-    announce(&args, &plan, mode)?;
+    let workers = serve::start_workers(&mut ebpf)?;
     let ext_addrs = ebpf
         .take_map(MAP_EXT_ADDRS)
         .context("map NAT_EXT_ADDRS missing from the object")?;
@@ -81,9 +83,17 @@ pub async fn run(mut args: LoadArgs, netns: Option<&str>) -> Result<()> {
     );
     // Metrics, reloads and systemd readiness, once attached.
     let ops = crate::ops::Ops::start(&args, &instance.pins, ext_addrs, fixed, fast, hangups)?;
+    announce(&args, &plan, mode)?;
+    // A failure before this point removes what this load pinned (see
+    // pin::Instance); from here on the datapath outlives this process.
+    instance.started();
+    claim.keep();
+    if let Err(e) = instance.remove_stale_links(&plan.fast, &in_xdp) {
+        warn!("{e:#}; the next load removes the rest");
+    }
 
     // The stop phase runs whatever serving ended with: it needs no object.
-    let served = serve::serve(ebpf, sweeper, &ops, args.reap_interval_ms, stop).await;
+    let served = serve::serve(ebpf, sweeper, workers, &ops, args.reap_interval_ms, stop).await;
     ops.stopping();
     drop(ops);
 

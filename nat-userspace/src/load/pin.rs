@@ -2,8 +2,14 @@
 //! datapath alive independently of this process. A new instance gets a
 //! fresh directory; an instance pinned with this layout is adopted, its
 //! sessions, cooldowns and counters kept.
+//!
+//! Until the load succeeds, [`Instance`] is also its guard: it notes every
+//! directory, map, link and filter record this load creates, and a load
+//! that fails removes exactly those, whatever phase it failed in. What an
+//! adopted instance had, and what another instance pinned, is never
+//! touched.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -19,7 +25,7 @@ use nat_common::{
         LAYOUT_VERSION, LINK_FAST_PREFIX, LINK_HAIRPIN_PREFIX, LINK_INGRESS, MAP_CONFIG,
         MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS, MAP_FORWARD, MAP_FRAGS, MAP_FWD,
         MAP_HOSTS, MAP_INTERNAL, MAP_LIVE, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS, MAP_SWEEP_CTL,
-        MAP_SWEEP_STATS, MAP_SWEEP_TIMER,
+        MAP_SWEEP_STATS, MAP_SWEEP_TIMER, PIN_ROOT,
     },
 };
 
@@ -61,8 +67,24 @@ pub struct Instance {
     pub pins: PinDir,
     /// What an adopted instance held when it was found; `None` for a new one.
     pub adopted: Option<Found>,
-    /// Set once the datapath runs: from then on the pins outlive this process.
+    /// Set once the load succeeded: from then on the pins outlive this process.
     started: bool,
+    /// What this load pinned, for the cleanup of a load that fails.
+    created: Created,
+}
+
+/// The pins a load made itself, in the order they are removed again.
+#[derive(Debug, Default)]
+struct Created {
+    links: Vec<PathBuf>,
+    /// Names of netlink filter records (kernels without TCX).
+    filters: Vec<String>,
+    maps: Vec<PathBuf>,
+    /// The instance's directory and its namespace's, when this load made them.
+    dirs: Vec<PathBuf>,
+    /// Maps not pinned when the object was loaded: the loader pinned the
+    /// ones of them that exist afterwards.
+    absent_maps: Vec<PathBuf>,
 }
 
 /// What `nat load` found pinned, for its report.
@@ -86,7 +108,16 @@ impl Instance {
                 pins.iface
             );
         }
+        let mut created = Created::default();
         let adopted = if survey.current.is_empty() {
+            // In the order they would go again: the instance's, then its
+            // namespace's (the root every instance shares stays).
+            created.dirs = [Some(pins.dir.as_path()), pins.dir.parent()]
+                .into_iter()
+                .flatten()
+                .filter(|d| *d != Path::new(PIN_ROOT) && !d.exists())
+                .map(Path::to_path_buf)
+                .collect();
             pins.create()?;
             None
         } else {
@@ -98,6 +129,7 @@ impl Instance {
             pins,
             adopted,
             started: false,
+            created,
         })
     }
 
@@ -108,15 +140,32 @@ impl Instance {
             pins,
             adopted: None,
             started: true,
+            created: Created::default(),
         }
     }
 
-    /// Where the loader finds (or creates) each pinned map.
-    pub fn map_paths(&self) -> Vec<(&'static str, PathBuf)> {
-        PINNED_MAPS
+    /// Where the loader finds (or creates) each pinned map; call
+    /// [`Instance::maps_loaded`] after loading, whether it worked or not.
+    pub fn map_paths(&mut self) -> Vec<(&'static str, PathBuf)> {
+        let paths: Vec<(&'static str, PathBuf)> = PINNED_MAPS
             .iter()
             .map(|name| (*name, self.pins.path(name)))
-            .collect()
+            .collect();
+        self.created.absent_maps = paths
+            .iter()
+            .map(|(_, p)| p.clone())
+            .filter(|p| !p.exists())
+            .collect();
+        paths
+    }
+
+    /// Notes the maps the loader pinned: those absent before that exist now
+    /// (a loader that failed part-way may have pinned some of them).
+    pub fn maps_loaded(&mut self) {
+        let absent = std::mem::take(&mut self.created.absent_maps);
+        self.created
+            .maps
+            .extend(absent.into_iter().filter(|p| p.exists()));
     }
 
     /// The pinned link named `name`, if the instance has one.
@@ -137,11 +186,29 @@ impl Instance {
             link.pin(&path)
                 .with_context(|| format!("cannot pin link at {}", path.display()))?,
         );
+        self.created.links.push(path);
         Ok(())
     }
 
+    /// Notes a netlink filter this load added and recorded as `record`.
+    pub fn filter_added(&mut self, record: String) {
+        self.created.filters.push(record);
+    }
+
+    /// Detaches the fast-path links of interfaces not in `fast`, and the
+    /// hairpin links of interfaces not in `hairpin` (those whose fast path
+    /// runs in XDP).
+    pub fn remove_stale_links(
+        &self,
+        fast: &[(String, u32)],
+        hairpin: &[(String, u32)],
+    ) -> Result<()> {
+        self.remove_stale_fast_links(fast)?;
+        self.remove_stale_hairpin_links(hairpin)
+    }
+
     /// Detaches fast-path links of interfaces no longer given with `--fast-path`.
-    pub fn remove_stale_fast_links(&self, keep: &[(String, u32)]) -> Result<()> {
+    fn remove_stale_fast_links(&self, keep: &[(String, u32)]) -> Result<()> {
         for name in self.pins.fast_links() {
             let iface = name.strip_prefix(LINK_FAST_PREFIX).unwrap_or(&name);
             if !keep.iter().any(|(n, _)| n == iface) {
@@ -154,7 +221,7 @@ impl Instance {
 
     /// Detaches hairpin links of interfaces that no longer take the hairpin
     /// program: no longer internal ones, or ones whose TC fast path hairpins.
-    pub fn remove_stale_hairpin_links(&self, keep: &[(String, u32)]) -> Result<()> {
+    fn remove_stale_hairpin_links(&self, keep: &[(String, u32)]) -> Result<()> {
         for name in self.pins.links_with(LINK_HAIRPIN_PREFIX) {
             let iface = name.strip_prefix(LINK_HAIRPIN_PREFIX).unwrap_or(&name);
             if !keep.iter().any(|(n, _)| n == iface) {
@@ -165,7 +232,7 @@ impl Instance {
         Ok(())
     }
 
-    /// The datapath runs: the pins now outlive this process.
+    /// The load succeeded: the pins now outlive this process.
     pub fn started(&mut self) {
         self.started = true;
     }
@@ -175,17 +242,35 @@ impl Instance {
         self.started = true;
         pins::remove_all(&self.pins)
     }
+
+    /// Removes what this load created: links first (which detaches them),
+    /// then filters, maps, and the directories if nothing else is in them.
+    fn remove_created(&mut self) {
+        let created = std::mem::take(&mut self.created);
+        let results = created
+            .links
+            .iter()
+            .map(|link| pins::remove_link(link))
+            .chain(
+                created
+                    .filters
+                    .iter()
+                    .map(|record| crate::tc_attach::detach(&self.pins, record)),
+            )
+            .chain(created.maps.iter().map(|map| pins::remove_pin(map)))
+            .chain(created.dirs.iter().map(|dir| pins::remove_if_empty(dir)));
+        for e in results.filter_map(Result::err) {
+            warn!("cleanup: {e:#}");
+        }
+    }
 }
 
 impl Drop for Instance {
-    /// A new instance that failed to start takes its pins with it; an
-    /// adopted one keeps translating with whatever it had.
+    /// A load that failed takes what it pinned with it: a new instance
+    /// disappears, an adopted one keeps translating with what it had.
     fn drop(&mut self) {
-        if !self.started
-            && self.adopted.is_none()
-            && let Err(e) = pins::remove_all(&self.pins)
-        {
-            warn!("cleanup: {e:#}");
+        if !self.started {
+            self.remove_created();
         }
     }
 }

@@ -58,25 +58,37 @@ pub fn first_sweep(ebpf: &mut Ebpf, reap_interval_ms: u64) -> Result<KernelSweep
     Ok(sweeper)
 }
 
-/// Sweeps every `reap_interval_ms` on the sweep thread and answers refused
-/// SYNs until stopped; hands the object back for the stop phase.
+/// The event log and the reject responder, running on the runtime until it
+/// shuts down.
+pub struct Workers {
+    _event_log: tokio::task::JoinHandle<()>,
+    _responder: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the [`Workers`] while the load can still fail: a responder that
+/// cannot open its raw socket (no CAP_NET_RAW) fails the load, which then
+/// removes what it pinned, rather than a daemon that already said it runs.
+pub fn start_workers(ebpf: &mut Ebpf) -> Result<Workers> {
+    Ok(Workers {
+        _event_log: crate::event_log::spawn(ebpf)?,
+        _responder: reject::spawn(
+            ebpf.take_map(MAP_REJECTS)
+                .context("map NAT_REJECTS missing from the object")?,
+        )?,
+    })
+}
+
+/// Sweeps every `reap_interval_ms` on the sweep thread until stopped, while
+/// the [`Workers`] answer refused SYNs; hands the object back for the stop
+/// phase.
 pub async fn serve(
     ebpf: SharedObject,
     mut sweeper: KernelSweep,
+    _workers: Workers,
     ops: &Ops,
     reap_interval_ms: u64,
     mut stop: StopSignals,
 ) -> Result<SharedObject> {
-    let (_event_log, _responder) = {
-        let mut ebpf = lock(&ebpf);
-        (
-            crate::event_log::spawn(&mut ebpf)?,
-            reject::spawn(
-                ebpf.take_map(MAP_REJECTS)
-                    .context("map NAT_REJECTS missing from the object")?,
-            )?,
-        )
-    };
     let mut stop_run = sweeper.stop_switch()?;
     let stopping = Arc::new(AtomicBool::new(false));
     let (took_tx, mut took) = tokio::sync::mpsc::unbounded_channel();

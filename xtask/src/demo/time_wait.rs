@@ -12,12 +12,11 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use nat_tests::{
-    NatProcess, SERVER_IP, Side, Topology, nat_cmd, nat_json, short_connection_burst,
+    NatProcess, SERVER_IP, Side, Topology, interrupt, nat_cmd, nat_json, short_connection_burst,
     short_connection_server, tcp_ext,
 };
 
 use super::stop;
-use crate::interrupt;
 
 const PORTS: &str = "20000-20063";
 const CONNECTIONS: usize = 60;

@@ -1,8 +1,13 @@
 //! `nat-bench`: the developer's companion of `nat`, kept out of the
-//! operator's binary: the datapath benchmarks `cargo xtask bench` and the
-//! tests run, and the generator of the shell completions and man pages that
-//! `cargo xtask dist` ships (generated from `nat`'s own clap definition, so
-//! they cannot drift from it).
+//! operator's binary: the benchmark suite `cargo xtask bench` runs, the
+//! datapath benchmarks it and the tests run, the verifier report of
+//! `cargo xtask verify`, and the generator of the shell completions and man
+//! pages that `cargo xtask dist` ships (generated from `nat`'s own clap
+//! definition, so they cannot drift from it).
+
+mod alloc;
+mod reaper;
+mod suite;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,17 +18,18 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
 
 use nat_userspace::{
-    alloc_bench::{self, AllocBenchArgs},
     cli,
     load::{Globals, load_object, object_bytes},
-    reaper_bench, verify,
+    verify,
 };
+
+use crate::alloc::AllocArgs;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "nat-bench",
     version,
-    about = "Benchmarks of the NAT's datapath and the generator of `nat`'s completions and man pages (developer-only)"
+    about = "Benchmarks of the NAT and the generator of `nat`'s completions and man pages (developer-only)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,9 +38,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Measures this NAT against plain routing and nftables masquerade on a netns testbed
+    /// (throughput, packet rate, connection rate and connect time, server-first connections
+    /// to one destination, cost as the tables grow, CPU per packet) plus its datapath
+    /// micro-figures; reports, never fails on a missed target (root; `cargo xtask bench`
+    /// builds and runs it).
+    Suite(suite::Args),
     /// Measures allocation in the real egress program (BPF_PROG_TEST_RUN) with one
     /// destination's range filled to a given share; no interface is touched (root).
-    Alloc(AllocBenchArgs),
+    Alloc(AllocArgs),
     /// Measures one reaper sweep over N sessions in real BPF maps; nothing is attached (root).
     Reaper {
         /// Sessions to fill the maps with before the sweep.
@@ -88,13 +100,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Suite(args) => {
+            need_root()?;
+            suite::run(&args)
+        }
         Command::Alloc(args) => {
             need_root()?;
-            alloc_bench::run(&args)
+            alloc::run(&args)
         }
         Command::Reaper { sessions, json } => {
             need_root()?;
-            reaper_bench::run(sessions, json)
+            reaper::run(sessions, json)
         }
         Command::Verify {
             no_fast_path,

@@ -18,9 +18,9 @@ pub enum Figure {
     ConnRate,
     ConnP50,
     ConnP99,
-    MissionRate,
-    MissionP50,
-    MissionP99,
+    ServerFirstRate,
+    ServerFirstP50,
+    ServerFirstP99,
 }
 
 pub const FIGURES: [Figure; 10] = [
@@ -31,9 +31,9 @@ pub const FIGURES: [Figure; 10] = [
     Figure::ConnRate,
     Figure::ConnP50,
     Figure::ConnP99,
-    Figure::MissionRate,
-    Figure::MissionP50,
-    Figure::MissionP99,
+    Figure::ServerFirstRate,
+    Figure::ServerFirstP50,
+    Figure::ServerFirstP99,
 ];
 
 /// The mode the targets are judged on.
@@ -49,9 +49,9 @@ impl Figure {
             Figure::ConnRate => "new TCP conn/s, spread",
             Figure::ConnP50 => "  connect p50, ms",
             Figure::ConnP99 => "  connect p99, ms",
-            Figure::MissionRate => "new TCP conn/s, mission",
-            Figure::MissionP50 => "  connect p50, ms",
-            Figure::MissionP99 => "  connect p99, ms",
+            Figure::ServerFirstRate => "new TCP conn/s, server-first",
+            Figure::ServerFirstP50 => "  connect p50, ms",
+            Figure::ServerFirstP99 => "  connect p99, ms",
         }
     }
 
@@ -64,9 +64,9 @@ impl Figure {
             Figure::ConnRate => "tcp_conn_per_s",
             Figure::ConnP50 => "tcp_connect_p50_ms",
             Figure::ConnP99 => "tcp_connect_p99_ms",
-            Figure::MissionRate => "mission_conn_per_s",
-            Figure::MissionP50 => "mission_connect_p50_ms",
-            Figure::MissionP99 => "mission_connect_p99_ms",
+            Figure::ServerFirstRate => "server_first_conn_per_s",
+            Figure::ServerFirstP50 => "server_first_connect_p50_ms",
+            Figure::ServerFirstP99 => "server_first_connect_p99_ms",
         }
     }
 
@@ -78,8 +78,8 @@ impl Figure {
         match self {
             Figure::Tcp1 | Figure::Tcp4 => format!("{v:.2}"),
             Figure::UdpPps => format!("{:.3}", v / 1e6),
-            Figure::CpuPerPacket | Figure::ConnRate | Figure::MissionRate => format!("{v:.0}"),
-            Figure::ConnP50 | Figure::ConnP99 | Figure::MissionP50 | Figure::MissionP99 => {
+            Figure::CpuPerPacket | Figure::ConnRate | Figure::ServerFirstRate => format!("{v:.0}"),
+            Figure::ConnP50 | Figure::ConnP99 | Figure::ServerFirstP50 | Figure::ServerFirstP99 => {
                 format!("{v:.2}")
             }
         }
@@ -195,15 +195,15 @@ pub struct Config {
     pub nat_args: Vec<(Mode, String)>,
     pub scale_capacity: u64,
     pub scale_reps: usize,
-    pub mission_budget: u64,
+    pub server_first_budget: u64,
     pub alloc_attempts: u32,
-    /// Seconds the release build took at the start of the run.
+    /// Seconds the release build right before the run took (0: none was timed).
     pub build_s: f64,
 }
 
-/// What the mission runs of one mode added up to.
+/// What the server-first runs of one mode added up to.
 #[derive(Debug, Default)]
-pub struct MissionTally {
+pub struct ServerFirstTally {
     pub failures: BTreeMap<String, u64>,
     /// The NAT's `collisions` counter; None for the modes without one.
     pub collisions: Option<u64>,
@@ -212,7 +212,7 @@ pub struct MissionTally {
     pub nat_counters: BTreeMap<String, u64>,
 }
 
-impl MissionTally {
+impl ServerFirstTally {
     pub fn failed(&self) -> u64 {
         self.failures.values().sum()
     }
@@ -237,7 +237,7 @@ pub struct Results {
     pub alloc: BTreeMap<u32, Vec<Kept<Alloc>>>,
     pub reaper: BTreeMap<u32, Vec<Kept<Reaper>>>,
     pub reaper_skipped: Vec<u32>,
-    pub mission: BTreeMap<Mode, MissionTally>,
+    pub server_first: BTreeMap<Mode, ServerFirstTally>,
     /// (mode, figure, live sessions) -> samples of the scale runs.
     pub scale: BTreeMap<(Mode, Figure, u32), Vec<Sample>>,
     pub scale_skipped: Vec<u32>,
@@ -403,10 +403,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
             |x| x >= 1.0,
         ),
     ];
-    let nft = r.ratio(Figure::MissionRate, JUDGED, Mode::Nftables);
-    let routing = r.ratio(Figure::MissionRate, JUDGED, Mode::Routing);
-    let tally = r.mission.get(&JUDGED);
-    let failed = tally.map_or(0, MissionTally::failed);
+    let nft = r.ratio(Figure::ServerFirstRate, JUDGED, Mode::Nftables);
+    let routing = r.ratio(Figure::ServerFirstRate, JUDGED, Mode::Routing);
+    let tally = r.server_first.get(&JUDGED);
+    let failed = tally.map_or(0, ServerFirstTally::failed);
     let collisions = tally.and_then(|t| t.collisions);
     out.push(Target {
         name: "new TCP conn/s, server closes first, one destination: >= 1.25x nftables and >= 0.95x routing, zero failures, zero collisions",
@@ -421,13 +421,13 @@ pub fn targets(r: &Results) -> Vec<Target> {
             .zip(routing)
             .map(|(n, rt)| n >= 1.25 && rt >= 0.95 && failed == 0 && collisions == Some(0)),
         noisy: noisy(
-            &[Figure::MissionRate],
+            &[Figure::ServerFirstRate],
             &[JUDGED, Mode::Nftables, Mode::Routing],
         ),
     });
     out.push(ratio_target(
         "p99 connect time (server closes first) <= 1.2x routing",
-        Figure::MissionP99,
+        Figure::ServerFirstP99,
         Mode::Routing,
         |x| x <= 1.2,
     ));
@@ -515,6 +515,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
 }
 
 const CELL: usize = 22;
+/// The row labels' column: the longest label and a space.
+const LABEL: usize = 32;
+/// The scale rows' labels: the mode's name and the figure's label.
+const SCALE_LABEL: usize = 42;
 /// The ratio columns: (of, over, heading).
 const RATIOS: [(Mode, Mode, &str); 4] = [
     (JUDGED, Mode::Nftables, "dflt/nft"),
@@ -529,7 +533,7 @@ fn render_scale(out: &mut String, r: &Results) {
     if points.is_empty() {
         return;
     }
-    let mut header = format!("\n{:<40}", "scale: live sessions before the run");
+    let mut header = format!("\n{:<SCALE_LABEL$}", "scale: live sessions before the run");
     for p in &points {
         let _ = write!(header, "{:<CELL$}", p.to_string());
     }
@@ -538,9 +542,13 @@ fn render_scale(out: &mut String, r: &Results) {
     }
     let _ = writeln!(out, "{}", header.trim_end());
     for mode in [Mode::Nftables, JUDGED] {
-        for figure in [Figure::UdpPps, Figure::MissionRate, Figure::MissionP99] {
+        for figure in [
+            Figure::UdpPps,
+            Figure::ServerFirstRate,
+            Figure::ServerFirstP99,
+        ] {
             let mut line = format!(
-                "{:<40}",
+                "{:<SCALE_LABEL$}",
                 format!("{} {}", mode.name(), figure.label().trim())
             );
             for &p in &points {
@@ -582,7 +590,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
         if reps == 1 { "" } else { "s" }
     );
     let mut header = format!(
-        "\n{:<28}",
+        "\n{:<LABEL$}",
         if reps == 1 {
             "1 run".to_owned()
         } else {
@@ -598,7 +606,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     let _ = writeln!(out, "{header}");
     let mut any_unclean = false;
     for figure in FIGURES {
-        let mut line = format!("{:<28}", figure.label());
+        let mut line = format!("{:<LABEL$}", figure.label());
         for mode in MODES {
             let cell = match r.summary(mode, figure) {
                 Some(s) => {
@@ -622,31 +630,31 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
         let _ = writeln!(out, "{}", line.trim_end());
     }
     let mut row = |name: &str, cell: &dyn Fn(Mode) -> String| {
-        let mut line = format!("{name:<28}");
+        let mut line = format!("{name:<LABEL$}");
         for mode in MODES {
             let _ = write!(line, "{:<CELL$}", cell(mode));
         }
         let _ = writeln!(out, "{}", line.trim_end());
     };
     row("  failed (spread)", &|m| r.failures(m).to_string());
-    let mission = |m: Mode| r.mission.get(&m);
-    row("  failed (mission)", &|m| {
-        mission(m).map_or("-".to_owned(), |t| t.failed().to_string())
+    let tally = |m: Mode| r.server_first.get(&m);
+    row("  failed (server-first)", &|m| {
+        tally(m).map_or("-".to_owned(), |t| t.failed().to_string())
     });
-    row("  NAT collisions (mission)", &|m| {
-        mission(m)
+    row("  NAT collisions (server-first)", &|m| {
+        tally(m)
             .and_then(|t| t.collisions)
             .map_or("-".to_owned(), |c| c.to_string())
     });
-    row("  NAT drops (mission)", &|m| {
-        mission(m)
+    row("  NAT drops (server-first)", &|m| {
+        tally(m)
             .filter(|_| m.is_nat())
             .map_or("-".to_owned(), |t| t.nat_drops().to_string())
     });
-    row("  server PAWSTimewait (m.)", &|m| {
-        mission(m).map_or("-".to_owned(), |t| t.paws_timewait.to_string())
+    row("  PAWSTimewait (server-first)", &|m| {
+        tally(m).map_or("-".to_owned(), |t| t.paws_timewait.to_string())
     });
-    let mut line = format!("{:<28}", "  slower than 0.9 s (spr.)");
+    let mut line = format!("{:<LABEL$}", "  slower than 0.9 s (spr.)");
     for mode in MODES {
         let _ = write!(
             line,
@@ -679,8 +687,8 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     );
     let _ = writeln!(
         out,
-        "Connections, mission: the same workers from the 8 client addresses to ONE server port (a fresh one per run, so no run meets an earlier run's TIME_WAIT), the server closing first right after its reply: the server holds TIME_WAIT and the NAT cools every key its default 240 s. A run stops after {:.0} s or {} connections (90% of the 64,512 keys toward one destination on one external address, so the cooldown cannot run the range dry). Connect time: connect() alone, p50 and p99 of every connection. Collisions: the NAT's `collisions` counter; PAWSTimewait: the server's TcpExt counter (a SYN that met a TIME_WAIT with an older timestamp).",
-        cfg.conn_secs, cfg.mission_budget
+        "Connections, server-first: the same workers from the 8 client addresses to ONE server port (a fresh one per run, so no run meets an earlier run's TIME_WAIT), the server closing first right after its reply: the server holds TIME_WAIT and the NAT cools every key its default 240 s. A run stops after {:.0} s or {} connections (90% of the 64,512 keys toward one destination on one external address, so the cooldown cannot run the range dry). Connect time: connect() alone, p50 and p99 of every connection. Collisions: the NAT's `collisions` counter; PAWSTimewait: the server's TcpExt counter (a SYN that met a TIME_WAIT with an older timestamp).",
+        cfg.conn_secs, cfg.server_first_budget
     );
     let _ = writeln!(
         out,
@@ -691,11 +699,11 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     }
     let _ = writeln!(
         out,
-        "--ports 1024-65535 in every NAT mode: the default range (16384-32767) holds 16,384 keys per destination, which the mission load uses up in seconds. NAT modes are restarted for every repetition (fresh maps); nftables: conntrack table flushed after every repetition. Targets are judged on nat-default."
+        "--ports 1024-65535 in every NAT mode: the default range (16384-32767) holds 16,384 keys per destination, which the server-first load uses up in seconds. NAT modes are restarted for every repetition (fresh maps); nftables: conntrack table flushed after every repetition. Targets are judged on nat-default."
     );
     let _ = writeln!(
         out,
-        "Scale: {} repetition(s) of each point; before the measurement, one UDP datagram per flow from a raw socket (8 client addresses x source ports -> 32 bound, unread server ports) leaves that many live entries; then the UDP 64 B run and a mission run. Both tables sized {}: nat-default gets --max-sessions {} and --max-sessions-per-host 0 (the fill's 8 client addresses would meet the default per-host limit; conntrack has none), nf_conntrack_max is raised to it for the run (machine-wide; restored after), nf_conntrack_udp_timeout of the nat namespace set to {} s (the NAT's UDP timeout) so the entries outlive the point. conntrack's hash table keeps its size (nf_conntrack_buckets).",
+        "Scale: {} repetition(s) of each point; before the measurement, one UDP datagram per flow from a raw socket (8 client addresses x source ports -> 32 bound, unread server ports) leaves that many live entries; then the UDP 64 B run and a server-first run. Both tables sized {}: nat-default gets --max-sessions {} and --max-sessions-per-host 0 (the fill's 8 client addresses would meet the default per-host limit; conntrack has none), nf_conntrack_max is raised to it for the run (machine-wide; restored after), nf_conntrack_udp_timeout of the nat namespace set to {} s (the NAT's UDP timeout) so the entries outlive the point. conntrack's hash table keeps its size (nf_conntrack_buckets).",
         cfg.scale_reps,
         cfg.scale_capacity,
         cfg.scale_capacity,
@@ -824,11 +832,12 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             let _ = writeln!(out, "  - {note}");
         }
     }
-    let _ = writeln!(
-        out,
-        "\nbench: wall time {wall_s:.0} s ({:.0} s after the build)",
-        wall_s - cfg.build_s
-    );
+    let after_build = if cfg.build_s > 0.0 {
+        format!(" ({:.0} s after the build)", wall_s - cfg.build_s)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "\nbench: wall time {wall_s:.0} s{after_build}");
     out
 }
 
@@ -860,8 +869,8 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
             json!(r.conn_slow.get(&mode).copied().unwrap_or(0)),
         );
         figs.insert(
-            "mission_tally".to_owned(),
-            r.mission.get(&mode).map_or(Value::Null, |t| {
+            "server_first_tally".to_owned(),
+            r.server_first.get(&mode).map_or(Value::Null, |t| {
                 json!({
                     "failures": { "total": t.failed(), "by_kind": t.failures },
                     "nat_collisions": t.collisions,
@@ -962,13 +971,13 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
             "server_cpu": cfg.server_cpu,
             "nat_args": cfg.nat_args.iter().map(|(m, a)| (m.name().to_owned(), json!(a))).collect::<serde_json::Map<_, _>>(),
             "judged_mode": JUDGED.name(),
-            "mission_budget": cfg.mission_budget,
+            "server_first_budget": cfg.server_first_budget,
             "scale_capacity": cfg.scale_capacity,
             "scale_repetitions": cfg.scale_reps,
             "scale_skipped_sessions": r.scale_skipped,
             "udp_flows": "8 client addresses x 2 ports -> 198.18.0.2:9000, 64 B payload",
             "tcp_conn": "64 workers, 8 client addresses, 32 server ports, client closes first",
-            "mission_conn": "64 workers, 8 client addresses, one server port per run, server closes first, cooldown at its default",
+            "server_first_conn": "64 workers, 8 client addresses, one server port per run, server closes first, cooldown at its default",
             "other_load_limit": FOREIGN_LIMIT,
         },
         "modes": modes,

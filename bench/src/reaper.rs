@@ -14,14 +14,13 @@ use nat_common::{
     config::Config,
     flow::{FlowKey, PROTO_TCP, Session, seen},
 };
-use serde_json::json;
-
-use crate::{
+use nat_userspace::{
     expiry::{DAEMON_BUDGET, DAEMON_SCAN, KernelSweep},
     load::{Globals, load_object},
-    reaper,
+    reaper::{self, Sweep},
     tables::{Tables, boot_ns},
 };
+use serde_json::json;
 
 /// Age of every session's last packet: past the shortest timeout, so the
 /// sweep reads both entries of each session as it would in a table of
@@ -37,7 +36,7 @@ fn cpu_seconds() -> f64 {
 }
 
 /// One full sweep with its wall and CPU seconds.
-fn timed(sweeper: &KernelSweep, ebpf: &aya::Ebpf) -> Result<(reaper::Sweep, f64, f64)> {
+fn timed(sweeper: &KernelSweep, ebpf: &aya::Ebpf) -> Result<(Sweep, f64, f64)> {
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
     let s = reaper::sweep(sweeper, ebpf, &std::sync::atomic::AtomicBool::new(false))?;
     Ok((s, wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
@@ -139,7 +138,7 @@ pub fn run(sessions: u32, as_json: bool) -> Result<()> {
         expire.0.expired
     );
 
-    let report = |(s, wall, cpu): &(reaper::Sweep, f64, f64)| json!({ "scanned": s.scanned, "expired": s.expired, "runs": s.runs, "wall_s": wall, "cpu_s": cpu, "program_s": s.program.as_secs_f64() });
+    let report = |(s, wall, cpu): &(Sweep, f64, f64)| json!({ "scanned": s.scanned, "expired": s.expired, "runs": s.runs, "wall_s": wall, "cpu_s": cpu, "program_s": s.program.as_secs_f64() });
     if as_json {
         println!(
             "{}",

@@ -7,14 +7,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nat_tests::{SERVER_IP, run_in_ns};
+use nat_tests::{SERVER_IP, interrupt, run_in_ns};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
 use super::cpu::{Snapshot, Window};
-use crate::cmd::describe;
-use crate::interrupt;
+use super::describe;
 
 pub const PORT: u16 = 5201;
 const READY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -7,11 +7,12 @@
 //!   server replies, then waits for the client's FIN. The client's side ends
 //!   in TIME_WAIT (which tcp_tw_reuse lets it reuse), and the NAT cools a key
 //!   for its client-first cooldown (15 s by default).
-//! - mission: to ONE server port, the server closing first right after its
-//!   reply, so the server holds TIME_WAIT and the NAT cools each key for its
-//!   full server-first cooldown (240 s by default): the load this NAT exists
-//!   for. Each run gets a server port of its own ([`MISSION_PORTS`] of them),
-//!   so no run meets the TIME_WAIT a previous run left on the server.
+//! - server-first: to ONE server port, the server closing first right after
+//!   its reply, so the server holds TIME_WAIT and the NAT cools each key for
+//!   its full server-first cooldown (240 s by default): the load this NAT
+//!   exists for. Each run gets a server port of its own
+//!   ([`SERVER_FIRST_PORTS`] of them), so no run meets the TIME_WAIT a
+//!   previous run left on the server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Read, Write};
@@ -40,9 +41,9 @@ pub const FIRST_PORT: u16 = 20_000;
 /// external ports and its own cooling keys.
 pub const PORT_COUNT: u16 = 32;
 pub const WORKERS: usize = 64;
-/// Server-first listeners, one per mission run, after the spread ones.
-pub const MISSION_FIRST_PORT: u16 = 21_000;
-pub const MISSION_PORTS: u16 = 64;
+/// Server-first listeners, one per server-first run, after the spread ones.
+pub const SERVER_FIRST_BASE_PORT: u16 = 21_000;
+pub const SERVER_FIRST_PORTS: u16 = 64;
 const REQUEST: &[u8; 32] = b"GET /bench HTTP/1.0\r\nX: 0123\r\n\r\n";
 const REPLY: &[u8; 32] = b"HTTP/1.0 200 OK\r\nX: 01234567\r\n\r\n";
 /// Bounds connect (SYN retransmits at 1 s and 3 s fit in it) and each read/write.
@@ -80,7 +81,7 @@ impl Server {
     pub fn start(server_ns: &str, cpu: usize) -> Result<Server> {
         let listeners = run_in_ns(server_ns, || {
             (FIRST_PORT..FIRST_PORT + PORT_COUNT)
-                .chain(MISSION_FIRST_PORT..MISSION_FIRST_PORT + MISSION_PORTS)
+                .chain(SERVER_FIRST_BASE_PORT..SERVER_FIRST_BASE_PORT + SERVER_FIRST_PORTS)
                 .map(listen_tcp)
                 .collect::<Result<Vec<_>>>()
         })?;
@@ -154,7 +155,7 @@ struct Conn {
     stream: TcpStream,
     received: usize,
     replied: bool,
-    /// Close right after the reply (the mission load's listeners).
+    /// Close right after the reply (the server-first load's listeners).
     close_first: bool,
 }
 
@@ -260,17 +261,17 @@ fn serve_conn(conn: &mut Conn) -> bool {
 pub enum Load {
     /// Client-first closes to [`PORT_COUNT`] server ports.
     Spread,
-    /// Server-first closes to one server port (a [`MISSION_PORTS`] index),
+    /// Server-first closes to one server port (a [`SERVER_FIRST_PORTS`] index),
     /// at most `budget` connections (fewer than the NAT's keys for one
     /// destination, so the cooldown cannot run the range dry).
-    Mission { port: u16, budget: u64 },
+    ServerFirst { port: u16, budget: u64 },
 }
 
 impl Load {
-    /// The mission load on the `run`-th of its server ports.
-    pub fn mission(run: usize, budget: u64) -> Load {
-        Load::Mission {
-            port: MISSION_FIRST_PORT + (run % MISSION_PORTS as usize) as u16,
+    /// The server-first load on the `run`-th of its server ports.
+    pub fn server_first(run: usize, budget: u64) -> Load {
+        Load::ServerFirst {
+            port: SERVER_FIRST_BASE_PORT + (run % SERVER_FIRST_PORTS as usize) as u16,
             budget,
         }
     }
@@ -314,8 +315,8 @@ struct WorkerTally {
 }
 
 /// Runs [`WORKERS`] workers pinned to `cpu` for `secs` (or until the
-/// mission's budget is used). Connection i goes from client address i mod 8;
-/// in the spread load to server port (i / 8) mod 32.
+/// server-first load's budget is used). Connection i goes from client
+/// address i mod 8; in the spread load to server port (i / 8) mod 32.
 pub fn run(
     topology: &Topology,
     server: &Server,
@@ -365,7 +366,7 @@ pub fn run(
             Err(_) => worker_error = Some(anyhow!("a connection worker panicked")),
         }
     }
-    // A mission run that used its budget ends before the deadline.
+    // A server-first run that used its budget ends before the deadline.
     let secs = began.elapsed().min(duration).as_secs_f64();
     let window = snapshot.finish()?;
     if let Some(e) = worker_error {
@@ -406,7 +407,7 @@ fn work(
                 FIRST_PORT + ((i / addrs) % PORT_COUNT as usize) as u16,
                 false,
             ),
-            Load::Mission { port, budget } => {
+            Load::ServerFirst { port, budget } => {
                 if started.fetch_add(1, Ordering::Relaxed) >= budget {
                     break;
                 }

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nat_tests::{
-    EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NatProcess, Side, Topology, run_in_ns,
+    EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NatProcess, Side, Topology, interrupt,
+    run_in_ns,
 };
 
 use super::capture;
-use crate::interrupt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
@@ -37,7 +37,7 @@ pub const MODES: [Mode; 5] = [
 ];
 
 /// The port range every NAT mode gets: the default (16384-32767) holds 16,384
-/// keys per destination, which the mission load (one destination, each key
+/// keys per destination, which the server-first load (one destination, each key
 /// cooling 240 s after a server-first close) would use up in about two
 /// seconds at the rates this testbed reaches; 1024-65535 holds 64,512.
 pub const NAT_PORTS: &str = "1024-65535";

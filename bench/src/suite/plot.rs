@@ -17,11 +17,11 @@ const BARS: [(Figure, &str, [Option<f64>; 2]); 7] = [
     (Figure::Tcp4, "TCP 4", [None, Some(0.97)]),
     (Figure::ConnRate, "conn/s spread", [None, None]),
     (
-        Figure::MissionRate,
-        "conn/s mission",
+        Figure::ServerFirstRate,
+        "conn/s server-first",
         [Some(1.25), Some(0.95)],
     ),
-    (Figure::MissionP99, "p99 connect", [None, Some(1.2)]),
+    (Figure::ServerFirstP99, "p99 connect", [None, Some(1.2)]),
 ];
 const OVER: [(Mode, RGBColor); 2] = [
     (Mode::Nftables, RGBColor(0xd6, 0x60, 0x4d)),
@@ -45,8 +45,8 @@ pub fn draw(path: &Path, r: &Results) -> Result<()> {
     scale(
         &panels[1],
         r,
-        Figure::MissionRate,
-        "new TCP conn/s, mission",
+        Figure::ServerFirstRate,
+        "new TCP conn/s, server-first",
         1.0,
     )?;
     root.present().map_err(err)?;

@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: this NAT against plain routing and nftables
-//! masquerade on one netns topology, plus the datapath micro-figures.
+//! `nat-bench suite`, which `cargo xtask bench` runs: this NAT against plain
+//! routing and nftables masquerade on one netns topology, plus the datapath
+//! micro-figures.
 //!
 //! Every repetition runs every mode, in a rotating order, so drift in the
 //! machine's speed hits all modes alike. Every measurement is watched by the
@@ -25,16 +26,14 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use nat_tests::{Side, Topology, TopologyOpts};
+use anyhow::{Context, Result, bail, ensure};
+use nat_tests::{Side, Topology, TopologyOpts, interrupt};
 use serde_json::{Value, json};
 
 use self::conn::Load;
 use self::cpu::Window;
 use self::modes::{Active, MODES, Mode, NAT_PORTS};
 use self::report::{BpfRun, Config, Figure, Kept, Results, Sample};
-use crate::cmd::describe;
-use crate::{build_nat, interrupt};
 
 const TAG: &str = "bench";
 /// Client addresses of the topology (the UDP flows and TCP connections use them all).
@@ -44,19 +43,39 @@ const SCALE_MODES: [Mode; 2] = [Mode::Nftables, Mode::NatDefault];
 const ALLOC_OCCUPANCIES: [u32; 3] = [50, 90, 95];
 const ALLOC_ATTEMPTS: u32 = 10_000;
 
-pub struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// One repetition with short runs, without the 1M-session reaper and scale runs (under 2 minutes)
+    #[arg(long)]
     pub quick: bool,
+    /// Also write every figure, sample and target to FILE as JSON
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also draw the ratio table and the scale curves to FILE (SVG)
+    #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Development aid: run only this part of every mode's repetition (`server-first`: the
+    /// server-first connections to one destination alone, with the NAT's counters over each
+    /// run), no scale runs and no micro-figures; the report then lacks the other figures
+    #[arg(long, value_name = "PART", hide_short_help = true)]
     pub only: Option<Part>,
+    /// Development aid: this many repetitions instead of the plan's (5, or 1 with --quick)
+    #[arg(long, value_name = "N", hide_short_help = true)]
     pub reps: Option<usize>,
+    /// The `nat` binary to measure (default: the `nat` beside this nat-bench, where a build puts it)
+    #[arg(long, value_name = "PATH")]
+    pub nat: Option<PathBuf>,
+    /// Seconds a build took right before the run, counted in the wall time it reports
+    /// (`cargo xtask bench` passes its build's)
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, hide = true)]
+    pub build_secs: f64,
 }
 
 /// A part of the bench that `--only` runs alone (a development aid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// The mission load alone, every mode, every repetition.
-    Mission,
+    /// The server-first connections to one destination alone, every mode, every repetition.
+    ServerFirst,
 }
 
 /// How long and how often; `--quick` shrinks it to fit in 2 minutes.
@@ -91,7 +110,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(opts: &Options) -> Plan {
+    fn new(opts: &Args) -> Plan {
         let mut plan = Plan::standard(opts.quick);
         if let Some(reps) = opts.reps {
             plan.reps = reps.max(1);
@@ -152,11 +171,19 @@ impl Plan {
     }
 }
 
-pub fn run(opts: Options) -> Result<()> {
+pub fn run(opts: &Args) -> Result<()> {
     let started = Instant::now();
-    let bins = build_nat::build(true)?;
-    let nat_bin = bins.nat;
-    let build_s = started.elapsed().as_secs_f64();
+    // The micro-figures run this binary's own `alloc` and `reaper`.
+    let nat_bench = std::env::current_exe().context("cannot find the nat-bench executable")?;
+    let nat_bin = opts
+        .nat
+        .clone()
+        .unwrap_or_else(|| nat_bench.with_file_name("nat"));
+    ensure!(
+        nat_bin.is_file(),
+        "{} does not exist: build it (`cargo xtask build --release`) or name it with --nat",
+        nat_bin.display()
+    );
     // SAFETY: nothing but this thread exists yet (no handler, servers or
     // workers have been started), so nobody can read the environment concurrently.
     unsafe { std::env::set_var("NAT_BIN", &nat_bin) };
@@ -166,7 +193,7 @@ pub fn run(opts: Options) -> Result<()> {
     // Caught so that, after a signal, the cleanup thread and not a panic
     // decides how the process ends.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        bench(&opts, &nat_bin, &bins.nat_bench, started, build_s)
+        bench(opts, &nat_bin, &nat_bench, started)
     }));
     micro::restore_bpf_stats();
     scale::restore_conntrack_max();
@@ -182,6 +209,16 @@ pub fn run(opts: Options) -> Result<()> {
             bail!("the bench failed: {message}")
         }
     }
+}
+
+/// `cmd` as one line, for messages.
+fn describe(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    format!("`{line}`")
 }
 
 /// Runs `cmd` to completion (started under the interrupt guard) and returns its stdout.
@@ -319,22 +356,16 @@ struct Ctx<'a> {
     load_cpu: usize,
     server_cpu: usize,
     conn_server: &'a conn::Server,
-    /// Mission runs so far: each gets the next server port.
-    mission_runs: usize,
-    /// Connections a mission run may make: 90% of the external ports toward
+    /// Server-first runs so far: each gets the next server port.
+    server_first_runs: usize,
+    /// Connections a server-first run may make: 90% of the external ports toward
     /// its one destination, so the 240 s cooldown cannot run the range dry.
-    mission_budget: u64,
+    server_first_budget: u64,
     guard: Guard,
     results: Results,
 }
 
-fn bench(
-    opts: &Options,
-    nat_bin: &Path,
-    nat_bench: &Path,
-    started: Instant,
-    build_s: f64,
-) -> Result<()> {
+fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Result<()> {
     let plan = Plan::new(opts);
     let cpus = cpu::cpu_count()?;
     let load_cpu = cpus - 1;
@@ -344,7 +375,7 @@ fn bench(
         plan.reps,
         MODES.map(Mode::name).join(", ")
     );
-    let mission_budget = mission_budget()?;
+    let server_first_budget = server_first_budget()?;
     let (mut results, mut guard) = {
         let topology = {
             let _setup = interrupt::namespace_setup();
@@ -382,8 +413,8 @@ fn bench(
             load_cpu,
             server_cpu,
             conn_server: &conn_server,
-            mission_runs: 0,
-            mission_budget,
+            server_first_runs: 0,
+            server_first_budget,
             guard: Guard {
                 retries: plan.retries,
                 budget: plan.retry_budget,
@@ -458,11 +489,11 @@ fn bench(
             .collect(),
         scale_capacity: scale::CAPACITY,
         scale_reps: plan.scale_reps,
-        mission_budget,
+        server_first_budget,
         alloc_attempts: ALLOC_ATTEMPTS,
-        build_s,
+        build_s: opts.build_secs,
     };
-    let wall_s = started.elapsed().as_secs_f64();
+    let wall_s = opts.build_secs + started.elapsed().as_secs_f64();
     print!("{}", report::render(&config, &results, wall_s));
     if let Some(path) = &opts.json {
         let machine = json!({
@@ -484,7 +515,7 @@ fn bench(
 
 /// 90% of the keys toward one destination: the ports of [`NAT_PORTS`] on the
 /// one external address.
-fn mission_budget() -> Result<u64> {
+fn server_first_budget() -> Result<u64> {
     let (lo, hi) = NAT_PORTS
         .split_once('-')
         .and_then(|(lo, hi)| Some((lo.parse::<u64>().ok()?, hi.parse::<u64>().ok()?)))
@@ -514,10 +545,10 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let topology = ctx.topology;
     let active = Active::enter(mode, topology, &[])
         .with_context(|| format!("cannot set up the {} mode", mode.name()))?;
-    if plan.only != Some(Part::Mission) {
-        run_all_but_mission(ctx, mode, rep)?;
+    if plan.only != Some(Part::ServerFirst) {
+        run_all_but_server_first(ctx, mode, rep)?;
     }
-    mission_run(ctx, mode, rep)?;
+    server_first_run(ctx, mode, rep)?;
     active
         .leave()
         .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
@@ -525,8 +556,8 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Every measurement of a mode's repetition before its mission run.
-fn run_all_but_mission(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+/// Every measurement of a mode's repetition before its server-first run.
+fn run_all_but_server_first(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let plan = ctx.plan;
     let topology = ctx.topology;
     let client_ns = topology.ns_name(Side::Client);
@@ -602,29 +633,29 @@ fn run_all_but_mission(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> 
     Ok(())
 }
 
-fn mission_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+fn server_first_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let plan = ctx.plan;
-    let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
-    let mission = connections(ctx, mode, rep, plan.reps, load, "server-first, 1 dest")?;
-    let tally = ctx.results.mission.entry(mode).or_default();
-    for (kind, n) in &mission.failures {
+    let load = Load::server_first(ctx.server_first_runs, ctx.server_first_budget);
+    let run = connections(ctx, mode, rep, plan.reps, load, "server-first, 1 dest")?;
+    let tally = ctx.results.server_first.entry(mode).or_default();
+    for (kind, n) in &run.failures {
         *tally.failures.entry(kind.clone()).or_default() += n;
     }
-    tally.paws_timewait += mission.paws_timewait;
-    if let Some(c) = mission.collisions {
+    tally.paws_timewait += run.paws_timewait;
+    if let Some(c) = run.collisions {
         *tally.collisions.get_or_insert(0) += c;
     }
-    for (name, n) in mission.nat_counters.iter().flatten() {
+    for (name, n) in run.nat_counters.iter().flatten() {
         *tally.nat_counters.entry(name.clone()).or_default() += n;
     }
-    for (figure, s) in mission.samples {
+    for (figure, s) in run.samples {
         ctx.results.add(mode, figure, s);
     }
     Ok(())
 }
 
 /// One scale point: `mode` afresh, `sessions` live UDP flows, then the UDP
-/// rate and the mission load's connection rate.
+/// rate and the server-first load's connection rate.
 fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result<()> {
     check_interrupt()?;
     let topology = ctx.topology;
@@ -672,8 +703,8 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     let (mut pps, _) = udp_pps(ctx, mode, rep, reps, &format!("{what}: UDP 64 B"))?;
     pps.detail["fill"] = fill.clone();
     ctx.results.add_scale(mode, Figure::UdpPps, sessions, pps);
-    let load = Load::mission(ctx.mission_runs, ctx.mission_budget);
-    let mission = connections(ctx, mode, rep, reps, load, &format!("{what}: server-first"))?;
+    let load = Load::server_first(ctx.server_first_runs, ctx.server_first_budget);
+    let server_first = connections(ctx, mode, rep, reps, load, &format!("{what}: server-first"))?;
     let stop = active
         .leave()
         .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
@@ -684,7 +715,7 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
             stop.as_secs_f64()
         );
     }
-    for (figure, mut s) in mission.samples {
+    for (figure, mut s) in server_first.samples {
         s.detail["fill"] = fill.clone();
         s.detail["daemon_stop_secs"] = json!(stop.map(|d| d.as_secs_f64()));
         ctx.results.add_scale(mode, figure, sessions, s);
@@ -739,8 +770,8 @@ struct Connections {
     paws_timewait: u64,
 }
 
-/// A connection run under the noise guard. A mission `load`'s port is
-/// ignored: each attempt takes the next of the mission ports.
+/// A connection run under the noise guard. A server-first `load`'s port is
+/// ignored: each attempt takes the next of the server-first ports.
 fn connections(
     ctx: &mut Ctx<'_>,
     mode: Mode,
@@ -761,18 +792,18 @@ fn connections(
         }
         nat_stats(nat_bin, &nat_ns).map(Some)
     };
-    let mission_runs = &mut ctx.mission_runs;
+    let server_first_runs = &mut ctx.server_first_runs;
     let g = ctx.guard.measure(
         &label(rep, reps, mode, what),
         || {
-            // Every attempt of a mission run gets a server port of its own:
+            // Every attempt of a server-first run gets a server port of its own:
             // a second attempt on the first one's port would meet the keys
             // that attempt left cooling in the NAT (and its TIME_WAIT on
             // the server), and take cooling ports or fail for want of any.
             let load = match load {
-                Load::Mission { budget, .. } => {
-                    let fresh = Load::mission(*mission_runs, budget);
-                    *mission_runs += 1;
+                Load::ServerFirst { budget, .. } => {
+                    let fresh = Load::server_first(*server_first_runs, budget);
+                    *server_first_runs += 1;
                     fresh
                 }
                 Load::Spread => Load::Spread,
@@ -821,7 +852,7 @@ fn connections(
     )?;
     let (c, counters, paws, cooling_after, load) = &g.value;
     let load = *load;
-    if let (Some(d), Load::Mission { .. }) = (counters, load) {
+    if let (Some(d), Load::ServerFirst { .. }) = (counters, load) {
         // Next to the run's failures, so that a NAT drop that coincides
         // with a connect timeout shows.
         println!(
@@ -849,7 +880,7 @@ fn connections(
     let detail = json!({
         "load": match load {
             Load::Spread => json!("spread: 32 server ports, client closes first"),
-            Load::Mission { port, budget } => json!({ "server_port": port, "budget": budget, "close": "server first" }),
+            Load::ServerFirst { port, budget } => json!({ "server_port": port, "budget": budget, "close": "server first" }),
         },
         "ok": c.ok,
         "failed": c.failed,
@@ -869,7 +900,11 @@ fn connections(
     });
     let (rate, p50, p99) = match load {
         Load::Spread => (Figure::ConnRate, Figure::ConnP50, Figure::ConnP99),
-        Load::Mission { .. } => (Figure::MissionRate, Figure::MissionP50, Figure::MissionP99),
+        Load::ServerFirst { .. } => (
+            Figure::ServerFirstRate,
+            Figure::ServerFirstP50,
+            Figure::ServerFirstP99,
+        ),
     };
     Ok(Connections {
         samples: vec![

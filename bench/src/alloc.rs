@@ -13,13 +13,12 @@ use nat_common::{
     names::PROG_EGRESS,
     probe::{probe_bucket_label, span},
 };
-use serde_json::json;
-
-use crate::{
+use nat_userspace::{
     cli::{Cidr, PortRange, parse_port_range},
     load::{Globals, load_object, populate},
     tables::{Tables, boot_ns},
 };
+use serde_json::json;
 
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -29,7 +28,7 @@ const REMOTE_PORT: u16 = 443;
 const TRANSLATED: u32 = -1i32 as u32;
 
 #[derive(clap::Args, Debug)]
-pub struct AllocBenchArgs {
+pub struct AllocArgs {
     /// Share of the destination's range in use or cooling, in percent.
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u32).range(0..=99))]
     pub occupancy: u32,
@@ -50,7 +49,7 @@ pub struct AllocBenchArgs {
     pub json: bool,
 }
 
-pub fn run(args: &AllocBenchArgs) -> Result<()> {
+pub fn run(args: &AllocArgs) -> Result<()> {
     let span = span(args.ports.lo, args.ports.hi);
     let policy = match args.policy.as_str() {
         "strict" => policy::STRICT,

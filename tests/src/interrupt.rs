@@ -1,4 +1,5 @@
-//! Cleanup when the demo or the bench is interrupted (Ctrl-C, SIGTERM, SIGHUP).
+//! Cleanup when a program that builds a testbed (the demo, the bench) is
+//! interrupted (Ctrl-C, SIGTERM, SIGHUP).
 //!
 //! Exiting on a signal skips destructors, so the namespaces and the NAT
 //! process would outlive the task; a dedicated thread removes them and owns
@@ -7,21 +8,21 @@
 //! deleting namespaces) concurrently, or exit with a panic first.
 
 use std::fs;
+use std::io;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use nat_tests::Topology;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpid};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cmd::describe;
+use crate::command::describe;
+use crate::{EXT_IFACE, Topology, unload_instance};
 
 const SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
 /// Gives the NAT time to exit (its datapath is then removed with `nat unload`).
@@ -38,6 +39,29 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// rest appear afterwards, or miss a child that appears after it looked.
 static NAMESPACE_SETUP: Mutex<()> = Mutex::new(());
 
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptError {
+    /// A termination signal arrived first, so nothing was started.
+    #[error("interrupted")]
+    Interrupted,
+    #[error("cannot run {command}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot handle signal {signal}")]
+    Signal {
+        signal: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot handle termination signals")]
+    Signals(#[source] io::Error),
+    #[error("cannot spawn the signal thread")]
+    Thread(#[source] io::Error),
+}
+
 /// Extra cleanup steps, run after the children are stopped and before the
 /// namespaces go (e.g. restoring a global sysctl).
 static HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
@@ -50,13 +74,15 @@ pub fn namespace_setup() -> MutexGuard<'static, ()> {
 
 /// Starts `cmd` unless a signal already arrived; the cleanup either sees the
 /// child or has stopped everything before it could be started.
-pub fn spawn(cmd: &mut Command) -> Result<Child> {
+pub fn spawn(cmd: &mut Command) -> Result<Child, InterruptError> {
     let _setup = namespace_setup();
     if interrupted() {
-        bail!("interrupted");
+        return Err(InterruptError::Interrupted);
     }
-    cmd.spawn()
-        .with_context(|| format!("cannot run {}", describe(cmd)))
+    cmd.spawn().map_err(|source| InterruptError::Spawn {
+        command: describe(cmd),
+        source,
+    })
 }
 
 /// Runs `hook` during the cleanup after a signal (it must be idempotent and
@@ -71,10 +97,10 @@ pub fn on_cleanup(hook: fn()) {
 /// On a termination signal: stop our child processes (the NAT), run the
 /// [`on_cleanup`] hooks, delete the namespaces of the topology tagged `tag`,
 /// exit with 130. `task` names the task in the message.
-pub fn install(task: &'static str, tag: &'static str) -> Result<()> {
+pub fn install(task: &'static str, tag: &'static str) -> Result<(), InterruptError> {
     for signal in SIGNALS {
         signal_hook::flag::register(signal, &INTERRUPTED)
-            .with_context(|| format!("cannot handle signal {signal}"))?;
+            .map_err(|source| InterruptError::Signal { signal, source })?;
     }
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -83,7 +109,7 @@ pub fn install(task: &'static str, tag: &'static str) -> Result<()> {
         }
         default_hook(info);
     }));
-    let mut signals = Signals::new(SIGNALS).context("cannot handle termination signals")?;
+    let mut signals = Signals::new(SIGNALS).map_err(InterruptError::Signals)?;
     thread::Builder::new()
         .name("interrupt".to_owned())
         .spawn(move || {
@@ -91,7 +117,7 @@ pub fn install(task: &'static str, tag: &'static str) -> Result<()> {
                 clean_up_and_exit(task, tag);
             }
         })
-        .context("cannot spawn the signal thread")?;
+        .map_err(InterruptError::Thread)?;
     Ok(())
 }
 
@@ -99,7 +125,7 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// For the main thread once the demo is over: after a signal, the cleanup
+/// For the main thread once the run is over: after a signal, the cleanup
 /// thread decides when and how the process exits.
 pub fn defer_to_cleanup() {
     if interrupted() {
@@ -123,7 +149,7 @@ fn clean_up_and_exit(task: &str, tag: &str) -> ! {
     }
     for ns in Topology::namespace_names(tag) {
         // A stopped daemon leaves its datapath pinned.
-        let _ = nat_tests::unload_instance(&ns, nat_tests::EXT_IFACE);
+        let _ = unload_instance(&ns, EXT_IFACE);
     }
     for ns in Topology::namespace_names(tag) {
         let _ = Command::new("ip")
