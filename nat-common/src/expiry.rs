@@ -1,4 +1,4 @@
-//! Expiry rules shared by the kernel sweep (nat-ebpf/src/expire.rs) and the
+//! Expiry rules shared by the kernel sweep (nat-ebpf/src/flows/sweep.rs) and the
 //! tools that read its results: when an idle session has expired, how long
 //! its key cools, and the sweep's control and result records.
 

@@ -2,6 +2,13 @@
 //! and the fast path on the internal interfaces carries established flows
 //! past the stack.
 //!
+//! The crate is built in layers, each importing only from the layers below
+//! it: `base` (maps, packet access, outcomes), `net` (rewriting,
+//! routing, fragments, verdicts), `session` (claiming, tracking, counting
+//! and freeing sessions), `flows` (how flows get and lose their
+//! sessions: mappings, port forwards, the allocator, ICMP, the hairpin, the
+//! sweep) and `programs`, the entry points the loader attaches.
+//!
 //! Built for the bpf target by nat-userspace's build script; on the host this
 //! crate compiles to an empty binary so `cargo build --workspace` stays green.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -12,44 +19,15 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
-mod alloc;
+mod base;
 #[cfg(target_arch = "bpf")]
-mod egress;
+mod flows;
 #[cfg(target_arch = "bpf")]
-mod events;
+mod net;
 #[cfg(target_arch = "bpf")]
-mod expire;
+mod programs;
 #[cfg(target_arch = "bpf")]
-mod fast;
-#[cfg(target_arch = "bpf")]
-mod frag;
-#[cfg(target_arch = "bpf")]
-mod hairpin;
-mod hosts;
-#[cfg(target_arch = "bpf")]
-mod icmp;
-#[cfg(target_arch = "bpf")]
-mod ingress;
-#[cfg(target_arch = "bpf")]
-mod mapping;
-#[cfg(target_arch = "bpf")]
-mod maps;
-#[cfg(target_arch = "bpf")]
-mod packet;
-#[cfg(target_arch = "bpf")]
-mod port_forward;
-#[cfg(target_arch = "bpf")]
-mod reject;
-#[cfg(target_arch = "bpf")]
-mod shared;
-#[cfg(target_arch = "bpf")]
-mod skb;
-#[cfg(target_arch = "bpf")]
-mod tc_rewrite;
-#[cfg(target_arch = "bpf")]
-mod track;
-#[cfg(target_arch = "bpf")]
-mod xdp_rewrite;
+mod session;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

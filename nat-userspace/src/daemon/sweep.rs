@@ -1,5 +1,5 @@
 //! Expires idle sessions, ended cooldowns and orphaned reverse entries: one
-//! full run of the kernel sweep (nat-ebpf/src/expire.rs, driven through
+//! full run of the kernel sweep (nat-ebpf/src/flows/sweep.rs, driven through
 //! [`crate::datapath::sweep`]), summarised for the log.
 //!
 //! The kernel walks the maps itself: for an expiring session the key is

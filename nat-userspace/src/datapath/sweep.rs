@@ -1,4 +1,4 @@
-//! The kernel expiry sweep (nat-ebpf/src/expire.rs) from user space: loads
+//! The kernel expiry sweep (nat-ebpf/src/flows/sweep.rs) from user space: loads
 //! the program, sets its interval and budget, runs it through
 //! BPF_PROG_TEST_RUN and reads what it did from its per-CPU totals.
 

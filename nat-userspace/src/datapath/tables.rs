@@ -184,7 +184,7 @@ impl Tables {
     }
 
     /// Frees a session as the datapath's sweep does (`free_session` in
-    /// `nat-ebpf/src/expire.rs`), less the cooldown, which is the caller's
+    /// `nat-ebpf/src/session/free.rs`), less the cooldown, which is the caller's
     /// ([`Tables::cool`] first): the forward entry goes first, so egress can
     /// no longer pick the pair up; only if that delete found it, the
     /// reference it holds on its endpoint-independent mapping and its
@@ -219,7 +219,7 @@ impl Tables {
 
     /// One reference of the mapping of `key`'s internal endpoint given back;
     /// the last one deletes it, its mapping entry first and its owner entry,
-    /// which reserves the external port, last (`nat-ebpf` `mapping.rs`).
+    /// which reserves the external port, last (`nat-ebpf` `session/mapping_ref.rs`).
     fn release_mapping(&mut self, key: &FlowKey) -> Result<(), MapError> {
         let internal = EndpointKey::new(key.proto, key.saddr, key.sport);
         let m = match self.eim.get(&internal, 0) {
@@ -250,7 +250,7 @@ impl Tables {
 
     /// One of `saddr`'s sessions given back, and one of the total: the host
     /// entry deleted when it reaches zero, a dying one left alone, the total
-    /// never below zero (`nat-ebpf` `hosts.rs`).
+    /// never below zero (`nat-ebpf` `session/hosts.rs`).
     fn release_host(&mut self, saddr: u32) -> Result<(), MapError> {
         let host = match self.hosts.get(&saddr, 0) {
             Ok(e) if e.addr == saddr && (1..HOST_DYING).contains(&e.sessions) => {

@@ -1,4 +1,5 @@
-//! Rare datapath events for the operator's log, through aya-log: drops that
+//! The drop log, in the net layer (called by `verdict` alone): rare
+//! datapath events for the operator's log, through aya-log: drops that
 //! mean the NAT ran out of something (ports, cooled ports under `strict`) or
 //! was handed something it could not parse or rewrite. Off unless the
 //! `log-events` setting is on. This runs only on those drop paths, behind
@@ -14,10 +15,18 @@ use nat_common::{
     headers::{ETH_HLEN, ETH_P_IP, off},
 };
 
-use crate::{
+use crate::base::{
     maps::{NAT_CONFIG, NAT_EVENT_RATE},
-    packet::{DropReason, now_ns, read},
+    outcome::DropReason,
+    packet::{ethertype, now_ns, read},
 };
+
+/// The records' target, which the operator's log filters name (`RUST_LOG`):
+/// the datapath's crate, not this module's path (each record names its
+/// module and file as well). Every record carries its target, copied in
+/// byte by byte by instructions the verifier walks for each caller, so it
+/// is kept short.
+const TARGET: &str = "nat_ebpf";
 
 /// Logs a dropped packet with its addresses when `reason` is one the
 /// operator should hear about. A subprogram of its own: its log records'
@@ -44,6 +53,7 @@ pub fn dropped<C: EbpfContext>(ctx: &C, reason: DropReason, data: usize, end: us
         Admit::Log { held_back: 0 } => {}
         Admit::Log { held_back } => warn!(
             ctx,
+            target: TARGET,
             "nat: {} event records held back on this CPU in the last second (limit {} a second)",
             held_back,
             EVENTS_PER_SECOND
@@ -53,22 +63,26 @@ pub fn dropped<C: EbpfContext>(ctx: &C, reason: DropReason, data: usize, end: us
     match reason {
         DropReason::AllocFail => warn!(
             ctx,
+            target: TARGET,
             "nat: no free external port for {:i} -> {:i}: dropped (drop_alloc_failed)", src, dst
         ),
         DropReason::StrictCooling => warn!(
             ctx,
+            target: TARGET,
             "nat: every free port toward {:i} is cooling, {:i} dropped (drop_strict_cooling)",
             dst,
             src
         ),
         DropReason::RewriteError => warn!(
             ctx,
+            target: TARGET,
             "nat: the kernel refused to rewrite {:i} -> {:i}: dropped (drop_rewrite_error)",
             src,
             dst
         ),
         _ => warn!(
             ctx,
+            target: TARGET,
             "nat: malformed packet {:i} -> {:i} dropped (drop_malformed)", src, dst
         ),
     }
@@ -78,9 +92,8 @@ pub fn dropped<C: EbpfContext>(ctx: &C, reason: DropReason, data: usize, end: us
 /// frame is not IPv4 or too short to hold them.
 #[inline(always)]
 fn addresses(data: usize, end: usize) -> (u32, u32) {
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return (0, 0),
+    if ethertype(data, end) != Some(ETH_P_IP) {
+        return (0, 0);
     }
     let at = |o: usize| read::<u32>(data, end, ETH_HLEN + o).map_or(0, u32::from_be);
     (at(off::IP_SADDR), at(off::IP_DADDR))

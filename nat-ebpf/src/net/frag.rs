@@ -1,7 +1,7 @@
-//! Fragments after the first carry no transport header: they follow the
-//! translation their first fragment got, recorded here for 30 seconds
-//! (an LRU map: an entry lost under pressure costs one datagram, never a
-//! session).
+//! Fragments, in the net layer. Fragments after the first carry no
+//! transport header: they follow the translation their first fragment
+//! got, recorded here for 30 seconds (an LRU map: an entry lost under
+//! pressure costs one datagram, never a session).
 
 use nat_common::{
     csum::{apply, diff32},
@@ -9,9 +9,10 @@ use nat_common::{
     headers::{ETH_HLEN, off},
 };
 
-use crate::{
+use crate::base::{
     maps::NAT_FRAGS,
-    packet::{DropReason, Ipv4Fields, now_ns, ptr_at, read},
+    outcome::DropReason,
+    packet::{Ipv4Fields, now_ns, ptr_at, read},
 };
 
 #[inline(always)]

@@ -1,7 +1,9 @@
-//! Map memory that other CPUs write at the same time: whole 64-bit words,
-//! read and written in one access each, changed by a fully ordered
-//! compare-and-exchange (BPF_CMPXCHG, Linux 5.12 and later; the kernel's
-//! value-returning atomics are full barriers on every architecture).
+//! Map memory that other CPUs write at the same time, in the bottom layer:
+//! whole 64-bit words, read and written in one access each, changed by a
+//! fully ordered compare-and-exchange (BPF_CMPXCHG, Linux 5.12 and later;
+//! the kernel's value-returning atomics are full barriers on every
+//! architecture). The seen words, host counts, mapping references and
+//! route caches above are all such words.
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 

@@ -1,4 +1,6 @@
-//! Ingress on the external interface: translate replies back to the internal host.
+//! Ingress on the external interface, `nat_ingress` (XDP) and
+//! `nat_ingress_tc`, in the programs layer: translate replies back to the
+//! internal host.
 //!
 //! XDP is the default: it runs before the stack allocates anything. It can
 //! only see packet bytes, so it updates checksums with plain RFC 1624
@@ -8,7 +10,7 @@
 //! the TC variant uses the skb-aware helpers instead.
 //!
 //! With the fast path on, a translated reply routed to an internal fast-path
-//! interface is redirected there (see [`crate::fast`]) instead of being
+//! interface is redirected there (see `programs::fast`) instead of being
 //! handed to the stack.
 
 use aya_ebpf::{
@@ -20,23 +22,35 @@ use nat_common::{
     counters::Counter,
     flow::{FRAG_IN, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     forward::eligible,
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
+    headers::{ETH_HLEN, check_ipv4},
 };
 
 use crate::{
-    fast, frag,
-    icmp::{self, Dir},
-    mapping::{self, Miss},
-    maps::{NAT_REV, ext_ifindex, fast_path},
-    packet::{
-        DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, Side,
-        frame_ip_len, ipv4_fields, l4_fields, now_ns, read, tc_action, touch, xdp_verdict,
+    base::{
+        maps::{NAT_REV, ext_ifindex, fast_path},
+        outcome::DropReason,
+        packet::{
+            Endpoint, Ether, HEADERS_MAX, ICMP_HEADERS_MAX, Ipv4Fields, L4Fields, Side, ethernet,
+            frame_ip_len, l4_fields, now_ns, touch,
+        },
+        skb::linear_headers,
     },
-    port_forward,
-    skb::linear_headers,
-    tc_rewrite::rewrite_endpoint,
-    track::{self, SynOptions},
-    xdp_rewrite,
+    flows::{
+        icmp::{self, Dir},
+        mapping::{self, Miss},
+        port_forward,
+    },
+    net::{
+        frag,
+        route::{
+            frame_for_host, hop, next_hop, skb_for_host, skb_l3_len, tc_redirect, tos_ttl,
+            xdp_redirect,
+        },
+        tc_rewrite::rewrite_endpoint,
+        verdict::{tc_action, xdp_verdict},
+        xdp_rewrite,
+    },
+    session::track::{self, SynOptions},
 };
 
 /// An inbound packet that belongs to a session.
@@ -72,11 +86,9 @@ fn classify<C: SynOptions>(
     end: usize,
     avail: usize,
 ) -> Result<Class, DropReason> {
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(Class::Pass(Counter::NotIpv4)),
-    }
-    let ip = ipv4_fields(data, end, ETH_HLEN)?;
+    let Ether::Ipv4(ip) = ethernet(data, end)? else {
+        return Ok(Class::Pass(Counter::NotIpv4));
+    };
     let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail)?;
     let l4_at = ETH_HLEN + meta.hdr_len;
     if meta.later_fragment {
@@ -113,7 +125,7 @@ fn classify<C: SynOptions>(
     // session: dropped outside the window, passed untouched inside it.
     let refresh = ip.proto != PROTO_TCP || {
         l4.wscale = ctx.syn_wscale(&l4, l4_at);
-        track::ingress(&key, entry, &l4, now)?
+        track::from_outside(&key, entry, &l4, now)?
     };
     if refresh {
         touch(entry, now);
@@ -175,7 +187,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
     }
     let ingress = ctx.ingress_ifindex() as u32;
     if fast_path()
-        && fast::frame_for_host(data, end, ingress)
+        && frame_for_host(data, end, ingress)
         && forward_in(ctx, ingress, data, end, &pkt, pkt.ip.tot_len, false)?
     {
         return Ok(Counter::FastIn);
@@ -197,7 +209,7 @@ fn forward_in<C: EbpfContext>(
     l3_len: u16,
     tc: bool,
 ) -> Result<bool, DropReason> {
-    let (tos, ttl) = fast::tos_ttl(data, end)?;
+    let (tos, ttl) = tos_ttl(data, end)?;
     if eligible(false, pkt.ip.proto, ttl).is_err() {
         return Ok(false);
     }
@@ -209,21 +221,21 @@ fn forward_in<C: EbpfContext>(
         pkt.to.addr,
         pkt.to.port,
     );
-    let Some(next) = fast::next_hop(ctx, pkt.entry, ingress, &flow, tos, l3_len, pkt.now) else {
+    let Some(next) = next_hop(ctx, pkt.entry, ingress, &flow, tos, l3_len, pkt.now) else {
         return Ok(false);
     };
     if next.ifindex == ext_ifindex() {
         return Ok(false);
     }
     let redirected = if tc {
-        fast::tc_redirect(next.ifindex)
+        tc_redirect(next.ifindex)
     } else {
-        fast::xdp_redirect(next.ifindex)
+        xdp_redirect(next.ifindex)
     };
     if !redirected {
         return Ok(false);
     }
-    fast::hop(data, end, &next, ttl, pkt.ip.proto, 0)?;
+    hop(data, end, &next, ttl, pkt.ip.proto, 0)?;
     Ok(true)
 }
 
@@ -270,13 +282,13 @@ fn try_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
         frag::remember(&pkt.ip, FRAG_IN, pkt.to.addr);
         return Ok(Counter::XlateIn);
     }
-    if fast_path() && fast::skb_for_host(ctx) {
+    if fast_path() && skb_for_host(ctx) {
         // The rewrite may have moved the packet: fresh pointers.
         let (data, end) = (ctx.data(), ctx.data_end());
         // SAFETY: reads a field of the program's own context.
         let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
         let ip_hdr_len = pkt.l4_at - ETH_HLEN;
-        let l3_len = fast::skb_l3_len(ctx, ip_hdr_len, pkt.l4.hdr_len, pkt.ip.tot_len);
+        let l3_len = skb_l3_len(ctx, ip_hdr_len, pkt.l4.hdr_len, pkt.ip.tot_len);
         if forward_in(ctx, ingress, data, end, &pkt, l3_len, true)? {
             return Ok(Counter::FastIn);
         }

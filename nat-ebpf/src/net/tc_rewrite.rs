@@ -1,4 +1,5 @@
-//! Endpoint rewriting for the TC programs, through the kernel's checksum helpers.
+//! Endpoint rewriting for the TC programs, in the net layer, through the
+//! kernel's checksum helpers.
 //!
 //! The transport checksum goes through the kernel's helper, which sees the
 //! skb and so also gets CHECKSUM_PARTIAL packets right (from the local
@@ -17,7 +18,10 @@ use nat_common::{
     headers::{ETH_HLEN, off},
 };
 
-use crate::packet::{DropReason, Endpoint, L4Fields, Side, pinned_ptr_at, ptr_at};
+use crate::base::{
+    outcome::DropReason,
+    packet::{Endpoint, L4Fields, Side, pinned_ptr_at, ptr_at},
+};
 
 #[inline(always)]
 pub fn rewrite_endpoint(

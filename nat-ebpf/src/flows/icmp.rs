@@ -1,5 +1,7 @@
-//! ICMP (RFC 5508): echo identifiers are translated like ports; errors are
-//! matched by the packet they carry and translated inside and out.
+//! ICMP (RFC 5508), in the flows layer: echo identifiers are translated
+//! like ports, their sessions allocated as any new flow's
+//! (`super::alloc`); errors are matched by the packet they carry and
+//! translated inside and out.
 //!
 //! ICMP has no pseudo-header and is never checksum-offloaded, so both the XDP
 //! and the TC program rewrite it through direct packet access with the
@@ -7,17 +9,26 @@
 //! covers the embedded packet, so every word changed inside it (address,
 //! port, embedded IP and transport checksums) goes into one difference.
 
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use nat_common::{
     counters::Counter,
     csum::{add, apply, apply_udp, diff16, diff32},
-    flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-    headers::{ICMP_HLEN, check_ipv4, icmp_type, off},
+    flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    headers::{ETH_HLEN, ICMP_HLEN, check_ipv4, icmp_type, off},
 };
 
+use super::alloc::allocate;
 use crate::{
-    alloc::allocate,
-    maps::{NAT_FWD, NAT_REV},
-    packet::{DropReason, Endpoint, Ipv4Fields, now_ns, pinned_ptr_at as ptr_at, touch},
+    base::{
+        maps::{NAT_FWD, NAT_REV},
+        outcome::{DropReason, decode, encode},
+        packet::{
+            Endpoint, ICMP_HEADERS_MAX, Ipv4Fields, ipv4_fields, now_ns, pinned_ptr_at as ptr_at,
+            read, touch,
+        },
+        skb::linear_headers,
+    },
+    net::frag,
 };
 
 /// Which way the packet crosses the NAT.
@@ -83,8 +94,8 @@ impl Datagram {
 #[inline(always)]
 pub fn open_echo(data: usize, end: usize, ip: &Ipv4Fields, l4: usize) -> Result<(), DropReason> {
     let (Ok(kind), Ok(id)) = (
-        crate::packet::read::<u8>(data, end, l4 + off::ICMP_TYPE),
-        crate::packet::read::<u16>(data, end, l4 + off::ICMP_ID),
+        read::<u8>(data, end, l4 + off::ICMP_TYPE),
+        read::<u16>(data, end, l4 + off::ICMP_ID),
     ) else {
         return Ok(());
     };
@@ -179,6 +190,55 @@ pub fn translate(
     } else {
         Counter::XlateOut
     })
+}
+
+/// ICMP leaving through TC egress from the internal side (`inside`) or
+/// from elsewhere (the host, a router inside), translated by
+/// [`nat_icmp_egress`].
+#[inline(always)]
+pub fn translate_out_tc(ctx: &TcContext, inside: bool) -> Result<Counter, DropReason> {
+    decode(nat_icmp_egress(ctx.skb.skb, inside as u64))
+}
+
+/// ICMP from the internal side (or from the host) as a global BPF function
+/// of its own: the verifier checks the translator's many bounds checks once,
+/// not once per path of nat_egress that reaches them (on Linux 6.1 the
+/// inlined translator made nat_egress "too complex"). It parses the IPv4
+/// header again from the context, which is all it takes: a global function
+/// gets scalars and the context, never packet pointers. `inside`: the
+/// source is internal. Returns [`encode`]'s code.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn nat_icmp_egress(skb: *mut __sk_buff, inside: u64) -> i64 {
+    let ctx = TcContext::new(skb);
+    encode(translate_skb_out(&ctx, inside != 0))
+}
+
+#[inline(always)]
+fn translate_skb_out(ctx: &TcContext, inside: bool) -> Result<Counter, DropReason> {
+    let len = ctx.len() as usize;
+    let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
+    let ip = ipv4_fields(data, end, ETH_HLEN)?;
+    let meta = check_ipv4(
+        ip.ver_ihl,
+        ip.tot_len,
+        ip.frag,
+        ip.proto,
+        len.saturating_sub(ETH_HLEN),
+    )?;
+    let done = translate(
+        data,
+        end,
+        ETH_HLEN,
+        &ip,
+        ETH_HLEN + meta.hdr_len,
+        Dir::Out,
+        inside,
+    )?;
+    if meta.fragment {
+        frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_OUT, true);
+    }
+    Ok(done)
 }
 
 /// An ICMP error: the embedded packet is one the NAT translated the other way

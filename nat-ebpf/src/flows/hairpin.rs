@@ -1,7 +1,9 @@
-//! Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8) on the internal interfaces:
-//! an internal host that sends to an external address and port owned by a
-//! port forward reaches the forward's internal host, which sees the
-//! sender's external address and port as the source.
+//! Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8) on the internal
+//! interfaces, in the flows layer: an internal host that sends to an
+//! external address and port owned by a port forward (or an
+//! endpoint-independent mapping) reaches its internal host, which sees the
+//! sender's external address and port as the source. The programs
+//! `nat_hairpin` and `nat_fast_tc` run it through [`nat_hairpin_tc`].
 //!
 //! The stack would deliver a packet to the NAT's own external address
 //! locally, so it is taken in TC ingress of the internal interface, before
@@ -15,43 +17,48 @@
 //! cooldowns and the sweep apply to them unchanged.
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::{__sk_buff, TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
-    helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh},
-    macros::classifier,
+    bindings::{__sk_buff, bpf_fib_lookup as FibParams},
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 use nat_common::{
     counters::Counter,
     flow::{FlowKey, NextHop, PROTO_TCP, PROTO_UDP},
-    forward::{AF_INET, eligible},
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4},
+    forward::eligible,
+    headers::{ETH_HLEN, check_ipv4},
     tcp_state::opens_flow,
 };
 
-use crate::{
+use super::{
     alloc::allocate,
-    fast,
     mapping::{self, Miss},
-    maps::{NAT_FWD, NAT_HAIRPIN_PLAN, NAT_REV, ext_ifindex, is_external, is_internal},
-    packet::{
-        DropReason, Endpoint, HEADERS_MAX, L4Fields, Side, decode, encode, ipv4_fields, l4_fields,
-        now_ns, read, tc_action_or_next, touch,
-    },
     port_forward::{forward_owner, open},
-    skb::linear_headers,
-    tc_rewrite::rewrite_endpoint,
-    track::{self, SynOptions},
+};
+use crate::{
+    base::{
+        maps::{NAT_FWD, NAT_REV, ext_ifindex, is_external, is_internal},
+        outcome::{DropReason, decode, encode},
+        packet::{
+            Endpoint, Ether, HEADERS_MAX, L4Fields, Side, ethernet, l4_fields, now_ns, read, touch,
+        },
+        skb::linear_headers,
+    },
+    net::{
+        route::{hop, out_interface, skb_for_host, tc_redirect_neigh, tos_ttl},
+        tc_rewrite::rewrite_endpoint,
+    },
+    session::track::{self, SynOptions},
 };
 
-/// `bpf_fib_lookup`'s answer when the route is known and the neighbour
-/// not yet: the interface is set, and `bpf_redirect_neigh` resolves it.
-const FIB_NO_NEIGH: i64 = 7;
+/// The hairpin's packet and translation, per CPU ([`Plan`]); never pinned.
+#[map(name = "NAT_HAIRPIN_PLAN")]
+static NAT_HAIRPIN_PLAN: PerCpuArray<Plan> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the packet is, and, once [`nat_hairpin_source`] and
 /// [`nat_hairpin_destination`] have run, where it goes.
 #[repr(C)]
-pub struct Plan {
+struct Plan {
     /// The packet's flow as egress keys it (sender, external destination).
     key: FlowKey,
     now: u64,
@@ -100,7 +107,7 @@ extern "C" fn nat_hairpin_source(plan: *mut Plan) -> i64 {
         return new_flow(p, &key);
     };
     let refresh = key.proto != PROTO_TCP || {
-        match track::egress(&key, entry, &p.l4, p.now) {
+        match track::from_inside(&key, entry, &p.l4, p.now) {
             Ok(refresh) => refresh,
             Err(drop) => return encode(Err(drop)),
         }
@@ -181,7 +188,7 @@ fn destination(p: &mut Plan) -> Result<bool, DropReason> {
             }
         }
     };
-    let refresh = key.proto != PROTO_TCP || track::ingress(&rev_key, entry, &p.l4, p.now)?;
+    let refresh = key.proto != PROTO_TCP || track::from_outside(&rev_key, entry, &p.l4, p.now)?;
     if refresh {
         touch(entry, p.now);
     }
@@ -190,36 +197,6 @@ fn destination(p: &mut Plan) -> Result<bool, DropReason> {
     p.dst_addr = to.addr;
     p.dst_port = to.port;
     Ok(true)
-}
-
-/// The interface the stack would route `flow` out of, arriving on
-/// `ifindex`: known also while its neighbour is not resolved yet.
-#[inline(always)]
-fn route(ctx: &TcContext, p: &mut FibParams, ifindex: u32, flow: &FlowKey, tos: u8) -> Option<u32> {
-    // SAFETY: a plain C struct; all-zero is its neutral value.
-    *p = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = flow.proto;
-    p.sport = flow.sport;
-    p.dport = flow.dport;
-    p.ifindex = ifindex;
-    p.__bindgen_anon_2.tos = tos;
-    p.__bindgen_anon_3.ipv4_src = flow.saddr;
-    p.__bindgen_anon_4.ipv4_dst = flow.daddr;
-    // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
-    if rc == 0 || rc == FIB_NO_NEIGH {
-        Some(p.ifindex)
-    } else {
-        None
-    }
-}
-
-/// Hairpinning alone, on internal interfaces whose fast path runs in XDP;
-/// where it runs in TC, `nat_fast_tc` does both in one program.
-#[classifier]
-pub fn nat_hairpin(ctx: TcContext) -> i32 {
-    tc_action_or_next(&ctx, outcome(nat_hairpin_tc(ctx.skb.skb)))
 }
 
 /// [`nat_hairpin_tc`]'s code for a packet that is none of the hairpin's
@@ -241,9 +218,7 @@ pub fn outcome(code: i64) -> Result<Option<Counter>, DropReason> {
 /// then is it the hairpin's to judge ([`nat_hairpin_tc`]).
 #[inline(always)]
 pub fn to_external(data: usize, end: usize) -> bool {
-    matches!(read::<u16>(data, end, 12), Ok(t) if u16::from_be(t) == ETH_P_IP)
-        && read::<u32>(data, end, ETH_HLEN + nat_common::headers::off::IP_DADDR)
-            .is_ok_and(is_external)
+    matches!(ethernet(data, end), Ok(Ether::Ipv4(ip)) if is_external(ip.daddr))
 }
 
 /// The hairpin as a global BPF function, shared by `nat_hairpin` and
@@ -270,21 +245,17 @@ pub extern "C" fn nat_hairpin_tc(skb: *mut __sk_buff) -> i64 {
 fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
     const PASS: Result<Option<Counter>, DropReason> = Ok(Some(Counter::NotHairpin));
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return Ok(None),
-    }
-    let Ok(ip) = ipv4_fields(data, end, ETH_HLEN) else {
+    let Ok(Ether::Ipv4(ip)) = ethernet(data, end) else {
         return Ok(None);
     };
-    if !is_external(ip.daddr) || !is_internal(ip.saddr) || !fast::skb_for_host(ctx) {
+    if !is_external(ip.daddr) || !is_internal(ip.saddr) || !skb_for_host(ctx) {
         return Ok(None);
     }
     let avail = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     let Ok(meta) = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail) else {
         return PASS;
     };
-    let (tos, ttl) = fast::tos_ttl(data, end)?;
+    let (tos, ttl) = tos_ttl(data, end)?;
     // Fragments, ICMP and TTL 1 are the stack's (which delivers them to
     // the NAT host itself).
     if eligible(meta.fragment, ip.proto, ttl).is_err() {
@@ -346,7 +317,7 @@ fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // SAFETY: as above; this CPU's slot, nothing else holds a reference now.
     let fib = unsafe { &mut (*slot).fib };
-    let out = match route(ctx, fib, ingress, &toward, tos) {
+    let out = match out_interface(ctx, fib, ingress, &toward, tos) {
         Some(out) if out != ext_ifindex() => out,
         _ => return Err(DropReason::HairpinUnrouted),
     };
@@ -376,11 +347,8 @@ fn try_hairpin(ctx: &TcContext) -> Result<Option<Counter>, DropReason> {
         mtu: 0,
         macs: read::<[u8; 12]>(data, end, 0)?,
     };
-    fast::hop(data, end, &next, ttl, ip.proto, 0)?;
-    // SAFETY: plain helper call; no parameters: the kernel looks up the
-    // next hop of the rewritten packet and resolves its neighbour.
-    let rc = unsafe { bpf_redirect_neigh(out, core::ptr::null_mut(), 0, 0) };
-    if rc != TC_ACT_REDIRECT as i64 {
+    hop(data, end, &next, ttl, ip.proto, 0)?;
+    if !tc_redirect_neigh(out) {
         return Err(DropReason::HairpinUnrouted);
     }
     Ok(Some(Counter::Hairpin))

@@ -1,5 +1,8 @@
 //! Endpoint-independent mappings (RFC 4787 REQ-1, RFC 5382 REQ-1) and the
-//! filtering of packets from outside to them (RFC 4787 REQ-8).
+//! filtering of packets from outside to them (RFC 4787 REQ-8), in the
+//! flows layer: a flow joins its endpoint's mapping or claims a new one
+//! with its port, through the session layer's claim; the allocator
+//! (`super::alloc`), ingress and the hairpin ask here.
 //!
 //! A mapping is two entries, both inserted with BPF_NOEXIST: NAT_EIM by
 //! internal endpoint and NAT_EIM_OWNER by external endpoint. The owner entry
@@ -12,12 +15,13 @@
 //! every forward entry created through it is marked
 //! ([`nat_common::mapping::SESSION_MAPPED`]) and holds one reference in
 //! `refs`, taken before its session is claimed and released when the
-//! forward entry is deleted ([`remove_forward`], the sweep's one call) or
-//! when its claim fails. `refs` changes only by compare-and-exchange, and a
-//! reference is taken only while it is above 0, so once the last reference
-//! is released the mapping is dying: nothing joins it again, and the CPU
-//! whose release reached 0 deletes both entries. A flow that meets a dying
-//! mapping simply gets a port of its own for its destination.
+//! forward entry is deleted (however its session is freed: see
+//! `session::mapping_ref`) or when its claim fails. `refs` changes only by
+//! compare-and-exchange, and a reference is taken only while it is above
+//! 0, so once the last reference is released the mapping is dying: nothing
+//! joins it again, and the CPU whose release reached 0 deletes both
+//! entries. A flow that meets a dying mapping simply gets a port of its
+//! own for its destination.
 //!
 //! The cooldown always wins: a flow whose mapping's key toward its
 //! destination is cooling gets another port (`eim_conflict`), since a
@@ -40,24 +44,22 @@ use nat_common::{
         EndpointKey, Mapping, Owner, PeerKey, SESSION_INBOUND, SESSION_MAPPED, admits, mode,
     },
     probe::pool_index,
-    seen_word::{SharedWord, update},
 };
 
 use crate::{
-    alloc::{CLAIM_LOST, CLAIM_TAKEN, CLAIM_WON, nat_claim_pair},
-    maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_EIM, NAT_EIM_OWNER, NAT_EIM_PEERS, NAT_FWD, NAT_POOL,
-        NAT_REV, count, hash_seed,
+    base::{
+        maps::{
+            NAT_CONFIG, NAT_COOLDOWN, NAT_EIM, NAT_EIM_OWNER, NAT_EIM_PEERS, NAT_POOL, NAT_REV,
+            count, hash_seed,
+        },
+        outcome::DropReason,
+        packet::{Endpoint, now_ns},
     },
-    packet::{DropReason, Endpoint, now_ns},
-    shared::MapWord,
+    session::{
+        claim::{CLAIM_LOST, CLAIM_TAKEN, CLAIM_WON, insert_failure, nat_claim_pair},
+        mapping_ref::{acquire, release},
+    },
 };
-
-/// Exchange attempts for a release. A failed attempt means another CPU
-/// changed the count in between (a session of the same endpoint opening or
-/// ending within a few instructions); a release that ran out would leave
-/// the mapping alive with no session, so it gets far more than it can need.
-const RELEASE_ATTEMPTS: u32 = 64;
 
 /// Whether new flows of `proto` get endpoint-independent mappings.
 #[inline(always)]
@@ -89,72 +91,6 @@ pub fn owner(proto: u8, ext_addr: u32, ext_port: u16) -> Option<Endpoint> {
 #[inline(always)]
 pub fn owned_by_other(fwd: &FlowKey, ext_addr: u32, port: u16) -> bool {
     owner(fwd.proto, ext_addr, port).is_some_and(|o| o.addr != fwd.saddr || o.port != fwd.sport)
-}
-
-/// Takes a reference on a live mapping; false if it is dying.
-#[inline(always)]
-fn acquire(m: *mut Mapping) -> bool {
-    // SAFETY: live map value pointer; `refs` is an aligned 64-bit word.
-    let refs = MapWord(unsafe { core::ptr::addr_of_mut!((*m).refs) });
-    update(&refs, |r| if r == 0 { None } else { Some(r + 1) }).is_some()
-}
-
-/// Releases one reference of the mapping of internal endpoint
-/// (`proto`, `addr`, `port`); the last one deletes the mapping.
-#[inline(always)]
-fn release(proto: u8, addr: u32, port: u16) {
-    nat_mapping_release(proto as u64, addr as u64, port as u64);
-}
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-extern "C" fn nat_mapping_release(proto: u64, addr: u64, port: u64) -> i32 {
-    let key = EndpointKey::new(proto as u8, addr as u32, port as u16);
-    let Some(m) = NAT_EIM.get_ptr_mut(key) else {
-        return 0;
-    };
-    // SAFETY: live map value pointer.
-    let refs = MapWord(unsafe { core::ptr::addr_of_mut!((*m).refs) });
-    let mut current = refs.load();
-    let mut tries = 0;
-    while tries < RELEASE_ATTEMPTS {
-        if current == 0 {
-            return 0;
-        }
-        match refs.compare_exchange(current, current - 1) {
-            Ok(()) => {
-                if current == 1 {
-                    // Dying: no one joins it any more. The mapping entry
-                    // goes first, so a new flow of the endpoint creates a
-                    // fresh one; the owner entry last, so the port stays
-                    // reserved until nothing refers to it.
-                    // SAFETY: live map value pointer.
-                    let (ext_addr, ext_port) = unsafe { ((*m).addr, (*m).port) };
-                    let _ = NAT_EIM.remove(key);
-                    let _ = NAT_EIM_OWNER.remove(EndpointKey::new(proto as u8, ext_addr, ext_port));
-                }
-                return 0;
-            }
-            Err(found) => current = found,
-        }
-        tries += 1;
-    }
-    1
-}
-
-/// Deletes the forward entry of an ending session, and releases the
-/// mapping reference it holds. Every deletion of a forward entry goes
-/// through here.
-#[inline(always)]
-pub fn remove_forward(key: &FlowKey, fwd: *const Session) -> Option<u16> {
-    // SAFETY: the caller's live map value pointer, read before the delete.
-    let marks = unsafe { read_volatile(&(*fwd).mapping) };
-    // Only the CPU whose delete succeeded releases: one release per entry.
-    NAT_FWD.remove(key).ok()?;
-    if marks & SESSION_MAPPED != 0 {
-        release(key.proto, key.saddr, key.sport);
-    }
-    Some(marks)
 }
 
 /// Records that the mapping (`born`) on external `ext` sent to `remote`,
@@ -438,7 +374,7 @@ pub fn inbound(rev_key: &FlowKey) -> Result<Miss, DropReason> {
             // Gone again already.
             None => Miss::Pass(Counter::NotOursIn),
         }),
-        err => Err(crate::alloc::insert_failure(err as i32)),
+        err => Err(insert_failure(err as i32)),
     }
 }
 

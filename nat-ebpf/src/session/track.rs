@@ -1,9 +1,10 @@
-//! TCP state of existing sessions: seen words, close detection, cooldowns,
-//! collisions, reopening and the judgement of resets (RFC 5961). Every
-//! segment records its sender's acknowledgment, window and end in the
-//! sender's own entry; everything past that runs only for packets that
-//! change a session's state (SYN, FIN, RST, the first answer and the first
-//! ACK), so the established path costs those stores and one comparison.
+//! TCP state of existing sessions, in the session layer: seen words, close
+//! detection, cooldowns, collisions, reopening and the judgement of resets
+//! (RFC 5961). Every segment records its sender's acknowledgment, window
+//! and end in the sender's own entry; everything past that runs only for
+//! packets that change a session's state (SYN, FIN, RST, the first answer
+//! and the first ACK), so the established path costs those stores and one
+//! comparison.
 //!
 //! Each direction's seen word is written only by the programs of that
 //! direction, and only by compare-and-exchange ([`nat_common::seen_word`]):
@@ -43,9 +44,10 @@ use nat_common::{
     },
 };
 
-use crate::{
+use crate::base::{
     maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_TCP_OPTIONS, count},
-    packet::{DropReason, L4Fields, now_ns, read},
+    outcome::DropReason,
+    packet::{L4Fields, now_ns, read},
     shared::MapWord,
 };
 
@@ -63,15 +65,16 @@ fn stamp(entry: *mut Session, now: u64) {
     unsafe { (*entry).last_seen = now };
 }
 
-/// Egress packet of an existing session: `Ok(true)` when the session is
-/// to be refreshed ([`crate::packet::touch`]), `Ok(false)` for a reset
-/// that passes but leaves the session as it was, not even refreshed, and
-/// the drop of a reset outside the remote's window (it has changed
-/// nothing either). A reset is judged first, by a global function of its
+/// A packet of an existing session from its internal host (through
+/// egress, the fast path or the hairpin's sender side): `Ok(true)` when
+/// the session is to be refreshed ([`touch`](crate::base::packet::touch)),
+/// `Ok(false)` for a reset that passes but leaves the session as it was,
+/// not even refreshed, and the drop of a reset outside the remote's window
+/// (it has changed nothing either). A reset is judged first, by a global function of its
 /// own: its frame then sits beside the tracking's, not under it, on a
 /// chain (the fast path's) at the 512 bytes Linux 6.1 allows.
 #[inline(always)]
-pub fn egress(
+pub fn from_inside(
     fwd_key: &FlowKey,
     fwd: *mut Session,
     l4: &L4Fields,
@@ -87,10 +90,11 @@ pub fn egress(
     outcome(nat_track_egress(fwd_key, fwd, a, b, now))
 }
 
-/// Ingress packet of an existing session, as [`egress`]: the drop is of a
-/// reset outside the internal host's window.
+/// A packet of an existing session from its remote (through ingress or
+/// the hairpin's receiver side), as [`from_inside`]: the drop is of a reset
+/// outside the internal host's window.
 #[inline(always)]
-pub fn ingress(
+pub fn from_outside(
     rev_key: &FlowKey,
     rev: *mut Session,
     l4: &L4Fields,
@@ -106,13 +110,13 @@ pub fn ingress(
     outcome(nat_track_ingress(rev_key, rev, a, b, now))
 }
 
-/// [`egress`] for `nat_egress`, whose frame is on a chain (through the
+/// [`from_inside`] for `nat_egress`, whose frame is on a chain (through the
 /// allocation) at the 512 bytes Linux 6.1 allows: the global functions
 /// read the TCP header at `l4_at` (and a SYN's window scale option) from
 /// the packet themselves, in their own frames, so that nothing of it stays
 /// live in the program's.
 #[inline(always)]
-pub fn egress_tc(
+pub fn from_inside_tc(
     ctx: &TcContext,
     fwd_key: &FlowKey,
     fwd: *mut Session,
@@ -130,7 +134,7 @@ pub fn egress_tc(
 
 /// A new flow's SYN in `nat_egress` (or the hairpin), once the allocation
 /// inserted its session: its numbers go into the forward entry as any
-/// opening SYN's do, read as in [`egress_tc`].
+/// opening SYN's do, read as in [`from_inside_tc`].
 #[inline(always)]
 pub fn opened_tc(ctx: &TcContext, fwd_key: &FlowKey, l4_at: usize) {
     nat_track_opened_tc(ctx.skb.skb, fwd_key, l4_at as u64);
@@ -363,10 +367,10 @@ extern "C" fn nat_judge_egress(
     // SAFETY: checked for null; the caller passes its stack key. A copy,
     // as in nat_track_egress.
     let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
-    judge_egress(&fwd_key, fwd, &segment(seg_a, seg_b))
+    judge_from_inside(&fwd_key, fwd, &segment(seg_a, seg_b))
 }
 
-/// [`nat_judge_egress`] of the segment at `l4_at` of `skb` ([`egress_tc`]).
+/// [`nat_judge_egress`] of the segment at `l4_at` of `skb` ([`from_inside_tc`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_judge_egress_tc(
@@ -381,13 +385,13 @@ extern "C" fn nat_judge_egress_tc(
     // SAFETY: as in nat_judge_egress.
     let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
     match skb_segment(skb, l4_at, false) {
-        Some(seg) => judge_egress(&fwd_key, fwd, &seg),
+        Some(seg) => judge_from_inside(&fwd_key, fwd, &seg),
         None => KEEP,
     }
 }
 
 #[inline(always)]
-fn judge_egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment) -> i32 {
+fn judge_from_inside(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment) -> i32 {
     let before = seen_of(fwd).load();
     // SAFETY: live map value pointer.
     let (addr, port) = unsafe { ((*fwd).addr, (*fwd).port) };
@@ -425,7 +429,7 @@ extern "C" fn nat_judge_ingress(
     // SAFETY: live map value pointer.
     let (addr, port) = unsafe { ((*rev).addr, (*rev).port) };
     let fwd_key = FlowKey::new(PROTO_TCP, addr, port, rev_key.daddr, rev_key.dport);
-    // Without a forward entry (being reaped) nothing is known of the
+    // Without a forward entry (being freed) nothing is known of the
     // internal host: the reset changes nothing.
     let (own, internal) = match NAT_FWD.get_ptr_mut(fwd_key) {
         Some(f) => {
@@ -472,10 +476,10 @@ extern "C" fn nat_track_egress(
     // of a global function as a map key. Volatile, so that LLVM keeps it.
     // SAFETY: checked for null; the caller passes its stack key.
     let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
-    track_egress(&fwd_key, fwd, &segment(seg_a, seg_b), now)
+    track_from_inside(&fwd_key, fwd, &segment(seg_a, seg_b), now)
 }
 
-/// [`egress_tc`] past the judgement: [`nat_track_egress`] of the segment
+/// [`from_inside_tc`] past the judgement: [`nat_track_egress`] of the segment
 /// at `l4_at` of `skb`.
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -492,7 +496,7 @@ extern "C" fn nat_track_egress_tc(
     // as in nat_track_egress.
     let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
     match skb_segment(skb, l4_at, true) {
-        Some(seg) => track_egress(&fwd_key, fwd, &seg, now_ns()),
+        Some(seg) => track_from_inside(&fwd_key, fwd, &seg, now_ns()),
         None => KEEP,
     }
 }
@@ -510,7 +514,7 @@ extern "C" fn nat_track_opened_tc(skb: *mut __sk_buff, fwd_key: *const FlowKey, 
     let fwd_key = unsafe { core::ptr::read_volatile(fwd_key) };
     match (skb_segment(skb, l4_at, true), NAT_FWD.get_ptr_mut(fwd_key)) {
         // A SYN: never a reset to judge.
-        (Some(seg), Some(fwd)) => track_egress(&fwd_key, fwd, &seg, now_ns()),
+        (Some(seg), Some(fwd)) => track_from_inside(&fwd_key, fwd, &seg, now_ns()),
         _ => KEEP,
     }
 }
@@ -563,11 +567,11 @@ extern "C" fn nat_track_ingress(
     // SAFETY: checked for null; the caller passes its stack key. A copy,
     // as in nat_track_egress.
     let rev_key = unsafe { core::ptr::read_volatile(rev_key) };
-    track_ingress(&rev_key, rev, &segment(seg_a, seg_b), now)
+    track_from_outside(&rev_key, rev, &segment(seg_a, seg_b), now)
 }
 
 #[inline(always)]
-fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment, now: u64) -> i32 {
+fn track_from_inside(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment, now: u64) -> i32 {
     let flags = seg.flags;
     let own_seen = seen_of(fwd);
     let before = own_seen.load();
@@ -589,8 +593,8 @@ fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment, now: u64) -
         // The internal socket opens the same 5-tuple again (the SYN retry
         // after a collision): keep the mapping, start a new generation.
         // The key's cooldown entry stays: it does no harm while the key
-        // is claimed, and it still protects the key if the reaper is
-        // removing the old session at this very moment.
+        // is claimed, and it still protects the key if the sweep is
+        // freeing the old session at this very moment.
         if update(&own_seen, |w| forward_reopen(w, epoch, other)).is_some() {
             stamp(fwd, now);
             // The new connection's opening SYN: its numbers replace the
@@ -617,7 +621,7 @@ fn track_egress(fwd_key: &FlowKey, fwd: *mut Session, seg: &Segment, now: u64) -
 }
 
 #[inline(always)]
-fn track_ingress(rev_key: &FlowKey, rev: *mut Session, seg: &Segment, now: u64) -> i32 {
+fn track_from_outside(rev_key: &FlowKey, rev: *mut Session, seg: &Segment, now: u64) -> i32 {
     let flags = seg.flags;
     let own_seen = seen_of(rev);
     let before = own_seen.load();
@@ -642,7 +646,7 @@ fn track_ingress(rev_key: &FlowKey, rev: *mut Session, seg: &Segment, now: u64) 
     let fwd_key = FlowKey::new(PROTO_TCP, addr, port, rev_key.daddr, rev_key.dport);
     let fwd = NAT_FWD.get_ptr_mut(fwd_key);
     let fwd_seen = fwd.map(seen_of);
-    // Without a forward entry (being reaped) the reverse keeps its own generation.
+    // Without a forward entry (being freed) the reverse keeps its own generation.
     let fwd_word = fwd_seen.map_or(pack(generation(before), 0), |f| f.load());
     let mut epoch = generation(fwd_word);
     let mut other = bits(fwd_word);

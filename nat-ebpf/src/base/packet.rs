@@ -1,189 +1,12 @@
-//! Bounds-checked packet access and the typed outcomes of both programs.
+//! Bounds-checked packet access, in the bottom layer: the one way the
+//! programs touch packet memory ([`ptr_at`], [`read`]), the Ethernet and
+//! IPv4 parse every program starts with ([`ethernet`]), the transport
+//! fields they parse, the endpoints they rewrite, and the refresh of a
+//! session entry's `last_seen`.
 
-use nat_common::{counters::Counter, headers::HeaderError};
+use nat_common::headers::{ETH_HLEN, ETH_P_IP, is_vlan};
 
-/// Why a packet is dropped. Every variant has a counter.
-#[repr(u32)]
-#[derive(Clone, Copy)]
-pub enum DropReason {
-    NoSession,
-    AllocFail,
-    /// A reset, either way, outside its receiver's window.
-    RstOutOfWindow,
-    /// A session map is full: no candidate can be claimed.
-    SessionTableFull,
-    Malformed,
-    Unsupported,
-    FragUnknown,
-    RewriteError,
-    StrictCooling,
-    IcmpUnmatched,
-    /// A port forward's internal host already has a session with the remote on that port.
-    ForwardConflict,
-    /// A hairpinned packet has no route to its internal host.
-    HairpinUnrouted,
-    /// The internal host holds `max-sessions-per-host` sessions.
-    HostLimit,
-    /// A frame tagged for a VLAN with an internal IPv4 source, at egress.
-    TaggedInternal,
-}
-
-impl DropReason {
-    #[inline(always)]
-    pub const fn counter(self) -> Counter {
-        match self {
-            DropReason::NoSession => Counter::NoSession,
-            DropReason::AllocFail => Counter::AllocFail,
-            DropReason::RstOutOfWindow => Counter::RstOutOfWindow,
-            DropReason::SessionTableFull => Counter::SessionTableFull,
-            DropReason::Malformed => Counter::Malformed,
-            DropReason::Unsupported => Counter::Unsupported,
-            DropReason::FragUnknown => Counter::FragUnknown,
-            DropReason::RewriteError => Counter::RewriteError,
-            DropReason::StrictCooling => Counter::StrictCooling,
-            DropReason::IcmpUnmatched => Counter::IcmpUnmatched,
-            DropReason::ForwardConflict => Counter::ForwardConflict,
-            DropReason::HairpinUnrouted => Counter::HairpinUnrouted,
-            DropReason::HostLimit => Counter::HostLimit,
-            DropReason::TaggedInternal => Counter::TaggedInternal,
-        }
-    }
-}
-
-/// A TC program's outcome as its return code, counted: the one place a
-/// result becomes an action. A packet that is not dropped or redirected
-/// goes on to the next program or filter on the hook (TC_ACT_UNSPEC, TCX's
-/// "next"), so the operator's own ingress and egress filters still see it.
-#[inline(always)]
-pub fn tc_action(ctx: &aya_ebpf::programs::TcContext, outcome: Result<Counter, DropReason>) -> i32 {
-    use aya_ebpf::bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
-    match outcome {
-        // The fast path and the hairpin set up the redirect before they returned these.
-        Ok(c @ (Counter::FastIn | Counter::FastOut | Counter::Hairpin)) => {
-            crate::maps::count(c);
-            TC_ACT_REDIRECT
-        }
-        Ok(counter) => {
-            crate::maps::count(counter);
-            TC_ACT_UNSPEC
-        }
-        Err(drop) => {
-            crate::maps::count(drop.counter());
-            crate::events::dropped(ctx, drop, ctx.data(), ctx.data_end());
-            TC_ACT_SHOT
-        }
-    }
-}
-
-/// [`tc_action`] for a program that most packets only pass by (the hairpin
-/// program on the internal interfaces): `Ok(None)` is a packet that is none
-/// of its business, which goes on (TC_ACT_UNSPEC) uncounted, so that the
-/// fast path's packets pay no counter write here. It is not a silent pass:
-/// the packet is on its normal path, whose programs (the fast path, egress)
-/// count it next.
-#[inline(always)]
-pub fn tc_action_or_next(
-    ctx: &aya_ebpf::programs::TcContext,
-    outcome: Result<Option<Counter>, DropReason>,
-) -> i32 {
-    match outcome {
-        Ok(None) => aya_ebpf::bindings::TC_ACT_UNSPEC,
-        Ok(Some(counter)) => tc_action(ctx, Ok(counter)),
-        Err(drop) => tc_action(ctx, Err(drop)),
-    }
-}
-
-/// An XDP program's outcome as its action, counted: the fast path's
-/// counters mean a redirect it set up, other outcomes pass, drops drop.
-#[inline(always)]
-pub fn xdp_verdict(
-    ctx: &aya_ebpf::programs::XdpContext,
-    outcome: Result<Counter, DropReason>,
-) -> u32 {
-    use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
-    match outcome {
-        Ok(c @ (Counter::FastIn | Counter::FastOut)) => {
-            crate::maps::count(c);
-            XDP_REDIRECT
-        }
-        Ok(counter) => {
-            crate::maps::count(counter);
-            XDP_PASS
-        }
-        Err(drop) => {
-            crate::maps::count(drop.counter());
-            crate::events::dropped(ctx, drop, ctx.data(), ctx.data_end());
-            XDP_DROP
-        }
-    }
-}
-
-/// Drop reasons: their codes are 0..DROP_REASONS, in declaration order
-/// (named after the last variant: a new one goes after it, and here).
-const DROP_REASONS: u32 = DropReason::TaggedInternal as u32 + 1;
-
-/// An outcome as the one scalar a BPF global function may return: a
-/// counter's index, or a drop reason's code as -1 - code.
-#[inline(always)]
-pub const fn encode(outcome: Result<Counter, DropReason>) -> i64 {
-    match outcome {
-        Ok(counter) => counter as i64,
-        Err(drop) => -1 - drop as i64,
-    }
-}
-
-/// [`encode`] undone. A code out of range (none is returned) reads as Malformed.
-/// A range check and a cast rather than a match, so the caller's verifier
-/// walk goes on with one state per sign, not one per variant.
-#[inline(always)]
-pub fn decode(code: i64) -> Result<Counter, DropReason> {
-    use nat_common::counters::COUNTER_COUNT;
-    if code >= 0 {
-        if code < COUNTER_COUNT as i64 {
-            // SAFETY: Counter is repr(u32) with the discriminants 0..COUNTER_COUNT.
-            return Ok(unsafe { core::mem::transmute::<u32, Counter>(code as u32) });
-        }
-        return Err(DropReason::Malformed);
-    }
-    let drop = (-1 - code) as u64;
-    if drop < DROP_REASONS as u64 {
-        // SAFETY: DropReason is repr(u32) with the discriminants 0..DROP_REASONS.
-        return Err(unsafe { core::mem::transmute::<u32, DropReason>(drop as u32) });
-    }
-    Err(DropReason::Malformed)
-}
-
-/// An endpoint (or a drop) as the scalar a BPF global function returns:
-/// address in bits 16..48, port in 0..16; a drop as in [`encode`].
-#[inline(always)]
-pub fn encode_endpoint(outcome: Result<Endpoint, DropReason>) -> i64 {
-    match outcome {
-        Ok(e) => ((e.addr as i64) << 16) | e.port as i64,
-        Err(drop) => -1 - drop as i64,
-    }
-}
-
-/// [`encode_endpoint`] undone.
-#[inline(always)]
-pub fn decode_endpoint(code: i64) -> Result<Endpoint, DropReason> {
-    if code >= 0 {
-        return Ok(Endpoint {
-            addr: (code >> 16) as u32,
-            port: code as u16,
-        });
-    }
-    match decode(code) {
-        Err(drop) => Err(drop),
-        Ok(_) => Err(DropReason::Malformed),
-    }
-}
-
-impl From<HeaderError> for DropReason {
-    #[inline(always)]
-    fn from(_: HeaderError) -> Self {
-        DropReason::Malformed
-    }
-}
+use super::outcome::{DropReason, decode};
 
 /// A pointer to a `T` at `off` bytes into the packet, or `Malformed` when the
 /// packet is shorter. The only way the programs touch packet memory.
@@ -213,8 +36,7 @@ pub fn pinned_ptr_at<T>(data: usize, data_end: usize, off: usize) -> Result<*mut
 /// instead of wrapping around to a huge length.
 #[inline(always)]
 pub fn frame_ip_len(data: usize, end: usize) -> usize {
-    end.saturating_sub(data)
-        .saturating_sub(nat_common::headers::ETH_HLEN)
+    end.saturating_sub(data).saturating_sub(ETH_HLEN)
 }
 
 #[inline(always)]
@@ -254,6 +76,38 @@ pub fn ipv4_fields(data: usize, data_end: usize, at: usize) -> Result<Ipv4Fields
         saddr: read::<u32>(data, data_end, at + off::IP_SADDR)?,
         daddr: read::<u32>(data, data_end, at + off::IP_DADDR)?,
     })
+}
+
+/// Offset of the ethertype in an Ethernet header.
+const ETH_TYPE: usize = 12;
+
+/// What a frame holds, as its Ethernet header tells.
+pub enum Ether {
+    /// An untagged IPv4 packet, with the fields of its header.
+    Ipv4(Ipv4Fields),
+    /// A frame tagged for a VLAN in its bytes (802.1Q or 802.1ad): its
+    /// outer ethertype, host order.
+    Tagged(u16),
+    /// Anything else, or a frame too short for an Ethernet header.
+    Other,
+}
+
+/// The frame's ethertype, host order; `None` for a runt.
+#[inline(always)]
+pub fn ethertype(data: usize, end: usize) -> Option<u16> {
+    read::<u16>(data, end, ETH_TYPE).ok().map(u16::from_be)
+}
+
+/// The one Ethernet/IPv4 parse every program starts with. `Malformed`
+/// for an IPv4 frame too short for its header's fixed fields; what the
+/// header says is checked by `check_ipv4` after it.
+#[inline(always)]
+pub fn ethernet(data: usize, end: usize) -> Result<Ether, DropReason> {
+    match ethertype(data, end) {
+        Some(ETH_P_IP) => ipv4_fields(data, end, ETH_HLEN).map(Ether::Ipv4),
+        Some(t) if is_vlan(t) => Ok(Ether::Tagged(t)),
+        _ => Ok(Ether::Other),
+    }
 }
 
 /// An address and port in network byte order.
@@ -313,8 +167,8 @@ pub struct L4Fields {
     /// TCP payload bytes (the segment the IPv4 header claims, less the
     /// TCP header); 0 for UDP.
     pub payload: u16,
-    /// A SYN's window scale option, once the program read it
-    /// ([`crate::track::SynOptions`]); 0 otherwise.
+    /// A SYN's window scale option, once the program read it (through
+    /// `session::track`, from above); 0 otherwise.
     pub wscale: u8,
     /// Offset of the checksum field from the start of the packet.
     pub check_off: usize,
@@ -400,4 +254,30 @@ pub fn touch(entry: *mut nat_common::flow::Session, now: u64) {
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() }
+}
+
+/// An endpoint (or a drop) as the scalar a BPF global function returns:
+/// address in bits 16..48, port in 0..16; a drop as in
+/// [`encode`](super::outcome::encode).
+#[inline(always)]
+pub fn encode_endpoint(outcome: Result<Endpoint, DropReason>) -> i64 {
+    match outcome {
+        Ok(e) => ((e.addr as i64) << 16) | e.port as i64,
+        Err(drop) => -1 - drop as i64,
+    }
+}
+
+/// [`encode_endpoint`] undone.
+#[inline(always)]
+pub fn decode_endpoint(code: i64) -> Result<Endpoint, DropReason> {
+    if code >= 0 {
+        return Ok(Endpoint {
+            addr: (code >> 16) as u32,
+            port: code as u16,
+        });
+    }
+    match decode(code) {
+        Err(drop) => Err(drop),
+        Ok(_) => Err(DropReason::Malformed),
+    }
 }

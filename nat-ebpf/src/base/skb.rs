@@ -1,4 +1,6 @@
-//! Access to a TC program's skb shared by the TC programs.
+//! A TC program's skb, in the bottom layer: its headers made readable by
+//! direct access, for every TC program and the global functions that read
+//! the packet again from the context.
 
 use aya_ebpf::programs::TcContext;
 

@@ -1,9 +1,14 @@
-//! The maps both programs share. Their names are the constants in `nat_common::names`.
+//! The maps the layers above share, in the bottom layer: every map whose
+//! value is a `nat_common` type or a plain number, the load-time globals
+//! the loader sets, and the lookups everything asks (the outcome counters,
+//! internal and external addresses). A map whose value is a type of an
+//! upper module is defined in that module (the allocator's probe state,
+//! the hairpin's plan, the sweep's walk, batch and timer). Map names are
+//! the constants in `nat_common::names`: user space finds maps by name,
+//! wherever they are defined here.
 
 use aya_ebpf::{
-    bindings::bpf_timer,
-    btf_maps,
-    macros::{btf_map, map},
+    macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use nat_common::{
@@ -31,7 +36,7 @@ pub static NAT_REV: HashMap<FlowKey, Session> = HashMap::with_max_entries(DEFAUL
 #[map(name = "NAT_COOLDOWN")]
 pub static NAT_COOLDOWN: HashMap<FlowKey, u64> = HashMap::with_max_entries(2 * DEFAULT_SESSIONS, 0);
 
-/// Endpoint-independent mappings, by internal endpoint ([`crate::mapping`]).
+/// Endpoint-independent mappings, by internal endpoint (`flows::mapping`).
 /// At most one per forward session: the loader sizes it like the sessions.
 #[map(name = "NAT_EIM")]
 pub static NAT_EIM: HashMap<EndpointKey, Mapping> = HashMap::with_max_entries(DEFAULT_SESSIONS, 0);
@@ -50,7 +55,7 @@ pub static NAT_EIM_PEERS: LruHashMap<PeerKey, u64> =
     LruHashMap::with_max_entries(DEFAULT_SESSIONS, 0);
 /// Live sessions per internal address. Not preallocated: an entry the
 /// sweep deletes is freed only after every program run that may still hold
-/// a pointer to it has ended (see `hosts.rs`). The loader sizes it as the
+/// a pointer to it has ended (see `session::hosts`). The loader sizes it as the
 /// session maps: every entry but a dying one holds at least one session.
 #[map(name = "NAT_HOSTS")]
 pub static NAT_HOSTS: HashMap<u32, HostEntry> =
@@ -60,23 +65,19 @@ pub static NAT_HOSTS: HashMap<u32, HostEntry> =
 #[map(name = "NAT_LIVE")]
 pub static NAT_LIVE: Array<u64> = Array::with_max_entries(1, 0);
 
-/// One session entry per CPU, where a new session is put together before
-/// it is inserted; never pinned.
 /// Static port forwards; written by the loader and `nat forward` only.
 #[map(name = "NAT_FORWARD")]
 pub static NAT_FORWARD: HashMap<ForwardKey, ForwardTarget> =
     HashMap::with_max_entries(MAX_FORWARD_ENTRIES, 0);
 
 /// One forward-map key per CPU, for a lookup from a frame with no stack
-/// to spare ([`crate::port_forward::nat_port_forwarded`]); never pinned.
+/// to spare (the claim's check of forwarded ports, `session::claim`);
+/// never pinned.
 #[map(name = "NAT_FORWARD_KEY")]
 pub static NAT_FORWARD_KEY: PerCpuArray<ForwardKey> = PerCpuArray::with_max_entries(1, 0);
 
-/// The hairpin program's packet and translation, per CPU; never pinned.
-#[map(name = "NAT_HAIRPIN_PLAN")]
-pub static NAT_HAIRPIN_PLAN: PerCpuArray<crate::hairpin::Plan> =
-    PerCpuArray::with_max_entries(1, 0);
-
+/// One session entry per CPU, where a new session is put together before
+/// it is inserted; never pinned.
 #[map(name = "NAT_SCRATCH")]
 pub static NAT_SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);
 
@@ -89,10 +90,6 @@ pub static NAT_EVENT_RATE: PerCpuArray<EventRate> = PerCpuArray::with_max_entrie
 #[map(name = "NAT_TCP_OPTIONS")]
 pub static NAT_TCP_OPTIONS: PerCpuArray<nat_common::tcp_state::OptionWalk> =
     PerCpuArray::with_max_entries(1, 0);
-
-/// The allocator's probe state, one per CPU ([`crate::alloc::Probe`]); never pinned.
-#[map(name = "NAT_PROBE_STATE")]
-pub static NAT_PROBE_STATE: PerCpuArray<crate::alloc::Probe> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "NAT_PROBES")]
 pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BUCKETS, 0);
@@ -129,33 +126,6 @@ pub static NAT_SWEEP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SWE
 /// pinned: each daemon's program has its own.
 #[map(name = "NAT_SWEEP_STOP")]
 pub static NAT_SWEEP_STOP: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Scratch state of a sweep run: slot 0 for the daemon's runs, 1 for the timer's.
-#[map(name = "NAT_SWEEP_WALK")]
-pub static NAT_SWEEP_WALK: PerCpuArray<crate::expire::Walk> = PerCpuArray::with_max_entries(2, 0);
-
-/// The sweep's batch of quiet sessions to judge (`crate::expire::Batch`):
-/// slot 0 for the daemon's runs, 1 for the timer's; never pinned.
-#[map(name = "NAT_SWEEP_BATCH")]
-pub static NAT_SWEEP_BATCH: PerCpuArray<crate::expire::Batch> = PerCpuArray::with_max_entries(2, 0);
-
-/// The value of the sweep timer map. The kernel finds the `bpf_timer` in it
-/// through the map's BTF, which is why this one map is a BTF map (`.maps`)
-/// while the others keep the legacy definitions the loader sizes at load.
-#[repr(C)]
-pub struct SweepTimer {
-    pub timer: bpf_timer,
-    /// Where the timer's next run resumes (a resume token, 0: a new
-    /// sweep); written by the timer's callback only.
-    pub resume: u32,
-    /// The timeouts the sweep's liveness stamps are written under and when
-    /// a run first saw them (nat_common::expiry::epoch_word); written by
-    /// any sweep run with one 32-bit store.
-    pub config_seen: u32,
-}
-
-#[btf_map(name = "NAT_SWEEP_TIMER")]
-pub static NAT_SWEEP_TIMER: btf_maps::Array<SweepTimer, 1, 0> = btf_maps::Array::new();
 
 /// The external addresses (value: pool index), for egress to recognise
 /// packets the TC fast path has translated already.

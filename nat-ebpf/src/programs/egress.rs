@@ -1,25 +1,26 @@
-//! TC egress on the external interface: source NAT.
+//! TC egress on the external interface, `nat_egress`, in the programs
+//! layer: source NAT. A packet of a session is tracked and translated; a
+//! new flow from inside gets its session from the allocator; anything it
+//! cannot translate from an internal source is dropped.
 
-use aya_ebpf::{bindings::__sk_buff, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use nat_common::{
     counters::Counter,
     flow::{FRAG_OUT, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off, tagged_ipv4_at},
+    headers::{ETH_HLEN, check_ipv4, off, tagged_ipv4_at},
     tcp_state::opens_flow,
 };
 
 use crate::{
-    alloc::allocate,
-    frag, icmp,
-    maps::{NAT_FWD, fast_path, is_external, is_internal},
-    packet::{
-        DropReason, Endpoint, HEADERS_MAX, ICMP_HEADERS_MAX, Side, decode, encode, ipv4_fields,
-        l4_fields, now_ns, read, tc_action, touch,
+    base::{
+        maps::{NAT_FWD, fast_path, is_external, is_internal},
+        outcome::DropReason,
+        packet::{Endpoint, Ether, HEADERS_MAX, Side, ethernet, l4_fields, now_ns, read, touch},
+        skb::linear_headers,
     },
-    reject,
-    skb::linear_headers,
-    tc_rewrite::rewrite_endpoint,
-    track,
+    flows::{alloc::allocate, icmp},
+    net::{frag, reject, tc_rewrite::rewrite_endpoint, verdict::tc_action},
+    session::track,
 };
 
 #[classifier]
@@ -33,12 +34,11 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     let len = ctx.len() as usize;
     let (data, end) = linear_headers(ctx, HEADERS_MAX);
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        Ok(t) => return tagged(data, end, u16::from_be(t)),
-        Err(_) => return Ok(Counter::NotIpv4),
-    }
-    let ip = ipv4_fields(data, end, ETH_HLEN)?;
+    let ip = match ethernet(data, end)? {
+        Ether::Ipv4(ip) => ip,
+        Ether::Tagged(ethertype) => return tagged(data, end, ethertype),
+        Ether::Other => return Ok(Counter::NotIpv4),
+    };
     // Anything we cannot translate is dropped only when it comes from inside.
     let refuse = |drop: DropReason| {
         if is_internal(ip.saddr) {
@@ -72,7 +72,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
         if inside {
             icmp::open_echo(data, end, &ip, ETH_HLEN + meta.hdr_len)?;
         }
-        return decode(nat_icmp_egress(ctx.skb.skb, inside as u64));
+        return icmp::translate_out_tc(ctx, inside);
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return refuse(DropReason::Unsupported);
@@ -94,7 +94,7 @@ fn try_egress(ctx: &TcContext) -> Result<Counter, DropReason> {
     let session = match NAT_FWD.get_ptr_mut(key) {
         Some(entry) => {
             let refresh = ip.proto != PROTO_TCP || {
-                track::egress_tc(ctx, &key, entry, l4.tcp_flags, l4_at)?
+                track::from_inside_tc(ctx, &key, entry, l4.tcp_flags, l4_at)?
             };
             if refresh {
                 touch(entry, now);
@@ -156,45 +156,4 @@ fn tagged(data: usize, end: usize, ethertype: u16) -> Result<Counter, DropReason
         // Cut before its source: no address in it to leak.
         Err(_) => Ok(Counter::NotIpv4),
     }
-}
-
-/// ICMP from the internal side (or from the host) as a global BPF function
-/// of its own: the verifier checks the translator's many bounds checks once,
-/// not once per path of nat_egress that reaches them (on Linux 6.1 the
-/// inlined translator made nat_egress "too complex"). It parses the IPv4
-/// header again from the context, which is all it takes: a global function
-/// gets scalars and the context, never packet pointers. `inside`: the
-/// source is internal. Returns [`encode`]'s code.
-#[unsafe(no_mangle)]
-#[inline(never)]
-extern "C" fn nat_icmp_egress(skb: *mut __sk_buff, inside: u64) -> i64 {
-    let ctx = TcContext::new(skb);
-    encode(icmp_egress(&ctx, inside != 0))
-}
-
-#[inline(always)]
-fn icmp_egress(ctx: &TcContext, inside: bool) -> Result<Counter, DropReason> {
-    let len = ctx.len() as usize;
-    let (data, end) = linear_headers(ctx, ICMP_HEADERS_MAX);
-    let ip = ipv4_fields(data, end, ETH_HLEN)?;
-    let meta = check_ipv4(
-        ip.ver_ihl,
-        ip.tot_len,
-        ip.frag,
-        ip.proto,
-        len.saturating_sub(ETH_HLEN),
-    )?;
-    let done = icmp::translate(
-        data,
-        end,
-        ETH_HLEN,
-        &ip,
-        ETH_HLEN + meta.hdr_len,
-        icmp::Dir::Out,
-        inside,
-    )?;
-    if meta.fragment {
-        frag::remember_written(ctx.data(), ctx.data_end(), &ip, FRAG_OUT, true);
-    }
-    Ok(done)
 }

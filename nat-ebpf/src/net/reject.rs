@@ -1,5 +1,6 @@
-//! `on-exhaustion reject`: a SYN that got no port is quoted into a ring
-//! buffer; the daemon answers it with ICMP administratively prohibited.
+//! The reject queue, in the net layer. `on-exhaustion reject`: a SYN that
+//! got no port is quoted into a ring buffer; the daemon answers it with
+//! ICMP administratively prohibited.
 
 use aya_ebpf::{EbpfContext as _, helpers::bpf_skb_load_bytes, programs::TcContext};
 use nat_common::{
@@ -8,7 +9,7 @@ use nat_common::{
     headers::ETH_HLEN,
 };
 
-use crate::maps::{NAT_CONFIG, NAT_REJECTS, count};
+use crate::base::maps::{NAT_CONFIG, NAT_REJECTS, count};
 
 /// Bytes of the TCP header an ICMP error quotes (RFC 792: the first 64 bits).
 const QUOTED_TCP: usize = 8;

@@ -1,7 +1,10 @@
-//! The expiry sweep: removes idle sessions, ended cooldowns and orphaned
-//! reverse entries, in the kernel, with no system call per entry.
+//! The sweep, in the flows layer: removes idle sessions, ended cooldowns
+//! and orphaned reverse entries, in the kernel, with no system call per
+//! entry. Each session goes through the session layer's one free
+//! (`session::free`); the program and the timer that run it are
+//! `programs::sweep`.
 //!
-//! One program, two triggers. The daemon runs `nat_sweep` through
+//! One walk, two triggers. The daemon runs `nat_sweep` through
 //! BPF_PROG_TEST_RUN every `--reap-interval-ms` (it is a TC program only so
 //! that aya can run it; it is never attached). Each run also (re)arms one
 //! `bpf_timer` for [`TIMER_TAKEOVER_INTERVALS`] intervals later, so while a
@@ -29,24 +32,24 @@
 //! so the daemon's runs look at many entries each (few runs a sweep), and
 //! its stop switch is checked while passing over too.
 //!
-//! The guarantees of the user-space reaper stay: a key is cooled before its
-//! session is freed (cooldown first, then the forward entry, then the reverse
-//! one, which keeps the port claimed until the last moment: never unclaimed
-//! and not cooling), and a packet that arrives while the sweep looks at a
-//! session keeps it (`last_seen` is read again right before the delete; an
-//! expired session's next packet always writes it, being older than the
-//! touch granularity).
+//! Two guarantees hold for every session it frees: its key is cooled
+//! before the session is freed (cooldown first, then the forward entry,
+//! then the reverse one, which keeps the port claimed until the last
+//! moment: never unclaimed and not cooling), and a packet that arrives
+//! while the sweep looks at a session keeps it (`last_seen` is read again
+//! right before the delete; an expired session's next packet always
+//! writes it, being older than the touch granularity).
 //!
 //! Quiet sessions are judged in batches of [`BATCH`]: the walk's callback
 //! only records one, and once the batch is full four passes over it do
 //! the reverse lookups, the verdicts, the cooldown lookups of the sessions
-//! to free, and the frees. The lookups of a pass take no lock,
-//! so their cache misses (the cost of an expiry in tables of a million
+//! to free, and the frees. The lookups of a pass take no lock, so their
+//! cache misses (the cost of freeing a session in tables of a million
 //! entries) overlap instead of queueing behind each other and behind the
 //! deletes' locks; the frees then find every bucket they need cached. The
 //! frees look the entries up again (a walk's element pointer does not
 //! outlive its callback) and free nothing whose `last_seen` moved since
-//! the walk read it: the packet-keeps-its-session guarantee is unchanged.
+//! the walk read it: a packet keeps its session in a batch too.
 //!
 //! A quiet session (forward entry idle past the shortest timeout) needs its
 //! reverse entry read to be judged, a lookup that misses the cache. The run
@@ -65,43 +68,66 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, bpf_timer},
-    helpers::generated::{
-        bpf_for_each_map_elem, bpf_loop, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start,
-    },
-    macros::classifier,
-    programs::TcContext,
+    bindings::bpf_timer,
+    btf_maps,
+    helpers::generated::{bpf_for_each_map_elem, bpf_loop},
+    macros::{btf_map, map},
+    maps::PerCpuArray,
 };
 use nat_common::{
     config::TOUCH_GRANULARITY_NS,
     expiry::{
-        ORPHAN_GRACE_NS, ORPHAN_WALK_EVERY, SWEEP_BUDGET, SweepTotal, TIMER_RESUME_NS,
-        TIMER_TAKEOVER_INTERVALS, cooldown_until, epoch_trusts, epoch_word, expired, expiry_sig,
-        first_epoch_word, live_at, live_stamp, live_window_ns, phase, shortest_idle_ns,
-        sweep_pause_ns,
+        ORPHAN_GRACE_NS, ORPHAN_WALK_EVERY, SWEEP_BUDGET, SweepTotal, cooldown_until, epoch_trusts,
+        epoch_word, expired, expiry_sig, first_epoch_word, live_at, live_stamp, live_window_ns,
+        phase, shortest_idle_ns,
     },
     flow::{FlowKey, PROTO_TCP, Session},
-    mapping::SESSION_INBOUND,
     seen_word::{bits, current_rev_bits},
     tcp_state::{close_kind, expiry_kind, idle_timeout_ms, state_of},
 };
 
 use crate::{
-    maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_BATCH, NAT_SWEEP_CTL,
-        NAT_SWEEP_STATS, NAT_SWEEP_STOP, NAT_SWEEP_TIMER, NAT_SWEEP_WALK, SweepTimer,
-    },
-    packet::{now_ns, read},
+    base::maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_REV, NAT_SWEEP_STATS, NAT_SWEEP_STOP},
+    session::free::{Fate, cool, free_session},
 };
+
+/// Scratch state of a sweep run: slot 0 for the daemon's runs, 1 for the
+/// timer's ([`Walk`]); never pinned.
+#[map(name = "NAT_SWEEP_WALK")]
+static NAT_SWEEP_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(2, 0);
+
+/// The sweep's batch of quiet sessions to judge ([`Batch`]): slot 0 for the
+/// daemon's runs, 1 for the timer's; never pinned.
+#[map(name = "NAT_SWEEP_BATCH")]
+static NAT_SWEEP_BATCH: PerCpuArray<Batch> = PerCpuArray::with_max_entries(2, 0);
+
+/// The value of the sweep timer map. The kernel finds the `bpf_timer` in it
+/// through the map's BTF, which is why this one map is a BTF map (`.maps`)
+/// while the others keep the legacy definitions the loader sizes at load.
+#[repr(C)]
+pub struct SweepTimer {
+    pub timer: bpf_timer,
+    /// Where the timer's next run resumes (a resume token, 0: a new
+    /// sweep); written by the timer's callback only.
+    pub resume: u32,
+    /// The timeouts the sweep's liveness stamps are written under and when
+    /// a run first saw them (nat_common::expiry::epoch_word); written by
+    /// any sweep run with one 32-bit store.
+    pub config_seen: u32,
+}
+
+/// The one timer that runs the sweep while no daemon does
+/// (`programs::sweep` arms it); pinned, so it outlives the daemon.
+#[btf_map(name = "NAT_SWEEP_TIMER")]
+pub static NAT_SWEEP_TIMER: btf_maps::Array<SweepTimer, 1, 0> = btf_maps::Array::new();
+
+/// The slots of a daemon's run and of a timer's run.
+const DAEMON: u32 = 0;
+const TIMER: u32 = 1;
 
 /// bpf_for_each_map_elem callbacks: go on, or stop the walk.
 const NEXT: u64 = 0;
 const STOP: u64 = 1;
-
-const CLOCK_BOOTTIME: u64 = 7;
-
-/// Added to the timer's takeover delay: longer than a daemon's run.
-const TAKEOVER_SLACK_NS: u64 = 1_000_000_000;
 
 /// State of one run. It lives in a per-CPU map slot, not on the stack:
 /// the verifier follows a callback until its state stops changing, and
@@ -110,7 +136,7 @@ const TAKEOVER_SLACK_NS: u64 = 1_000_000_000;
 /// the timer's: the timer's softirq may interrupt a daemon run on the same
 /// CPU, nothing else nests.
 #[repr(C)]
-pub struct Walk {
+struct Walk {
     now: u64,
     shortest: u64,
     budget: u32,
@@ -234,100 +260,28 @@ const fn token(phase: u8, orphans_due: bool, cursor: u64) -> u32 {
 /// forward lookup per quiet reverse entry each time.
 const ORPHANS_DUE: u32 = 4;
 
-/// One sweep run for the daemon. The first four bytes of the test frame
-/// are the resume token the previous run returned (0: a new sweep); the
-/// return value is the next run's token, 0 ([`phase::DONE`]) when the sweep
-/// is complete. The next four bytes are how many entries the run may look
-/// at (0: no limit), the four after them how many it may delete (0: the
-/// control map's budget, which the timer's runs use). A daemon's run also
-/// ends at the next entry once NAT_SWEEP_STOP is set, so a stopping daemon
-/// never waits for a run.
-#[classifier]
-pub fn nat_sweep(ctx: TcContext) -> i32 {
-    let start = read::<u32>(ctx.data(), ctx.data_end(), 0).unwrap_or(0);
-    let scan = read::<u32>(ctx.data(), ctx.data_end(), 4).unwrap_or(0);
-    let deletions = read::<u32>(ctx.data(), ctx.data_end(), 8).unwrap_or(0);
-    let Some(ctl) = NAT_SWEEP_CTL.get(0) else {
-        return phase::DONE as i32;
-    };
-    if ctl.interval_ns != 0 {
-        // The daemon sweeps a large table less often than every interval
-        // (sweep_pause_ns) and its runs are long: the timer must not fire
-        // in between, only once the daemon is gone.
-        let scanned = NAT_SWEEP_WALK
-            .get(0)
-            .map_or(0, |w| w.last_scanned.max(w.sweep_scanned));
-        arm(
-            sweep_pause_ns(ctl.interval_ns, scanned) * TIMER_TAKEOVER_INTERVALS + TAKEOVER_SLACK_NS,
-        );
-    }
-    let budget = if deletions != 0 {
-        deletions
-    } else {
-        ctl.budget
-    };
-    sweep(now_ns(), budget, scan as u64, false, start) as i32
-}
-
-/// Initialises the timer (once: later calls get -EBUSY and change nothing),
-/// points it at this program's callback, so that after an upgrade it runs
-/// the new binary's sweep, and starts it `delay` from now, replacing any
-/// earlier start.
+/// Forward entries the daemon's sweeps looked at lately (the sweep in
+/// progress, or the last whole one if it looked at more): how long the
+/// timer must wait before it takes over.
 #[inline(always)]
-fn arm(delay: u64) {
-    let Some(slot) = NAT_SWEEP_TIMER.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: `slot` is the map value; the helpers take the timer inside it.
-    unsafe {
-        let timer: *mut bpf_timer = &raw mut (*slot).timer;
-        bpf_timer_init(
-            timer,
-            &NAT_SWEEP_TIMER as *const _ as *mut c_void,
-            CLOCK_BOOTTIME,
-        );
-        bpf_timer_set_callback(timer, on_timer as *mut c_void);
-        bpf_timer_start(timer, delay, 0);
-    }
+pub fn daemon_scanned() -> u64 {
+    NAT_SWEEP_WALK
+        .get(DAEMON)
+        .map_or(0, |w| w.last_scanned.max(w.sweep_scanned))
 }
 
-/// The timer's callback: no daemon has swept for a while.
-extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, value: *mut SweepTimer) -> i32 {
-    let Some(ctl) = NAT_SWEEP_CTL.get(0) else {
-        return 0;
-    };
-    if ctl.interval_ns == 0 {
-        return 0;
-    }
-    // SAFETY: `value` is the timer's own map value; only this callback
-    // writes its token, and the kernel never runs it on two CPUs at once.
-    unsafe {
-        // In softirq context: the entries one run looks at are bounded too.
-        let next = sweep(
-            now_ns(),
-            ctl.budget,
-            ctl.timer_scan as u64,
-            true,
-            (*value).resume,
-        );
-        (*value).resume = next;
-        let delay = if next == phase::DONE as u32 {
-            // A large table is swept less often: see SWEEP_SCAN_RATE.
-            let scanned = NAT_SWEEP_WALK.get(1).map_or(0, |w| w.sweep_scanned);
-            sweep_pause_ns(ctl.interval_ns, scanned)
-        } else {
-            TIMER_RESUME_NS
-        };
-        bpf_timer_start(&raw mut (*value).timer, delay, 0);
-    }
-    0
+/// Forward entries the timer's sweep in progress looked at so far.
+#[inline(always)]
+pub fn timer_scanned() -> u64 {
+    NAT_SWEEP_WALK.get(TIMER).map_or(0, |w| w.sweep_scanned)
 }
 
-/// Walks the cooldowns, the forward sessions and, every
+/// One run: walks the cooldowns, the forward sessions and, every
 /// [`ORPHAN_WALK_EVERY`] sweeps, the reverse entries, from the resume token
 /// `resume` on; returns the next run's token, 0 when it walked everything.
+/// `timer`: the timer's run, not a daemon's.
 #[inline(always)]
-fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u32 {
+pub fn run(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u32 {
     let Some(cfg) = NAT_CONFIG.get(0) else {
         return phase::DONE as u32;
     };
@@ -369,7 +323,7 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
         last_scanned,
     };
     // A run always ends with its batch flushed; a slot left otherwise
-    // (never) must not carry candidates into another run.
+    // (never) must not carry sessions into another run.
     if let Some(b) = NAT_SWEEP_BATCH.get_ptr_mut(slot) {
         // SAFETY: this CPU's batch slot.
         unsafe { (*b).n = 0 };
@@ -399,7 +353,7 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
         if start <= phase::COOLDOWNS {
             bpf_for_each_map_elem(
                 &NAT_COOLDOWN as *const _ as *mut c_void,
-                end_cooldown as *mut c_void,
+                on_cooldown as *mut c_void,
                 ctx,
                 0,
             );
@@ -411,11 +365,11 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
             }
             bpf_for_each_map_elem(
                 &NAT_FWD as *const _ as *mut c_void,
-                expire_session as *mut c_void,
+                on_session as *mut c_void,
                 ctx,
                 0,
             );
-            // The candidates the walk left in the batch, before the cursor
+            // The sessions the walk left in the batch, before the cursor
             // is taken: what they free counts as removed from this map.
             let freed = flush(slot);
             w.removed += freed as u64;
@@ -428,7 +382,7 @@ fn sweep(now: u64, budget: u32, scan_budget: u64, timer: bool, resume: u32) -> u
             }
             bpf_for_each_map_elem(
                 &NAT_REV as *const _ as *mut c_void,
-                reap_orphan as *mut c_void,
+                on_orphan as *mut c_void,
                 ctx,
                 0,
             );
@@ -503,36 +457,14 @@ fn add(total: SweepTotal, n: u64) -> u64 {
     }
 }
 
-/// Makes `key` cool until at least `until`; false if it could not be
-/// recorded (the cooldown map is full). A longer cooldown already there
-/// stays: this only ever extends.
-#[inline(always)]
-pub(crate) fn cool(key: &FlowKey, until: u64) -> bool {
-    // Most keys have no entry: one insert, no lookup.
-    match NAT_COOLDOWN.insert(key, until, BPF_NOEXIST as u64) {
-        Ok(()) => return true,
-        Err(e) if e != -EEXIST => return false,
-        Err(_) => {}
-    }
-    if let Some(cur) = NAT_COOLDOWN.get_ptr(key)
-        // SAFETY: map value pointer from the lookup.
-        && unsafe { read_volatile(cur) } >= until
-    {
-        return true;
-    }
-    NAT_COOLDOWN.insert(key, until, 0).is_ok()
-}
-
-const EEXIST: i32 = 17;
-
 /// An ended cooldown goes, unless the key is claimed.
 ///
-/// A cooldown is written for a key only by a close or an expiry of a
-/// session that holds the key in NAT_REV (track.rs `start_cooldown`, this
-/// sweep); the allocator only removes cooldowns. So:
+/// A cooldown is written for a key only by a close or a free of a session
+/// that holds the key in NAT_REV (`session::track`'s `start_cooldown`,
+/// `session::free`); the allocator only removes cooldowns. So:
 /// - while a session holds the key, the ended entry stays (harmless: the
 ///   key is claimed anyway) and goes in a later run, after the session;
-/// - the value is read again after NAT_REV was found empty: an expiry or
+/// - the value is read again after NAT_REV was found empty: a free or a
 ///   close that wrote a fresh cooldown before its session was freed wrote
 ///   it before that check, so the re-read sees it and the entry stays;
 /// - a session that claims the key after the check (the allocator takes an
@@ -541,8 +473,9 @@ const EEXIST: i32 = 17;
 ///   delete and the cooldown re-derived from that session's close, from
 ///   its `last_seen`, which ends no earlier than the lost one (the close
 ///   stamped it). Such a session cannot also have expired and been freed
-///   in that window: it is younger than the one-second expiry slack.
-extern "C" fn end_cooldown(
+///   in that window: it is younger than the one-second slack every idle
+///   timeout is given.
+extern "C" fn on_cooldown(
     _map: *mut c_void,
     key: *const FlowKey,
     until: *const u64,
@@ -554,12 +487,12 @@ extern "C" fn end_cooldown(
     if let Some(code) = w.enter() {
         return code;
     }
-    let removed = end_one(w, key, until);
+    let removed = end_cooldown(w, key, until);
     w.leave(removed as u32)
 }
 
 #[inline(always)]
-fn end_one(w: &mut Walk, key: *const FlowKey, until: *const u64) -> bool {
+fn end_cooldown(w: &mut Walk, key: *const FlowKey, until: *const u64) -> bool {
     // SAFETY: element key and value pointers.
     let (key, until) = unsafe { (*key, read_volatile(until)) };
     if until > w.now {
@@ -616,9 +549,9 @@ fn restore(key: &FlowKey, rev: *const Session, now: u64) {
 
 /// A session idle past its state's timeout is cooled, then freed. The
 /// forward entry alone clears a busy or stamped session here; a quiet one
-/// becomes a candidate of this run's batch ([`Batch`]), judged and freed
+/// joins this run's batch ([`Batch`]), judged and freed
 /// once the batch is full (or the walk ends).
-extern "C" fn expire_session(
+extern "C" fn on_session(
     _map: *mut c_void,
     key: *const FlowKey,
     fwd: *mut Session,
@@ -635,8 +568,9 @@ extern "C" fn expire_session(
     if !look_at(w, slot, key, fwd) {
         return w.leave(0);
     }
-    // Full at BATCH, or at what the run may still delete: each candidate
-    // frees one session at most, so a run never deletes past its budget.
+    // Full at BATCH, or at what the run may still delete: each batched
+    // session is one deletion at most, so a run never deletes past its
+    // budget.
     let room = (BATCH as u32).min(deletions_left(slot));
     let removed = match NAT_SWEEP_BATCH.get(slot) {
         Some(b) if b.n >= room => flush(slot),
@@ -656,7 +590,7 @@ fn deletions_left(slot: u32) -> u32 {
         .map_or(0, |w| w.budget.saturating_sub(w.work))
 }
 
-/// Candidates judged together: how many a batch holds. The reverse
+/// Quiet sessions judged together: how many a batch holds. The reverse
 /// lookups of a batch run back to back with no lock between them, and so
 /// do the cooldown lookups, so the processor has several of their cache
 /// misses in flight at once instead of one after the other (a lock's
@@ -669,7 +603,7 @@ const _: () = assert!(BATCH.is_power_of_two());
 /// A quiet session of the walk, and what the batch found out about it.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Candidate {
+struct Quiet {
     key: FlowKey,
     rev_key: FlowKey,
     /// The forward entry's `last_seen` and `seen` word as the walk read them.
@@ -693,12 +627,12 @@ const LIVE: u8 = 0;
 const FREE: u8 = 1;
 const FREE_COOLED: u8 = 2;
 
-/// One batch of candidates; lives in a per-CPU map slot, as [`Walk`].
+/// One batch of quiet sessions; lives in a per-CPU map slot, as [`Walk`].
 #[repr(C)]
-pub struct Batch {
+struct Batch {
     n: u32,
     _pad: u32,
-    c: [Candidate; BATCH],
+    c: [Quiet; BATCH],
 }
 
 /// Whether the session at `fwd` must be judged with its reverse entry:
@@ -738,7 +672,7 @@ fn look_at(w: &mut Walk, slot: u32, key: *const FlowKey, fwd: *mut Session) -> b
     };
     // SAFETY: element key and value pointers.
     let (key, addr, port, f_word) = unsafe { (*key, (*fwd).addr, (*fwd).port, (*fwd).seen) };
-    *c = Candidate {
+    *c = Quiet {
         key,
         rev_key: key.translated(addr, port),
         f_last,
@@ -787,9 +721,9 @@ fn flush(slot: u32) -> u32 {
         .map_or(0, |w| w.expired.saturating_sub(before)) as u32
 }
 
-/// The slot number a batch pass's `ctx` points to, and its candidate `i`.
+/// The slot number a batch pass's `ctx` points to, and its session `i`.
 #[inline(always)]
-fn candidate<'a>(i: u32, ctx: *mut c_void) -> Option<(u32, &'a mut Candidate)> {
+fn batched<'a>(i: u32, ctx: *mut c_void) -> Option<(u32, &'a mut Quiet)> {
     // SAFETY: `ctx` is [`flush`]'s slot number on its stack.
     let slot = unsafe { *(ctx as *const u32) };
     let b = NAT_SWEEP_BATCH.get_ptr_mut(slot)?;
@@ -803,7 +737,7 @@ fn candidate<'a>(i: u32, ctx: *mut c_void) -> Option<(u32, &'a mut Candidate)> {
 /// that belongs to another flow (this forward entry lost its own) is not
 /// ours to free.
 extern "C" fn pair_step(i: u32, ctx: *mut c_void) -> u64 {
-    let Some((_, c)) = candidate(i, ctx) else {
+    let Some((_, c)) = batched(i, ctx) else {
         return 1;
     };
     if let Some(r) = NAT_REV.get_ptr(c.rev_key) {
@@ -821,7 +755,7 @@ extern "C" fn pair_step(i: u32, ctx: *mut c_void) -> u64 {
 
 /// Pass 2: the verdict, and for a live session the stamp that proves it.
 extern "C" fn judge_step(i: u32, ctx: *mut c_void) -> u64 {
-    let Some((slot, c)) = candidate(i, ctx) else {
+    let Some((slot, c)) = batched(i, ctx) else {
         return 1;
     };
     let (Some(cfg), Some(w)) = (NAT_CONFIG.get(0), NAT_SWEEP_WALK.get(slot)) else {
@@ -858,7 +792,7 @@ extern "C" fn judge_step(i: u32, ctx: *mut c_void) -> u64 {
 /// Pass 3: the cooldown lookups of the sessions to free and cool, so that
 /// pass 4's inserts find their buckets cached.
 extern "C" fn warm_step(i: u32, ctx: *mut c_void) -> u64 {
-    let Some((_, c)) = candidate(i, ctx) else {
+    let Some((_, c)) = batched(i, ctx) else {
         return 1;
     };
     if c.verdict == FREE_COOLED {
@@ -873,7 +807,7 @@ extern "C" fn warm_step(i: u32, ctx: *mut c_void) -> u64 {
 /// moved since the walk read it saw a packet meanwhile, or is another
 /// session's, and the session stays.
 extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
-    let Some((slot, c)) = candidate(i, ctx) else {
+    let Some((slot, c)) = batched(i, ctx) else {
         return 1;
     };
     let Some(fwd) = NAT_FWD.get_ptr_mut(c.key) else {
@@ -914,64 +848,18 @@ extern "C" fn free_step(i: u32, ctx: *mut c_void) -> u64 {
         None
     };
     let (key, rev_key, f_last, r_last) = (c.key, c.rev_key, c.f_last, c.r_last);
-    free_session(w, &key, fwd, f_last, &rev_key, rev, r_last, until);
+    match free_session(&key, fwd, f_last, &rev_key, rev, r_last, until) {
+        Fate::Freed => w.expired += 1,
+        Fate::Kept => w.kept += 1,
+        Fate::Spared => {}
+    }
     0
-}
-
-/// Frees an expired session: cools its key until `cool_until` (if it must
-/// cool), then deletes the forward entry and then the reverse one (`rev`,
-/// if it points back), so the key is never unclaimed and not cooling. A
-/// packet since the caller's reads (`f_last`, `r_last` moved) keeps the
-/// session. The one place a session is freed: what must happen when one
-/// goes belongs here.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn free_session(
-    w: &mut Walk,
-    key: &FlowKey,
-    fwd: *mut Session,
-    f_last: u64,
-    rev_key: &FlowKey,
-    rev: Option<*const Session>,
-    r_last: u64,
-    cool_until: Option<u64>,
-) -> bool {
-    if let Some(until) = cool_until
-        && !cool(rev_key, until)
-    {
-        // Never free a key without cooling it: the session and its port
-        // stay until the cooldown map has room.
-        w.kept += 1;
-        return false;
-    }
-    // A packet since the reads above: the session lives on (the cooldown
-    // just written does no harm while the key is claimed).
-    // SAFETY: element and lookup value pointers, still mapped.
-    let moved = unsafe {
-        read_volatile(&(*fwd).last_seen) != f_last
-            || rev.is_some_and(|r| read_volatile(&(*r).last_seen) != r_last)
-    };
-    if moved {
-        return false;
-    }
-    // The forward entry goes with its mapping reference, and only the run
-    // whose delete succeeded counts the session off its host.
-    if let Some(marks) = crate::mapping::remove_forward(key, fwd)
-        && marks & SESSION_INBOUND == 0
-    {
-        crate::hosts::released(key.saddr);
-    }
-    if rev.is_some() {
-        let _ = NAT_REV.remove(rev_key);
-    }
-    w.expired += 1;
-    true
 }
 
 /// A reverse entry whose forward entry is gone (or points elsewhere) keeps
 /// its port toward that destination claimed for nothing: cool the key, then
 /// free it.
-extern "C" fn reap_orphan(
+extern "C" fn on_orphan(
     _map: *mut c_void,
     key: *const FlowKey,
     rev: *mut Session,
@@ -983,12 +871,12 @@ extern "C" fn reap_orphan(
     if let Some(code) = w.enter() {
         return code;
     }
-    let removed = reap_one(w, key, rev);
+    let removed = free_orphan(w, key, rev);
     w.leave(removed as u32)
 }
 
 #[inline(always)]
-fn reap_one(w: &mut Walk, key: *const FlowKey, rev: *mut Session) -> bool {
+fn free_orphan(w: &mut Walk, key: *const FlowKey, rev: *mut Session) -> bool {
     // SAFETY: element value pointer.
     let r_last = unsafe { read_volatile(&(*rev).last_seen) };
     if w.now.saturating_sub(r_last) <= ORPHAN_GRACE_NS.max(w.shortest) {

@@ -1,7 +1,8 @@
-//! Endpoint rewriting for the XDP programs (ingress and the fast path), the
-//! counterpart of [`crate::tc_rewrite`]. XDP sees packet bytes only, not
-//! `ip_summed`, so checksums are updated with plain RFC 1624 arithmetic,
-//! which is right for frames that carry complete checksums (from a wire).
+//! Endpoint rewriting for the XDP programs (ingress and the fast path), in
+//! the net layer, the counterpart of [`super::tc_rewrite`]. XDP sees packet
+//! bytes only, not `ip_summed`, so checksums are updated with plain RFC
+//! 1624 arithmetic, which is right for frames that carry complete
+//! checksums (from a wire).
 
 use nat_common::{
     csum::{apply, apply_udp, endpoint_diff},
@@ -9,7 +10,10 @@ use nat_common::{
     headers::{ETH_HLEN, off},
 };
 
-use crate::packet::{DropReason, Endpoint, L4Fields, Side, ptr_at};
+use crate::base::{
+    outcome::DropReason,
+    packet::{Endpoint, L4Fields, Side, ptr_at},
+};
 
 /// Rewrites one endpoint of a TCP/UDP packet and its transport checksum.
 /// Returns the IPv4 header checksum's difference, which the caller applies

@@ -1,5 +1,7 @@
-//! Static port forwards in the datapath: who owns an external endpoint, and
-//! the session pair a new flow from outside opens toward it.
+//! Static port forwards in the datapath, in the flows layer: who owns an
+//! external endpoint, and the session pair a new flow from outside opens
+//! toward it. (That the allocator never hands out a forwarded port is a
+//! rule of every claim, in `session::claim`.)
 //!
 //! A forward's session is an ordinary pair: its forward entry is keyed by
 //! the internal endpoint and the remote and maps to the forwarded external
@@ -16,9 +18,10 @@ use nat_common::{
     tcp_state::opens_flow,
 };
 
-use crate::{
-    maps::{NAT_FORWARD, NAT_FORWARD_KEY, NAT_FWD, NAT_REV, count},
-    packet::{DropReason, Endpoint, now_ns},
+use crate::base::{
+    maps::{NAT_FORWARD, NAT_FWD, NAT_REV, count},
+    outcome::DropReason,
+    packet::{Endpoint, now_ns},
 };
 
 /// What a failed BPF_NOEXIST insert returns when the key exists.
@@ -41,25 +44,10 @@ pub fn forward_owner(proto: u8, addr: u32, port: u16) -> Option<Endpoint> {
     })
 }
 
-/// Whether the allocator must skip (`proto`, `addr`, `port`): a forward owns it.
-#[inline(always)]
-pub fn forwarded(proto: u8, addr: u32, port: u16) -> bool {
-    // No stack: this runs under the probe walk's callback, which with
-    // nat_egress's frame uses the whole 512 bytes, so the key is put
-    // together in a per-CPU slot (a map value may serve as a key).
-    let Some(slot) = NAT_FORWARD_KEY.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's own slot, used only for the length of this call.
-    let key = unsafe { &mut *slot };
-    *key = ForwardKey::new(proto, addr, port);
-    NAT_FORWARD.get_ptr(key).is_some()
-}
-
 /// A packet from outside that matched no session: when its destination is
 /// a port forward and it may open a flow (a TCP SYN without ACK, any UDP
 /// datagram), the session pair is opened and its reverse entry returned;
-/// `None` leaves the packet to the stack as before. `rev_key` is the
+/// `None` leaves the packet to the stack as it came. `rev_key` is the
 /// packet's reverse key (external endpoint, remote).
 #[inline(always)]
 pub fn open_from_outside(rev_key: &FlowKey, flags: u8) -> Result<Option<*mut Session>, DropReason> {

@@ -1,44 +1,29 @@
-//! The fast path: packets of existing sessions cross between the internal
-//! interfaces and the external one without entering the stack. Whatever it
-//! does not take (new flows, fragments, ICMP, TTL 1, unresolved neighbours,
-//! packets over the MTU) goes to the stack unchanged, where TC egress
-//! handles it as before; the fast path never drops.
-//!
-//! It runs in the hook `--ingress` picks. In XDP it rewrites with plain
-//! RFC 1624 arithmetic, so the internal interfaces must deliver complete
-//! checksums (a wire does; a veth peer does only with its transmit checksum
-//! offload off). In TC it uses the skb-aware helpers, so partial checksums
-//! stay right, and the packet goes straight to the external interface's
-//! egress. Each session direction caches its route lookup for a second.
+//! Routing, in the net layer: the kernel's route and neighbour lookup
+//! (`bpf_fib_lookup`), each session direction's cache of it, what the
+//! stack would do to a forwarded frame (new link addresses, the TTL) and
+//! the redirects. The fast path (`programs::fast`), ingress's forwarding
+//! of replies (`programs::ingress`) and the hairpin (`flows::hairpin`)
+//! route with these.
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup as FibParams},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
 };
 use nat_common::{
-    counters::Counter,
     csum::{add, apply},
-    flow::{FlowKey, HopCache, NextHop, PROTO_TCP, Session},
-    forward::{AF_INET, eligible, ttl_decrement_diff},
-    headers::{ETH_HLEN, ETH_P_IP, check_ipv4, off},
+    flow::{FlowKey, HopCache, NextHop, Session},
+    forward::{AF_INET, ttl_decrement_diff},
+    headers::{ETH_HLEN, off},
     seen_word::SharedWord,
 };
 
-use crate::{
-    hairpin,
-    maps::{NAT_FAST_DEVS, NAT_FWD, NAT_IF_MACS, ext_ifindex},
-    packet::{
-        DropReason, Endpoint, HEADERS_MAX, Ipv4Fields, L4Fields, Side, decode, encode,
-        frame_ip_len, ipv4_fields, l4_fields, now_ns, ptr_at, read, tc_action, touch, xdp_verdict,
-    },
+use crate::base::{
+    maps::{NAT_FAST_DEVS, NAT_IF_MACS},
+    outcome::DropReason,
+    packet::{ptr_at, read},
     shared::MapWord,
-    skb::linear_headers,
-    tc_rewrite::rewrite_endpoint,
-    track::{self, SynOptions},
-    xdp_rewrite,
 };
 
 /// `skb->pkt_type` of a frame addressed to this host.
@@ -243,7 +228,7 @@ pub fn tc_redirect(ifindex: u32) -> bool {
 
 /// Sets up the TC redirect to the egress of `ifindex`, known to be ours.
 #[inline(always)]
-fn tc_redirect_egress(ifindex: u32) -> bool {
+pub fn tc_redirect_egress(ifindex: u32) -> bool {
     // SAFETY: plain helper call; flags 0 sends to the device's egress.
     unsafe { bpf_redirect(ifindex, 0) == TC_ACT_REDIRECT as i64 }
 }
@@ -257,167 +242,47 @@ pub fn tos_ttl(data: usize, end: usize) -> Result<(u8, u8), DropReason> {
     ))
 }
 
-/// A packet on an internal interface that belongs to a session and may take the fast path.
-struct Candidate {
-    ip: Ipv4Fields,
-    l4: L4Fields,
-    l4_at: usize,
+/// `bpf_fib_lookup`'s answer when the route is known and the neighbour
+/// not yet: the interface is set, and `bpf_redirect_neigh` resolves it.
+const FIB_NO_NEIGH: i64 = 7;
+
+/// The interface the stack would route `flow` out of, arriving on
+/// `ifindex`: known also while its neighbour is not resolved yet (the
+/// hairpin redirects with [`tc_redirect_neigh`], which resolves it). `p`
+/// holds the lookup's parameters where the caller has room for them.
+#[inline(always)]
+pub fn out_interface(
+    ctx: &TcContext,
+    p: &mut FibParams,
+    ifindex: u32,
+    flow: &FlowKey,
     tos: u8,
-    ttl: u8,
-    /// The forward key; also what the route lookup is asked about, with the
-    /// internal source, as the stack routes before SNAT.
-    key: FlowKey,
-    entry: *mut Session,
+) -> Option<u32> {
+    // SAFETY: a plain C struct; all-zero is its neutral value.
+    *p = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = flow.proto;
+    p.sport = flow.sport;
+    p.dport = flow.dport;
+    p.ifindex = ifindex;
+    p.__bindgen_anon_2.tos = tos;
+    p.__bindgen_anon_3.ipv4_src = flow.saddr;
+    p.__bindgen_anon_4.ipv4_dst = flow.daddr;
+    // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
+    if rc == 0 || rc == FIB_NO_NEIGH {
+        Some(p.ifindex)
+    } else {
+        None
+    }
 }
 
-/// `None` leaves the packet to the stack untouched (malformed ones too:
-/// TC egress counts and drops them there).
+/// Sets up the TC redirect to `ifindex` with the kernel resolving the next
+/// hop of the (rewritten) packet and its neighbour; the program returns
+/// TC_ACT_REDIRECT only then.
 #[inline(always)]
-fn candidate<C: SynOptions>(ctx: &C, data: usize, end: usize, avail: usize) -> Option<Candidate> {
-    match read::<u16>(data, end, 12) {
-        Ok(t) if u16::from_be(t) == ETH_P_IP => {}
-        _ => return None,
-    }
-    let ip = ipv4_fields(data, end, ETH_HLEN).ok()?;
-    let meta = check_ipv4(ip.ver_ihl, ip.tot_len, ip.frag, ip.proto, avail).ok()?;
-    let (tos, ttl) = tos_ttl(data, end).ok()?;
-    eligible(meta.fragment, ip.proto, ttl).ok()?;
-    let l4_at = ETH_HLEN + meta.hdr_len;
-    let mut l4 = l4_fields(data, end, l4_at, ip.proto, meta.l4_len(), true).ok()?;
-    let key = FlowKey::new(ip.proto, ip.saddr, l4.sport, ip.daddr, l4.dport);
-    let entry = NAT_FWD.get_ptr_mut(key)?;
-    l4.wscale = ctx.syn_wscale(&l4, l4_at);
-    Some(Candidate {
-        ip,
-        l4,
-        l4_at,
-        tos,
-        ttl,
-        key,
-        entry,
-    })
-}
-
-/// Tracks the session's TCP state and touches it, as `nat_egress` does;
-/// returns the external endpoint, or the drop of a reset outside the
-/// remote's window.
-#[inline(always)]
-fn track_session(c: &Candidate, now: u64) -> Result<Endpoint, DropReason> {
-    let refresh = c.ip.proto != PROTO_TCP || track::egress(&c.key, c.entry, &c.l4, now)?;
-    if refresh {
-        touch(c.entry, now);
-    }
-    // SAFETY: live map value from the lookup in `candidate`.
-    Ok(Endpoint::of(unsafe { &*c.entry }))
-}
-
-#[xdp]
-pub fn nat_fast(ctx: XdpContext) -> u32 {
-    xdp_verdict(&ctx, try_fast_xdp(&ctx))
-}
-
-/// Errors come only after the rewrite began: such a packet is dropped.
-#[inline(always)]
-fn try_fast_xdp(ctx: &XdpContext) -> Result<Counter, DropReason> {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    let Some(c) = candidate(ctx, data, end, frame_ip_len(data, end)) else {
-        return Ok(Counter::FastMiss);
-    };
-    let ingress = ctx.ingress_ifindex() as u32;
-    if !frame_for_host(data, end, ingress) {
-        return Ok(Counter::FastMiss);
-    }
-    let now = now_ns();
-    let Some(next) = next_hop(ctx, c.entry, ingress, &c.key, c.tos, c.ip.tot_len, now) else {
-        return Ok(Counter::FastRoute);
-    };
-    // Only flows leaving through the external interface are ours; the
-    // redirect is set up before any rewrite, so a refusal leaves the packet
-    // to the stack as it came.
-    if next.ifindex != ext_ifindex() || !xdp_redirect(next.ifindex) {
-        return Ok(Counter::FastRoute);
-    }
-    let to = track_session(&c, now)?;
-    let old = Endpoint {
-        addr: c.ip.saddr,
-        port: c.l4.sport,
-    };
-    let l3_diff = xdp_rewrite::rewrite_endpoint(
-        data,
-        end,
-        &c.l4,
-        c.ip.proto,
-        Side::Source,
-        c.l4_at,
-        old,
-        to,
-    )?;
-    hop(data, end, &next, c.ttl, c.ip.proto, l3_diff)?;
-    Ok(Counter::FastOut)
-}
-
-/// The internal interfaces' TC program: hairpinning for packets to the
-/// NAT's own external addresses, the fast path for the rest. One program
-/// rather than two on the hook: one run per packet, and one filter where
-/// the kernel has no TCX links (a second netlink filter of the NAT's would
-/// replace the first).
-#[classifier]
-pub fn nat_fast_tc(ctx: TcContext) -> i32 {
-    tc_action(&ctx, try_internal_tc(&ctx))
-}
-
-#[inline(always)]
-fn try_internal_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
-    let (data, end) = linear_headers(ctx, HEADERS_MAX);
-    if hairpin::to_external(data, end)
-        && let Some(done) = hairpin::outcome(hairpin::nat_hairpin_tc(ctx.skb.skb)).transpose()
-    {
-        return done;
-    }
-    decode(nat_fast_tc_path(ctx.skb.skb))
-}
-
-/// [`try_fast_tc`] as a global BPF function: its frame (the route lookup's
-/// parameters among it) and the hairpin's are side by side under
-/// `nat_fast_tc`, not one on the other (512 bytes for a whole call chain).
-/// Returns [`encode`]'s code.
-#[unsafe(no_mangle)]
-#[inline(never)]
-extern "C" fn nat_fast_tc_path(skb: *mut __sk_buff) -> i64 {
-    encode(try_fast_tc(&TcContext::new(skb)))
-}
-
-/// Translates with the skb-aware helpers of `nat_egress`, so partial
-/// checksums stay right, and sends the packet to the external interface's
-/// egress, where `nat_egress` passes it on at its first check.
-#[inline(always)]
-fn try_fast_tc(ctx: &TcContext) -> Result<Counter, DropReason> {
-    let (data, end) = linear_headers(ctx, HEADERS_MAX);
-    let len = ctx.len() as usize;
-    let Some(c) = candidate(ctx, data, end, len.saturating_sub(ETH_HLEN)) else {
-        return Ok(Counter::FastMiss);
-    };
-    if !skb_for_host(ctx) {
-        return Ok(Counter::FastMiss);
-    }
-    let now = now_ns();
-    // SAFETY: reads a field of the program's own context.
-    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let l3_len = skb_l3_len(ctx, c.l4_at - ETH_HLEN, c.l4.hdr_len, c.ip.tot_len);
-    let Some(next) = next_hop(ctx, c.entry, ingress, &c.key, c.tos, l3_len, now) else {
-        return Ok(Counter::FastRoute);
-    };
-    // The external interface is always a fast-path device.
-    if next.ifindex != ext_ifindex() || !tc_redirect_egress(next.ifindex) {
-        return Ok(Counter::FastRoute);
-    }
-    let new = track_session(&c, now)?;
-    let old = Endpoint {
-        addr: c.ip.saddr,
-        port: c.l4.sport,
-    };
-    rewrite_endpoint(ctx, &c.l4, c.ip.proto, Side::Source, c.l4_at, old, new)?;
-    let (data, end) = (ctx.data(), ctx.data_end());
-    hop(data, end, &next, c.ttl, c.ip.proto, 0)?;
-    Ok(Counter::FastOut)
+pub fn tc_redirect_neigh(ifindex: u32) -> bool {
+    // SAFETY: plain helper call; no parameters: the kernel looks up the
+    // next hop of the packet and resolves its neighbour.
+    unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) == TC_ACT_REDIRECT as i64 }
 }

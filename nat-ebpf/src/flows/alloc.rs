@@ -1,12 +1,12 @@
-//! External port allocation for a new flow.
+//! External port allocation for a new flow, in the flows layer: the
+//! search for a candidate (a port the allocator tries) on the host's own
+//! external address and then the others, each free one claimed through
+//! the session layer's claim (`session::claim`), within the host's limit
+//! (`session::hosts`).
 //!
-//! A candidate is free when no live session holds its reverse key and the key
-//! is not cooling. It is claimed by inserting the reverse entry with
-//! BPF_NOEXIST: the reverse key is (protocol, external address, external port,
-//! remote address, remote port), so the claim is atomic across CPUs and the
-//! same port stays usable toward every other destination. The forward entry
-//! follows with BPF_NOEXIST too; if another CPU created the flow first, the
-//! claim is rolled back and the winner's entry used.
+//! A candidate is free when no live session holds its reverse key and the
+//! key is not cooling; its claim is atomic across CPUs, and the same port
+//! stays usable toward every other destination.
 //!
 //! The whole search, the host's own address and then the others
 //! ([`Tour`]), is one bpf_loop whose callback works from the index it is
@@ -17,33 +17,40 @@
 //! carry precision across iterations that no longer fits its limit.
 //!
 //! With an endpoint-independent mapping mode (`mapping-udp`, `mapping-tcp`)
-//! a flow first tries its endpoint's mapping ([`crate::mapping::join`]); without
+//! a flow first tries its endpoint's mapping ([`mapping::join`]); without
 //! one, the probe claims a new mapping with each candidate
-//! ([`crate::mapping::claim`]). In every mode a candidate another
-//! endpoint's mapping owns is skipped. The cooldown
-//! check comes first in every case: a cooling key is never handed out.
+//! ([`mapping::claim`]). In every mode a candidate another endpoint's
+//! mapping owns is skipped. The cooldown check comes first in every case:
+//! a cooling key is never handed out.
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
+use aya_ebpf::{helpers::bpf_loop, macros::map, maps::PerCpuArray};
 use nat_common::{
     config::{Config, MAX_POOL, PoolAddr, policy},
     counters::Counter,
-    flow::{FlowKey, Session},
+    flow::FlowKey,
     probe::{
         PROBE_BUCKETS, Tour, flow_hash, for_flow, pool_index, preservable, probe_bucket, span, walk,
     },
-    tcp_state::seen_bits,
 };
 
+use super::mapping;
 use crate::{
-    hosts, mapping,
-    maps::{
-        NAT_CONFIG, NAT_COOLDOWN, NAT_FWD, NAT_POOL, NAT_PROBE_STATE, NAT_PROBES, NAT_REV,
-        NAT_SCRATCH, count, hash_seed,
+    base::{
+        maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_POOL, NAT_PROBES, NAT_REV, count, hash_seed},
+        outcome::DropReason,
+        packet::{Endpoint, decode_endpoint, encode_endpoint},
     },
-    packet::{DropReason, Endpoint, decode_endpoint, encode_endpoint},
+    session::{
+        claim::{CLAIM_LOST, CLAIM_WON, insert_failure, nat_claim_pair},
+        evict, hosts,
+    },
 };
+
+/// The allocator's probe state, one per CPU ([`Probe`]); never pinned.
+#[map(name = "NAT_PROBE_STATE")]
+static NAT_PROBE_STATE: PerCpuArray<Probe> = PerCpuArray::with_max_entries(1, 0);
 
 const FOUND_NONE: u32 = 0;
 const FOUND_WON: u32 = 1;
@@ -52,26 +59,9 @@ const FOUND_LOST: u32 = 2;
 /// probe's `session.addr` holds its error ([`insert_failure`]).
 const FOUND_ERROR: u32 = 3;
 
-/// What a failed BPF_NOEXIST insert returns when the key exists.
-const EEXIST: i32 = 17;
-
-/// Why an insert that did not meet an existing key failed: a full map
-/// (-E2BIG from a preallocated hash, -ENOMEM) takes no entry for any key,
-/// so no further candidate is tried. The error travels as a plain number
-/// and becomes a drop reason only here, at the exit, so that the verifier
-/// walks the probe loop with one state for every failure, as before.
-#[inline(always)]
-pub fn insert_failure(err: i32) -> DropReason {
-    if err == -EEXIST || err >= 0 {
-        DropReason::AllocFail
-    } else {
-        DropReason::SessionTableFull
-    }
-}
-
 /// State of one allocation's walk, in this CPU's slot of NAT_PROBE_STATE:
-/// on the stack it made the call chain nat_egress, nat_allocate, probe
-/// callback, nat_claim_pair overflow the 512 bytes the verifier allows a
+/// on the stack it would push the call chain nat_egress, nat_allocate,
+/// probe callback, nat_claim_pair past the 512 bytes the verifier allows a
 /// chain. The callback finds it there itself (bpf_loop gets no context):
 /// Linux 6.1 takes only a stack pointer as that context. A CPU runs one
 /// program at a time and nothing here sleeps, so the slot is this
@@ -80,7 +70,7 @@ pub fn insert_failure(err: i32) -> DropReason {
 /// the verifier knows none of it: the callback is verified as one step
 /// with an unknown index, never once per value of a counter.
 #[repr(C)]
-pub struct Probe {
+struct Probe {
     fwd: FlowKey,
     /// The address being walked, with the flow's own stride.
     pool: PoolAddr,
@@ -274,103 +264,6 @@ fn decode(r: i64, ext_addr: u32, port: u16) -> Claim {
     }
 }
 
-pub const CLAIM_WON: i64 = 1;
-pub const CLAIM_TAKEN: i64 = 2;
-/// In bits 48 and up, above the winner's address (16..48) and port (0..16).
-pub const CLAIM_LOST: i64 = 3;
-
-/// [`claim_pair`] as a global BPF function, which the verifier checks once
-/// on its own rather than once for every state of the probe walk that
-/// reaches it. Returns a `CLAIM_*` code, or the failed insert's error.
-/// `tcp_flags` carries the forward entry's mapping mark in bits 8..16.
-#[unsafe(no_mangle)]
-#[inline(never)]
-// The entry is inserted by reference on purpose: by value it would be
-// copied onto this function's stack first.
-#[allow(clippy::needless_borrows_for_generic_args)]
-pub extern "C" fn nat_claim_pair(
-    fwd: *const FlowKey,
-    ext_addr: u64,
-    port: u64,
-    tcp_flags: u64,
-    now: u64,
-) -> i64 {
-    if fwd.is_null() {
-        return 0;
-    }
-    // SAFETY: checked for null; the caller passes its stack key. A copy on
-    // this stack, volatile so that LLVM keeps it: Linux 6.1 takes no pointer
-    // argument of a global function as a map key.
-    let fwd = unsafe { core::ptr::read_volatile(fwd) };
-    let (ext_addr, port) = (ext_addr as u32, port as u16);
-    // A port forward owns the port toward every remote: never handed out.
-    // Checked here, in the one function every candidate's claim goes
-    // through, because the probe walk's stack has no byte to spare.
-    if crate::port_forward::forwarded(fwd.proto, ext_addr, port) {
-        return CLAIM_TAKEN;
-    }
-    let rev_key = fwd.translated(ext_addr, port);
-    // One entry, filled for each direction in turn, in a per-CPU scratch
-    // slot: the stacks of nat_egress and the probe callback have no room.
-    // It is inserted from there, by reference, so no copy of it lands on
-    // this function's stack either (the mapping functions call this one).
-    let Some(entry) = NAT_SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's own slot, used only for the length of this call.
-    let entry = unsafe { &mut *entry };
-    fill_entry(entry, fwd.saddr, fwd.sport, now);
-    if let Err(err) = NAT_REV.insert(rev_key, &*entry, BPF_NOEXIST as u64) {
-        return if err == -EEXIST {
-            CLAIM_TAKEN
-        } else {
-            err as i64
-        };
-    }
-    entry.addr = ext_addr;
-    entry.port = port;
-    entry.mapping = (tcp_flags >> 8) as u16;
-    // Generation 0: the mapping's first connection.
-    entry.seen = seen_bits(tcp_flags as u8) as u64;
-    let err = match NAT_FWD.insert(fwd, &*entry, BPF_NOEXIST as u64) {
-        Ok(()) => return CLAIM_WON,
-        Err(err) => err,
-    };
-    let _ = NAT_REV.remove(rev_key);
-    // SAFETY: read-only copy of a map value.
-    match unsafe { NAT_FWD.get(fwd) } {
-        Some(winner) => (CLAIM_LOST << 48) | ((winner.addr as i64) << 16) | winner.port as i64,
-        // -EEXIST here: the winner's flow is already gone again.
-        None => err as i64,
-    }
-}
-
-/// A fresh reverse entry, written field by field: a whole `Session` (or
-/// its zeroed parts) makes LLVM call memset, which the verifier counts as
-/// one more frame under this function, at the bottom of a call chain that
-/// is at Linux 6.1's 512-byte limit (every frame rounded up to 32).
-#[inline(always)]
-fn fill_entry(entry: &mut Session, addr: u32, port: u16, now: u64) {
-    use core::ptr::write_volatile;
-    // SAFETY: plain stores to the fields of a live map value.
-    unsafe {
-        write_volatile(&mut entry.addr, addr);
-        write_volatile(&mut entry.port, port);
-        write_volatile(&mut entry.mapping, 0);
-        write_volatile(&mut entry.seen, 0);
-        write_volatile(&mut entry.acked, 0);
-        write_volatile(&mut entry.window, 0);
-        write_volatile(&mut entry.live_until, 0);
-        write_volatile(&mut entry.last_seen, now);
-        write_volatile(&mut entry.hop.words[0], 0);
-        write_volatile(&mut entry.hop.words[1], 0);
-        write_volatile(&mut entry.hop.words[2], 0);
-        write_volatile(&mut entry.hop.words[3], 0);
-        write_volatile(&mut entry.sent_end, 0);
-        write_volatile(&mut entry.wscale, 0);
-    }
-}
-
 /// The stride of the flow whose walk starts at `start` on a range
 /// `port_min..=port_max` with the pool's stride `step` ([`for_flow`]), as a
 /// global BPF function: inlined, its sixteen multiplications were walked by
@@ -399,14 +292,19 @@ fn histogram(bucket: u32) {
 }
 
 /// Finds an external address and port for `fwd` and inserts the session
-/// pair, within the host's limit (`hosts.rs`: reserved before, kept or
-/// given back after). The host's reservation is taken and settled here, in
-/// the caller's frame, around [`nat_allocate`]: inside it, its calls would
-/// add to the deepest chain (caller, nat_allocate, probe callback, claim),
-/// which Linux 6.1 holds to 512 bytes with every frame rounded up to 32.
+/// pair, within the host's limit (`session::hosts`: reserved before, kept
+/// or given back after). Under table pressure the host may first lose one
+/// of its own idle unanswered openings (`session::evict`). The host's
+/// reservation and the eviction happen here, in the caller's frame, around
+/// [`nat_allocate`]: inside it, their calls would add to the deepest chain
+/// (caller, nat_allocate, probe callback, claim), which Linux 6.1 holds to
+/// 512 bytes with every frame rounded up to 32.
 #[inline(always)]
 pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, DropReason> {
-    let admitted = hosts::admit(fwd, now)?;
+    let admitted = hosts::admit(fwd)?;
+    if admitted.pressure {
+        evict::make_room(fwd.saddr, now);
+    }
     let r = nat_allocate(fwd, tcp_flags as u64, now);
     let new = r >= 0 && r & NEW_PAIR != 0;
     hosts::settle(fwd, admitted, new, tcp_flags);
