@@ -6,8 +6,8 @@
 //! definition, so they cannot drift from it).
 
 mod alloc;
-mod reaper;
 mod suite;
+mod sweep;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -49,8 +49,8 @@ enum Command {
     /// Measures allocation in the real egress program (BPF_PROG_TEST_RUN) with one
     /// destination's range filled to a given share; no interface is touched (root).
     Alloc(AllocArgs),
-    /// Measures one reaper sweep over N sessions in real BPF maps; nothing is attached (root).
-    Reaper {
+    /// Measures one sweep over N sessions in real BPF maps; nothing is attached (root).
+    Sweep {
         /// Sessions to fill the maps with before the sweep.
         #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=8_000_000))]
         sessions: u32,
@@ -110,9 +110,9 @@ fn run(cli: Cli) -> Result<()> {
             need_root()?;
             alloc::run(&args)
         }
-        Command::Reaper { sessions, json } => {
+        Command::Sweep { sessions, json } => {
             need_root()?;
-            reaper::run(sessions, json)
+            sweep::run(sessions, json)
         }
         Command::Verify {
             no_fast_path,

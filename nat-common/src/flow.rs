@@ -127,9 +127,9 @@ pub struct Session {
     /// rounded up: [`crate::tcp_state::recorded_window`]).
     pub window: u16,
     /// Forward entry: until when the expiry sweep's last full check proves
-    /// the session live, in [`crate::expiry::LIVE_UNIT_SHIFT`] units (0:
+    /// the session live, in [`crate::sweep::LIVE_UNIT_SHIFT`] units (0:
     /// no proof), so later sweeps need not read the reverse entry
-    /// ([`crate::expiry::live_stamp`]). Written only by the sweep, with one
+    /// ([`crate::sweep::live_stamp`]). Written only by the sweep, with one
     /// 16-bit store; no datapath program reads or writes it. Unused in the
     /// reverse entry.
     pub live_until: u16,

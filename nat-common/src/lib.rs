@@ -11,7 +11,6 @@ pub mod counters;
 pub mod csum;
 pub mod deterministic;
 pub mod event_rate;
-pub mod expiry;
 pub mod flow;
 pub mod forward;
 pub mod headers;
@@ -21,17 +20,18 @@ pub mod names;
 pub mod port_forward;
 pub mod probe;
 pub mod seen_word;
+pub mod sweep;
 pub mod tcp_state;
 
 #[cfg(feature = "user")]
 mod pod {
     use crate::{
         config::{Config, PoolAddr},
-        expiry::SweepControl,
         flow::{FlowKey, Session},
         hosts::HostEntry,
         mapping::{EndpointKey, Mapping, Owner, PeerKey},
         port_forward::ForwardTarget,
+        sweep::SweepControl,
     };
 
     // SAFETY: all of these are repr(C), Copy, made of integers only, with

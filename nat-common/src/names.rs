@@ -47,9 +47,9 @@ pub const MAP_SCRATCH: &str = "NAT_SCRATCH";
 pub const MAP_EVENT_RATE: &str = "NAT_EVENT_RATE";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
-/// The expiry sweep's settings, one [`crate::expiry::SweepControl`] at index 0.
+/// The expiry sweep's settings, one [`crate::sweep::SweepControl`] at index 0.
 pub const MAP_SWEEP_CTL: &str = "NAT_SWEEP_CTL";
-/// Per-CPU running totals of the expiry sweep, indexed by [`crate::expiry::SweepTotal`].
+/// Per-CPU running totals of the expiry sweep, indexed by [`crate::sweep::SweepTotal`].
 pub const MAP_SWEEP_STATS: &str = "NAT_SWEEP_STATS";
 /// The one `bpf_timer` that runs the sweep while no daemon does (a BTF map:
 /// the kernel finds the timer in the value through BTF).

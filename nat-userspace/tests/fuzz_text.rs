@@ -29,7 +29,7 @@ const TOKENS: &[&str] = &[
     "fast-path",
     "ingress",
     "metrics",
-    "reap-interval-ms",
+    "sweep-interval-ms",
     "colddown",
     " = ",
     "=",

@@ -8,8 +8,8 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use nat_common::{
     config::Config,
-    expiry::{SweepTotal, phase},
     flow::{FlowKey, PROTO_TCP, Session, seen},
+    sweep::{SweepTotal, phase},
 };
 use nat_userspace::datapath::{
     object::{Globals, load_object},

@@ -14,9 +14,9 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use closing::*;
 use common::*;
 use nat_common::{
-    expiry::{SWEEP_TOTALS, SweepTotal},
     flow::{FlowKey, Session},
     names::{LAYOUT_VERSION, MAP_COOLDOWN, MAP_FWD, MAP_REV, MAP_SWEEP_STATS, PIN_ROOT},
+    sweep::{SWEEP_TOTALS, SweepTotal},
 };
 use nat_tests::{
     CLIENT_IP, EXT_IFACE, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, udp_echo_server,

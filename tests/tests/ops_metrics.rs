@@ -14,9 +14,9 @@ use aya::maps::{Array, MapData};
 use common::*;
 use nat_common::{
     config::Config,
-    expiry::SweepTotal,
     flow::{FlowKey, PROTO_UDP, Session},
     names::{LAYOUT_VERSION, MAP_CONFIG, MAP_FWD, MAP_REV, MAP_SWEEP_STATS, PIN_ROOT},
+    sweep::SweepTotal,
 };
 use nat_tests::serde_json;
 use nat_tests::{
@@ -168,8 +168,7 @@ fn ops_scrape_passes_promtool_and_shows_the_datapath() {
     );
     assert_eq!(sample(&body, &dest), Some(3.0), "{body}");
     assert!(
-        body.contains("nat_build_info{")
-            && body.contains("nat_expiry_sweep_duration_seconds_count"),
+        body.contains("nat_build_info{") && body.contains("nat_sweep_duration_seconds_count"),
         "{body}"
     );
     let (status, _, _) = http_get(topo.ns_name(Side::Nat), metrics_addr(), "/other").unwrap();

@@ -42,7 +42,7 @@ pub fn run() -> Result<()> {
     // readers have been started), so nobody can read the environment concurrently.
     unsafe {
         std::env::set_var("NAT_BIN", &nat_bin);
-        // The daemon's info log (a line per reaper sweep) would bury the story.
+        // The daemon's info log (a line per sweep) would bury the story.
         std::env::set_var("RUST_LOG", "warn");
     }
     interrupt::install("demo", TAG)?;

@@ -67,7 +67,7 @@ pub fn alloc(nat_bench: &Path, occupancy: u32, attempts: u32) -> Result<(Alloc, 
     Ok((alloc, window))
 }
 
-pub struct Reaper {
+pub struct Sweep {
     /// A sweep that expires none, every session busy (seen within the
     /// shortest timeout).
     pub scan_wall_s: f64,
@@ -81,13 +81,13 @@ pub struct Reaper {
     pub raw: Value,
 }
 
-/// `nat-bench reaper --json --sessions N`.
-pub fn reaper(nat_bench: &Path, sessions: u32) -> Result<(Reaper, Window)> {
+/// `nat-bench sweep --json --sessions N`.
+pub fn sweep(nat_bench: &Path, sessions: u32) -> Result<(Sweep, Window)> {
     let (raw, window) = bench_json(
         nat_bench,
-        &["reaper", "--json", "--sessions", &sessions.to_string()],
+        &["sweep", "--json", "--sessions", &sessions.to_string()],
     )?;
-    let reaper = Reaper {
+    let sweep = Sweep {
         scan_wall_s: number(&raw, "/scan/wall_s")?,
         scan_cpu_s: number(&raw, "/scan/cpu_s")?,
         quiet_first_cpu_s: number(&raw, "/scan_quiet_first/cpu_s")?,
@@ -96,7 +96,7 @@ pub fn reaper(nat_bench: &Path, sessions: u32) -> Result<(Reaper, Window)> {
         expire_cpu_s: number(&raw, "/expire/cpu_s")?,
         raw,
     };
-    Ok((reaper, window))
+    Ok((sweep, window))
 }
 
 /// The pin directory of the instance running in `nat_ns` on veth-ext.

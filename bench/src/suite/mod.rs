@@ -45,7 +45,7 @@ const ALLOC_ATTEMPTS: u32 = 10_000;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// One repetition with short runs, without the 1M-session reaper and scale runs (under 2 minutes)
+    /// One repetition with short runs, without the 1M-session sweep and scale runs (under 2 minutes)
     #[arg(long)]
     pub quick: bool,
     /// Also write every figure, sample and target to FILE as JSON
@@ -99,8 +99,8 @@ struct Plan {
     max_wait: Duration,
     wait_budget: Duration,
     micro_reps: usize,
-    reaper_sessions: &'static [u32],
-    reaper_skipped: &'static [u32],
+    sweep_sessions: &'static [u32],
+    sweep_skipped: &'static [u32],
     /// Live sessions before the scale runs' measurements.
     scale_points: &'static [u32],
     scale_skipped: &'static [u32],
@@ -117,7 +117,7 @@ impl Plan {
         }
         if opts.only.is_some() {
             plan.only = opts.only;
-            plan.reaper_sessions = &[];
+            plan.sweep_sessions = &[];
             plan.scale_points = &[];
             plan.micro_reps = 0;
         }
@@ -139,8 +139,8 @@ impl Plan {
                 max_wait: Duration::from_secs(4),
                 wait_budget: Duration::from_secs(10),
                 micro_reps: 1,
-                reaper_sessions: &[100_000],
-                reaper_skipped: &[1_000_000],
+                sweep_sessions: &[100_000],
+                sweep_skipped: &[1_000_000],
                 scale_points: &[1_000, 100_000],
                 scale_skipped: &[1_000_000],
                 scale_reps: 1,
@@ -160,8 +160,8 @@ impl Plan {
                 max_wait: Duration::from_secs(10),
                 wait_budget: Duration::from_secs(90),
                 micro_reps: 3,
-                reaper_sessions: &[100_000, 1_000_000],
-                reaper_skipped: &[],
+                sweep_sessions: &[100_000, 1_000_000],
+                sweep_skipped: &[],
                 scale_points: &[1_000, 100_000, 1_000_000],
                 scale_skipped: &[],
                 scale_reps: 2,
@@ -173,7 +173,7 @@ impl Plan {
 
 pub fn run(opts: &Args) -> Result<()> {
     let started = Instant::now();
-    // The micro-figures run this binary's own `alloc` and `reaper`.
+    // The micro-figures run this binary's own `alloc` and `sweep`.
     let nat_bench = std::env::current_exe().context("cannot find the nat-bench executable")?;
     let nat_bin = opts
         .nat
@@ -471,7 +471,7 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
     micro_figures(&plan, nat_bench, &mut guard, &mut results)?;
 
     results.notes.extend(guard.notes);
-    results.reaper_skipped = plan.reaper_skipped.to_vec();
+    results.sweep_skipped = plan.sweep_skipped.to_vec();
     results.scale_skipped = plan.scale_skipped.to_vec();
     let config = Config {
         quick: plan.quick,
@@ -1059,14 +1059,14 @@ fn micro_figures(
                 clean,
             });
         }
-        for &sessions in plan.reaper_sessions {
+        for &sessions in plan.sweep_sessions {
             let g = guard.measure(
                 &format!(
-                    "[{}/{}] nat-bench reaper {sessions} sessions",
+                    "[{}/{}] nat-bench sweep {sessions} sessions",
                     rep + 1,
                     plan.micro_reps
                 ),
-                || micro::reaper(nat_bench, sessions),
+                || micro::sweep(nat_bench, sessions),
                 |(_, w)| *w,
                 |(r, _)| {
                     format!(
@@ -1076,7 +1076,7 @@ fn micro_figures(
                 },
             )?;
             let (noise, clean, attempts) = (g.noise(), g.clean(), g.attempts);
-            results.reaper.entry(sessions).or_default().push(Kept {
+            results.sweep.entry(sessions).or_default().push(Kept {
                 value: g.value.0,
                 noise,
                 attempts,

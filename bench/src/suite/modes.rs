@@ -97,7 +97,7 @@ pub struct Active {
 }
 
 /// How long a NAT daemon may take to exit on SIGTERM: one with a million
-/// sessions may be in the middle of a reaper sweep, which the loaded
+/// sessions may be in the middle of a sweep, which the loaded
 /// testbed has seen take longer than the integration tests' 10 s.
 const NAT_STOP_LIMIT: Duration = Duration::from_secs(60);
 

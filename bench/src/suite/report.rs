@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::cpu::{FOREIGN_LIMIT, Window};
-use super::micro::{Alloc, MapMemory, Reaper};
+use super::micro::{Alloc, MapMemory, Sweep};
 use super::modes::{MODES, Mode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -235,8 +235,8 @@ pub struct Results {
     pub conn_failures: BTreeMap<Mode, BTreeMap<String, u64>>,
     pub conn_slow: BTreeMap<Mode, u64>,
     pub alloc: BTreeMap<u32, Vec<Kept<Alloc>>>,
-    pub reaper: BTreeMap<u32, Vec<Kept<Reaper>>>,
-    pub reaper_skipped: Vec<u32>,
+    pub sweep: BTreeMap<u32, Vec<Kept<Sweep>>>,
+    pub sweep_skipped: Vec<u32>,
     pub server_first: BTreeMap<Mode, ServerFirstTally>,
     /// (mode, figure, live sessions) -> samples of the scale runs.
     pub scale: BTreeMap<(Mode, Figure, u32), Vec<Sample>>,
@@ -349,9 +349,9 @@ impl Results {
         Summary::of(&values)
     }
 
-    fn reaper_summary(&self, sessions: u32, f: impl Fn(&Reaper) -> f64) -> Option<Summary> {
+    fn sweep_summary(&self, sessions: u32, f: impl Fn(&Sweep) -> f64) -> Option<Summary> {
         let values: Vec<f64> = self
-            .reaper
+            .sweep
             .get(&sessions)?
             .iter()
             .map(|k| f(&k.value))
@@ -476,17 +476,17 @@ pub fn targets(r: &Results) -> Vec<Target> {
             .map(|(s, m)| s.median >= 99.9 && m.median < 5000.0),
         noisy: r.alloc.get(&95).is_some_and(|k| k.iter().any(|k| !k.clean)),
     });
-    let reaper_noisy = r
-        .reaper
+    let sweep_noisy = r
+        .sweep
         .get(&1_000_000)
         .is_some_and(|k| k.iter().any(|k| !k.clean));
-    let reaper_target = |name, f: fn(&Reaper) -> f64, limit: f64| {
-        let s = r.reaper_summary(1_000_000, f);
+    let sweep_target = |name, f: fn(&Sweep) -> f64, limit: f64| {
+        let s = r.sweep_summary(1_000_000, f);
         Target {
             name,
             measured: s.map_or_else(
                 || {
-                    if r.reaper_skipped.contains(&1_000_000) {
+                    if r.sweep_skipped.contains(&1_000_000) {
                         "not measured (--quick)".to_owned()
                     } else {
                         not_measured()
@@ -495,10 +495,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 |s| format!("{:.3} s", s.median),
             ),
             met: s.map(|s| s.median < limit),
-            noisy: reaper_noisy,
+            noisy: sweep_noisy,
         }
     };
-    out.push(reaper_target(
+    out.push(sweep_target(
         "expiry: a sweep expiring 1,000,000 sessions < 1 s CPU",
         |x| x.expire_cpu_s,
         1.0,
@@ -506,7 +506,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
     // Routine sweeps: the slower of busy sessions and quiet ones whose
     // liveness a sweep has proven before (a quiet session's full check
     // comes once per 10-17 s; its first is reported next to it).
-    out.push(reaper_target(
+    out.push(sweep_target(
         "expiry: a sweep of 1,000,000 live sessions expiring none < 0.2 s CPU",
         |x| x.scan_cpu_s.max(x.quiet_cpu_s),
         0.2,
@@ -739,9 +739,9 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             );
         }
     }
-    let _ = writeln!(out, "  reaper (nat-bench reaper):");
-    for (&sessions, kept) in &r.reaper {
-        let s = |f: fn(&Reaper) -> f64| r.reaper_summary(sessions, f);
+    let _ = writeln!(out, "  sweep (nat-bench sweep):");
+    for (&sessions, kept) in &r.sweep {
+        let s = |f: fn(&Sweep) -> f64| r.sweep_summary(sessions, f);
         let star = if kept.iter().any(|k| !k.clean) {
             "*"
         } else {
@@ -768,7 +768,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
             );
         }
     }
-    for sessions in &r.reaper_skipped {
+    for sessions in &r.sweep_skipped {
         let _ = writeln!(out, "    {sessions} sessions: skipped (--quick)");
     }
     match &r.map_memory {
@@ -914,10 +914,10 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
             }),
         );
     }
-    let mut reaper = serde_json::Map::new();
-    for (sessions, kept) in &r.reaper {
-        let s = |f: fn(&Reaper) -> f64| r.reaper_summary(*sessions, f).map(Summary::to_json);
-        reaper.insert(
+    let mut sweep = serde_json::Map::new();
+    for (sessions, kept) in &r.sweep {
+        let s = |f: fn(&Sweep) -> f64| r.sweep_summary(*sessions, f).map(Summary::to_json);
+        sweep.insert(
             format!("sessions_{sessions}"),
             json!({
                 "scan_wall_s": s(|x| x.scan_wall_s),
@@ -985,8 +985,8 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
         "scale": scale,
         "micro": {
             "alloc": alloc,
-            "reaper": reaper,
-            "reaper_skipped_sessions": r.reaper_skipped,
+            "sweep": sweep,
+            "sweep_skipped_sessions": r.sweep_skipped,
             "map_memory": r.map_memory.as_ref().map(|m| json!({
                 "bytes_per_session": m.per_session,
                 "bytes_per_cooling_key": m.per_cooling_key,

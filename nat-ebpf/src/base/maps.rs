@@ -15,12 +15,12 @@ use nat_common::{
     config::{Config, MAX_POOL, PoolAddr},
     counters::{COUNTER_COUNT, Counter},
     event_rate::EventRate,
-    expiry::{SWEEP_TOTALS, SweepControl},
     flow::{FlowKey, FragEntry, FragKey, Session},
     hosts::HostEntry,
     mapping::{EndpointKey, Mapping, Owner, PeerKey},
     port_forward::{ForwardKey, ForwardTarget, MAX_FORWARD_ENTRIES},
     probe::PROBE_BUCKETS,
+    sweep::{SWEEP_TOTALS, SweepControl},
 };
 
 /// Default capacity; the loader overrides it with `--max-sessions`.

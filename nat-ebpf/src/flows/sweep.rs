@@ -55,7 +55,7 @@
 //! reverse entry read to be judged, a lookup that misses the cache. The run
 //! that reads both entries and finds the session live stamps the forward
 //! entry with how long that proof holds (`live_until`,
-//! nat_common::expiry::live_stamp: the session's own expiry, or the
+//! nat_common::sweep::live_stamp: the session's own expiry, or the
 //! shortest timeout a packet could move it to, at most 17 s); later runs
 //! skip the reverse lookup until then. The proof is tied to the timeouts it
 //! was computed under: after they change, no stamp is trusted until every
@@ -76,13 +76,13 @@ use aya_ebpf::{
 };
 use nat_common::{
     config::TOUCH_GRANULARITY_NS,
-    expiry::{
+    flow::{FlowKey, PROTO_TCP, Session},
+    seen_word::{bits, current_rev_bits},
+    sweep::{
         ORPHAN_GRACE_NS, ORPHAN_WALK_EVERY, SWEEP_BUDGET, SweepTotal, cooldown_until, epoch_trusts,
         epoch_word, expired, expiry_sig, first_epoch_word, live_at, live_stamp, live_window_ns,
         phase, shortest_idle_ns,
     },
-    flow::{FlowKey, PROTO_TCP, Session},
-    seen_word::{bits, current_rev_bits},
     tcp_state::{close_kind, expiry_kind, idle_timeout_ms, state_of},
 };
 
@@ -111,7 +111,7 @@ pub struct SweepTimer {
     /// sweep); written by the timer's callback only.
     pub resume: u32,
     /// The timeouts the sweep's liveness stamps are written under and when
-    /// a run first saw them (nat_common::expiry::epoch_word); written by
+    /// a run first saw them (nat_common::sweep::epoch_word); written by
     /// any sweep run with one 32-bit store.
     pub config_seen: u32,
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use nat_common::expiry::{TIMER_RESUME_NS, TIMER_TAKEOVER_INTERVALS, phase, sweep_pause_ns};
+use nat_common::sweep::{TIMER_RESUME_NS, TIMER_TAKEOVER_INTERVALS, phase, sweep_pause_ns};
 
 use crate::{
     base::{

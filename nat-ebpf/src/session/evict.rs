@@ -13,10 +13,10 @@ use core::ptr::{addr_of_mut, read_volatile};
 
 use nat_common::{
     counters::Counter,
-    expiry::cooldown_until,
     flow::{FlowKey, PROTO_TCP, Session},
     hosts::{HOST_OPENINGS, Opening, evictable},
     seen_word::{SharedWord, bits, current_rev_bits},
+    sweep::cooldown_until,
     tcp_state::expiry_kind,
 };
 

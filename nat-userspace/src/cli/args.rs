@@ -251,9 +251,10 @@ pub struct LoadArgs {
     /// Capacity of the cooldown map (cooling keys outlive their sessions).
     #[arg(long, default_value_t = 524_288, value_parser = clap::value_parser!(u32).range(1024..=33_554_432))]
     pub max_cooldowns: u32,
-    /// How often the reaper sweeps for idle sessions, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
-    pub reap_interval_ms: u64,
+    /// How often the sweep frees idle sessions and ended cooldowns, in milliseconds.
+    // The alias keeps units and config files that name it `reap-interval-ms` working.
+    #[arg(long, alias = "reap-interval-ms", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub sweep_interval_ms: u64,
     /// Take over from a daemon still serving this interface: the new programs replace its
     /// ones, then it is told to exit. Without it, a live daemon makes the load fail.
     #[arg(long)]

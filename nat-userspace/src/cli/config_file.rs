@@ -128,7 +128,11 @@ impl Document {
             let name = key.get_ref().as_str();
             let arg = cmd
                 .get_arguments()
-                .find(|a| a.get_long() == Some(name) && settable(a))
+                .find(|a| {
+                    settable(a)
+                        && (a.get_long() == Some(name)
+                            || a.get_all_aliases().is_some_and(|all| all.contains(&name)))
+                })
                 .ok_or_else(|| {
                     let keys: Vec<&str> = cmd
                         .get_arguments()
@@ -518,7 +522,7 @@ mod tests {
             "max-sessions" => ("4096", "4096"),
             "max-cooldowns" => ("8192", "8192"),
             "max-sessions-per-host" => ("500", "500"),
-            "reap-interval-ms" => ("250", "250"),
+            "sweep-interval-ms" => ("250", "250"),
             "cooldown-enabled" => ("off", "false"),
             "policy" => ("strict", "\"strict\""),
             "on-exhaustion" => ("reject", "\"reject\""),

@@ -135,7 +135,7 @@ pub fn resolve(mut args: LoadArgs, netns: Option<&str>) -> Result<Plan> {
             fast,
         },
         serve: ServePlan {
-            sweep_interval_ms: args.reap_interval_ms,
+            sweep_interval_ms: args.sweep_interval_ms,
             metrics: args.metrics,
             config_file: args.config.config,
         },
@@ -182,7 +182,7 @@ pub fn fixed(args: &LoadArgs) -> Vec<(&'static str, String)> {
         ("xdp-mode", format!("{:?}", args.xdp_mode)),
         ("max-sessions", args.max_sessions.to_string()),
         ("max-cooldowns", args.max_cooldowns.to_string()),
-        ("reap-interval-ms", args.reap_interval_ms.to_string()),
+        ("sweep-interval-ms", args.sweep_interval_ms.to_string()),
         ("metrics", format!("{:?}", args.metrics.metrics)),
         ("metrics-top", args.metrics.metrics_top.to_string()),
         (

@@ -79,8 +79,8 @@ impl Metrics {
         listener.set_nonblocking(true)?;
         let sweeps = Histogram::with_opts(
             HistogramOpts::new(
-                "nat_expiry_sweep_duration_seconds",
-                "Time one expiry sweep over the session and cooldown tables took.",
+                "nat_sweep_duration_seconds",
+                "Time one sweep over the session and cooldown tables took.",
             )
             .buckets(prometheus::exponential_buckets(0.001, 4.0, 9)?),
         )?;

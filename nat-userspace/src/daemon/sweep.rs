@@ -13,7 +13,7 @@ use std::{sync::atomic::AtomicBool, time::Duration};
 
 use anyhow::Result;
 use aya::Ebpf;
-use nat_common::expiry::SweepTotal;
+use nat_common::sweep::SweepTotal;
 
 use crate::datapath::sweep::KernelSweep;
 

@@ -1,5 +1,5 @@
 //! Whole-map reads with BPF_MAP_LOOKUP_BATCH: one syscall per few thousand
-//! entries instead of two per entry, so the reaper can sweep a million
+//! entries instead of two per entry, so the sweep can read a million
 //! sessions well within a second of CPU. aya 0.14 has no batch API.
 
 use std::{

@@ -14,8 +14,8 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use nat_common::{
-    expiry::{SWEEP_TOTALS, SweepControl, SweepTotal, TIMER_SCAN_BUDGET, phase},
     names::{MAP_SWEEP_CTL, MAP_SWEEP_STATS, MAP_SWEEP_STOP, PROG_SWEEP},
+    sweep::{SWEEP_TOTALS, SweepControl, SweepTotal, TIMER_SCAN_BUDGET, phase},
 };
 
 /// Runs one sweep asks for at most: far more than the largest table needs

@@ -304,7 +304,7 @@ impl Tables {
     }
 }
 
-/// One session as the CLI and the reaper see it.
+/// One session as the CLI and the sweep see it.
 #[derive(Clone, Debug)]
 pub struct SessionView {
     pub proto: u8,
@@ -317,7 +317,7 @@ pub struct SessionView {
     pub rev_seen: u8,
     /// Boot-clock nanoseconds of the last packet in either direction.
     pub last_seen: u64,
-    /// False when the reverse entry is missing (being created or reaped).
+    /// False when the reverse entry is missing (being created or freed).
     pub paired: bool,
     /// The session is on its internal endpoint's endpoint-independent
     /// mapping (else its port was picked for this destination alone).

@@ -48,7 +48,7 @@ pub fn tell(topology: &Topology) -> usize {
         PORTS,
         "--timeout-tcp-closed",
         "1s",
-        "--reap-interval-ms",
+        "--sweep-interval-ms",
         "200",
         "--policy",
         "strict",

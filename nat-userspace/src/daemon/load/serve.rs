@@ -7,7 +7,7 @@
 //! signals meanwhile. A stop is seen between two runs of the sweep program,
 //! and ends the run in progress at its next entry (NAT_SWEEP_STOP), so the
 //! daemon exits at once however large the table. A large table is swept less often
-//! than every interval (nat_common::expiry::sweep_pause_ns), so the walk
+//! than every interval (nat_common::sweep::sweep_pause_ns), so the walk
 //! costs a bounded share of a core.
 
 use std::{
@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use log::{info, warn};
-use nat_common::{expiry::sweep_pause_ns, names::MAP_REJECTS};
+use nat_common::{names::MAP_REJECTS, sweep::sweep_pause_ns};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::daemon::fast_path::{SharedObject, lock};
@@ -50,8 +50,8 @@ impl StopSignals {
 /// Loads the sweep and runs it once, which arms its timer: from then on
 /// sessions expire even if this process dies, so this comes before the
 /// daemon says it is attached.
-pub fn first_sweep(ebpf: &mut Ebpf, reap_interval_ms: u64) -> Result<KernelSweep> {
-    let sweeper = KernelSweep::load(ebpf, reap_interval_ms, DAEMON_BUDGET, DAEMON_SCAN)?;
+pub fn first_sweep(ebpf: &mut Ebpf, sweep_interval_ms: u64) -> Result<KernelSweep> {
+    let sweeper = KernelSweep::load(ebpf, sweep_interval_ms, DAEMON_BUDGET, DAEMON_SCAN)?;
     sweep::sweep(&sweeper, ebpf, &AtomicBool::new(false))
         .context("the first expiry sweep failed")?;
     Ok(sweeper)
@@ -77,7 +77,7 @@ pub fn start_workers(ebpf: &mut Ebpf) -> Result<Workers> {
     })
 }
 
-/// Sweeps every `reap_interval_ms` on the sweep thread until stopped, while
+/// Sweeps every `sweep_interval_ms` on the sweep thread until stopped, while
 /// the [`Workers`] answer refused SYNs; hands the object back for the stop
 /// phase.
 pub async fn serve(
@@ -85,7 +85,7 @@ pub async fn serve(
     mut sweeper: KernelSweep,
     _workers: Workers,
     ops: &Ops,
-    reap_interval_ms: u64,
+    sweep_interval_ms: u64,
     mut stop: StopSignals,
 ) -> Result<SharedObject> {
     let mut stop_run = sweeper.stop_switch()?;
@@ -93,7 +93,7 @@ pub async fn serve(
     let (took_tx, mut took) = tokio::sync::mpsc::unbounded_channel();
     let worker = {
         let stopping = Arc::clone(&stopping);
-        let interval = Duration::from_millis(reap_interval_ms);
+        let interval = Duration::from_millis(sweep_interval_ms);
         thread::Builder::new()
             .name("nat-sweep".into())
             .spawn(move || {
@@ -151,14 +151,14 @@ fn pause(interval: Duration, scanned: u64) -> Duration {
 fn report(swept: Result<sweep::Sweep>) {
     match swept {
         Ok(s) if s.kept > 0 => warn!(
-            "reaper: {} expired sessions kept: the cooldown map is full (raise --max-cooldowns)",
+            "sweep: {} expired sessions kept: the cooldown map is full (raise --max-cooldowns)",
             s.kept
         ),
         Ok(s) if s.expired > 0 || s.cooled > 0 || s.orphans > 0 => info!(
-            "reaper: {} of {} sessions expired, {} cooldowns ended, {} orphaned reverse entries removed",
+            "sweep: {} of {} sessions expired, {} cooldowns ended, {} orphaned reverse entries removed",
             s.expired, s.scanned, s.cooled, s.orphans
         ),
         Ok(_) => {}
-        Err(e) => warn!("reaper: {e:#}"),
+        Err(e) => warn!("sweep: {e:#}"),
     }
 }

@@ -1,4 +1,4 @@
-//! `nat-bench reaper`: sweep time and CPU of the kernel expiry sweep over N
+//! `nat-bench sweep`: time and CPU of one run of the kernel sweep over N
 //! sessions in real BPF maps (nothing is attached, the timer is not armed).
 //! The sweep runs in the kernel through BPF_PROG_TEST_RUN, so its CPU is
 //! this process's system time; the program's own run time (the kernel's
