@@ -25,6 +25,19 @@ pub mod policy {
     pub const STRICT: u32 = 1;
 }
 
+/// How a new flow's external port is found (setting `allocation`).
+pub mod allocation {
+    /// A walk over the whole range of the host's external address, then the
+    /// others ([`crate::probe::Tour`]): the most ports per destination.
+    pub const WALK: u32 = 0;
+    /// Inside port blocks handed to each internal host on demand
+    /// ([`crate::blocks`]): a log line per block, not per session.
+    pub const BLOCKS: u32 = 1;
+    /// Inside the share a formula gives each internal host (RFC 7422,
+    /// [`crate::deterministic`]): no log at all, only the formula.
+    pub const DETERMINISTIC: u32 = 2;
+}
+
 /// What happens to a TCP SYN for which no port can be allocated.
 pub mod exhaustion {
     /// Dropped; the client retransmits and may get a port later.
@@ -92,8 +105,23 @@ pub struct Config {
     /// Live sessions one internal address may hold; a new flow past it is
     /// refused (`drop_host_limit`). 0: no limit.
     pub max_sessions_per_host: u32,
-    /// Keeps the size a multiple of 8 with no implicit padding.
-    pub _pad: u32,
+    /// One of [`allocation`]: how a new flow's external port is found. Set
+    /// at load, with the fields after it.
+    pub allocation: u32,
+    /// Ports in a block ([`allocation::BLOCKS`]).
+    pub block_size: u32,
+    /// Blocks one internal address may hold at once ([`allocation::BLOCKS`]);
+    /// at most [`crate::blocks::MAX_BLOCKS_PER_HOST`].
+    pub max_blocks_per_host: u32,
+    /// Percent of an external address's blocks in use at which a threshold
+    /// event is logged as the count passes it upward; 0: none.
+    pub pool_threshold: u32,
+    /// Non-zero: each session's creation and deletion is a logged event.
+    pub log_sessions: u32,
+    /// [`allocation::DETERMINISTIC`]: internal hosts per external address
+    /// and ports per host ([`crate::deterministic::Layout`]).
+    pub det_per_address: u32,
+    pub det_range: u32,
 }
 
 impl Default for Config {
@@ -124,7 +152,13 @@ impl Default for Config {
             mapping_tcp: crate::mapping::mode::ADDRESS_PORT_DEPENDENT,
             filtering_udp: crate::mapping::filtering::ADDRESS_DEPENDENT,
             max_sessions_per_host: crate::hosts::DEFAULT_MAX_SESSIONS_PER_HOST,
-            _pad: 0,
+            allocation: allocation::WALK,
+            block_size: crate::blocks::DEFAULT_BLOCK_SIZE,
+            max_blocks_per_host: crate::blocks::DEFAULT_MAX_BLOCKS_PER_HOST,
+            pool_threshold: 0,
+            log_sessions: 0,
+            det_per_address: 0,
+            det_range: 0,
         }
     }
 }

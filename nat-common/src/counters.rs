@@ -71,6 +71,11 @@ counters! {
     HairpinUnrouted = "drop_hairpin_unrouted": "hairpinned packets dropped because no route leads to the internal host through an internal interface",
     NotHairpin = "pass_not_hairpin": "packets from inside to an external address that are not hairpinned (no forward or mapping owns the port: the NAT host's own services; fragments, ICMP, TTL 1), left to what runs next (the fast path, then the stack); other packets on an internal interface are not counted here but by the fast path or egress next",
     TaggedInternal = "drop_tagged_internal": "egress frames tagged for a VLAN (802.1Q or 802.1ad, one tag or two) whose inner IPv4 source is internal, dropped: the NAT translates untagged frames of the external interface only",
+    EventsDropped = "events_dropped": "compliance events (blocks, exhaustion, quotas, thresholds, sessions) lost because the event ring buffer was full: the daemon fell behind or is not running; the packets went on",
+    BlockAllocated = "blocks_allocated": "port blocks handed to internal hosts (allocation blocks)",
+    BlockReleased = "blocks_released": "port blocks given back after their last session ended (allocation blocks)",
+    BlockLimit = "drop_block_limit": "new flows refused because their host's blocks had no usable port toward the destination and the host held max-blocks-per-host blocks (allocation blocks)",
+    NoBlock = "drop_no_block": "new flows refused because no external address had a free block (allocation blocks)",
 }
 
 /// Number of counters, the size of the stats map.

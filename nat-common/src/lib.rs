@@ -6,6 +6,7 @@
 //! packet, so the datapath never converts.
 #![no_std]
 
+pub mod blocks;
 pub mod config;
 pub mod counters;
 pub mod csum;
@@ -17,6 +18,7 @@ pub mod headers;
 pub mod hosts;
 pub mod mapping;
 pub mod names;
+pub mod nat_event;
 pub mod port_forward;
 pub mod probe;
 pub mod seen_word;
@@ -26,10 +28,13 @@ pub mod tcp_state;
 #[cfg(feature = "user")]
 mod pod {
     use crate::{
+        blocks::{Block, BlockKey, HostBlocks},
         config::{Config, PoolAddr},
+        deterministic::DetPrefix,
         flow::{FlowKey, Session},
         hosts::HostEntry,
         mapping::{EndpointKey, Mapping, Owner, PeerKey},
+        nat_event::NatEvent,
         port_forward::ForwardTarget,
         sweep::SweepControl,
     };
@@ -47,4 +52,9 @@ mod pod {
     unsafe impl aya::Pod for Owner {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for HostEntry {}
+    unsafe impl aya::Pod for BlockKey {}
+    unsafe impl aya::Pod for Block {}
+    unsafe impl aya::Pod for HostBlocks {}
+    unsafe impl aya::Pod for DetPrefix {}
+    unsafe impl aya::Pod for NatEvent {}
 }

@@ -47,9 +47,9 @@ pub const MAP_SCRATCH: &str = "NAT_SCRATCH";
 pub const MAP_EVENT_RATE: &str = "NAT_EVENT_RATE";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const MAP_STATS: &str = "NAT_STATS";
-/// The expiry sweep's settings, one [`crate::sweep::SweepControl`] at index 0.
+/// The sweep's settings, one [`crate::sweep::SweepControl`] at index 0.
 pub const MAP_SWEEP_CTL: &str = "NAT_SWEEP_CTL";
-/// Per-CPU running totals of the expiry sweep, indexed by [`crate::sweep::SweepTotal`].
+/// Per-CPU running totals of the sweep, indexed by [`crate::sweep::SweepTotal`].
 pub const MAP_SWEEP_STATS: &str = "NAT_SWEEP_STATS";
 /// The one `bpf_timer` that runs the sweep while no daemon does (a BTF map:
 /// the kernel finds the timer in the value through BTF).
@@ -63,6 +63,19 @@ pub const MAP_FORWARD: &str = "NAT_FORWARD";
 pub const MAP_FORWARD_KEY: &str = "NAT_FORWARD_KEY";
 /// Per-CPU slot of the hairpin program's packet and translation (not pinned).
 pub const MAP_HAIRPIN_PLAN: &str = "NAT_HAIRPIN_PLAN";
+
+/// Port blocks: [`crate::blocks::BlockKey`] -> [`crate::blocks::Block`].
+pub const MAP_BLOCKS: &str = "NAT_BLOCKS";
+/// Each host's blocks: internal address -> [`crate::blocks::HostBlocks`].
+pub const MAP_HOST_BLOCKS: &str = "NAT_HOST_BLOCKS";
+/// Blocks in use per external address, indexed by pool index, changed
+/// only by atomic adds.
+pub const MAP_BLOCK_USE: &str = "NAT_BLOCK_USE";
+/// Deterministic NAT's numbering of the internal prefixes (LPM trie):
+/// prefix -> [`crate::deterministic::DetPrefix`].
+pub const MAP_DET_PREFIXES: &str = "NAT_DET_PREFIXES";
+/// Ring buffer of compliance events ([`crate::nat_event::NatEvent`]).
+pub const MAP_NAT_EVENTS: &str = "NAT_EVENTS";
 
 /// Live sessions per internal address: address -> [`crate::hosts::HostEntry`].
 pub const MAP_HOSTS: &str = "NAT_HOSTS";
@@ -86,7 +99,7 @@ pub const PROG_FAST_TC: &str = "nat_fast_tc";
 /// sent back inside.
 pub const PROG_HAIRPIN: &str = "nat_hairpin";
 
-/// The expiry sweep: walks the session and cooldown maps in the kernel. Run
+/// The sweep: walks the session and cooldown maps in the kernel. Run
 /// by the daemon through BPF_PROG_TEST_RUN (a TC program, so aya can run it)
 /// and by the sweep timer it arms; never attached.
 pub const PROG_SWEEP: &str = "nat_sweep";

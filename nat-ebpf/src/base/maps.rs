@@ -12,8 +12,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use nat_common::{
+    blocks::{Block, BlockKey, HostBlocks},
     config::{Config, MAX_POOL, PoolAddr},
     counters::{COUNTER_COUNT, Counter},
+    deterministic::{DetPrefix, MAX_PREFIXES},
     event_rate::EventRate,
     flow::{FlowKey, FragEntry, FragKey, Session},
     hosts::HostEntry,
@@ -96,6 +98,32 @@ pub static NAT_PROBES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_BU
 
 #[map(name = "NAT_FRAGS")]
 pub static NAT_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Port blocks by (external address, block index) (`flows::blocks`); the
+/// loader sizes it to every block of the pool.
+#[map(name = "NAT_BLOCKS")]
+pub static NAT_BLOCKS: HashMap<BlockKey, Block> = HashMap::with_max_entries(16_384, 0);
+
+/// Each internal host's blocks. Not preallocated, as NAT_HOSTS: an entry
+/// deleted with the host's last block is freed only after every program
+/// run that may still hold a pointer to it has ended.
+#[map(name = "NAT_HOST_BLOCKS")]
+pub static NAT_HOST_BLOCKS: HashMap<u32, HostBlocks> =
+    HashMap::with_max_entries(16_384, 1 /* BPF_F_NO_PREALLOC */);
+
+/// Blocks in use per external address (pool index), changed only by
+/// atomic adds: the pool threshold's and the metrics' count.
+#[map(name = "NAT_BLOCK_USE")]
+pub static NAT_BLOCK_USE: Array<u64> = Array::with_max_entries(MAX_POOL, 0);
+
+/// Deterministic NAT's numbering of the internal prefixes.
+#[map(name = "NAT_DET_PREFIXES")]
+pub static NAT_DET_PREFIXES: LpmTrie<u32, DetPrefix> =
+    LpmTrie::with_max_entries(MAX_PREFIXES as u32, 1 /* BPF_F_NO_PREALLOC */);
+
+/// Compliance events for the daemon's IPFIX and syslog exports.
+#[map(name = "NAT_EVENTS")]
+pub static NAT_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map(name = "NAT_REJECTS")]
 pub static NAT_REJECTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);

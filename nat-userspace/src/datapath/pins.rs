@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use nat_common::names::{
-    LAYOUT_VERSION, LINK_FAST_PREFIX, MAP_CONFIG, MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER,
-    MAP_EIM_PEERS, MAP_FORWARD, MAP_FRAGS, MAP_FWD, MAP_HOSTS, MAP_INTERNAL, MAP_LIVE, MAP_POOL,
-    MAP_PROBES, MAP_REV, MAP_STATS, MAP_SWEEP_CTL, MAP_SWEEP_STATS, MAP_SWEEP_TIMER, PIN_ROOT,
+    LAYOUT_VERSION, LINK_FAST_PREFIX, MAP_BLOCK_USE, MAP_BLOCKS, MAP_CONFIG, MAP_COOLDOWN,
+    MAP_DET_PREFIXES, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS, MAP_FORWARD, MAP_FRAGS, MAP_FWD,
+    MAP_HOST_BLOCKS, MAP_HOSTS, MAP_INTERNAL, MAP_LIVE, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
+    MAP_SWEEP_CTL, MAP_SWEEP_STATS, MAP_SWEEP_TIMER, PIN_ROOT,
 };
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 22] = [
     MAP_FWD,
     MAP_REV,
     // Per-host counts must survive a restart with the sessions they count.
@@ -34,6 +35,12 @@ pub const PINNED_MAPS: [&str; 18] = [
     MAP_SWEEP_STATS,
     MAP_SWEEP_TIMER,
     MAP_FORWARD,
+    // Blocks live as long as their sessions do; the numbering of the
+    // prefixes is what `nat lookup` and a restart read back.
+    MAP_BLOCKS,
+    MAP_HOST_BLOCKS,
+    MAP_BLOCK_USE,
+    MAP_DET_PREFIXES,
 ];
 
 /// The pin directory of one instance: `/sys/fs/bpf/nat/[NETNS/]IFACE`.
