@@ -8,11 +8,9 @@
 //! own TCP timestamp offset, so a reused port from another internal host
 //! looks like an old duplicate to the server about half the time.
 
-mod common;
-
 use std::{net::SocketAddrV4, time::Duration};
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     NatProcess, SERVER_IP, Side, Topology, TopologyOpts, short_connection_burst,
     short_connection_server,

@@ -3,20 +3,17 @@
 //! reload (SIGHUP or `nat reload`) applies a changed cooldown, external
 //! addresses and port range while a paced transfer goes on untouched.
 
-mod common;
-mod ops;
-
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::ops::*;
 use nat_tests::{
     EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, concurrent_tcp, nat_bin,
     nat_json, tcp_sink_server,
 };
-use ops::*;
 
 const SECOND: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 

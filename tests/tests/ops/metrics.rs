@@ -2,16 +2,14 @@
 //! real Prometheus server scrapes it and its query API gives the session
 //! count `nat stats` shows, and a scrape answers fast with a million sessions.
 
-mod common;
-mod ops;
-
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
+use crate::ops::*;
 use aya::maps::{Array, MapData};
-use common::*;
 use nat_common::{
     config::Config,
     expiry::SweepTotal,
@@ -23,7 +21,6 @@ use nat_tests::{
     EXT_IFACE, EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns,
     tcp_sink_server, tcp_transfer, udp_echo_server, udp_roundtrip,
 };
-use ops::*;
 
 const METRICS: &str = "127.0.0.1:9109";
 

@@ -6,15 +6,13 @@
 //! without a stall. An exact reset afterwards still closes a session and
 //! cools its key. Bounded: one 8 s transfer, 3,000 crafted frames.
 
-mod common;
-
 use std::{
     net::SocketAddrV4,
     thread,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     EXT_IFACE, EXTERNAL_IP, EchoConnection, NatProcess, PacedFlows, SERVER_IFACE, SERVER_IP, Side,
     Topology, TopologyOpts, nat_json,

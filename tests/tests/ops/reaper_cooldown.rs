@@ -1,14 +1,11 @@
 //! Sessions the reaper expires leave their key cooling, for the protocol's
 //! cooldown from the moment of expiry, and the reaper ends that too.
 
-mod closing;
-mod common;
-
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use closing::*;
-use common::*;
+use crate::closing::*;
+use crate::common::*;
 use nat_tests::{
     CLIENT_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, udp_echo_server, udp_roundtrip,
 };

@@ -3,17 +3,14 @@
 //! the three filtering settings, TCP in both modes, and the TIME_WAIT rule
 //! that wins over a mapping.
 
-mod closing;
-mod common;
-
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use closing::{Close, CloseServer, announce, complete, set, wait_for};
-use common::*;
+use crate::closing::{self, Close, CloseServer, announce, complete, set, wait_for};
+use crate::common::*;
 use nat_tests::{
     CLIENT_IP, EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns,
     serde_json::Value,

@@ -4,8 +4,6 @@
 //! that routes each address back to its node (see `nat_tests::ScaleOut`).
 //! No state is shared between the nodes: the routing layer does all of it.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
@@ -14,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{counter, snmp, tcp_ext, v4};
+use crate::common::{counter, snmp, tcp_ext, v4};
 use nat_tests::{
     EchoConnection, GROUP_BUCKETS, NatProcess, SERVER_IP, ScaleOut, ScaleOutOpts, concurrent_tcp,
     concurrent_tcp_server_closes, nat_json_in, run_in_ns, serde_json::Value, tcp_closing_server,

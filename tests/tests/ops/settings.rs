@@ -1,14 +1,11 @@
 //! Live settings: `nat set` changes what the running datapath does, `nat get`
 //! shows it, and a bad value is refused without changing anything.
 
-mod closing;
-mod common;
-
 use std::thread::sleep;
 use std::time::Duration;
 
-use closing::*;
-use common::*;
+use crate::closing::*;
+use crate::common::*;
 use nat_tests::serde_json::{Value, json};
 use nat_tests::{NatProcess, Topology, TopologyOpts, nat_cmd, nat_json};
 

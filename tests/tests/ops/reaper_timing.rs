@@ -2,15 +2,12 @@
 //! idle time counts from the session's last packet, and a closed session's
 //! from its close.
 
-mod closing;
-mod common;
-
 use std::io::Write;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use closing::*;
-use common::*;
+use crate::closing::*;
+use crate::common::*;
 use nat_tests::{NatProcess, Topology, TopologyOpts};
 
 /// An established session that keeps sending is not idle, however short its

@@ -1,10 +1,8 @@
 //! TCP and UDP through the NAT, checked from the server's side of the wire.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, OUTSIDE_CLIENT_IP, SERVER_IP, Side, Topology,
     TopologyOpts, concurrent_tcp, tcp_exchange, tcp_sink_server, tcp_transfer, udp_echo_server,

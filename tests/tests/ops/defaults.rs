@@ -1,9 +1,7 @@
 //! `nat load` with no tuning flags picks its hook and the fast path from
 //! the interfaces and the routing table, and says what it chose and why.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nat_tests::{
     CLIENT_IP, EXT_IFACE, EXTERNAL_IP, INTERNAL_PREFIX, NatProcess, SERVER_IP, Side, Topology,
     TopologyOpts, tcp_sink_server, tcp_transfer,

@@ -3,12 +3,10 @@
 //! interface as it was, and pins that cannot be adopted are refused, never
 //! discarded.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use nat_common::names::LAYOUT_VERSION;
 use nat_tests::{
     CLIENT_IP, EXT_IFACE, NatProcess, OUTSIDE_CLIENT_IP, SERVER_IP, Side, Topology, TopologyOpts,

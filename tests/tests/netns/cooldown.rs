@@ -2,15 +2,12 @@
 //! key includes the destination, what the policies do once every port toward
 //! a destination is cooling, and how `nat top` reports it.
 
-mod closing;
-mod common;
-
 use std::collections::HashSet;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use closing::*;
-use common::*;
+use crate::closing::*;
+use crate::common::*;
 use nat_tests::{EXTERNAL_IP, NatProcess, Topology, TopologyOpts, nat_json, serde_json::Value};
 
 const FOUR_PORTS: &str = "20000-20003";

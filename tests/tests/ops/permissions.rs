@@ -1,11 +1,9 @@
 //! The pin directories and the run directory are root-only: another user
 //! can neither find an instance nor read or update its maps through the pins.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use nat_tests::{EXT_IFACE, NatProcess, Side, Topology, TopologyOpts};
 
 /// Runs `cmd` as the user `nobody`; whether it succeeded, and its stderr.

@@ -2,15 +2,13 @@
 //! both directions with real tools, and crafted errors whose translated bytes
 //! are checked field by field.
 
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use nat_common::csum::{ipv4_header_checksum, l4_checksum, sum_bytes};
 use nat_tests::{
     CLIENT_IP, EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns,

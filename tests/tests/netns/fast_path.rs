@@ -1,16 +1,13 @@
 //! The XDP fast path: established flows cross the NAT without its stack, and
 //! everything the fast path does not take still works through the stack.
 
-mod closing;
-mod common;
-
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::closing::{self, Close, CloseServer, cooldowns, left_ms, quick_close, wait_for};
+use crate::common::*;
 use aya::programs::{SchedClassifier, TcAttachType};
-use closing::{Close, CloseServer, cooldowns, left_ms, quick_close, wait_for};
-use common::*;
 use nat_common::csum;
 use nat_tests::{
     CLIENT_IFACE, CLIENT_IP, EXT_IFACE, INT_IFACE, NatProcess, SERVER_IP, Side, Topology,

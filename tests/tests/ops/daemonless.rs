@@ -3,16 +3,13 @@
 //! cooldowns and removing orphaned reverse entries, and the cooldown rule
 //! still holds.
 
-mod closing;
-mod common;
-
 use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use crate::closing::*;
+use crate::common::*;
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use closing::*;
-use common::*;
 use nat_common::{
     expiry::{SWEEP_TOTALS, SweepTotal},
     flow::{FlowKey, Session},

@@ -1,11 +1,9 @@
 //! IPv4 fragments: 8 KB UDP datagrams over a 1500-byte MTU, both directions,
 //! content checked; and a later fragment that arrives before its first.
 
-mod common;
-
 use std::net::SocketAddrV4;
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     CLIENT_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, udp_echo_server, udp_exchange,
 };

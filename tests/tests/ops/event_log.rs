@@ -1,13 +1,10 @@
 //! `log-events`: rare drops reach the daemon's log through aya-log, with
 //! their addresses, only while the setting is on.
 
-mod closing;
-mod common;
-
 use std::time::Duration;
 
-use closing::*;
-use common::*;
+use crate::closing::*;
+use crate::common::*;
 use nat_common::event_rate::EVENTS_PER_SECOND;
 use nat_tests::{CLIENT_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns};
 

@@ -1,7 +1,5 @@
 //! Path MTU discovery through the NAT, and IPv4 options (IHL above 5).
 
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::AsRawFd,
@@ -9,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     CLIENT_IP, EXTERNAL_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, run_in_ns,
     tcp_sink_server, tcp_transfer,

@@ -2,14 +2,12 @@
 //! RFC 4787 REQ-2) and moves to another only when its own has no free port
 //! toward the destination.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
 };
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     NatProcess, SERVER_IP, Side, Topology, TopologyOpts, concurrent_tcp, serde_json::Value,
     tcp_sink_server, tcp_transfer,

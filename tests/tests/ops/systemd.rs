@@ -2,9 +2,6 @@
 //! attached, not before, and a reload is bracketed by RELOADING=1 and READY=1.
 //! The shipped unit: its exposure rating, and its capabilities being enough.
 
-mod common;
-mod ops;
-
 use nat_common::names::{LAYOUT_VERSION, LINK_EGRESS, LINK_INGRESS};
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
@@ -12,9 +9,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::ops::*;
 use nat_tests::{EXTERNAL_IP, NatProcess, Topology, TopologyOpts};
-use ops::*;
 
 #[test]
 fn ops_ready_reaches_notify_socket_after_attach_and_not_before() {

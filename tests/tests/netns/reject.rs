@@ -2,13 +2,10 @@
 //! administratively prohibited, so the client fails fast instead of
 //! retrying blind; `drop` keeps it retrying.
 
-mod closing;
-mod common;
-
 use std::time::{Duration, Instant};
 
-use closing::*;
-use common::*;
+use crate::closing::*;
+use crate::common::*;
 use nat_tests::{NatProcess, Topology, TopologyOpts};
 
 #[test]

@@ -4,12 +4,10 @@
 //! datapath keeps translating throughout and the next `nat load` adopts its
 //! sessions, cooldowns and counters.
 
-mod common;
-
 use std::thread::sleep;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     EXT_IFACE, INT_IFACE, NatProcess, PacedFlows, Side, Topology, TopologyOpts, nat_cmd,
     udp_echo_server,

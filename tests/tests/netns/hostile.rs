@@ -10,8 +10,6 @@
 //! Everything is bounded (a few thousand frames, under a minute) and stays
 //! inside the test's own namespaces.
 
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     sync::{
@@ -22,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     CLIENT_IFACE, CLIENT_IP, EXT_IFACE, EXTERNAL_IP, EchoConnection, INT_IFACE, NatProcess,
     SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts, nat_cmd, nat_json,

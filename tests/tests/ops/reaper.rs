@@ -1,10 +1,8 @@
 //! Idle sessions expire on time and the table returns to empty.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nat_tests::{
     CLIENT_IP, NatProcess, SERVER_IP, Side, Topology, TopologyOpts, udp_echo_server, udp_roundtrip,
 };

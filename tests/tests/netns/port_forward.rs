@@ -3,13 +3,11 @@
 //! bad forwards refused without a change, and the allocator keeping its
 //! hands off forwarded ports.
 
-mod common;
-mod ops;
-
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::ops;
 use nat_tests::{
     CLIENT_IP, EXT_IFACE, EXTERNAL_IP, EchoConnection, INT_IFACE, NatProcess, SERVER_IP, Side,
     Topology, TopologyOpts, nat_cmd, nat_json, tcp_echo_server, tcp_sink_server, tcp_transfer,
