@@ -11,6 +11,7 @@
 //! TOML parser into the key and value checks.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nat_userspace::cli::{self, config_file, settings};
 
@@ -120,7 +121,13 @@ fn config_case(bytes: &[u8]) {
 }
 
 fn tempfile() -> (std::path::PathBuf, std::fs::File) {
-    let path = std::env::temp_dir().join(format!("nat-fuzz-config-{}.toml", std::process::id()));
+    // A name per call: tests of this process write their configs at the same time.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "nat-fuzz-config-{}-{call}.toml",
+        std::process::id()
+    ));
     let f = std::fs::File::create(&path).expect("create the config file");
     (path, f)
 }
