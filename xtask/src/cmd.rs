@@ -135,7 +135,7 @@ mod tests {
             "     Running unittests src/lib.rs (target/debug/deps/nat_common-0123)"
         ));
         assert!(is_cargo_progress(
-            "  Executable tests/allocation.rs (target/debug/deps/allocation-0123)"
+            "  Executable tests/fixtures/main.rs (target/debug/deps/fixtures-0123)"
         ));
         assert!(is_cargo_progress(
             "    Finished `dev` profile [unoptimized + debuginfo] target(s) in 1m 36s"

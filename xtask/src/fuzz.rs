@@ -15,20 +15,26 @@ use anyhow::{Context, Result, bail};
 use crate::cmd::{cargo_quietly, describe, stream};
 use crate::paths;
 
-/// A host target: its name, package, test file and test function.
+/// A host target: its name, package, test binary and test (its path in
+/// that binary, which `--exact` matches whole).
 const HOST: &[(&str, &str, &str, &str)] = &[
     (
         "common-headers",
         "nat-common",
-        "fuzz",
-        "fuzz_common_headers",
+        "logic",
+        "fuzz::fuzz_common_headers",
     ),
-    ("common-state", "nat-common", "fuzz", "fuzz_common_state"),
+    (
+        "common-state",
+        "nat-common",
+        "logic",
+        "fuzz::fuzz_common_state",
+    ),
     (
         "userspace-text",
         "nat-userspace",
-        "fuzz_text",
-        "fuzz_userspace_text",
+        "integration",
+        "fuzz_text::fuzz_userspace_text",
     ),
 ];
 
@@ -109,10 +115,10 @@ fn datapath(opts: &Options, findings: &std::path::Path) -> Result<bool> {
 }
 
 fn host(target: &str, opts: &Options, findings: &std::path::Path) -> Result<bool> {
-    let &(_, package, file, test) = HOST.iter().find(|t| t.0 == target).expect("a host target");
+    let &(_, package, binary, test) = HOST.iter().find(|t| t.0 == target).expect("a host target");
     let test_cmd = || -> Result<Command> {
         let mut cmd = cargo()?;
-        cmd.args(["test", "-p", package, "--test", file]);
+        cmd.args(["test", "-p", package, "--test", binary]);
         Ok(cmd)
     };
     for line in cargo_quietly(test_cmd()?.arg("--no-run"))? {

@@ -66,7 +66,8 @@ pub fn run(test_args: &[String]) -> Result<()> {
 }
 
 /// libtest's report minus the binaries that ran no test: with a name filter,
-/// most of the ~20 test binaries would each print an empty block.
+/// most of the workspace's dozen test binaries would each print an empty
+/// block.
 #[derive(Default)]
 struct Shown {
     in_empty_block: bool,
