@@ -52,20 +52,30 @@ pub struct Block {
     pub since: u64,
     /// The internal host, network byte order.
     pub host: u32,
-    /// The slot of the host's list that names it.
+    /// The slot of the host's list that names it ([`NO_SLOT`] until the
+    /// allocating CPU has claimed one, which it does before any session
+    /// can hold the block).
     pub slot: u32,
 }
 
-/// Value of the host-blocks table, keyed by the internal address.
+/// [`Block::slot`] before a slot is claimed.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// Value of the host-blocks table, keyed by the internal address. `held`
+/// and the slots change only by atomic read-modify-write instructions;
+/// `addr` and `pool_index` are written once, at insert.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostBlocks {
+    /// Blocks the host holds plus block allocations in flight; at and
+    /// above [`BLOCK_DYING`] the entry is being deleted (its last block
+    /// went back) and an allocation makes a fresh one.
+    pub held: u64,
     /// The external address every block of the host is on, network byte order.
     pub addr: u32,
     /// Its index in the pool.
     pub pool_index: u32,
-    /// Each slot 0 (free) or a block's index plus one, claimed and
-    /// cleared by compare-and-exchange.
+    /// Each slot 0 (free) or a block's index plus one.
     pub slots: [u64; MAX_BLOCKS_PER_HOST],
 }
 

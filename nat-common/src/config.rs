@@ -122,6 +122,12 @@ pub struct Config {
     /// and ports per host ([`crate::deterministic::Layout`]).
     pub det_per_address: u32,
     pub det_range: u32,
+    /// The probe stride of a block or a deterministic share: coprime with
+    /// its size ([`crate::probe::stride_for`]), as the pool's is with the range.
+    pub share_step: u32,
+    /// The stride a search for a free block takes over an address's
+    /// blocks, coprime with their number.
+    pub index_step: u32,
 }
 
 impl Default for Config {
@@ -159,6 +165,8 @@ impl Default for Config {
             log_sessions: 0,
             det_per_address: 0,
             det_range: 0,
+            share_step: 0,
+            index_step: 0,
         }
     }
 }

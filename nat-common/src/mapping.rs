@@ -44,6 +44,11 @@ pub const SESSION_MAPPED: u16 = 1;
 /// ([`crate::hosts`]) and its end takes nothing off it.
 pub const SESSION_INBOUND: u16 = 2;
 
+/// Forward-entry mark: the session's external port is in a block of its
+/// host's (`allocation = "blocks"`) and counts in that block's sessions,
+/// so its end gives one back ([`crate::blocks::Block::sessions`]).
+pub const SESSION_BLOCK: u16 = 4;
+
 /// An endpoint with its protocol: the internal one keys the mapping map,
 /// the external one the owner map.
 #[repr(C)]

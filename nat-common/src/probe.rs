@@ -153,6 +153,16 @@ impl Tour {
         }
     }
 
+    /// A tour of `slots` windows of `window` candidates each: a host's
+    /// blocks, or its deterministic share (one slot).
+    pub const fn uniform(window: u32, slots: u32) -> Self {
+        Self {
+            own: window,
+            other: window,
+            addresses: slots,
+        }
+    }
+
     /// Candidates in the whole tour.
     pub const fn len(&self) -> u32 {
         if self.addresses == 0 {

@@ -80,7 +80,7 @@ pub const TIMER_RESUME_NS: u64 = 1_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepControl {
-    /// How often the timer sweeps while no daemon does (`--reap-interval-ms`);
+    /// How often the timer sweeps while no daemon does (`--sweep-interval-ms`);
     /// 0: the timer is not armed.
     pub interval_ns: u64,
     /// [`SWEEP_BUDGET`] unless set (bench and tests may lower it).

@@ -375,7 +375,7 @@ pub const fn rst_verdict(
     }
 }
 
-/// How long a session in `state` may stay idle before the reaper removes it.
+/// How long a session in `state` may stay idle before the sweep removes it.
 pub const fn idle_timeout_ms(state: State, cfg: &Config) -> u64 {
     match state {
         State::Established => cfg.timeout_tcp_established_ms,
@@ -394,7 +394,7 @@ pub enum CloseKind {
     /// The internal side closed first: the remote ends in CLOSED.
     InternalFirst,
     Reset,
-    /// Reaped while idle: nothing is known of the remote's state.
+    /// Swept while idle: nothing is known of the remote's state.
     Idle,
     Udp,
     /// An ICMP echo session expired.
@@ -431,7 +431,7 @@ pub const fn close_kind(fwd_seen: u8, rev_seen: u8) -> Option<CloseKind> {
     }
 }
 
-/// How a session the reaper expires in `state` ended.
+/// How a session the sweep expires in `state` ended.
 pub const fn expiry_kind(proto: u8, fwd_seen: u8, rev_seen: u8) -> CloseKind {
     if proto == PROTO_ICMP {
         return CloseKind::Icmp;

@@ -29,6 +29,10 @@ pub enum DropReason {
     HostLimit,
     /// A frame tagged for a VLAN with an internal IPv4 source, at egress.
     TaggedInternal,
+    /// The host's blocks have no usable port and it holds `max-blocks-per-host`.
+    BlockLimit,
+    /// No external address has a free block.
+    NoBlock,
 }
 
 impl DropReason {
@@ -49,6 +53,8 @@ impl DropReason {
             DropReason::HairpinUnrouted => Counter::HairpinUnrouted,
             DropReason::HostLimit => Counter::HostLimit,
             DropReason::TaggedInternal => Counter::TaggedInternal,
+            DropReason::BlockLimit => Counter::BlockLimit,
+            DropReason::NoBlock => Counter::NoBlock,
         }
     }
 }
@@ -62,7 +68,7 @@ impl From<HeaderError> for DropReason {
 
 /// Drop reasons: their codes are 0..DROP_REASONS, in declaration order
 /// (named after the last variant: a new one goes after it, and here).
-const DROP_REASONS: u32 = DropReason::TaggedInternal as u32 + 1;
+const DROP_REASONS: u32 = DropReason::NoBlock as u32 + 1;
 
 /// An outcome as the one scalar a BPF global function may return: a
 /// counter's index, or a drop reason's code as -1 - code.

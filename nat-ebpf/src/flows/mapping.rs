@@ -41,7 +41,8 @@ use nat_common::{
     counters::Counter,
     flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session},
     mapping::{
-        EndpointKey, Mapping, Owner, PeerKey, SESSION_INBOUND, SESSION_MAPPED, admits, mode,
+        EndpointKey, Mapping, Owner, PeerKey, SESSION_BLOCK, SESSION_INBOUND, SESSION_MAPPED,
+        admits, mode,
     },
     probe::pool_index,
 };
@@ -56,6 +57,7 @@ use crate::{
         packet::{Endpoint, now_ns},
     },
     session::{
+        blocks::{self as block_count, HELD, REFUSED},
         claim::{CLAIM_LOST, CLAIM_TAKEN, CLAIM_WON, insert_failure, nat_claim_pair},
         mapping_ref::{acquire, release},
     },
@@ -155,8 +157,24 @@ extern "C" fn nat_mapping_join(fwd: *const FlowKey, tcp_flags: u64, now: u64) ->
     if j >> 48 == 0 {
         return j;
     }
-    let flags = tcp_flags | ((SESSION_MAPPED as u64) << 8);
-    let r = nat_claim_pair(fwd, (j >> 16) as u32 as u64, j as u16 as u64, flags, now);
+    let (ext_addr, ext_port) = ((j >> 16) as u32, j as u16);
+    // In blocks, the session holds its block (the mapping's port is in one
+    // of the host's); a block being given back takes no new session.
+    let held = block_count::hold(ext_addr, ext_port);
+    if held == REFUSED {
+        if !fwd.is_null() {
+            // SAFETY: checked for null; the caller's stack key, read in place.
+            let key = unsafe { &*fwd };
+            release(key.proto, key.saddr, key.sport);
+        }
+        return PROBE_PORT;
+    }
+    let block = if held == HELD { SESSION_BLOCK } else { 0 };
+    let flags = tcp_flags | (((SESSION_MAPPED | block) as u64) << 8);
+    let r = nat_claim_pair(fwd, ext_addr as u64, ext_port as u64, flags, now);
+    if held == HELD && r != CLAIM_WON {
+        block_count::release(ext_addr, ext_port);
+    }
     nat_mapping_joined(fwd, j, r)
 }
 
@@ -256,20 +274,28 @@ extern "C" fn nat_mapping_claim(
     now: u64,
 ) -> i64 {
     let mode = flags_mode >> 8;
-    if nat_mapping_reserve(fwd, ext_addr, port, mode, now) != 0 {
+    let reserved = nat_mapping_reserve(fwd, ext_addr, port, mode, now);
+    if reserved == RESERVE_REFUSED {
         return CLAIM_TAKEN;
     }
-    // A new mapping's session holds its first reference.
-    let flags = (flags_mode & 0xff) | ((mode & SESSION_MAPPED as u64) << 8);
+    // A new mapping's session holds its first reference, and in blocks the
+    // session holds its port's block.
+    let block = if reserved == RESERVE_BLOCK {
+        SESSION_BLOCK as u64
+    } else {
+        0
+    };
+    let flags = (flags_mode & 0xff) | (((mode & SESSION_MAPPED as u64) | block) << 8);
     let r = nat_claim_pair(fwd, ext_addr, port, flags, now);
-    nat_mapping_claimed(fwd, mode, r);
+    nat_mapping_claimed(fwd, mode | (block << 8), r, ext_addr, port);
     r
 }
 
-/// Before a candidate's claim: 0 when the mapping rules allow it. For a
+/// Before a candidate's claim: whether the mapping rules allow it. For a
 /// port of its own, no other endpoint's mapping may own it; for a new
 /// mapping, the owner entry is reserved, then the mapping entry inserted
-/// with the session's reference.
+/// with the session's reference. Then, in blocks, the port's block is
+/// held for the session.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn nat_mapping_reserve(
@@ -280,13 +306,16 @@ extern "C" fn nat_mapping_reserve(
     now: u64,
 ) -> i32 {
     if fwd.is_null() {
-        return 1;
+        return RESERVE_REFUSED;
     }
     // SAFETY: checked for null; the caller's stack key, read in place.
     let key = unsafe { &*fwd };
     let (ext_addr, port) = (ext_addr as u32, port as u16);
     if mode as i64 != PROBE_NEW_MAPPING {
-        return owned_by_other(key, ext_addr, port) as i32;
+        if owned_by_other(key, ext_addr, port) {
+            return RESERVE_REFUSED;
+        }
+        return hold_block(ext_addr, port);
     }
     let ext = EndpointKey::new(key.proto, ext_addr, port);
     let owner = Owner {
@@ -299,7 +328,7 @@ extern "C" fn nat_mapping_reserve(
         .insert(ext, owner, BPF_NOEXIST as u64)
         .is_err()
     {
-        return 1;
+        return RESERVE_REFUSED;
     }
     let mapping = Mapping {
         addr: ext_addr,
@@ -315,9 +344,34 @@ extern "C" fn nat_mapping_reserve(
     {
         // Ours: nothing else removes an owner entry without its mapping.
         let _ = NAT_EIM_OWNER.remove(ext);
-        return 1;
+        return RESERVE_REFUSED;
     }
-    0
+    let held = hold_block(ext_addr, port);
+    if held == RESERVE_REFUSED {
+        // Both ours, just inserted, with no session on them yet.
+        let _ = NAT_EIM.remove(internal);
+        let _ = NAT_EIM_OWNER.remove(ext);
+    }
+    held
+}
+
+/// [`nat_mapping_reserve`]'s answers: the claim may go ahead (with the
+/// port's block held for its session), or not.
+const RESERVE_OK: i32 = 0;
+const RESERVE_REFUSED: i32 = 1;
+const RESERVE_BLOCK: i32 = 2;
+
+/// In blocks, the session to be holds its block first: a block being
+/// given back takes no new session. Done in the reservation, beside the
+/// claim rather than above it, so no frame is added to the deepest call
+/// chain (program, nat_allocate, probe callback, this claim).
+#[inline(always)]
+fn hold_block(ext_addr: u32, port: u16) -> i32 {
+    match block_count::hold(ext_addr, port) {
+        HELD => RESERVE_BLOCK,
+        REFUSED => RESERVE_REFUSED,
+        _ => RESERVE_OK,
+    }
 }
 
 /// After a new mapping's claim returned `r`: a won session records its
@@ -325,7 +379,18 @@ extern "C" fn nat_mapping_reserve(
 /// (another CPU may have joined meanwhile: release, never delete).
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn nat_mapping_claimed(fwd: *const FlowKey, mode: u64, r: i64) -> i32 {
+extern "C" fn nat_mapping_claimed(
+    fwd: *const FlowKey,
+    mode_block: u64,
+    r: i64,
+    ext_addr: u64,
+    port: u64,
+) -> i32 {
+    // The session's hold on its block, when the claim left no session.
+    if mode_block >> 8 & SESSION_BLOCK as u64 != 0 && r != CLAIM_WON {
+        block_count::release(ext_addr as u32, port as u16);
+    }
+    let mode = mode_block & 0xff;
     if fwd.is_null() || mode as i64 != PROBE_NEW_MAPPING {
         return 0;
     }
@@ -403,8 +468,17 @@ extern "C" fn nat_mapping_admit(rev_key: *const FlowKey, now: u64) -> i64 {
         )
     };
     let fwd = FlowKey::new(proto, (j >> 16) as u32, j as u16, remote, remote_port);
-    let flags = ((SESSION_MAPPED | SESSION_INBOUND) as u64) << 8;
+    let held = block_count::hold(ext_addr, ext_port);
+    if held == REFUSED {
+        release(proto, (j >> 16) as u32, j as u16);
+        return ADMIT_FILTERED;
+    }
+    let block = if held == HELD { SESSION_BLOCK } else { 0 };
+    let flags = ((SESSION_MAPPED | SESSION_INBOUND | block) as u64) << 8;
     let r = nat_claim_pair(&fwd, ext_addr as u64, ext_port as u64, flags, now);
+    if held == HELD && r != CLAIM_WON {
+        block_count::release(ext_addr, ext_port);
+    }
     nat_mapping_admitted(rev_key, j, r)
 }
 

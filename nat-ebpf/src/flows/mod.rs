@@ -10,6 +10,7 @@
 //! on `alloc`, `mapping` and `port_forward`; `sweep` stands alone.
 
 pub mod alloc;
+pub mod blocks;
 pub mod hairpin;
 pub mod icmp;
 pub mod mapping;

@@ -5,7 +5,7 @@
 //! `programs::sweep`.
 //!
 //! One walk, two triggers. The daemon runs `nat_sweep` through
-//! BPF_PROG_TEST_RUN every `--reap-interval-ms` (it is a TC program only so
+//! BPF_PROG_TEST_RUN every `--sweep-interval-ms` (it is a TC program only so
 //! that aya can run it; it is never attached). Each run also (re)arms one
 //! `bpf_timer` for [`TIMER_TAKEOVER_INTERVALS`] intervals later, so while a
 //! daemon sweeps the timer never fires; once the daemon is gone it fires and

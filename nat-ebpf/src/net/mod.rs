@@ -10,6 +10,7 @@
 
 pub mod events;
 pub mod frag;
+pub mod nat_events;
 pub mod reject;
 pub mod route;
 pub mod tc_rewrite;

@@ -6,7 +6,8 @@
 //! The order keeps the key claimed until the last moment: the key is
 //! cooled first, then the forward entry is deleted (with the mapping
 //! reference it holds, and the session counted off its host), then the
-//! reverse entry, so a key is never both unclaimed and not cooling. A
+//! reverse entry, so a key is never both unclaimed and not cooling; a
+//! session on a port block gives its count back last (`super::blocks`). A
 //! packet that arrives while the caller looks at the session keeps it:
 //! `last_seen` is read again right before the deletes.
 
@@ -15,11 +16,15 @@ use core::ptr::read_volatile;
 use aya_ebpf::bindings::BPF_NOEXIST;
 use nat_common::{
     flow::{FlowKey, Session},
-    mapping::SESSION_INBOUND,
+    mapping::{SESSION_BLOCK, SESSION_INBOUND},
+    nat_event::kind,
 };
 
-use super::{hosts, mapping_ref::remove_forward};
-use crate::base::maps::{NAT_COOLDOWN, NAT_REV};
+use super::{blocks, hosts, mapping_ref::remove_forward};
+use crate::{
+    base::maps::{NAT_CONFIG, NAT_COOLDOWN, NAT_REV},
+    net::nat_events,
+};
 
 /// What a failed BPF_NOEXIST insert returns when the key exists.
 const EEXIST: i32 = 17;
@@ -103,6 +108,14 @@ pub fn free_session(
     }
     if rev.is_some() {
         let _ = NAT_REV.remove(rev_key);
+    }
+    // Last: the block's count keeps the block (and its place in the
+    // host's list) until the session is gone from both maps.
+    if marks & SESSION_BLOCK != 0 {
+        blocks::release(rev_key.saddr, rev_key.sport);
+    }
+    if NAT_CONFIG.get(0).is_some_and(|c| c.log_sessions != 0) {
+        nat_events::session(kind::SESSION_DELETED, key, rev_key.saddr, rev_key.sport);
     }
     Fate::Freed
 }

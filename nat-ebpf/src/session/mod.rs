@@ -9,6 +9,7 @@
 //! Inside the layer: `free` on `hosts` and `mapping_ref`, `evict` on
 //! `free`; `claim` and `track` stand alone.
 
+pub mod blocks;
 pub mod claim;
 pub mod evict;
 pub mod free;

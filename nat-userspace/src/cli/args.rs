@@ -248,6 +248,17 @@ pub struct LoadArgs {
     pub max_sessions: u32,
     #[command(flatten)]
     pub settings: SettingFlags,
+    /// How a new flow's external port is found: a walk over the host's address's whole
+    /// range, then the others' (walk: the most ports per destination); inside port blocks
+    /// handed to each internal host on demand (blocks: one log record per block, not per
+    /// session); or inside the share a formula gives each internal host (deterministic,
+    /// RFC 7422: `nat lookup` answers both ways, no log needed). Set at load.
+    #[arg(long, value_enum, default_value_t = AllocationArg::Walk)]
+    pub allocation: AllocationArg,
+    /// Ports in a block (allocation blocks): a host's first flow gets it a block, more as
+    /// its flows need them, up to max-blocks-per-host. Set at load.
+    #[arg(long, default_value_t = nat_common::blocks::DEFAULT_BLOCK_SIZE, value_parser = clap::value_parser!(u32).range(nat_common::blocks::MIN_BLOCK_SIZE as i64..=32_768))]
+    pub block_size: u32,
     /// Capacity of the cooldown map (cooling keys outlive their sessions).
     #[arg(long, default_value_t = 524_288, value_parser = clap::value_parser!(u32).range(1024..=33_554_432))]
     pub max_cooldowns: u32,
@@ -278,6 +289,27 @@ pub struct ShowArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AllocationArg {
+    /// The host's address's whole range, then the others'
+    Walk,
+    /// Port blocks per internal host
+    Blocks,
+    /// A share per internal host by formula (RFC 7422)
+    Deterministic,
+}
+
+impl AllocationArg {
+    /// Its value in the config map ([`nat_common::config::allocation`]).
+    pub const fn code(self) -> u32 {
+        match self {
+            AllocationArg::Walk => nat_common::config::allocation::WALK,
+            AllocationArg::Blocks => nat_common::config::allocation::BLOCKS,
+            AllocationArg::Deterministic => nat_common::config::allocation::DETERMINISTIC,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

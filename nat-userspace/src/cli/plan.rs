@@ -6,10 +6,15 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Result, bail};
 use log::warn;
-use nat_common::config::Config;
+
+use nat_common::{
+    config::Config,
+    deterministic::{Layout, Numbering, Prefix},
+    probe::{span, stride_for},
+};
 
 use crate::{
-    cli::{IngressArg, LoadArgs, MetricsFlags, XdpModeArg, settings::find},
+    cli::{AllocationArg, IngressArg, LoadArgs, MetricsFlags, XdpModeArg, settings::find},
     datapath::{
         forward::Forward,
         object::Globals,
@@ -52,6 +57,8 @@ pub struct Target {
 pub struct ObjectPlan {
     pub max_sessions: u32,
     pub max_cooldowns: u32,
+    /// Entries of the block table.
+    pub max_blocks: u32,
     pub globals: Globals,
 }
 
@@ -60,6 +67,9 @@ pub struct Pool {
     pub internal: Vec<Cidr>,
     pub external: Vec<Ipv4Addr>,
     pub ports: PortRange,
+    /// `deterministic`: each internal prefix with the number of its first
+    /// address ([`nat_common::deterministic::Numbering`]), in order.
+    pub numbering: Vec<(Cidr, u32)>,
 }
 
 /// What attaches where: egress and the replies' hook on the external
@@ -110,7 +120,8 @@ pub fn resolve(mut args: LoadArgs, netns: Option<&str>) -> Result<Plan> {
         ext_addr: args.external.first().map_or(0, |a| u32::from(*a).to_be()),
         ext_addrs: args.external.len() as u32,
     };
-    let config = config_for(&args)?;
+    let mut config = config_for(&args)?;
+    let numbering = allocation_for(&args, &mut config)?;
     Ok(Plan {
         target: Target {
             pins: PinDir::new(netns, &args.iface),
@@ -122,6 +133,7 @@ pub fn resolve(mut args: LoadArgs, netns: Option<&str>) -> Result<Plan> {
         object: ObjectPlan {
             max_sessions: args.max_sessions,
             max_cooldowns: args.max_cooldowns,
+            max_blocks: crate::datapath::object::blocks_capacity(args.block_size),
             globals,
         },
         config,
@@ -143,10 +155,96 @@ pub fn resolve(mut args: LoadArgs, netns: Option<&str>) -> Result<Plan> {
             internal: args.internal,
             external: args.external,
             ports: args.ports,
+            numbering,
         },
         choices,
         fixed,
     })
+}
+
+/// The allocation mode's fields of `cfg` from `args`: its strides, and
+/// for `deterministic` its layout, checked to give every internal host a
+/// port; returns the numbering of the internal prefixes it uses.
+fn allocation_for(args: &LoadArgs, cfg: &mut Config) -> Result<Vec<(Cidr, u32)>> {
+    let ports = span(args.ports.lo, args.ports.hi);
+    cfg.allocation = args.allocation.code();
+    cfg.block_size = args.block_size;
+    match args.allocation {
+        AllocationArg::Walk => Ok(Vec::new()),
+        AllocationArg::Blocks => {
+            let blocks = ports / args.block_size;
+            if blocks == 0 {
+                bail!(
+                    "--block-size {} is larger than the port range {}-{} ({ports} ports)",
+                    args.block_size,
+                    args.ports.lo,
+                    args.ports.hi
+                );
+            }
+            cfg.share_step = stride_for(args.block_size);
+            cfg.index_step = stride_for(blocks);
+            Ok(Vec::new())
+        }
+        AllocationArg::Deterministic => {
+            let mut prefixes: Vec<Prefix> = args
+                .internal
+                .iter()
+                .map(|c| Prefix {
+                    network: u32::from(c.addr),
+                    len: c.len,
+                })
+                .collect();
+            prefixes.sort_by_key(|p| p.network);
+            if let Some(w) = prefixes.windows(2).find(|w| w[0].contains(w[1].network)) {
+                bail!(
+                    "allocation deterministic numbers the internal prefixes in order: {}/{} and {}/{} overlap",
+                    Ipv4Addr::from(w[0].network),
+                    w[0].len,
+                    Ipv4Addr::from(w[1].network),
+                    w[1].len
+                );
+            }
+            let numbering = Numbering {
+                prefixes: &prefixes,
+            };
+            let layout = Layout {
+                hosts: numbering.hosts(),
+                addresses: args.external.len() as u32,
+                port_min: args.ports.lo,
+                port_max: args.ports.hi,
+            };
+            let range = layout.range();
+            if range == 0 || layout.per_address() > u32::MAX as u64 {
+                bail!(
+                    "allocation deterministic: {} internal addresses over {} external address(es) leave each less than one port of {}-{}; add external addresses, narrow --internal or widen --ports",
+                    layout.hosts,
+                    layout.addresses,
+                    args.ports.lo,
+                    args.ports.hi
+                );
+            }
+            if range < 64 {
+                warn!(
+                    "allocation deterministic gives each internal address {range} ports: toward one busy server its connections wait for cooling keys within seconds"
+                );
+            }
+            cfg.det_per_address = layout.per_address() as u32;
+            cfg.det_range = range;
+            cfg.share_step = stride_for(range);
+            Ok(numbering
+                .bases()
+                .map(|(p, base)| {
+                    (
+                        Cidr {
+                            addr: Ipv4Addr::from(p.network),
+                            len: p.len,
+                        },
+                        base as u32,
+                    )
+                })
+                .collect())
+        }
+    }
 }
 
 /// The rules `nat check-config` and a reload use too.
@@ -183,6 +281,8 @@ pub fn fixed(args: &LoadArgs) -> Vec<(&'static str, String)> {
         ("max-sessions", args.max_sessions.to_string()),
         ("max-cooldowns", args.max_cooldowns.to_string()),
         ("sweep-interval-ms", args.sweep_interval_ms.to_string()),
+        ("allocation", format!("{:?}", args.allocation)),
+        ("block-size", args.block_size.to_string()),
         ("metrics", format!("{:?}", args.metrics.metrics)),
         ("metrics-top", args.metrics.metrics_top.to_string()),
         (

@@ -2,6 +2,7 @@
 //! so a name parses and validates the same way everywhere.
 
 use nat_common::{
+    blocks::MAX_BLOCKS_PER_HOST,
     config::{Config, exhaustion, policy},
     mapping::{filtering, mode},
 };
@@ -23,6 +24,13 @@ enum Kind {
     Limit {
         max: u64,
     },
+    /// A count within [min, max].
+    Count {
+        min: u64,
+        max: u64,
+    },
+    /// A percent, 0 (off) to 100.
+    Percent,
 }
 
 const MAPPING: &[(&str, u32)] = &[
@@ -156,6 +164,27 @@ pub const SETTINGS: &[Setting] = &[
         field!(max_sessions_per_host),
     ),
     setting(
+        "max-blocks-per-host",
+        "port blocks one internal address may hold at once (allocation blocks); its new flows past them, when its blocks have no usable port toward the destination, are refused (drop_block_limit)",
+        Kind::Count {
+            min: 1,
+            max: MAX_BLOCKS_PER_HOST as u64,
+        },
+        field!(max_blocks_per_host),
+    ),
+    setting(
+        "pool-threshold",
+        "percent of an external address's blocks in use at which a threshold event is logged, as the count passes it upward (allocation blocks); 0: none",
+        Kind::Percent,
+        field!(pool_threshold),
+    ),
+    setting(
+        "log-sessions",
+        "log each session's creation and deletion as a compliance event (IPFIX, syslog); off, blocks and exhaustion are logged",
+        Kind::OnOff,
+        field!(log_sessions),
+    ),
+    setting(
         "timeout-tcp-established",
         "idle timeout of established TCP sessions",
         Kind::Duration { min: 1000 },
@@ -219,6 +248,16 @@ impl Setting {
                 "reject" => Ok(exhaustion::REJECT as u64),
                 _ => Err(format!("{}: '{value}' is not drop or reject", self.name)),
             },
+            Kind::Count { min, max } => match v.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                Ok(_) => Err(format!("{}: {value} is outside {min} to {max}", self.name)),
+                Err(_) => Err(format!("{}: '{value}' is not a whole number", self.name)),
+            },
+            Kind::Percent => match v.trim_end_matches('%').parse::<u64>() {
+                Ok(n) if n <= 100 => Ok(n),
+                Ok(_) => Err(format!("{}: {value} is above 100", self.name)),
+                Err(_) => Err(format!("{}: '{value}' is not a percent", self.name)),
+            },
             Kind::Limit { max } => match v.parse::<u64>() {
                 Ok(n) if n <= max => Ok(n),
                 Ok(_) => Err(format!(
@@ -262,7 +301,8 @@ impl Setting {
         let v = self.get(cfg);
         match self.kind {
             Kind::Duration { .. } => format!("{v}ms"),
-            Kind::Limit { .. } => v.to_string(),
+            Kind::Limit { .. } | Kind::Count { .. } => v.to_string(),
+            Kind::Percent => format!("{v}%"),
             Kind::OnOff => if v != 0 { "on" } else { "off" }.to_owned(),
             Kind::Policy => if v == policy::STRICT as u64 {
                 "strict"
@@ -286,7 +326,9 @@ impl Setting {
     /// The value for JSON output: milliseconds as numbers, the rest as words.
     pub fn json(&self, cfg: &Config) -> serde_json::Value {
         match self.kind {
-            Kind::Duration { .. } | Kind::Limit { .. } => serde_json::json!(self.get(cfg)),
+            Kind::Duration { .. } | Kind::Limit { .. } | Kind::Count { .. } | Kind::Percent => {
+                serde_json::json!(self.get(cfg))
+            }
             _ => serde_json::json!(self.format(cfg)),
         }
     }
@@ -299,7 +341,8 @@ impl Setting {
             .long(self.name)
             .value_name(match self.kind {
                 Kind::Duration { .. } => "DURATION",
-                Kind::Limit { .. } => "N",
+                Kind::Limit { .. } | Kind::Count { .. } => "N",
+                Kind::Percent => "PERCENT",
                 Kind::OnOff => "on|off",
                 Kind::Policy => "strict|fallback",
                 Kind::Exhaustion => "drop|reject",
@@ -331,6 +374,8 @@ impl Setting {
                 format!("{} to {}", human_ms(min), human_ms(MAX_DURATION_MS))
             }
             Kind::Limit { max } => format!("0 (no limit) to {max}"),
+            Kind::Count { min, max } => format!("{min} to {max}"),
+            Kind::Percent => "0 (off) to 100".to_owned(),
             Kind::OnOff => "on or off".to_owned(),
             Kind::Policy => "strict or fallback".to_owned(),
             Kind::Exhaustion => "drop or reject".to_owned(),

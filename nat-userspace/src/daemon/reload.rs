@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
-use nat_common::config::MAX_POOL;
+use nat_common::config::{Config, MAX_POOL, allocation};
 
 use crate::{
     cli::{LoadArgs, plan::Plan, settings},
@@ -24,6 +24,17 @@ use crate::{
         tables::Tables,
     },
 };
+
+/// The fields of the config a load settles and a reload keeps: the
+/// allocation mode and what the plan worked out for it.
+fn keep_allocation(cfg: &mut Config, loaded: &Config) {
+    cfg.allocation = loaded.allocation;
+    cfg.block_size = loaded.block_size;
+    cfg.det_per_address = loaded.det_per_address;
+    cfg.det_range = loaded.det_range;
+    cfg.share_step = loaded.share_step;
+    cfg.index_step = loaded.index_step;
+}
 
 /// What a reload changed, for the log line.
 #[derive(Debug, Default)]
@@ -119,10 +130,19 @@ impl Reloader {
 
     /// Applies what `args` set live; fails without a change when they are invalid.
     pub fn apply(&mut self, args: &LoadArgs) -> Result<Change> {
-        check_addresses(&args.external, &self.internal).map_err(anyhow::Error::msg)?;
-        crate::cli::forward::check_all(&args.forward, &self.internal, &args.external)
+        let old_cfg = self.tables.config()?;
+        // Blocks and deterministic shares are cut from the pool as loaded:
+        // their addresses and ports wait for the next load.
+        let pool_fixed = old_cfg.allocation != allocation::WALK;
+        let (external, ports) = if pool_fixed {
+            (self.external.clone(), self.ports)
+        } else {
+            (args.external.clone(), args.ports)
+        };
+        check_addresses(&external, &self.internal).map_err(anyhow::Error::msg)?;
+        crate::cli::forward::check_all(&args.forward, &self.internal, &external)
             .map_err(anyhow::Error::msg)?;
-        if args.external.is_empty() {
+        if external.is_empty() {
             anyhow::bail!("no external address left in the pool");
         }
         // The prefixes the datapath holds, not the file's: a changed
@@ -137,15 +157,21 @@ impl Reloader {
                 .collect(),
             ..Change::default()
         };
-        let old_cfg = self.tables.config()?;
-        let cfg = crate::cli::plan::config_for(args)?;
+        if pool_fixed && args.external != self.external {
+            change.needs_restart.push("external");
+        }
+        if pool_fixed && args.ports != self.ports {
+            change.needs_restart.push("ports");
+        }
+        let mut cfg = crate::cli::plan::config_for(args)?;
+        cfg.pool_len = external.len() as u32;
+        keep_allocation(&mut cfg, &old_cfg);
         change.settings = settings::SETTINGS
             .iter()
             .filter(|s| s.get(&old_cfg) != s.get(&cfg))
             .map(|s| s.name)
             .collect();
-        change.added = args
-            .external
+        change.added = external
             .iter()
             .filter(|a| !self.external.contains(a))
             .copied()
@@ -153,15 +179,15 @@ impl Reloader {
         change.removed = self
             .external
             .iter()
-            .filter(|a| !args.external.contains(a))
+            .filter(|a| !external.contains(a))
             .copied()
             .collect();
-        if args.ports != self.ports {
-            change.ports = Some((self.ports, args.ports));
+        if ports != self.ports {
+            change.ports = Some((self.ports, ports));
         }
 
-        self.recognise(&args.external)?;
-        let pool = entries(&args.external, args.ports);
+        self.recognise(&external)?;
+        let pool = entries(&external, ports);
         let shrinking = cfg.pool_len < old_cfg.pool_len;
         // An allocation reads pool_len, then an entry: a shrinking pool is cut
         // before its tail changes, a growing one gets its entries first, so
@@ -176,8 +202,8 @@ impl Reloader {
             self.tables.set_config(cfg)?;
         }
         change.forwards = self.forwards.replace_all(&args.forward)?;
-        self.external = args.external.clone();
-        self.ports = args.ports;
+        self.external = external;
+        self.ports = ports;
         // Last: it may wait for a sweep run to end (the object is shared).
         // The rest is applied by now, so a failure here is reported as
         // what did not move rather than as a reload that changed nothing.

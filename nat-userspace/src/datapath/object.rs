@@ -7,10 +7,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
-use nat_common::names::{
-    GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
-    GLOBAL_SESSION_CAPACITY, MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS, MAP_FWD,
-    MAP_HOSTS, MAP_REV,
+use nat_common::{
+    blocks::MIN_BLOCK_SIZE,
+    config::MAX_POOL,
+    names::{
+        GLOBAL_EXT_ADDR, GLOBAL_EXT_ADDRS, GLOBAL_EXT_IFINDEX, GLOBAL_FAST_PATH, GLOBAL_HASH_SEED,
+        GLOBAL_SESSION_CAPACITY, MAP_BLOCKS, MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS,
+        MAP_FWD, MAP_HOST_BLOCKS, MAP_HOSTS, MAP_REV,
+    },
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
@@ -31,9 +35,18 @@ pub struct Globals {
 }
 
 /// Loads the embedded object (programs not yet loaded into the kernel) with
-/// maps of its own, pinned nowhere (for the benchmarks and fixtures).
+/// maps of its own, pinned nowhere (for the benchmarks and fixtures), room
+/// for the blocks of the smallest block size.
 pub fn load_object(max_sessions: u32, max_cooldowns: u32, globals: Globals) -> Result<Ebpf> {
-    load_pinned(max_sessions, max_cooldowns, globals, &[])
+    let blocks = blocks_capacity(MIN_BLOCK_SIZE);
+    load_pinned(max_sessions, max_cooldowns, blocks, globals, &[])
+}
+
+/// Entries the block table needs for every block of a full pool of
+/// `block_size`-port blocks.
+pub const fn blocks_capacity(block_size: u32) -> u32 {
+    let per_address = 65_536 / if block_size == 0 { 1 } else { block_size };
+    MAX_POOL * if per_address == 0 { 1 } else { per_address }
 }
 
 /// Loads the embedded object against pinned maps: each map named in `pinned`
@@ -42,6 +55,7 @@ pub fn load_object(max_sessions: u32, max_cooldowns: u32, globals: Globals) -> R
 pub fn load_pinned(
     max_sessions: u32,
     max_cooldowns: u32,
+    max_blocks: u32,
     globals: Globals,
     pinned: &[(&'static str, PathBuf)],
 ) -> Result<Ebpf> {
@@ -75,6 +89,9 @@ pub fn load_pinned(
         .map_max_entries(MAP_EIM, max_sessions)
         .map_max_entries(MAP_EIM_OWNER, max_sessions)
         .map_max_entries(MAP_EIM_PEERS, max_sessions)
+        .map_max_entries(MAP_BLOCKS, max_blocks)
+        // Every host with a block holds a session on it.
+        .map_max_entries(MAP_HOST_BLOCKS, max_sessions)
         .load(EBPF_OBJECT)
         .context("cannot load the kernel programs (root with CAP_BPF and CAP_NET_ADMIN and a kernel with BTF are needed)")
 }

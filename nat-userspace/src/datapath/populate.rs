@@ -11,11 +11,42 @@ use aya::{
 };
 use nat_common::{
     config::{Config, PoolAddr},
-    names::{MAP_CONFIG, MAP_EXT_ADDRS, MAP_FAST_DEVS, MAP_IF_MACS, MAP_INTERNAL, MAP_POOL},
+    deterministic::DetPrefix,
+    names::{
+        MAP_CONFIG, MAP_DET_PREFIXES, MAP_EXT_ADDRS, MAP_FAST_DEVS, MAP_IF_MACS, MAP_INTERNAL,
+        MAP_POOL,
+    },
     probe::{span, stride_for},
 };
 
 use crate::datapath::pool::{Cidr, PortRange};
+
+/// Fills deterministic NAT's numbering of the internal prefixes: each
+/// prefix and the number of its first address (empty in other modes).
+pub fn populate_numbering(ebpf: &mut Ebpf, numbering: &[(Cidr, u32)]) -> Result<()> {
+    let mut map: LpmTrie<_, u32, DetPrefix> = ebpf
+        .map_mut(MAP_DET_PREFIXES)
+        .context("deterministic prefix map")?
+        .try_into()?;
+    let stale: Vec<Key<u32>> = map.keys().filter_map(|k| k.ok()).collect();
+    for key in stale {
+        map.remove(&key)
+            .context("cannot clear the deterministic prefix map")?;
+    }
+    for (cidr, base) in numbering {
+        let value = DetPrefix {
+            network: u32::from(cidr.addr),
+            base: *base,
+        };
+        map.insert(
+            &Key::new(cidr.len.into(), u32::from(cidr.addr).to_be()),
+            value,
+            0,
+        )
+        .with_context(|| format!("cannot number internal prefix {}/{}", cidr.addr, cidr.len))?;
+    }
+    Ok(())
+}
 
 /// Fills the prefix, pool and config maps: a fresh instance's, or an adopted
 /// one's, whose prefixes, pool and settings become the ones given now.

@@ -39,7 +39,7 @@ fn each_close_kind_cools_for_its_own_duration() {
             "20s",
             "--timeout-tcp-closed",
             "1s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -77,7 +77,7 @@ fn each_close_kind_cools_for_its_own_duration() {
     // Closed and reset sessions keep their mapping for timeout-tcp-closed.
     assert_eq!(sessions(&topo).len(), 3, "{:#?}", sessions(&topo));
 
-    // Reaped once timeout-tcp-closed (1 s) has passed, allowing the reaper's
+    // Swept once timeout-tcp-closed (1 s) has passed, allowing the sweep's
     // 1 s slack for the coarse last-seen clock and a sweep interval.
     sleep(
         (reset.closed_at + Duration::from_millis(2300)).saturating_duration_since(Instant::now()),
@@ -91,7 +91,7 @@ fn each_close_kind_cools_for_its_own_duration() {
     assert_eq!(
         list.len(),
         3,
-        "reaping the sessions ended their cooldowns: {list:#?}"
+        "sweeping the sessions ended their cooldowns: {list:#?}"
     );
     for ((what, c, lo, _), before) in expected.iter().zip(first_left) {
         let left = left_ms(&list, "tcp", c.external, 80)
@@ -120,7 +120,7 @@ fn cooldown_keys_include_the_destination() {
             "100s",
             "--timeout-tcp-closed",
             "1s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -181,9 +181,9 @@ fn cooldown_keys_include_the_destination() {
     }
     assert_eq!(all80.len(), 8);
     assert_eq!(s80.accepted(), 8);
-    // Once the closed sessions are reaped every port toward :80 is cooling
+    // Once the closed sessions are swept every port toward :80 is cooling
     // and none is live, which is what drop_strict_cooling counts.
-    wait_for("closed sessions reaped", Duration::from_secs(3), || {
+    wait_for("closed sessions swept", Duration::from_secs(3), || {
         sessions(&topo).is_empty().then_some(())
     });
     assert_blocked(
@@ -233,7 +233,7 @@ fn over_capacity_nat(topo: &Topology, policy: &str) -> NatProcess {
             "4s",
             "--timeout-tcp-closed",
             "500ms",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     )
@@ -245,8 +245,8 @@ fn strict_policy_waits_until_a_key_has_cooled() {
     let _nat = over_capacity_nat(&topo, "strict");
     let server = CloseServer::start(&topo, 80);
     let closed = fill_four(&topo);
-    // timeout-tcp-closed (500 ms) plus the reaper's 1 s slack.
-    wait_for("closed sessions reaped", Duration::from_secs(3), || {
+    // timeout-tcp-closed (500 ms) plus the sweep's 1 s slack.
+    wait_for("closed sessions swept", Duration::from_secs(3), || {
         sessions(&topo).is_empty().then_some(())
     });
     assert_eq!(cooldowns(&topo).len(), 4, "{:#?}", cooldowns(&topo));
@@ -288,8 +288,8 @@ fn fallback_policy_takes_the_port_that_cools_soonest() {
     let _nat = over_capacity_nat(&topo, "fallback");
     let server = CloseServer::start(&topo, 80);
     let closed = fill_four(&topo);
-    // timeout-tcp-closed (500 ms) plus the reaper's 1 s slack.
-    wait_for("closed sessions reaped", Duration::from_secs(3), || {
+    // timeout-tcp-closed (500 ms) plus the sweep's 1 s slack.
+    wait_for("closed sessions swept", Duration::from_secs(3), || {
         sessions(&topo).is_empty().then_some(())
     });
     let list = cooldowns(&topo);
@@ -324,7 +324,7 @@ fn top_counts_live_and_cooling_ports_per_destination() {
             "100s",
             "--timeout-tcp-closed",
             "500ms",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -338,7 +338,7 @@ fn top_counts_live_and_cooling_ports_per_destination() {
     let open: Vec<_> = (0..2)
         .map(|_| connect(&topo, 81, QUICK).unwrap_or_else(|e| panic!("{e}")))
         .collect();
-    wait_for("closed sessions reaped", Duration::from_secs(3), || {
+    wait_for("closed sessions swept", Duration::from_secs(3), || {
         (sessions(&topo).len() == 2).then_some(())
     });
 

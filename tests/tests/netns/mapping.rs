@@ -361,7 +361,7 @@ fn tcp_endpoint_independent_yields_to_time_wait() {
             "endpoint-independent",
             "--timeout-tcp-closed",
             "200ms",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -381,7 +381,7 @@ fn tcp_endpoint_independent_yields_to_time_wait() {
     assert_eq!(announce(&mut closing_stream, Close::ServerFirst), external);
     complete(closing_stream, Close::ServerFirst);
     let cooling = wait_for(
-        "the closed session to be reaped",
+        "the closed session to be swept",
         Duration::from_secs(5),
         || {
             let gone = sessions_of(&topo, src)
@@ -517,7 +517,7 @@ fn mapping_ends_with_its_last_session() {
             "endpoint-independent",
             "--timeout-udp",
             "1s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );

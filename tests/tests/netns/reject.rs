@@ -22,7 +22,7 @@ fn rejected_connections_fail_fast_and_dropped_ones_wait() {
             "100s",
             "--timeout-tcp-closed",
             "500ms",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
             "--on-exhaustion",
             "reject",
@@ -33,7 +33,7 @@ fn rejected_connections_fail_fast_and_dropped_ones_wait() {
         quick_close(&topo, 80, Close::ServerFirst);
     }
     // All four ports now cool toward the server for 100 s.
-    wait_until_reaped(&topo, Duration::from_secs(3));
+    wait_until_swept(&topo, Duration::from_secs(3));
 
     let started = Instant::now();
     let err = connect(&topo, 80, Duration::from_secs(5))

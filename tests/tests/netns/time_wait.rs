@@ -43,7 +43,7 @@ fn scenario(tag: &str, extra: &[&str]) -> Outcome {
         "20000-20063",
         "--timeout-tcp-closed",
         "1s",
-        "--reap-interval-ms",
+        "--sweep-interval-ms",
         "200",
     ];
     args.extend_from_slice(extra);

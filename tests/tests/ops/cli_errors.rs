@@ -99,7 +99,7 @@ fn bad_scopes_and_commands() {
     assert_one_line_error(&["frobnicate"], "unrecognized subcommand");
     // The benchmarks live in the developer-only nat-bench, not in the operator's binary.
     assert_one_line_error(&["alloc-bench"], "unrecognized subcommand");
-    assert_one_line_error(&["reaper-bench"], "unrecognized subcommand");
+    assert_one_line_error(&["sweep-bench"], "unrecognized subcommand");
 }
 
 #[test]

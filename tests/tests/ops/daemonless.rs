@@ -68,7 +68,7 @@ fn timer_runs(topo: &Topology) -> u64 {
 }
 
 fn start(topo: &Topology, extra: &[&str]) -> NatProcess {
-    let mut args = vec!["--reap-interval-ms", "100"];
+    let mut args = vec!["--sweep-interval-ms", "100"];
     args.extend_from_slice(extra);
     NatProcess::start(topo, &args)
 }
@@ -105,7 +105,7 @@ fn udp_session_expires_and_frees_its_port_without_daemon() {
     sleep(Duration::from_millis(700));
     assert_eq!(sessions(&topo).len(), 1, "expired before its 1 s timeout");
     // 1 s timeout, 1 s touch slack, then the timer's 100 ms interval.
-    let gone = wait_until_reaped(&topo, Duration::from_secs(5));
+    let gone = wait_until_swept(&topo, Duration::from_secs(5));
     assert!(gone - sent >= Duration::from_secs(1));
     assert!(
         timer_runs(&topo) > 0,
@@ -154,7 +154,7 @@ fn server_first_close_cools_without_daemon() {
     let c = quick_close(&topo, 80, Close::ServerFirst);
     assert_eq!(c.external.port(), 20000);
     // The closed session goes after 500 ms and the 1 s slack; its key cools on.
-    wait_until_reaped(&topo, Duration::from_secs(4));
+    wait_until_swept(&topo, Duration::from_secs(4));
     let left = left_ms(&cooldowns(&topo), "tcp", c.external, 80)
         .unwrap_or_else(|| panic!("{} is not cooling: {:#?}", c.external, cooldowns(&topo)));
     assert!(left <= 3000, "{left} ms left of a 3 s cooldown");
@@ -239,11 +239,11 @@ fn more_flows_than_the_table_holds_over_time_without_daemon() {
         "fewer flows opened than the test needs: {st}"
     );
     assert!(peak < 1024, "the table reached {peak} sessions");
-    wait_until_reaped(&topo, Duration::from_secs(5));
+    wait_until_swept(&topo, Duration::from_secs(5));
 }
 
 #[test]
-fn orphaned_reverse_entry_is_reaped_without_daemon() {
+fn orphaned_reverse_entry_is_swept_without_daemon() {
     let topo = Topology::new("dl-orphan", TopologyOpts::default());
     // Short timeouts everywhere but UDP's, so the orphan is old enough to
     // be looked at within seconds while its session would not expire.
@@ -275,7 +275,7 @@ fn orphaned_reverse_entry_is_reaped_without_daemon() {
     )
     .expect("round trip");
     let external = assert_translated(server.last_peer().expect("server saw it"));
-    // What a reaper stopped between its two deletes leaves behind.
+    // What a sweep stopped between its two deletes leaves behind.
     let mut fwd = sessions_map(&topo, MAP_FWD);
     let keys: Vec<FlowKey> = fwd.keys().map(|k| k.expect("forward key")).collect();
     assert_eq!(keys.len(), 1);

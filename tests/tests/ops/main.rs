@@ -1,5 +1,5 @@
 //! The daemon and the operator: loading, stopping, restarting and unloading,
-//! settings and config files, metrics, the systemd unit, the reaper, the
+//! settings and config files, metrics, the systemd unit, the sweep, the
 //! event log, permissions and the command line's errors, each test in
 //! namespaces of its own.
 //!
@@ -24,9 +24,9 @@ mod event_log;
 mod lifecycle;
 mod metrics;
 mod permissions;
-mod reaper;
-mod reaper_cooldown;
-mod reaper_timing;
 mod restart;
 mod settings;
+mod sweep;
+mod sweep_cooldown;
+mod sweep_timing;
 mod systemd;

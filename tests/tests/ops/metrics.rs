@@ -350,7 +350,7 @@ fn ops_scrapes_answer_within_100ms_with_a_million_sessions() {
             "1100000",
             "--max-cooldowns",
             "1100000",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "1000",
             // Routine sweeps only (one batched read of the million): what
             // this measures is the metrics thread against the snapshot.
@@ -486,7 +486,7 @@ fn ops_sigterm_is_answered_while_a_million_sessions_expire() {
             "1100000",
             "--timeout-udp",
             "15s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "200",
         ],
     );

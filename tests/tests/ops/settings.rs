@@ -40,7 +40,7 @@ fn cooldown_can_be_switched_off_shortened_and_policy_changed_live() {
             "100s",
             "--timeout-tcp-closed",
             "500ms",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -49,7 +49,7 @@ fn cooldown_can_be_switched_off_shortened_and_policy_changed_live() {
     for _ in 0..4 {
         quick_close(&topo, 80, Close::ServerFirst);
     }
-    wait_for("closed sessions reaped", Duration::from_secs(3), || {
+    wait_for("closed sessions swept", Duration::from_secs(3), || {
         sessions(&topo).is_empty().then_some(())
     });
     assert_eq!(cooldowns(&topo).len(), 4, "{:#?}", cooldowns(&topo));
@@ -78,7 +78,7 @@ fn cooldown_can_be_switched_off_shortened_and_policy_changed_live() {
     });
     // With cooldowns off a close records none either.
     let off_close = quick_close(&topo, 81, Close::ServerFirst);
-    wait_for("closed sessions reaped", Duration::from_secs(3), || {
+    wait_for("closed sessions swept", Duration::from_secs(3), || {
         (sessions(&topo).len() == 1).then_some(())
     });
     let list = cooldowns(&topo);

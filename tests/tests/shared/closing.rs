@@ -367,8 +367,8 @@ pub fn assert_blocked(topo: &Topology, port: u16, timeout: Duration, why: &str) 
 }
 
 /// Waits for the session table to empty; returns when it was seen empty.
-pub fn wait_until_reaped(topo: &Topology, within: Duration) -> Instant {
-    wait_for("session reaped", within, || {
+pub fn wait_until_swept(topo: &Topology, within: Duration) -> Instant {
+    wait_for("session swept", within, || {
         crate::common::sessions(topo).is_empty().then(Instant::now)
     })
 }

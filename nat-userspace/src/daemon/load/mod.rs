@@ -38,7 +38,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     )?;
     let plan = plan::resolve(args, netns)?;
     let replaced = handover::running_daemon(&plan.target, netns)?;
-    let mut instance = pin::Instance::open(&plan.target, &plan.object, &plan.attach)?;
+    let mut instance = pin::Instance::open(&plan.target, &plan.object, &plan.attach, &plan.config)?;
     report_found(&instance)?;
     plan::warn_ephemeral_overlap(plan.pool.ports.lo, plan.pool.ports.hi);
 
@@ -46,6 +46,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     let loaded = crate::datapath::object::load_pinned(
         plan.object.max_sessions,
         plan.object.max_cooldowns,
+        plan.object.max_blocks,
         plan.object.globals,
         &map_paths,
     );
@@ -58,6 +59,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         plan.pool.ports,
         plan.config,
     )?;
+    populate::populate_numbering(&mut ebpf, &plan.pool.numbering)?;
     // Checked by the plan against the prefixes and the pool; an adopted
     // instance's forwards become the ones given now, as its settings do.
     ForwardTable::open(&instance.pins)?.replace_all(&plan.forwards)?;

@@ -18,7 +18,7 @@ use aya::{
 };
 use log::warn;
 use nat_common::{
-    config::Config,
+    config::{Config, allocation},
     flow::{FlowKey, Session},
     hosts::HostEntry,
     names::{
@@ -74,7 +74,12 @@ pub struct Found {
 impl Instance {
     /// Adopts the pins of this layout in `pins`, or claims the directory for
     /// a new instance. Pins of another layout are refused, never discarded.
-    pub fn open(target: &Target, object: &ObjectPlan, attach: &AttachPlan) -> Result<Self> {
+    pub fn open(
+        target: &Target,
+        object: &ObjectPlan,
+        attach: &AttachPlan,
+        config: &Config,
+    ) -> Result<Self> {
         let pins = target.pins.clone();
         let scope = &target.scope;
         let survey = pins.survey()?;
@@ -101,6 +106,7 @@ impl Instance {
         } else {
             check_sizes(&pins, object)?;
             check_hooks(&pins, attach)?;
+            check_allocation(&pins, config)?;
             Some(found(&pins, &survey.current))
         };
         Ok(Self {
@@ -317,6 +323,40 @@ fn check_sizes(pins: &PinDir, object: &ObjectPlan) -> Result<()> {
                 pins.iface
             );
         }
+    }
+    Ok(())
+}
+
+/// The allocation mode and block size stay with the instance: its blocks
+/// and their counts only mean something under the mode that made them, so
+/// a load asking another is refused with what to do.
+fn check_allocation(pins: &PinDir, config: &Config) -> Result<()> {
+    let tables = Tables::open(pins)?;
+    let pinned = tables.config()?;
+    let name = |code: u32| match code {
+        allocation::BLOCKS => "blocks",
+        allocation::DETERMINISTIC => "deterministic",
+        _ => "walk",
+    };
+    if pinned.allocation != config.allocation {
+        bail!(
+            "the instance on {} allocates with allocation {} and this load asks {}: give --allocation {} to keep its sessions, or run `nat unload --iface {}` first (they are lost)",
+            pins.iface,
+            name(pinned.allocation),
+            name(config.allocation),
+            name(pinned.allocation),
+            pins.iface
+        );
+    }
+    if pinned.allocation == allocation::BLOCKS && pinned.block_size != config.block_size {
+        bail!(
+            "the instance on {} has blocks of {} ports and this load asks {}: give --block-size {} to keep its blocks, or run `nat unload --iface {}` first",
+            pins.iface,
+            pinned.block_size,
+            config.block_size,
+            pinned.block_size,
+            pins.iface
+        );
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The reaper expires a session only once its timeout has really passed:
+//! The sweep expires a session only once its timeout has really passed:
 //! idle time counts from the session's last packet, and a closed session's
 //! from its close.
 
@@ -13,7 +13,7 @@ use nat_tests::{NatProcess, Topology, TopologyOpts};
 /// An established session that keeps sending is not idle, however short its
 /// timeout.
 #[test]
-fn active_session_is_not_reaped_as_idle() {
+fn active_session_is_not_swept_as_idle() {
     let topo = Topology::new("rc-active", TopologyOpts::default());
     let _nat = NatProcess::start(
         &topo,
@@ -22,7 +22,7 @@ fn active_session_is_not_reaped_as_idle() {
             PORTS,
             "--timeout-tcp-established",
             "1s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -38,7 +38,7 @@ fn active_session_is_not_reaped_as_idle() {
         assert_eq!(
             list.len(),
             1,
-            "{:?} after the handshake, sending a byte every 300 ms, the session was reaped as idle under a 1 s timeout",
+            "{:?} after the handshake, sending a byte every 300 ms, the session was swept as idle under a 1 s timeout",
             opened.elapsed()
         );
     }
@@ -58,7 +58,7 @@ fn closed_session_keeps_its_mapping_for_timeout_tcp_closed_after_the_close() {
             PORTS,
             "--timeout-tcp-closed",
             "1s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -78,13 +78,13 @@ fn closed_session_keeps_its_mapping_for_timeout_tcp_closed_after_the_close() {
     assert_eq!(
         list.len(),
         1,
-        "closed session reaped within 700 ms of its close under timeout-tcp-closed 1s"
+        "closed session swept within 700 ms of its close under timeout-tcp-closed 1s"
     );
     assert_eq!(list[0]["state"], "closed", "{list:#?}");
-    let gone = wait_until_reaped(&topo, Duration::from_secs(2));
+    let gone = wait_until_swept(&topo, Duration::from_secs(2));
     assert!(
         gone - closed >= Duration::from_millis(900),
-        "reaped {:?} after the close",
+        "swept {:?} after the close",
         gone - closed
     );
 }

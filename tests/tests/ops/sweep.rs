@@ -8,8 +8,8 @@ use nat_tests::{
 };
 
 #[test]
-fn idle_udp_sessions_are_reaped() {
-    let topo = Topology::new("reap", TopologyOpts::default());
+fn idle_udp_sessions_are_swept() {
+    let topo = Topology::new("sweep", TopologyOpts::default());
     let _nat = NatProcess::start(
         &topo,
         &[
@@ -17,7 +17,7 @@ fn idle_udp_sessions_are_reaped() {
             PORTS,
             "--timeout-udp",
             "1s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -39,13 +39,13 @@ fn idle_udp_sessions_are_reaped() {
     assert_eq!(
         sessions(&topo).len(),
         4,
-        "reaped before its 1 s idle timeout"
+        "swept before its 1 s idle timeout"
     );
     // ...and soon after it.
     while !sessions(&topo).is_empty() {
         assert!(
             opened.elapsed() < Duration::from_secs(5),
-            "sessions not reaped: {:#?}",
+            "sessions not swept: {:#?}",
             sessions(&topo)
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -59,6 +59,6 @@ fn idle_udp_sessions_are_reaped() {
         v4(SERVER_IP, 5353),
         100,
     )
-    .expect("after reaping");
+    .expect("after sweeping");
     assert_eq!(sessions(&topo).len(), 1);
 }

@@ -1,5 +1,5 @@
-//! Sessions the reaper expires leave their key cooling, for the protocol's
-//! cooldown from the moment of expiry, and the reaper ends that too.
+//! Sessions the sweep expires leave their key cooling, for the protocol's
+//! cooldown from the moment of expiry, and the sweep ends that too.
 
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ fn expired_udp_flow_cools_for_cooldown_udp() {
             "1s",
             "--cooldown-udp",
             "2s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -39,10 +39,10 @@ fn expired_udp_flow_cools_for_cooldown_udp() {
     assert_eq!(sessions(&topo).len(), 1);
     assert!(cooldowns(&topo).is_empty(), "{:#?}", cooldowns(&topo));
 
-    let expired = wait_until_reaped(&topo, Duration::from_secs(3));
+    let expired = wait_until_swept(&topo, Duration::from_secs(3));
     assert!(
         expired - before >= Duration::from_secs(1),
-        "reaped {:?} after the round trip, before its 1 s idle timeout",
+        "swept {:?} after the round trip, before its 1 s idle timeout",
         expired - before
     );
     let list = cooldowns(&topo);
@@ -84,7 +84,7 @@ fn idle_established_tcp_session_cools_for_cooldown() {
             "1s",
             "--cooldown",
             "3s",
-            "--reap-interval-ms",
+            "--sweep-interval-ms",
             "100",
         ],
     );
@@ -100,15 +100,15 @@ fn idle_established_tcp_session_cools_for_cooldown() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no external address in {list:#?}"));
 
-    let expired = wait_until_reaped(&topo, Duration::from_secs(3));
+    let expired = wait_until_swept(&topo, Duration::from_secs(3));
     assert!(
         expired - before >= Duration::from_secs(1),
-        "reaped {:?} after the handshake, before its 1 s idle timeout",
+        "swept {:?} after the handshake, before its 1 s idle timeout",
         expired - before
     );
     let list = cooldowns(&topo);
     let left = left_ms(&list, "tcp", external, 80)
-        .unwrap_or_else(|| panic!("reaped TCP session on {external} is not cooling: {list:#?}"));
+        .unwrap_or_else(|| panic!("swept TCP session on {external} is not cooling: {list:#?}"));
     assert!(
         2000 < left && left <= 3000,
         "{left} ms left of a 3 s cooldown just after an idle expiry"

@@ -1,0 +1,177 @@
+//! A port block's count, in the session layer (`allocation = "blocks"`):
+//! every session on one of the block's ports holds one ([`hold`] before
+//! its claim, given back by `super::free` at its end, marked
+//! `SESSION_BLOCK`), and so does an allocation while it walks a block it
+//! has just taken (`flows::blocks`). The release that takes the count to
+//! zero gives the block back: it leaves its host's list (and the host's
+//! entry goes with its last block), the block table, and the count of
+//! blocks in use on its address, and the release is logged.
+//!
+//! The count is one word changed by atomic adds, as a host's session
+//! count: a release that takes it to zero marks it dying
+//! ([`BLOCK_DYING`], by compare-and-exchange from 0) before anything is
+//! deleted, and a hold that meets a dying block takes its add back and
+//! fails, so no session is ever claimed on a block being given back.
+
+use core::ptr::{addr_of_mut, read_volatile};
+
+use nat_common::{
+    blocks::{BLOCK_DYING, BlockKey, Geometry, MAX_BLOCKS_PER_HOST},
+    config::{Config, allocation},
+    counters::Counter,
+    nat_event::kind,
+    seen_word::SharedWord,
+};
+
+use crate::{
+    base::{
+        maps::{NAT_BLOCK_USE, NAT_BLOCKS, NAT_CONFIG, NAT_HOST_BLOCKS, NAT_POOL, count},
+        shared::MapWord,
+    },
+    net::nat_events,
+};
+
+const MINUS_ONE: u64 = u64::MAX;
+
+/// [`hold`]'s answers.
+pub const REFUSED: i64 = 0;
+/// The NAT does not allocate in blocks: nothing to hold.
+pub const NOT_BLOCKS: i64 = 1;
+/// The block now counts one more session.
+pub const HELD: i64 = 2;
+
+/// How the configured port range divides into blocks: every pool
+/// address shares the range of its first entry.
+#[inline(always)]
+pub fn geometry(cfg: &Config) -> Option<Geometry> {
+    let pool = NAT_POOL.get(0)?;
+    Some(Geometry {
+        port_min: pool.port_min,
+        port_max: pool.port_max,
+        block_size: cfg.block_size,
+    })
+}
+
+/// One more session on external (`addr`, `port`), network byte order,
+/// before its claim: [`HELD`], [`NOT_BLOCKS`], or [`REFUSED`] when the
+/// port's block is not there or is being given back. Inlined, not a
+/// global function: it takes a few bytes of its caller's frame, where a
+/// call would add a 32-byte frame to the deepest chain of the hairpin
+/// program (caller, allocation, probe callback, claim, reserve), which
+/// Linux 6.1 holds to 512 bytes.
+#[inline(always)]
+pub fn hold(addr: u32, port: u16) -> i64 {
+    let Some(key) = key_of(addr, port) else {
+        return NOT_BLOCKS;
+    };
+    let Some(block) = NAT_BLOCKS.get_ptr_mut(key) else {
+        return REFUSED;
+    };
+    // SAFETY: a live map value pointer; `sessions` is an aligned word.
+    let word = MapWord(unsafe { addr_of_mut!((*block).sessions) });
+    if word.fetch_add(1) >= BLOCK_DYING {
+        word.fetch_add(MINUS_ONE);
+        return REFUSED;
+    }
+    HELD
+}
+
+/// One session less on external (`addr`, `port`): a claim that [`hold`]
+/// preceded failed, or a marked session ended.
+#[inline(always)]
+pub fn release(addr: u32, port: u16) {
+    nat_block_release(addr as u64, port as u64);
+}
+
+/// The block table's key of external (`addr`, `port`) in blocks mode.
+#[inline(always)]
+fn key_of(addr: u32, port: u16) -> Option<BlockKey> {
+    let cfg = NAT_CONFIG.get(0)?;
+    if cfg.allocation != allocation::BLOCKS {
+        return None;
+    }
+    let index = geometry(cfg)?.block_of(u16::from_be(port))?;
+    Some(BlockKey { addr, index })
+}
+
+/// Gives one count back; the last gives the block back.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn nat_block_release(addr: u64, port: u64) -> i64 {
+    let Some(key) = key_of(addr as u32, port as u16) else {
+        return 0;
+    };
+    let Some(block) = NAT_BLOCKS.get_ptr_mut(key) else {
+        return 0;
+    };
+    // SAFETY: a live map value pointer; `sessions` is an aligned word.
+    let word = MapWord(unsafe { addr_of_mut!((*block).sessions) });
+    let before = word.fetch_add(MINUS_ONE);
+    if before == 0 || before >= BLOCK_DYING {
+        // Never below zero, and a dying block's count is not ours to change.
+        word.fetch_add(1);
+        return 0;
+    }
+    if before != 1 || word.compare_exchange(0, BLOCK_DYING).is_err() {
+        return 0;
+    }
+    // SAFETY: written at insert, before any session could hold the block.
+    let (host, slot) = unsafe { (read_volatile(&(*block).host), read_volatile(&(*block).slot)) };
+    let pool_index = leave_host(host, slot, key.index);
+    let _ = NAT_BLOCKS.remove(key);
+    let (first, size) = NAT_CONFIG
+        .get(0)
+        .and_then(|cfg| Some((geometry(cfg)?.ports(key.index)?.0, cfg.block_size)))
+        .unwrap_or((0, 0));
+    if let Some(index) = pool_index {
+        in_use(index, MINUS_ONE);
+    }
+    count(Counter::BlockReleased);
+    nat_events::block(kind::BLOCK_RELEASED, host, key.addr, first, size);
+    1
+}
+
+/// Takes block `index` out of slot `slot` of `host`'s list and gives up
+/// one of the host's holds (its last deletes the host's entry); returns
+/// the pool index of the host's address.
+#[inline(always)]
+fn leave_host(host: u32, slot: u32, index: u32) -> Option<u32> {
+    let entry = NAT_HOST_BLOCKS.get_ptr_mut(host)?;
+    // SAFETY: a live map value pointer; written at insert.
+    let pool_index = unsafe { read_volatile(&(*entry).pool_index) };
+    if (slot as usize) < MAX_BLOCKS_PER_HOST {
+        // SAFETY: a live map value pointer; each slot is an aligned word.
+        let word = MapWord(unsafe { addr_of_mut!((*entry).slots[slot as usize]) });
+        let _ = word.compare_exchange(index as u64 + 1, 0);
+    }
+    leave(host, entry);
+    Some(pool_index)
+}
+
+/// Gives up one of `host`'s holds on its entry `entry` (a block it no
+/// longer has, or an allocation that took none); the last deletes the
+/// entry, marked dying first so that an allocation meeting it makes a
+/// fresh one.
+#[inline(always)]
+pub fn leave(host: u32, entry: *mut nat_common::blocks::HostBlocks) {
+    // SAFETY: a live map value pointer; `held` is an aligned word.
+    let word = MapWord(unsafe { addr_of_mut!((*entry).held) });
+    let before = word.fetch_add(MINUS_ONE);
+    if before == 0 || before >= BLOCK_DYING {
+        word.fetch_add(1);
+        return;
+    }
+    if before == 1 && word.compare_exchange(0, BLOCK_DYING).is_ok() {
+        let _ = NAT_HOST_BLOCKS.remove(host);
+    }
+}
+
+/// Adds `delta` (wrapping) to the count of blocks in use on the pool's
+/// address `pool_index`, and returns the count before.
+#[inline(always)]
+pub fn in_use(pool_index: u32, delta: u64) -> u64 {
+    match NAT_BLOCK_USE.get_ptr_mut(pool_index) {
+        Some(word) => MapWord(word).fetch_add(delta),
+        None => 0,
+    }
+}
