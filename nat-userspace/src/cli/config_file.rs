@@ -446,6 +446,14 @@ pub fn check(file: &Path) -> Result<LoadArgs, FileError> {
         .map_err(|m| doc.error("external", m))?;
     crate::cli::forward::check_all(&args.forward, &args.internal, &args.external)
         .map_err(|m| doc.error("forward", m))?;
+    if let Err(m) = args.export.check() {
+        let key = m.split(':').next().unwrap_or_default().to_owned();
+        return Err(FileError {
+            file: file.to_path_buf(),
+            line: doc.line(&key),
+            message: m,
+        });
+    }
     Ok(args)
 }
 

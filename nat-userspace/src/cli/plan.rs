@@ -9,7 +9,7 @@ use log::warn;
 use nat_common::config::Config;
 
 use crate::{
-    cli::{IngressArg, LoadArgs, MetricsFlags, XdpModeArg, settings::find},
+    cli::{ExportFlags, IngressArg, LoadArgs, MetricsFlags, XdpModeArg, settings::find},
     datapath::{
         forward::Forward,
         object::Globals,
@@ -83,6 +83,8 @@ pub struct ServePlan {
     pub metrics: MetricsFlags,
     /// The config file a reload re-reads.
     pub config_file: Option<PathBuf>,
+    /// Where compliance events go.
+    pub export: ExportFlags,
 }
 
 /// Resolves and checks `args` (the command line with its config file's
@@ -104,6 +106,7 @@ pub fn resolve(mut args: LoadArgs, netns: Option<&str>) -> Result<Plan> {
     let choices = crate::cli::defaults::resolve(&mut args)?;
     let fast = fast_path_interfaces(&args.iface, &args.fast_path, ifindex)?;
     check_pool(&args)?;
+    args.export.check().map_err(anyhow::Error::msg)?;
     let globals = Globals {
         ext_ifindex,
         fast_path: !fast.is_empty(),
@@ -138,6 +141,7 @@ pub fn resolve(mut args: LoadArgs, netns: Option<&str>) -> Result<Plan> {
             sweep_interval_ms: args.sweep_interval_ms,
             metrics: args.metrics,
             config_file: args.config.config,
+            export: args.export,
         },
         pool: Pool {
             internal: args.internal,
