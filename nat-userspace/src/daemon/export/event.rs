@@ -48,8 +48,8 @@ impl Kind {
         })
     }
 
-    /// The value of natEvent (IPFIX element 230) in the IANA "NAT Event
-    /// Type" registry (RFC 8158 section 4.3 and IANA's additions).
+    /// The value of natEvent (IPFIX element 230) in IANA's "NAT Event
+    /// Type" registry (values 4 to 18 from RFC 8158).
     pub fn nat_event(self) -> u8 {
         match self {
             Kind::AddressesExhausted => 3,

@@ -11,8 +11,9 @@
 //! (0.1.0, 2023) is not maintained.
 //!
 //! One template per record shape (template ids 256 to 261), each with
-//! the elements RFC 8158 section 4.4 lists for its event, led by
-//! observationTimeMilliseconds and natEvent:
+//! the elements RFC 8158's template for its event lists, led by
+//! observationTimeMilliseconds and natEvent, plus the addresses the
+//! datapath gives where RFC 8158's template has none:
 //!
 //! | natEvent | template | elements after time and event |
 //! | --- | --- | --- |
@@ -29,7 +30,8 @@
 //! templates, so they are sent again (section 8.4): when a session starts,
 //! every `ipfix-template-refresh`, and before every
 //! [`TEMPLATE_EVERY_MESSAGES`]th data message. No message exceeds
-//! [`MAX_MESSAGE`] bytes (section 10.3.3: with the path MTU unknown, 512).
+//! [`MAX_MESSAGE`] bytes: RFC 7011 keeps UDP messages within the
+//! path MTU, which the exporter does not know, and 512 bytes fit any path.
 
 use std::time::{Duration, Instant};
 
@@ -41,8 +43,8 @@ use super::event::{Event, Kind};
 pub const VERSION: u16 = 10;
 /// Set id of a template set.
 const TEMPLATE_SET: u16 = 2;
-/// Largest message: the size RFC 7011 section 10.3.3 recommends when the
-/// path MTU is unknown, so no collector sees a fragment.
+/// Largest message: small enough for any path MTU, so no collector sees
+/// a fragment.
 pub const MAX_MESSAGE: usize = 512;
 /// Data messages between two sends of the templates, besides the timer.
 pub const TEMPLATE_EVERY_MESSAGES: u32 = 100;
