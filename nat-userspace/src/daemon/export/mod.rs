@@ -400,11 +400,17 @@ impl Export {
             .set_nonblocking(true)
             .context("cannot open the export's control socket")?;
         let (commands, received) = mpsc::channel();
-        let exporters = Exporters::new(targets.clone(), Arc::clone(&counters));
-        let thread = thread::Builder::new()
-            .name("nat-export".into())
-            .spawn(move || run(ring, &woken, &received, exporters))
-            .context("cannot start the export thread")?;
+        let thread = {
+            let (targets, counters) = (targets.clone(), Arc::clone(&counters));
+            thread::Builder::new()
+                .name("nat-export".into())
+                .spawn(move || {
+                    // Here, not on the caller's thread: it sends the templates.
+                    let exporters = Exporters::new(targets, counters);
+                    run(ring, &woken, &received, exporters);
+                })
+                .context("cannot start the export thread")?
+        };
         Ok(Self {
             control: Control {
                 commands,
