@@ -9,14 +9,19 @@
 //! BPF_PROG_TEST_RUN and [`fuzz`] drives mutated frames through it with an
 //! oracle (both behind the default `datapath` feature). [`interrupt`] removes
 //! a testbed when the program that built it (the demo, the bench) gets a
-//! termination signal.
+//! termination signal. [`collectors`] runs the real decoders of the
+//! compliance export (tshark, nfcapd and nfdump) and [`event_ring`] writes
+//! events into a running daemon's event ring buffer as the datapath does.
 //!
 //! Everything here panics on setup failure: it is test infrastructure, and a
 //! panic with a clear message is the most useful report a test can give.
 //! Traffic helpers return `Result<_, String>` instead, because a failed
 //! transfer is the thing a test usually asserts on.
 
+pub mod collectors;
 mod command;
+#[cfg(feature = "datapath")]
+pub mod event_ring;
 #[cfg(feature = "datapath")]
 pub mod fixture;
 #[cfg(feature = "datapath")]

@@ -18,8 +18,10 @@ use crate::paths;
 
 /// ip/tc, nft, iperf3, ethtool, bpftool, tcpdump, sysctl, ping for ICMP
 /// checks, a STUN client and server for the NAT-behaviour test,
-/// systemd-analyze to rate the shipped unit, and setpriv and nsenter to run
-/// the daemon with the unit's capabilities.
+/// systemd-analyze to rate the shipped unit, setpriv and nsenter to run
+/// the daemon with the unit's capabilities, and the decoders the
+/// compliance export is checked with (tshark's IPFIX dissector; nfcapd
+/// and nfdump).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "systemd",
@@ -34,7 +36,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "stun-client",
     "stun-server",
+    "tshark",
+    "nfdump",
 ];
+/// tshark's package asks whether non-root users may capture; the answer,
+/// given before apt runs, keeps the install non-interactive (no, as
+/// the default: the tests capture as root).
+const DEBCONF_PRESEED: &str = "wireshark-common wireshark-common/install-setuid boolean false\n";
 /// What rustc needs from the system to link host binaries; checked, never
 /// installed, because installing it needs root and building must not.
 const BUILD_PACKAGES: &str = "gcc libc6-dev";
@@ -197,6 +205,7 @@ fn debian_packages() -> Result<Outcome, Failure> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .map_err(|e| fail(format!("{e:#}"), fix.clone()))?;
+    preseed().map_err(|e| fail(format!("debconf-set-selections: {e}"), fix.clone()))?;
     stream(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
@@ -215,6 +224,24 @@ fn debian_packages() -> Result<Outcome, Failure> {
         ));
     }
     Ok(Outcome::Installed)
+}
+
+fn preseed() -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("debconf-set-selections")
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin was piped")
+        .write_all(DEBCONF_PRESEED.as_bytes())?;
+    let status = child.wait()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("exited with {status}")))
+    }
 }
 
 fn package_installed(package: &str) -> bool {

@@ -9,7 +9,10 @@ use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::{
     cli::{
-        parse::{parse_cidr, parse_ipv4, parse_port_range},
+        parse::{
+            parse_cidr, parse_ipfix_collector, parse_ipv4, parse_port_range, parse_syslog_server,
+            parse_template_refresh,
+        },
         settings::SETTINGS,
     },
     datapath::pool::{Cidr, PortRange},
@@ -279,6 +282,8 @@ pub struct LoadArgs {
     pub config: ConfigFlag,
     #[command(flatten)]
     pub metrics: MetricsFlags,
+    #[command(flatten)]
+    pub export: ExportFlags,
 }
 
 #[derive(Parser, Debug)]
@@ -361,6 +366,49 @@ pub struct MetricsFlags {
     pub metrics_interval_ms: u64,
 }
 
+/// Compliance logging's flags (`nat load`): where the datapath's events
+/// (port blocks, exhaustion, quotas, thresholds, sessions under
+/// log-sessions) are sent. A reload applies them.
+#[derive(Parser, Debug, Default, Clone)]
+#[command(next_help_heading = "Compliance logging (a reload re-targets)")]
+pub struct ExportFlags {
+    /// Send the compliance events as IPFIX (RFC 7011, with RFC 8158's NAT event elements)
+    /// over UDP to this collector, ADDR[:PORT] (port 4739 when left out); repeatable or
+    /// comma-separated, every collector gets every event.
+    #[arg(long, value_name = "ADDR:PORT", value_delimiter = ',', value_parser = parse_ipfix_collector)]
+    pub ipfix_collector: Vec<SocketAddr>,
+    /// How often the IPFIX templates are sent again, so a collector that restarted can decode
+    /// what follows (also every 100 messages), as 1500ms, 60s or 5m (1s to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_template_refresh)]
+    pub ipfix_template_refresh: u64,
+    /// Observation domain id in the IPFIX message headers, which tells a collector this
+    /// NAT's stream (and its sequence numbers) from other exporters'.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub ipfix_observation_domain: u32,
+    /// Send each compliance event as an RFC 5424 line over UDP to this syslog server,
+    /// ADDR[:PORT] (port 514 when left out); repeatable or comma-separated.
+    #[arg(long, value_name = "ADDR:PORT", value_delimiter = ',', value_parser = parse_syslog_server)]
+    pub syslog_server: Vec<SocketAddr>,
+}
+
+impl ExportFlags {
+    /// The rules the parsers cannot see one value at a time: a destination
+    /// named twice.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, list) in [
+            ("ipfix-collector", &self.ipfix_collector),
+            ("syslog-server", &self.syslog_server),
+        ] {
+            for (i, a) in list.iter().enumerate() {
+                if list[..i].contains(a) {
+                    return Err(format!("{key}: {a} is given twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +488,59 @@ mod tests {
         assert!(load("1.2.3.4", &["--ports", "9-1"]).is_err());
         assert!(load("1.2.3.4", &["--xdp-mode", "hw"]).is_err());
         assert!(parse(&["--iface", "eth0", "--internal", "10.0.0.0/8"]).is_err());
+    }
+
+    #[test]
+    fn export_flags_take_lists_and_default_ports() {
+        let parse = |extra: &[&str]| {
+            let base = ["nat", "load", "--iface", "eth0", "--external", "1.2.3.4"];
+            let args = [&base[..], &["--internal", "10.0.0.0/8"], extra].concat();
+            match Cli::try_parse_from(args).map(|c| c.command) {
+                Ok(Command::Load(a)) => Ok(a.export),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let flags = parse(&[
+            "--ipfix-collector",
+            "192.0.2.1,192.0.2.2:2055",
+            "--ipfix-collector",
+            "[2001:db8::1]:4740",
+            "--syslog-server",
+            "192.0.2.3",
+            "--ipfix-template-refresh",
+            "30s",
+            "--ipfix-observation-domain",
+            "7",
+        ])
+        .unwrap();
+        let addrs: Vec<String> = flags
+            .ipfix_collector
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["192.0.2.1:4739", "192.0.2.2:2055", "[2001:db8::1]:4740"]
+        );
+        assert_eq!(flags.syslog_server[0].to_string(), "192.0.2.3:514");
+        assert_eq!(flags.ipfix_template_refresh, 30_000);
+        assert_eq!(flags.ipfix_observation_domain, 7);
+        let defaults = parse(&[]).unwrap();
+        assert!(defaults.ipfix_collector.is_empty() && defaults.syslog_server.is_empty());
+        assert_eq!(defaults.ipfix_template_refresh, 60_000);
+        assert_eq!(defaults.check(), Ok(()));
+
+        let err = parse(&["--ipfix-collector", "collector.example:4739"]).unwrap_err();
+        assert!(err.contains("is not an address"), "{err}");
+        let err = parse(&["--syslog-server", "192.0.2.1:0"]).unwrap_err();
+        assert!(err.contains("port"), "{err}");
+        let err = parse(&["--ipfix-template-refresh", "0s"]).unwrap_err();
+        assert!(err.contains("1s to 1h"), "{err}");
+        let twice = parse(&["--syslog-server", "192.0.2.1,192.0.2.1:514"]).unwrap();
+        assert_eq!(
+            twice.check(),
+            Err("syslog-server: 192.0.2.1:514 is given twice".to_owned())
+        );
     }
 }

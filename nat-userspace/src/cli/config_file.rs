@@ -446,6 +446,14 @@ pub fn check(file: &Path) -> Result<LoadArgs, FileError> {
         .map_err(|m| doc.error("external", m))?;
     crate::cli::forward::check_all(&args.forward, &args.internal, &args.external)
         .map_err(|m| doc.error("forward", m))?;
+    if let Err(m) = args.export.check() {
+        let key = m.split(':').next().unwrap_or_default().to_owned();
+        return Err(FileError {
+            file: file.to_path_buf(),
+            line: doc.line(&key),
+            message: m,
+        });
+    }
     Ok(args)
 }
 
@@ -538,6 +546,13 @@ mod tests {
             "metrics" => ("127.0.0.1:9109", "\"127.0.0.1:9109\""),
             "metrics-top" => ("7", "7"),
             "metrics-interval-ms" => ("3000", "3000"),
+            "ipfix-collector" => (
+                "192.0.2.10:4739,[2001:db8::10]:4740",
+                "[\"192.0.2.10:4739\", \"[2001:db8::10]:4740\"]",
+            ),
+            "ipfix-template-refresh" => ("30s", "\"30s\""),
+            "ipfix-observation-domain" => ("7", "7"),
+            "syslog-server" => ("192.0.2.20:514", "[\"192.0.2.20:514\"]"),
             // Values with commas of their own: the file's list is one flag
             // per value (the test adds the second flag).
             "forward" => (
@@ -708,6 +723,21 @@ mod tests {
             ("ports = \n", 4, ""),
             ("help = \"x\"\n", 4, "unknown key 'help'"),
             ("config = \"/etc/other.toml\"\n", 4, "unknown key 'config'"),
+            (
+                "ipfix-collector = [\"collector.example\"]\n",
+                4,
+                "ipfix-collector: 'collector.example' is not an address",
+            ),
+            (
+                "ipfix-template-refresh = \"0s\"\n",
+                4,
+                "ipfix-template-refresh: '0s' is out of range (1s to 1h)",
+            ),
+            (
+                "\nsyslog-server = [\"192.0.2.1\", \"192.0.2.1:514\"]\n",
+                5,
+                "syslog-server: 192.0.2.1:514 is given twice",
+            ),
         ];
         for (extra, line, words) in cases {
             let f = file(&format!("{base}{extra}"));

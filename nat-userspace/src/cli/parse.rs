@@ -1,7 +1,7 @@
 //! Values as the operator writes them: addresses, prefixes, ports, port
 //! ranges and durations, each refused with one line that says why.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::datapath::pool::{Cidr, PortRange};
 
@@ -80,6 +80,52 @@ pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
     Ok(PortRange { lo, hi })
 }
 
+/// An IPFIX collector, ADDR[:PORT]; IANA's port for IPFIX, 4739, when
+/// left out.
+pub fn parse_ipfix_collector(s: &str) -> Result<SocketAddr, String> {
+    parse_destination(s, 4739)
+}
+
+/// A syslog server, ADDR[:PORT]; 514 (syslog over UDP, RFC 5426) when
+/// left out.
+pub fn parse_syslog_server(s: &str) -> Result<SocketAddr, String> {
+    parse_destination(s, 514)
+}
+
+/// `192.0.2.1`, `192.0.2.1:4739`, `2001:db8::1`, `[2001:db8::1]:4739`:
+/// an address, not a name, so the daemon never waits for a resolver.
+fn parse_destination(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    let addr = match t.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => match t
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => SocketAddr::new(ip, default_port),
+            Err(_) => {
+                return Err(format!(
+                    "'{s}' is not an address (expected ADDR or ADDR:PORT, e.g. 192.0.2.10:{default_port} or [2001:db8::10]:{default_port})"
+                ));
+            }
+        },
+    };
+    if addr.port() == 0 {
+        return Err(format!("'{s}': port 0 is not a port to send to"));
+    }
+    Ok(addr)
+}
+
+/// `ipfix-template-refresh`: a duration from 1 s to 1 h, in milliseconds.
+pub fn parse_template_refresh(s: &str) -> Result<u64, String> {
+    let ms = parse_duration_ms(s)?;
+    if !(1000..=3_600_000).contains(&ms) {
+        return Err(format!("'{s}' is out of range (1s to 1h)"));
+    }
+    Ok(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +146,27 @@ mod tests {
         assert!(parse_port_range("1-65536").is_err());
         assert!(parse_port_range("100").is_err());
         assert!(parse_port_range("a-b").is_err());
+    }
+
+    #[test]
+    fn destinations() {
+        let ok = |s: &str| parse_ipfix_collector(s).unwrap().to_string();
+        assert_eq!(ok("192.0.2.1"), "192.0.2.1:4739");
+        assert_eq!(ok(" 192.0.2.1:2055 "), "192.0.2.1:2055");
+        assert_eq!(ok("2001:db8::1"), "[2001:db8::1]:4739");
+        assert_eq!(ok("[2001:db8::1]"), "[2001:db8::1]:4739");
+        assert_eq!(ok("[2001:db8::1]:9995"), "[2001:db8::1]:9995");
+        assert_eq!(
+            parse_syslog_server("192.0.2.1").unwrap().to_string(),
+            "192.0.2.1:514"
+        );
+        assert!(parse_ipfix_collector("192.0.2.1:0").is_err());
+        assert!(parse_ipfix_collector("192.0.2.1:65536").is_err());
+        assert!(parse_ipfix_collector("collector:4739").is_err());
+        assert!(parse_ipfix_collector("").is_err());
+        assert_eq!(parse_template_refresh("60s"), Ok(60_000));
+        assert!(parse_template_refresh("999ms").is_err());
+        assert!(parse_template_refresh("2h").is_err());
     }
 
     #[test]

@@ -14,7 +14,9 @@ use nat_common::{
 };
 
 use crate::{
-    cli::{AllocationArg, IngressArg, LoadArgs, MetricsFlags, XdpModeArg, settings::find},
+    cli::{
+        AllocationArg, ExportFlags, IngressArg, LoadArgs, MetricsFlags, XdpModeArg, settings::find,
+    },
     datapath::{
         forward::Forward,
         object::Globals,
@@ -93,6 +95,8 @@ pub struct ServePlan {
     pub metrics: MetricsFlags,
     /// The config file a reload re-reads.
     pub config_file: Option<PathBuf>,
+    /// Where compliance events go.
+    pub export: ExportFlags,
 }
 
 /// Resolves and checks `args` (the command line with its config file's
@@ -114,6 +118,7 @@ pub fn resolve(mut args: LoadArgs, netns: Option<&str>) -> Result<Plan> {
     let choices = crate::cli::defaults::resolve(&mut args)?;
     let fast = fast_path_interfaces(&args.iface, &args.fast_path, ifindex)?;
     check_pool(&args)?;
+    args.export.check().map_err(anyhow::Error::msg)?;
     let globals = Globals {
         ext_ifindex,
         fast_path: !fast.is_empty(),
@@ -150,6 +155,7 @@ pub fn resolve(mut args: LoadArgs, netns: Option<&str>) -> Result<Plan> {
             sweep_interval_ms: args.sweep_interval_ms,
             metrics: args.metrics,
             config_file: args.config.config,
+            export: args.export,
         },
         pool: Pool {
             internal: args.internal,

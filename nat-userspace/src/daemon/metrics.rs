@@ -33,10 +33,13 @@ use prometheus::{
     TextEncoder, core::Collector,
 };
 
-use crate::datapath::{
-    pins::PinDir,
-    pressure::{PressureRow, port_pressure},
-    tables::{SessionView, Tables, boot_ns, endpoint, proto_name},
+use crate::{
+    daemon::export,
+    datapath::{
+        pins::PinDir,
+        pressure::{PressureRow, port_pressure},
+        tables::{SessionView, Tables, boot_ns, endpoint, proto_name},
+    },
 };
 
 /// The metrics the daemon feeds (sweep durations); the server and the
@@ -50,6 +53,8 @@ pub struct Metrics {
 struct Shared {
     /// Handles of our own: the daemon's loop never waits for a scrape.
     live: Mutex<Tables>,
+    /// The compliance export's counts.
+    export: Arc<export::Counters>,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
     sweeps: Histogram,
 }
@@ -69,8 +74,12 @@ struct Snapshot {
 
 impl Metrics {
     /// Starts serving when `--metrics` was given; fails at once if the
-    /// address cannot be bound.
-    pub fn start(flags: &crate::cli::MetricsFlags, pins: &PinDir) -> Result<Option<Self>> {
+    /// address cannot be bound. `export`: the compliance export's counts.
+    pub fn start(
+        flags: &crate::cli::MetricsFlags,
+        pins: &PinDir,
+        export: Arc<export::Counters>,
+    ) -> Result<Option<Self>> {
         let Some(addr) = flags.metrics else {
             return Ok(None);
         };
@@ -86,6 +95,7 @@ impl Metrics {
         )?;
         let shared = Arc::new(Shared {
             live: Mutex::new(Tables::open(pins)?),
+            export,
             snapshot: RwLock::new(None),
             sweeps,
         });
@@ -409,6 +419,7 @@ fn render(shared: &Shared) -> Result<String> {
         .set(1);
     add(Box::new(build))?;
     add(Box::new(shared.sweeps.clone()))?;
+    add_export(&add, &shared.export)?;
 
     let snapshot = shared
         .snapshot
@@ -421,6 +432,53 @@ fn render(shared: &Shared) -> Result<String> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8(out)?)
+}
+
+/// The compliance export's counters.
+fn add_export(add: &dyn Fn(Box<dyn Collector>) -> Result<()>, c: &export::Counters) -> Result<()> {
+    let read = IntCounterVec::new(
+        Opts::new(
+            "nat_events_read_total",
+            "Compliance events read from the datapath's event ring buffer (those it could not hold are nat_datapath_events_total{reason=\"events_dropped\"}).",
+        ),
+        &[],
+    )?;
+    read.with_label_values::<&str>(&[]).inc_by(c.read());
+    add(Box::new(read))?;
+    let unreadable = IntCounterVec::new(
+        Opts::new(
+            "nat_events_unreadable_total",
+            "Event records skipped: too short, or of a kind this daemon does not know.",
+        ),
+        &[],
+    )?;
+    unreadable
+        .with_label_values::<&str>(&[])
+        .inc_by(c.unreadable());
+    add(Box::new(unreadable))?;
+    let labels = ["exporter", "destination"];
+    let exported = IntCounterVec::new(
+        Opts::new(
+            "nat_events_exported_total",
+            "Compliance events sent, by exporter (ipfix, syslog) and destination (collector or server).",
+        ),
+        &labels,
+    )?;
+    let errors = IntCounterVec::new(
+        Opts::new(
+            "nat_export_errors_total",
+            "IPFIX messages or syslog lines the socket refused, by exporter and destination.",
+        ),
+        &labels,
+    )?;
+    for d in c.destinations() {
+        let to = d.destination.to_string();
+        let values = [d.exporter, to.as_str()];
+        exported.with_label_values(&values).inc_by(d.exported);
+        errors.with_label_values(&values).inc_by(d.errors);
+    }
+    add(Box::new(exported))?;
+    add(Box::new(errors))
 }
 
 fn add_snapshot(add: &dyn Fn(Box<dyn Collector>) -> Result<()>, s: &Snapshot) -> Result<()> {

@@ -15,7 +15,7 @@ use signal_hook::{consts::SIGHUP, iterator::Signals};
 
 use crate::{
     cli::{config_file, plan::Plan},
-    daemon::{fast_path::FastPath, metrics::Metrics, notify, reload::Reloader},
+    daemon::{export, fast_path::FastPath, metrics::Metrics, notify, reload::Reloader},
     datapath::pins::PinDir,
 };
 
@@ -38,17 +38,18 @@ pub struct Ops {
 impl Ops {
     /// Starts the metrics server and the reload thread and tells systemd
     /// the NAT is ready; call it after the programs are attached.
-    /// `ext_addrs` is the loaded object's NAT_EXT_ADDRS map, `fast` what
-    /// [`Reloader::new`] takes.
+    /// `ext_addrs` is the loaded object's NAT_EXT_ADDRS map, `fast` and
+    /// `export` what [`Reloader::new`] takes.
     pub fn start(
         plan: &Plan,
         pins: &PinDir,
         ext_addrs: Map,
         fast: FastPath,
+        export: export::Control,
         hangups: Hangups,
     ) -> Result<Self> {
-        let metrics = Metrics::start(&plan.serve.metrics, pins)?;
-        let mut reloader = Reloader::new(pins, ext_addrs, plan, fast)?;
+        let metrics = Metrics::start(&plan.serve.metrics, pins, export.counters())?;
+        let mut reloader = Reloader::new(pins, ext_addrs, plan, fast, export)?;
         let has_config = plan.serve.config_file.is_some();
         let Hangups(mut signals) = hangups;
         let reloads = signals.handle();

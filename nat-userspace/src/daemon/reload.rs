@@ -7,6 +7,10 @@
 //! it ends; the allocator reads the pool map per new flow and stops handing
 //! those out at once. The cooldown check is per key and independent of the
 //! pool, so the reuse rule holds across any change.
+//!
+//! The compliance export follows the file too: collectors and syslog
+//! servers added start receiving at once (IPFIX templates first), those
+//! removed stop, and a collector kept keeps its sequence numbers.
 
 use std::net::Ipv4Addr;
 
@@ -16,7 +20,10 @@ use nat_common::config::{Config, MAX_POOL, allocation};
 
 use crate::{
     cli::{LoadArgs, plan::Plan, settings},
-    daemon::fast_path::{FastChange, FastPath},
+    daemon::{
+        export::{self, Targets},
+        fast_path::{FastChange, FastPath},
+    },
     datapath::{
         forward::ForwardTable,
         pins::PinDir,
@@ -47,6 +54,8 @@ pub struct Change {
     pub forwards: (usize, usize),
     /// Where the fast path went, when it moved.
     pub fast_path: Option<FastChange>,
+    /// Where compliance events go now, when that changed.
+    pub export: Option<String>,
     /// Keys that changed but apply only on the next `nat load`.
     pub needs_restart: Vec<&'static str>,
 }
@@ -87,6 +96,9 @@ impl std::fmt::Display for Change {
         if let Some(fast) = &self.fast_path {
             parts.push(fast.to_string());
         }
+        if let Some(export) = &self.export {
+            parts.push(export.clone());
+        }
         if parts.is_empty() {
             parts.push("nothing changed".to_owned());
         }
@@ -107,6 +119,7 @@ pub struct Reloader {
     /// External addresses egress recognises as translated sources.
     ext_addrs: HashMap<MapData, u32, u32>,
     fast: FastPath,
+    export: export::Control,
     fixed: Vec<(&'static str, String)>,
     internal: Vec<Cidr>,
     external: Vec<Ipv4Addr>,
@@ -114,13 +127,21 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// `ext_addrs` is the NAT_EXT_ADDRS map of the loaded object.
-    pub fn new(pins: &PinDir, ext_addrs: Map, plan: &Plan, fast: FastPath) -> Result<Self> {
+    /// `ext_addrs` is the NAT_EXT_ADDRS map of the loaded object, `export`
+    /// the compliance export to re-target.
+    pub fn new(
+        pins: &PinDir,
+        ext_addrs: Map,
+        plan: &Plan,
+        fast: FastPath,
+        export: export::Control,
+    ) -> Result<Self> {
         Ok(Self {
             tables: Tables::open(pins)?,
             forwards: ForwardTable::open(pins)?,
             ext_addrs: ext_addrs.try_into().context("external address map")?,
             fast,
+            export,
             fixed: plan.fixed.clone(),
             internal: plan.pool.internal.clone(),
             external: plan.pool.external.clone(),
@@ -145,6 +166,7 @@ impl Reloader {
         if external.is_empty() {
             anyhow::bail!("no external address left in the pool");
         }
+        args.export.check().map_err(anyhow::Error::msg)?;
         // The prefixes the datapath holds, not the file's: a changed
         // `internal` applies on the next load, with the fast path it implies.
         let fast_path = self.fast.wanted(args, &self.internal)?;
@@ -204,6 +226,7 @@ impl Reloader {
         change.forwards = self.forwards.replace_all(&args.forward)?;
         self.external = external;
         self.ports = ports;
+        change.export = self.export.retarget(Targets::from_flags(&args.export));
         // Last: it may wait for a sweep run to end (the object is shared).
         // The rest is applied by now, so a failure here is reported as
         // what did not move rather than as a reload that changed nothing.

@@ -195,6 +195,9 @@ fn get_shows_load_flags_and_bad_sets_change_nothing() {
         ("mapping-tcp", "address-port-dependent".into()),
         ("filtering-udp", "address-dependent".into()),
         ("max-sessions-per-host", 32_768.into()),
+        ("max-blocks-per-host", 8.into()),
+        ("pool-threshold", 0.into()),
+        ("log-sessions", "off".into()),
     ];
     assert_eq!(
         json.as_object().map(|o| o.len()),

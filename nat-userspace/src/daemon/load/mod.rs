@@ -3,7 +3,7 @@
 //! (`pin`), load the object against its maps and populate them, attach (or
 //! update the pinned links, `attach`), hand over from a replaced daemon
 //! (`handover`), arm the sweep and serve (sweeps, reject responder, event
-//! log: `serve`) until a signal, stop the control plane. Each phase takes
+//! log, compliance export: `serve`) until a signal, stop the control plane. Each phase takes
 //! its part of the plan.
 
 pub(crate) mod attach;
@@ -71,7 +71,7 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     attach::attach_hairpin(&mut ebpf, &in_xdp, &mut instance)?;
     let claim = handover::take_over(netns, &plan.target.iface, replaced).await?;
     let sweeper = serve::first_sweep(&mut ebpf, plan.serve.sweep_interval_ms)?;
-    let workers = serve::start_workers(&mut ebpf)?;
+    let workers = serve::start_workers(&mut ebpf, &plan.serve.export)?;
     let ext_addrs = ebpf
         .take_map(MAP_EXT_ADDRS)
         .context("map NAT_EXT_ADDRS missing from the object")?;
@@ -83,7 +83,14 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
         hook,
     );
     // Metrics, reloads and systemd readiness, once attached.
-    let ops = Ops::start(&plan, &instance.pins, ext_addrs, fast, hangups)?;
+    let ops = Ops::start(
+        &plan,
+        &instance.pins,
+        ext_addrs,
+        fast,
+        workers.export(),
+        hangups,
+    )?;
     announce(&plan, mode)?;
     // A failure before this point removes what this load pinned (see
     // pin::Instance); from here on the datapath outlives this process.

@@ -1,6 +1,6 @@
 //! Phase 6 of `nat load`: the control plane's work while the datapath runs —
-//! the kernel expiry sweep on a timer, the reject responder and the event
-//! log — until a stop signal.
+//! the kernel expiry sweep on a timer, the reject responder, the event log
+//! and the compliance export — until a stop signal.
 //!
 //! The sweep runs on a thread of its own: expiring 1,000,000 sessions takes
 //! over a second of BPF_PROG_TEST_RUN calls, and the runtime must answer
@@ -22,12 +22,20 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use log::{info, warn};
-use nat_common::{names::MAP_REJECTS, sweep::sweep_pause_ns};
+use nat_common::{
+    names::{MAP_NAT_EVENTS, MAP_REJECTS},
+    sweep::sweep_pause_ns,
+};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::daemon::fast_path::{SharedObject, lock};
 use crate::{
-    daemon::{ops::Ops, reject, sweep},
+    cli::ExportFlags,
+    daemon::{
+        export::{self, Export, Targets},
+        ops::Ops,
+        reject, sweep,
+    },
     datapath::sweep::{DAEMON_BUDGET, DAEMON_SCAN, KernelSweep},
 };
 
@@ -58,21 +66,37 @@ pub fn first_sweep(ebpf: &mut Ebpf, sweep_interval_ms: u64) -> Result<KernelSwee
 }
 
 /// The event log and the reject responder, running on the runtime until it
-/// shuts down.
+/// shuts down, and the compliance export on its thread, which stops (after
+/// sending what the ring buffer still holds) when this is dropped.
 pub struct Workers {
     _event_log: tokio::task::JoinHandle<()>,
     _responder: tokio::task::JoinHandle<()>,
+    export: Export,
+}
+
+impl Workers {
+    /// What a reload re-targets the export with, and its counters.
+    pub fn export(&self) -> export::Control {
+        self.export.control()
+    }
 }
 
 /// Starts the [`Workers`] while the load can still fail: a responder that
 /// cannot open its raw socket (no CAP_NET_RAW) fails the load, which then
 /// removes what it pinned, rather than a daemon that already said it runs.
-pub fn start_workers(ebpf: &mut Ebpf) -> Result<Workers> {
+pub fn start_workers(ebpf: &mut Ebpf, export: &ExportFlags) -> Result<Workers> {
+    let targets = Targets::from_flags(export);
+    info!("compliance events {}", targets.describe());
     Ok(Workers {
         _event_log: crate::daemon::event_log::spawn(ebpf)?,
         _responder: reject::spawn(
             ebpf.take_map(MAP_REJECTS)
                 .context("map NAT_REJECTS missing from the object")?,
+        )?,
+        export: Export::start(
+            ebpf.take_map(MAP_NAT_EVENTS)
+                .context("map NAT_EVENTS missing from the object")?,
+            targets,
         )?,
     })
 }
