@@ -1,7 +1,7 @@
 //! Values as the operator writes them: addresses, prefixes, ports, port
 //! ranges and durations, each refused with one line that says why.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::datapath::pool::{Cidr, PortRange};
 
@@ -66,6 +66,15 @@ pub fn parse_port(p: &str, within: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("'{p}' in '{within}' is not a port (1 to 65535)"))
 }
 
+/// An address and port, `ADDR:PORT`.
+pub fn parse_socket(s: &str) -> Result<SocketAddrV4, String> {
+    let (ip, port) = s
+        .trim()
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' is not ADDR:PORT (e.g. 203.0.113.7:40001)"))?;
+    Ok(SocketAddrV4::new(parse_ipv4(ip)?, parse_port(port, s)?))
+}
+
 pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
     let (lo, hi) = s
         .trim()
@@ -100,6 +109,21 @@ mod tests {
         assert!(parse_port_range("1-65536").is_err());
         assert!(parse_port_range("100").is_err());
         assert!(parse_port_range("a-b").is_err());
+    }
+
+    #[test]
+    fn sockets() {
+        assert_eq!(
+            parse_socket("203.0.113.7:40001"),
+            Ok(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 7), 40001))
+        );
+        assert!(
+            parse_socket("203.0.113.7")
+                .unwrap_err()
+                .contains("ADDR:PORT")
+        );
+        assert!(parse_socket("203.0.113.7:0").is_err());
+        assert!(parse_socket("203.0.113:80").is_err());
     }
 
     #[test]
