@@ -1,4 +1,5 @@
-//! `cargo xtask dist`: what an operator installs, in target/dist/.
+//! `cargo xtask dist`: what an operator installs, in target/dist/, and the
+//! alerting rules for the Prometheus server that scrapes it.
 //!
 //! The completions and man pages come from `nat`'s clap definition, written
 //! by the bench-only `nat-bench docs` that the same build produces: xtask
@@ -33,6 +34,16 @@ pub fn run() -> Result<()> {
     println!("xtask: wrote {}", nat.display());
     for file in written.lines() {
         println!("xtask: wrote {file}");
+    }
+    // For the Prometheus server, not the NAT host: its rules and their tests.
+    let prometheus = dist.join("prometheus");
+    fs::create_dir_all(&prometheus)
+        .with_context(|| format!("cannot create {}", prometheus.display()))?;
+    for name in ["nat-alerts.yml", "nat-alerts.test.yml"] {
+        let to = prometheus.join(name);
+        fs::copy(paths::workspace_root().join("dist").join(name), &to)
+            .with_context(|| format!("cannot copy dist/{name} to {}", to.display()))?;
+        println!("xtask: wrote {}", to.display());
     }
     println!(
         "xtask: install e.g. with: install -m 755 {0}/nat /usr/local/sbin/ && install -m 644 {0}/man/*.1 /usr/local/share/man/man1/ && install -m 644 {0}/completions/nat.bash /usr/share/bash-completion/completions/nat",

@@ -46,7 +46,8 @@ enum Task {
     /// crate, the eBPF crate included; needs no root
     Lint,
     /// Build the release `nat` and write it with its shell completions
-    /// (bash, zsh, fish) and man pages into target/dist/; needs no root
+    /// (bash, zsh, fish), man pages and Prometheus alerting rules into
+    /// target/dist/; needs no root
     Dist,
     /// As root: set up, build `nat`, then run the test suite against it
     Test {

@@ -1,7 +1,7 @@
 //! Command line: one clear error line for every bad value, never a panic.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
 };
 
@@ -10,8 +10,8 @@ use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use crate::{
     cli::{
         parse::{
-            parse_cidr, parse_ipfix_collector, parse_ipv4, parse_port_range, parse_syslog_server,
-            parse_template_refresh,
+            parse_cidr, parse_ipfix_collector, parse_ipv4, parse_port_range, parse_socket,
+            parse_syslog_server, parse_template_refresh,
         },
         settings::SETTINGS,
     },
@@ -83,6 +83,16 @@ pub enum Command {
         #[arg(long)]
         hosts: bool,
     },
+    /// The port blocks handed to internal hosts (allocation blocks): host, external address,
+    /// port range, sessions, and since when each has been held.
+    Blocks(ShowArgs),
+    /// Who holds an external address and port, or what an internal address holds: its port
+    /// blocks (allocation blocks), the formula's share (deterministic), port forwards, and the
+    /// sessions now.
+    Lookup {
+        #[command(subcommand)]
+        what: LookupCommand,
+    },
     /// Checks a config file for `nat load --config` with the rules of the flags; one line per error.
     CheckConfig {
         /// The TOML file to check.
@@ -136,6 +146,30 @@ pub enum ForwardCommand {
     },
     /// Lists the forwards.
     List(ShowArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LookupCommand {
+    /// What an internal address holds now: its port blocks and since when (allocation
+    /// blocks), its external address and port range (deterministic), the forwards to it and
+    /// its sessions' external endpoints.
+    Internal {
+        /// The internal address, e.g. 10.0.0.5.
+        #[arg(value_name = "ADDR", value_parser = parse_ipv4)]
+        addr: Ipv4Addr,
+        #[command(flatten)]
+        show: ShowArgs,
+    },
+    /// Who holds an external address and port now: the block's owner and since when
+    /// (allocation blocks), the one internal address the formula gives (deterministic), a
+    /// forward's internal endpoint, and the sessions on it.
+    External {
+        /// The external address and port, e.g. 203.0.113.7:40001.
+        #[arg(value_name = "ADDR:PORT", value_parser = parse_socket)]
+        endpoint: SocketAddrV4,
+        #[command(flatten)]
+        show: ShowArgs,
+    },
 }
 
 /// Flags of `nat load` that set live settings: one per entry of

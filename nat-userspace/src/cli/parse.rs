@@ -1,7 +1,7 @@
 //! Values as the operator writes them: addresses, prefixes, ports, port
 //! ranges and durations, each refused with one line that says why.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::datapath::pool::{Cidr, PortRange};
 
@@ -64,6 +64,15 @@ pub fn parse_port(p: &str, within: &str) -> Result<u16, String> {
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| format!("'{p}' in '{within}' is not a port (1 to 65535)"))
+}
+
+/// An address and port, `ADDR:PORT`.
+pub fn parse_socket(s: &str) -> Result<SocketAddrV4, String> {
+    let (ip, port) = s
+        .trim()
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' is not ADDR:PORT (e.g. 203.0.113.7:40001)"))?;
+    Ok(SocketAddrV4::new(parse_ipv4(ip)?, parse_port(port, s)?))
 }
 
 pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
@@ -167,6 +176,21 @@ mod tests {
         assert_eq!(parse_template_refresh("60s"), Ok(60_000));
         assert!(parse_template_refresh("999ms").is_err());
         assert!(parse_template_refresh("2h").is_err());
+    }
+
+    #[test]
+    fn sockets() {
+        assert_eq!(
+            parse_socket("203.0.113.7:40001"),
+            Ok(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 7), 40001))
+        );
+        assert!(
+            parse_socket("203.0.113.7")
+                .unwrap_err()
+                .contains("ADDR:PORT")
+        );
+        assert!(parse_socket("203.0.113.7:0").is_err());
+        assert!(parse_socket("203.0.113:80").is_err());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The subcommands of `nat`, one module each, and the dispatch from the
 //! parsed command line. `nat load` runs the daemon (`crate::daemon`).
 
+pub mod blocks;
 pub mod check_config;
 pub mod forward;
+pub mod lookup;
 pub mod reload;
 pub mod sessions;
 pub mod settings;
@@ -81,6 +83,8 @@ pub fn run(cli: Cli, overrides: &[Override]) -> Result<()> {
         Command::CheckConfig { .. } => unreachable!("handled before the root check"),
         Command::Reload { iface } => reload::run(netns, &iface),
         Command::Forward { action } => forward::run(netns, action),
+        Command::Blocks(args) => blocks::blocks(&open(netns, args.iface.as_deref())?, args.json),
+        Command::Lookup { what } => lookup::run(netns, what),
     }
 }
 

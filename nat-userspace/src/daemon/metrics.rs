@@ -1,9 +1,10 @@
 //! `nat load --metrics ADDR:PORT`: Prometheus metrics at `/metrics`.
 //!
-//! Counters and the probe histogram are read at scrape time (a few dozen
-//! per-CPU array lookups). Everything derived from the session and cooldown
-//! tables costs a read of every entry, so a background thread recomputes it
-//! every `--metrics-interval-ms` and scrapes serve the last snapshot: a
+//! Counters, the probe histogram and the blocks in use per external
+//! address are read at scrape time (a few dozen array lookups). Everything
+//! derived from the session, cooldown and host-block tables costs a read of
+//! every entry, so a background thread recomputes it every
+//! `--metrics-interval-ms` and scrapes serve the last snapshot: a
 //! scrape answers in well under 100 ms however many sessions there are. The
 //! HTTP server runs on a thread of its own, so neither a snapshot nor any
 //! work of the daemon's loop can delay it.
@@ -23,6 +24,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::serv
 use hyper_util::rt::TokioIo;
 use log::warn;
 use nat_common::{
+    config::allocation,
     counters::Counter,
     flow::{FlowKey, PROTO_TCP, Session},
     names::{LAYOUT_VERSION, MAP_POOL},
@@ -36,6 +38,7 @@ use prometheus::{
 use crate::{
     daemon::export,
     datapath::{
+        ownership,
         pins::PinDir,
         pressure::{PressureRow, port_pressure},
         tables::{SessionView, Tables, boot_ns, endpoint, proto_name},
@@ -69,6 +72,8 @@ struct Snapshot {
     /// map name -> (entries, capacity).
     maps: BTreeMap<String, (u64, u64)>,
     top: Vec<PressureRow>,
+    /// Hosts holding `max-blocks-per-host` blocks (allocation blocks only).
+    hosts_at_block_limit: Option<u64>,
     took: Duration,
 }
 
@@ -200,6 +205,13 @@ impl Snapshot {
             *s.cooling.entry(proto_name(k.proto)).or_default() += 1;
         }
         let pool = tables.pool()?;
+        let cfg = tables.config()?;
+        if cfg.allocation == allocation::BLOCKS {
+            s.hosts_at_block_limit = Some(ownership::hosts_at_block_limit(
+                &tables.host_blocks()?,
+                &cfg,
+            ));
+        }
         let mut per_address: BTreeMap<u32, usize> = BTreeMap::new();
         s.top = port_pressure(rev.iter().map(|(k, _)| *k), &cooling, &pool)
             .into_iter()
@@ -360,13 +372,16 @@ pub fn counter_labels(c: Counter) -> (&'static str, &'static str) {
 fn render(shared: &Shared) -> Result<String> {
     let registry = Registry::new();
     let add = |c: Box<dyn Collector>| registry.register(c).context("metric registration");
-    let (counters, probes, cfg) = {
+    let (counters, probes, cfg, blocks) = {
         let tables = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            tables.counters()?,
-            tables.probe_histogram()?,
-            tables.config()?,
-        )
+        let cfg = tables.config()?;
+        // A count per pool address the datapath keeps: a few array lookups.
+        let blocks = if cfg.allocation == allocation::BLOCKS {
+            ownership::block_usage(&tables.block_use()?, &cfg, &tables.pool()?)
+        } else {
+            Vec::new()
+        };
+        (tables.counters()?, tables.probe_histogram()?, cfg, blocks)
     };
 
     let datapath = IntCounterVec::new(
@@ -406,6 +421,10 @@ fn render(shared: &Shared) -> Result<String> {
     pool.with_label_values::<&str>(&[])
         .set(i64::from(cfg.pool_len));
     add(Box::new(pool))?;
+
+    if cfg.allocation == allocation::BLOCKS {
+        add_blocks(&add, &blocks)?;
+    }
 
     let build = IntGaugeVec::new(
         Opts::new(
@@ -481,6 +500,38 @@ fn add_export(add: &dyn Fn(Box<dyn Collector>) -> Result<()>, c: &export::Counte
     add(Box::new(errors))
 }
 
+/// Blocks in use and free per external address: one series each per pool
+/// address, at most [`nat_common::config::MAX_POOL`].
+fn add_blocks(
+    add: &dyn Fn(Box<dyn Collector>) -> Result<()>,
+    usage: &[ownership::BlockUsage],
+) -> Result<()> {
+    let in_use = IntGaugeVec::new(
+        Opts::new(
+            "nat_blocks_in_use",
+            "Port blocks held by internal hosts on each external address (allocation blocks).",
+        ),
+        &["external"],
+    )?;
+    let free = IntGaugeVec::new(
+        Opts::new(
+            "nat_blocks_free",
+            "Port blocks not held on each external address: whole blocks of the port range less those in use (allocation blocks).",
+        ),
+        &["external"],
+    )?;
+    for u in usage {
+        let external = u.external.to_string();
+        in_use
+            .with_label_values(&[external.as_str()])
+            .set(u.in_use as i64);
+        free.with_label_values(&[external.as_str()])
+            .set(u.free as i64);
+    }
+    add(Box::new(in_use))?;
+    add(Box::new(free))
+}
+
 fn add_snapshot(add: &dyn Fn(Box<dyn Collector>) -> Result<()>, s: &Snapshot) -> Result<()> {
     let gauge =
         |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels);
@@ -549,6 +600,17 @@ fn add_snapshot(add: &dyn Fn(Box<dyn Collector>) -> Result<()>, s: &Snapshot) ->
     add(Box::new(in_use))?;
     add(Box::new(cooling_ports))?;
     add(Box::new(range))?;
+    if let Some(n) = s.hosts_at_block_limit {
+        let at_limit = IntGaugeVec::new(
+            Opts::new(
+                "nat_hosts_at_block_limit",
+                "Internal hosts holding max-blocks-per-host blocks: a new flow toward a destination their blocks have no free port for is refused (allocation blocks).",
+            ),
+            &[],
+        )?;
+        at_limit.with_label_values::<&str>(&[]).set(n as i64);
+        add(Box::new(at_limit))?;
+    }
     let took = prometheus::Gauge::with_opts(Opts::new(
         "nat_metrics_snapshot_duration_seconds",
         "Time the last read of the session and cooldown tables for these metrics took.",

@@ -3,16 +3,21 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
+};
 use nat_common::{
-    config::{Config, PoolAddr},
+    blocks::{Block, BlockKey, HostBlocks},
+    config::{Config, MAX_POOL, PoolAddr},
     counters::Counter,
+    deterministic::{DetPrefix, Prefix},
     flow::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Session},
     hosts::{HOST_DYING, HostEntry},
     mapping::{EndpointKey, Mapping, Owner, SESSION_INBOUND, SESSION_MAPPED},
     names::{
-        MAP_CONFIG, MAP_COOLDOWN, MAP_EIM, MAP_EIM_OWNER, MAP_FWD, MAP_HOSTS, MAP_LIVE, MAP_POOL,
-        MAP_PROBES, MAP_REV, MAP_STATS,
+        MAP_BLOCK_USE, MAP_BLOCKS, MAP_CONFIG, MAP_COOLDOWN, MAP_DET_PREFIXES, MAP_EIM,
+        MAP_EIM_OWNER, MAP_FWD, MAP_HOST_BLOCKS, MAP_HOSTS, MAP_LIVE, MAP_POOL, MAP_PROBES,
+        MAP_REV, MAP_STATS,
     },
     probe::PROBE_BUCKETS,
     seen_word::{bits, current_rev_bits},
@@ -37,6 +42,14 @@ pub struct Tables {
     live: Array<MapData, u64>,
     eim: HashMap<MapData, EndpointKey, Mapping>,
     eim_owner: HashMap<MapData, EndpointKey, Owner>,
+    /// Port blocks by (external address, block index).
+    blocks: HashMap<MapData, BlockKey, Block>,
+    /// Each internal host's blocks, keyed by its address (network order).
+    host_blocks: HashMap<MapData, u32, HostBlocks>,
+    /// Blocks in use per pool index.
+    block_use: Array<MapData, u64>,
+    /// Deterministic NAT's numbering of the internal prefixes.
+    det_prefixes: LpmTrie<MapData, u32, DetPrefix>,
 }
 
 impl Tables {
@@ -79,6 +92,14 @@ impl Tables {
             eim_owner: take(MAP_EIM_OWNER)?
                 .try_into()
                 .context("mapping owner map")?,
+            blocks: take(MAP_BLOCKS)?.try_into().context("block map")?,
+            host_blocks: take(MAP_HOST_BLOCKS)?
+                .try_into()
+                .context("host block map")?,
+            block_use: take(MAP_BLOCK_USE)?.try_into().context("block use map")?,
+            det_prefixes: take(MAP_DET_PREFIXES)?
+                .try_into()
+                .context("deterministic prefix map")?,
         })
     }
 
@@ -156,6 +177,75 @@ impl Tables {
             .filter(|(_, e)| e.sessions < HOST_DYING)
             .map(|(addr, e)| (Ipv4Addr::from(u32::from_be(addr)), e.sessions))
             .collect())
+    }
+
+    /// Every port block, read in batches, blocks being released included
+    /// (their `sessions` at or above [`nat_common::blocks::BLOCK_DYING`]).
+    pub fn blocks(&self) -> Result<Vec<(BlockKey, Block)>> {
+        batch::lookup_all(self.blocks.map()).context("cannot read the block map")
+    }
+
+    /// The block `index` of external address `addr` (network order), if allocated.
+    pub fn block(&self, addr: u32, index: u32) -> Result<Option<Block>> {
+        match self.blocks.get(&BlockKey { addr, index }, 0) {
+            Ok(b) => Ok(Some(b)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("cannot read the block map"),
+        }
+    }
+
+    /// Every host's block list, read in batches, keyed by its address
+    /// (network order).
+    pub fn host_blocks(&self) -> Result<Vec<(u32, HostBlocks)>> {
+        batch::lookup_all(self.host_blocks.map()).context("cannot read the host block map")
+    }
+
+    /// The block list of internal host `addr` (network order), if it holds any.
+    pub fn host_blocks_of(&self, addr: u32) -> Result<Option<HostBlocks>> {
+        match self.host_blocks.get(&addr, 0) {
+            Ok(h) => Ok(Some(h)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("cannot read the host block map"),
+        }
+    }
+
+    /// Blocks in use on each external address, by pool index (every index
+    /// the map has, in use by the pool or not).
+    pub fn block_use(&self) -> Result<Vec<u64>> {
+        (0..MAX_POOL)
+            .map(|i| {
+                self.block_use
+                    .get(&i, 0)
+                    .context("cannot read the block use map")
+            })
+            .collect()
+    }
+
+    /// Deterministic NAT's prefixes with what the map says of each, sorted
+    /// by network address. An LPM trie has no batch lookup: entry by entry,
+    /// at most [`nat_common::deterministic::MAX_PREFIXES`].
+    pub fn det_prefixes(&self) -> Result<Vec<(Prefix, DetPrefix)>> {
+        let keys: Vec<Key<u32>> = self
+            .det_prefixes
+            .keys()
+            .collect::<Result<_, _>>()
+            .context("cannot list the deterministic prefix map")?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = match self.det_prefixes.get(&key, 0) {
+                Ok(v) => v,
+                // Removed since the walk listed it.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("cannot read the deterministic prefix map"),
+            };
+            let prefix = Prefix {
+                network: u32::from_be(key.data()),
+                len: key.prefix_len() as u8,
+            };
+            out.push((prefix, value));
+        }
+        out.sort_by_key(|(p, _)| (p.network, p.len));
+        Ok(out)
     }
 
     /// Every forward entry, read in batches.

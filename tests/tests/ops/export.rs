@@ -8,18 +8,16 @@
 //! event written is there once, with its addresses, ports and time, and
 //! nothing else is. A reload re-targets the export.
 
-mod ops;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::ops::*;
 use nat_common::nat_event::{NatEvent, kind};
 use nat_tests::collectors::{
     BlockRecord, Capture, Nfcapd, UdpInbox, days_from_civil, ipfix_messages,
 };
 use nat_tests::event_ring::EventRing;
 use nat_tests::{EXTERNAL_IP, NatProcess, SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts};
-use ops::*;
 
 const BLOCK_SIZE: u32 = 256;
 const FIRST_PORT: u16 = 16384;

@@ -16,11 +16,14 @@ mod common;
 #[path = "../shared/ops.rs"]
 mod ops;
 
+mod alerts;
+mod blocks;
 mod cli_errors;
 mod config;
 mod daemonless;
 mod defaults;
 mod event_log;
+mod export;
 mod lifecycle;
 mod metrics;
 mod permissions;
