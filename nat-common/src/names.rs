@@ -76,6 +76,9 @@ pub const MAP_BLOCK_USE: &str = "NAT_BLOCK_USE";
 pub const MAP_DET_PREFIXES: &str = "NAT_DET_PREFIXES";
 /// Ring buffer of compliance events ([`crate::nat_event::NatEvent`]).
 pub const MAP_NAT_EVENTS: &str = "NAT_EVENTS";
+/// Per CPU, by event kind: boot-clock ns of the last rate-limited event
+/// written (exhaustion and quota events, at most one a second per CPU).
+pub const MAP_EVENT_LAST: &str = "NAT_EVENT_LAST";
 
 /// Live sessions per internal address: address -> [`crate::hosts::HostEntry`].
 pub const MAP_HOSTS: &str = "NAT_HOSTS";

@@ -159,7 +159,6 @@ extern "C" fn nat_block_take(fwd: *const FlowKey, now: u64) -> i64 {
         if let Some((e, _)) = entry {
             leave(host, e);
         }
-        count(Counter::NoBlock);
         nat_events::exhausted(kind::ADDRESSES_EXHAUSTED, key, 0, 0);
         return encode(Err(DropReason::NoBlock));
     }

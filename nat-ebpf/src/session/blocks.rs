@@ -117,17 +117,20 @@ pub extern "C" fn nat_block_release(addr: u64, port: u64) -> i64 {
     }
     // SAFETY: written at insert, before any session could hold the block.
     let (host, slot) = unsafe { (read_volatile(&(*block).host), read_volatile(&(*block).slot)) };
-    let pool_index = leave_host(host, slot, key.index);
-    let _ = NAT_BLOCKS.remove(key);
     let (first, size) = NAT_CONFIG
         .get(0)
         .and_then(|cfg| Some((geometry(cfg)?.ports(key.index)?.0, cfg.block_size)))
         .unwrap_or((0, 0));
+    // Logged while the block is still in the map: no other host can take
+    // it before its release is in the ring buffer, so the log never shows
+    // a block with two holders, whatever the CPUs' order.
+    nat_events::block(kind::BLOCK_RELEASED, host, key.addr, first, size);
+    let pool_index = leave_host(host, slot, key.index);
+    let _ = NAT_BLOCKS.remove(key);
     if let Some(index) = pool_index {
         in_use(index, MINUS_ONE);
     }
     count(Counter::BlockReleased);
-    nat_events::block(kind::BLOCK_RELEASED, host, key.addr, first, size);
     1
 }
 
