@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two NAT nodes behind a multipath router, in network namespaces: the
-# topology of the README's "Scaling out" section and of
-# tests/tests/scale_out.rs, narrated.
+# topology of docs/scale-out.md and of
+# tests/tests/netns/scale_out.rs, narrated.
 #
 #   sudo examples/scale-out/demo.sh            # uses target/debug/nat
 #   sudo NAT_BIN=/usr/local/sbin/nat examples/scale-out/demo.sh

@@ -8,6 +8,7 @@ mod dist;
 mod fuzz;
 mod install;
 mod kernels;
+mod links;
 mod lint;
 mod paths;
 mod run_tests;
@@ -42,8 +43,9 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Check formatting (cargo fmt) and lints (clippy -D warnings) of every
-    /// crate, the eBPF crate included; needs no root
+    /// Check formatting (cargo fmt), the relative links of the markdown files
+    /// and lints (clippy -D warnings) of every crate, the eBPF crate included
+    /// (for the bpf target and its empty host build); needs no root
     Lint,
     /// Build the release `nat` and write it with its shell completions
     /// (bash, zsh, fish), man pages and Prometheus alerting rules into

@@ -99,7 +99,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// An error is one line, unless it quotes input that has line breaks of
-/// its own (values are echoed as given: a known limit, see README Tests).
+/// its own (values are echoed as given: a known limit, see docs/testing.md).
 fn one_line(what: &str, input: &str, e: &str) {
     assert!(!e.is_empty(), "{what}: an empty error");
     if !input.contains(['\n', '\r']) {

@@ -23,8 +23,8 @@ use nat_common::deterministic::Layout;
 use nat_tests::collectors::{BlockRecord, Capture, ipfix_messages};
 use nat_tests::serde_json::Value;
 use nat_tests::{
-    EXTERNAL_IP, NatProcess, SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts, short_connection_burst,
-    short_connection_server,
+    EXTERNAL_IP, NatProcess, SERVER_IFACE, SERVER_IP, Side, Topology, TopologyOpts,
+    short_connection_burst, short_connection_server,
 };
 
 const CONNECTIONS: usize = 60;
@@ -69,8 +69,13 @@ fn scenario(tag: &str, base: &[&str], extra: &[&str]) -> Outcome {
     let mut args = base.to_vec();
     args.extend_from_slice(extra);
     let ipfix = args.contains(&"--ipfix-collector");
-    let mut capture = ipfix
-        .then(|| Capture::start(topo.ns_name(Side::Server), SERVER_IFACE, "udp and port 4739"));
+    let mut capture = ipfix.then(|| {
+        Capture::start(
+            topo.ns_name(Side::Server),
+            SERVER_IFACE,
+            "udp and port 4739",
+        )
+    });
     let _nat = NatProcess::start(&topo, &args);
     let _server = short_connection_server(topo.ns_name(Side::Server), SERVER_PORT);
     let paws_before = tcp_ext(topo.ns_name(Side::Server), nat_tests::PAWS_TIMEWAIT);
@@ -187,7 +192,10 @@ fn blocks_released_and_taken_again_never_collide() {
         o.blocks_allocated > 8,
         "no block was taken again after its release: {o:?}"
     );
-    assert_eq!(o.blocks_released, o.blocks_allocated, "all given back: {o:?}");
+    assert_eq!(
+        o.blocks_released, o.blocks_allocated,
+        "all given back: {o:?}"
+    );
     assert_block_records(&o);
 }
 

@@ -13,8 +13,9 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use crate::common::*;
+use crate::ops::*;
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use nat_common::{
     blocks::{BLOCK_DYING, Block, BlockKey, HostBlocks},
     config::{Config, allocation},
@@ -30,7 +31,6 @@ use nat_tests::{
     nat_json, udp_echo_server, udp_roundtrip,
 };
 use nat_userspace::datapath::{clock, ownership::Deterministic, pins::PinDir, tables::Tables};
-use crate::ops::*;
 
 const METRICS: &str = "127.0.0.1:9109";
 
