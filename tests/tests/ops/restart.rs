@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use nat_tests::{
-    EXT_IFACE, INT_IFACE, NatProcess, PacedFlows, Side, Topology, TopologyOpts, nat_cmd,
+    EXT_IFACE, INT_IFACE, NatProcess, PacedFlows, Side, Topology, TopologyOpts, nat_cmd, nat_json,
     udp_echo_server,
 };
 use nix::sys::signal::Signal;
@@ -164,6 +164,67 @@ fn flows_survive_a_new_load_with_a_changed_setting() {
         NatProcess::start(topo, &["--ports", PORTS, "--timeout-udp", "120s"])
     });
     assert_eq!(get(&topo, "timeout-udp"), "120000ms");
+}
+
+/// The blocks of `nat blocks --json`: host, address, ports, sessions and
+/// the allocation time on the boot clock.
+fn blocks(topo: &Topology) -> Vec<String> {
+    let rows = nat_json(topo, &["blocks", "--json"]);
+    let mut all: Vec<String> = rows
+        .as_array()
+        .expect("nat blocks --json prints an array")
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let row = r.as_object_mut().expect("a row");
+            // Its age, and its wall-clock time as derived anew at each call.
+            row.remove("since_s");
+            row.remove("since_utc");
+            r.to_string()
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Port blocks are kept as sessions are: the new load adopts the block the
+/// flows' host holds (same ports, same allocation time) and takes no other;
+/// a load that asks another allocation mode of the instance is refused in
+/// one line and changes nothing.
+#[test]
+fn flows_survive_a_new_load_in_blocks_mode_and_keep_their_block() {
+    const BLOCKS: [&str; 6] = [
+        "--ports",
+        PORTS,
+        "--allocation",
+        "blocks",
+        "--block-size",
+        "64",
+    ];
+    let mut held = Vec::new();
+    let (topo, _first, _second) = flows_survive("rs-blocks", &BLOCKS, |topo, first| {
+        held = blocks(topo);
+        assert_eq!(held.len(), 1, "one host, one block: {held:?}");
+        assert!(first.stop_daemon(Signal::SIGTERM).success());
+        let refused = try_load(topo, &["--ports", PORTS, "--allocation", "walk"]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("allocates with allocation blocks")
+                && stderr.contains("--allocation blocks"),
+            "{stderr}"
+        );
+        assert_eq!(blocks(topo), held, "a refused load changes nothing");
+        NatProcess::start(topo, &BLOCKS)
+    });
+    assert_eq!(
+        blocks(&topo),
+        held,
+        "the same block, held since the same time"
+    );
+    let st = stats(&topo);
+    assert_eq!(counter(&st, "blocks_allocated"), 1, "{st}");
+    assert_eq!(counter(&st, "blocks_released"), 0, "{st}");
 }
 
 #[test]
