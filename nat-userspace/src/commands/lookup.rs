@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 
 use crate::{
     cli::LookupCommand,
-    commands::blocks::{block_json, ports_text, seconds_ago},
+    commands::{
+        blocks::{block_json, ports_text, seconds_ago},
+        sessions::session_json,
+    },
     datapath::{
         clock,
         forward::{Forward, ForwardTable, proto_name as forward_proto},
@@ -254,16 +257,5 @@ fn forward_json(f: &Forward) -> Value {
         "external_port": f.ext_port,
         "internal_port": f.int_port,
         "ports": f.count,
-    })
-}
-
-fn session_json(s: &SessionView, now: u64) -> Value {
-    json!({
-        "proto": s.proto_name(),
-        "internal": s.internal.to_string(),
-        "external": s.external.to_string(),
-        "remote": s.remote.to_string(),
-        "state": s.state.name(),
-        "idle_ms": now.saturating_sub(s.last_seen) / 1_000_000,
     })
 }

@@ -5,7 +5,25 @@ use std::io::Write as _;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::datapath::tables::{Tables, TcpSide, boot_ns, endpoint, proto_name};
+use crate::datapath::tables::{SessionView, Tables, TcpSide, boot_ns, endpoint, proto_name};
+
+/// One session as `nat sessions --json` (and `nat lookup --json`) print it.
+pub fn session_json(s: &SessionView, now: u64) -> serde_json::Value {
+    let mut row = json!({
+        "proto": s.proto_name(),
+        "internal": s.internal.to_string(),
+        "external": s.external.to_string(),
+        "remote": s.remote.to_string(),
+        "state": s.state.name(),
+        "idle_ms": now.saturating_sub(s.last_seen) / 1_000_000,
+        "paired": s.paired,
+        "mapping": s.mapping_name(),
+    });
+    if let Some([internal, remote]) = &s.tcp {
+        row["tcp"] = json!({ "internal": tcp_side(internal), "remote": tcp_side(remote) });
+    }
+    row
+}
 
 pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
     let now = boot_ns();
@@ -13,26 +31,7 @@ pub fn sessions(tables: &Tables, as_json: bool) -> Result<()> {
     list.sort_by_key(|s| (s.proto, s.internal, s.remote));
     let mut out = std::io::stdout().lock();
     if as_json {
-        let rows: Vec<_> = list
-            .iter()
-            .map(|s| {
-                let mut row = json!({
-                    "proto": s.proto_name(),
-                    "internal": s.internal.to_string(),
-                    "external": s.external.to_string(),
-                    "remote": s.remote.to_string(),
-                    "state": s.state.name(),
-                    "idle_ms": now.saturating_sub(s.last_seen) / 1_000_000,
-                    "paired": s.paired,
-                    "mapping": s.mapping_name(),
-                });
-                if let Some([internal, remote]) = &s.tcp {
-                    row["tcp"] =
-                        json!({ "internal": tcp_side(internal), "remote": tcp_side(remote) });
-                }
-                row
-            })
-            .collect();
+        let rows: Vec<_> = list.iter().map(|s| session_json(s, now)).collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }

@@ -1,6 +1,7 @@
 //! The maps' boot-clock stamps as wall-clock time, for the operator who
 //! compares them with a log or an abuse report.
 
+use jiff::Timestamp;
 use nix::time::{ClockId, clock_gettime};
 
 use crate::datapath::tables::boot_ns;
@@ -16,30 +17,20 @@ pub fn wall_ns(boot: u64) -> i128 {
 
 /// `unix_ns` as RFC 3339 in UTC, to the second (`2026-12-07T14:03:12Z`).
 pub fn rfc3339(unix_ns: i128) -> String {
-    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    match Timestamp::from_nanosecond(unix_ns) {
+        Ok(t) => format!("{t:.0}"),
+        Err(_) => format!("{unix_ns} ns from the epoch"),
+    }
 }
 
-/// The proleptic Gregorian date of a day number counted from 1970-01-01
-/// (H. Hinnant's `civil_from_days`).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// `unix_ms` as RFC 3339 as RFC 5424 section 6.2.3 restricts it: UTC,
+/// `T` and `Z` upper case, milliseconds (`2026-12-07T14:03:12.123Z`).
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let t = i64::try_from(unix_ms)
+        .ok()
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(Timestamp::MAX);
+    format!("{t:.3}")
 }
 
 #[cfg(test)]
@@ -54,6 +45,14 @@ mod tests {
         assert_eq!(s(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(s(4_102_444_799), "2099-12-31T23:59:59Z");
         assert_eq!(s(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn milliseconds_as_syslog_has_them() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_001), "2000-02-29T00:00:00.001Z");
+        assert_eq!(rfc3339_ms(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
     }
 
     #[test]

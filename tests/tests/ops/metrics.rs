@@ -108,21 +108,7 @@ fn ops_scrape_passes_promtool_and_shows_the_datapath() {
         |b| sample(b, r#"nat_sessions{protocol="udp",state="udp"}"#) == Some(3.0),
     );
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs (Debian package prometheus; cargo xtask setup installs it)");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_promtool_accepts(&body);
 
     let stats = stats(&topo);
     let translated = sample(

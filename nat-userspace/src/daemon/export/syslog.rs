@@ -23,7 +23,8 @@ use syslog_fmt::{
     v5424::{Config, Formatter},
 };
 
-use super::event::{Event, Kind, rfc3339_ms};
+use super::event::{Event, Kind};
+use crate::datapath::clock::rfc3339_ms;
 use crate::datapath::tables::proto_name;
 
 /// The SD-ID of the structured data element of every line.
