@@ -66,21 +66,27 @@ pub fn flows() -> [Flow; 5] {
 }
 
 /// The map states of the issue: empty, sessions seeded, cooldowns seeded,
-/// nearly full.
+/// nearly full; and the seeded sessions under the carrier-grade allocation
+/// modes: port blocks of 4 (two in the pool, one per host) and
+/// deterministic shares of one port each over 10.0.0.0/29.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Empty,
     Sessions,
     Cooldowns,
     NearlyFull,
+    Blocks,
+    Deterministic,
 }
 
 impl State {
-    pub const ALL: [State; 4] = [
+    pub const ALL: [State; 6] = [
         State::Empty,
         State::Sessions,
         State::Cooldowns,
         State::NearlyFull,
+        State::Blocks,
+        State::Deterministic,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -89,6 +95,8 @@ impl State {
             State::Sessions => "sessions",
             State::Cooldowns => "cooldowns",
             State::NearlyFull => "nearly-full",
+            State::Blocks => "blocks",
+            State::Deterministic => "deterministic",
         }
     }
 
@@ -114,6 +122,11 @@ impl State {
         match self {
             State::Empty => maps,
             State::Sessions => sessions(maps),
+            State::Blocks => sessions(maps).blocks(4, 1),
+            State::Deterministic => {
+                maps.internal = vec![(Ipv4Addr::new(10, 0, 0, 0), 29)];
+                sessions(maps).deterministic()
+            }
             State::Cooldowns => {
                 let mut maps = sessions(maps);
                 // Every port of the pool cools toward the seeds' remotes.

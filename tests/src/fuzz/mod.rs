@@ -157,12 +157,12 @@ fn step(h: &mut Harness, state: State, s: &Step) -> Result<crate::fixture::Outco
 pub fn run(h: &mut Harness, opts: &Options) -> Report {
     let seeds = corpus::seeds();
     let states: Vec<_> = State::ALL.iter().map(|s| (*s, s.maps())).collect();
-    let internal = states[0].1.internal.clone();
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut report = Report::default();
     let start = Instant::now();
     while start.elapsed() < opts.duration {
         let (state, maps) = &states[rng.random_range(0..states.len())];
+        let internal = &maps.internal;
         h.set(maps);
         report.episodes += 1;
         let mut case = Case {
@@ -184,7 +184,7 @@ pub fn run(h: &mut Harness, opts: &Options) -> Report {
             report.per_prog[prog_index(prog)] += 1;
             let checked = h
                 .try_run_frame(prog, &s.frame)
-                .and_then(|out| oracle::check(prog, &s.frame, &out, &internal).map(|()| out));
+                .and_then(|out| oracle::check(prog, &s.frame, &out, internal).map(|()| out));
             case.steps.push(s);
             match checked {
                 Ok(out) => {

@@ -28,7 +28,7 @@ use crate::packet::{L3_AT, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// Counters that record an event along the way, not how a packet ended.
 /// A counter added to nat-common is taken for an outcome unless listed here.
-pub const EVENTS: [Counter; 14] = [
+pub const EVENTS: [Counter; 16] = [
     Counter::Opened,
     Counter::Evicted,
     Counter::EimConflict,
@@ -43,6 +43,8 @@ pub const EVENTS: [Counter; 14] = [
     Counter::Reopened,
     Counter::CooldownFull,
     Counter::InsertRace,
+    Counter::BlockAllocated,
+    Counter::BlockReleased,
 ];
 
 /// The addressing of an IPv4 packet as far as its bytes show it.
