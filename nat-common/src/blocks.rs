@@ -41,8 +41,13 @@ pub struct BlockKey {
 }
 
 /// Value of the block table. `sessions` is changed only by atomic
-/// read-modify-write instructions; the other fields are written once, at
-/// insert, so a reader never pairs them with another owner's.
+/// read-modify-write instructions; the other fields are written at insert
+/// (`slot` once more, by the allocating CPU). The table is preallocated, so
+/// a deleted element's memory may come back as another block's at once: a
+/// CPU that held a block through a pointer it looked up earlier reads
+/// `host`, `addr` and `index` after its add to `sessions` (which keeps the
+/// element from being given back meanwhile) and gives the add back when
+/// they are not the block it meant.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Block {
@@ -56,6 +61,9 @@ pub struct Block {
     /// allocating CPU has claimed one, which it does before any session
     /// can hold the block).
     pub slot: u32,
+    /// The block's own key, [`BlockKey::addr`] and [`BlockKey::index`].
+    pub addr: u32,
+    pub index: u32,
 }
 
 /// [`Block::slot`] before a slot is claimed.

@@ -71,6 +71,9 @@ pub const MAP_HOST_BLOCKS: &str = "NAT_HOST_BLOCKS";
 /// Blocks in use per external address, indexed by pool index, changed
 /// only by atomic adds.
 pub const MAP_BLOCK_USE: &str = "NAT_BLOCK_USE";
+/// Per CPU: counts added to blocks that were not the holding host's, to be
+/// given back once the claims are done (not pinned).
+pub const MAP_BLOCK_UNDO: &str = "NAT_BLOCK_UNDO";
 /// Deterministic NAT's numbering of the internal prefixes (LPM trie):
 /// prefix -> [`crate::deterministic::DetPrefix`].
 pub const MAP_DET_PREFIXES: &str = "NAT_DET_PREFIXES";
@@ -124,7 +127,7 @@ pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 /// Layout version appended to every pinned name. Also a new counter makes
 /// a new layout: the pinned stats array holds one entry per counter, and a
 /// program counting past the end of an older one would lose its count.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Root of everything this project pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nat";

@@ -119,6 +119,9 @@ struct Probe {
     flow_step: u32,
     /// `blocks`: the host list's slot the tour's first window is.
     base: u32,
+    /// `blocks`: the slots (each plus one; 0 none) of the blocks this
+    /// allocation took, held by it until its port is claimed or it fails.
+    taken: [u32; NEW_BLOCK_TRIES as usize],
     best_addr: u32,
     session: Endpoint,
     best_port: u16,
@@ -396,6 +399,7 @@ pub fn allocate(fwd: &FlowKey, tcp_flags: u8, now: u64) -> Result<Endpoint, Drop
     if r == SETTLE_COOLING {
         r = nat_allocate_cooling(fwd, tcp_flags as u64, now);
     }
+    block_count::settle();
     let new = r >= 0 && r & NEW_PAIR != 0;
     hosts::settle(fwd, admitted, new, tcp_flags);
     decode_endpoint(if r >= 0 { r & !NEW_PAIR } else { r })
@@ -493,6 +497,8 @@ fn allocate_port(
     p.allocation = cfg.allocation;
     p.flow_step = 0;
     p.base = 0;
+    p.taken = [0; NEW_BLOCK_TRIES as usize];
+    p.pool.addr = 0;
     p.best_addr = 0;
     p.best_port = 0;
     // The flow's own stride: one for all flows clusters the taken ports
@@ -510,7 +516,12 @@ fn allocate_port(
     }
     p.flow_step = nat_flow_stride(1, size as u64, step as u64, p.start as u64) as u32;
     match cfg.allocation {
-        allocation::BLOCKS => blocks_walk(cfg, fwd, now)?,
+        allocation::BLOCKS => {
+            if let Err(drop) = blocks_walk(cfg, fwd, now) {
+                release_taken();
+                return Err(drop);
+            }
+        }
         allocation::DETERMINISTIC => {
             if !enter(0) {
                 return Err(DropReason::AllocFail);
@@ -536,6 +547,12 @@ fn allocate_port(
                 walk_tour(Tour::new(span(p.pool.port_min, p.pool.port_max), pool_len));
             }
         }
+    }
+    // Settling for a cooling port keeps the blocks taken here held until
+    // nat_allocate_cooling has claimed it: the port may be in one of them.
+    let settles = p.found == FOUND_NONE && p.best_port != 0 && cfg.policy != policy::STRICT;
+    if !settles {
+        release_taken();
     }
     match p.found {
         FOUND_WON => {
@@ -573,8 +590,8 @@ const NEW_BLOCK_TRIES: u32 = 2;
 
 /// `blocks`: the host's blocks, then, when none has a usable port toward
 /// the destination, up to [`NEW_BLOCK_TRIES`] new ones. Each new block
-/// holds the walk's count until the end, so a block that gave no port
-/// goes back here, and one that did stays with its session.
+/// holds the allocation's count until [`release_taken`], so a block that
+/// gave no port goes back, and one that did stays with its session.
 #[inline(always)]
 fn blocks_walk(cfg: &Config, fwd: &FlowKey, now: u64) -> Result<(), DropReason> {
     let p = NAT_PROBE_STATE
@@ -583,14 +600,12 @@ fn blocks_walk(cfg: &Config, fwd: &FlowKey, now: u64) -> Result<(), DropReason> 
     // SAFETY: this CPU's slot, used only for the length of this call.
     let p = unsafe { &mut *p };
     walk_tour(Tour::uniform(cfg.block_size, blocks_in_use(fwd.saddr)));
-    // Slots of the blocks taken here, each plus one (0: none).
-    let mut taken = [0u32; NEW_BLOCK_TRIES as usize];
     let mut outcome = Ok(());
     let mut k = 0;
     while k < NEW_BLOCK_TRIES as usize && p.found == FOUND_NONE {
         match blocks::take(fwd, now) {
             Ok(slot) => {
-                taken[k] = slot + 1;
+                p.taken[k] = slot + 1;
                 p.base = slot;
                 p.slot = NO_SLOT;
                 walk_tour(Tour::uniform(cfg.block_size, 1));
@@ -604,15 +619,30 @@ fn blocks_walk(cfg: &Config, fwd: &FlowKey, now: u64) -> Result<(), DropReason> 
         }
         k += 1;
     }
-    for slot in taken {
+    outcome
+}
+
+/// Gives back the allocation's holds on the blocks it took (a session
+/// claimed on one holds it on its own).
+#[inline(always)]
+fn release_taken() {
+    let Some(p) = NAT_PROBE_STATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, filled by nat_allocate in this program run.
+    let p = unsafe { &mut *p };
+    let mut k = 0;
+    while k < NEW_BLOCK_TRIES as usize {
+        let slot = p.taken[k];
+        p.taken[k] = 0;
         if slot != 0 {
             p.base = slot - 1;
             if enter(0) {
                 block_count::release(p.pool.addr, p.pool.port_min.to_be());
             }
         }
+        k += 1;
     }
-    outcome
 }
 
 /// Claims the best cooling port the probe of [`nat_allocate`] found (in
@@ -630,6 +660,7 @@ extern "C" fn nat_allocate_cooling(fwd: *const FlowKey, tcp_flags: u64, now: u64
     let fwd = unsafe { core::ptr::read_volatile(fwd) };
     let mut new = false;
     let r = encode_endpoint(settle_cooling(&fwd, tcp_flags as u8, now, &mut new));
+    release_taken();
     if r >= 0 && new { r | NEW_PAIR } else { r }
 }
 
@@ -655,7 +686,7 @@ fn settle_cooling(
     if mapping::owned_by_other(fwd, p.best_addr, port) {
         return Err(exhausted(cfg, fwd));
     }
-    let held = block_count::hold(p.best_addr, port);
+    let held = block_count::hold(fwd.saddr, p.best_addr, port);
     if held == REFUSED {
         return Err(exhausted(cfg, fwd));
     }
@@ -733,7 +764,9 @@ fn blocks_in_use(host: u32) -> u32 {
 fn exhausted(cfg: &Config, fwd: &FlowKey) -> DropReason {
     match cfg.allocation {
         allocation::DETERMINISTIC => {
-            nat_events::exhausted(kind::PORTS_EXHAUSTED, fwd, 0, cfg.det_range)
+            // The share's address, as the walk loaded it (0: the host has none).
+            let external = NAT_PROBE_STATE.get(0).map_or(0, |p| p.pool.addr);
+            nat_events::exhausted(kind::PORTS_EXHAUSTED, fwd, external, cfg.det_range)
         }
         allocation::BLOCKS => {}
         _ => nat_events::exhausted(kind::ADDRESSES_EXHAUSTED, fwd, 0, 0),

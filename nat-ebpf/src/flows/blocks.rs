@@ -240,6 +240,8 @@ extern "C" fn block_step(i: u64, _ctx: *mut c_void) -> i64 {
         since: s.now,
         host: s.host,
         slot: NO_SLOT,
+        addr: entry.addr,
+        index,
     };
     match NAT_BLOCKS.insert(key, block, BPF_NOEXIST as u64) {
         Ok(()) => {
@@ -261,8 +263,9 @@ fn hold_host(host: u32) -> Option<(*mut HostBlocks, u64)> {
     // SAFETY: a live map value pointer; `held` is an aligned word.
     let word = MapWord(unsafe { addr_of_mut!((*e).held) });
     let before = word.fetch_add(1);
+    // A dying entry's count is never read again: the add is not taken
+    // back, which could land on the element's next life.
     if before >= BLOCK_DYING {
-        word.fetch_add(u64::MAX);
         return None;
     }
     Some((e, before))

@@ -158,9 +158,14 @@ extern "C" fn nat_mapping_join(fwd: *const FlowKey, tcp_flags: u64, now: u64) ->
         return j;
     }
     let (ext_addr, ext_port) = ((j >> 16) as u32, j as u16);
+    if fwd.is_null() {
+        return PROBE_PORT;
+    }
+    // SAFETY: checked for null; the caller's stack key, read in place.
+    let host = unsafe { (*fwd).saddr };
     // In blocks, the session holds its block (the mapping's port is in one
     // of the host's); a block being given back takes no new session.
-    let held = block_count::hold(ext_addr, ext_port);
+    let held = block_count::hold(host, ext_addr, ext_port);
     if held == REFUSED {
         if !fwd.is_null() {
             // SAFETY: checked for null; the caller's stack key, read in place.
@@ -315,7 +320,7 @@ extern "C" fn nat_mapping_reserve(
         if owned_by_other(key, ext_addr, port) {
             return RESERVE_REFUSED;
         }
-        return hold_block(ext_addr, port);
+        return hold_block(key.saddr, ext_addr, port);
     }
     let ext = EndpointKey::new(key.proto, ext_addr, port);
     let owner = Owner {
@@ -346,7 +351,7 @@ extern "C" fn nat_mapping_reserve(
         let _ = NAT_EIM_OWNER.remove(ext);
         return RESERVE_REFUSED;
     }
-    let held = hold_block(ext_addr, port);
+    let held = hold_block(key.saddr, ext_addr, port);
     if held == RESERVE_REFUSED {
         // Both ours, just inserted, with no session on them yet.
         let _ = NAT_EIM.remove(internal);
@@ -366,8 +371,8 @@ const RESERVE_BLOCK: i32 = 2;
 /// claim rather than above it, so no frame is added to the deepest call
 /// chain (program, nat_allocate, probe callback, this claim).
 #[inline(always)]
-fn hold_block(ext_addr: u32, port: u16) -> i32 {
-    match block_count::hold(ext_addr, port) {
+fn hold_block(host: u32, ext_addr: u32, port: u16) -> i32 {
+    match block_count::hold(host, ext_addr, port) {
         HELD => RESERVE_BLOCK,
         REFUSED => RESERVE_REFUSED,
         _ => RESERVE_OK,
@@ -431,7 +436,9 @@ pub fn inbound(rev_key: &FlowKey) -> Result<Miss, DropReason> {
     if rev_key.proto != PROTO_UDP {
         return Ok(Miss::Pass(Counter::NotOursIn));
     }
-    match nat_mapping_admit(rev_key, now_ns()) {
+    let admitted = nat_mapping_admit(rev_key, now_ns());
+    block_count::settle();
+    match admitted {
         ADMIT_NOT_MAPPED => Ok(Miss::Pass(Counter::NotOursIn)),
         ADMIT_FILTERED => Ok(Miss::Pass(Counter::Filtered)),
         ADMIT_OPENED => Ok(match NAT_REV.get_ptr_mut(rev_key) {
@@ -468,7 +475,7 @@ extern "C" fn nat_mapping_admit(rev_key: *const FlowKey, now: u64) -> i64 {
         )
     };
     let fwd = FlowKey::new(proto, (j >> 16) as u32, j as u16, remote, remote_port);
-    let held = block_count::hold(ext_addr, ext_port);
+    let held = block_count::hold((j >> 16) as u32, ext_addr, ext_port);
     if held == REFUSED {
         release(proto, (j >> 16) as u32, j as u16);
         return ADMIT_FILTERED;

@@ -15,6 +15,8 @@
 
 use core::ptr::{addr_of_mut, read_volatile};
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+
 use nat_common::{
     blocks::{BLOCK_DYING, BlockKey, Geometry, MAX_BLOCKS_PER_HOST},
     config::{Config, allocation},
@@ -52,15 +54,15 @@ pub fn geometry(cfg: &Config) -> Option<Geometry> {
     })
 }
 
-/// One more session on external (`addr`, `port`), network byte order,
-/// before its claim: [`HELD`], [`NOT_BLOCKS`], or [`REFUSED`] when the
-/// port's block is not there or is being given back. Inlined, not a
-/// global function: it takes a few bytes of its caller's frame, where a
-/// call would add a 32-byte frame to the deepest chain of the hairpin
-/// program (caller, allocation, probe callback, claim, reserve), which
-/// Linux 6.1 holds to 512 bytes.
+/// One more session of internal host `host` on external (`addr`, `port`),
+/// network byte order, before its claim: [`HELD`], [`NOT_BLOCKS`], or
+/// [`REFUSED`] when the port's block is not there, is being given back, or
+/// is not the host's. Inlined, not a global function: it takes a few bytes
+/// of its caller's frame, where a call would add a 32-byte frame to the
+/// deepest chain of the hairpin program (caller, allocation, probe
+/// callback, claim, reserve), which Linux 6.1 holds to 512 bytes.
 #[inline(always)]
-pub fn hold(addr: u32, port: u16) -> i64 {
+pub fn hold(host: u32, addr: u32, port: u16) -> i64 {
     let Some(key) = key_of(addr, port) else {
         return NOT_BLOCKS;
     };
@@ -69,11 +71,82 @@ pub fn hold(addr: u32, port: u16) -> i64 {
     };
     // SAFETY: a live map value pointer; `sessions` is an aligned word.
     let word = MapWord(unsafe { addr_of_mut!((*block).sessions) });
+    // A dying block's count is never read again: the add is not taken
+    // back, which could land on the element's next life.
     if word.fetch_add(1) >= BLOCK_DYING {
-        word.fetch_add(MINUS_ONE);
+        return REFUSED;
+    }
+    // The add keeps the element from being given back, so what it holds
+    // now stays: the block the host's walk saw may have gone back and its
+    // memory come back as another block, or the block gone to another host.
+    // SAFETY: written at insert, before the element was in the table.
+    let (owner, at, index) = unsafe {
+        (
+            read_volatile(&(*block).host),
+            read_volatile(&(*block).addr),
+            read_volatile(&(*block).index),
+        )
+    };
+    if owner != host || at != key.addr || index != key.index {
+        defer_give_back(word, at, index);
         return REFUSED;
     }
     HELD
+}
+
+/// An add to another block's count, to be given back by [`settle`]. Not
+/// given back here: the add may be all that keeps a block whose last
+/// session just ended from going back (its release then found it held),
+/// so the give-back must be a release, whose call would add a frame to
+/// the deepest chain (a claim inside the allocation's walk). The record
+/// is this CPU's; adds to one block pile up in it. An add to a second
+/// block while the first is pending is taken back in place, which leaves
+/// that block held only if its last session ended in the same instant.
+#[inline(always)]
+fn defer_give_back(word: MapWord, addr: u32, index: u32) {
+    if let Some(u) = NAT_BLOCK_UNDO.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; no other program run uses it meanwhile.
+        let u = unsafe { &mut *u };
+        if u.count == 0 || (u.addr == addr && u.index == index) {
+            u.addr = addr;
+            u.index = index;
+            u.count += 1;
+            return;
+        }
+    }
+    word.fetch_add(MINUS_ONE);
+}
+
+/// Gives back the adds [`hold`] made to blocks that were not the host's,
+/// from a frame shallow enough for the release's call; every program that
+/// may hold a block calls it once the claims are done.
+#[inline(always)]
+pub fn settle() {
+    let Some(u) = NAT_BLOCK_UNDO.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; no other program run uses it meanwhile.
+    let u = unsafe { &mut *u };
+    let n = u.count;
+    if n == 0 {
+        return;
+    }
+    u.count = 0;
+    nat_block_release(
+        u64::from(u.addr),
+        u64::from(u.index) | BY_INDEX | (n.min(COUNT_MAX) << COUNT_SHIFT),
+    );
+}
+
+/// Adds to give back, deferred by [`hold`], per CPU; never pinned.
+#[map(name = "NAT_BLOCK_UNDO")]
+static NAT_BLOCK_UNDO: PerCpuArray<Undo> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct Undo {
+    addr: u32,
+    index: u32,
+    count: u64,
 }
 
 /// One session less on external (`addr`, `port`): a claim that [`hold`]
@@ -82,6 +155,13 @@ pub fn hold(addr: u32, port: u16) -> i64 {
 pub fn release(addr: u32, port: u16) {
     nat_block_release(addr as u64, port as u64);
 }
+
+/// [`nat_block_release`]'s second argument is a block's index, not a
+/// port, with the count to give back above [`COUNT_SHIFT`] (0: one).
+const BY_INDEX: u64 = 1 << 32;
+const COUNT_SHIFT: u32 = 40;
+/// A walk holds one block at most once per port of it (32,768 at most).
+const COUNT_MAX: u64 = (1 << 24) - 1;
 
 /// The block table's key of external (`addr`, `port`) in blocks mode.
 #[inline(always)]
@@ -94,11 +174,22 @@ fn key_of(addr: u32, port: u16) -> Option<BlockKey> {
     Some(BlockKey { addr, index })
 }
 
-/// Gives one count back; the last gives the block back.
+/// Gives one count back to the block of external (`addr`, `port`), or
+/// counts to the block of `addr` and the index in `port` with
+/// [`BY_INDEX`]; the last gives the block back.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn nat_block_release(addr: u64, port: u64) -> i64 {
-    let Some(key) = key_of(addr as u32, port as u16) else {
+    let n = (port >> COUNT_SHIFT).max(1);
+    let key = if port & BY_INDEX != 0 {
+        Some(BlockKey {
+            addr: addr as u32,
+            index: port as u32,
+        })
+    } else {
+        key_of(addr as u32, port as u16)
+    };
+    let Some(key) = key else {
         return 0;
     };
     let Some(block) = NAT_BLOCKS.get_ptr_mut(key) else {
@@ -106,13 +197,13 @@ pub extern "C" fn nat_block_release(addr: u64, port: u64) -> i64 {
     };
     // SAFETY: a live map value pointer; `sessions` is an aligned word.
     let word = MapWord(unsafe { addr_of_mut!((*block).sessions) });
-    let before = word.fetch_add(MINUS_ONE);
-    if before == 0 || before >= BLOCK_DYING {
+    let before = word.fetch_add(n.wrapping_neg());
+    if before < n || before >= BLOCK_DYING {
         // Never below zero, and a dying block's count is not ours to change.
-        word.fetch_add(1);
+        word.fetch_add(n);
         return 0;
     }
-    if before != 1 || word.compare_exchange(0, BLOCK_DYING).is_err() {
+    if before != n || word.compare_exchange(0, BLOCK_DYING).is_err() {
         return 0;
     }
     // SAFETY: written at insert, before any session could hold the block.

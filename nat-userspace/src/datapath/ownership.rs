@@ -517,6 +517,8 @@ mod tests {
                     since: 5,
                     host,
                     slot: 0,
+                    addr: pool[1].addr,
+                    index: 3,
                 },
             ),
             (
@@ -529,6 +531,8 @@ mod tests {
                     since: 1,
                     host,
                     slot: 1,
+                    addr: pool[1].addr,
+                    index: 1,
                 },
             ),
         ];

@@ -179,6 +179,7 @@ fn lookup_and_metrics_read_the_block_maps() {
         since: now - ago_s * 1_000_000_000,
         host: be(host),
         slot,
+        ..Block::default()
     };
     let a0 = block(3, 90, HOST_A, 0);
     let a3 = block(1, 30, HOST_A, 1);
