@@ -189,8 +189,9 @@ fn blocks(topo: &Topology) -> Vec<String> {
 
 /// Port blocks are kept as sessions are: the new load adopts the block the
 /// flows' host holds (same ports, same allocation time) and takes no other;
-/// a load that asks another allocation mode of the instance is refused in
-/// one line and changes nothing.
+/// a load that asks another allocation mode of the instance, or another
+/// port range (which would give its blocks other ports), is refused in one
+/// line and changes nothing.
 #[test]
 fn flows_survive_a_new_load_in_blocks_mode_and_keep_their_block() {
     const BLOCKS: [&str; 6] = [
@@ -212,6 +213,23 @@ fn flows_survive_a_new_load_in_blocks_mode_and_keep_their_block() {
         assert!(
             stderr.contains("allocates with allocation blocks")
                 && stderr.contains("--allocation blocks"),
+            "{stderr}"
+        );
+        let moved = try_load(
+            topo,
+            &[
+                "--ports",
+                "21000-21999",
+                "--allocation",
+                "blocks",
+                "--block-size",
+                "64",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&moved.stderr);
+        assert!(!moved.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("holds port blocks on external 198.18.0.1 ports 20000-20999"),
             "{stderr}"
         );
         assert_eq!(blocks(topo), held, "a refused load changes nothing");

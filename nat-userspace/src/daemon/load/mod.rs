@@ -38,7 +38,13 @@ pub async fn run(args: LoadArgs, netns: Option<&str>) -> Result<()> {
     )?;
     let plan = plan::resolve(args, netns)?;
     let replaced = handover::running_daemon(&plan.target, netns)?;
-    let mut instance = pin::Instance::open(&plan.target, &plan.object, &plan.attach, &plan.config)?;
+    let mut instance = pin::Instance::open(
+        &plan.target,
+        &plan.object,
+        &plan.attach,
+        &plan.config,
+        &plan.pool,
+    )?;
     report_found(&instance)?;
     plan::warn_ephemeral_overlap(plan.pool.ports.lo, plan.pool.ports.hi);
 

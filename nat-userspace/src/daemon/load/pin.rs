@@ -9,6 +9,7 @@
 //! adopted instance had, and what another instance pinned, is never
 //! touched.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -30,7 +31,7 @@ use nat_common::{
 use crate::{
     cli::{
         IngressArg,
-        plan::{AttachPlan, ObjectPlan, Target},
+        plan::{AttachPlan, ObjectPlan, Pool, Target},
     },
     datapath::{
         pins::{self, PINNED_MAPS, PinDir},
@@ -79,6 +80,7 @@ impl Instance {
         object: &ObjectPlan,
         attach: &AttachPlan,
         config: &Config,
+        pool: &Pool,
     ) -> Result<Self> {
         let pins = target.pins.clone();
         let scope = &target.scope;
@@ -106,7 +108,7 @@ impl Instance {
         } else {
             check_sizes(&pins, object)?;
             check_hooks(&pins, attach)?;
-            check_allocation(&pins, config)?;
+            check_allocation(&pins, config, pool)?;
             Some(found(&pins, &survey.current))
         };
         Ok(Self {
@@ -330,7 +332,7 @@ fn check_sizes(pins: &PinDir, object: &ObjectPlan) -> Result<()> {
 /// The allocation mode and block size stay with the instance: its blocks
 /// and their counts only mean something under the mode that made them, so
 /// a load asking another is refused with what to do.
-fn check_allocation(pins: &PinDir, config: &Config) -> Result<()> {
+fn check_allocation(pins: &PinDir, config: &Config, pool: &Pool) -> Result<()> {
     let tables = Tables::open(pins)?;
     let pinned = tables.config()?;
     let name = |code: u32| match code {
@@ -348,6 +350,9 @@ fn check_allocation(pins: &PinDir, config: &Config) -> Result<()> {
             pins.iface
         );
     }
+    if pinned.allocation == allocation::BLOCKS {
+        check_block_pool(pins, &tables, pool)?;
+    }
     if pinned.allocation == allocation::BLOCKS && pinned.block_size != config.block_size {
         bail!(
             "the instance on {} has blocks of {} ports and this load asks {}: give --block-size {} to keep its blocks, or run `nat unload --iface {}` first",
@@ -355,6 +360,31 @@ fn check_allocation(pins: &PinDir, config: &Config) -> Result<()> {
             pinned.block_size,
             config.block_size,
             pinned.block_size,
+            pins.iface
+        );
+    }
+    Ok(())
+}
+
+/// Under blocks the pool's addresses, in order, and its port range stay
+/// too: a block is a number on an address, its ports the range's, so a
+/// changed pool would give held blocks other ports (and their sessions'
+/// releases other blocks).
+fn check_block_pool(pins: &PinDir, tables: &Tables, pool: &Pool) -> Result<()> {
+    let pinned = tables.pool()?;
+    let addrs: Vec<Ipv4Addr> = pinned
+        .iter()
+        .map(|p| Ipv4Addr::from(u32::from_be(p.addr)))
+        .collect();
+    let range = pinned.first().map(|p| (p.port_min, p.port_max));
+    if addrs != pool.external || range != Some((pool.ports.lo, pool.ports.hi)) {
+        let (lo, hi) = range.unwrap_or_default();
+        let list: Vec<String> = addrs.iter().map(Ipv4Addr::to_string).collect();
+        bail!(
+            "the instance on {} holds port blocks on external {} ports {lo}-{hi}, and a block's ports follow from them: give --external {} --ports {lo}-{hi} to keep its blocks, or run `nat unload --iface {}` first (their sessions are lost)",
+            pins.iface,
+            list.join(","),
+            list.join(","),
             pins.iface
         );
     }
