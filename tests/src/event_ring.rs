@@ -1,10 +1,10 @@
 //! Compliance events written into a running daemon's NAT_EVENTS ring
 //! buffer, as the datapath writes them, for the export tests.
 //!
-//! User space has no call that writes a BPF ring buffer, and NAT_EVENTS is
-//! not pinned. So the test finds the map through the daemon's descriptors
-//! (`/proc/PID/fdinfo` names each map's id; BPF_MAP_GET_FD_BY_ID opens it)
-//! and loads a program of its own, a dozen instructions written out below,
+//! User space has no call that writes a BPF ring buffer. So the test
+//! opens the map, through the daemon's descriptors (`/proc/PID/fdinfo`
+//! names each map's id; BPF_MAP_GET_FD_BY_ID opens it) or at its pin, and
+//! loads a program of its own, a dozen instructions written out below,
 //! that copies its packet's payload into the ring buffer with
 //! `bpf_ringbuf_output`; BPF_PROG_TEST_RUN runs it once per event. The
 //! daemon then reads exactly what the kernel programs would have written,
@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use nat_common::nat_event::NatEvent;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -37,6 +38,31 @@ impl EventRing {
     pub fn of_daemon(pid: u32) -> EventRing {
         let map = daemon_map(pid, "NAT_EVENTS")
             .unwrap_or_else(|| panic!("daemon {pid} holds no NAT_EVENTS map"));
+        let prog = load_writer(map.as_raw_fd());
+        EventRing { _map: map, prog }
+    }
+
+    /// The ring buffer pinned at `path`, with or without a daemon.
+    pub fn pinned(path: &std::path::Path) -> EventRing {
+        #[repr(C)]
+        #[derive(Default)]
+        struct ObjGet {
+            pathname: u64,
+            bpf_fd: u32,
+            file_flags: u32,
+            path_fd: i32,
+            _pad: u32,
+        }
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .expect("a pin path without NUL");
+        let mut attr = ObjGet {
+            pathname: c_path.as_ptr() as u64,
+            ..ObjGet::default()
+        };
+        let fd = bpf(BPF_OBJ_GET, &mut attr)
+            .unwrap_or_else(|e| panic!("cannot open the pinned map {}: {e}", path.display()));
+        // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+        let map = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         let prog = load_writer(map.as_raw_fd());
         EventRing { _map: map, prog }
     }

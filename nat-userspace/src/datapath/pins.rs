@@ -6,12 +6,12 @@ use anyhow::{Context as _, Result, bail};
 use nat_common::names::{
     LAYOUT_VERSION, LINK_FAST_PREFIX, MAP_BLOCK_USE, MAP_BLOCKS, MAP_CONFIG, MAP_COOLDOWN,
     MAP_DET_PREFIXES, MAP_EIM, MAP_EIM_OWNER, MAP_EIM_PEERS, MAP_FORWARD, MAP_FRAGS, MAP_FWD,
-    MAP_HOST_BLOCKS, MAP_HOSTS, MAP_INTERNAL, MAP_LIVE, MAP_POOL, MAP_PROBES, MAP_REV, MAP_STATS,
-    MAP_SWEEP_CTL, MAP_SWEEP_STATS, MAP_SWEEP_TIMER, PIN_ROOT,
+    MAP_HOST_BLOCKS, MAP_HOSTS, MAP_INTERNAL, MAP_LIVE, MAP_NAT_EVENTS, MAP_POOL, MAP_PROBES,
+    MAP_REV, MAP_STATS, MAP_SWEEP_CTL, MAP_SWEEP_STATS, MAP_SWEEP_TIMER, PIN_ROOT,
 };
 
 /// Every map the instance pins.
-pub const PINNED_MAPS: [&str; 22] = [
+pub const PINNED_MAPS: [&str; 23] = [
     MAP_FWD,
     MAP_REV,
     // Per-host counts must survive a restart with the sessions they count.
@@ -41,6 +41,9 @@ pub const PINNED_MAPS: [&str; 22] = [
     MAP_HOST_BLOCKS,
     MAP_BLOCK_USE,
     MAP_DET_PREFIXES,
+    // Compliance events written while no daemon runs (a restart, an
+    // upgrade) wait for the next one, which reads on where the last left.
+    MAP_NAT_EVENTS,
 ];
 
 /// The pin directory of one instance: `/sys/fs/bpf/nat/[NETNS/]IFACE`.

@@ -382,3 +382,48 @@ fn export_reload_moves_the_export_to_the_new_collectors() {
     assert_stream(&messages, 4739, 1, &[expected(&first, 4739)]);
     assert_stream(&messages, 4740, 1, &[expected(&second, 4740)]);
 }
+
+/// Events the datapath writes while no daemon runs (between a stop and the
+/// next load) wait in the pinned ring buffer: the next daemon exports them,
+/// after nothing it had sent already, and the first daemon's are not sent
+/// twice.
+#[test]
+fn export_events_written_between_two_daemons_reach_the_second() {
+    let topo = Topology::new("cgn-gap", TopologyOpts::default());
+    let server = topo.ns_name(Side::Server).to_owned();
+    let syslog = UdpInbox::start(&server, SocketAddr::from((SERVER_IP, 5516)));
+    let args = ["--syslog-server", "198.18.0.2:5516"];
+    let mut first = NatProcess::start(&topo, &args);
+    let host = Ipv4Addr::new(10, 200, 1, 2);
+    let before = block_event(kind::BLOCK_ALLOCATED, host, 0, boot_ns() - 3_000_000_000);
+    EventRing::of_daemon(first.pid()).write(&before);
+    assert_eq!(syslog.wait_for(1, Duration::from_secs(10)).len(), 1);
+    assert!(
+        first
+            .stop_daemon(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+
+    let pin = format!(
+        "{}/{}/veth-ext/NAT_EVENTS_v{}",
+        nat_common::names::PIN_ROOT,
+        topo.ns_name(Side::Nat),
+        nat_common::names::LAYOUT_VERSION
+    );
+    let ring = EventRing::pinned(std::path::Path::new(&pin));
+    let between = [
+        block_event(kind::BLOCK_RELEASED, host, 0, boot_ns() - 2_000_000_000),
+        block_event(kind::BLOCK_ALLOCATED, host, 1, boot_ns() - 1_000_000_000),
+    ];
+    for ev in &between {
+        ring.write(ev);
+    }
+    let second = NatProcess::start(&topo, &args);
+    let lines = syslog.wait_for(3, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    second.stop();
+    let mut want = vec![before];
+    want.extend(between);
+    assert_eq!(syslog.received().len(), 3, "nothing sent twice");
+    assert_syslog(&lines, &want);
+}

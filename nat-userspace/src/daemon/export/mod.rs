@@ -16,9 +16,10 @@
 //! it ([`Control::retarget`]); a stop drains what the buffer holds, sends
 //! it, and ends the thread.
 //!
-//! The ring buffer belongs to the object this daemon loaded (it is not
-//! pinned): events written while no daemon runs wait in it until the next
-//! load replaces the programs, and are lost with it.
+//! The ring buffer is pinned with the instance: events written while no
+//! daemon runs (a restart, an upgrade) wait in it for the next daemon,
+//! which reads on from where the last one stopped; what a full buffer
+//! cannot hold is counted by the datapath (`events_dropped`).
 
 pub mod event;
 pub mod ipfix;
