@@ -75,7 +75,7 @@ counters! {
     BlockAllocated = "blocks_allocated": "port blocks handed to internal hosts (allocation blocks)",
     BlockReleased = "blocks_released": "port blocks given back after their last session ended (allocation blocks)",
     BlockLimit = "drop_block_limit": "new flows refused because their host's blocks had no usable port toward the destination and the host held max-blocks-per-host blocks (allocation blocks)",
-    NoBlock = "drop_no_block": "new flows refused because no external address had a free block (allocation blocks)",
+    NoBlock = "drop_no_block": "new flows refused because no block was free on their host's address (or, for a host without blocks, on any address) (allocation blocks)",
 }
 
 /// Number of counters, the size of the stats map.

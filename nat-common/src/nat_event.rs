@@ -8,11 +8,12 @@ pub mod kind {
     pub const BLOCK_ALLOCATED: u16 = 1;
     /// A block went back after its last session ended.
     pub const BLOCK_RELEASED: u16 = 2;
-    /// No external address had a free block (`blocks`), or no port was
-    /// left for the flow on any address (`walk`).
+    /// No free block on the host's address, or on any address for a host
+    /// without blocks (`blocks`), or no port left for the flow on any
+    /// address (`walk`).
     pub const ADDRESSES_EXHAUSTED: u16 = 3;
-    /// A host's own share had no usable port for the flow: its blocks at
-    /// the limit (`blocks`) or its deterministic range (`deterministic`).
+    /// A host's deterministic share had no usable port for the flow
+    /// (`blocks` logs its limit as a quota instead).
     pub const PORTS_EXHAUSTED: u16 = 4;
     /// A host reached `max-sessions-per-host` (`value`: the limit), or
     /// `max-blocks-per-host` with no port left in its blocks (`value`: the limit).

@@ -526,7 +526,10 @@ fn allocate_port(
             if !enter(0) {
                 return Err(DropReason::AllocFail);
             }
-            walk_tour(Tour::uniform(span(p.pool.port_min, p.pool.port_max), 1));
+            walk_tour(Tour::uniform(
+                span(p.pool.port_min, p.pool.port_max).min(SHARE_PROBES),
+                1,
+            ));
         }
         _ => {
             // The internal port first, where the host's own address can keep it.
@@ -581,6 +584,14 @@ fn allocate_port(
     Ok(None)
 }
 
+/// Candidates one walk over a host's own ports may try (its blocks', its
+/// deterministic share's): the whole of a default layout (8 blocks of
+/// 256), and a bound on what one SYN can cost whatever the layout, since a
+/// host whose ports are all in use toward a server can send SYNs as fast
+/// as it likes. Past it, the flow's own start and stride pick which ports
+/// are tried.
+const SHARE_PROBES: u32 = 2048;
+
 /// New blocks one allocation may take when the host's blocks have no
 /// usable port toward the destination. A block just given back after a
 /// host's busy use toward one server has every port cooling toward it;
@@ -599,7 +610,11 @@ fn blocks_walk(cfg: &Config, fwd: &FlowKey, now: u64) -> Result<(), DropReason> 
         .ok_or(DropReason::AllocFail)?;
     // SAFETY: this CPU's slot, used only for the length of this call.
     let p = unsafe { &mut *p };
-    walk_tour(Tour::uniform(cfg.block_size, blocks_in_use(fwd.saddr)));
+    let held = blocks_in_use(fwd.saddr);
+    walk_tour(Tour::uniform(
+        cfg.block_size.min(SHARE_PROBES / held.max(1)),
+        held,
+    ));
     let mut outcome = Ok(());
     let mut k = 0;
     while k < NEW_BLOCK_TRIES as usize && p.found == FOUND_NONE {
@@ -608,7 +623,7 @@ fn blocks_walk(cfg: &Config, fwd: &FlowKey, now: u64) -> Result<(), DropReason> 
                 p.taken[k] = slot + 1;
                 p.base = slot;
                 p.slot = NO_SLOT;
-                walk_tour(Tour::uniform(cfg.block_size, 1));
+                walk_tour(Tour::uniform(cfg.block_size.min(SHARE_PROBES), 1));
             }
             // The host may still settle for a cooling port of its blocks.
             Err(_) if p.best_port != 0 => break,
