@@ -56,6 +56,7 @@ use crate::{
         outcome::DropReason,
         packet::{Endpoint, now_ns},
     },
+    net::nat_events,
     session::{
         blocks::{self as block_count, HELD, REFUSED},
         claim::{CLAIM_LOST, CLAIM_TAKEN, CLAIM_WON, insert_failure, nat_claim_pair},
@@ -632,6 +633,7 @@ extern "C" fn nat_mapping_admitted(rev_key: *const FlowKey, j: i64, r: i64) -> i
             let _ = NAT_COOLDOWN.remove(key);
         }
         count(Counter::EimInbound);
+        nat_events::inbound_session(&key, (j >> 16) as u32, j as u16);
         return ADMIT_OPENED;
     }
     release(key.proto, (j >> 16) as u32, j as u16);

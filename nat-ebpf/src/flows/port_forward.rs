@@ -18,10 +18,13 @@ use nat_common::{
     tcp_state::opens_flow,
 };
 
-use crate::base::{
-    maps::{NAT_FORWARD, NAT_FWD, NAT_REV, count},
-    outcome::DropReason,
-    packet::{Endpoint, now_ns},
+use crate::{
+    base::{
+        maps::{NAT_FORWARD, NAT_FWD, NAT_REV, count},
+        outcome::DropReason,
+        packet::{Endpoint, now_ns},
+    },
+    net::nat_events,
 };
 
 /// What a failed BPF_NOEXIST insert returns when the key exists.
@@ -70,6 +73,7 @@ pub fn open(rev_key: &FlowKey, to: Endpoint, now: u64) -> Result<(), DropReason>
     match nat_open_inbound(rev_key, to.addr as u64, to.port as u64, now) {
         OPENED => {
             count(Counter::ForwardOpened);
+            nat_events::inbound_session(rev_key, to.addr, to.port);
             Ok(())
         }
         RACED => {

@@ -13,7 +13,7 @@ use nat_common::{
 };
 
 use crate::base::{
-    maps::{NAT_EVENTS, count},
+    maps::{NAT_CONFIG, NAT_EVENTS, count},
     packet::now_ns,
 };
 
@@ -67,6 +67,23 @@ pub fn session(kind: u16, fwd: &FlowKey, ext_addr: u32, ext_port: u16) {
         fwd.saddr as u64 | (ext_addr as u64) << 32,
         fwd.daddr as u64,
         fwd.sport as u64 | (ext_port as u64) << 16 | (fwd.dport as u64) << 32,
+    );
+}
+
+/// A session opened from outside, on the external endpoint of `rev_key`
+/// toward internal (`int_addr`, `int_port`), logged when `log-sessions`
+/// asks: from the reverse key as it is, with no forward key put together
+/// on frames that have no bytes to spare.
+#[inline(always)]
+pub fn inbound_session(rev_key: &FlowKey, int_addr: u32, int_port: u16) {
+    if !NAT_CONFIG.get(0).is_some_and(|c| c.log_sessions != 0) {
+        return;
+    }
+    emit(
+        kind::SESSION_CREATED as u64 | (rev_key.proto as u64) << 16,
+        int_addr as u64 | (rev_key.saddr as u64) << 32,
+        rev_key.daddr as u64,
+        int_port as u64 | (rev_key.sport as u64) << 16 | (rev_key.dport as u64) << 32,
     );
 }
 
