@@ -1,20 +1,25 @@
 //! `nat-bench alloc`: allocation success and latency of the real egress
-//! program while one destination's range is filled to a given share. Runs the
-//! program with BPF_PROG_TEST_RUN on crafted SYNs; nothing is attached.
+//! program while one destination's range is filled to a given share, or,
+//! with `--hosts`, as many internal hosts open flows in an allocation mode
+//! ([`hosts`]). Runs the program with BPF_PROG_TEST_RUN on crafted SYNs;
+//! nothing is attached.
+
+mod hosts;
 
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use nat_common::{
-    config::{Config, policy},
+    blocks::{DEFAULT_MAX_BLOCKS_PER_HOST, MAX_BLOCKS_PER_HOST, MIN_BLOCK_SIZE},
+    config::{Config, MAX_POOL, policy},
     csum::{ipv4_header_checksum, l4_checksum},
     flow::{FlowKey, PROTO_TCP, Session},
     names::PROG_EGRESS,
     probe::{probe_bucket_label, span},
 };
 use nat_userspace::{
-    cli::parse_port_range,
+    cli::{AllocationArg, parse_port_range},
     datapath::{
         object::{Globals, load_object},
         pool::{Cidr, PortRange},
@@ -39,9 +44,10 @@ pub struct AllocArgs {
     /// Of the occupied ports, the share that is cooling rather than live, in percent.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub cooling: u32,
-    /// External port range of the destination being filled.
-    #[arg(long, value_name = "LO-HI", default_value = "20000-20999", value_parser = parse_port_range)]
-    pub ports: PortRange,
+    /// External port range [default: 20000-20999, the destination being filled; with --hosts,
+    /// 1024-65535 on every external address]
+    #[arg(long, value_name = "LO-HI", value_parser = parse_port_range)]
+    pub ports: Option<PortRange>,
     /// New flows to allocate (each is removed again to keep the occupancy).
     #[arg(long, default_value_t = 10_000)]
     pub attempts: u32,
@@ -51,15 +57,46 @@ pub struct AllocArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Instead of filling one destination's range: N internal hosts, each its own address, open
+    /// --flows-per-host flows each to one destination (round by round, sessions kept) in the
+    /// --allocation mode; reports allocations per second of program time, drops by reason, blocks
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4_000_000))]
+    pub hosts: Option<u32>,
+    /// How a new flow's external port is found, as `nat load --allocation` (with --hosts)
+    #[arg(long, value_enum, default_value_t = AllocationArg::Walk)]
+    pub allocation: AllocationArg,
+    /// Flows each host opens to the destination, each from a source port of its own (with --hosts)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub flows_per_host: u32,
+    /// External addresses in the pool (with --hosts)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=MAX_POOL as i64))]
+    pub external_addrs: u32,
+    /// Ports in a block (--allocation blocks) [default: the largest multiple of 8, at most 256, at
+    /// which the pool holds a block for every host]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(MIN_BLOCK_SIZE as i64..=32_768))]
+    pub block_size: Option<u32>,
+    /// Blocks a host may hold at once (--allocation blocks), as `nat load --max-blocks-per-host`
+    #[arg(long, default_value_t = DEFAULT_MAX_BLOCKS_PER_HOST, value_parser = clap::value_parser!(u32).range(1..=MAX_BLOCKS_PER_HOST as i64))]
+    pub max_blocks_per_host: u32,
 }
 
 pub fn run(args: &AllocArgs) -> Result<()> {
-    let span = span(args.ports.lo, args.ports.hi);
     let policy = match args.policy.as_str() {
         "strict" => policy::STRICT,
         "fallback" => policy::FALLBACK,
         other => bail!("--policy: '{other}' is not strict or fallback"),
     };
+    if let Some(n) = args.hosts {
+        return hosts::run(args, n, policy);
+    }
+    if args.allocation != AllocationArg::Walk {
+        bail!("--allocation {:?} needs --hosts", args.allocation);
+    }
+    let ports = args.ports.unwrap_or(PortRange {
+        lo: 20_000,
+        hi: 20_999,
+    });
+    let span = span(ports.lo, ports.hi);
     let mut ebpf = load_object(65_536, 65_536, Globals::default())?;
     let cfg = Config {
         pool_len: 1,
@@ -70,7 +107,7 @@ pub fn run(args: &AllocArgs) -> Result<()> {
         addr: Ipv4Addr::new(10, 0, 0, 0),
         len: 8,
     }];
-    populate(&mut ebpf, &internal, &[EXTERNAL], args.ports, cfg)?;
+    populate(&mut ebpf, &internal, &[EXTERNAL], ports, cfg)?;
 
     // Occupy a share of the range toward REMOTE: some ports live, some cooling.
     let occupied = (span as u64 * args.occupancy as u64 / 100) as u32;
@@ -78,9 +115,9 @@ pub fn run(args: &AllocArgs) -> Result<()> {
     let now = boot_ns();
     let mut tables = Tables::from_ebpf(&mut ebpf)?;
     {
-        let mut ports: Vec<u16> = (args.ports.lo..=args.ports.hi).collect();
-        shuffle(&mut ports, 0x9e37_79b9);
-        for (i, port) in ports.iter().take(occupied as usize).enumerate() {
+        let mut order: Vec<u16> = (ports.lo..=ports.hi).collect();
+        shuffle(&mut order, 0x9e37_79b9);
+        for (i, port) in order.iter().take(occupied as usize).enumerate() {
             let key = FlowKey::new(
                 PROTO_TCP,
                 u32::from(EXTERNAL).to_be(),
@@ -123,9 +160,7 @@ pub fn run(args: &AllocArgs) -> Result<()> {
         latencies.push(res.duration);
         if res.return_value == TRANSLATED {
             let ext_port = u16::from_be_bytes([out[34], out[35]]);
-            if out[26..30] != EXTERNAL.octets()
-                || !(args.ports.lo..=args.ports.hi).contains(&ext_port)
-            {
+            if out[26..30] != EXTERNAL.octets() || !(ports.lo..=ports.hi).contains(&ext_port) {
                 bail!(
                     "mistranslated: source {}.{}.{}.{}:{ext_port}",
                     out[26],
