@@ -315,17 +315,21 @@ struct WorkerTally {
 }
 
 /// Runs [`WORKERS`] workers pinned to `cpu` for `secs` (or until the
-/// server-first load's budget is used). Connection i goes from client
-/// address i mod 8; in the spread load to server port (i / 8) mod 32.
+/// server-first load's budget is used), from the addresses `sources` of
+/// the client namespace. In the spread load a worker's i-th connection
+/// goes from `sources[i mod n]` to server port (i / n) mod 32; in the
+/// server-first load the run's n-th connection goes from `sources[n mod
+/// len]`.
 pub fn run(
     topology: &Topology,
+    sources: Vec<Ipv4Addr>,
     server: &Server,
     load: Load,
     secs: f64,
     cpu: usize,
 ) -> Result<ConnRun> {
     let client_ns = topology.ns_name(Side::Client).to_owned();
-    let sources = Arc::new(topology.client_ips());
+    let sources = Arc::new(sources);
     let start = Arc::new(Barrier::new(WORKERS + 1));
     let deadline: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let started = Arc::new(AtomicU64::new(0));
@@ -401,17 +405,22 @@ fn work(
     let addrs = sources.len();
     let mut i = worker;
     while Instant::now() < deadline {
-        let src = sources[i % addrs];
-        let (port, server_first) = match load {
+        let (src, port, server_first) = match load {
             Load::Spread => (
+                sources[i % addrs],
                 FIRST_PORT + ((i / addrs) % PORT_COUNT as usize) as u16,
                 false,
             ),
             Load::ServerFirst { port, budget } => {
-                if started.fetch_add(1, Ordering::Relaxed) >= budget {
+                let n = started.fetch_add(1, Ordering::Relaxed);
+                if n >= budget {
                     break;
                 }
-                (port, true)
+                // By the run's count, not the worker's: with more hosts
+                // than workers every host still gets its share of the
+                // budget, give or take one, as the per-host allocation
+                // modes need.
+                (sources[(n % addrs as u64) as usize], port, true)
             }
         };
         i += WORKERS;

@@ -275,6 +275,23 @@ impl Window {
     }
 }
 
+/// utime + stime of process `pid`, all its threads, in seconds.
+pub fn process_cpu_s(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let rest: Vec<&str> = stat
+        .rfind(')')
+        .map(|i| stat[i + 1..].split_whitespace().collect())
+        .unwrap_or_default();
+    // As in read_proc: field n is rest[n - 3]; utime is 14, stime 15.
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let ticks = field(14)
+        .zip(field(15))
+        .map(|(u, s)| u + s)
+        .with_context(|| format!("{path}: no utime and stime"))?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
 /// USER_HZ, the unit of /proc/stat and /proc/<pid>/stat.
 fn clock_ticks_per_second() -> f64 {
     match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {

@@ -10,6 +10,8 @@
 
 mod conn;
 mod cpu;
+mod events;
+mod hosts;
 mod iperf;
 mod micro;
 mod modes;
@@ -32,7 +34,8 @@ use serde_json::{Value, json};
 
 use self::conn::Load;
 use self::cpu::Window;
-use self::modes::{Active, MODES, Mode, NAT_PORTS};
+use self::hosts::Sources;
+use self::modes::{Active, HOSTS_MODES, MODES, Mode, NAT_PORTS};
 use self::report::{BpfRun, Config, Figure, Kept, Results, Sample};
 
 const TAG: &str = "bench";
@@ -54,9 +57,11 @@ pub struct Args {
     /// Also draw the ratio table and the scale curves to FILE (SVG)
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    /// Development aid: run only this part of every mode's repetition (`server-first`: the
+    /// Development aid: run only this part of every repetition (`server-first`: the
     /// server-first connections to one destination alone, with the NAT's counters over each
-    /// run), no scale runs and no micro-figures; the report then lacks the other figures
+    /// run; `udp`: the UDP runs alone, with CPU per packet and the BPF run time; `hosts`: the
+    /// hosts runs alone), no scale runs and no micro-figures; the report then lacks the other
+    /// figures
     #[arg(long, value_name = "PART", hide_short_help = true)]
     pub only: Option<Part>,
     /// Development aid: this many repetitions instead of the plan's (5, or 1 with --quick)
@@ -76,6 +81,12 @@ pub struct Args {
 pub enum Part {
     /// The server-first connections to one destination alone, every mode, every repetition.
     ServerFirst,
+    /// The UDP 64 B runs alone (packet rate, CPU per packet), and the BPF run-time pass of
+    /// the nat mode, every mode, every repetition.
+    Udp,
+    /// The hosts runs alone: the server-first load from 1,000 internal hosts in every
+    /// allocation mode, with walk, nftables and the logged mode beside them.
+    Hosts,
 }
 
 /// How long and how often; `--quick` shrinks it to fit in 2 minutes.
@@ -101,6 +112,9 @@ struct Plan {
     micro_reps: usize,
     sweep_sessions: &'static [u32],
     sweep_skipped: &'static [u32],
+    /// The hosts runs ([`HOSTS_MODES`] from [`hosts::HOSTS`] hosts), after
+    /// the main modes in every repetition.
+    hosts: bool,
     /// Live sessions before the scale runs' measurements.
     scale_points: &'static [u32],
     scale_skipped: &'static [u32],
@@ -120,6 +134,7 @@ impl Plan {
             plan.sweep_sessions = &[];
             plan.scale_points = &[];
             plan.micro_reps = 0;
+            plan.hosts = opts.only == Some(Part::Hosts);
         }
         plan
     }
@@ -139,6 +154,9 @@ impl Plan {
                 max_wait: Duration::from_secs(4),
                 wait_budget: Duration::from_secs(10),
                 micro_reps: 1,
+                // A logged run waits for its deletions (10 s after the
+                // connections closed), which --quick has no room for.
+                hosts: false,
                 sweep_sessions: &[100_000],
                 sweep_skipped: &[1_000_000],
                 scale_points: &[1_000, 100_000],
@@ -160,6 +178,7 @@ impl Plan {
                 max_wait: Duration::from_secs(10),
                 wait_budget: Duration::from_secs(90),
                 micro_reps: 3,
+                hosts: true,
                 sweep_sessions: &[100_000, 1_000_000],
                 sweep_skipped: &[],
                 scale_points: &[1_000, 100_000, 1_000_000],
@@ -356,6 +375,8 @@ struct Ctx<'a> {
     load_cpu: usize,
     server_cpu: usize,
     conn_server: &'a conn::Server,
+    /// The IPFIX collector of the logged mode.
+    collector: &'a events::Collector,
     /// Server-first runs so far: each gets the next server port.
     server_first_runs: usize,
     /// Connections a server-first run may make: 90% of the external ports toward
@@ -391,6 +412,7 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
         };
         let client_ns = topology.ns_name(Side::Client);
         let server_ns = topology.ns_name(Side::Server);
+        hosts::add(&topology)?;
         capture(Command::new("ip").args([
             "netns",
             "exec",
@@ -405,6 +427,7 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
         let _scale_sinks = scale::Sinks::bind(server_ns)?;
         scale::set_conntrack_udp_timeout(topology.ns_name(Side::Nat))?;
         let conn_server = conn::Server::start(server_ns, server_cpu)?;
+        let collector = events::Collector::start(server_ns, server_cpu)?;
         let _iperf_server = iperf::Server::start(server_ns, server_cpu)?;
         let mut ctx = Ctx {
             plan: &plan,
@@ -413,6 +436,7 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
             load_cpu,
             server_cpu,
             conn_server: &conn_server,
+            collector: &collector,
             server_first_runs: 0,
             server_first_budget,
             guard: Guard {
@@ -425,21 +449,30 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
             results: Results::default(),
         };
         for rep in 0..plan.reps {
-            let order: Vec<Mode> = (0..MODES.len())
-                .map(|i| MODES[(i + rep) % MODES.len()])
-                .collect();
-            println!(
-                "\nbench: repetition {}/{}: {}",
-                rep + 1,
-                plan.reps,
-                order
-                    .iter()
-                    .map(|m| m.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            for mode in order {
-                run_mode(&mut ctx, mode, rep)?;
+            if plan.only != Some(Part::Hosts) {
+                let order = rotated(&MODES, rep);
+                println!(
+                    "\nbench: repetition {}/{}: {}",
+                    rep + 1,
+                    plan.reps,
+                    names(&order)
+                );
+                for mode in order {
+                    run_mode(&mut ctx, mode, rep)?;
+                }
+            }
+            if plan.hosts {
+                let order = rotated(&HOSTS_MODES, rep);
+                println!(
+                    "\nbench: repetition {}/{}, server-first from {} hosts: {}",
+                    rep + 1,
+                    plan.reps,
+                    hosts::HOSTS,
+                    names(&order)
+                );
+                for mode in order {
+                    hosts_run(&mut ctx, mode, rep)?;
+                }
             }
         }
         if !plan.scale_points.is_empty() {
@@ -485,6 +518,7 @@ fn bench(opts: &Args, nat_bin: &Path, nat_bench: &Path, started: Instant) -> Res
         server_cpu,
         nat_args: MODES
             .iter()
+            .chain(HOSTS_MODES.iter().filter(|m| !MODES.contains(m)))
             .filter_map(|m| Some((*m, m.nat_args()?.join(" "))))
             .collect(),
         scale_capacity: scale::CAPACITY,
@@ -523,8 +557,23 @@ fn server_first_budget() -> Result<u64> {
     Ok((hi - lo + 1) * 9 / 10)
 }
 
+/// `modes` starting at the `rep`-th, so that no mode always runs first.
+fn rotated(modes: &[Mode], rep: usize) -> Vec<Mode> {
+    (0..modes.len())
+        .map(|i| modes[(i + rep) % modes.len()])
+        .collect()
+}
+
+fn names(modes: &[Mode]) -> String {
+    modes
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn label(rep: usize, reps: usize, mode: Mode, what: impl Display) -> String {
-    format!("[{}/{reps}] {:<12}{what}", rep + 1, mode.name())
+    format!("[{}/{reps}] {:<18}{what}", rep + 1, mode.name())
 }
 
 fn sample<T>(g: &Guarded<T>, value: f64, rep: usize, detail: Value) -> Sample {
@@ -543,12 +592,21 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     check_interrupt()?;
     let plan = ctx.plan;
     let topology = ctx.topology;
-    let active = Active::enter(mode, topology, &[])
+    let active = Active::enter(mode, topology, Sources::Clients, &[])
         .with_context(|| format!("cannot set up the {} mode", mode.name()))?;
-    if plan.only != Some(Part::ServerFirst) {
-        run_all_but_server_first(ctx, mode, rep)?;
+    let only = plan.only;
+    if only.is_none() {
+        tcp_runs(ctx, mode, rep)?;
     }
-    server_first_run(ctx, mode, rep)?;
+    if only.is_none() || only == Some(Part::Udp) {
+        udp_runs(ctx, mode, rep)?;
+    }
+    if only.is_none() {
+        spread_run(ctx, &active, rep)?;
+    }
+    if only.is_none() || only == Some(Part::ServerFirst) {
+        server_first_run(ctx, &active, rep)?;
+    }
     active
         .leave()
         .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
@@ -556,22 +614,11 @@ fn run_mode(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Every measurement of a mode's repetition before its server-first run.
-fn run_all_but_server_first(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+/// TCP throughput, 1 and 4 streams.
+fn tcp_runs(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     let plan = ctx.plan;
-    let topology = ctx.topology;
-    let client_ns = topology.ns_name(Side::Client);
-    let programs = if mode == Mode::Nat {
-        let dir = micro::pin_dir(topology.ns_name(Side::Nat));
-        if ctx.results.map_memory.is_none() {
-            ctx.results.map_memory = Some(micro::map_memory(&dir)?);
-        }
-        Some(micro::programs(&dir)?)
-    } else {
-        None
-    };
+    let client_ns = ctx.topology.ns_name(Side::Client);
     let load_cpu = ctx.load_cpu;
-
     for (figure, streams) in [(Figure::Tcp1, 1), (Figure::Tcp4, 4)] {
         let g = ctx.guard.measure(
             &label(
@@ -587,7 +634,22 @@ fn run_all_but_server_first(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result
         let s = sample(&g, g.value.0, rep, json!({ "streams": streams }));
         ctx.results.add(mode, figure, s);
     }
+    Ok(())
+}
 
+/// The UDP 64 B run with its CPU per packet; in the `nat` mode, then the
+/// BPF run-time pass and the map memory.
+fn udp_runs(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+    let plan = ctx.plan;
+    let programs = if mode == Mode::Nat {
+        let dir = micro::pin_dir(ctx.topology.ns_name(Side::Nat));
+        if ctx.results.map_memory.is_none() {
+            ctx.results.map_memory = Some(micro::map_memory(&dir)?);
+        }
+        Some(micro::programs(&dir)?)
+    } else {
+        None
+    };
     let (pps, cpu_ns) = udp_pps(ctx, mode, rep, plan.reps, "UDP 64 B")?;
     ctx.results.add(mode, Figure::UdpPps, pps);
     ctx.results.add(mode, Figure::CpuPerPacket, cpu_ns);
@@ -608,12 +670,17 @@ fn run_all_but_server_first(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result
         );
         ctx.results.bpf.push(run);
     }
+    Ok(())
+}
 
+/// New TCP connections spread over 32 destinations, the client closing first.
+fn spread_run(ctx: &mut Ctx<'_>, active: &Active, rep: usize) -> Result<()> {
+    let mode = active.mode();
     let spread = connections(
         ctx,
-        mode,
+        active,
         rep,
-        plan.reps,
+        ctx.plan.reps,
         Load::Spread,
         "new TCP connections",
     )?;
@@ -633,10 +700,11 @@ fn run_all_but_server_first(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result
     Ok(())
 }
 
-fn server_first_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+fn server_first_run(ctx: &mut Ctx<'_>, active: &Active, rep: usize) -> Result<()> {
+    let mode = active.mode();
     let plan = ctx.plan;
     let load = Load::server_first(ctx.server_first_runs, ctx.server_first_budget);
-    let run = connections(ctx, mode, rep, plan.reps, load, "server-first, 1 dest")?;
+    let run = connections(ctx, active, rep, plan.reps, load, "server-first, 1 dest")?;
     let tally = ctx.results.server_first.entry(mode).or_default();
     for (kind, n) in &run.failures {
         *tally.failures.entry(kind.clone()).or_default() += n;
@@ -651,6 +719,76 @@ fn server_first_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     for (figure, s) in run.samples {
         ctx.results.add(mode, figure, s);
     }
+    Ok(())
+}
+
+/// One mode's hosts run: `mode` afresh, translating [`hosts::PREFIX`], and
+/// the server-first load from its [`hosts::HOSTS`] hosts; in the logged
+/// mode, then the deletions' export after it.
+fn hosts_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
+    check_interrupt()?;
+    let (plan, topology) = (ctx.plan, ctx.topology);
+    let active = Active::enter(mode, topology, Sources::Hosts, &[])
+        .with_context(|| format!("cannot set up the {} mode", mode.name()))?;
+    let load = Load::server_first(ctx.server_first_runs, ctx.server_first_budget);
+    let what = format!("{} hosts, server-first", hosts::HOSTS);
+    let run = connections(ctx, &active, rep, plan.reps, load, &what)?;
+    let drain = match active.daemon_pid().filter(|_| mode.exports()) {
+        Some(pid) => {
+            let nat_ns = topology.ns_name(Side::Nat);
+            let observer = events::Observer {
+                pid,
+                nat_ns,
+                collector: Some(ctx.collector),
+            };
+            let before = nat_stats(ctx.nat_bin, nat_ns)?;
+            let (delta, peak) = events::drain(&observer)?;
+            let after = nat_stats(ctx.nat_bin, nat_ns)?;
+            let dropped = counter_deltas(&before, &after)?
+                .get("events_dropped")
+                .copied()
+                .unwrap_or(0);
+            println!(
+                "  {:<48}{}, most {:.0} exported/s in {:.1} s; {dropped} events dropped",
+                label(rep, plan.reps, mode, "after the run: the deletions"),
+                describe_daemon(&delta, true),
+                peak,
+                events::DRAIN_POLL.as_secs_f64()
+            );
+            Some(report::Drain {
+                delta,
+                peak_exported_per_s: peak,
+                dropped,
+            })
+        }
+        None => None,
+    };
+    active
+        .leave()
+        .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
+    let runs = &mut ctx.results.hosts;
+    let tally = runs.tally.entry(mode).or_default();
+    for (kind, n) in &run.failures {
+        *tally.failures.entry(kind.clone()).or_default() += n;
+    }
+    tally.paws_timewait += run.paws_timewait;
+    if let Some(c) = run.collisions {
+        *tally.collisions.get_or_insert(0) += c;
+    }
+    for (name, n) in run.nat_counters.iter().flatten() {
+        *tally.nat_counters.entry(name.clone()).or_default() += n;
+    }
+    if let Some(d) = run.daemon {
+        runs.daemon.entry(mode).or_default().push(d);
+    }
+    if let Some(b) = run.blocks_in_use {
+        runs.blocks_in_use.entry(mode).or_default().push(b);
+    }
+    runs.drains.extend(drain);
+    for (figure, s) in run.samples {
+        runs.samples.entry((mode, figure)).or_default().push(s);
+    }
+    thread::sleep(plan.settle);
     Ok(())
 }
 
@@ -672,7 +810,7 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     } else {
         Vec::new()
     };
-    let active = Active::enter(mode, topology, &extra)
+    let active = Active::enter(mode, topology, Sources::Clients, &extra)
         .with_context(|| format!("cannot set up the {} mode", mode.name()))?;
     let nat_bin = ctx.nat_bin;
     let filled = scale::fill(topology, sessions, ctx.load_cpu, || {
@@ -704,7 +842,14 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     pps.detail["fill"] = fill.clone();
     ctx.results.add_scale(mode, Figure::UdpPps, sessions, pps);
     let load = Load::server_first(ctx.server_first_runs, ctx.server_first_budget);
-    let server_first = connections(ctx, mode, rep, reps, load, &format!("{what}: server-first"))?;
+    let server_first = connections(
+        ctx,
+        &active,
+        rep,
+        reps,
+        load,
+        &format!("{what}: server-first"),
+    )?;
     let stop = active
         .leave()
         .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
@@ -768,23 +913,49 @@ struct Connections {
     nat_counters: Option<BTreeMap<String, u64>>,
     /// TcpExt PAWSTimewait of the server namespace over the run.
     paws_timewait: u64,
+    /// The NAT daemon's work over the run (None: not a NAT mode).
+    daemon: Option<events::Delta>,
+    /// Port blocks held right after the run (None: no block was ever taken).
+    blocks_in_use: Option<u64>,
 }
 
-/// A connection run under the noise guard. A server-first `load`'s port is
-/// ignored: each attempt takes the next of the server-first ports.
+/// One attempt of a connection run.
+struct Attempt {
+    run: conn::ConnRun,
+    /// NAT counters that moved (None: not a NAT mode).
+    counters: Option<BTreeMap<String, u64>>,
+    paws: u64,
+    /// Keys cooling right after the run.
+    cooling: Option<u64>,
+    /// blocks_allocated - blocks_released right after the run.
+    blocks_in_use: Option<u64>,
+    daemon: Option<events::Delta>,
+    load: Load,
+}
+
+/// A connection run under the noise guard, from `active`'s sources. A
+/// server-first `load`'s port is ignored: each attempt takes the next of
+/// the server-first ports.
 fn connections(
     ctx: &mut Ctx<'_>,
-    mode: Mode,
+    active: &Active,
     rep: usize,
     reps: usize,
     load: Load,
     what: &str,
 ) -> Result<Connections> {
+    let mode = active.mode();
     let (topology, conn_server) = (ctx.topology, ctx.conn_server);
     let (secs, load_cpu) = (ctx.plan.conn_secs, ctx.load_cpu);
     let nat_ns = topology.ns_name(Side::Nat).to_owned();
     let server_ns = topology.ns_name(Side::Server).to_owned();
     let nat_bin = ctx.nat_bin;
+    let sources = active.sources().addrs(topology);
+    let observer = active.daemon_pid().map(|pid| events::Observer {
+        pid,
+        nat_ns: topology.ns_name(Side::Nat),
+        collector: mode.exports().then_some(ctx.collector),
+    });
     // `nat stats --json`; None outside the NAT modes.
     let nat_figures = || -> Result<Option<Value>> {
         if !mode.is_nat() {
@@ -811,47 +982,61 @@ fn connections(
             let before = (
                 nat_figures()?,
                 nat_tests::tcp_ext(&server_ns, "PAWSTimewait"),
+                observer.as_ref().map(events::Observer::read).transpose()?,
             );
-            let run = conn::run(topology, conn_server, load, secs, load_cpu)?;
+            let run = conn::run(topology, sources.clone(), conn_server, load, secs, load_cpu)?;
             let after = (
+                observer.as_ref().map(events::Observer::read).transpose()?,
                 nat_figures()?,
                 nat_tests::tcp_ext(&server_ns, "PAWSTimewait"),
             );
-            let counters = match (&before.0, &after.0) {
+            let counters = match (&before.0, &after.1) {
                 (Some(b), Some(a)) => Some(counter_deltas(b, a)?),
                 _ => None,
             };
-            let cooling = after.0.map(|a| a["cooling"].as_u64().unwrap_or(0));
-            Ok((
+            let count = |stats: &Value, name: &str| stats["counters"][name].as_u64().unwrap_or(0);
+            Ok(Attempt {
                 run,
                 counters,
-                after.1.saturating_sub(before.1),
-                cooling,
+                paws: after.2.saturating_sub(before.1),
+                cooling: after.1.as_ref().map(|a| a["cooling"].as_u64().unwrap_or(0)),
+                blocks_in_use: after
+                    .1
+                    .as_ref()
+                    .filter(|a| count(a, "blocks_allocated") > 0)
+                    .map(|a| {
+                        count(a, "blocks_allocated").saturating_sub(count(a, "blocks_released"))
+                    }),
+                daemon: before
+                    .2
+                    .zip(after.0)
+                    .map(|(b, a)| events::Delta::between(&b, &a)),
                 load,
-            ))
+            })
         },
-        |(c, ..)| c.window,
-        |(c, counters, paws, ..)| {
+        |a| a.run.window,
+        |a| {
+            let c = &a.run;
             format!(
                 "{:.0} conn/s, connect p50 {:.2} ms p99 {:.2} ms, {} failed{}{}",
                 c.rate(),
                 c.connect_ms(0.5),
                 c.connect_ms(0.99),
                 c.failed,
-                counters.as_ref().map_or(String::new(), |d| format!(
+                a.counters.as_ref().map_or(String::new(), |d| format!(
                     ", {} collisions",
                     d.get("collisions").copied().unwrap_or(0)
                 )),
-                if paws > &0 {
-                    format!(", PAWSTimewait {paws}")
+                if a.paws > 0 {
+                    format!(", PAWSTimewait {}", a.paws)
                 } else {
                     String::new()
                 }
             )
         },
     )?;
-    let (c, counters, paws, cooling_after, load) = &g.value;
-    let load = *load;
+    let a = &g.value;
+    let (c, counters, load) = (&a.run, &a.counters, a.load);
     if let (Some(d), Load::ServerFirst { .. }) = (counters, load) {
         // Next to the run's failures, so that a NAT drop that coincides
         // with a connect timeout shows.
@@ -859,6 +1044,13 @@ fn connections(
             "  {:<48}{}",
             "    NAT counters over the kept attempt",
             describe_deltas(d)
+        );
+    }
+    if let Some(d) = &a.daemon {
+        println!(
+            "  {:<48}{}",
+            "    daemon over the kept attempt",
+            describe_daemon(d, mode.exports())
         );
     }
     let collided = counters
@@ -882,6 +1074,8 @@ fn connections(
             Load::Spread => json!("spread: 32 server ports, client closes first"),
             Load::ServerFirst { port, budget } => json!({ "server_port": port, "budget": budget, "close": "server first" }),
         },
+        "sources": sources.len(),
+        "internal_prefix": active.sources().prefix(),
         "ok": c.ok,
         "failed": c.failed,
         "failures": c.failures,
@@ -893,8 +1087,10 @@ fn connections(
         "nat_counter_deltas": counters,
         // Keys cooling right after the run: with the server closing first,
         // about one per connection made since the NAT started.
-        "nat_cooling_keys_after": cooling_after,
-        "server_paws_timewait": paws,
+        "nat_cooling_keys_after": a.cooling,
+        "nat_blocks_in_use_after": a.blocks_in_use,
+        "daemon": a.daemon.map(events::Delta::to_json),
+        "server_paws_timewait": a.paws,
         "accepted_from_nat_address": c.peers.external,
         "accepted_from_internal_addresses": c.peers.internal,
     });
@@ -916,8 +1112,31 @@ fn connections(
         slow: c.slow,
         collisions: collided,
         nat_counters: counters.clone(),
-        paws_timewait: *paws,
+        paws_timewait: a.paws,
+        daemon: a.daemon,
+        blocks_in_use: a.blocks_in_use,
     })
+}
+
+/// The daemon's CPU over a run and, when it exports, the events it read and sent.
+fn describe_daemon(d: &events::Delta, exports: bool) -> String {
+    let mut line = format!(
+        "CPU {:.3} s ({:.1}% of a CPU)",
+        d.cpu_s,
+        d.cpu_share() * 100.0
+    );
+    if exports {
+        line.push_str(&format!(
+            ", {} events read ({:.0}/s), {} exported ({:.0}/s) in {} datagrams, {:.1} µs CPU per event",
+            d.read,
+            d.read_per_s(),
+            d.exported,
+            d.exported_per_s(),
+            d.datagrams,
+            d.cpu_us_per_event()
+        ));
+    }
+    line
 }
 
 /// Counters (by name) and probe buckets (as `probes NAME`) of `nat stats

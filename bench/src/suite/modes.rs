@@ -1,5 +1,6 @@
-//! The three ways the nat namespace forwards during the bench, set up on the
-//! same topology and torn down again after each use.
+//! The ways the nat namespace forwards during the bench (routing, nftables,
+//! this NAT in several configurations), set up on the same topology and torn
+//! down again after each use.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
@@ -7,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nat_tests::{
-    EXT_IFACE, EXTERNAL_IP, INT_IFACE, INTERNAL_PREFIX, NatProcess, Side, Topology, interrupt,
-    run_in_ns,
+    EXT_IFACE, EXTERNAL_IP, INT_IFACE, NatProcess, Side, Topology, interrupt, run_in_ns,
 };
 
 use super::capture;
+use super::events;
+use super::hosts::Sources;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
@@ -26,8 +28,16 @@ pub enum Mode {
     /// This NAT with no tuning flags: what an operator gets from `nat load`.
     /// The targets are judged on it.
     NatDefault,
+    /// `nat-default` handing out port blocks ([`HOSTS_BLOCK_SIZE`] ports).
+    NatBlocks,
+    /// `nat-default` giving each host its deterministic share.
+    NatDeterministic,
+    /// `nat-default` logging every session's creation and deletion as
+    /// IPFIX to a collector in the server namespace ([`events`]).
+    NatLogged,
 }
 
+/// The modes of the main table: every measurement, from the topology's client addresses.
 pub const MODES: [Mode; 5] = [
     Mode::Routing,
     Mode::Nftables,
@@ -35,6 +45,23 @@ pub const MODES: [Mode; 5] = [
     Mode::Nat,
     Mode::NatDefault,
 ];
+
+/// The modes of the hosts runs: the server-first load from [`super::hosts::HOSTS`]
+/// internal hosts, in each allocation mode beside walk (`nat-default`) and nftables.
+pub const HOSTS_MODES: [Mode; 5] = [
+    Mode::Nftables,
+    Mode::NatDefault,
+    Mode::NatBlocks,
+    Mode::NatDeterministic,
+    Mode::NatLogged,
+];
+
+/// The block size of `nat-blocks`: the 64,512 ports of [`NAT_PORTS`] make
+/// 1,008 blocks of 64 on the one external address, a block for each of the
+/// [`super::hosts::HOSTS`] hosts (the default, 256, makes 252: the hosts past them
+/// would get no block). Deterministic NAT divides the same ports by the
+/// 1,024 addresses of [`super::hosts::PREFIX`]: 63 each.
+pub const HOSTS_BLOCK_SIZE: u32 = 64;
 
 /// The port range every NAT mode gets: the default (16384-32767) holds 16,384
 /// keys per destination, which the server-first load (one destination, each key
@@ -50,22 +77,42 @@ impl Mode {
             Mode::NatStack => "nat-stack",
             Mode::Nat => "nat",
             Mode::NatDefault => "nat-default",
+            Mode::NatBlocks => "nat-blocks",
+            Mode::NatDeterministic => "nat-deterministic",
+            Mode::NatLogged => "nat-logged",
         }
     }
 
     pub fn is_nat(self) -> bool {
-        matches!(self, Mode::NatStack | Mode::Nat | Mode::NatDefault)
+        !matches!(self, Mode::Routing | Mode::Nftables)
+    }
+
+    /// Whether its daemon exports compliance events (and serves metrics).
+    pub fn exports(self) -> bool {
+        self == Mode::NatLogged
     }
 
     /// What `nat load` gets on top of --iface, --external and --internal;
     /// None for the modes that do not run this NAT.
     pub fn nat_args(self) -> Option<Vec<String>> {
+        let block_size = HOSTS_BLOCK_SIZE.to_string();
+        let collector = events::collector_arg();
         let tuning: &[&str] = match self {
             Mode::Routing | Mode::Nftables => return None,
             // The fast path is on by default, so the stack-only mode must say so.
             Mode::NatStack => &["--ingress", "tc", "--no-fast-path"],
             Mode::Nat => &["--ingress", "tc", "--fast-path", INT_IFACE],
             Mode::NatDefault => &[],
+            Mode::NatBlocks => &["--allocation", "blocks", "--block-size", &block_size],
+            Mode::NatDeterministic => &["--allocation", "deterministic"],
+            Mode::NatLogged => &[
+                "--log-sessions",
+                "on",
+                "--ipfix-collector",
+                &collector,
+                "--metrics",
+                events::METRICS_ADDR,
+            ],
         };
         let mut args = vec!["--ports".to_owned(), NAT_PORTS.to_owned()];
         args.extend(tuning.iter().map(|s| (*s).to_owned()));
@@ -73,13 +120,13 @@ impl Mode {
     }
 }
 
-/// The nftables ruleset of the `nftables` mode.
-fn nft_ruleset() -> String {
+/// The nftables ruleset of the `nftables` mode, masquerading `prefix`.
+fn nft_ruleset(prefix: &str) -> String {
     format!(
         "table ip nat {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\toifname \"{EXT_IFACE}\" ip saddr {INTERNAL_PREFIX} masquerade\n\
+         \t\toifname \"{EXT_IFACE}\" ip saddr {prefix} masquerade\n\
          \t}}\n\
          }}\n"
     )
@@ -88,6 +135,8 @@ fn nft_ruleset() -> String {
 /// A mode in effect; [`Active::leave`] undoes it (drop does too, quietly).
 pub struct Active {
     mode: Mode,
+    /// Where the connections come from: the prefix this mode translates (or routes back).
+    sources: Sources,
     nat_ns: String,
     server_ns: String,
     nat: Option<NatProcess>,
@@ -102,11 +151,18 @@ pub struct Active {
 const NAT_STOP_LIMIT: Duration = Duration::from_secs(60);
 
 impl Active {
-    /// Sets `mode` up; a NAT mode gets [`Mode::nat_args`] and then `extra`
-    /// (the scale runs' capacities).
-    pub fn enter(mode: Mode, topology: &Topology, extra: &[String]) -> Result<Active> {
+    /// Sets `mode` up for the connections of `sources`; a NAT mode gets
+    /// [`Mode::nat_args`] and then `extra` (the scale runs' capacities).
+    pub fn enter(
+        mode: Mode,
+        topology: &Topology,
+        sources: Sources,
+        extra: &[String],
+    ) -> Result<Active> {
+        let prefix = sources.prefix();
         let mut active = Active {
             mode,
+            sources,
             nat_ns: topology.ns_name(Side::Nat).to_owned(),
             server_ns: topology.ns_name(Side::Server).to_owned(),
             nat: None,
@@ -115,7 +171,7 @@ impl Active {
         };
         match mode {
             Mode::Routing => {
-                capture(Command::new("ip").args(route_args(&active.server_ns, "add")))?;
+                capture(Command::new("ip").args(route_args(&active.server_ns, prefix, "add")))?;
             }
             Mode::Nftables => {
                 let mut child = interrupt::spawn(
@@ -128,7 +184,7 @@ impl Active {
                 {
                     use std::io::Write as _;
                     let mut stdin = child.stdin.take().context("nft stdin")?;
-                    stdin.write_all(nft_ruleset().as_bytes())?;
+                    stdin.write_all(nft_ruleset(prefix).as_bytes())?;
                 }
                 let output = child.wait_with_output()?;
                 if !output.status.success() {
@@ -140,18 +196,35 @@ impl Active {
                     );
                 }
             }
-            Mode::NatStack | Mode::Nat | Mode::NatDefault => {
+            _ => {
                 let _setup = interrupt::namespace_setup();
                 if interrupt::interrupted() {
                     bail!("interrupted");
                 }
-                let mut args = mode.nat_args().unwrap_or_default();
+                let external = EXTERNAL_IP.to_string();
+                let mut args: Vec<String> = ["--external", &external, "--internal", prefix]
+                    .map(str::to_owned)
+                    .to_vec();
+                args.extend(mode.nat_args().unwrap_or_default());
                 args.extend_from_slice(extra);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                active.nat = Some(NatProcess::start(topology, &args));
+                active.nat = Some(NatProcess::start_in(&active.nat_ns, EXT_IFACE, &args));
             }
         }
         Ok(active)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn sources(&self) -> Sources {
+        self.sources
+    }
+
+    /// The process id of the NAT daemon, in the NAT modes.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.nat.as_ref().map(NatProcess::pid)
     }
 
     /// Undoes the mode, reporting what failed; returns how long the NAT
@@ -165,7 +238,11 @@ impl Active {
     fn teardown(&mut self) -> Result<()> {
         match self.mode {
             Mode::Routing => {
-                capture(Command::new("ip").args(route_args(&self.server_ns, "del")))?;
+                capture(Command::new("ip").args(route_args(
+                    &self.server_ns,
+                    self.sources.prefix(),
+                    "del",
+                )))?;
             }
             Mode::Nftables => {
                 let deleted = capture(Command::new("ip").args([
@@ -185,7 +262,7 @@ impl Active {
                 deleted?;
                 flushed?;
             }
-            Mode::NatStack | Mode::Nat | Mode::NatDefault => {
+            _ => {
                 if let Some(nat) = self.nat.take() {
                     let began = Instant::now();
                     let status = nat.stop_within(NAT_STOP_LIMIT);
@@ -209,13 +286,13 @@ impl Drop for Active {
     }
 }
 
-fn route_args(server_ns: &str, verb: &str) -> Vec<String> {
+fn route_args(server_ns: &str, prefix: &str, verb: &str) -> Vec<String> {
     vec![
         "-n".to_owned(),
         server_ns.to_owned(),
         "route".to_owned(),
         verb.to_owned(),
-        INTERNAL_PREFIX.to_owned(),
+        prefix.to_owned(),
         "via".to_owned(),
         EXTERNAL_IP.to_string(),
     ]

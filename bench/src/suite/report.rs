@@ -6,8 +6,10 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::cpu::{FOREIGN_LIMIT, Window};
+use super::events::Delta;
+use super::hosts;
 use super::micro::{Alloc, MapMemory, Sweep};
-use super::modes::{MODES, Mode};
+use super::modes::{HOSTS_BLOCK_SIZE, HOSTS_MODES, MODES, Mode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Figure {
@@ -229,6 +231,71 @@ impl ServerFirstTally {
     }
 }
 
+/// The logged mode's export of the deletions after a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub delta: Delta,
+    /// The most events exported per second over one poll interval.
+    pub peak_exported_per_s: f64,
+    /// `events_dropped` over the wait: deletions the ring buffer could not hold.
+    pub dropped: u64,
+}
+
+/// The hosts runs: the server-first load from [`hosts::HOSTS`] hosts in [`HOSTS_MODES`].
+#[derive(Default)]
+pub struct HostsRuns {
+    pub samples: BTreeMap<(Mode, Figure), Vec<Sample>>,
+    pub tally: BTreeMap<Mode, ServerFirstTally>,
+    /// The daemon's work over each kept run, per NAT mode.
+    pub daemon: BTreeMap<Mode, Vec<Delta>>,
+    /// Port blocks held right after each run, in the modes that took any.
+    pub blocks_in_use: BTreeMap<Mode, Vec<u64>>,
+    /// The logged mode's deletions after each of its runs.
+    pub drains: Vec<Drain>,
+}
+
+impl HostsRuns {
+    fn summary(&self, mode: Mode, figure: Figure) -> Option<Summary> {
+        let values: Vec<f64> = self
+            .samples
+            .get(&(mode, figure))?
+            .iter()
+            .map(|s| s.value)
+            .collect();
+        Summary::of(&values)
+    }
+
+    fn all_clean(&self, mode: Mode, figure: Figure) -> bool {
+        self.samples
+            .get(&(mode, figure))
+            .is_none_or(|s| s.iter().all(|s| s.clean))
+    }
+
+    /// `of` / `over` per repetition, as [`Results::ratio`].
+    fn ratio(&self, figure: Figure, of: Mode, over: Mode) -> Option<f64> {
+        let nat = self.samples.get(&(of, figure))?;
+        let base = self.samples.get(&(over, figure))?;
+        let ratios: Vec<f64> = nat
+            .iter()
+            .filter_map(|n| {
+                let b = base.iter().find(|b| b.rep == n.rep)?;
+                (b.value > 0.0).then(|| n.value / b.value)
+            })
+            .collect();
+        Summary::of(&ratios).map(|s| s.median)
+    }
+
+    fn daemon_summary(&self, mode: Mode, f: impl Fn(&Delta) -> f64) -> Option<Summary> {
+        let values: Vec<f64> = self.daemon.get(&mode)?.iter().map(f).collect();
+        Summary::of(&values)
+    }
+
+    fn drain_summary(&self, f: impl Fn(&Drain) -> f64) -> Option<Summary> {
+        let values: Vec<f64> = self.drains.iter().map(f).collect();
+        Summary::of(&values)
+    }
+}
+
 #[derive(Default)]
 pub struct Results {
     pub samples: BTreeMap<(Mode, Figure), Vec<Sample>>,
@@ -243,6 +310,7 @@ pub struct Results {
     pub scale_skipped: Vec<u32>,
     pub map_memory: Option<MapMemory>,
     pub bpf: Vec<BpfRun>,
+    pub hosts: HostsRuns,
     pub notes: Vec<String>,
 }
 
@@ -576,19 +644,161 @@ fn render_scale(out: &mut String, r: &Results) {
     );
 }
 
-pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
-    let mut out = String::new();
-    let reps = cfg.reps;
+/// The hosts runs: per mode, the server-first figures, what failed and
+/// what the daemon did, and the logged mode's export.
+fn render_hosts(out: &mut String, cfg: &Config, h: &HostsRuns) {
+    if h.samples.is_empty() {
+        return;
+    }
+    let mut header = format!(
+        "\n{:<LABEL$}",
+        format!("server-first, {} hosts", hosts::HOSTS)
+    );
+    for mode in HOSTS_MODES {
+        let _ = write!(header, "{:<CELL$}", mode.name());
+    }
+    let _ = writeln!(out, "{}", header.trim_end());
+    let mut row = |name: &str, cell: &dyn Fn(Mode) -> String| {
+        let mut line = format!("{name:<LABEL$}");
+        for mode in HOSTS_MODES {
+            let _ = write!(line, "{:<CELL$}", cell(mode));
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    };
+    let mut any_unclean = false;
+    for figure in [
+        Figure::ServerFirstRate,
+        Figure::ServerFirstP50,
+        Figure::ServerFirstP99,
+    ] {
+        row(figure.label(), &|m| match h.summary(m, figure) {
+            Some(s) => {
+                let mut c = s.show(|v| figure.format(v));
+                if !h.all_clean(m, figure) {
+                    c.push('*');
+                }
+                c
+            }
+            None => "not measured".to_owned(),
+        });
+        any_unclean |= HOSTS_MODES.iter().any(|&m| !h.all_clean(m, figure));
+    }
+    row("  over nat-default (conn/s)", &|m| {
+        h.ratio(Figure::ServerFirstRate, m, Mode::NatDefault)
+            .map_or("-".to_owned(), |x| format!("{x:.2}x"))
+    });
+    let tally = |m: Mode| h.tally.get(&m);
+    row("  failed", &|m| {
+        tally(m).map_or("-".to_owned(), |t| t.failed().to_string())
+    });
+    row("  NAT drops", &|m| {
+        tally(m)
+            .filter(|_| m.is_nat())
+            .map_or("-".to_owned(), |t| t.nat_drops().to_string())
+    });
+    row("  NAT collisions", &|m| {
+        tally(m)
+            .and_then(|t| t.collisions)
+            .map_or("-".to_owned(), |c| c.to_string())
+    });
+    row("  PAWSTimewait", &|m| {
+        tally(m).map_or("-".to_owned(), |t| t.paws_timewait.to_string())
+    });
+    row("  blocks in use after", &|m| {
+        let values: Vec<f64> = h
+            .blocks_in_use
+            .get(&m)
+            .map(|v| v.iter().map(|&b| b as f64).collect())
+            .unwrap_or_default();
+        Summary::of(&values).map_or("-".to_owned(), |s| s.show(|v| format!("{v:.0}")))
+    });
+    row("  daemon CPU, % of a CPU", &|m| {
+        h.daemon_summary(m, |d| d.cpu_share() * 100.0)
+            .map_or("-".to_owned(), |s| s.show(|v| format!("{v:.1}")))
+    });
+    let drops: BTreeMap<&str, u64> = h
+        .tally
+        .values()
+        .flat_map(|t| t.nat_counters.iter())
+        .filter(|(name, _)| name.starts_with("drop_"))
+        .fold(BTreeMap::new(), |mut m, (name, n)| {
+            *m.entry(name.as_str()).or_default() += n;
+            m
+        });
+    for name in drops.keys() {
+        row(&format!("    {name}"), &|m| {
+            tally(m).filter(|_| m.is_nat()).map_or("-".to_owned(), |t| {
+                t.nat_counters.get(*name).copied().unwrap_or(0).to_string()
+            })
+        });
+    }
+    if any_unclean {
+        let _ = writeln!(
+            out,
+            "* at least one run could not be measured cleanly (see notes)"
+        );
+    }
     let _ = writeln!(
         out,
-        "\nbench: {} on {} CPUs; load generators pinned to CPU {}, servers to CPU {}; {} repetition{}, modes interleaved",
-        if cfg.quick { "quick run" } else { "full run" },
-        cfg.cpus,
-        cfg.load_cpu,
-        cfg.server_cpu,
-        reps,
-        if reps == 1 { "" } else { "s" }
+        "Hosts runs: the server-first load above (one server port, server closes first, {} connections at most, {:.0} s) from {} internal hosts, {} addresses of {} (local in the client namespace, routed to it from the nat namespace), connection n from host n mod {}; every mode gets --internal {} (nftables: saddr {}). nat-blocks: blocks of {HOSTS_BLOCK_SIZE} (1,008 on the one external address, one per host); nat-deterministic: {} ports per host (64,512 / the 1,024 addresses of the prefix). The NAT daemon's CPU: utime + stime of its process over the run.",
+        cfg.server_first_budget,
+        cfg.conn_secs,
+        hosts::HOSTS,
+        hosts::HOSTS,
+        hosts::PREFIX,
+        hosts::HOSTS,
+        hosts::PREFIX,
+        hosts::PREFIX,
+        64_512 / 1024
     );
+    let f0 = |v: f64| format!("{v:.0}");
+    let f1 = |v: f64| format!("{v:.1}");
+    let logged = |f: fn(&Delta) -> f64| h.daemon_summary(Mode::NatLogged, f);
+    if let (Some(read), Some(exported), Some(share), Some(us)) = (
+        logged(Delta::read_per_s),
+        logged(Delta::exported_per_s),
+        logged(|d| d.cpu_share() * 100.0),
+        logged(Delta::cpu_us_per_event),
+    ) {
+        let dropped = h
+            .tally
+            .get(&Mode::NatLogged)
+            .and_then(|t| t.nat_counters.get("events_dropped"))
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "compliance export (nat-logged: log-sessions on, IPFIX to a collector in the server namespace), median [min–max] of the runs:\n  during the run (the creations): {} events/s read, {} exported/s, daemon CPU {}% of a CPU, {} µs per event; events dropped (ring buffer full): {dropped}",
+            read.show(f0),
+            exported.show(f0),
+            share.show(f1),
+            us.show(f1)
+        );
+    }
+    let drain = |f: fn(&Drain) -> f64| h.drain_summary(f);
+    if let (Some(read), Some(exported), Some(peak), Some(us), Some(dropped)) = (
+        drain(|d| d.delta.read as f64),
+        drain(|d| d.delta.exported as f64),
+        drain(|d| d.peak_exported_per_s),
+        drain(|d| d.delta.cpu_us_per_event()),
+        drain(|d| d.dropped as f64),
+    ) {
+        let _ = writeln!(
+            out,
+            "  after the run (the deletions, swept 10 s after each close): {} events read, {} exported, at most {} exported/s over {:.1} s, daemon CPU {} µs per event; events dropped: {}",
+            read.show(f0),
+            exported.show(f0),
+            peak.show(f0),
+            super::events::DRAIN_POLL.as_secs_f64(),
+            us.show(f1),
+            dropped.show(f0)
+        );
+    }
+}
+
+/// The main table: every figure of every mode in [`MODES`], the ratios,
+/// and the connection runs' tallies; whether a figure is starred.
+fn render_main(out: &mut String, r: &Results, reps: usize) -> bool {
     let mut header = format!(
         "\n{:<LABEL$}",
         if reps == 1 {
@@ -663,6 +873,24 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
         );
     }
     let _ = writeln!(out, "{}", line.trim_end());
+    any_unclean
+}
+
+pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
+    let mut out = String::new();
+    let reps = cfg.reps;
+    let _ = writeln!(
+        out,
+        "\nbench: {} on {} CPUs; load generators pinned to CPU {}, servers to CPU {}; {} repetition{}, modes interleaved",
+        if cfg.quick { "quick run" } else { "full run" },
+        cfg.cpus,
+        cfg.load_cpu,
+        cfg.server_cpu,
+        reps,
+        if reps == 1 { "" } else { "s" }
+    );
+    let any_unclean = !r.samples.is_empty() && render_main(&mut out, r, reps);
+    render_hosts(&mut out, cfg, &r.hosts);
     render_scale(&mut out, r);
     if any_unclean {
         let _ = writeln!(
@@ -695,7 +923,7 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
         "nat load flags per mode (after --iface --external --internal):"
     );
     for (mode, args) in &cfg.nat_args {
-        let _ = writeln!(out, "  {:<12}{args}", mode.name());
+        let _ = writeln!(out, "  {:<19}{args}", mode.name());
     }
     let _ = writeln!(
         out,
@@ -841,6 +1069,76 @@ pub fn render(cfg: &Config, r: &Results, wall_s: f64) -> String {
     out
 }
 
+fn tally_json(t: &ServerFirstTally) -> Value {
+    json!({
+        "failures": { "total": t.failed(), "by_kind": t.failures },
+        "nat_collisions": t.collisions,
+        "nat_counter_deltas": t.nat_counters,
+        "server_paws_timewait": t.paws_timewait,
+    })
+}
+
+fn hosts_json(h: &HostsRuns) -> Value {
+    if h.samples.is_empty() {
+        return Value::Null;
+    }
+    let mut modes = serde_json::Map::new();
+    for mode in HOSTS_MODES {
+        let mut figs = serde_json::Map::new();
+        for figure in [
+            Figure::ServerFirstRate,
+            Figure::ServerFirstP50,
+            Figure::ServerFirstP99,
+        ] {
+            let samples: Vec<Value> = h
+                .samples
+                .get(&(mode, figure))
+                .map(|s| s.iter().map(Sample::to_json).collect())
+                .unwrap_or_default();
+            figs.insert(
+                figure.key().to_owned(),
+                json!({
+                    "summary": h.summary(mode, figure).map(Summary::to_json),
+                    "all_clean": h.all_clean(mode, figure),
+                    "samples": samples,
+                }),
+            );
+        }
+        figs.insert(
+            "server_first_conn_per_s_over_nat_default".to_owned(),
+            json!(h.ratio(Figure::ServerFirstRate, mode, Mode::NatDefault)),
+        );
+        figs.insert(
+            "tally".to_owned(),
+            h.tally.get(&mode).map_or(Value::Null, tally_json),
+        );
+        figs.insert(
+            "blocks_in_use_after".to_owned(),
+            json!(h.blocks_in_use.get(&mode)),
+        );
+        figs.insert(
+            "daemon".to_owned(),
+            json!(
+                h.daemon
+                    .get(&mode)
+                    .map(|d| d.iter().map(|d| d.to_json()).collect::<Vec<_>>())
+            ),
+        );
+        modes.insert(mode.name().to_owned(), Value::Object(figs));
+    }
+    json!({
+        "hosts": hosts::HOSTS,
+        "internal_prefix": hosts::PREFIX,
+        "block_size": HOSTS_BLOCK_SIZE,
+        "modes": modes,
+        "logged_drains": h.drains.iter().map(|d| json!({
+            "work": d.delta.to_json(),
+            "peak_exported_per_s": d.peak_exported_per_s,
+            "events_dropped": d.dropped,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value {
     let mut modes = serde_json::Map::new();
     for mode in MODES {
@@ -870,14 +1168,7 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
         );
         figs.insert(
             "server_first_tally".to_owned(),
-            r.server_first.get(&mode).map_or(Value::Null, |t| {
-                json!({
-                    "failures": { "total": t.failed(), "by_kind": t.failures },
-                    "nat_collisions": t.collisions,
-                    "nat_counter_deltas": t.nat_counters,
-                    "server_paws_timewait": t.paws_timewait,
-                })
-            }),
+            r.server_first.get(&mode).map_or(Value::Null, tally_json),
         );
         modes.insert(mode.name().to_owned(), Value::Object(figs));
     }
@@ -982,6 +1273,7 @@ pub fn to_json(cfg: &Config, r: &Results, wall_s: f64, machine: Value) -> Value 
         },
         "modes": modes,
         "ratios": ratios,
+        "hosts": hosts_json(&r.hosts),
         "scale": scale,
         "micro": {
             "alloc": alloc,
