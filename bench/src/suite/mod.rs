@@ -39,6 +39,8 @@ use self::modes::{Active, HOSTS_MODES, MODES, Mode, NAT_PORTS};
 use self::report::{BpfRun, Config, Figure, Kept, Results, Sample};
 
 const TAG: &str = "bench";
+/// Width of the progress lines' label: repetition, mode and what is measured.
+const COLUMN: usize = 56;
 /// Client addresses of the topology (the UDP flows and TCP connections use them all).
 const CLIENT_ADDRS: u8 = 8;
 /// The modes of the scale runs: the targets' mode against conntrack.
@@ -313,7 +315,7 @@ impl Guard {
             let noise = w.noise();
             // One println per attempt, so the NAT's output cannot land mid-line.
             let line = format!(
-                "  {label:<48}{:<34} other load {:>3.0}%",
+                "  {label:<COLUMN$}{:<34} other load {:>3.0}%",
                 describe(&value),
                 noise * 100.0
             );
@@ -657,7 +659,7 @@ fn udp_runs(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
     if let Some(programs) = &programs {
         let run = bpf_run_time(ctx, programs)?;
         println!(
-            "  {:<48}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs), hairpin {:.0} ns/pkt ({} runs)",
+            "  {:<COLUMN$}nat_egress {:.0} ns/pkt ({} runs), nat_ingress {:.0} ns/pkt ({} runs), fast path {:.0} ns/pkt ({} runs), hairpin {:.0} ns/pkt ({} runs)",
             label(rep, plan.reps, mode, "BPF run time"),
             run.egress_ns,
             run.egress_runs,
@@ -749,7 +751,7 @@ fn hosts_run(ctx: &mut Ctx<'_>, mode: Mode, rep: usize) -> Result<()> {
                 .copied()
                 .unwrap_or(0);
             println!(
-                "  {:<48}{}, most {:.0} exported/s in {:.1} s; {dropped} events dropped",
+                "  {:<COLUMN$}{}, most {:.0} exported/s in {:.1} s; {dropped} events dropped",
                 label(rep, plan.reps, mode, "after the run: the deletions"),
                 describe_daemon(&delta, true),
                 peak,
@@ -826,7 +828,7 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
     let reps = ctx.plan.scale_reps;
     let what = format!("{sessions} live");
     println!(
-        "  {:<48}{} entries after {} pass(es), {:.1} s",
+        "  {:<COLUMN$}{} entries after {} pass(es), {:.1} s",
         label(rep, reps, mode, format_args!("{what}: fill")),
         filled.live,
         filled.passes,
@@ -855,7 +857,7 @@ fn run_scale(ctx: &mut Ctx<'_>, mode: Mode, sessions: u32, rep: usize) -> Result
         .with_context(|| format!("cannot tear down the {} mode", mode.name()))?;
     if let Some(stop) = stop {
         println!(
-            "  {:<48}{:.1} s",
+            "  {:<COLUMN$}{:.1} s",
             label(rep, reps, mode, format_args!("{what}: daemon stop")),
             stop.as_secs_f64()
         );
@@ -1041,14 +1043,14 @@ fn connections(
         // Next to the run's failures, so that a NAT drop that coincides
         // with a connect timeout shows.
         println!(
-            "  {:<48}{}",
+            "  {:<COLUMN$}{}",
             "    NAT counters over the kept attempt",
             describe_deltas(d)
         );
     }
     if let Some(d) = &a.daemon {
         println!(
-            "  {:<48}{}",
+            "  {:<COLUMN$}{}",
             "    daemon over the kept attempt",
             describe_daemon(d, mode.exports())
         );
