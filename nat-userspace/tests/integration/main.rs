@@ -9,5 +9,6 @@
 
 mod datapath_edges;
 mod fuzz_text;
+mod sessions;
 mod sweep_bounds;
 mod sweep_stamps;

@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use nat_common::{
     config::Config,
-    flow::{FlowKey, PROTO_TCP, Session, seen},
+    flow::{FlowKey, PROTO_TCP},
     sweep::{SweepTotal, phase},
 };
 use nat_userspace::datapath::{
@@ -50,22 +50,9 @@ impl Bench {
                 (u32::from(Ipv4Addr::new(198, 19, 0, 0)) + block).to_be(),
                 443u16.to_be(),
             );
-            let out = Session {
-                addr: ext,
-                port: port.to_be(),
-                seen: seen::SYN.into(),
-                last_seen: last,
-                ..Session::default()
-            };
-            let back = Session {
-                addr: key.saddr,
-                port: key.sport,
-                seen: seen::SYN_ACK.into(),
-                last_seen: last,
-                ..Session::default()
-            };
-            rev.push((key.translated(ext, out.port), back));
-            fwd.push((key, out));
+            let [out, back] = crate::sessions::opened_pair(key, ext, port.to_be(), last);
+            fwd.push(out);
+            rev.push(back);
         }
         tables.fill_sessions(&fwd, &rev).expect("fill");
         Self {

@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, sync::atomic::AtomicBool, thread, time::Duration};
 
 use nat_common::{
     config::Config,
-    flow::{FlowKey, PROTO_TCP, PROTO_UDP, Session, seen},
+    flow::{FlowKey, PROTO_TCP, PROTO_UDP},
 };
 use nat_userspace::{
     daemon::sweep::{self, Sweep},
@@ -49,22 +49,9 @@ impl Bench {
                 u32::from(Ipv4Addr::new(198, 19, 0, 1)).to_be(),
                 443u16.to_be(),
             );
-            let out = Session {
-                addr: ext,
-                port: port.to_be(),
-                seen: seen::SYN.into(),
-                last_seen: last,
-                ..Session::default()
-            };
-            let back = Session {
-                addr: key.saddr,
-                port: key.sport,
-                seen: seen::SYN_ACK.into(),
-                last_seen: last,
-                ..Session::default()
-            };
-            rev.push((key.translated(ext, out.port), back));
-            fwd.push((key, out));
+            let [out, back] = crate::sessions::opened_pair(key, ext, port.to_be(), last);
+            fwd.push(out);
+            rev.push(back);
         }
         tables.fill_sessions(&fwd, &rev).expect("fill");
         Self {
